@@ -1,0 +1,135 @@
+// MessageStore: the hub's durable message queues and small key-value tables, on SQLite (WAL).
+//
+// Model (docs/queue_format.md has the schema): a message body is stored once and referenced by
+// one entry in each queue it was routed to; a queue is identified by (endpoint id, priority).
+// Each entry has a per-queue sequence number, assigned at append and strictly increasing, and
+// an absolute expiry time. Acknowledging an entry deletes it; the body goes when the last
+// entry referring to it does.
+//
+// Durability contract: append() calls `done` only after the transaction holding the message
+// has committed (group commit: every append waiting when the writer wakes goes into one
+// transaction). With Options::sync = full the commit is fsynced and survives power loss; with
+// normal it survives a crash of the process (kill -9) but not of the machine. A failed COMMIT
+// is sticky: the store refuses every later write with errc::io_error and reports unhealthy.
+//
+// Thread-safety: every public method is thread-safe. All SQLite work happens on one internal
+// thread; callbacks run on that thread and must not block (post the result elsewhere).
+// Ownership: the store must outlive every callback it has been given; its destructor runs the
+// callbacks of work already queued (with errc::cancelled for anything not done) and joins.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace cairn::store {
+
+struct Options {
+  std::string path;  // database file; created if missing (with its directory)
+
+  enum class Sync { normal, full };
+  // full: fsync on every group commit (power-loss safe, costs one fsync per batch).
+  // normal: survives process crashes only; faster on slow disks.
+  Sync sync = Sync::full;
+
+  // Upper bound on stored message bytes (bodies). Appends beyond it fail with
+  // errc::limit_exceeded and change nothing. 0 = unlimited.
+  std::uint64_t max_bytes = 0;
+
+  // Largest number of appends/acks committed in one transaction.
+  std::size_t max_batch = 4096;
+};
+
+struct QueueKey {
+  std::string endpoint;  // e.g. "$upstream" or "m2/input1"
+  std::int32_t priority = 0;
+  bool operator==(const QueueKey&) const = default;
+};
+
+struct Target {
+  QueueKey queue;
+  std::int64_t expires_at_ms = 0;  // absolute Unix ms; 0 = never expires
+};
+
+struct Entry {
+  QueueKey queue;
+  std::uint64_t seq = 0;
+  std::int64_t enqueued_at_ms = 0;
+  std::int64_t expires_at_ms = 0;
+  std::string message;  // the bytes given to append()
+};
+
+struct QueueInfo {
+  QueueKey queue;
+  std::uint64_t length = 0;
+  std::uint64_t oldest_seq = 0;  // 0 when empty
+};
+
+struct Stats {
+  std::uint64_t stored_bytes = 0;
+  std::uint64_t stored_messages = 0;
+  std::uint64_t appended_total = 0;
+  std::uint64_t acked_total = 0;
+  std::uint64_t expired_total = 0;   // entries dropped because their TTL passed
+  std::uint64_t rejected_full_total = 0;  // appends refused by max_bytes
+  std::uint64_t commits_total = 0;   // transactions (group commits)
+  bool healthy = true;               // false after a sticky write failure
+};
+
+class MessageStore {
+ public:
+  // Appended: one sequence number per target, in the order of `targets`.
+  using AppendDone = std::function<void(Result<std::vector<std::uint64_t>>)>;
+  using ReadDone = std::function<void(Result<std::vector<Entry>>)>;
+  using Done = std::function<void(Status)>;
+
+  static Result<std::unique_ptr<MessageStore>> open(const Options& options);
+  ~MessageStore();
+  MessageStore(const MessageStore&) = delete;
+  MessageStore& operator=(const MessageStore&) = delete;
+
+  // Stores `message` once and appends a reference to it to every target queue, atomically.
+  // REQUIRES: targets is not empty and names each queue at most once.
+  void append(std::string message, std::vector<Target> targets, AppendDone done);
+
+  // Removes entry `seq` of `queue` (and every earlier entry of that queue). Idempotent. The
+  // removal is committed with the next group commit; `done` (optional) runs after it.
+  void ack(QueueKey queue, std::uint64_t seq, Done done = nullptr);
+
+  // Up to `max` unexpired entries of `queue` with seq > after_seq, oldest first. Expired entries
+  // met on the way are deleted and counted in Stats::expired_total.
+  void read(QueueKey queue, std::uint64_t after_seq, std::size_t max, ReadDone done);
+
+  // Deletes every expired entry now (the hub calls this periodically); done gets the count.
+  void expire(std::function<void(Result<std::uint64_t>)> done);
+
+  // All non-empty queues (and queues that were ever appended to in this process).
+  void queues(std::function<void(Result<std::vector<QueueInfo>>)> done);
+
+  Stats stats() const;
+
+  // Small durable key-value tables for sessions, identities, twins and agent state.
+  // Writes go through the same group commit; `done` runs after the commit.
+  void put(std::string table, std::string key, std::string value, Done done);
+  void erase(std::string table, std::string key, Done done);
+  // Synchronous reads, safe from any thread (they use their own read connection). Use at
+  // start-up and on rare control paths, not per message.
+  Result<std::optional<std::string>> get(std::string_view table, std::string_view key) const;
+  Result<std::vector<std::pair<std::string, std::string>>> list(std::string_view table) const;
+
+  // Blocks until everything submitted so far has been committed (tests, shutdown).
+  Status flush();
+
+ private:
+  class Impl;
+  explicit MessageStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cairn::store
