@@ -1,15 +1,15 @@
 #include "core/crypto.hpp"
 
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <stdexcept>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
-
-#include <array>
-#include <cctype>
-#include <charconv>
-#include <stdexcept>
 
 namespace cairn::crypto {
 namespace {
@@ -31,7 +31,15 @@ int hex_value(char c) {
 bool is_unreserved(unsigned char c) {
   if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
   switch (c) {
-    case '-': case '_': case '.': case '!': case '~': case '*': case '\'': case '(': case ')':
+    case '-':
+    case '_':
+    case '.':
+    case '!':
+    case '~':
+    case '*':
+    case '\'':
+    case '(':
+    case ')':
       return true;
     default:
       return false;

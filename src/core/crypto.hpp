@@ -35,11 +35,11 @@ std::string generate_key();
 bool constant_time_equal(std::string_view a, std::string_view b) noexcept;
 
 struct SasToken {
-  std::string resource;  // decoded, e.g. "hub.example/devices/d1/modules/m1"
+  std::string resource;          // decoded, e.g. "hub.example/devices/d1/modules/m1"
   std::string resource_encoded;  // sr exactly as in the token: what was signed
-  std::string signature;  // decoded base64 text
-  std::int64_t expiry = 0;  // seconds since the Unix epoch
-  std::string key_name;  // skn, optional
+  std::string signature;         // decoded base64 text
+  std::int64_t expiry = 0;       // seconds since the Unix epoch
+  std::string key_name;          // skn, optional
 };
 
 // Builds a token for `resource` signed with the base64 `key`, valid until `expiry`.

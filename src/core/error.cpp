@@ -20,19 +20,32 @@ const std::error_category& cairn_category() noexcept {
 
 std::string_view to_string(errc e) noexcept {
   switch (e) {
-    case errc::ok: return "ok";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::not_found: return "not_found";
-    case errc::already_exists: return "already_exists";
-    case errc::unauthorized: return "unauthorized";
-    case errc::forbidden: return "forbidden";
-    case errc::limit_exceeded: return "limit_exceeded";
-    case errc::io_error: return "io_error";
-    case errc::corruption: return "corruption";
-    case errc::unavailable: return "unavailable";
-    case errc::timeout: return "timeout";
-    case errc::cancelled: return "cancelled";
-    case errc::internal: return "internal";
+    case errc::ok:
+      return "ok";
+    case errc::invalid_argument:
+      return "invalid_argument";
+    case errc::not_found:
+      return "not_found";
+    case errc::already_exists:
+      return "already_exists";
+    case errc::unauthorized:
+      return "unauthorized";
+    case errc::forbidden:
+      return "forbidden";
+    case errc::limit_exceeded:
+      return "limit_exceeded";
+    case errc::io_error:
+      return "io_error";
+    case errc::corruption:
+      return "corruption";
+    case errc::unavailable:
+      return "unavailable";
+    case errc::timeout:
+      return "timeout";
+    case errc::cancelled:
+      return "cancelled";
+    case errc::internal:
+      return "internal";
   }
   return "unknown";
 }

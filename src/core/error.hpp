@@ -18,15 +18,15 @@ enum class errc {
   invalid_argument,  // bad input from outside: malformed packet, route, manifest, request
   not_found,
   already_exists,
-  unauthorized,       // credentials missing, wrong or expired
-  forbidden,          // authenticated but not allowed
-  limit_exceeded,     // a configured bound (size, depth, count, store capacity) was hit
-  io_error,           // the disk or the network failed
-  corruption,         // stored data does not decode
-  unavailable,        // the peer or a dependency is not reachable right now
+  unauthorized,    // credentials missing, wrong or expired
+  forbidden,       // authenticated but not allowed
+  limit_exceeded,  // a configured bound (size, depth, count, store capacity) was hit
+  io_error,        // the disk or the network failed
+  corruption,      // stored data does not decode
+  unavailable,     // the peer or a dependency is not reachable right now
   timeout,
   cancelled,
-  internal,           // a bug: should never happen
+  internal,  // a bug: should never happen
 };
 
 const std::error_category& cairn_category() noexcept;

@@ -13,7 +13,9 @@ void init(Level level) {
 
 void set_level(Level level) { spdlog::set_level(detail::to_spd(level)); }
 
-bool enabled(Level level) { return spdlog::default_logger_raw()->should_log(detail::to_spd(level)); }
+bool enabled(Level level) {
+  return spdlog::default_logger_raw()->should_log(detail::to_spd(level));
+}
 
 Result<Level> parse_level(std::string_view name) {
   if (name == "trace") return Level::trace;

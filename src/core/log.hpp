@@ -4,10 +4,10 @@
 // Thread-safety: safe from any thread (spdlog's default logger is thread-safe).
 #pragma once
 
+#include <string_view>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-
-#include <string_view>
 
 #include "core/result.hpp"
 

@@ -135,4 +135,10 @@ Result<std::optional<Decoded>> decode(std::string_view buffer, std::size_t max_p
 void encode(const Packet& p, std::string& out);
 std::string encode(const Packet& p);
 
+// For a buffer on which decode() failed: true if it starts with a CONNECT whose protocol name is
+// "MQTT" or "MQIsdp" but whose level this codec does not speak (4 and 3 respectively). The server
+// must then answer CONNACK unacceptable_protocol_version before closing [MQTT-3.1.2-2]; for any
+// other decode error it closes without a CONNACK [MQTT-4.8.0-1].
+bool is_unsupported_protocol_level(std::string_view buffer) noexcept;
+
 }  // namespace cairn::mqtt

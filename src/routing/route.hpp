@@ -3,11 +3,13 @@
 //
 // Grammar and semantics follow edgeHub (PROTOCOL.md section 2): keywords case-insensitive;
 // FROM is a case-insensitive prefix match on the message source after trimming trailing '*'
-// and '/' and appending one '/'; INTO is `$upstream` or `BrokeredEndpoint("/modules/{m}/inputs/{i}")`.
+// and '/' and appending one '/'; INTO is `$upstream` or
+// `BrokeredEndpoint("/modules/{m}/inputs/{i}")`.
 //
 // Thread-safety: a parsed Route and Router are immutable and safe to share between threads.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -23,6 +25,14 @@ namespace cairn::routing {
 // Priority given to routes written as plain strings (edgeHub RouteFactory.DefaultPriority): the
 // lowest. Object-form routes use 0 (highest) .. 9.
 inline constexpr std::int32_t kDefaultPriority = 2'000'000'000;
+
+// Longest route (and standalone condition) text accepted; longer text is rejected before
+// parsing so parse time and memory stay bounded.
+inline constexpr std::size_t kMaxRouteTextBytes = 64 * 1024;
+
+// System property messageType value that marks a twin change notification; message_source()
+// gives such messages the source /twinChangeNotifications.
+inline constexpr std::string_view kTwinChangeNotificationType = "twinChangeNotification";
 
 struct Endpoint {
   enum class Kind { upstream, module_input };
@@ -45,8 +55,11 @@ struct RouteSpec {
 
 class Route {
  public:
-  // Parses `spec.text`. Errors are errc::invalid_argument with a message naming the route, its
-  // text and the 1-based column of the problem: "route 'r1': expected INTO at column 27: FROM ...".
+  // Parses `spec.text`. Errors are errc::invalid_argument with a message naming the route, the
+  // 1-based column (byte offset + 1) of the problem and the text:
+  //   "route 'r1' column 18: expected WHERE or INTO, found 'WHER' in: FROM /messages/* WHER ..."
+  // Also rejects a priority outside 0..9 (other than kDefaultPriority) and text longer than
+  // kMaxRouteTextBytes.
   static Result<Route> parse(const RouteSpec& spec);
 
   const std::string& name() const { return name_; }
@@ -70,7 +83,8 @@ class Route {
 
 // The source string of a message, from its system properties:
 // "/messages/modules/{connectionModuleId}/outputs/{outputName}", "/messages/modules/{m}",
-// or "/messages" for a leaf device (no connectionModuleId).
+// or "/messages" for a leaf device (no connectionModuleId); "/twinChangeNotifications" if
+// messageType is kTwinChangeNotificationType.
 std::string message_source(const Message& m);
 
 struct RouteMatch {
@@ -80,7 +94,9 @@ struct RouteMatch {
 };
 
 // A set of routes. route() returns each endpoint at most once: when several routes send the
-// message to the same endpoint it keeps the highest priority (lowest number) and that route's TTL.
+// message to the same endpoint it keeps the highest priority (lowest number) and that route's TTL
+// (on a tie, the first such route in order). Endpoints appear in the order of the first route
+// that matched them. create() rejects duplicate route names.
 class Router {
  public:
   Router() = default;

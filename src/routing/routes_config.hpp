@@ -8,10 +8,10 @@
 // Thread-safety: pure function.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/result.hpp"
 #include "routing/route.hpp"

@@ -13,7 +13,7 @@
 // is sticky: the store refuses every later write with errc::io_error and reports unhealthy.
 //
 // Thread-safety: every public method is thread-safe. All SQLite work happens on one internal
-// thread; callbacks run on that thread and must not block (post the result elsewhere).
+// thread; callbacks run on that thread and must not block or throw (post the result elsewhere).
 // Ownership: the store must outlive every callback it has been given; its destructor runs the
 // callbacks of work already queued (with errc::cancelled for anything not done) and joins.
 #pragma once
@@ -44,6 +44,10 @@ struct Options {
 
   // Largest number of appends/acks committed in one transaction.
   std::size_t max_batch = 4096;
+
+  // Test only: this many group commits succeed, then every later COMMIT fails as an I/O error
+  // would (the batch is rolled back and the store turns unhealthy). -1 = off.
+  std::int64_t fail_commit_after_for_test = -1;
 };
 
 struct QueueKey {
@@ -72,14 +76,14 @@ struct QueueInfo {
 };
 
 struct Stats {
-  std::uint64_t stored_bytes = 0;
-  std::uint64_t stored_messages = 0;
-  std::uint64_t appended_total = 0;
-  std::uint64_t acked_total = 0;
-  std::uint64_t expired_total = 0;   // entries dropped because their TTL passed
+  std::uint64_t stored_bytes = 0;         // message bodies, each counted once whatever its fan-out
+  std::uint64_t stored_messages = 0;      // bodies (not entries)
+  std::uint64_t appended_total = 0;       // successful append() calls
+  std::uint64_t acked_total = 0;          // entries removed by ack()
+  std::uint64_t expired_total = 0;        // entries dropped because their TTL passed
   std::uint64_t rejected_full_total = 0;  // appends refused by max_bytes
-  std::uint64_t commits_total = 0;   // transactions (group commits)
-  bool healthy = true;               // false after a sticky write failure
+  std::uint64_t commits_total = 0;        // transactions (group commits)
+  bool healthy = true;                    // false after a sticky write failure
 };
 
 class MessageStore {
@@ -123,8 +127,16 @@ class MessageStore {
   Result<std::optional<std::string>> get(std::string_view table, std::string_view key) const;
   Result<std::vector<std::pair<std::string, std::string>>> list(std::string_view table) const;
 
-  // Blocks until everything submitted so far has been committed (tests, shutdown).
+  // Blocks until everything submitted so far has been committed (tests, shutdown). Returns
+  // errc::io_error once the store is unhealthy.
+  // REQUIRES: not called from a store callback (that would wait for itself).
   Status flush();
+
+  // Full consistency check on the read connection: SQLite's integrity_check plus the store's
+  // own invariants (every entry has a body, refs match the entries, bytes match the bodies).
+  // O(size of the database): for tests, `cairn check`-style diagnostics and after a crash,
+  // never on a hot path. Errors: corruption (with the first problem found), io_error.
+  Status check_integrity() const;
 
  private:
   class Impl;

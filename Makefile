@@ -1,0 +1,50 @@
+# Everyday commands. CMake (CMakePresets.json) is the build; this file only names the steps.
+# `make demo` and `make test` work as the first command on a fresh Debian 12 machine: both run
+# scripts/setup, which installs what the build needs.
+
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 30
+export CCACHE_DIR ?= $(HOME)/.cache/ccache
+
+.PHONY: setup build test unit-test fuzz-smoke format-check demo bench clean
+
+setup:
+	@bash scripts/setup
+
+build: setup
+	cmake --preset release >/dev/null
+	cmake --build --preset release -j $(JOBS)
+
+# Everything CI runs: the ASan+UBSan build of every test, the libFuzzer smoke runs and the
+# format check.
+test: setup format-check
+	cmake --preset asan >/dev/null
+	cmake --build --preset asan -j $(JOBS)
+	ctest --test-dir build-asan -j $(JOBS) --output-on-failure --timeout 600
+	$(MAKE) --no-print-directory fuzz-smoke
+
+fuzz-smoke:
+	cmake --preset fuzz >/dev/null
+	cmake --build --preset fuzz -j $(JOBS)
+	@for f in build-fuzz/bin/*_fuzz; do \
+	  name=$$(basename $$f); scratch=$$(mktemp -d); log=$$(mktemp); \
+	  echo "fuzz: $$name for $(FUZZ_SECONDS)s"; \
+	  if ! $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$scratch fuzz/corpus/$$name >$$log 2>&1; then \
+	    tail -40 $$log; echo "fuzz: $$name FAILED (crash input saved in the working directory)"; exit 1; \
+	  fi; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" $$log | tr '\n' ' '; echo; \
+	  rm -rf $$scratch $$log; \
+	done
+
+format-check:
+	@files=$$(git ls-files '*.cpp' '*.hpp'); \
+	clang-format --dry-run --Werror $$files && echo "format: $$(echo $$files | wc -w) files clean"
+
+demo: build
+	@bash scripts/demo
+
+bench: build
+	build/bin/cairn-bench mqtt --suite default --cairnd build/bin/cairnd --cairn build/bin/cairn
+
+clean:
+	rm -rf build build-asan build-debug build-tsan build-fuzz

@@ -1,0 +1,113 @@
+// cairn-bench: load generators for cairn. Thin main: options here, logic in bench/.
+//
+//   cairn-bench mqtt [--suite default | --publishers N --subscribers M --qos Q --payload B]
+//                    [--target both|cairn|mosquitto] [--duration S] [--warmup S] ...
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+#include <CLI/CLI.hpp>
+
+#include "bench/mqtt_bench.hpp"
+#include "core/log.hpp"
+#include <unistd.h>
+
+namespace {
+
+// Programs built alongside cairn-bench live in the same directory (build/bin).
+std::string sibling_program(const char* name) {
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return name;
+  return (self.parent_path() / name).string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"cairn-bench: benchmarks for the cairn edge runtime"};
+  app.require_subcommand(1);
+
+  cairn::bench::MqttBenchOptions options;
+  options.cairnd_path = sibling_program("cairnd");
+  options.cairn_path = sibling_program("cairn");
+  int publishers = 1;
+  int subscribers = 1;
+  int qos = 1;
+  std::size_t payload = 256;
+  std::size_t inflight = 16;
+  std::string target = "both";
+  std::string suite;
+
+  auto* mqtt = app.add_subcommand(
+      "mqtt",
+      "Same MQTT workload side by side against cairnd (through routes) and a mosquitto started "
+      "by the bench, on loopback. Without workload options (or with --suite) runs the default "
+      "suite. Progress on stderr; table on stdout, last line JSON.");
+  auto* o_pub = mqtt->add_option("--publishers", publishers, "Publishing clients")
+                    ->capture_default_str()
+                    ->check(CLI::Range(1, 1000));
+  auto* o_sub = mqtt->add_option("--subscribers", subscribers, "Subscribing clients (fan-out)")
+                    ->capture_default_str()
+                    ->check(CLI::Range(1, 1000));
+  auto* o_qos = mqtt->add_option("--qos", qos, "QoS of publishes and subscriptions: 0 or 1")
+                    ->capture_default_str()
+                    ->check(CLI::Range(0, 1));
+  auto* o_payload = mqtt->add_option("--payload", payload, "Payload bytes (>= 16)")
+                        ->capture_default_str()
+                        ->check(CLI::Range(std::size_t{16}, std::size_t{256 * 1024}));
+  mqtt->add_option("--inflight", inflight,
+                   "Per publisher: QoS 1 publishes awaiting PUBACK (QoS 0: unwritten messages)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10000}));
+  mqtt->add_option("--duration", options.duration_s, "Measured seconds per workload and target")
+      ->capture_default_str()
+      ->check(CLI::Range(0.5, 3600.0));
+  mqtt->add_option("--warmup", options.warmup_s, "Unmeasured seconds before each measurement")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 600.0));
+  mqtt->add_option("--target", target, "Which brokers to run")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"both", "cairn", "mosquitto"}));
+  mqtt->add_option("--cairnd", options.cairnd_path, "cairnd binary")->capture_default_str();
+  mqtt->add_option("--cairn", options.cairn_path, "cairn CLI binary (creates identities)")
+      ->capture_default_str();
+  mqtt->add_option("--mosquitto", options.mosquitto_path, "mosquitto binary")
+      ->capture_default_str();
+  mqtt->add_option("--suite", suite, "Named workload suite: default")
+      ->check(CLI::IsMember({"default"}));
+  mqtt->add_option("--threads", options.threads, "Client I/O threads (each client has a strand)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  mqtt->add_option("--startup-samples", options.startup_samples,
+                   "Broker starts for the start-up time (best is reported)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 20));
+  mqtt->add_flag("--keep-dir", options.keep_dir,
+                 "Keep the work directory (configs, broker logs) and print its path");
+
+  CLI11_PARSE(app, argc, argv);
+  cairn::log::init(cairn::log::Level::warn);
+
+  const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
+  if (!suite.empty() || !single) {
+    options.workloads = *cairn::bench::suite_by_name(suite.empty() ? "default" : suite, inflight);
+    if (single) {
+      std::fprintf(stderr, "cairn-bench: --suite given; ignoring workload options\n");
+    }
+  } else {
+    cairn::bench::Workload w;
+    w.publishers = publishers;
+    w.subscribers = subscribers;
+    w.qos = static_cast<std::uint8_t>(qos);
+    w.payload_bytes = payload;
+    w.inflight = inflight;
+    w.name = std::to_string(publishers) + "to" + std::to_string(subscribers) + "-q" +
+             std::to_string(qos) + "-" + std::to_string(payload) + "B";
+    options.workloads.push_back(w);
+  }
+  options.run_cairn = target != "mosquitto";
+  options.run_mosquitto = target != "cairn";
+  return cairn::bench::run_mqtt_bench(options);
+}

@@ -1,0 +1,145 @@
+// cairnd: the edge daemon. Opens the store under --home, starts the hub's MQTT listeners and
+// the management socket, applies the routes of --manifest, and runs until SIGINT/SIGTERM.
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "core/log.hpp"
+#include "hub/config.hpp"
+#include "hub/edgehub_config.hpp"
+#include "hub/hub.hpp"
+#include "net/asio.hpp"
+#include "net/http.hpp"
+#include "store/message_store.hpp"
+
+namespace {
+
+using namespace cairn;
+
+int run(const std::string& home, const std::string& config_path, const std::string& manifest) {
+  auto config = hub::load_config(home, config_path);
+  if (!config) {
+    log::error("cairnd", "{}", config.error().message);
+    return 2;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(config->data_dir(), ec);
+  std::filesystem::create_directories(config->run_dir(), ec);
+  if (ec) {
+    log::error("cairnd", "cannot create {}: {}", config->data_dir(), ec.message());
+    return 1;
+  }
+
+  // Validate the manifest before touching anything else: a bad one must change nothing.
+  std::optional<hub::EdgeHubConfig> edgehub;
+  if (!manifest.empty()) {
+    auto desired = hub::read_edgehub_desired(manifest);
+    if (!desired) {
+      log::error("cairnd", "{}", desired.error().message);
+      return 2;
+    }
+    auto parsed = hub::parse_edgehub_desired(*desired);
+    if (!parsed) {
+      log::error("cairnd", "{}: {}", manifest, parsed.error().message);
+      return 2;
+    }
+    edgehub = std::move(*parsed);
+  }
+
+  store::Options store_options;
+  store_options.path = config->data_dir() + "/hub.db";
+  store_options.sync =
+      config->store.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
+  store_options.max_bytes = config->store.max_bytes;
+  if (edgehub && edgehub->max_store_bytes != 0) store_options.max_bytes = edgehub->max_store_bytes;
+  auto store = store::MessageStore::open(store_options);
+  if (!store) {
+    log::error("cairnd", "cannot open the store {}: {}", store_options.path,
+               store.error().to_string());
+    return 1;
+  }
+
+  asio::io_context io(1);
+  auto hub = hub::Hub::make(io, *config, **store);
+  if (!hub) {
+    log::error("cairnd", "{}", hub.error().to_string());
+    return 1;
+  }
+  if (edgehub) {
+    if (auto s = (*hub)->apply(*edgehub); !s) {
+      log::error("cairnd", "{}: {}", manifest, s.error().message);
+      return 2;
+    }
+  }
+  if (auto s = (*hub)->start(); !s) {
+    log::error("cairnd", "{}", s.error().to_string());
+    return 1;
+  }
+  auto mgmt = net::UnixHttpServer::start(
+      io, config->mgmt_socket(), [h = *hub](const net::HttpRequest& req, net::HttpRespond respond) {
+        h->handle_management(req, std::move(respond));
+      });
+  if (!mgmt) {
+    log::error("cairnd", "{}", mgmt.error().to_string());
+    return 1;
+  }
+  log::info("cairnd", "ready: home={} device={} mgmt={}", home, config->device_id,
+            config->mgmt_socket());
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](net::error_code, int sig) {
+    log::info("cairnd", "signal {}: shutting down", sig);
+    (*mgmt)->stop();
+    (*hub)->stop();
+    // Sessions finish their last writes; then the loop runs dry and returns.
+    asio::post(io, [&io] { io.stop(); });
+  });
+  io.run();
+  hub->reset();
+  if (auto s = (*store)->flush(); !s) {
+    log::error("cairnd", "final store flush failed: {}", s.error().to_string());
+    return 1;
+  }
+  log::info("cairnd", "stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"cairnd — the cairn edge daemon: MQTT hub with IoT Edge routes and durable queues"};
+  std::string home = "/var/lib/cairn";
+  std::string config_path;
+  std::string manifest;
+  std::string level = "info";
+  app.add_option("--home", home, "Directory for data, sockets, certificates and config.toml")
+      ->capture_default_str();
+  app.add_option("--config", config_path, "Config file (default: HOME/config.toml)");
+  app.add_option("--manifest", manifest,
+                 "IoT Edge deployment manifest; its $edgeHub section gives the routes");
+  app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  app.set_version_flag("--version", std::string("cairnd ") + CAIRN_VERSION);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  auto parsed_level = cairn::log::parse_level(level);
+  if (!parsed_level) {
+    std::cerr << "cairnd: " << parsed_level.error().message << "\n";
+    return 2;
+  }
+  cairn::log::init(*parsed_level);
+  if (config_path.empty()) config_path = home + "/config.toml";
+  std::signal(SIGPIPE, SIG_IGN);
+  try {
+    return run(home, config_path, manifest);
+  } catch (const std::exception& e) {
+    cairn::log::error("cairnd", "fatal: {}", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,51 @@
+// `cairn-bench mqtt`: runs the same MQTT workloads side by side against cairnd (through routes)
+// and against a mosquitto the bench starts itself, both on loopback, and reports delivered
+// throughput, end-to-end latency and process figures (start-up time, idle and loaded RSS, CPU).
+// See bench/README.md for what each number means.
+//
+// Output: progress on stderr; a human table on stdout, whose last line is one JSON object.
+//
+// Thread-safety: run_mqtt_bench() owns everything it creates; call it from one thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cairn::bench {
+
+struct Workload {
+  std::string name;
+  int publishers = 1;
+  int subscribers = 1;
+  std::uint8_t qos = 1;
+  std::size_t payload_bytes = 256;  // >= 16: the send timestamp lives in the first 16 bytes
+  std::size_t inflight = 16;        // per publisher: QoS 1 awaiting PUBACK / QoS 0 unwritten
+};
+
+struct MqttBenchOptions {
+  std::vector<Workload> workloads;  // run in order, each against every target
+  double warmup_s = 2.0;            // messages in this window are not measured
+  double duration_s = 8.0;          // measured window
+  bool run_cairn = true;
+  bool run_mosquitto = true;
+  std::string cairnd_path;
+  std::string cairn_path;
+  std::string mosquitto_path = "/usr/sbin/mosquitto";
+  int threads = 1;          // client I/O threads; each client has its own strand
+  int startup_samples = 3;  // starts per target for the start-up time (best is reported)
+  bool keep_dir = false;    // keep the work directory (configs, broker logs) for inspection
+};
+
+// The default suite: 1->1, 4->1 and 1->4 at QoS 1, and 1->1 at QoS 0; 256-byte payloads.
+std::vector<Workload> default_suite(std::size_t inflight);
+// Suite names accepted by suite_by_name(); "default" is the only one today.
+std::optional<std::vector<Workload>> suite_by_name(const std::string& name, std::size_t inflight);
+
+// Runs everything and prints the report. Returns the process exit code: 0 if every
+// workload ran against every selected target, 1 otherwise (the report says what failed).
+int run_mqtt_bench(const MqttBenchOptions& options);
+
+}  // namespace cairn::bench

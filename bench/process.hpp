@@ -1,0 +1,71 @@
+// Child processes and loopback sockets for the benchmarks: spawn a broker with its output in a
+// log file, wait until it accepts TCP connections, read its RSS and CPU time from /proc, stop
+// it; run a short command and capture its stdout.
+//
+// Thread-safety: a ChildProcess belongs to one thread. The free functions are thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+#include <sys/types.h>
+
+namespace cairn::bench {
+
+class ChildProcess {
+ public:
+  // Starts argv[0] (a path) with stdin from /dev/null and stdout+stderr appended to `log_path`.
+  [[nodiscard]] static Result<ChildProcess> spawn(const std::vector<std::string>& argv,
+                                                  const std::string& log_path);
+
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess();  // stop()s a process that still runs
+
+  pid_t pid() const noexcept { return pid_; }
+  // False once the process has exited (reaps it); `exit_description()` then says how.
+  bool running();
+  const std::string& exit_description() const noexcept { return exit_description_; }
+  // SIGTERM, then SIGKILL after `grace`; reaps the process.
+  void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
+
+  // VmRSS in KiB from /proc/PID/status; nullopt if the process is gone.
+  std::optional<std::uint64_t> rss_kib() const;
+  // User + system CPU time in seconds from /proc/PID/stat; nullopt if the process is gone.
+  std::optional<double> cpu_seconds() const;
+
+ private:
+  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  void reaped(int status);
+
+  pid_t pid_ = -1;
+  std::string exit_description_;
+};
+
+// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+Result<std::uint16_t> free_loopback_port();
+
+// True if a TCP connect to 127.0.0.1:port succeeds now (the connection is closed at once).
+bool can_connect(std::uint16_t port);
+
+// Polls can_connect() every ~1 ms until it succeeds, the process exits or `limit` passes.
+// Returns the time from `started` (taken just before spawning) to the first accepted connect.
+Result<std::chrono::microseconds> wait_until_accepting(
+    ChildProcess& process, std::uint16_t port, std::chrono::steady_clock::time_point started,
+    std::chrono::milliseconds limit);
+
+// Runs argv to completion (at most `limit`), returning its stdout; stderr goes to `log_path`.
+// A non-zero exit is an error that quotes the end of the log.
+Result<std::string> run_capture(const std::vector<std::string>& argv, const std::string& log_path,
+                                std::chrono::milliseconds limit = std::chrono::milliseconds(30000));
+
+// The last `lines` lines of a text file (for error messages); empty if unreadable.
+std::string tail_of_file(const std::string& path, int lines = 10);
+
+}  // namespace cairn::bench

@@ -1,0 +1,178 @@
+#include "bench/targets.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string_view>
+
+#include "bench/process.hpp"
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
+
+namespace cairn::bench {
+
+namespace {
+
+constexpr std::string_view kDeviceId = "bench-edge";
+constexpr std::int64_t kTokenValiditySeconds = 3600;
+
+Status write_file(const std::filesystem::path& path, std::string_view text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return make_error(errc::io_error, "cannot write " + path.string());
+  return {};
+}
+
+// "HostName=H;DeviceId=D;ModuleId=M;SharedAccessKey=K;GatewayHostName=G" -> map. Values may
+// contain '=' (base64 keys), so split each field at its first '='.
+std::map<std::string, std::string> parse_connection_string(std::string_view text) {
+  std::map<std::string, std::string> fields;
+  while (!text.empty()) {
+    const auto semi = text.find(';');
+    const auto field = text.substr(0, semi);
+    const auto eq = field.find('=');
+    if (eq != std::string_view::npos) {
+      fields.emplace(std::string(field.substr(0, eq)), std::string(field.substr(eq + 1)));
+    }
+    if (semi == std::string_view::npos) break;
+    text.remove_prefix(semi + 1);
+  }
+  return fields;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' '))
+    s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\n')) s.remove_prefix(1);
+  return s;
+}
+
+// Creates MODULE's identity and turns its connection string into MQTT credentials.
+Result<ClientSetup> module_credentials(const Programs& programs, const std::string& home,
+                                       const std::string& module, const std::string& log_path) {
+  auto out = run_capture({programs.cairn, "--home", home, "identity", "create", module}, log_path);
+  if (!out) return std::move(out).error();
+  auto fields = parse_connection_string(trim(*out));
+  for (const char* key : {"HostName", "DeviceId", "ModuleId", "SharedAccessKey"}) {
+    if (!fields.contains(key)) {
+      return make_error(errc::invalid_argument, "`cairn identity create " + module +
+                                                    "` printed no " + key + ": '" +
+                                                    std::string(trim(*out)) + "'");
+    }
+  }
+  const auto& host = fields["HostName"];
+  const auto& device = fields["DeviceId"];
+  const auto& module_id = fields["ModuleId"];
+  auto token =
+      crypto::make_sas_token(host + "/devices/" + device + "/modules/" + module_id,
+                             fields["SharedAccessKey"], now_unix_s() + kTokenValiditySeconds);
+  if (!token) return std::move(token).error();
+  ClientSetup setup;
+  setup.client_id = device + "/" + module_id;
+  setup.username = host + "/" + device + "/" + module_id + "/?api-version=2021-04-12";
+  setup.password = std::move(*token);
+  return setup;
+}
+
+std::string cairn_manifest(int subscribers) {
+  std::string routes;
+  for (int j = 0; j < subscribers; ++j) {
+    if (j > 0) routes += ",";
+    routes += "\"r" + std::to_string(j) +
+              "\":\"FROM /messages/modules/* INTO BrokeredEndpoint(\\\"/modules/sub" +
+              std::to_string(j) + "/inputs/in\\\")\"";
+  }
+  return R"({"modulesContent":{"$edgeAgent":{"properties.desired":{"schemaVersion":"1.1",)"
+         R"("runtime":{"type":"docker","settings":{}},"systemModules":{"edgeAgent":{"type":)"
+         R"("docker","settings":{"image":"cairn","createOptions":""}},"edgeHub":{"type":)"
+         R"("docker","status":"running","restartPolicy":"always","settings":{"image":"cairn",)"
+         R"("createOptions":""}}},"modules":{}}},"$edgeHub":{"properties.desired":)"
+         R"({"schemaVersion":"1.1","routes":{)" +
+         routes + R"(},"storeAndForwardConfiguration":{"timeToLiveSecs":7200}}}}})";
+}
+
+Result<PreparedBroker> prepare_mosquitto(const Programs& programs, const std::filesystem::path& dir,
+                                         std::uint16_t port, int publishers, int subscribers) {
+  PreparedBroker b;
+  b.kind = TargetKind::kMosquitto;
+  b.port = port;
+  b.log_path = (dir / "mosquitto.log").string();
+  const auto conf = dir / "mosquitto.conf";
+  // Defaults otherwise (max_inflight_messages 20, max_queued_messages 1000). TCP_NODELAY
+  // because cairnd and the bench clients set it too; without it Nagle adds delay to small
+  // packets and the latency comparison would measure that instead.
+  auto written = write_file(conf, "listener " + std::to_string(port) +
+                                      " 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                                      "set_tcp_nodelay true\nlog_dest stderr\n"
+                                      "log_type error\nlog_type warning\n");
+  if (!written) return std::move(written).error();
+  b.argv = {programs.mosquitto, "-c", conf.string()};
+  for (int i = 0; i < publishers; ++i) {
+    b.publishers.push_back({"bench-pub" + std::to_string(i), {}, {}, "bench/data"});
+  }
+  for (int j = 0; j < subscribers; ++j) {
+    b.subscribers.push_back({"bench-sub" + std::to_string(j), {}, {}, "bench/data"});
+  }
+  return b;
+}
+
+Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesystem::path& dir,
+                                     std::uint16_t port, int publishers, int subscribers) {
+  PreparedBroker b;
+  b.kind = TargetKind::kCairn;
+  b.port = port;
+  b.log_path = (dir / "cairnd.log").string();
+  const auto home = dir / "home";
+  std::error_code ec;
+  std::filesystem::create_directories(home, ec);
+  if (ec) return make_error(errc::io_error, "mkdir " + home.string() + ": " + ec.message());
+  auto written = write_file(home / "config.toml",
+                            "device_id = \"" + std::string(kDeviceId) +
+                                "\"\nhostname = \"localhost\"\n[mqtt]\nlisten = \"127.0.0.1\"\n"
+                                "tls_port = 0\nplain_port = " +
+                                std::to_string(port) + "\n");
+  if (!written) return std::move(written).error();
+  const auto manifest = dir / "manifest.json";
+  written = write_file(manifest, cairn_manifest(subscribers));
+  if (!written) return std::move(written).error();
+  b.argv = {programs.cairnd,   "--home",      home.string(), "--manifest",
+            manifest.string(), "--log-level", "warn"};
+
+  const std::string cli_log = (dir / "cairn-cli.log").string();
+  for (int i = 0; i < publishers; ++i) {
+    const std::string module = "pub" + std::to_string(i);
+    auto creds = module_credentials(programs, home.string(), module, cli_log);
+    if (!creds) return std::move(creds).error();
+    creds->topic =
+        "devices/" + std::string(kDeviceId) + "/modules/" + module + "/messages/events/%24.on=out";
+    b.publishers.push_back(std::move(*creds));
+  }
+  for (int j = 0; j < subscribers; ++j) {
+    const std::string module = "sub" + std::to_string(j);
+    auto creds = module_credentials(programs, home.string(), module, cli_log);
+    if (!creds) return std::move(creds).error();
+    creds->topic = "devices/" + std::string(kDeviceId) + "/modules/" + module + "/#";
+    b.subscribers.push_back(std::move(*creds));
+  }
+  return b;
+}
+
+}  // namespace
+
+std::string_view to_string(TargetKind kind) noexcept {
+  return kind == TargetKind::kCairn ? "cairn" : "mosquitto";
+}
+
+Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
+                                      const std::string& dir, std::uint16_t port, int publishers,
+                                      int subscribers) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error(errc::io_error, "mkdir " + dir + ": " + ec.message());
+  return kind == TargetKind::kCairn
+             ? prepare_cairn(programs, dir, port, publishers, subscribers)
+             : prepare_mosquitto(programs, dir, port, publishers, subscribers);
+}
+
+}  // namespace cairn::bench

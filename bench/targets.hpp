@@ -1,0 +1,55 @@
+// The two brokers the MQTT benchmark compares, prepared for one workload: the command line that
+// starts the broker on a given loopback port, plus, for each publisher and subscriber, its MQTT
+// credentials and its topic.
+//
+//  - mosquitto: anonymous, publishers publish to bench/data, every subscriber subscribes to it.
+//  - cairn: cairnd with a plain MQTT listener, module identities pub{i} / sub{j} created with
+//    `cairn identity create`, SAS-token passwords, and one route per subscriber
+//    FROM /messages/modules/* INTO BrokeredEndpoint("/modules/sub{j}/inputs/in").
+//
+// Thread-safety: plain functions; each call works in its own directory.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace cairn::bench {
+
+enum class TargetKind { kCairn, kMosquitto };
+
+std::string_view to_string(TargetKind kind) noexcept;
+
+struct Programs {
+  std::string cairnd;     // the daemon
+  std::string cairn;      // its CLI (identities)
+  std::string mosquitto;  // /usr/sbin/mosquitto
+};
+
+struct ClientSetup {
+  std::string client_id;
+  std::optional<std::string> username;
+  std::optional<std::string> password;
+  std::string topic;  // publishers: topic to publish to; subscribers: filter to subscribe to
+};
+
+struct PreparedBroker {
+  TargetKind kind = TargetKind::kMosquitto;
+  std::uint16_t port = 0;
+  std::vector<std::string> argv;  // starts the broker
+  std::string log_path;           // its stdout/stderr
+  std::vector<ClientSetup> publishers;
+  std::vector<ClientSetup> subscribers;
+};
+
+// Writes the broker's configuration under `dir` (created if missing) and returns how to start
+// it and how clients log in. For cairn this runs `cairn identity create` once per module, so
+// it needs the cairn CLI but not a running cairnd.
+[[nodiscard]] Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
+                                                    const std::string& dir, std::uint16_t port,
+                                                    int publishers, int subscribers);
+
+}  // namespace cairn::bench

@@ -1,0 +1,60 @@
+// HubConfig: everything cairnd's hub can be told, with embedded defaults that work with no
+// config file at all. Loaded from DIR/config.toml; unknown keys are errors (a typo must not
+// silently fall back to a default).
+//
+// Thread-safety: a plain value.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/result.hpp"
+
+namespace cairn::hub {
+
+struct HubConfig {
+  std::string home;  // data, sockets and certificates live here
+
+  // Identity of this edge device. Modules connect as "{device_id}/{module}".
+  std::string device_id = "cairn-edge";
+  // Host name modules use to reach the hub (server certificate SAN, GatewayHostName).
+  std::string hostname = "localhost";
+  // IoT Hub host name that appears in SAS token audiences (IOTEDGE_IOTHUBHOSTNAME). Tokens
+  // naming either this or `hostname` are accepted, as edgeHub does.
+  std::string iothub_hostname = "cairn.local";
+
+  struct Mqtt {
+    std::string listen = "127.0.0.1";  // address for both listeners; "0.0.0.0" for all
+    std::uint16_t tls_port = 8883;     // 0 disables MQTT over TLS
+    std::uint16_t plain_port = 0;      // 0 disables plain MQTT (use only on trusted hosts)
+    // IoT Hub's message size limit: body plus properties.
+    std::size_t max_message_bytes = 256 * 1024;
+    // QoS 1 publishes waiting for their PUBACK (store commit) before the hub stops reading
+    // from that client. Larger values let group commit batch more; each costs one message.
+    std::size_t max_inflight_in = 64;
+    // Unacknowledged deliveries per module endpoint. Bounds memory per slow consumer.
+    std::size_t max_inflight_out = 64;
+    std::uint32_t max_keepalive_secs = 600;   // server side cap (1.5 x client value)
+    std::uint32_t connect_timeout_secs = 30;  // CONNECT must arrive within this
+    std::size_t max_connections = 1000;
+  } mqtt;
+
+  struct Store {
+    bool fsync = true;  // false: survives a crash of cairnd, not a power cut; faster on slow disks
+    std::uint64_t max_bytes = 1024ull * 1024 * 1024;  // 1 GiB of queued messages; 0 = no cap
+    std::uint32_t expire_interval_secs = 30;          // how often expired messages are deleted
+  } store;
+
+  // Default message TTL for routes with timeToLiveSecs = 0, until a manifest says otherwise.
+  std::int64_t default_ttl_secs = 7200;
+
+  std::string data_dir() const { return home + "/data"; }
+  std::string run_dir() const { return home + "/run"; }
+  std::string mgmt_socket() const { return run_dir() + "/mgmt.sock"; }
+};
+
+// Reads `path` if it exists (a missing file means all defaults). Errors name the file, the
+// line and the key.
+Result<HubConfig> load_config(const std::string& home, const std::string& path);
+
+}  // namespace cairn::hub

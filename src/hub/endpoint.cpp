@@ -1,0 +1,180 @@
+#include "hub/endpoint.hpp"
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+
+namespace cairn::hub {
+namespace {
+
+// How many entries are read from the store in one go when catching up on a backlog.
+constexpr std::size_t kReadBatch = 256;
+
+}  // namespace
+
+Endpoint::Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
+                   std::size_t max_inflight)
+    : io_(io), store_(store), endpoint_(std::move(endpoint)), max_inflight_(max_inflight) {}
+
+Endpoint::Lane& Endpoint::lane(std::int32_t priority) {
+  auto [it, inserted] = lanes_.try_emplace(priority);
+  if (inserted) it->second.key = store::QueueKey{endpoint_.id(), priority};
+  return it->second;
+}
+
+void Endpoint::appended(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
+                        std::shared_ptr<const Message> message) {
+  Lane& l = lane(priority);
+  // While a read is running it will return this entry too (the store runs the read after the
+  // commit that produced this notification), so the notification carries no news.
+  if (l.loading) return;
+  // Cache only while a consumer is attached, the cache is contiguous and small; otherwise the
+  // entry waits on disk and is read back when the consumer gets to it.
+  std::size_t cache_limit = std::max<std::size_t>(4 * max_inflight_, 256);
+  if (attached() && !l.backlog && seq == l.loaded_through + 1 && l.cache.size() < cache_limit) {
+    l.cache.push_back(Pending{seq, expires_at_ms, std::move(message)});
+    l.loaded_through = seq;
+    pump();
+  } else {
+    l.backlog = true;
+    if (attached()) pump();
+  }
+}
+
+void Endpoint::has_backlog(std::int32_t priority) {
+  lane(priority).backlog = true;
+  pump();
+}
+
+void Endpoint::attach(std::weak_ptr<Consumer> consumer) {
+  auto c = consumer.lock();
+  if (!c) return;
+  consumer_raw_ = c.get();
+  consumer_ = std::move(consumer);
+  pump();
+}
+
+void Endpoint::detach(const Consumer* consumer) {
+  if (consumer_raw_ != consumer) return;
+  consumer_.reset();
+  consumer_raw_ = nullptr;
+  ++generation_;
+  inflight_ = 0;
+  for (auto& [priority, l] : lanes_) {
+    l.cache.clear();
+    l.sent.clear();
+    l.loaded_through = l.acked_through;
+    l.backlog = true;
+    l.loading = false;
+  }
+}
+
+void Endpoint::pump() {
+  auto consumer = consumer_.lock();
+  if (!consumer) return;
+  const std::int64_t now = now_unix_ms();
+  while (inflight_ < max_inflight_) {
+    Lane* next = nullptr;
+    for (auto& [priority, l] : lanes_) {
+      if (!l.cache.empty()) {
+        next = &l;
+        break;
+      }
+      // A higher priority with entries on disk goes first: wait for its read.
+      if (l.backlog) {
+        load(l);
+        return;
+      }
+    }
+    if (!next) return;
+    Pending p = std::move(next->cache.front());
+    next->cache.pop_front();
+    if (p.expires_at_ms != 0 && p.expires_at_ms <= now) {
+      ++counters_.expired;
+      next->sent.push_back(Sent{p.seq, true});
+      settle(*next);
+      continue;
+    }
+    next->sent.push_back(Sent{p.seq, false});
+    ++inflight_;
+    ++counters_.delivered;
+    std::int32_t priority = next->key.priority;
+    std::uint64_t seq = p.seq;
+    std::uint64_t generation = generation_;
+    std::weak_ptr<Endpoint> weak = weak_from_this();
+    bool dup = seq <= next->delivered_through;
+    next->delivered_through = std::max(next->delivered_through, seq);
+    bool ok =
+        consumer->deliver(endpoint_.input, *p.message, dup, [weak, priority, seq, generation] {
+          if (auto self = weak.lock()) self->on_ack(priority, seq, generation);
+        });
+    if (!ok) return;  // closing: detach() follows and resets the lanes
+  }
+}
+
+void Endpoint::load(Lane& l) {
+  if (l.loading) return;
+  l.loading = true;
+  std::weak_ptr<Endpoint> weak = weak_from_this();
+  std::uint64_t generation = generation_;
+  std::int32_t priority = l.key.priority;
+  store_.read(l.key, l.loaded_through, kReadBatch,
+              [&io = io_, weak, generation, priority](Result<std::vector<store::Entry>> r) {
+                asio::post(io, [weak, generation, priority, r = std::move(r)]() mutable {
+                  auto self = weak.lock();
+                  if (!self || generation != self->generation_) return;
+                  Lane& lane = self->lane(priority);
+                  lane.loading = false;
+                  if (!r) {
+                    log::error("hub", "endpoint={} reading queue priority={} failed: {}",
+                               self->id(), priority, r.error().to_string());
+                    return;  // stays in backlog; the next append or attach retries
+                  }
+                  for (auto& e : *r) {
+                    if (e.seq <= lane.loaded_through) continue;
+                    auto m = decode_message(e.message);
+                    if (!m) {
+                      log::error("hub", "endpoint={} seq={} undecodable message dropped: {}",
+                                 self->id(), e.seq, m.error().to_string());
+                      lane.sent.push_back(Sent{e.seq, true});
+                      lane.loaded_through = e.seq;
+                      continue;
+                    }
+                    lane.cache.push_back(Pending{e.seq, e.expires_at_ms,
+                                                 std::make_shared<const Message>(std::move(*m))});
+                    lane.loaded_through = e.seq;
+                  }
+                  lane.backlog = r->size() == kReadBatch;
+                  self->settle(lane);
+                  self->pump();
+                });
+              });
+}
+
+void Endpoint::on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation) {
+  if (generation != generation_) return;
+  Lane& l = lane(priority);
+  for (auto& s : l.sent) {
+    if (s.seq == seq && !s.acked) {
+      s.acked = true;
+      --inflight_;
+      ++counters_.acked;
+      break;
+    }
+  }
+  settle(l);
+  pump();
+}
+
+// Deletes the acknowledged prefix of the lane from the store.
+void Endpoint::settle(Lane& l) {
+  std::uint64_t through = 0;
+  while (!l.sent.empty() && l.sent.front().acked) {
+    through = l.sent.front().seq;
+    l.sent.pop_front();
+  }
+  if (through == 0) return;
+  l.acked_through = through;
+  store_.ack(l.key, through);
+}
+
+}  // namespace cairn::hub

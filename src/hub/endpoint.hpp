@@ -1,0 +1,107 @@
+// Endpoint: delivery of one route endpoint's durable queues (one per priority) to its
+// consumer — for a module input, the module's MQTT session.
+//
+// Memory stays bounded whatever the backlog: only a window of recently appended messages is
+// cached while the consumer keeps up; everything else is read back from the store in batches.
+// Delivery is at-least-once: an entry is deleted from its queue only when the consumer has
+// acknowledged it and every earlier entry of that queue; on disconnect everything not yet
+// acknowledged is delivered again (with DUP set) to the next session.
+//
+// Priorities: the lane with the lowest number is always served first (low priorities can
+// starve, as in edgeHub). Expired entries are skipped and dropped.
+//
+// Thread-safety: used only on the hub's network thread. Store callbacks are posted there.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/message.hpp"
+#include "net/asio.hpp"
+#include "routing/route.hpp"
+#include "store/message_store.hpp"
+
+namespace cairn::hub {
+
+// What an endpoint needs from a connected consumer.
+class Consumer {
+ public:
+  virtual ~Consumer() = default;
+  // Queues a QoS 1 PUBLISH of `m` for input `input`; `on_ack` runs when the consumer's PUBACK
+  // arrives. Returns false if the consumer is closing (the message is then not sent).
+  virtual bool deliver(const std::string& input, const Message& m, bool dup,
+                       std::function<void()> on_ack) = 0;
+};
+
+struct EndpointCounters {
+  std::uint64_t delivered = 0;
+  std::uint64_t acked = 0;
+  std::uint64_t expired = 0;
+};
+
+class Endpoint : public std::enable_shared_from_this<Endpoint> {
+ public:
+  Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
+           std::size_t max_inflight);
+
+  const routing::Endpoint& endpoint() const { return endpoint_; }
+  std::string id() const { return endpoint_.id(); }
+
+  // A message was committed to this endpoint's queue `priority` with sequence `seq`.
+  void appended(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
+                std::shared_ptr<const Message> message);
+  // The queue `priority` holds entries from an earlier run: read them from the store.
+  void has_backlog(std::int32_t priority);
+
+  void attach(std::weak_ptr<Consumer> consumer);
+  // The consumer went away: everything unacknowledged will be delivered again.
+  void detach(const Consumer* consumer);
+  bool attached() const { return !consumer_.expired(); }
+
+  const EndpointCounters& counters() const { return counters_; }
+  std::size_t inflight() const { return inflight_; }
+
+ private:
+  struct Pending {
+    std::uint64_t seq = 0;
+    std::int64_t expires_at_ms = 0;
+    std::shared_ptr<const Message> message;
+  };
+  struct Sent {
+    std::uint64_t seq = 0;
+    bool acked = false;
+  };
+  struct Lane {
+    store::QueueKey key;
+    std::deque<Pending> cache;
+    std::deque<Sent> sent;                // delivered, in seq order, until acknowledged in order
+    std::uint64_t loaded_through = 0;     // highest seq ever put in the cache this generation
+    std::uint64_t acked_through = 0;      // every entry <= this is deleted from the store
+    std::uint64_t delivered_through = 0;  // highest seq ever sent: later sends of it are DUPs
+    bool backlog = true;                  // entries past loaded_through may be on disk only
+    bool loading = false;
+  };
+
+  Lane& lane(std::int32_t priority);
+  void pump();
+  void load(Lane& lane);
+  void on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation);
+  void settle(Lane& lane);
+
+  asio::io_context& io_;
+  store::MessageStore& store_;
+  routing::Endpoint endpoint_;
+  std::size_t max_inflight_;
+  std::map<std::int32_t, Lane> lanes_;  // ordered: highest priority (lowest number) first
+  std::weak_ptr<Consumer> consumer_;
+  const Consumer* consumer_raw_ = nullptr;
+  std::size_t inflight_ = 0;
+  std::uint64_t generation_ = 0;  // bumped on detach so late acks and reads are ignored
+  EndpointCounters counters_;
+};
+
+}  // namespace cairn::hub

@@ -1,0 +1,489 @@
+#include "hub/hub.hpp"
+
+#include <algorithm>
+
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
+#include "core/log.hpp"
+#include "hub/session.hpp"
+#include "net/certs.hpp"
+
+namespace cairn::hub {
+namespace {
+
+constexpr const char* kSessionsTable = "sessions";
+
+// Endpoint ids are "$upstream" or "{module}/{input}" (routing::Endpoint::id()).
+std::optional<routing::Endpoint> endpoint_from_id(const std::string& id) {
+  if (id == "$upstream") return routing::Endpoint{routing::Endpoint::Kind::upstream, "", ""};
+  auto slash = id.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == id.size()) return std::nullopt;
+  return routing::Endpoint{routing::Endpoint::Kind::module_input, id.substr(0, slash),
+                           id.substr(slash + 1)};
+}
+
+net::HttpResponse json_response(int status, const nlohmann::json& body) {
+  return net::HttpResponse{status, body.dump(), "application/json"};
+}
+
+net::HttpResponse error_response(const Error& e) {
+  int status = 500;
+  switch (e.code) {
+    case errc::invalid_argument:
+      status = 400;
+      break;
+    case errc::not_found:
+      status = 404;
+      break;
+    case errc::unauthorized:
+      status = 401;
+      break;
+    case errc::forbidden:
+      status = 403;
+      break;
+    case errc::limit_exceeded:
+      status = 413;
+      break;
+    case errc::unavailable:
+      status = 503;
+      break;
+    default:
+      break;
+  }
+  return json_response(status, {{"error", e.message}});
+}
+
+}  // namespace
+
+Hub::Hub(asio::io_context& io, HubConfig config, store::MessageStore& store)
+    : io_(io),
+      config_(std::move(config)),
+      store_(store),
+      identities_(store, config_.device_id),
+      default_ttl_secs_(config_.default_ttl_secs),
+      expiry_timer_(io) {}
+
+Hub::~Hub() = default;
+
+Result<std::shared_ptr<Hub>> Hub::make(asio::io_context& io, HubConfig config,
+                                       store::MessageStore& store) {
+  std::shared_ptr<Hub> hub(new Hub(io, std::move(config), store));
+  CAIRN_TRY(hub->identities_.load());
+  return hub;
+}
+
+Status Hub::start() {
+  if (config_.mqtt.tls_port != 0 || config_.mqtt.plain_port == 0) {
+    net::CertificateOptions options;
+    options.dns_names = {config_.hostname, "localhost"};
+    if (config_.hostname == "localhost") options.dns_names.pop_back();
+    options.ip_addresses = {"127.0.0.1"};
+    auto certs = net::ensure_edge_certificates(config_.home, options);
+    if (!certs) return std::move(certs).error();
+    tls_ = std::make_unique<ssl::context>(ssl::context::tls_server);
+    tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    error_code ec;
+    tls_->use_certificate_chain_file(certs->server_cert_path, ec);
+    if (!ec) tls_->use_private_key_file(certs->server_key_path, ssl::context::pem, ec);
+    if (ec) {
+      return make_error(errc::io_error, "cannot load the server certificate from " +
+                                            certs->server_cert_path + ": " + ec.message());
+    }
+  }
+  if (config_.mqtt.tls_port != 0) CAIRN_TRY(listen(config_.mqtt.tls_port, true, tls_port_));
+  if (config_.mqtt.plain_port != 0) CAIRN_TRY(listen(config_.mqtt.plain_port, false, plain_port_));
+
+  // Queues left by an earlier run: their endpoints must read them back from disk.
+  std::weak_ptr<Hub> weak = weak_from_this();
+  store_.queues([weak, &io = io_](Result<std::vector<store::QueueInfo>> r) {
+    asio::post(io, [weak, r = std::move(r)] {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!r) {
+        log::error("hub", "cannot list stored queues: {}", r.error().to_string());
+        return;
+      }
+      for (const auto& q : *r) {
+        if (q.length == 0) continue;
+        auto e = endpoint_from_id(q.queue.endpoint);
+        if (!e) {
+          log::warn("hub", "stored queue '{}' names no endpoint; left untouched", q.queue.endpoint);
+          continue;
+        }
+        log::info("hub", "endpoint={} priority={} resumes with {} stored messages",
+                  q.queue.endpoint, q.queue.priority, q.length);
+        self->endpoint(*e)->has_backlog(q.queue.priority);
+      }
+    });
+  });
+  schedule_expiry();
+  return {};
+}
+
+Status Hub::listen(std::uint16_t port, bool tls, std::uint16_t& bound) {
+  error_code ec;
+  auto address = asio::ip::make_address(config_.mqtt.listen, ec);
+  if (ec) {
+    return make_error(errc::invalid_argument,
+                      "mqtt.listen '" + config_.mqtt.listen + "' is not an IP address");
+  }
+  auto acceptor = std::make_unique<tcp::acceptor>(io_);
+  tcp::endpoint ep(address, port);
+  acceptor->open(ep.protocol(), ec);
+  if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor->bind(ep, ec);
+  if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return make_error(errc::io_error, "cannot listen on " + config_.mqtt.listen + ":" +
+                                          std::to_string(port) + ": " + ec.message());
+  }
+  bound = acceptor->local_endpoint().port();
+  log::info("hub", "listening for MQTT{} on {}:{}", tls ? " over TLS" : "", config_.mqtt.listen,
+            bound);
+  tcp::acceptor* raw = acceptor.get();
+  acceptors_.push_back(std::move(acceptor));
+  asio::co_spawn(
+      io_,
+      [self = shared_from_this(), raw, tls]() -> asio::awaitable<void> {
+        for (;;) {
+          error_code aec;
+          tcp::socket socket =
+              co_await raw->async_accept(asio::redirect_error(asio::use_awaitable, aec));
+          if (self->stopping_ || aec == asio::error::operation_aborted) co_return;
+          if (aec) {
+            log::warn("hub", "accept failed: {}", aec.message());
+            continue;
+          }
+          if (!self->accept_connection()) {
+            ++self->counters_.connections_refused;
+            log::warn("hub", "connection refused: max_connections={} reached",
+                      self->config_.mqtt.max_connections);
+            continue;
+          }
+          error_code ignored;
+          socket.set_option(tcp::no_delay(true), ignored);
+          std::string peer;
+          auto remote = socket.remote_endpoint(ignored);
+          peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+          Session::Stream stream =
+              tls ? Session::Stream(std::in_place_index<1>, std::move(socket), *self->tls_)
+                  : Session::Stream(std::in_place_index<0>, std::move(socket));
+          std::make_shared<Session>(self, std::move(stream), std::move(peer))->start();
+        }
+      },
+      asio::detached);
+  return {};
+}
+
+void Hub::stop() {
+  stopping_ = true;
+  expiry_timer_.cancel();
+  for (auto& a : acceptors_) {
+    error_code ignored;
+    a->close(ignored);
+  }
+  // Copy first: closing a session unregisters it from the map.
+  std::vector<std::shared_ptr<Session>> live;
+  for (auto& [id, weak] : sessions_) {
+    if (auto s = weak.lock()) live.push_back(std::move(s));
+  }
+  for (auto& s : live) s->close("cairnd is shutting down", true);
+}
+
+Status Hub::apply(const EdgeHubConfig& config) {
+  auto router = routing::Router::create(config.routes);
+  if (!router) return std::move(router).error();
+  router_ = std::move(*router);
+  default_ttl_secs_ = config.ttl_secs;
+  for (const auto& r : router_.routes()) {
+    endpoint(r.endpoint());  // create now so a module that connects first gets attached
+    log::info("hub", "route {}: {} (priority={} ttl={}s)", r.name(), r.text(),
+              r.priority() == routing::kDefaultPriority ? std::string("default")
+                                                        : std::to_string(r.priority()),
+              r.ttl_secs());
+  }
+  log::info("hub", "{} routes active; store-and-forward ttl={}s", router_.routes().size(),
+            default_ttl_secs_);
+  return {};
+}
+
+std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
+  auto id = e.id();
+  auto it = endpoints_.find(id);
+  if (it != endpoints_.end()) return it->second;
+  auto ep = std::make_shared<Endpoint>(io_, store_, e, config_.mqtt.max_inflight_out);
+  endpoints_.emplace(id, ep);
+  if (e.kind == routing::Endpoint::Kind::module_input) {
+    auto range = module_consumers_.equal_range(e.module);
+    for (auto c = range.first; c != range.second; ++c) ep->attach(c->second);
+  }
+  return ep;
+}
+
+void Hub::ingest(Message m, std::function<void(Status)> done) {
+  auto matches = router_.route(m);
+  if (matches.empty()) {
+    ++counters_.messages_unrouted;
+    done({});
+    return;
+  }
+  const std::int64_t now = now_unix_ms();
+  std::vector<store::Target> targets;
+  targets.reserve(matches.size());
+  for (const auto& match : matches) {
+    std::int64_t ttl =
+        match.ttl_secs != 0 ? static_cast<std::int64_t>(match.ttl_secs) : default_ttl_secs_;
+    std::int64_t expires = ttl < 0 ? 0 : now + ttl * 1000;
+    targets.push_back(store::Target{store::QueueKey{match.endpoint.id(), match.priority}, expires});
+  }
+  auto message = std::make_shared<const Message>(std::move(m));
+  std::weak_ptr<Hub> weak = weak_from_this();
+  store_.append(
+      encode_message(*message), targets,
+      [weak, &io = io_, message, matches = std::move(matches), targets,
+       done = std::move(done)](Result<std::vector<std::uint64_t>> r) mutable {
+        asio::post(io, [weak, message = std::move(message), matches = std::move(matches),
+                        targets = std::move(targets), done = std::move(done), r = std::move(r)] {
+          auto self = weak.lock();
+          if (!self) return;
+          if (!r) {
+            done(std::move(r).error());
+            return;
+          }
+          for (std::size_t i = 0; i < matches.size(); ++i) {
+            self->endpoint(matches[i].endpoint)
+                ->appended(matches[i].priority, (*r)[i], targets[i].expires_at_ms, message);
+          }
+          done({});
+        });
+      });
+}
+
+void Hub::register_session(const std::string& client_id, const std::shared_ptr<Session>& session) {
+  auto& slot = sessions_[client_id];
+  if (auto previous = slot.lock(); previous && previous != session) {
+    previous->close("taken over by a new connection with the same client id", true);
+  }
+  slot = session;
+  ++counters_.connections_total;
+}
+
+void Hub::unregister_session(const std::string& client_id, const Session* session) {
+  auto it = sessions_.find(client_id);
+  if (it == sessions_.end()) return;
+  auto current = it->second.lock();
+  if (!current || current.get() == session) sessions_.erase(it);
+}
+
+void Hub::attach_module(const std::string& module_id, const std::shared_ptr<Consumer>& consumer) {
+  module_consumers_.emplace(module_id, consumer);
+  for (auto& [id, ep] : endpoints_) {
+    if (ep->endpoint().kind == routing::Endpoint::Kind::module_input &&
+        ep->endpoint().module == module_id) {
+      ep->attach(consumer);
+    }
+  }
+}
+
+void Hub::detach_module(const std::string& module_id, const Consumer* consumer) {
+  auto range = module_consumers_.equal_range(module_id);
+  for (auto it = range.first; it != range.second;) {
+    auto c = it->second.lock();
+    if (!c || c.get() == consumer) {
+      it = module_consumers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [id, ep] : endpoints_) ep->detach(consumer);
+}
+
+bool Hub::accept_connection() {
+  if (connections_ >= config_.mqtt.max_connections) return false;
+  ++connections_;
+  return true;
+}
+
+void Hub::connection_closed() {
+  if (connections_ > 0) --connections_;
+}
+
+std::optional<std::string> Hub::load_session(const std::string& client_id) const {
+  auto r = store_.get(kSessionsTable, client_id);
+  if (!r) {
+    log::error("hub", "cannot read session {}: {}", client_id, r.error().to_string());
+    return std::nullopt;
+  }
+  return *r;
+}
+
+void Hub::save_session(const std::string& client_id, std::string subscriptions_json) {
+  store_.put(kSessionsTable, client_id, std::move(subscriptions_json), [client_id](Status s) {
+    if (!s) log::error("hub", "cannot save session {}: {}", client_id, s.error().to_string());
+  });
+}
+
+void Hub::erase_session(const std::string& client_id) {
+  store_.erase(kSessionsTable, client_id, [](Status) {});
+}
+
+void Hub::schedule_expiry() {
+  expiry_timer_.expires_after(std::chrono::seconds(config_.store.expire_interval_secs));
+  expiry_timer_.async_wait([weak = weak_from_this()](error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self || self->stopping_) return;
+    self->store_.expire([weak, &io = self->io_](Result<std::uint64_t> r) {
+      asio::post(io, [weak, r = std::move(r)] {
+        auto s = weak.lock();
+        if (!s) return;
+        if (r && *r > 0) log::info("hub", "dropped {} expired messages", *r);
+        if (!r) log::error("hub", "expiring messages failed: {}", r.error().to_string());
+        s->schedule_expiry();
+      });
+    });
+  });
+}
+
+nlohmann::json Hub::status() const {
+  auto st = store_.stats();
+  nlohmann::json endpoints = nlohmann::json::object();
+  std::uint64_t expired_in_delivery = 0;
+  for (const auto& [id, ep] : endpoints_) {
+    const auto& c = ep->counters();
+    expired_in_delivery += c.expired;
+    endpoints[id] = {{"attached", ep->attached()},
+                     {"inflight", ep->inflight()},
+                     {"delivered", c.delivered},
+                     {"acked", c.acked},
+                     {"expired", c.expired}};
+  }
+  return {
+      {"deviceId", config_.device_id},
+      {"mqtt", {{"tlsPort", tls_port_}, {"plainPort", plain_port_}, {"connections", connections_}}},
+      {"counters",
+       {{"connectionsTotal", counters_.connections_total},
+        {"connectionsRefused", counters_.connections_refused},
+        {"protocolErrors", counters_.protocol_errors},
+        {"messagesReceived", counters_.messages_received},
+        {"messagesUnrouted", counters_.messages_unrouted},
+        {"messagesRejected", counters_.messages_rejected},
+        {"messagesOversize", counters_.messages_oversize},
+        {"slowConsumersClosed", counters_.slow_consumers_closed},
+        {"messagesExpired", st.expired_total + expired_in_delivery}}},
+      {"store",
+       {{"healthy", st.healthy},
+        {"storedBytes", st.stored_bytes},
+        {"storedMessages", st.stored_messages},
+        {"appendedTotal", st.appended_total},
+        {"ackedTotal", st.acked_total},
+        {"commitsTotal", st.commits_total},
+        {"rejectedFullTotal", st.rejected_full_total}}},
+      {"endpoints", endpoints},
+      {"routes", router_.routes().size()},
+  };
+}
+
+void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond respond) {
+  const std::string path = net::http_path(request.target);
+  const std::string prefix = "/identities";
+  if (path == "/status" && request.method == "GET") {
+    // Queue lengths come from the store thread; everything else is read here.
+    auto snapshot = std::make_shared<nlohmann::json>(status());
+    store_.queues([snapshot, respond, &io = io_](Result<std::vector<store::QueueInfo>> r) {
+      asio::post(io, [snapshot, respond, r = std::move(r)] {
+        nlohmann::json queues = nlohmann::json::array();
+        if (r) {
+          for (const auto& q : *r) {
+            queues.push_back({{"endpoint", q.queue.endpoint},
+                              {"priority", q.queue.priority},
+                              {"length", q.length}});
+          }
+        }
+        (*snapshot)["queues"] = queues;
+        respond(json_response(200, *snapshot));
+      });
+    });
+    return;
+  }
+  if (path == prefix && request.method == "GET") {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& id : identities_.list()) {
+      list.push_back({{"moduleId", id.module_id}, {"generationId", id.generation_id}});
+    }
+    respond(json_response(200, list));
+    return;
+  }
+  if (path == prefix && request.method == "POST") {
+    auto body = nlohmann::json::parse(request.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || !body.contains("moduleId") ||
+        !body["moduleId"].is_string()) {
+      respond(json_response(400, {{"error", "body must be {\"moduleId\": \"<name>\"}"}}));
+      return;
+    }
+    auto module = body["moduleId"].get<std::string>();
+    identities_.create(module, [this, respond, weak = weak_from_this()](Result<Identity> r) {
+      asio::post(io_, [this, weak, respond, r = std::move(r)] {
+        if (!weak.lock()) return;
+        if (!r) {
+          respond(error_response(r.error()));
+          return;
+        }
+        respond(json_response(200, {{"moduleId", r->module_id},
+                                    {"deviceId", config_.device_id},
+                                    {"generationId", r->generation_id},
+                                    {"connectionString", connection_string(*r, config_.device_id,
+                                                                           config_.iothub_hostname,
+                                                                           config_.hostname)}}));
+      });
+    });
+    return;
+  }
+  if (path.rfind(prefix + "/", 0) == 0) {
+    std::string rest = path.substr(prefix.size() + 1);
+    bool token = rest.size() > 6 && rest.substr(rest.size() - 6) == "/token";
+    std::string module = token ? rest.substr(0, rest.size() - 6) : rest;
+    auto id = identities_.find(module);
+    if (!id) {
+      respond(json_response(404, {{"error", "no identity named '" + module + "'"}}));
+      return;
+    }
+    if (token && request.method == "GET") {
+      std::string ttl_text = net::http_query_param(request.target, "ttl");
+      std::int64_t ttl = 3600;
+      if (!ttl_text.empty()) {
+        try {
+          ttl = std::stoll(ttl_text);
+        } catch (...) {
+          ttl = -1;
+        }
+        if (ttl <= 0) {
+          respond(json_response(400, {{"error", "ttl must be a positive number of seconds"}}));
+          return;
+        }
+      }
+      auto resource =
+          config_.iothub_hostname + "/devices/" + config_.device_id + "/modules/" + module;
+      auto t = crypto::make_sas_token(resource, id->primary_key, now_unix_s() + ttl);
+      if (!t) {
+        respond(error_response(t.error()));
+        return;
+      }
+      respond(json_response(200, {{"token", *t}, {"expiresInSecs", ttl}}));
+      return;
+    }
+    if (!token && request.method == "DELETE") {
+      identities_.remove(module, [this, respond, weak = weak_from_this()](Status s) {
+        asio::post(io_, [weak, respond, s = std::move(s)] {
+          if (!weak.lock()) return;
+          respond(s ? net::HttpResponse{204, "", "application/json"} : error_response(s.error()));
+        });
+      });
+      return;
+    }
+  }
+  respond(json_response(
+      404, {{"error", request.method + " " + path + " is not part of the management API"}}));
+}
+
+}  // namespace cairn::hub

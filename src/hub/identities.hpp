@@ -1,0 +1,81 @@
+// Module identities of this edge device and the authentication of MQTT CONNECTs against them
+// (PROTOCOL.md section 3.2): client id "{device}/{module}", username
+// "{host}/{device}/{module}/?api-version=...", password a SAS token for
+// "{host}/devices/{device}/modules/{module}" signed with the module's primary or secondary key.
+//
+// Thread-safety: IdentityRegistry is used from the hub's network thread only; persistence goes
+// through the MessageStore (thread-safe), and mutations report completion via callbacks that
+// run on the store thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+#include "store/message_store.hpp"
+
+namespace cairn::hub {
+
+struct Identity {
+  std::string module_id;
+  std::string primary_key;    // base64
+  std::string secondary_key;  // base64
+  std::string generation_id;
+};
+
+// Who a connection authenticated as.
+struct Principal {
+  std::string device_id;
+  std::string module_id;  // empty for a leaf device
+  std::string client_id() const {
+    return module_id.empty() ? device_id : device_id + "/" + module_id;
+  }
+};
+
+class IdentityRegistry {
+ public:
+  IdentityRegistry(store::MessageStore& store, std::string device_id);
+
+  // Loads persisted identities (start-up).
+  Status load();
+
+  // Creates a module identity with fresh keys, or returns the existing one unchanged.
+  // `done` runs once the identity is durable.
+  void create(const std::string& module_id, std::function<void(Result<Identity>)> done);
+  void remove(const std::string& module_id, std::function<void(Status)> done);
+  std::optional<Identity> find(const std::string& module_id) const;
+  std::vector<Identity> list() const;
+
+  const std::string& device_id() const { return device_id_; }
+
+ private:
+  store::MessageStore& store_;
+  std::string device_id_;
+  std::map<std::string, Identity> identities_;
+};
+
+// Module names follow the IoT Edge manifest rule ^[a-zA-Z0-9_-]+$ (plus '$' for system modules).
+bool valid_module_id(const std::string& id);
+
+struct AuthRequest {
+  std::string client_id;
+  std::string username;
+  std::optional<std::string> password;
+};
+
+// Validates a CONNECT. errc::invalid_argument for a malformed username/client id (CONNACK 2 or
+// 4), errc::unauthorized for a bad, expired or unknown credential (CONNACK 5).
+Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
+                               const std::string& iothub_hostname,
+                               const std::string& gateway_hostname, std::int64_t now_unix_s);
+
+// "HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...;GatewayHostName=..."
+std::string connection_string(const Identity& id, const std::string& device_id,
+                              const std::string& iothub_hostname,
+                              const std::string& gateway_hostname);
+
+}  // namespace cairn::hub

@@ -1,0 +1,303 @@
+#include "hub/iothub_topics.hpp"
+
+#include <charconv>
+#include <optional>
+#include <string>
+
+#include "core/crypto.hpp"
+
+namespace cairn::hub {
+namespace {
+
+using namespace std::string_view_literals;
+
+constexpr std::string_view kDevicesPrefix = "devices/";
+constexpr std::string_view kModulesSegment = "modules/";
+constexpr std::string_view kEventsSegment = "messages/events";
+constexpr std::string_view kTwinPrefix = "$iothub/twin/";
+constexpr std::string_view kTwinGet = "GET/";
+constexpr std::string_view kTwinPatchReported = "PATCH/properties/reported/";
+constexpr std::string_view kTwinDesiredPrefix = "$iothub/twin/PATCH/properties/desired/";
+constexpr std::string_view kTwinResponseFilter = "$iothub/twin/res/#";
+constexpr std::string_view kMethodResponsePrefix = "$iothub/methods/res/";
+constexpr std::string_view kMethodRequestPrefix = "$iothub/methods/POST/";
+constexpr std::string_view kC2dSuffix = "messages/devicebound/#";
+constexpr std::string_view kRidKey = "$rid";
+
+struct WireName {
+  std::string_view wire;
+  std::string_view internal;
+  bool outbound;  // edgeHub never sends $.on or $.ifid back to a client
+};
+
+// PROTOCOL.md section 3.4 (edgeHub SystemProperties.cs).
+constexpr WireName kWireNames[] = {
+    {"$.mid", sysprop::kMessageId, true},
+    {"$.cid", sysprop::kCorrelationId, true},
+    {"$.to", sysprop::kTo, true},
+    {"$.uid", sysprop::kUserId, true},
+    {"$.ct", sysprop::kContentType, true},
+    {"$.ce", sysprop::kContentEncoding, true},
+    {"$.exp", sysprop::kExpiryTime, true},
+    {"$.schema", sysprop::kMessageSchema, true},
+    {"$.ctime", sysprop::kCreationTime, true},
+    {"$.on", sysprop::kOutputName, false},
+    {"$.ifid", sysprop::kInterfaceId, false},
+    {"$.sub", sysprop::kComponent, true},
+    {"iothub-operation", sysprop::kOperation, true},
+    {"ack", sysprop::kAck, true},
+    {"$.cdid", sysprop::kConnectionDeviceId, true},
+    {"$.cmid", sysprop::kConnectionModuleId, true},
+};
+
+const WireName* find_by_wire(std::string_view wire) noexcept {
+  for (const auto& w : kWireNames) {
+    if (w.wire == wire) return &w;
+  }
+  return nullptr;
+}
+
+const WireName* find_outbound_by_internal(std::string_view internal) noexcept {
+  for (const auto& w : kWireNames) {
+    if (w.outbound && iequals(w.internal, internal)) return &w;
+  }
+  return nullptr;
+}
+
+Error bad_topic(std::string_view what, std::string_view topic) {
+  return make_error(errc::invalid_argument, std::string(what) + ": '" + std::string(topic) + "'");
+}
+
+// Takes the next '/'-terminated segment off `rest`. False if there is no '/' or the segment is
+// empty (ids are never empty).
+bool take_segment(std::string_view& rest, std::string_view& segment) noexcept {
+  const auto slash = rest.find('/');
+  if (slash == std::string_view::npos || slash == 0) return false;
+  segment = rest.substr(0, slash);
+  rest.remove_prefix(slash + 1);
+  return true;
+}
+
+// `query` is "" or "?k=v&k2=v2". Values are returned verbatim: $rid is opaque and echoed back
+// byte for byte.
+std::optional<std::string_view> query_value(std::string_view query, std::string_view key) {
+  if (query.empty() || query.front() != '?') return std::nullopt;
+  query.remove_prefix(1);
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) == key) {
+      return eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+    }
+  }
+  return std::nullopt;
+}
+
+Result<InboundTopic> parse_telemetry(std::string_view topic) {
+  std::string_view rest = topic.substr(kDevicesPrefix.size());
+  InboundTopic t;
+  std::string_view segment;
+  if (!take_segment(rest, segment)) return bad_topic("telemetry topic without a device id", topic);
+  t.device_id.assign(segment);
+  if (rest.starts_with(kModulesSegment)) {
+    rest.remove_prefix(kModulesSegment.size());
+    if (!take_segment(rest, segment)) {
+      return bad_topic("telemetry topic without a module id", topic);
+    }
+    t.module_id.assign(segment);
+  }
+  if (!rest.starts_with(kEventsSegment)) return bad_topic("not a telemetry topic", topic);
+  rest.remove_prefix(kEventsSegment.size());
+  if (!rest.empty()) {
+    if (rest.front() != '/') return bad_topic("not a telemetry topic", topic);
+    rest.remove_prefix(1);
+    // The Node SDK ends an output event's bag with '/'; the templates accept both forms.
+    if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+    if (rest.find('/') != std::string_view::npos) {
+      return bad_topic("telemetry property bag contains '/'", topic);
+    }
+    CAIRN_TRY(decode_property_bag(rest, t.system, t.app));
+    // The sender's identity comes from its authenticated connection, never from the topic.
+    t.system.erase(sysprop::kConnectionDeviceId);
+    t.system.erase(sysprop::kConnectionModuleId);
+  }
+  return t;
+}
+
+Result<InboundTopic> parse_twin(std::string_view topic) {
+  std::string_view rest = topic.substr(kTwinPrefix.size());
+  InboundTopic t;
+  if (rest.starts_with(kTwinGet)) {
+    t.kind = InboundTopic::Kind::twin_get;
+    rest.remove_prefix(kTwinGet.size());
+  } else if (rest.starts_with(kTwinPatchReported)) {
+    t.kind = InboundTopic::Kind::twin_patch_reported;
+    rest.remove_prefix(kTwinPatchReported.size());
+  } else {
+    return bad_topic("invalid twin request topic", topic);
+  }
+  if (!rest.empty() && rest.front() != '?') return bad_topic("invalid twin request topic", topic);
+  auto rid = query_value(rest, kRidKey);
+  // edgeHub answers a GET only through its $rid; a reported patch may go without one.
+  if (t.kind == InboundTopic::Kind::twin_get && (!rid || rid->empty())) {
+    return bad_topic("twin GET without a $rid", topic);
+  }
+  if (rid) t.rid.assign(*rid);
+  return t;
+}
+
+Result<InboundTopic> parse_method_response(std::string_view topic) {
+  std::string_view rest = topic.substr(kMethodResponsePrefix.size());
+  std::string_view status;
+  if (!take_segment(rest, status)) return bad_topic("method response without a status", topic);
+  InboundTopic t;
+  t.kind = InboundTopic::Kind::method_response;
+  const auto [end, ec] = std::from_chars(status.data(), status.data() + status.size(), t.status);
+  if (ec != std::errc{} || end != status.data() + status.size()) {
+    return bad_topic("method response status is not an integer", topic);
+  }
+  auto rid = query_value(rest, kRidKey);
+  if (!rid || rid->empty()) return bad_topic("method response without a $rid", topic);
+  t.rid.assign(*rid);
+  return t;
+}
+
+void append_pair(std::string& out, std::string_view key, std::string_view value) {
+  if (!out.empty()) out.push_back('&');
+  out += crypto::url_encode(key);
+  out.push_back('=');
+  out += crypto::url_encode(value);
+}
+
+}  // namespace
+
+Result<InboundTopic> parse_inbound_topic(std::string_view topic) {
+  if (topic.starts_with(kDevicesPrefix)) return parse_telemetry(topic);
+  if (topic.starts_with(kTwinPrefix)) return parse_twin(topic);
+  if (topic.starts_with(kMethodResponsePrefix)) return parse_method_response(topic);
+  return bad_topic("topic is not part of the IoT Hub surface", topic);
+}
+
+Status decode_property_bag(std::string_view bag, Properties& system, Properties& app) {
+  while (!bag.empty()) {
+    const auto amp = bag.find('&');
+    const std::string_view pair = bag.substr(0, amp);
+    bag = amp == std::string_view::npos ? std::string_view{} : bag.substr(amp + 1);
+    if (pair.empty()) continue;  // "a=1&&b=2" or a trailing '&': nothing to carry
+    const auto eq = pair.find('=');
+    auto key = crypto::url_decode(pair.substr(0, eq));
+    if (!key) return make_error(errc::invalid_argument, "property bag key: " + key.error().message);
+    if (key->empty()) return make_error(errc::invalid_argument, "property bag has an empty key");
+    std::string value;
+    if (eq != std::string_view::npos) {
+      auto v = crypto::url_decode(pair.substr(eq + 1));
+      if (!v) {
+        return make_error(errc::invalid_argument,
+                          "property bag value of '" + *key + "': " + v.error().message);
+      }
+      value = std::move(*v);
+    }
+    if (const WireName* w = find_by_wire(*key)) {
+      system.set(std::string(w->internal), std::move(value));
+    } else {
+      app.set(std::move(*key), std::move(value));
+    }
+  }
+  return {};
+}
+
+std::string encode_property_bag(const Properties& system, const Properties& app) {
+  std::string out;
+  for (const auto& [key, value] : system.entries()) {
+    if (const WireName* w = find_outbound_by_internal(key)) append_pair(out, w->wire, value);
+  }
+  for (const auto& [key, value] : app.entries()) append_pair(out, key, value);
+  return out;
+}
+
+std::string module_input_topic(std::string_view device_id, std::string_view module_id,
+                               std::string_view input, const Message& m) {
+  const std::string bag = encode_property_bag(m.system, m.app);
+  std::string out;
+  out.reserve(kDevicesPrefix.size() + device_id.size() + module_id.size() + input.size() +
+              bag.size() + 20);
+  out.append(kDevicesPrefix).append(device_id).append("/modules/"sv).append(module_id);
+  out.append("/inputs/"sv).append(input).append("/"sv).append(bag);
+  return out;
+}
+
+std::string twin_response_topic(int status, std::string_view rid) {
+  std::string out = "$iothub/twin/res/";
+  out += std::to_string(status);
+  out += "/?$rid=";
+  out += rid;
+  return out;
+}
+
+std::string twin_desired_patch_topic(long long version) {
+  std::string out(kTwinDesiredPrefix);
+  out += "?$version=";
+  out += std::to_string(version);
+  return out;
+}
+
+std::string method_request_topic(std::string_view method, std::string_view rid) {
+  std::string out(kMethodRequestPrefix);
+  out += method;
+  out += "/?$rid=";
+  out += rid;
+  return out;
+}
+
+SubscriptionKind classify_subscription(std::string_view filter) {
+  using Kind = SubscriptionKind::Kind;
+  SubscriptionKind s;
+  // Checked in edgeHub's SessionStateParser order.
+  if (filter.starts_with(kMethodRequestPrefix)) {
+    s.kind = Kind::methods;
+    return s;
+  }
+  if (filter.starts_with(kTwinDesiredPrefix)) {
+    s.kind = Kind::desired_updates;
+    return s;
+  }
+  if (filter.ends_with(kC2dSuffix)) {
+    s.kind = Kind::c2d;
+    // The device id is only meaningful in the canonical shape; otherwise it stays empty and the
+    // caller's identity check refuses it.
+    constexpr std::string_view kC2dTail = "/messages/devicebound/#";
+    if (filter.starts_with(kDevicesPrefix) &&
+        filter.size() > kDevicesPrefix.size() + kC2dTail.size() && filter.ends_with(kC2dTail)) {
+      s.device_id.assign(filter.substr(kDevicesPrefix.size(),
+                                       filter.size() - kDevicesPrefix.size() - kC2dTail.size()));
+    }
+    return s;
+  }
+  if (filter == kTwinResponseFilter) {
+    s.kind = Kind::twin_response;
+    return s;
+  }
+  // ^devices/.+/modules/.+/#$ with greedy groups: the device id runs to the last "/modules/"
+  // that leaves a non-empty module id.
+  constexpr std::string_view kModulesInfix = "/modules/";
+  constexpr std::string_view kHashTail = "/#";
+  if (filter.starts_with(kDevicesPrefix) && filter.ends_with(kHashTail) &&
+      filter.size() >= kDevicesPrefix.size() + kHashTail.size()) {
+    const std::string_view middle = filter.substr(
+        kDevicesPrefix.size(), filter.size() - kDevicesPrefix.size() - kHashTail.size());
+    for (auto pos = middle.rfind(kModulesInfix); pos != std::string_view::npos && pos > 0;
+         pos = middle.rfind(kModulesInfix, pos - 1)) {
+      const std::string_view module = middle.substr(pos + kModulesInfix.size());
+      if (module.empty()) continue;
+      s.kind = Kind::module_messages;
+      s.device_id.assign(middle.substr(0, pos));
+      s.module_id.assign(module);
+      return s;
+    }
+  }
+  return s;
+}
+
+}  // namespace cairn::hub

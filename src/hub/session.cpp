@@ -1,0 +1,541 @@
+#include "hub/session.hpp"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "hub/hub.hpp"
+#include "hub/iothub_topics.hpp"
+#include "mqtt/topic.hpp"
+
+namespace cairn::hub {
+namespace {
+
+// Bytes of packets waiting for the socket. Deliveries are bounded by the endpoint window, so
+// only a client that stops reading reaches this; it is then disconnected.
+constexpr std::size_t kMaxOutboundBytes = 8 * 1024 * 1024;
+// Room for the topic and the rest of a PUBLISH beyond the message itself.
+constexpr std::size_t kPacketOverhead = 64 * 1024;
+constexpr std::size_t kReadChunk = 16 * 1024;
+// After close(), queued packets (a refusing CONNACK) get this long to reach the client.
+constexpr auto kLingerOnClose = std::chrono::seconds(2);
+
+tcp::socket& lowest(Session::Stream& s) {
+  if (auto* plain = std::get_if<tcp::socket>(&s)) return *plain;
+  return std::get<ssl::stream<tcp::socket>>(s).next_layer();
+}
+
+mqtt::ConnectReturn refusal_code(errc code) {
+  switch (code) {
+    case errc::invalid_argument:
+      return mqtt::ConnectReturn::bad_username_or_password;
+    default:
+      return mqtt::ConnectReturn::not_authorized;
+  }
+}
+
+}  // namespace
+
+Session::Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer)
+    : hub_(std::move(hub)),
+      stream_(std::move(stream)),
+      peer_(std::move(peer)),
+      log_id_(peer_),
+      keepalive_timer_(lowest(stream_).get_executor()),
+      resume_timer_(lowest(stream_).get_executor()) {}
+
+Session::~Session() { hub_->connection_closed(); }
+
+void Session::start() {
+  asio::co_spawn(
+      lowest(stream_).get_executor(), [self = shared_from_this()]() { return self->run(); },
+      asio::detached);
+}
+
+asio::awaitable<void> Session::run() {
+  keepalive_secs_ = hub_->config().mqtt.connect_timeout_secs;
+  arm_keepalive();
+  if (auto* tls = std::get_if<ssl::stream<tcp::socket>>(&stream_)) {
+    error_code ec;
+    co_await tls->async_handshake(ssl::stream_base::server,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      close("TLS handshake failed: " + ec.message());
+      co_return;
+    }
+  }
+  const std::size_t max_packet = hub_->config().mqtt.max_message_bytes + kPacketOverhead;
+  std::size_t offset = 0;
+  while (!closed_) {
+    auto decoded = mqtt::decode(std::string_view(in_).substr(offset), max_packet);
+    if (!decoded) {
+      // An MQTT 5 (or other) CONNECT does not decode as 3.1.1; it still deserves CONNACK 1.
+      if (!connected_ &&
+          mqtt::is_unsupported_protocol_level(std::string_view(in_).substr(offset))) {
+        send(mqtt::Connack{false, mqtt::ConnectReturn::unacceptable_protocol_version});
+        ++hub_->counters().connections_refused;
+        close("unsupported MQTT protocol level (3.1.1 only)");
+        break;
+      }
+      ++hub_->counters().protocol_errors;
+      if (decoded.error().code == errc::limit_exceeded) ++hub_->counters().messages_oversize;
+      close("malformed packet: " + decoded.error().message);
+      break;
+    }
+    if (!*decoded) {
+      in_.erase(0, offset);
+      offset = 0;
+      if (!co_await read_more()) break;
+      continue;
+    }
+    offset += (*decoded)->consumed;
+    if (!co_await handle(std::move((*decoded)->packet))) break;
+  }
+}
+
+asio::awaitable<bool> Session::read_more() {
+  std::size_t old = in_.size();
+  in_.resize(old + kReadChunk);
+  error_code ec;
+  auto buf = asio::buffer(in_.data() + old, kReadChunk);
+  std::size_t n = 0;
+  if (auto* plain = std::get_if<tcp::socket>(&stream_)) {
+    n = co_await plain->async_read_some(buf, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    n = co_await std::get<ssl::stream<tcp::socket>>(stream_).async_read_some(
+        buf, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  in_.resize(old + n);
+  if (ec) {
+    close(ec == asio::error::eof ? "connection closed by peer" : "read failed: " + ec.message());
+    co_return false;
+  }
+  co_return !closed_;
+}
+
+asio::awaitable<bool> Session::handle(mqtt::Packet packet) {
+  if (!connected_) {
+    auto* c = std::get_if<mqtt::Connect>(&packet);
+    if (!c) {
+      ++hub_->counters().protocol_errors;
+      close("first packet was not CONNECT [MQTT-3.1.0-1]");
+      co_return false;
+    }
+    co_return co_await on_connect(*c);
+  }
+  last_activity_ = std::chrono::steady_clock::now();
+  switch (mqtt::type_of(packet)) {
+    case mqtt::PacketType::publish: {
+      auto& p = std::get<mqtt::Publish>(packet);
+      // Flow control: wait for the store to catch up before reading more from this client.
+      while (p.qos == 1 && inbound_.size() >= hub_->config().mqtt.max_inflight_in && !closed_) {
+        resume_timer_.expires_at(asio::steady_timer::time_point::max());
+        error_code ec;
+        co_await resume_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
+      co_return !closed_ && on_publish(p);
+    }
+    case mqtt::PacketType::puback:
+      on_puback(std::get<mqtt::Puback>(packet).packet_id);
+      co_return true;
+    case mqtt::PacketType::subscribe:
+      on_subscribe(std::get<mqtt::Subscribe>(packet));
+      co_return true;
+    case mqtt::PacketType::unsubscribe:
+      on_unsubscribe(std::get<mqtt::Unsubscribe>(packet));
+      co_return true;
+    case mqtt::PacketType::pingreq:
+      send(mqtt::Pingresp{});
+      co_return true;
+    case mqtt::PacketType::disconnect:
+      close("client disconnected", true);
+      co_return false;
+    case mqtt::PacketType::connect:
+      ++hub_->counters().protocol_errors;
+      close("second CONNECT [MQTT-3.1.0-2]");
+      co_return false;
+    default:
+      ++hub_->counters().protocol_errors;
+      close("unexpected " + std::string(mqtt::to_string(mqtt::type_of(packet))) + " from a client");
+      co_return false;
+  }
+}
+
+asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
+  if (c.protocol_level != 4) {
+    send(mqtt::Connack{false, mqtt::ConnectReturn::unacceptable_protocol_version});
+    ++hub_->counters().connections_refused;
+    close("MQTT protocol level " + std::to_string(c.protocol_level) + " is not 3.1.1");
+    co_return false;
+  }
+  AuthRequest request{c.client_id, c.username.value_or(""), c.password};
+  const auto& cfg = hub_->config();
+  auto principal =
+      authenticate(request, hub_->identities(), cfg.iothub_hostname, cfg.hostname, now_unix_s());
+  if (!principal) {
+    send(mqtt::Connack{false, refusal_code(principal.error().code)});
+    ++hub_->counters().connections_refused;
+    log::warn("hub", "[{}] client_id={} refused: {}", log_id_, c.client_id,
+              principal.error().message);
+    close("authentication failed");
+    co_return false;
+  }
+  principal_ = std::move(*principal);
+  log_id_ = principal_.client_id() + "@" + peer_;
+  connected_ = true;
+  clean_session_ = c.clean_session;
+  will_ = std::move(c.will);
+  hub_->register_session(principal_.client_id(), shared_from_this());
+
+  bool session_present = false;
+  if (clean_session_) {
+    hub_->erase_session(principal_.client_id());
+  } else if (auto stored = hub_->load_session(principal_.client_id())) {
+    auto j = nlohmann::json::parse(*stored, nullptr, false);
+    if (j.is_array()) {
+      session_present = true;
+      for (const auto& s : j) {
+        if (s.is_object() && s.contains("filter") && s["filter"].is_string()) {
+          subscriptions_.push_back(
+              mqtt::Subscription{s["filter"].get<std::string>(), s.value<std::uint8_t>("qos", 1)});
+        }
+      }
+    }
+  }
+  send(mqtt::Connack{session_present, mqtt::ConnectReturn::accepted});
+
+  // Server-side keep-alive is 1.5x the client's, capped; 0 (no keep-alive) gets the cap.
+  std::uint32_t cap = cfg.mqtt.max_keepalive_secs;
+  keepalive_secs_ =
+      c.keep_alive == 0 ? cap : std::min<std::uint32_t>(cap, (c.keep_alive * 3 + 1) / 2);
+  last_activity_ = std::chrono::steady_clock::now();
+  arm_keepalive();
+  log::info("hub", "[{}] connected clean_session={} keepalive={}s session_present={}", log_id_,
+            clean_session_, keepalive_secs_, session_present);
+  for (const auto& s : subscriptions_) {
+    if (classify_subscription(s.filter).kind == SubscriptionKind::Kind::module_messages) {
+      module_messages_ = true;
+    }
+  }
+  if (module_messages_) hub_->attach_module(principal_.module_id, shared_from_this());
+  co_return true;
+}
+
+bool Session::on_publish(mqtt::Publish& p) {
+  if (p.qos == 2) {
+    ++hub_->counters().protocol_errors;
+    close("QoS 2 PUBLISH is not supported (IoT Hub semantics)");
+    return false;
+  }
+  if (p.payload.size() > hub_->config().mqtt.max_message_bytes) {
+    ++hub_->counters().messages_oversize;
+    close("message of " + std::to_string(p.payload.size()) + " bytes exceeds the limit of " +
+          std::to_string(hub_->config().mqtt.max_message_bytes));
+    return false;
+  }
+  auto topic = parse_inbound_topic(p.topic);
+  if (!topic) {
+    ++hub_->counters().protocol_errors;
+    close("publish to unsupported topic '" + p.topic + "': " + topic.error().message);
+    return false;
+  }
+  switch (topic->kind) {
+    case InboundTopic::Kind::telemetry:
+      return ingest_telemetry(p, *topic);
+    case InboundTopic::Kind::twin_get:
+    case InboundTopic::Kind::twin_patch_reported:
+      // Twins are served by the twin service; until it is attached, answer so clients do not
+      // wait for a response that never comes.
+      send(mqtt::Publish{twin_response_topic(503, topic->rid),
+                         R"({"message":"twin service not available"})", 0, false, false, 0});
+      if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      return true;
+    case InboundTopic::Kind::method_response:
+      if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      return true;
+  }
+  return true;
+}
+
+bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
+  if (topic.device_id != principal_.device_id || topic.module_id != principal_.module_id) {
+    ++hub_->counters().protocol_errors;
+    close("not authorized to publish as '" + topic.device_id + "/" + topic.module_id + "'");
+    return false;
+  }
+  Message m;
+  m.body = std::move(p.payload);
+  m.system = std::move(topic.system);
+  m.app = std::move(topic.app);
+  m.system.set(std::string(sysprop::kConnectionDeviceId), principal_.device_id);
+  if (!principal_.module_id.empty()) {
+    m.system.set(std::string(sysprop::kConnectionModuleId), principal_.module_id);
+  }
+  m.system.set(std::string(sysprop::kEnqueuedTime), format_iso8601(now_unix_ms()));
+  if (p.retain) m.app.set("mqtt-retain", "true");
+  if (p.dup) m.app.set("mqtt-dup", "true");
+  ++hub_->counters().messages_received;
+
+  if (p.qos == 0) {
+    hub_->ingest(std::move(m), [](Status) {});
+    return true;
+  }
+  std::uint64_t ticket = next_ticket_++;
+  inbound_.push_back(InboundAck{ticket, p.packet_id});
+  std::weak_ptr<Session> weak = shared_from_this();
+  hub_->ingest(std::move(m), [weak, ticket](Status s) {
+    auto self = weak.lock();
+    if (!self) return;
+    if (!s) {
+      ++self->hub_->counters().messages_rejected;
+      log::warn("hub", "[{}] message not accepted, closing so the client retries later: {}",
+                self->log_id_, s.error().to_string());
+    }
+    self->complete_inbound(ticket, s.ok());
+  });
+  return true;
+}
+
+void Session::complete_inbound(std::uint64_t ticket, bool ok) {
+  for (auto& a : inbound_) {
+    if (a.ticket == ticket) {
+      a.done = true;
+      a.ok = ok;
+      break;
+    }
+  }
+  while (!inbound_.empty() && inbound_.front().done) {
+    if (!inbound_.front().ok) {
+      // MQTT 3.1.1 has no negative PUBACK: withholding it and closing makes the client
+      // resend later, and the message is never silently lost.
+      inbound_.clear();
+      close("message refused by the store");
+      return;
+    }
+    send(mqtt::Puback{inbound_.front().packet_id});
+    inbound_.pop_front();
+  }
+  resume_timer_.cancel();
+}
+
+void Session::on_subscribe(const mqtt::Subscribe& s) {
+  mqtt::Suback ack{s.packet_id, {}};
+  bool attach = false;
+  for (const auto& sub : s.subscriptions) {
+    std::uint8_t granted = mqtt::kSubackFailure;
+    if (mqtt::validate_topic_filter(sub.filter)) {
+      auto kind = classify_subscription(sub.filter);
+      using K = SubscriptionKind::Kind;
+      bool allowed = false;
+      switch (kind.kind) {
+        case K::module_messages:
+          allowed = kind.device_id == principal_.device_id &&
+                    kind.module_id == principal_.module_id && !principal_.module_id.empty();
+          attach = attach || allowed;
+          break;
+        case K::twin_response:
+        case K::desired_updates:
+        case K::methods:
+          allowed = true;
+          break;
+        case K::c2d:
+          allowed = principal_.module_id.empty() && kind.device_id == principal_.device_id;
+          break;
+        case K::unsupported:
+          break;
+      }
+      if (allowed) {
+        granted = std::min<std::uint8_t>(sub.qos, 1);
+        auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
+                               [&](const mqtt::Subscription& x) { return x.filter == sub.filter; });
+        if (it != subscriptions_.end()) {
+          it->qos = granted;
+        } else {
+          subscriptions_.push_back(mqtt::Subscription{sub.filter, granted});
+        }
+      } else {
+        log::warn("hub", "[{}] subscription to '{}' refused", log_id_, sub.filter);
+      }
+    }
+    ack.return_codes.push_back(granted);
+  }
+  send(ack);
+  persist_subscriptions();
+  if (attach && !module_messages_) {
+    module_messages_ = true;
+    hub_->attach_module(principal_.module_id, shared_from_this());
+  }
+}
+
+void Session::on_unsubscribe(const mqtt::Unsubscribe& u) {
+  for (const auto& f : u.filters) {
+    std::erase_if(subscriptions_, [&](const mqtt::Subscription& s) { return s.filter == f; });
+  }
+  send(mqtt::Unsuback{u.packet_id});
+  persist_subscriptions();
+  bool still = std::any_of(subscriptions_.begin(), subscriptions_.end(), [](const auto& s) {
+    return classify_subscription(s.filter).kind == SubscriptionKind::Kind::module_messages;
+  });
+  if (module_messages_ && !still) {
+    module_messages_ = false;
+    hub_->detach_module(principal_.module_id, this);
+  }
+}
+
+void Session::persist_subscriptions() {
+  if (clean_session_) return;
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& s : subscriptions_) j.push_back({{"filter", s.filter}, {"qos", s.qos}});
+  hub_->save_session(principal_.client_id(), j.dump());
+}
+
+bool Session::deliver(const std::string& input, const Message& m, bool dup,
+                      std::function<void()> on_ack) {
+  if (closed_) return false;
+  std::uint16_t id = next_packet_id();
+  if (id == 0) return false;  // 65535 deliveries in flight: cannot happen with sane windows
+  outbound_.emplace(id, std::move(on_ack));
+  send(mqtt::Publish{module_input_topic(principal_.device_id, principal_.module_id, input, m),
+                     m.body, 1, false, dup, id});
+  return !closed_;
+}
+
+void Session::on_puback(std::uint16_t packet_id) {
+  auto it = outbound_.find(packet_id);
+  if (it == outbound_.end()) return;  // duplicate or stale ack
+  auto done = std::move(it->second);
+  outbound_.erase(it);
+  if (done) done();
+}
+
+std::uint16_t Session::next_packet_id() {
+  for (int tries = 0; tries < 65535; ++tries) {
+    last_packet_id_ = static_cast<std::uint16_t>(last_packet_id_ + 1);
+    if (last_packet_id_ == 0) last_packet_id_ = 1;
+    if (!outbound_.count(last_packet_id_)) return last_packet_id_;
+  }
+  return 0;
+}
+
+void Session::send(const mqtt::Packet& p) {
+  if (closed_ && !std::holds_alternative<mqtt::Connack>(p)) return;
+  mqtt::encode(p, out_pending_);
+  if (out_pending_.size() > kMaxOutboundBytes) {
+    ++hub_->counters().slow_consumers_closed;
+    out_pending_.clear();
+    close("client does not read: outbound buffer over " + std::to_string(kMaxOutboundBytes) +
+          " bytes");
+    return;
+  }
+  write_some();
+}
+
+void Session::write_some() {
+  if (writing_ || out_pending_.empty()) return;
+  writing_ = true;
+  std::swap(out_pending_, out_writing_);
+  auto handler = [self = shared_from_this()](error_code ec, std::size_t) {
+    self->writing_ = false;
+    self->out_writing_.clear();
+    if (ec) {
+      self->close("write failed: " + ec.message());
+      self->out_pending_.clear();
+    }
+    if (self->closed_ && self->out_pending_.empty()) {
+      error_code ignored;
+      lowest(self->stream_).shutdown(tcp::socket::shutdown_both, ignored);
+      lowest(self->stream_).close(ignored);
+      self->keepalive_timer_.cancel();
+      return;
+    }
+    self->write_some();
+  };
+  if (auto* plain = std::get_if<tcp::socket>(&stream_)) {
+    asio::async_write(*plain, asio::buffer(out_writing_), std::move(handler));
+  } else {
+    asio::async_write(std::get<ssl::stream<tcp::socket>>(stream_), asio::buffer(out_writing_),
+                      std::move(handler));
+  }
+}
+
+void Session::arm_keepalive() {
+  keepalive_timer_.expires_after(std::chrono::seconds(keepalive_secs_));
+  arm_keepalive_wait();
+}
+
+void Session::arm_keepalive_wait() {
+  keepalive_timer_.async_wait([weak = weak_from_this()](error_code ec) {
+    auto self = weak.lock();
+    if (!self || ec || self->closed_) return;
+    if (!self->connected_) {
+      self->close("no CONNECT within " + std::to_string(self->keepalive_secs_) + "s");
+      return;
+    }
+    // Any packet counts as activity; re-arm for the remainder instead of on every packet.
+    auto idle = std::chrono::steady_clock::now() - self->last_activity_;
+    if (idle >= std::chrono::seconds(self->keepalive_secs_)) {
+      self->close("keep-alive expired after " + std::to_string(self->keepalive_secs_) + "s");
+      return;
+    }
+    self->keepalive_timer_.expires_at(self->last_activity_ +
+                                      std::chrono::seconds(self->keepalive_secs_));
+    self->arm_keepalive_wait();
+  });
+}
+
+void Session::close(std::string_view reason, bool graceful) {
+  if (closed_) return;
+  closed_ = true;
+  if (connected_) {
+    log::info("hub", "[{}] closed: {}", log_id_, reason);
+  } else {
+    log::debug("hub", "[{}] closed before CONNECT: {}", log_id_, reason);
+  }
+  resume_timer_.cancel();
+  if (connected_) {
+    if (!graceful && will_) publish_will();
+    if (module_messages_) hub_->detach_module(principal_.module_id, this);
+    hub_->unregister_session(principal_.client_id(), this);
+  }
+  outbound_.clear();
+  if (!writing_ && out_pending_.empty()) {
+    error_code ignored;
+    lowest(stream_).shutdown(tcp::socket::shutdown_both, ignored);
+    lowest(stream_).close(ignored);
+    keepalive_timer_.cancel();
+    return;
+  }
+  // Let queued packets (a refusing CONNACK) go out, but not forever.
+  write_some();
+  keepalive_timer_.expires_after(kLingerOnClose);
+  keepalive_timer_.async_wait([self = shared_from_this()](error_code ec) {
+    if (ec) return;
+    error_code ignored;
+    lowest(self->stream_).close(ignored);
+  });
+}
+
+void Session::publish_will() {
+  auto topic = parse_inbound_topic(will_->topic);
+  if (!topic || topic->kind != InboundTopic::Kind::telemetry ||
+      topic->device_id != principal_.device_id || topic->module_id != principal_.module_id) {
+    log::warn("hub", "[{}] will topic '{}' is not this client's telemetry topic; not sent", log_id_,
+              will_->topic);
+    return;
+  }
+  Message m;
+  m.body = std::move(will_->payload);
+  m.system = std::move(topic->system);
+  m.app = std::move(topic->app);
+  m.system.set(std::string(sysprop::kConnectionDeviceId), principal_.device_id);
+  m.system.set(std::string(sysprop::kConnectionModuleId), principal_.module_id);
+  m.system.set(std::string(sysprop::kEnqueuedTime), format_iso8601(now_unix_ms()));
+  m.system.set(std::string(sysprop::kMessageType), "Will");
+  ++hub_->counters().messages_received;
+  hub_->ingest(std::move(m), [](Status) {});
+  will_.reset();
+}
+
+}  // namespace cairn::hub

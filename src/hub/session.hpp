@@ -1,0 +1,107 @@
+// Session: one MQTT connection from a module (PROTOCOL.md section 3): CONNECT and
+// authentication, publish into the hub, subscriptions, delivery of module input messages,
+// keep-alive, wills, takeover by a newer connection of the same client id.
+//
+// Reading is paused while max_inflight_in QoS 1 publishes await their store commit, so a fast
+// publisher is slowed to the disk's pace instead of growing memory. PUBACKs go out in the
+// order the PUBLISHes came in [MQTT-4.6.0-2]. At most one socket write is in flight; packets
+// produced meanwhile are coalesced into the next write.
+//
+// Thread-safety: lives on the hub's io_context thread. Lifetime: owned by its pending
+// operations (shared_from_this); close() may be called from anywhere on that thread.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "hub/endpoint.hpp"
+#include "hub/identities.hpp"
+#include "hub/iothub_topics.hpp"
+#include "mqtt/packet.hpp"
+#include "net/asio.hpp"
+
+namespace cairn::hub {
+
+class Hub;
+
+class Session : public Consumer, public std::enable_shared_from_this<Session> {
+ public:
+  using Stream = std::variant<tcp::socket, ssl::stream<tcp::socket>>;
+
+  Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer);
+  ~Session() override;
+
+  void start();
+  // Closes the connection. `graceful`: the client said DISCONNECT (no will).
+  void close(std::string_view reason, bool graceful = false);
+
+  bool deliver(const std::string& input, const Message& m, bool dup,
+               std::function<void()> on_ack) override;
+
+  const Principal& principal() const { return principal_; }
+
+ private:
+  asio::awaitable<void> run();
+  asio::awaitable<bool> read_more();
+  asio::awaitable<bool> handle(mqtt::Packet packet);
+  asio::awaitable<bool> on_connect(mqtt::Connect& c);
+  bool on_publish(mqtt::Publish& p);
+  void on_subscribe(const mqtt::Subscribe& s);
+  void on_unsubscribe(const mqtt::Unsubscribe& u);
+  void on_puback(std::uint16_t packet_id);
+  bool ingest_telemetry(mqtt::Publish& p, InboundTopic& topic);
+  void send(const mqtt::Packet& p);
+  void write_some();
+  void arm_keepalive();
+  void arm_keepalive_wait();
+  void complete_inbound(std::uint64_t ticket, bool ok);
+  void persist_subscriptions();
+  void publish_will();
+  std::uint16_t next_packet_id();
+
+  std::shared_ptr<Hub> hub_;
+  Stream stream_;
+  std::string peer_;
+  std::string log_id_;
+  Principal principal_;
+  bool connected_ = false;
+  bool closed_ = false;
+  bool clean_session_ = true;
+  std::optional<mqtt::Will> will_;
+  std::uint32_t keepalive_secs_ = 0;
+  std::chrono::steady_clock::time_point last_activity_;
+
+  std::string in_;
+  std::string out_pending_;
+  std::string out_writing_;
+  bool writing_ = false;
+
+  asio::steady_timer keepalive_timer_;
+  asio::steady_timer resume_timer_;  // wakes the reader when inbound acks drain
+
+  // Inbound QoS 1 publishes awaiting commit, in arrival order: (ticket, packet id, done, ok).
+  struct InboundAck {
+    std::uint64_t ticket;
+    std::uint16_t packet_id;
+    bool done = false;
+    bool ok = false;
+  };
+  std::deque<InboundAck> inbound_;
+  std::uint64_t next_ticket_ = 0;
+
+  // Outbound QoS 1 deliveries awaiting PUBACK.
+  std::unordered_map<std::uint16_t, std::function<void()>> outbound_;
+  std::uint16_t last_packet_id_ = 0;
+
+  std::vector<mqtt::Subscription> subscriptions_;
+  bool module_messages_ = false;  // subscribed to its inputs: attached to its endpoints
+};
+
+}  // namespace cairn::hub

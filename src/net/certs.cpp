@@ -1,0 +1,200 @@
+#include "net/certs.hpp"
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <memory>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "core/crypto.hpp"
+#include "core/log.hpp"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace cairn::net {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct FileCloser {
+  void operator()(FILE* f) const { std::fclose(f); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct CertFree {
+  void operator()(X509* c) const { X509_free(c); }
+};
+using FilePtr = std::unique_ptr<FILE, FileCloser>;
+using KeyPtr = std::unique_ptr<EVP_PKEY, KeyFree>;
+using CertPtr = std::unique_ptr<X509, CertFree>;
+
+Error ssl_error(const std::string& what) {
+  return make_error(errc::internal, what + " failed (OpenSSL)");
+}
+
+KeyPtr generate_key() { return KeyPtr(EVP_EC_gen("P-256")); }
+
+Status write_key(const std::string& path, EVP_PKEY* key) {
+  // Create with 0600 from the start so the private key is never world-readable.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0) return make_error(errc::io_error, "cannot write " + path);
+  FilePtr f(::fdopen(fd, "w"));
+  if (!f || PEM_write_PrivateKey(f.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    return make_error(errc::io_error, "cannot write key " + path);
+  }
+  return {};
+}
+
+Status write_certs(const std::string& path, std::initializer_list<X509*> certs) {
+  FilePtr f(std::fopen(path.c_str(), "w"));
+  if (!f) return make_error(errc::io_error, "cannot write " + path);
+  for (X509* c : certs) {
+    if (PEM_write_X509(f.get(), c) != 1) return make_error(errc::io_error, "cannot write " + path);
+  }
+  return {};
+}
+
+KeyPtr read_key(const std::string& path) {
+  FilePtr f(std::fopen(path.c_str(), "r"));
+  if (!f) return nullptr;
+  return KeyPtr(PEM_read_PrivateKey(f.get(), nullptr, nullptr, nullptr));
+}
+
+CertPtr read_cert(const std::string& path) {
+  FilePtr f(std::fopen(path.c_str(), "r"));
+  if (!f) return nullptr;
+  return CertPtr(PEM_read_X509(f.get(), nullptr, nullptr, nullptr));
+}
+
+bool add_extension(X509* cert, X509* issuer, int nid, const std::string& value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+  if (!ext) return false;
+  bool ok = X509_add_ext(cert, ext, -1) == 1;
+  X509_EXTENSION_free(ext);
+  return ok;
+}
+
+// Builds a certificate for `key` signed by `issuer_key` (self-signed when issuer is null).
+CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, EVP_PKEY* issuer_key,
+                  int days, bool is_ca, const std::string& san) {
+  CertPtr cert(X509_new());
+  if (!cert) return nullptr;
+  X509_set_version(cert.get(), 2);
+  // Random positive 64-bit serial: unique without keeping a serial database.
+  auto serial_bytes = crypto::random_bytes(8);
+  serial_bytes[0] = static_cast<char>(serial_bytes[0] & 0x7f);
+  BIGNUM* bn = BN_bin2bn(reinterpret_cast<const unsigned char*>(serial_bytes.data()), 8, nullptr);
+  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
+  BN_free(bn);
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);  // tolerate small clock skew
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);
+  X509_set_pubkey(cert.get(), key);
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
+                             0);
+  X509* signer = issuer ? issuer : cert.get();
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(signer));
+  bool ok = true;
+  if (is_ca) {
+    ok = ok &&
+         add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+    ok = ok && add_extension(cert.get(), signer, NID_key_usage, "critical,keyCertSign,cRLSign");
+  } else {
+    ok = ok && add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
+    ok = ok && add_extension(cert.get(), signer, NID_key_usage, "critical,digitalSignature");
+    ok = ok && add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
+    ok = ok && add_extension(cert.get(), signer, NID_subject_alt_name, san);
+  }
+  ok = ok && add_extension(cert.get(), signer, NID_subject_key_identifier, "hash");
+  if (!ok) return nullptr;
+  if (X509_sign(cert.get(), issuer_key ? issuer_key : key, EVP_sha256()) == 0) return nullptr;
+  return cert;
+}
+
+std::string san_string(const CertificateOptions& o) {
+  std::string san;
+  for (const auto& d : o.dns_names) san += (san.empty() ? "" : ",") + std::string("DNS:") + d;
+  for (const auto& ip : o.ip_addresses) san += (san.empty() ? "" : ",") + std::string("IP:") + ip;
+  return san;
+}
+
+// True if the certificate is valid for at least `days` more days and carries every SAN wanted.
+bool server_cert_usable(X509* cert, X509* ca, const CertificateOptions& o) {
+  std::time_t horizon = std::time(nullptr) + static_cast<std::time_t>(o.renew_before_days) * 86400;
+  if (X509_cmp_time(X509_get0_notAfter(cert), &horizon) <= 0) return false;
+  if (X509_check_issued(ca, cert) != X509_V_OK) return false;
+  for (const auto& d : o.dns_names) {
+    if (X509_check_host(cert, d.c_str(), d.size(), 0, nullptr) != 1) return false;
+  }
+  for (const auto& ip : o.ip_addresses) {
+    if (X509_check_ip_asc(cert, ip.c_str(), 0) != 1) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<EdgeCertificates> ensure_edge_certificates(const std::string& dir,
+                                                  const CertificateOptions& options) {
+  EdgeCertificates out;
+  fs::path certs = fs::path(dir) / "certs";
+  std::error_code ec;
+  fs::create_directories(certs, ec);
+  if (ec)
+    return make_error(errc::io_error, "cannot create " + certs.string() + ": " + ec.message());
+  out.ca_cert_path = (certs / "edge-ca.pem").string();
+  out.ca_key_path = (certs / "edge-ca.key.pem").string();
+  out.server_cert_path = (certs / "server.pem").string();
+  out.server_key_path = (certs / "server.key.pem").string();
+
+  KeyPtr ca_key = read_key(out.ca_key_path);
+  CertPtr ca_cert = read_cert(out.ca_cert_path);
+  if (!ca_key || !ca_cert || X509_check_private_key(ca_cert.get(), ca_key.get()) != 1) {
+    if (fs::exists(out.ca_cert_path) || fs::exists(out.ca_key_path)) {
+      return make_error(errc::corruption,
+                        "edge CA in " + certs.string() +
+                            " is unreadable or does not match its key; move the directory away "
+                            "to create a new CA (clients must then trust the new edge-ca.pem)");
+    }
+    log::info("certs", "creating edge CA in {}", certs.string());
+    ca_key = generate_key();
+    if (!ca_key) return ssl_error("CA key generation");
+    ca_cert = make_cert(ca_key.get(), "cairn edge CA", nullptr, nullptr, options.ca_validity_days,
+                        true, "");
+    if (!ca_cert) return ssl_error("CA certificate creation");
+    if (auto s = write_key(out.ca_key_path, ca_key.get()); !s) return s.error();
+    if (auto s = write_certs(out.ca_cert_path, {ca_cert.get()}); !s) return s.error();
+  }
+
+  KeyPtr server_key = read_key(out.server_key_path);
+  CertPtr server_cert = read_cert(out.server_cert_path);
+  if (server_key && server_cert &&
+      X509_check_private_key(server_cert.get(), server_key.get()) == 1 &&
+      server_cert_usable(server_cert.get(), ca_cert.get(), options)) {
+    return out;
+  }
+  log::info("certs", "issuing server certificate for {}", san_string(options));
+  server_key = generate_key();
+  if (!server_key) return ssl_error("server key generation");
+  std::string cn = options.dns_names.empty() ? "localhost" : options.dns_names.front();
+  server_cert = make_cert(server_key.get(), cn, ca_cert.get(), ca_key.get(),
+                          options.server_validity_days, false, san_string(options));
+  if (!server_cert) return ssl_error("server certificate creation");
+  if (auto s = write_key(out.server_key_path, server_key.get()); !s) return s.error();
+  if (auto s = write_certs(out.server_cert_path, {server_cert.get(), ca_cert.get()}); !s) {
+    return s.error();
+  }
+  return out;
+}
+
+}  // namespace cairn::net
