@@ -296,6 +296,10 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
   }
   result.rss_idle_kib = child->rss_kib();
   result.rss_max_kib = result.rss_idle_kib;
+  if (auto provisioned = provision_clients(*prepared, programs_of(options)); !provisioned) {
+    result.error = provisioned.error().message;
+    return result;
+  }
 
   asio::io_context io(options.threads);
   auto guard = asio::make_work_guard(io);
@@ -492,6 +496,14 @@ std::string with_commas(double value) {
   return out;
 }
 
+// An error for a table cell: one line, bounded.
+std::string one_line(std::string text) {
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  constexpr std::size_t kMax = 160;
+  if (text.size() > kMax) text = text.substr(0, kMax) + "...";
+  return text;
+}
+
 double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
 double mib(std::uint64_t kib) { return static_cast<double>(kib) / 1024.0; }
 
@@ -602,7 +614,7 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
     const auto& f = startup[kind];
     if (!f.error.empty()) {
       std::printf("%-10s  FAILED: %s\n", std::string(to_string(kind)).c_str(),
-                  f.error.substr(0, f.error.find('\n')).c_str());
+                  one_line(f.error).c_str());
       continue;
     }
     std::string all;
@@ -620,7 +632,7 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
       const std::string name = std::string(to_string(kind));
       if (!r.error.empty()) {
         std::printf("%-14s %-10s FAILED: %s\n", w.name.c_str(), name.c_str(),
-                    r.error.substr(0, r.error.find('\n')).c_str());
+                    one_line(r.error).c_str());
         continue;
       }
       const double delivered = static_cast<double>(r.received) / r.window_s;

@@ -1,9 +1,11 @@
 #include "bench/targets.hpp"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string_view>
+#include <thread>
 
 #include "bench/process.hpp"
 #include "core/clock.hpp"
@@ -48,10 +50,18 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// Creates MODULE's identity and turns its connection string into MQTT credentials.
-Result<ClientSetup> module_credentials(const Programs& programs, const std::string& home,
-                                       const std::string& module, const std::string& log_path) {
-  auto out = run_capture({programs.cairn, "--home", home, "identity", "create", module}, log_path);
+// Creates MODULE's identity and turns its connection string into MQTT credentials. The
+// management socket may come up a moment after the MQTT port, so early failures are retried.
+Status module_credentials(const Programs& programs, const std::string& home,
+                          const std::string& log_path, ClientSetup& client) {
+  const std::string module = client.client_id.substr(client.client_id.find('/') + 1);
+  Result<std::string> out = make_error(errc::internal, "not run");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    out = run_capture({programs.cairn, "--home", home, "identity", "create", module}, log_path);
+    if (out || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   if (!out) return std::move(out).error();
   auto fields = parse_connection_string(trim(*out));
   for (const char* key : {"HostName", "DeviceId", "ModuleId", "SharedAccessKey"}) {
@@ -68,11 +78,10 @@ Result<ClientSetup> module_credentials(const Programs& programs, const std::stri
       crypto::make_sas_token(host + "/devices/" + device + "/modules/" + module_id,
                              fields["SharedAccessKey"], now_unix_s() + kTokenValiditySeconds);
   if (!token) return std::move(token).error();
-  ClientSetup setup;
-  setup.client_id = device + "/" + module_id;
-  setup.username = host + "/" + device + "/" + module_id + "/?api-version=2021-04-12";
-  setup.password = std::move(*token);
-  return setup;
+  client.client_id = device + "/" + module_id;
+  client.username = host + "/" + device + "/" + module_id + "/?api-version=2021-04-12";
+  client.password = std::move(*token);
+  return {};
 }
 
 std::string cairn_manifest(int subscribers) {
@@ -139,21 +148,22 @@ Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesy
   b.argv = {programs.cairnd,   "--home",      home.string(), "--manifest",
             manifest.string(), "--log-level", "warn"};
 
-  const std::string cli_log = (dir / "cairn-cli.log").string();
+  b.home = home.string();
+  // Client ids are final once provision_clients() read the connection strings.
   for (int i = 0; i < publishers; ++i) {
     const std::string module = "pub" + std::to_string(i);
-    auto creds = module_credentials(programs, home.string(), module, cli_log);
-    if (!creds) return std::move(creds).error();
-    creds->topic =
-        "devices/" + std::string(kDeviceId) + "/modules/" + module + "/messages/events/%24.on=out";
-    b.publishers.push_back(std::move(*creds));
+    b.publishers.push_back({std::string(kDeviceId) + "/" + module,
+                            {},
+                            {},
+                            "devices/" + std::string(kDeviceId) + "/modules/" + module +
+                                "/messages/events/%24.on=out"});
   }
   for (int j = 0; j < subscribers; ++j) {
     const std::string module = "sub" + std::to_string(j);
-    auto creds = module_credentials(programs, home.string(), module, cli_log);
-    if (!creds) return std::move(creds).error();
-    creds->topic = "devices/" + std::string(kDeviceId) + "/modules/" + module + "/#";
-    b.subscribers.push_back(std::move(*creds));
+    b.subscribers.push_back({std::string(kDeviceId) + "/" + module,
+                             {},
+                             {},
+                             "devices/" + std::string(kDeviceId) + "/modules/" + module + "/#"});
   }
   return b;
 }
@@ -170,9 +180,22 @@ Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return make_error(errc::io_error, "mkdir " + dir + ": " + ec.message());
-  return kind == TargetKind::kCairn
-             ? prepare_cairn(programs, dir, port, publishers, subscribers)
-             : prepare_mosquitto(programs, dir, port, publishers, subscribers);
+  auto prepared = kind == TargetKind::kCairn
+                      ? prepare_cairn(programs, dir, port, publishers, subscribers)
+                      : prepare_mosquitto(programs, dir, port, publishers, subscribers);
+  if (prepared) prepared->dir = dir;
+  return prepared;
+}
+
+Status provision_clients(PreparedBroker& prepared, const Programs& programs) {
+  if (prepared.kind != TargetKind::kCairn) return {};
+  const std::string log_path = (std::filesystem::path(prepared.dir) / "cairn-cli.log").string();
+  for (auto* group : {&prepared.publishers, &prepared.subscribers}) {
+    for (auto& client : *group) {
+      if (auto s = module_credentials(programs, prepared.home, log_path, client); !s) return s;
+    }
+  }
+  return {};
 }
 
 }  // namespace cairn::bench

@@ -41,15 +41,22 @@ struct PreparedBroker {
   std::uint16_t port = 0;
   std::vector<std::string> argv;  // starts the broker
   std::string log_path;           // its stdout/stderr
+  std::string home;               // cairn: cairnd's --home
+  std::string dir;                // work directory of this broker
   std::vector<ClientSetup> publishers;
   std::vector<ClientSetup> subscribers;
 };
 
 // Writes the broker's configuration under `dir` (created if missing) and returns how to start
-// it and how clients log in. For cairn this runs `cairn identity create` once per module, so
-// it needs the cairn CLI but not a running cairnd.
+// it. The client lists get ids and topics; credentials come from provision_clients().
 [[nodiscard]] Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
                                                     const std::string& dir, std::uint16_t port,
                                                     int publishers, int subscribers);
+
+// Fills in the clients' credentials. REQUIRES: the broker started from `prepared` runs. For
+// cairn this runs `cairn --home H identity create MODULE` per module (the CLI talks to cairnd
+// over its management socket) and signs a SAS token from each connection string; mosquitto
+// needs nothing.
+[[nodiscard]] Status provision_clients(PreparedBroker& prepared, const Programs& programs);
 
 }  // namespace cairn::bench

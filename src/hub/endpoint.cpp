@@ -89,9 +89,12 @@ void Endpoint::pump() {
     Pending p = std::move(next->cache.front());
     next->cache.pop_front();
     if (p.expires_at_ms != 0 && p.expires_at_ms <= now) {
-      ++counters_.expired;
-      next->sent.push_back(Sent{p.seq, true});
-      settle(*next);
+      // Expired while cached. The store drops and counts expired entries exactly once,
+      // whether its periodic expiry got there first or the read does: read the lane back
+      // from this entry on instead of dropping (and counting) it here as well.
+      next->cache.clear();
+      next->loaded_through = p.seq - 1;
+      next->backlog = true;
       continue;
     }
     next->sent.push_back(Sent{p.seq, false});

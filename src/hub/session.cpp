@@ -27,6 +27,18 @@ tcp::socket& lowest(Session::Stream& s) {
   return std::get<ssl::stream<tcp::socket>>(s).next_layer();
 }
 
+// How long a connection may stay silent. Before CONNECT, `keepalive_secs` is the connect
+// timeout. After it, it is the client's keep-alive: the server allows 1.5 times that
+// [MQTT-3.1.2-24], in milliseconds (a 1 s keep-alive gives 1.5 s, not 2 s), capped at
+// `cap_secs`; a keep-alive of 0 (none) gets the cap.
+std::chrono::milliseconds idle_limit(bool connected, std::uint32_t keepalive_secs,
+                                     std::uint32_t cap_secs) {
+  if (!connected) return std::chrono::seconds(keepalive_secs);
+  const std::chrono::milliseconds cap(static_cast<std::int64_t>(cap_secs) * 1000);
+  if (keepalive_secs == 0) return cap;
+  return std::min(cap, std::chrono::milliseconds(static_cast<std::int64_t>(keepalive_secs) * 1500));
+}
+
 mqtt::ConnectReturn refusal_code(errc code) {
   switch (code) {
     case errc::invalid_argument:
@@ -206,14 +218,15 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   }
   send(mqtt::Connack{session_present, mqtt::ConnectReturn::accepted});
 
-  // Server-side keep-alive is 1.5x the client's, capped; 0 (no keep-alive) gets the cap.
-  std::uint32_t cap = cfg.mqtt.max_keepalive_secs;
-  keepalive_secs_ =
-      c.keep_alive == 0 ? cap : std::min<std::uint32_t>(cap, (c.keep_alive * 3 + 1) / 2);
+  // From here on keepalive_secs_ is the client's keep-alive; idle_limit() derives the
+  // server-side timeout from it.
+  keepalive_secs_ = c.keep_alive;
   last_activity_ = std::chrono::steady_clock::now();
   arm_keepalive();
-  log::info("hub", "[{}] connected clean_session={} keepalive={}s session_present={}", log_id_,
-            clean_session_, keepalive_secs_, session_present);
+  log::info("hub", "[{}] connected clean_session={} keepalive={}s timeout={}ms session_present={}",
+            log_id_, clean_session_, keepalive_secs_,
+            idle_limit(true, keepalive_secs_, cfg.mqtt.max_keepalive_secs).count(),
+            session_present);
   for (const auto& s : subscriptions_) {
     if (classify_subscription(s.filter).kind == SubscriptionKind::Kind::module_messages) {
       module_messages_ = true;
@@ -461,7 +474,8 @@ void Session::write_some() {
 }
 
 void Session::arm_keepalive() {
-  keepalive_timer_.expires_after(std::chrono::seconds(keepalive_secs_));
+  keepalive_timer_.expires_after(
+      idle_limit(connected_, keepalive_secs_, hub_->config().mqtt.max_keepalive_secs));
   arm_keepalive_wait();
 }
 
@@ -474,13 +488,14 @@ void Session::arm_keepalive_wait() {
       return;
     }
     // Any packet counts as activity; re-arm for the remainder instead of on every packet.
+    const auto limit =
+        idle_limit(true, self->keepalive_secs_, self->hub_->config().mqtt.max_keepalive_secs);
     auto idle = std::chrono::steady_clock::now() - self->last_activity_;
-    if (idle >= std::chrono::seconds(self->keepalive_secs_)) {
-      self->close("keep-alive expired after " + std::to_string(self->keepalive_secs_) + "s");
+    if (idle >= limit) {
+      self->close("keep-alive expired after " + std::to_string(limit.count()) + "ms");
       return;
     }
-    self->keepalive_timer_.expires_at(self->last_activity_ +
-                                      std::chrono::seconds(self->keepalive_secs_));
+    self->keepalive_timer_.expires_at(self->last_activity_ + limit);
     self->arm_keepalive_wait();
   });
 }

@@ -9,8 +9,14 @@
 // its handlers: a strand, or the executor of an io_context run by one thread. Every coroutine
 // method (connect, publish, async_publish, subscribe, unsubscribe, disconnect) must be awaited
 // from a coroutine running on that executor, i.e. co_spawn(client->get_executor(), ...). Only
-// close() may be called from any thread. All handlers (message, ack, close) run on the home
-// executor. Internally there is at most one write in flight; packets wait in one outbound buffer.
+// close() may be called from any thread; the accessors (connected(), stats(), ...) and the
+// setters also belong on the home executor. All handlers (message, ack, close) run on the home
+// executor. Internally there is at most one write in flight; packets wait in one outbound
+// buffer, bounded by the options below.
+//
+// gcc 12 pitfall: a lambda temporary inside a co_await expression (`co_await
+// c->async_publish(t, p, 1, false, [x](Status) {...})`) has its captures destroyed twice. Bind
+// the handler to a named variable first and std::move it in.
 //
 // Lifetimes: create() returns a shared_ptr. While connected, the client's own read, write and
 // keep-alive loops hold a reference, so dropping the last user reference does NOT close the
@@ -119,7 +125,7 @@ class MqttClient : public std::enable_shared_from_this<MqttClient> {
   const Executor& get_executor() const noexcept { return executor_; }
   const MqttClientOptions& options() const noexcept { return options_; }
 
-  // REQUIRES: called before connect(), on the home executor.
+  // On the home executor; normally before connect(), so that no delivery is missed.
   void set_message_handler(MessageHandler handler);
   void set_close_handler(CloseHandler handler);
 

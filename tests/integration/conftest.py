@@ -1,0 +1,777 @@
+"""Fixtures for cairn integration tests: a real cairnd on loopback, real MQTT clients.
+
+Run with Debian's interpreter: /usr/bin/python3 -m pytest tests/integration
+Binaries come from $CAIRN_BIN_DIR (default: build-asan/bin under the repository).
+
+Fixtures
+  cairnd_factory  -> make(routes=..., config=..., start=True) -> Cairnd
+  cairnd          -> a started Cairnd with the default routes (sensor -> filter)
+  module_client   -> connect(cairnd, module, **kw) -> ModuleClient (paho, TLS, SAS auth)
+  raw_mqtt        -> open(cairnd, tls=False) -> RawMqtt (hand-made packets)
+
+Every test's cairnd logs are attached to the report when the test fails, and a sanitizer
+report in a cairnd log fails the test that produced it.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import queue
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("CAIRN_BIN_DIR", REPO / "build-asan" / "bin"))
+CAIRND = BIN_DIR / "cairnd"
+CAIRN = BIN_DIR / "cairn"
+
+HOST = "127.0.0.1"
+IOTHUB_HOSTNAME = "cairn.local"
+API_VERSION = "2021-04-12"
+
+# ASan/UBSan under a shared 2-core box: generous but bounded waits.
+START_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 15.0
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                     "WARNING: ThreadSanitizer")
+
+DEFAULT_ROUTES = {
+    "sensorToFilter":
+        'FROM /messages/modules/sensor/outputs/temp INTO BrokeredEndpoint("/modules/filter/inputs/in")',
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+def wait_for(predicate, timeout=DEFAULT_TIMEOUT, interval=0.02, what="condition"):
+    """Polls `predicate` until it returns a truthy value; returns it. Fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port):
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def sas_token(resource, key_b64, expiry):
+    """SAS token as IoT Hub SDKs build it (PROTOCOL.md 3.2)."""
+    sr = urllib.parse.quote(resource, safe="")
+    to_sign = f"{sr}\n{expiry}".encode()
+    sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), to_sign, hashlib.sha256).digest())
+    return (f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}"
+            f"&se={expiry}")
+
+
+def parse_connection_string(text):
+    out = {}
+    for part in text.strip().split(";"):
+        k, _, v = part.partition("=")
+        out[k] = v
+    return out
+
+
+def encode_bag(props):
+    """Property bag as SDKs encode it: k=v&k2=v2, URL-encoded ('$' becomes %24)."""
+    return "&".join(f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(v, safe='')}"
+                    for k, v in props.items())
+
+
+def decode_bag(bag):
+    out = {}
+    if not bag:
+        return out
+    for pair in bag.split("&"):
+        if not pair:
+            continue
+        k, eq, v = pair.partition("=")
+        out[urllib.parse.unquote(k)] = urllib.parse.unquote(v) if eq else None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# cairnd
+
+class Cairnd:
+    """One cairnd with its own home directory and free ports."""
+
+    def __init__(self, home, routes=None, config=None, top=None, ttl_secs=7200, manifest=True,
+                 device_id="edge1", extra_desired=None):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id
+        self.routes = DEFAULT_ROUTES if routes is None else routes
+        self.mqtt_config = {
+            "listen": HOST, "tls_port": free_port(), "plain_port": free_port(),
+            "max_message_bytes": 262144, "max_inflight_in": 64, "max_inflight_out": 64,
+            "max_keepalive_secs": 600, "connect_timeout_secs": 30, "max_connections": 1000,
+        }
+        self.store_config = {"fsync": False, "max_bytes": 1 << 30, "expire_interval_secs": 30}
+        self.top_config = {"device_id": device_id, "hostname": "localhost",
+                           "iothub_hostname": IOTHUB_HOSTNAME, "default_ttl_secs": 7200}
+        for key, value in (config or {}).items():
+            section, _, name = key.partition(".")
+            {"mqtt": self.mqtt_config, "store": self.store_config}[section][name] = value
+        self.top_config.update(top or {})
+        self.ttl_secs = ttl_secs
+        self.extra_desired = extra_desired or {}
+        self.use_manifest = manifest
+        self.proc = None
+        self.runs = 0
+        self.log_paths = []
+        self.keys = {}
+        self.write_config()
+        if manifest:
+            self.write_manifest()
+
+    # -- files
+
+    @property
+    def config_path(self):
+        return self.home / "config.toml"
+
+    @property
+    def manifest_path(self):
+        return self.home / "manifest.json"
+
+    @property
+    def ca_path(self):
+        return self.home / "certs" / "edge-ca.pem"
+
+    @property
+    def tls_port(self):
+        return self.mqtt_config["tls_port"]
+
+    @property
+    def plain_port(self):
+        return self.mqtt_config["plain_port"]
+
+    def write_config(self):
+        def value(v):
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, str):
+                return json.dumps(v)
+            return str(v)
+
+        lines = [f"{k} = {value(v)}" for k, v in self.top_config.items()]
+        lines.append("[mqtt]")
+        lines += [f"{k} = {value(v)}" for k, v in self.mqtt_config.items()]
+        lines.append("[store]")
+        lines += [f"{k} = {value(v)}" for k, v in self.store_config.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def write_manifest(self):
+        desired = {"schemaVersion": "1.1", "routes": self.routes,
+                   "storeAndForwardConfiguration": {"timeToLiveSecs": self.ttl_secs}}
+        desired.update(self.extra_desired)
+        manifest = {"modulesContent": {
+            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1"}},
+            "$edgeHub": {"properties.desired": desired}}}
+        self.manifest_path.write_text(json.dumps(manifest, indent=2))
+
+    # -- process
+
+    def command(self):
+        cmd = [str(CAIRND), "--home", str(self.home), "--log-level", "debug"]
+        if self.use_manifest:
+            cmd += ["--manifest", str(self.manifest_path)]
+        return cmd
+
+    @property
+    def log_path(self):
+        return self.log_paths[-1]
+
+    def log_text(self, all_runs=False):
+        paths = self.log_paths if all_runs else self.log_paths[-1:]
+        out = []
+        for p in paths:
+            try:
+                out.append(p.read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+        return "".join(out)
+
+    def start(self, timeout=START_TIMEOUT):
+        assert self.proc is None, "cairnd already running"
+        for attempt in range(3):
+            self.runs += 1
+            log_path = self.home / f"cairnd.{self.runs}.log"
+            self.log_paths.append(log_path)
+            log = open(log_path, "wb")
+            env = dict(os.environ)
+            env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+            log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if "ready:" in self.log_text() and (self.home / "run" / "mgmt.sock").exists():
+                    break
+                time.sleep(0.02)
+            if self.proc.poll() is None and "ready:" in self.log_text():
+                for port in (self.tls_port, self.plain_port):
+                    if port:
+                        wait_for(lambda: port_accepts(port), what=f"port {port} to accept")
+                return self
+            rc = self.proc.poll()
+            text = self.log_text()
+            if rc is None:
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+                raise AssertionError(f"cairnd did not become ready in {timeout}s:\n{text}")
+            self.proc = None
+            # A free port taken by a parallel test between free_port() and bind: pick others.
+            if "cannot listen" in text and self.runs == attempt + 1:
+                self.mqtt_config["tls_port"] = free_port()
+                self.mqtt_config["plain_port"] = free_port()
+                self.write_config()
+                continue
+            raise AssertionError(f"cairnd exited with {rc} during start:\n{text}")
+        raise AssertionError("cairnd could not find free ports")
+
+    def stop(self, timeout=30.0, expect_rc=0):
+        """SIGTERM and wait; asserts a clean exit (rc 0, no sanitizer report)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise AssertionError(f"cairnd did not stop within {timeout}s after SIGTERM")
+        self.proc = None
+        self.check_sanitizers()
+        if expect_rc is not None:
+            assert rc == expect_rc, f"cairnd exited with {rc}:\n{self.log_text()[-4000:]}"
+        return rc
+
+    def kill9(self):
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.check_sanitizers()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_sanitizers(self):
+        text = self.log_text()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, f"sanitizer report in cairnd log:\n{text[-8000:]}"
+
+    # -- CLI
+
+    def cli(self, *args, check=True, timeout=30):
+        r = subprocess.run([str(CAIRN), "--home", str(self.home), *args], capture_output=True,
+                           text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, (f"cairn {' '.join(args)} -> {r.returncode}\n"
+                                       f"stdout: {r.stdout}\nstderr: {r.stderr}")
+        return r
+
+    def status(self):
+        return json.loads(self.cli("status").stdout)
+
+    def queue_length(self, endpoint, priority=None):
+        total = 0
+        for q in self.status()["queues"]:
+            if q["endpoint"] == endpoint and (priority is None or q["priority"] == priority):
+                total += q["length"]
+        return total
+
+    def counter(self, name):
+        return self.status()["counters"][name]
+
+    def create_identity(self, module):
+        cs = parse_connection_string(self.cli("identity", "create", module).stdout)
+        self.keys[module] = cs["SharedAccessKey"]
+        return cs
+
+    def token(self, module, expiry=None, key=None, resource=None):
+        """A SAS token computed in Python (fast; no CLI process under ASan)."""
+        if key is None:
+            if module not in self.keys:
+                self.create_identity(module)
+            key = self.keys[module]
+        if resource is None:
+            resource = f"{IOTHUB_HOSTNAME}/devices/{self.device_id}/modules/{module}"
+        if expiry is None:
+            expiry = int(time.time()) + 3600
+        return sas_token(resource, key, expiry)
+
+    def username(self, module):
+        return f"{IOTHUB_HOSTNAME}/{self.device_id}/{module}/?api-version={API_VERSION}"
+
+    def client_id(self, module):
+        return f"{self.device_id}/{module}"
+
+    def events_topic(self, module, props=None):
+        base = f"devices/{self.device_id}/modules/{module}/messages/events/"
+        return base + encode_bag(props) if props else base
+
+    def inputs_filter(self, module):
+        return f"devices/{self.device_id}/modules/{module}/#"
+
+
+@pytest.fixture
+def cairnd_factory(tmp_path, request):
+    instances = []
+
+    def make(start=True, **kwargs):
+        home = tmp_path / f"home{len(instances)}"
+        d = Cairnd(home, **kwargs)
+        instances.append(d)
+        if start:
+            d.start()
+        return d
+
+    request.node._cairnd_instances = instances
+    yield make
+    errors = []
+    for d in instances:
+        try:
+            if d.running():
+                d.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("cairnd shutdown problems:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def cairnd(cairnd_factory):
+    return cairnd_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, d in enumerate(getattr(item, "_cairnd_instances", [])):
+            text = d.log_text(all_runs=True)
+            if len(text) > 30000:
+                text = "...\n" + text[-30000:]
+            report.sections.append((f"cairnd[{i}] log ({d.home})", text))
+
+
+# --------------------------------------------------------------------------------------------
+# paho module clients
+
+class Received:
+    def __init__(self, msg):
+        self.topic = msg.topic
+        self.payload = msg.payload
+        self.qos = msg.qos
+        self.dup = bool(msg.dup)
+        self.retain = bool(msg.retain)
+        parts = msg.topic.split("/")
+        # devices/{d}/modules/{m}/inputs/{input}/{bag}
+        self.input = parts[5] if len(parts) > 5 and parts[4] == "inputs" else None
+        self.props = decode_bag("/".join(parts[6:])) if len(parts) > 6 else {}
+
+    def __repr__(self):
+        return f"Received({self.topic!r}, {self.payload[:40]!r})"
+
+
+class ModuleClient:
+    """A paho client logged in as a module, with its own network thread and no reconnects."""
+
+    def __init__(self, cairnd, module, clean_session=True, tls=True, keepalive=60, will=None,
+                 password=None, username=None, client_id=None, max_inflight=20, auto_ack=True):
+        self.cairnd = cairnd
+        self.module = module
+        self.client_id = client_id if client_id is not None else cairnd.client_id(module)
+        self.client = mqtt.Client(client_id=self.client_id, clean_session=clean_session,
+                                  protocol=mqtt.MQTTv311)
+        self.client.max_inflight_messages_set(max_inflight)
+        self.client.max_queued_messages_set(0)
+        if password is None:
+            password = cairnd.token(module)
+        self.client.username_pw_set(username if username is not None else cairnd.username(module),
+                                    password)
+        if tls:
+            self.client.tls_set(ca_certs=str(cairnd.ca_path), cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self.client.will_set(**will)
+        self.messages = queue.Queue()
+        self.received = []
+        self.connack = None
+        self.session_present = None
+        self.connected = threading.Event()
+        self.connack_event = threading.Event()
+        self.disconnected = threading.Event()
+        self.disconnect_rc = None
+        self.acked_mids = set()
+        self.suback = {}
+        self.lock = threading.Lock()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+        self.port = cairnd.tls_port if tls else cairnd.plain_port
+        self.keepalive = keepalive
+        self._stop = threading.Event()
+        self._thread = None
+
+    # callbacks run on the network thread
+    def _on_connect(self, client, userdata, flags, rc):
+        self.connack = rc
+        self.session_present = bool(flags.get("session present"))
+        if rc == 0:
+            self.connected.set()
+        self.connack_event.set()
+
+    def _on_disconnect(self, client, userdata, rc):
+        self.disconnect_rc = rc
+        self.disconnected.set()
+
+    def _on_message(self, client, userdata, msg):
+        r = Received(msg)
+        with self.lock:
+            self.received.append(r)
+        self.messages.put(r)
+
+    def _on_publish(self, client, userdata, mid):
+        with self.lock:
+            self.acked_mids.add(mid)
+
+    def _on_subscribe(self, client, userdata, mid, granted):
+        with self.lock:
+            self.suback[mid] = list(granted)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            rc = self.client.loop(timeout=0.05)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                if not self.disconnected.is_set():
+                    self.disconnect_rc = rc
+                    self.disconnected.set()
+                return
+
+    def connect(self, expect_rc=0, timeout=DEFAULT_TIMEOUT):
+        self.client.connect(HOST, self.port, keepalive=self.keepalive)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        if not self.connack_event.wait(timeout) and not self.disconnected.is_set():
+            raise AssertionError(f"{self.client_id}: no CONNACK within {timeout}s")
+        if expect_rc is not None:
+            assert self.connack == expect_rc, f"CONNACK {self.connack}, expected {expect_rc}"
+        return self
+
+    def subscribe_inputs(self, qos=1, timeout=DEFAULT_TIMEOUT):
+        return self.subscribe(self.cairnd.inputs_filter(self.module), qos, timeout)
+
+    def subscribe(self, topic, qos=1, timeout=DEFAULT_TIMEOUT):
+        rc, mid = self.client.subscribe(topic, qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
+        granted = wait_for(lambda: self.suback.get(mid), timeout, what=f"SUBACK for {topic}")
+        return granted
+
+    def publish(self, payload, props=None, output=None, qos=1, retain=False, topic=None):
+        """Publishes telemetry; returns paho's MessageInfo (mid, wait_for_publish)."""
+        bag = dict(props or {})
+        if output is not None:
+            bag = {"$.on": output, **bag}
+        if topic is None:
+            topic = self.cairnd.events_topic(self.module, bag)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info
+
+    def publish_acked(self, payload, timeout=DEFAULT_TIMEOUT, **kw):
+        info = self.publish(payload, **kw)
+        mid = info.mid
+        wait_for(lambda: mid in self.acked_mids or self.disconnected.is_set(), timeout,
+                 what=f"PUBACK of mid {mid}")
+        assert mid in self.acked_mids, f"{self.client_id}: disconnected before PUBACK of {mid}"
+        return info
+
+    def expect(self, n=1, timeout=DEFAULT_TIMEOUT):
+        """Waits for the next n delivered messages and returns them."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.client_id}: got {len(out)} of {n} messages: {out}")
+            try:
+                out.append(self.messages.get(timeout=remaining))
+            except queue.Empty:
+                pass
+        return out
+
+    def wait_disconnected(self, timeout=DEFAULT_TIMEOUT):
+        assert self.disconnected.wait(timeout), f"{self.client_id}: still connected after {timeout}s"
+        return self.disconnect_rc
+
+    def is_connected(self):
+        return self.connected.is_set() and not self.disconnected.is_set()
+
+    def disconnect(self):
+        """Clean DISCONNECT, then stops the network thread."""
+        if self.is_connected():
+            self.client.disconnect()
+            self.disconnected.wait(5)
+        self.close()
+
+    def drop(self):
+        """Unclean: closes the TCP connection without DISCONNECT."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self):
+        self._stop.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        try:
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def module_client():
+    clients = []
+
+    def connect(cairnd, module, expect_rc=0, connect=True, **kwargs):
+        c = ModuleClient(cairnd, module, **kwargs)
+        clients.append(c)
+        if connect:
+            c.connect(expect_rc=expect_rc)
+        return c
+
+    yield connect
+    for c in clients:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# raw MQTT over a socket
+
+def _remaining_length(n):
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        if n:
+            b |= 0x80
+        out.append(b)
+        if not n:
+            return bytes(out)
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(first_byte, body):
+    return bytes([first_byte]) + _remaining_length(len(body)) + body
+
+
+def connect_packet(client_id, username=None, password=None, keepalive=60, clean=True,
+                   level=4, will=None, protocol_name="MQTT"):
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if will is not None:
+        flags |= 0x04 | ((will.get("qos", 0) & 3) << 3) | (0x20 if will.get("retain") else 0)
+        payload += _str(will["topic"]) + _str(will["payload"])
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    var = _str(protocol_name) + bytes([level, flags]) + struct.pack("!H", keepalive)
+    if level == 5:
+        var += b"\x00"  # no properties
+    return packet(0x10, var + payload)
+
+
+def publish_packet(topic, payload, qos=0, packet_id=1, retain=False, dup=False):
+    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+    body = _str(topic)
+    if qos:
+        body += struct.pack("!H", packet_id)
+    return packet(first, body + (payload.encode() if isinstance(payload, str) else payload))
+
+
+def subscribe_packet(packet_id, filters):
+    body = struct.pack("!H", packet_id)
+    for f, q in filters:
+        body += _str(f) + bytes([q])
+    return packet(0x82, body)
+
+
+def puback_packet(packet_id):
+    return packet(0x40, struct.pack("!H", packet_id))
+
+
+PINGREQ = b"\xc0\x00"
+DISCONNECT = b"\xe0\x00"
+
+
+class RawMqtt:
+    """MQTT by hand over a plain (or TLS) socket, for malformed and edge-case traffic."""
+
+    def __init__(self, cairnd, tls=False):
+        self.cairnd = cairnd
+        port = cairnd.tls_port if tls else cairnd.plain_port
+        sock = socket.create_connection((HOST, port), timeout=10)
+        if tls:
+            ctx = ssl.create_default_context(cafile=str(cairnd.ca_path))
+            sock = ctx.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, timeout):
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def _parse(self):
+        if len(self.buf) < 2:
+            return None
+        mult, length, i = 1, 0, 1
+        while True:
+            if i >= len(self.buf):
+                return None
+            b = self.buf[i]
+            length += (b & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not b & 0x80:
+                break
+        if len(self.buf) < i + length:
+            return None
+        first, body = self.buf[0], self.buf[i:i + length]
+        self.buf = self.buf[i + length:]
+        return first, body
+
+    def recv_packet(self, timeout=DEFAULT_TIMEOUT):
+        """Next packet as (first_byte, body), or None on EOF. Fails on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self._parse()
+            if p is not None:
+                return p
+            if self.eof:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no packet within {timeout}s")
+            self._fill(remaining)
+
+    def expect_connack(self, timeout=DEFAULT_TIMEOUT):
+        p = self.recv_packet(timeout)
+        assert p is not None, "connection closed instead of CONNACK"
+        first, body = p
+        assert first == 0x20 and len(body) == 2, f"expected CONNACK, got {p}"
+        return body[0] & 1, body[1]  # session present, return code
+
+    def wait_closed(self, timeout=DEFAULT_TIMEOUT):
+        """Waits for EOF; returns the packets that arrived before it."""
+        deadline = time.monotonic() + timeout
+        packets = []
+        while True:
+            p = self._parse()
+            if p is not None:
+                packets.append(p)
+                continue
+            if self.eof:
+                return packets
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection still open after {timeout}s")
+            self._fill(remaining)
+
+    def login(self, module, keepalive=60, clean=True, will=None):
+        self.send(connect_packet(self.cairnd.client_id(module), self.cairnd.username(module),
+                                 self.cairnd.token(module), keepalive=keepalive, clean=clean,
+                                 will=will))
+        sp, rc = self.expect_connack()
+        assert rc == 0, f"CONNACK rc {rc}"
+        return sp
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def raw_mqtt():
+    conns = []
+
+    def open_(cairnd, tls=False):
+        c = RawMqtt(cairnd, tls=tls)
+        conns.append(c)
+        return c
+
+    yield open_
+    for c in conns:
+        c.close()

@@ -1,0 +1,101 @@
+#include "hub/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "hub/edgehub_config.hpp"
+
+namespace cairn::hub {
+namespace {
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  auto path = std::filesystem::temp_directory_path() / (std::to_string(::getpid()) + "-" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(HubConfig, MissingFileGivesDefaults) {
+  auto c = load_config("/h", "/nonexistent/config.toml");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->mqtt.tls_port, 8883);
+  EXPECT_EQ(c->mqtt.plain_port, 0);
+  EXPECT_EQ(c->mgmt_socket(), "/h/run/mgmt.sock");
+}
+
+TEST(HubConfig, ReadsEverySection) {
+  auto path = write_temp("ok.toml", R"(device_id = "d1"
+hostname = "gw"
+[mqtt]
+tls_port = 0
+plain_port = 1883
+max_inflight_in = 128
+[store]
+fsync = false
+max_bytes = 1000
+)");
+  auto c = load_config("/h", path);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(c->device_id, "d1");
+  EXPECT_EQ(c->hostname, "gw");
+  EXPECT_EQ(c->mqtt.tls_port, 0);
+  EXPECT_EQ(c->mqtt.plain_port, 1883);
+  EXPECT_EQ(c->mqtt.max_inflight_in, 128u);
+  EXPECT_FALSE(c->store.fsync);
+  EXPECT_EQ(c->store.max_bytes, 1000u);
+}
+
+TEST(HubConfig, UnknownKeyNamesFileLineAndKey) {
+  auto path = write_temp("typo.toml", "device_id = \"d\"\n[mqtt]\ntls_prot = 1\n");
+  auto c = load_config("/h", path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find(path + ":3: 'mqtt.tls_prot' is not a known setting"),
+            std::string::npos)
+      << c.error().message;
+}
+
+TEST(HubConfig, WrongTypesAndRangesAreRejected) {
+  EXPECT_FALSE(load_config("/h", write_temp("t1.toml", "[mqtt]\ntls_port = \"x\"\n")).ok());
+  EXPECT_FALSE(load_config("/h", write_temp("t2.toml", "[mqtt]\ntls_port = 70000\n")).ok());
+  EXPECT_FALSE(load_config("/h", write_temp("t3.toml", "device_id = \"a/b\"\n")).ok());
+  EXPECT_FALSE(load_config("/h", write_temp("t4.toml", "device_id = \n")).ok());
+  EXPECT_FALSE(load_config("/h", write_temp("t5.toml", "[mqtt]\nmax_inflight_in = 0\n")).ok());
+}
+
+TEST(EdgeHubDesired, ParsesRoutesAndStoreAndForward) {
+  auto j = nlohmann::json::parse(R"({"schemaVersion":"1.1",
+    "routes":{"a":"FROM /messages/* INTO $upstream",
+              "b":{"route":"FROM /messages/modules/m/* INTO BrokeredEndpoint(\"/modules/n/inputs/i\")","priority":1,"timeToLiveSecs":5}},
+    "storeAndForwardConfiguration":{"timeToLiveSecs":-1,"storeLimits":{"maxSizeBytes":100}}})");
+  auto c = parse_edgehub_desired(j);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(c->routes.size(), 2u);
+  EXPECT_EQ(c->ttl_secs, -1);
+  EXPECT_EQ(c->max_store_bytes, 100u);
+}
+
+TEST(EdgeHubDesired, BadInputIsRejectedWithContext) {
+  EXPECT_FALSE(parse_edgehub_desired(nlohmann::json::parse(R"({"routes":{}})")).ok());
+  auto bad_route = parse_edgehub_desired(
+      nlohmann::json::parse(R"({"schemaVersion":"1.1","routes":{"r1":"FROM /messages INTO"}})"));
+  ASSERT_FALSE(bad_route.ok());
+  EXPECT_NE(bad_route.error().message.find("r1"), std::string::npos) << bad_route.error().message;
+  EXPECT_FALSE(parse_edgehub_desired(nlohmann::json::parse(
+                   R"({"schemaVersion":"1.1","storeAndForwardConfiguration":{"timeToLiveSecs":"x"}})"))
+                   .ok());
+}
+
+TEST(EdgeHubDesired, ManifestFileShapes) {
+  auto good = write_temp("m.json", R"({"content":{"modulesContent":{"$edgeHub":{"properties.desired":{"schemaVersion":"1.0"}}}}})");
+  ASSERT_TRUE(read_edgehub_desired(good).ok());
+  auto not_json = write_temp("bad.json", "{");
+  auto r = read_edgehub_desired(not_json);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find(not_json), std::string::npos);
+  EXPECT_FALSE(read_edgehub_desired(write_temp("nohub.json", R"({"modulesContent":{}})")).ok());
+  EXPECT_FALSE(read_edgehub_desired("/nonexistent.json").ok());
+}
+
+}  // namespace
+}  // namespace cairn::hub
