@@ -42,6 +42,7 @@ std::uint64_t LatencyHistogram::quantile(double q) const noexcept {
   q = std::clamp(q, 0.0, 1.0);
   const auto rank = std::max<std::uint64_t>(
       1, static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_))));
+  if (rank >= count_) return max_;
   std::uint64_t seen = 0;
   for (std::size_t i = 0; i < kBuckets; ++i) {
     seen += buckets_[i];

@@ -191,7 +191,7 @@ struct StartupFigures {
 };
 
 Programs programs_of(const MqttBenchOptions& o) {
-  return Programs{o.cairnd_path, o.cairn_path, o.mosquitto_path};
+  return Programs{o.cairnd_path, o.cairn_path, o.mosquitto_path, o.cairn_fsync};
 }
 
 void progress(const std::string& line) {
@@ -663,11 +663,10 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
   nlohmann::json report;
   report["bench"] = "mqtt";
   report["ok"] = all_ok;
-  report["config"] = {{"warmup_s", options.warmup_s},
-                      {"duration_s", options.duration_s},
-                      {"client_threads", options.threads},
-                      {"startup_samples", options.startup_samples},
-                      {"host_cpus", std::thread::hardware_concurrency()}};
+  report["config"] = {
+      {"warmup_s", options.warmup_s},       {"duration_s", options.duration_s},
+      {"client_threads", options.threads},  {"startup_samples", options.startup_samples},
+      {"cairn_fsync", options.cairn_fsync}, {"host_cpus", std::thread::hardware_concurrency()}};
   nlohmann::json processes = nlohmann::json::object();
   for (auto kind : targets) {
     const auto& f = startup[kind];

@@ -32,6 +32,7 @@ struct MqttBenchOptions {
   bool run_cairn = true;
   bool run_mosquitto = true;
   std::string cairnd_path;
+  bool cairn_fsync = true;  // cairnd's store.fsync for this run
   std::string cairn_path;
   std::string mosquitto_path = "/usr/sbin/mosquitto";
   int threads = 1;          // client I/O threads; each client has its own strand

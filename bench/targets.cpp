@@ -140,7 +140,8 @@ Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesy
                             "device_id = \"" + std::string(kDeviceId) +
                                 "\"\nhostname = \"localhost\"\n[mqtt]\nlisten = \"127.0.0.1\"\n"
                                 "tls_port = 0\nplain_port = " +
-                                std::to_string(port) + "\n");
+                                std::to_string(port) + "\n[store]\nfsync = " +
+                                (programs.cairn_fsync ? "true" : "false") + "\n");
   if (!written) return std::move(written).error();
   const auto manifest = dir / "manifest.json";
   written = write_file(manifest, cairn_manifest(subscribers));

@@ -27,6 +27,9 @@ struct Programs {
   std::string cairnd;     // the daemon
   std::string cairn;      // its CLI (identities)
   std::string mosquitto;  // /usr/sbin/mosquitto
+  // cairnd's store.fsync: true = fsync per group commit (power-cut safe); false = commit
+  // without fsync (survives a crash of cairnd, not of the machine).
+  bool cairn_fsync = true;
 };
 
 struct ClientSetup {

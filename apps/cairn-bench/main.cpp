@@ -71,6 +71,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"both", "cairn", "mosquitto"}));
   mqtt->add_option("--cairnd", options.cairnd_path, "cairnd binary")->capture_default_str();
+  mqtt->add_option("--cairn-fsync", options.cairn_fsync,
+                   "cairnd store.fsync: true = fsync per group commit, false = crash-safe commit "
+                   "without fsync")
+      ->capture_default_str();
   mqtt->add_option("--cairn", options.cairn_path, "cairn CLI binary (creates identities)")
       ->capture_default_str();
   mqtt->add_option("--mosquitto", options.mosquitto_path, "mosquitto binary")

@@ -46,6 +46,13 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       return 2;
     }
     edgehub = std::move(*parsed);
+    // config.toml's default_ttl_secs holds until the manifest says otherwise: a manifest
+    // without storeAndForwardConfiguration.timeToLiveSecs keeps it (parsing alone would
+    // give the built-in 7200).
+    auto sf = desired->find("storeAndForwardConfiguration");
+    if (sf == desired->end() || !sf->is_object() || !sf->contains("timeToLiveSecs")) {
+      edgehub->ttl_secs = config->default_ttl_secs;
+    }
   }
 
   store::Options store_options;

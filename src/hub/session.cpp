@@ -142,7 +142,9 @@ asio::awaitable<bool> Session::handle(mqtt::Packet packet) {
     case mqtt::PacketType::publish: {
       auto& p = std::get<mqtt::Publish>(packet);
       // Flow control: wait for the store to catch up before reading more from this client.
-      while (p.qos == 1 && inbound_.size() >= hub_->config().mqtt.max_inflight_in && !closed_) {
+      // QoS 0 counts too: without acknowledgements, only this keeps a flooding publisher from
+      // queueing appends faster than the store commits them.
+      while (inbound_.size() + qos0_pending_ >= hub_->config().mqtt.max_inflight_in && !closed_) {
         resume_timer_.expires_at(asio::steady_timer::time_point::max());
         error_code ec;
         co_await resume_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -292,7 +294,14 @@ bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
   ++hub_->counters().messages_received;
 
   if (p.qos == 0) {
-    hub_->ingest(std::move(m), [](Status) {});
+    ++qos0_pending_;
+    std::weak_ptr<Session> weak_self = shared_from_this();
+    hub_->ingest(std::move(m), [weak_self](Status) {
+      if (auto self = weak_self.lock()) {
+        --self->qos0_pending_;
+        self->resume_timer_.cancel();
+      }
+    });
     return true;
   }
   std::uint64_t ticket = next_ticket_++;
@@ -435,11 +444,17 @@ std::uint16_t Session::next_packet_id() {
 void Session::send(const mqtt::Packet& p) {
   if (closed_ && !std::holds_alternative<mqtt::Connack>(p)) return;
   mqtt::encode(p, out_pending_);
-  if (out_pending_.size() > kMaxOutboundBytes) {
+  // Deliveries are bounded by the endpoint windows (max_inflight_out messages of up to
+  // max_message_bytes each), and each stays in outbound_ until acknowledged. A full window of
+  // large messages is queued at once, so it must not count as "not reading": only bytes beyond
+  // what the unacknowledged deliveries may legitimately occupy do.
+  const std::size_t allowance =
+      kMaxOutboundBytes +
+      outbound_.size() * (hub_->config().mqtt.max_message_bytes + kPacketOverhead);
+  if (out_pending_.size() > allowance) {
     ++hub_->counters().slow_consumers_closed;
     out_pending_.clear();
-    close("client does not read: outbound buffer over " + std::to_string(kMaxOutboundBytes) +
-          " bytes");
+    close("client does not read: outbound buffer over " + std::to_string(allowance) + " bytes");
     return;
   }
   write_some();

@@ -95,6 +95,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   };
   std::deque<InboundAck> inbound_;
   std::uint64_t next_ticket_ = 0;
+  std::size_t qos0_pending_ = 0;  // QoS 0 publishes not yet committed (no ack to send)
 
   // Outbound QoS 1 deliveries awaiting PUBACK.
   std::unordered_map<std::uint16_t, std::function<void()>> outbound_;

@@ -22,8 +22,20 @@
 namespace cairn::mqtt {
 
 enum class PacketType : std::uint8_t {
-  connect = 1, connack, publish, puback, pubrec, pubrel, pubcomp,
-  subscribe, suback, unsubscribe, unsuback, pingreq, pingresp, disconnect,
+  connect = 1,
+  connack,
+  publish,
+  puback,
+  pubrec,
+  pubrel,
+  pubcomp,
+  subscribe,
+  suback,
+  unsubscribe,
+  unsuback,
+  pingreq,
+  pingresp,
+  disconnect,
 };
 
 // CONNACK return codes (MQTT 3.1.1 table 3.1).
@@ -74,10 +86,22 @@ struct Publish {
   bool operator==(const Publish&) const = default;
 };
 
-struct Puback { std::uint16_t packet_id = 0; bool operator==(const Puback&) const = default; };
-struct Pubrec { std::uint16_t packet_id = 0; bool operator==(const Pubrec&) const = default; };
-struct Pubrel { std::uint16_t packet_id = 0; bool operator==(const Pubrel&) const = default; };
-struct Pubcomp { std::uint16_t packet_id = 0; bool operator==(const Pubcomp&) const = default; };
+struct Puback {
+  std::uint16_t packet_id = 0;
+  bool operator==(const Puback&) const = default;
+};
+struct Pubrec {
+  std::uint16_t packet_id = 0;
+  bool operator==(const Pubrec&) const = default;
+};
+struct Pubrel {
+  std::uint16_t packet_id = 0;
+  bool operator==(const Pubrel&) const = default;
+};
+struct Pubcomp {
+  std::uint16_t packet_id = 0;
+  bool operator==(const Pubcomp&) const = default;
+};
 
 struct Subscription {
   std::string filter;
@@ -103,10 +127,19 @@ struct Unsubscribe {
   bool operator==(const Unsubscribe&) const = default;
 };
 
-struct Unsuback { std::uint16_t packet_id = 0; bool operator==(const Unsuback&) const = default; };
-struct Pingreq { bool operator==(const Pingreq&) const = default; };
-struct Pingresp { bool operator==(const Pingresp&) const = default; };
-struct Disconnect { bool operator==(const Disconnect&) const = default; };
+struct Unsuback {
+  std::uint16_t packet_id = 0;
+  bool operator==(const Unsuback&) const = default;
+};
+struct Pingreq {
+  bool operator==(const Pingreq&) const = default;
+};
+struct Pingresp {
+  bool operator==(const Pingresp&) const = default;
+};
+struct Disconnect {
+  bool operator==(const Disconnect&) const = default;
+};
 
 using Packet = std::variant<Connect, Connack, Publish, Puback, Pubrec, Pubrel, Pubcomp, Subscribe,
                             Suback, Unsubscribe, Unsuback, Pingreq, Pingresp, Disconnect>;

@@ -123,8 +123,13 @@ CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, E
 
 std::string san_string(const CertificateOptions& o) {
   std::string san;
-  for (const auto& d : o.dns_names) san += (san.empty() ? "" : ",") + std::string("DNS:") + d;
-  for (const auto& ip : o.ip_addresses) san += (san.empty() ? "" : ",") + std::string("IP:") + ip;
+  auto add = [&san](const char* kind, const std::string& value) {
+    if (!san.empty()) san += ',';
+    san += kind;
+    san += value;
+  };
+  for (const auto& d : o.dns_names) add("DNS:", d);
+  for (const auto& ip : o.ip_addresses) add("IP:", ip);
   return san;
 }
 

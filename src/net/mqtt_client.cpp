@@ -144,7 +144,8 @@ MqttClient::MqttClient(Executor executor, MqttClientOptions options)
       write_signal_(executor_, Clock::time_point::max()),
       room_signal_(executor_, Clock::time_point::max()),
       connect_timer_(executor_),
-      keep_alive_timer_(executor_) {}
+      keep_alive_timer_(executor_),
+      drain_timer_(executor_) {}
 
 MqttClient::~MqttClient() {
   // Only reached when no loop runs any more, so the socket is normally closed already.
@@ -439,11 +440,20 @@ awaitable<Status> MqttClient::unsubscribe(std::vector<std::string> filters) {
   co_return co_await wait(waiter);
 }
 
-awaitable<Status> MqttClient::disconnect() {
+awaitable<Status> MqttClient::disconnect(std::chrono::milliseconds drain) {
   auto self = shared_from_this();
   if (state_ != State::kConnected) co_return not_connected_error();
   state_ = State::kDisconnecting;
+  room_signal_.cancel();  // publishers waiting for room now see the refusal
+  if (drain.count() > 0 && !inflight_.empty()) {
+    // The last PUBACK or fail() cancels the timer early.
+    drain_timer_.expires_after(drain);
+    boost::system::error_code ec;
+    co_await drain_timer_.async_wait(redirect(ec));
+    if (!running()) co_return not_connected_error();
+  }
   enqueue(mqtt::Disconnect{});
+  disconnect_queued_ = true;
   auto waiter = std::make_shared<Waiter>(executor_);
   write_waiters_.emplace_back(bytes_queued_,
                               [waiter](Status s) { waiter->complete(std::move(s)); });
@@ -541,7 +551,7 @@ awaitable<void> MqttClient::read_loop([[maybe_unused]] std::shared_ptr<MqttClien
     if (!running()) co_return;
 
     co_await read_some(ec);
-    if (ec && state_ == State::kDisconnecting) {
+    if (ec && disconnect_queued_) {
       // The server closes after our DISCONNECT, possibly before disconnect() resumes.
       fail(make_error(errc::cancelled, "disconnected by client"));
       co_return;
@@ -599,6 +609,7 @@ Status MqttClient::handle_packet(mqtt::Packet packet) {
     inflight_.erase(it);
     ++stats_.pubacks_received;
     room_signal_.cancel();
+    if (state_ == State::kDisconnecting && inflight_.empty()) drain_timer_.cancel();
     if (handler) handler(Status{});
     return Status{};
   }
@@ -666,6 +677,7 @@ void MqttClient::fail(Error why) {
   room_signal_.cancel();
   connect_timer_.cancel();
   keep_alive_timer_.cancel();
+  drain_timer_.cancel();
 
   for (auto& [id, waiter] : requests_) waiter->complete(why);
   requests_.clear();

@@ -164,10 +164,12 @@ class MqttClient : public std::enable_shared_from_this<MqttClient> {
   // Sends UNSUBSCRIBE and waits for UNSUBACK.
   boost::asio::awaitable<Status> unsubscribe(std::vector<std::string> filters);
 
-  // Sends DISCONNECT (after everything already queued), waits until it is written and closes
-  // the socket. Outstanding QoS 1 acks fail with errc::cancelled (the server may still have
-  // them: MQTT does not say).
-  boost::asio::awaitable<Status> disconnect();
+  // Refuses new publishes, waits up to `drain` for outstanding QoS 1 publishes to be
+  // acknowledged, then sends DISCONNECT (after everything already queued), waits until it is
+  // written and closes the socket. QoS 1 publishes still unacknowledged then fail with
+  // errc::cancelled (the server may or may not have them: MQTT does not say).
+  boost::asio::awaitable<Status> disconnect(
+      std::chrono::milliseconds drain = std::chrono::milliseconds::zero());
 
   // Closes the connection without DISCONNECT (the server publishes the will). Pending
   // operations complete with errc::cancelled. Thread-safe; idempotent.
@@ -218,6 +220,7 @@ class MqttClient : public std::enable_shared_from_this<MqttClient> {
   std::optional<boost::asio::ip::tcp::resolver> resolver_;
   State state_ = State::kIdle;
   bool connect_timed_out_ = false;
+  bool disconnect_queued_ = false;  // then the server closing the socket is the expected end
   std::optional<mqtt::ConnectReturn> refused_code_;
   std::optional<Error> close_reason_;
 
@@ -239,6 +242,7 @@ class MqttClient : public std::enable_shared_from_this<MqttClient> {
   boost::asio::steady_timer room_signal_;  // publishers waiting for room sleep on it
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer keep_alive_timer_;
+  boost::asio::steady_timer drain_timer_;  // disconnect() waits on it for the last PUBACKs
   std::chrono::steady_clock::time_point last_write_{};
   std::optional<std::chrono::steady_clock::time_point> ping_sent_;
 

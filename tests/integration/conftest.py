@@ -190,8 +190,9 @@ class Cairnd:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def write_manifest(self):
-        desired = {"schemaVersion": "1.1", "routes": self.routes,
-                   "storeAndForwardConfiguration": {"timeToLiveSecs": self.ttl_secs}}
+        desired = {"schemaVersion": "1.1", "routes": self.routes}
+        if self.ttl_secs is not None:
+            desired["storeAndForwardConfiguration"] = {"timeToLiveSecs": self.ttl_secs}
         desired.update(self.extra_desired)
         manifest = {"modulesContent": {
             "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1"}},
@@ -482,7 +483,10 @@ class ModuleClient:
 
     def _loop(self):
         while not self._stop.is_set():
-            rc = self.client.loop(timeout=0.05)
+            try:
+                rc = self.client.loop(timeout=0.05)
+            except (OSError, ssl.SSLError, ValueError):
+                rc = mqtt.MQTT_ERR_CONN_LOST  # paho lets some TLS errors escape loop()
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 if not self.disconnected.is_set():
                     self.disconnect_rc = rc
@@ -492,6 +496,11 @@ class ModuleClient:
     def connect(self, expect_rc=0, timeout=DEFAULT_TIMEOUT):
         self.client.connect(HOST, self.port, keepalive=self.keepalive)
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        # What loop_start() does: with a network thread registered, publish() from another
+        # thread only queues (and wakes the loop) instead of writing to the TLS socket
+        # concurrently with the loop, which corrupts TLS records. (paho 1.6; loop_start
+        # itself is not used because its loop reconnects after the hub closes a connection.)
+        self.client._thread = self._thread
         self._thread.start()
         if not self.connack_event.wait(timeout) and not self.disconnected.is_set():
             raise AssertionError(f"{self.client_id}: no CONNACK within {timeout}s")
@@ -516,6 +525,24 @@ class ModuleClient:
         if topic is None:
             topic = self.cairnd.events_topic(self.module, bag)
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info
+
+    def try_publish(self, payload, **kw):
+        """publish(), or None when the connection is already gone (the hub closed it)."""
+        try:
+            return self.publish(payload, **kw)
+        except (OSError, ssl.SSLError, ValueError):
+            return None
+
+    def publish_expect_disconnect(self, payload, timeout=DEFAULT_TIMEOUT, **kw):
+        """Publishes something the hub must answer by closing the connection (no PUBACK)."""
+        try:
+            info = self.publish(payload, **kw)
+        except (OSError, ssl.SSLError):
+            info = None  # closed while paho was still writing the packet
+        self.wait_disconnected(timeout)
+        if info is not None:
+            assert info.mid not in self.acked_mids, "the hub acknowledged a refused publish"
         return info
 
     def publish_acked(self, payload, timeout=DEFAULT_TIMEOUT, **kw):

@@ -130,15 +130,13 @@ def test_publish_to_another_modules_topic_disconnects(cairnd, module_client):
     filt = module_client(cairnd, "filter")
     filt.subscribe_inputs()
     sensor = module_client(cairnd, "sensor")
-    sensor.publish(b"spoof", topic="devices/edge1/modules/other/messages/events/%24.on=temp")
-    sensor.wait_disconnected()
+    sensor.publish_expect_disconnect(
+        b"spoof", topic="devices/edge1/modules/other/messages/events/%24.on=temp")
     # Leaf-device topic of the edge device itself is not the module's either.
     sensor2 = module_client(cairnd, "sensor")
-    sensor2.publish(b"spoof", topic="devices/edge1/messages/events/")
-    sensor2.wait_disconnected()
+    sensor2.publish_expect_disconnect(b"spoof", topic="devices/edge1/messages/events/")
     sensor3 = module_client(cairnd, "sensor")
-    sensor3.publish(b"x", topic="some/random/topic")
-    sensor3.wait_disconnected()
+    sensor3.publish_expect_disconnect(b"x", topic="some/random/topic")
     st = cairnd.status()
     assert st["counters"]["messagesReceived"] == 0
     assert st["counters"]["protocolErrors"] >= 3
@@ -173,8 +171,7 @@ def test_refused_subscription_gets_no_messages(cairnd, module_client):
 
 def test_qos2_publish_disconnects(cairnd, module_client):
     sensor = module_client(cairnd, "sensor")
-    sensor.publish(b"exactly-once", output="temp", qos=2)
-    sensor.wait_disconnected()
+    sensor.publish_expect_disconnect(b"exactly-once", output="temp", qos=2)
     assert cairnd.counter("protocolErrors") == 1
 
 
@@ -251,8 +248,7 @@ def test_will_sent_on_protocol_violation(cairnd, module_client):
     filt = module_client(cairnd, "filter")
     filt.subscribe_inputs()
     sensor = module_client(cairnd, "sensor", will=_will(cairnd))
-    sensor.publish(b"bad", output="temp", qos=2)
-    sensor.wait_disconnected()
+    sensor.publish_expect_disconnect(b"bad", output="temp", qos=2)
     [w] = filt.expect(1)
     assert w.payload == b"sensor died"
 
@@ -274,6 +270,18 @@ def test_no_will_on_disconnect(cairnd, module_client, raw_mqtt):
     assert c.wait_closed() == []
     assert filt.messages.empty()
     assert cairnd.counter("messagesReceived") == 1
+
+
+def test_will_sent_on_keepalive_expiry(cairnd, module_client, raw_mqtt):
+    filt = module_client(cairnd, "filter")
+    filt.subscribe_inputs()
+    cairnd.create_identity("sensor")
+    c = raw_mqtt(cairnd)
+    c.login("sensor", keepalive=1, will=_will(cairnd))
+    # Silent client: closed after 1.5 s, and its will is published.
+    assert c.wait_closed(timeout=10) == []
+    [w] = filt.expect(1)
+    assert w.payload == b"sensor died"
 
 
 def test_will_with_foreign_topic_not_sent(cairnd, module_client):
@@ -315,15 +323,13 @@ def test_oversize_message_disconnects(cairnd_factory, module_client):
     sensor.publish_acked(b"a" * 4096, output="temp")
     [m] = filt.expect(1)
     assert len(m.payload) == 4096
-    sensor.publish(b"b" * 4097, output="temp")
-    sensor.wait_disconnected()
+    sensor.publish_expect_disconnect(b"b" * 4097, output="temp")
     st = d.status()
     assert st["counters"]["messagesOversize"] == 1
     assert st["counters"]["messagesReceived"] == 1
     # Far beyond the limit (the packet itself is rejected while decoding).
     s2 = module_client(d, "sensor")
-    s2.publish(b"c" * 300000, output="temp")
-    s2.wait_disconnected()
+    s2.publish_expect_disconnect(b"c" * 300000, output="temp")
     assert d.counter("messagesOversize") == 2
     assert filt.messages.empty()
 
@@ -335,6 +341,31 @@ def test_default_limit_256k(cairnd, module_client):
     sensor.publish_acked(b"z" * 262144, output="temp")
     [m] = filt.expect(1)
     assert len(m.payload) == 262144
-    sensor.publish(b"z" * 262145, output="temp")
-    sensor.wait_disconnected()
+    sensor.publish_expect_disconnect(b"z" * 262145, output="temp")
     wait_for(lambda: cairnd.counter("messagesOversize") == 1, what="oversize counted")
+
+
+@pytest.mark.parametrize("username", [
+    "cairn.local/edge1/sensor/?api-version=2018-06-30&DeviceClientType=azure-iot-device%2F1.17.0",
+    "cairn.local/edge1/sensor/api-version=2021-04-12",   # no '?', last segment has api-version
+    "any.host.name/edge1/sensor/?api-version=2021-04-12&model-id=dtmi%3Ax%3By%3B1&unknown=1",
+])
+def test_sdk_username_variants_accepted(cairnd, module_client, username):
+    cairnd.create_identity("sensor")
+    c = module_client(cairnd, "sensor", username=username)
+    assert c.is_connected()
+
+
+def test_token_variants_accepted(cairnd, module_client):
+    cairnd.create_identity("sensor")
+    key = cairnd.keys["sensor"]
+    exp = int(time.time()) + 600
+    # Audience host compared case-insensitively; fields in the Node SDK's order with skn.
+    resource = "CAIRN.LOCAL/devices/edge1/modules/sensor"
+    t = sas_token(resource, key, exp)
+    sr, sig, se = t[len("SharedAccessSignature "):].split("&")
+    node_order = f"SharedAccessSignature {sr}&{sig}&skn=&{se}"
+    for token in (t, node_order):
+        c = module_client(cairnd, "sensor", password=token)
+        assert c.is_connected()
+        c.disconnect()

@@ -229,3 +229,26 @@ def test_max_connections(cairnd_factory, raw_mqtt):
     e = raw_mqtt(d)
     e.login("sensor")
     b.close()
+
+
+def test_sessions_are_released(cairnd, module_client, raw_mqtt):
+    # Every way a connection ends must free its session (a leaked session keeps counting).
+    filt = module_client(cairnd, "filter")
+    filt.subscribe_inputs()
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"x", output="temp")
+    filt.expect(1)
+    sensor.disconnect()                                   # DISCONNECT
+    filt2 = module_client(cairnd, "filter")               # takeover
+    filt.wait_disconnected()
+    filt2.subscribe_inputs()
+    filt2.drop()                                          # unclean
+    s2 = module_client(cairnd, "sensor")
+    s2.publish_expect_disconnect(b"q2", output="temp", qos=2)   # protocol violation
+    c = raw_mqtt(cairnd)                                  # refused CONNECT
+    c.send(connect_packet("edge1/sensor", "bad", "bad"))
+    c.wait_closed()
+    k = raw_mqtt(cairnd)                                  # keep-alive expiry
+    k.login("sensor", keepalive=1)
+    k.wait_closed()
+    wait_for(lambda: cairnd.status()["mqtt"]["connections"] == 0, what="all sessions released")

@@ -1,6 +1,8 @@
 """Routes between real module connections (paho over TLS, SAS auth)."""
 import json
 
+import pytest
+
 from conftest import wait_for
 
 SENSOR_TO_FILTER = {
@@ -249,3 +251,62 @@ def test_live_stream_exactly_once_in_order(cairnd, module_client):
     wait_for(lambda: len(sensor.acked_mids) == n, what="all PUBACKs")
     wait_for(lambda: cairnd.queue_length("filter/in") == 0, what="queue drained")
     assert filt.messages.empty()
+
+
+def test_backlog_of_large_messages_is_delivered(cairnd_factory, module_client):
+    # A healthy consumer with a full delivery window of maximum-size messages (64 x 256 KiB
+    # in flight at once) must not be mistaken for one that stopped reading.
+    d = cairnd_factory()
+    sensor = module_client(d, "sensor", max_inflight=20)
+    n = 48
+    big = 262144 - 16
+    for i in range(n):
+        sensor.publish(f"{i:04d}".encode() + b"L" * big, output="temp")
+    wait_for(lambda: len(sensor.acked_mids) == n, timeout=60, what="all PUBACKs")
+    filt = module_client(d, "filter")
+    filt.subscribe_inputs()
+    got = filt.expect(n, timeout=120)
+    assert [m.payload[:4] for m in got] == [f"{i:04d}".encode() for i in range(n)]
+    assert filt.is_connected()
+    assert d.counter("slowConsumersClosed") == 0
+
+
+def test_unsubscribe_and_resubscribe(cairnd, module_client):
+    filt = module_client(cairnd, "filter")
+    filt.subscribe_inputs()
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"one", output="temp")
+    assert [m.payload for m in filt.expect(1)] == [b"one"]
+    rc, mid = filt.client.unsubscribe(cairnd.inputs_filter("filter"))
+    wait_for(lambda: not cairnd.status()["endpoints"]["filter/in"]["attached"], what="detached")
+    for p in (b"two", b"three"):
+        sensor.publish_acked(p, output="temp")
+    assert cairnd.queue_length("filter/in") == 2
+    assert filt.messages.empty()
+    filt.subscribe_inputs()
+    got = [m.payload for m in filt.expect(2)]
+    assert got == [b"two", b"three"]
+    wait_for(lambda: cairnd.queue_length("filter/in") == 0, what="queue drained")
+
+
+def test_persistent_session_without_restart(cairnd, module_client):
+    filt = module_client(cairnd, "filter", clean_session=False)
+    filt.subscribe_inputs()
+    filt.disconnect()
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"while-away", output="temp")
+    back = module_client(cairnd, "filter", clean_session=False)
+    assert back.session_present
+    [m] = back.expect(1)  # no new SUBSCRIBE needed
+    assert m.payload == b"while-away"
+
+
+@pytest.mark.xfail(strict=True, reason="deliveries always use QoS 1; PROTOCOL.md 3.3 caps them "
+                   "at the subscription's granted QoS (QoS 0 subscription -> QoS 0 PUBLISH)")
+def test_qos0_subscription_gets_qos0_deliveries(cairnd, module_client):
+    filt = module_client(cairnd, "filter")
+    assert filt.subscribe_inputs(qos=0) == [0]
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"q", output="temp")
+    [m] = filt.expect(1)
+    assert m.qos == 0

@@ -1,9 +1,9 @@
 #include "hub/config.hpp"
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+
+#include <gtest/gtest.h>
 
 #include "hub/edgehub_config.hpp"
 
@@ -64,10 +64,10 @@ TEST(HubConfig, WrongTypesAndRangesAreRejected) {
 }
 
 TEST(EdgeHubDesired, ParsesRoutesAndStoreAndForward) {
-  auto j = nlohmann::json::parse(R"({"schemaVersion":"1.1",
+  auto j = nlohmann::json::parse(R"js({"schemaVersion":"1.1",
     "routes":{"a":"FROM /messages/* INTO $upstream",
               "b":{"route":"FROM /messages/modules/m/* INTO BrokeredEndpoint(\"/modules/n/inputs/i\")","priority":1,"timeToLiveSecs":5}},
-    "storeAndForwardConfiguration":{"timeToLiveSecs":-1,"storeLimits":{"maxSizeBytes":100}}})");
+    "storeAndForwardConfiguration":{"timeToLiveSecs":-1,"storeLimits":{"maxSizeBytes":100}}})js");
   auto c = parse_edgehub_desired(j);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
   EXPECT_EQ(c->routes.size(), 2u);
@@ -81,13 +81,17 @@ TEST(EdgeHubDesired, BadInputIsRejectedWithContext) {
       nlohmann::json::parse(R"({"schemaVersion":"1.1","routes":{"r1":"FROM /messages INTO"}})"));
   ASSERT_FALSE(bad_route.ok());
   EXPECT_NE(bad_route.error().message.find("r1"), std::string::npos) << bad_route.error().message;
-  EXPECT_FALSE(parse_edgehub_desired(nlohmann::json::parse(
-                   R"({"schemaVersion":"1.1","storeAndForwardConfiguration":{"timeToLiveSecs":"x"}})"))
-                   .ok());
+  EXPECT_FALSE(
+      parse_edgehub_desired(
+          nlohmann::json::parse(
+              R"({"schemaVersion":"1.1","storeAndForwardConfiguration":{"timeToLiveSecs":"x"}})"))
+          .ok());
 }
 
 TEST(EdgeHubDesired, ManifestFileShapes) {
-  auto good = write_temp("m.json", R"({"content":{"modulesContent":{"$edgeHub":{"properties.desired":{"schemaVersion":"1.0"}}}}})");
+  auto good = write_temp(
+      "m.json",
+      R"({"content":{"modulesContent":{"$edgeHub":{"properties.desired":{"schemaVersion":"1.0"}}}}})");
   ASSERT_TRUE(read_edgehub_desired(good).ok());
   auto not_json = write_temp("bad.json", "{");
   auto r = read_edgehub_desired(not_json);

@@ -1,9 +1,9 @@
 #include "hub/identities.hpp"
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <future>
+
+#include <gtest/gtest.h>
 
 #include "core/crypto.hpp"
 
@@ -63,7 +63,8 @@ TEST_F(AuthTest, AcceptsGatewayHostNameAudienceCaseInsensitively) {
 
 TEST_F(AuthTest, AcceptsSecondaryKey) {
   auto id = registry_->find("sensor");
-  EXPECT_TRUE(auth(request("cairn.local/devices/edge1/modules/sensor", kNow + 60, id->secondary_key)).ok());
+  EXPECT_TRUE(
+      auth(request("cairn.local/devices/edge1/modules/sensor", kNow + 60, id->secondary_key)).ok());
 }
 
 TEST_F(AuthTest, RejectsExpiredToken) {
@@ -73,7 +74,8 @@ TEST_F(AuthTest, RejectsExpiredToken) {
 }
 
 TEST_F(AuthTest, RejectsWrongKey) {
-  auto p = auth(request("cairn.local/devices/edge1/modules/sensor", kNow + 60, crypto::generate_key()));
+  auto p =
+      auth(request("cairn.local/devices/edge1/modules/sensor", kNow + 60, crypto::generate_key()));
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().code, errc::unauthorized);
 }
@@ -108,8 +110,9 @@ TEST_F(AuthTest, UsernameWithoutQuestionMarkIsAccepted) {
 }
 
 TEST_F(AuthTest, UnknownModuleOrDeviceIsRejected) {
-  AuthRequest r{"edge2/sensor", "h/edge2/sensor/?api-version=1",
-                *crypto::make_sas_token("cairn.local/devices/edge2/modules/sensor", key_, kNow + 60)};
+  AuthRequest r{
+      "edge2/sensor", "h/edge2/sensor/?api-version=1",
+      *crypto::make_sas_token("cairn.local/devices/edge2/modules/sensor", key_, kNow + 60)};
   EXPECT_EQ(auth(r).error().code, errc::unauthorized);
 }
 
@@ -135,8 +138,9 @@ TEST(ModuleIds, FollowTheManifestRule) {
 
 TEST(ConnectionString, HasTheSdkFields) {
   Identity id{"sensor", "KEY=", "K2=", "g"};
-  EXPECT_EQ(connection_string(id, "edge1", "hub.local", "gw"),
-            "HostName=hub.local;DeviceId=edge1;ModuleId=sensor;SharedAccessKey=KEY=;GatewayHostName=gw");
+  EXPECT_EQ(
+      connection_string(id, "edge1", "hub.local", "gw"),
+      "HostName=hub.local;DeviceId=edge1;ModuleId=sensor;SharedAccessKey=KEY=;GatewayHostName=gw");
 }
 
 }  // namespace
