@@ -141,7 +141,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   cairn::log::init(*parsed_level);
-  if (config_path.empty()) config_path = home + "/config.toml";
+  if (config_path.empty()) {
+    config_path = home + "/config.toml";  // optional: defaults apply without it
+  } else if (!std::filesystem::exists(config_path)) {
+    // A --config given explicitly must exist: a typo would otherwise run on defaults.
+    std::cerr << "cairnd: " << config_path << ": no such config file\n";
+    return 2;
+  }
   std::signal(SIGPIPE, SIG_IGN);
   try {
     return run(home, config_path, manifest);

@@ -313,6 +313,14 @@ void Hub::connection_closed() {
 }
 
 std::optional<std::string> Hub::load_session(const std::string& client_id) const {
+  // get() sees committed data only, and the previous connection's SUBSCRIBE (or a clean
+  // session's erase) may still wait for its group commit: a quick reconnect would then find
+  // no session. Let the pending writes land first (one commit; CONNECTs with
+  // clean_session=0 only).
+  if (auto s = store_.flush(); !s) {
+    log::warn("hub", "store flush before reading session {} failed: {}", client_id,
+              s.error().to_string());
+  }
   auto r = store_.get(kSessionsTable, client_id);
   if (!r) {
     log::error("hub", "cannot read session {}: {}", client_id, r.error().to_string());

@@ -49,7 +49,8 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSa
 
 DEFAULT_ROUTES = {
     "sensorToFilter":
-        'FROM /messages/modules/sensor/outputs/temp INTO BrokeredEndpoint("/modules/filter/inputs/in")',
+        'FROM /messages/modules/sensor/outputs/temp '
+        'INTO BrokeredEndpoint("/modules/filter/inputs/in")',
 }
 
 
@@ -568,7 +569,8 @@ class ModuleClient:
         return out
 
     def wait_disconnected(self, timeout=DEFAULT_TIMEOUT):
-        assert self.disconnected.wait(timeout), f"{self.client_id}: still connected after {timeout}s"
+        assert self.disconnected.wait(timeout), \
+            f"{self.client_id}: still connected after {timeout}s"
         return self.disconnect_rc
 
     def is_connected(self):

@@ -198,7 +198,7 @@ def test_duplicate_client_id_takes_over(cairnd, module_client):
     [m] = second.expect(1)
     assert m.payload == b"to-second"
     assert first.messages.empty()
-    assert cairnd.status()["mqtt"]["connections"] == 2
+    wait_for(lambda: cairnd.status()["mqtt"]["connections"] == 2, what="old session released")
 
 
 def test_takeover_redelivers_unacked_with_dup(cairnd, module_client, raw_mqtt):

@@ -183,3 +183,34 @@ def test_sigterm_exits_zero(cairnd_factory):
     assert d.stop() == 0
     assert time.monotonic() - t0 < 10
     assert "stopped" in d.log_text()
+
+
+def test_explicit_missing_config_exit2(tmp_path):
+    missing = tmp_path / "nope.toml"
+    r = run(CAIRND, "--home", tmp_path / "h", "--config", missing)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert str(missing) in r.stdout + r.stderr
+
+
+def test_explicit_config_is_used(tmp_path, cairnd_factory):
+    d = cairnd_factory(start=False)
+    other = tmp_path / "elsewhere.toml"
+    other.write_text(d.config_path.read_text().replace('device_id = "edge1"',
+                                                        'device_id = "edgeX"'))
+    d.config_path.unlink()
+    r = run(CAIRND, "--home", d.home, "--config", other, "--manifest", d.manifest_path,
+            "--no-such-flag")
+    assert r.returncode == 2
+    # Run it for real: the device id comes from the explicit file.
+    p = subprocess.Popen([str(CAIRND), "--home", str(d.home), "--config", str(other)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.home / "run" / "mgmt.sock").exists():
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        st = json.loads(run(CAIRN, "--home", d.home, "status").stdout)
+        assert st["deviceId"] == "edgeX"
+    finally:
+        p.terminate()
+        assert p.wait(30) == 0

@@ -150,7 +150,7 @@ def test_ttl_expiry(cairnd_factory, module_client):
     sensor = module_client(d, "sensor")
     for i in range(5):
         sensor.publish_acked(f"old{i}".encode(), output="temp")
-    assert d.queue_length("filter/in") >= 1
+    assert d.status()["store"]["appendedTotal"] == 5
     wait_for(lambda: d.status()["counters"]["messagesExpired"] >= 5, timeout=20,
              what="5 messages expired")
     assert d.queue_length("filter/in") == 0
@@ -372,3 +372,71 @@ def test_manifest_ttl_overrides_config_default(cairnd_factory, module_client):
     sensor.publish_acked(b"short-lived", output="temp")
     wait_for(lambda: d.status()["counters"]["messagesExpired"] == 1, timeout=20,
              what="message expired by the manifest's TTL")
+
+
+def test_consumer_drops_mid_stream_nothing_lost(cairnd_factory, module_client):
+    d = cairnd_factory()
+    sensor = module_client(d, "sensor", max_inflight=100)
+    n = 1500
+    for i in range(n):
+        sensor.publish(f"c{i:05d}".encode(), output="temp")
+    wait_for(lambda: len(sensor.acked_mids) == n, timeout=60, what="all PUBACKs")
+    want = [f"c{i:05d}".encode() for i in range(n)]
+    seen = set()
+    # Several consumers in turn, each dropped (no DISCONNECT) after part of the stream.
+    for round_ in range(3):
+        c = module_client(d, "filter")
+        c.subscribe_inputs()
+        c.expect(200, timeout=60)
+        c.drop()
+        with c.lock:
+            seen |= {m.payload for m in c.received}
+    last = module_client(d, "filter")
+    last.subscribe_inputs()
+
+    def done():
+        with last.lock:
+            return set(want) <= seen | {m.payload for m in last.received}
+
+    wait_for(done, timeout=90, what="every message delivered")
+    wait_for(lambda: d.queue_length("filter/in") == 0, timeout=30, what="queue drained")
+    with last.lock:
+        fresh = [m.payload for m in last.received if m.payload not in seen]
+    assert fresh == sorted(fresh)
+
+
+def test_manifest_store_limit_caps_the_store(cairnd_factory, module_client):
+    d = cairnd_factory(extra_desired={"storeAndForwardConfiguration": {
+        "timeToLiveSecs": 7200, "storeLimits": {"maxSizeBytes": 8192}}})
+    sensor = module_client(d, "sensor", max_inflight=1)
+    acked = 0
+    for i in range(40):
+        info = sensor.try_publish(b"m" * 1024, output="temp")
+        if info is None:
+            break
+        wait_for(lambda: info.mid in sensor.acked_mids or sensor.disconnected.is_set(),
+                 what="PUBACK or disconnect")
+        if info.mid not in sensor.acked_mids:
+            break
+        acked += 1
+    assert 1 <= acked <= 8
+    assert d.status()["store"]["rejectedFullTotal"] >= 1
+
+
+def test_quick_reconnect_keeps_persistent_session(cairnd_factory, raw_mqtt):
+    # SUBSCRIBE, DISCONNECT and CONNECT again at once: the session saved by the first
+    # connection must be found by the second even if its commit is still pending.
+    from conftest import DISCONNECT, subscribe_packet
+    d = cairnd_factory(config={"store.fsync": True})
+    for k in range(10):
+        mod = f"m{k}"
+        d.create_identity(mod)
+        c = raw_mqtt(d)
+        assert c.login(mod, clean=False) == 0
+        c.send(subscribe_packet(1, [(d.inputs_filter(mod), 1)]))
+        assert c.recv_packet() == (0x90, b"\x00\x01\x01")
+        c.send(DISCONNECT)
+        c.wait_closed()
+        c2 = raw_mqtt(d)
+        assert c2.login(mod, clean=False) == 1, f"{mod}: session lost on quick reconnect"
+        c2.close()

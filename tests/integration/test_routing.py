@@ -5,11 +5,6 @@ import pytest
 
 from conftest import wait_for
 
-SENSOR_TO_FILTER = {
-    "sensorToFilter":
-        'FROM /messages/modules/sensor/outputs/temp INTO BrokeredEndpoint("/modules/filter/inputs/in")',
-}
-
 
 def _pair(cairnd, module_client, receiver="filter"):
     rx = module_client(cairnd, receiver)
@@ -181,7 +176,8 @@ def test_same_endpoint_twice_enqueued_once(cairnd_factory, module_client):
 
 def test_fan_out_to_two_modules(cairnd_factory, module_client):
     routes = {
-        "toA": 'FROM /messages/modules/sensor/outputs/temp INTO BrokeredEndpoint("/modules/a/inputs/x")',
+        "toA": 'FROM /messages/modules/sensor/outputs/temp '
+               'INTO BrokeredEndpoint("/modules/a/inputs/x")',
         "toB": 'FROM /messages/modules/sensor/* INTO BrokeredEndpoint("/modules/b/inputs/y")',
     }
     d = cairnd_factory(routes=routes)
@@ -310,3 +306,73 @@ def test_qos0_subscription_gets_qos0_deliveries(cairnd, module_client):
     sensor.publish_acked(b"q", output="temp")
     [m] = filt.expect(1)
     assert m.qos == 0
+
+
+def test_qos0_flood_then_qos1_all_delivered_in_order(cairnd, module_client):
+    filt = module_client(cairnd, "filter")
+    filt.subscribe_inputs()
+    sensor = module_client(cairnd, "sensor")
+    n = 3000
+    for i in range(n):
+        sensor.publish(f"z{i:05d}".encode(), output="temp", qos=0)
+    sensor.publish_acked(b"sentinel", output="temp", timeout=60)
+    got = filt.expect(n + 1, timeout=120)
+    assert [m.payload for m in got] == [f"z{i:05d}".encode() for i in range(n)] + [b"sentinel"]
+    assert cairnd.counter("messagesReceived") == n + 1
+
+
+def test_from_matching_rules(cairnd_factory, module_client):
+    routes = {
+        "exact": 'FROM /messages/modules/sensor/outputs/temp '
+                 'INTO BrokeredEndpoint("/modules/filter/inputs/exact")',
+        "mod": 'FROM /messages/modules/m/* INTO BrokeredEndpoint("/modules/filter/inputs/mod")',
+    }
+    d = cairnd_factory(routes=routes)
+    filt = module_client(d, "filter")
+    filt.subscribe_inputs()
+    sensor = module_client(d, "sensor")
+    m = module_client(d, "m")
+    m2 = module_client(d, "m2")
+    sensor.publish_acked(b"upper", output="TEMP")    # case-insensitive prefix
+    sensor.publish_acked(b"temp2", output="temp2")   # 'temp' does not match 'temp2'
+    m2.publish_acked(b"m2", output="x")              # 'm' does not match 'm2'
+    m.publish_acked(b"m-out", output="x")            # with an output
+    m.publish_acked(b"m-no-output")                  # and without one
+    sensor.publish_acked(b"sentinel", output="temp")
+    got = [(x.input, x.payload) for x in filt.expect(4)]
+    assert sorted(got) == sorted([("exact", b"upper"), ("mod", b"m-out"),
+                                  ("mod", b"m-no-output"), ("exact", b"sentinel")])
+    assert d.counter("messagesUnrouted") == 2
+
+
+def test_many_concurrent_publishers(cairnd_factory, module_client):
+    routes = {"all": 'FROM /messages/modules/* INTO BrokeredEndpoint("/modules/filter/inputs/in")'}
+    d = cairnd_factory(routes=routes)
+    filt = module_client(d, "filter")
+    filt.subscribe_inputs()
+    senders = [module_client(d, f"s{k}", max_inflight=20) for k in range(12)]
+    per = 60
+    for i in range(per):
+        for k, s in enumerate(senders):
+            s.publish(f"{k}:{i}".encode(), output="o")
+    got = filt.expect(len(senders) * per, timeout=120)
+    by_sender = {}
+    for m in got:
+        k, i = m.payload.decode().split(":")
+        assert m.props["$.cmid"] == f"s{k}"
+        by_sender.setdefault(int(k), []).append(int(i))
+    # Everything arrives once, and each sender's messages keep their order.
+    assert by_sender == {k: list(range(per)) for k in range(len(senders))}
+
+
+def test_empty_payload_and_unicode_properties(cairnd, module_client):
+    sensor, filt = _pair(cairnd, module_client)
+    sensor.publish_acked(b"", output="temp", props={"städt": "Zürich ☃", "empty": ""})
+    [m] = filt.expect(1)
+    assert m.payload == b""
+    assert m.props["städt"] == "Zürich ☃"
+    assert m.props["empty"] == ""
+    binary = bytes(range(256)) * 4
+    sensor.publish_acked(binary, output="temp")
+    [m] = filt.expect(1)
+    assert m.payload == binary
