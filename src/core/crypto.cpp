@@ -58,7 +58,8 @@ std::string sha256_hex(std::string_view data) {
   auto raw = sha256(data);
   std::string out;
   out.reserve(raw.size() * 2);
-  for (unsigned char c : raw) {
+  for (char ch : raw) {
+    auto c = static_cast<unsigned char>(ch);
     out.push_back(kHex[c >> 4]);
     out.push_back(kHex[c & 15]);
   }
@@ -101,7 +102,8 @@ Result<std::string> base64_decode(std::string_view text) {
 std::string url_encode(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 8);
-  for (unsigned char c : s) {
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
     if (is_unreserved(c)) {
       out.push_back(static_cast<char>(c));
     } else {
