@@ -40,7 +40,6 @@ class Consumer {
 struct EndpointCounters {
   std::uint64_t delivered = 0;
   std::uint64_t acked = 0;
-  std::uint64_t expired = 0;
 };
 
 class Endpoint : public std::enable_shared_from_this<Endpoint> {

@@ -85,7 +85,6 @@ class Hub : public std::enable_shared_from_this<Hub> {
   std::optional<std::string> load_session(const std::string& client_id) const;
   void save_session(const std::string& client_id, std::string subscriptions_json);
   void erase_session(const std::string& client_id);
-  ssl::context* tls_context() { return tls_.get(); }
 
  private:
   Hub(asio::io_context& io, HubConfig config, store::MessageStore& store);

@@ -280,15 +280,7 @@ bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
     close("not authorized to publish as '" + topic.device_id + "/" + topic.module_id + "'");
     return false;
   }
-  Message m;
-  m.body = std::move(p.payload);
-  m.system = std::move(topic.system);
-  m.app = std::move(topic.app);
-  m.system.set(std::string(sysprop::kConnectionDeviceId), principal_.device_id);
-  if (!principal_.module_id.empty()) {
-    m.system.set(std::string(sysprop::kConnectionModuleId), principal_.module_id);
-  }
-  m.system.set(std::string(sysprop::kEnqueuedTime), format_iso8601(now_unix_ms()));
+  Message m = stamped_message(std::move(p.payload), topic);
   if (p.retain) m.app.set("mqtt-retain", "true");
   if (p.dup) m.app.set("mqtt-dup", "true");
   ++hub_->counters().messages_received;
@@ -547,6 +539,21 @@ void Session::close(std::string_view reason, bool graceful) {
   });
 }
 
+// The routed message for a telemetry publish (or a will) from this client: the bag from the
+// topic plus the sender identity and enqueue time, which the client cannot choose.
+Message Session::stamped_message(std::string body, InboundTopic& topic) const {
+  Message m;
+  m.body = std::move(body);
+  m.system = std::move(topic.system);
+  m.app = std::move(topic.app);
+  m.system.set(std::string(sysprop::kConnectionDeviceId), principal_.device_id);
+  if (!principal_.module_id.empty()) {
+    m.system.set(std::string(sysprop::kConnectionModuleId), principal_.module_id);
+  }
+  m.system.set(std::string(sysprop::kEnqueuedTime), format_iso8601(now_unix_ms()));
+  return m;
+}
+
 void Session::publish_will() {
   auto topic = parse_inbound_topic(will_->topic);
   if (!topic || topic->kind != InboundTopic::Kind::telemetry ||
@@ -555,13 +562,7 @@ void Session::publish_will() {
               will_->topic);
     return;
   }
-  Message m;
-  m.body = std::move(will_->payload);
-  m.system = std::move(topic->system);
-  m.app = std::move(topic->app);
-  m.system.set(std::string(sysprop::kConnectionDeviceId), principal_.device_id);
-  m.system.set(std::string(sysprop::kConnectionModuleId), principal_.module_id);
-  m.system.set(std::string(sysprop::kEnqueuedTime), format_iso8601(now_unix_ms()));
+  Message m = stamped_message(std::move(will_->payload), *topic);
   m.system.set(std::string(sysprop::kMessageType), "Will");
   ++hub_->counters().messages_received;
   hub_->ingest(std::move(m), [](Status) {});

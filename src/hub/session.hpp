@@ -63,6 +63,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void arm_keepalive_wait();
   void complete_inbound(std::uint64_t ticket, bool ok);
   void persist_subscriptions();
+  Message stamped_message(std::string body, InboundTopic& topic) const;
   void publish_will();
   std::uint16_t next_packet_id();
 
