@@ -45,13 +45,13 @@ format-check:
 
 demo: setup
 	cmake --preset release >/dev/null
-	cmake --build --preset release -j $(JOBS) --target cairnd cairn
+	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud
 	@bash scripts/demo
 
 # Side-by-side benchmarks; docs/benchmarks.md records their latest output.
 bench: setup
 	cmake --preset release >/dev/null
-	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-bench
+	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-bench
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync true
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync false
 

@@ -1,10 +1,16 @@
-// cairn: the command line for a local cairnd, over its management socket (HOME/run/mgmt.sock).
+// cairn: the command line for a local cairnd, over its management socket (HOME/run/mgmt.sock),
+// and for a cairn-cloud, over its REST API with a service connection string (--cloud).
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <map>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
 #include "net/http.hpp"
 
 namespace {
@@ -16,10 +22,18 @@ struct Context {
   std::string socket() const { return home + "/run/mgmt.sock"; }
 };
 
-// Sends a request and returns the JSON body, or prints the error and returns nullopt.
-std::optional<nlohmann::json> call(const Context& ctx, const std::string& method,
-                                   const std::string& target, const std::string& body = "") {
-  auto r = net::unix_http_request(ctx.socket(), net::HttpRequest{method, target, body});
+// The error text of a JSON error body ({"error"} from cairnd, {"message"} or IoT Hub's
+// {"Message"}), or the body itself.
+std::string error_text(const nlohmann::json& j, const std::string& body) {
+  if (j.is_object()) {
+    for (const char* key : {"error", "message", "Message"}) {
+      if (j.contains(key) && j[key].is_string()) return j[key].get<std::string>();
+    }
+  }
+  return body;
+}
+
+std::optional<nlohmann::json> answer(const Result<net::HttpResponse>& r) {
   if (!r) {
     std::cerr << "cairn: " << r.error().message << "\n";
     return std::nullopt;
@@ -27,17 +41,75 @@ std::optional<nlohmann::json> call(const Context& ctx, const std::string& method
   auto j =
       r->body.empty() ? nlohmann::json::object() : nlohmann::json::parse(r->body, nullptr, false);
   if (r->status >= 300) {
-    std::string msg =
-        j.is_object() && j.contains("error") ? j["error"].get<std::string>() : r->body;
-    std::cerr << "cairn: " << msg << " (HTTP " << r->status << ")\n";
+    std::cerr << "cairn: " << error_text(j, r->body) << " (HTTP " << r->status << ")\n";
     return std::nullopt;
   }
   if (j.is_discarded()) {
-    std::cerr << "cairn: cairnd answered something that is not JSON\n";
+    std::cerr << "cairn: the server answered something that is not JSON\n";
     return std::nullopt;
   }
   return j;
 }
+
+// Sends a request to cairnd and returns the JSON body, or prints the error and returns nullopt.
+std::optional<nlohmann::json> call(const Context& ctx, const std::string& method,
+                                   const std::string& target, const std::string& body = "") {
+  net::HttpRequest request;
+  request.method = method;
+  request.target = target;
+  request.body = body;
+  return answer(net::unix_http_request(ctx.socket(), request));
+}
+
+// A cairn-cloud (or IoT Hub) reached with a service connection string
+// "HostName=...;SharedAccessKeyName=...;SharedAccessKey=...".
+struct Cloud {
+  std::map<std::string, std::string> fields;
+  std::string ca_file;
+  std::uint16_t port = 443;
+
+  static std::optional<Cloud> parse(const std::string& connection_string) {
+    Cloud c;
+    std::size_t start = 0;
+    while (start < connection_string.size()) {
+      auto end = connection_string.find(';', start);
+      if (end == std::string::npos) end = connection_string.size();
+      auto part = connection_string.substr(start, end - start);
+      auto eq = part.find('=');
+      if (eq != std::string::npos) c.fields[part.substr(0, eq)] = part.substr(eq + 1);
+      start = end + 1;
+    }
+    for (const char* key : {"HostName", "SharedAccessKeyName", "SharedAccessKey"}) {
+      if (c.fields[key].empty()) {
+        std::cerr << "cairn: the --cloud connection string lacks " << key
+                  << " (expected HostName=...;SharedAccessKeyName=...;SharedAccessKey=...)\n";
+        return std::nullopt;
+      }
+    }
+    return c;
+  }
+
+  std::optional<nlohmann::json> call(const std::string& method, const std::string& target,
+                                     const std::string& body = "") const {
+    const auto& host = fields.at("HostName");
+    auto token = crypto::make_sas_token(host, fields.at("SharedAccessKey"), now_unix_s() + 3600,
+                                        fields.at("SharedAccessKeyName"));
+    if (!token) {
+      std::cerr << "cairn: " << token.error().message << "\n";
+      return std::nullopt;
+    }
+    net::HttpTarget t;
+    t.host = host;
+    t.port = port;
+    t.ca_file = ca_file;
+    net::HttpRequest request;
+    request.method = method;
+    request.target = target;
+    request.body = body;
+    request.headers = {{"Authorization", *token}, {"Content-Type", "application/json"}};
+    return answer(net::http_request(t, request));
+  }
+};
 
 }  // namespace
 
@@ -69,6 +141,72 @@ int main(int argc, char** argv) {
   auto* status =
       app.add_subcommand("status", "Print the hub's counters, endpoints and queue lengths as JSON");
 
+  auto* twin = app.add_subcommand("twin", "Module twins cached on this device");
+  twin->require_subcommand(1);
+  std::string patch;
+  auto* twin_get = twin->add_subcommand("get", "Print MODULE's twin (desired and reported)");
+  twin_get->add_option("MODULE", module, "Module name")->required();
+  auto* twin_desired = twin->add_subcommand(
+      "update-desired", "Apply a desired-properties merge patch (devices without a cloud)");
+  twin_desired->add_option("MODULE", module, "Module name")->required();
+  twin_desired->add_option("PATCH", patch, "JSON merge patch, e.g. '{\"rate\":5}'")->required();
+
+  auto* method = app.add_subcommand("method", "Invoke a direct method on a connected module");
+  std::string method_name, payload = "null";
+  int response_timeout = 30, connect_timeout = 0;
+  method->add_option("MODULE", module, "Module name")->required();
+  method->add_option("METHOD", method_name, "Method name")->required();
+  method->add_option("PAYLOAD", payload, "JSON payload")->capture_default_str();
+  method->add_option("--timeout", response_timeout, "Seconds to wait for the answer (5..300)")
+      ->capture_default_str();
+  method
+      ->add_option("--connect-timeout", connect_timeout,
+                   "Seconds to wait for the module to connect (0..300)")
+      ->capture_default_str();
+
+  auto* check = app.add_subcommand(
+      "check", "Check the store, certificates and the cloud link; exit 1 if something is wrong");
+  bool check_json = false;
+  check->add_flag("--json", check_json, "Print the checks as JSON");
+
+  std::string cloud_connection, cloud_ca;
+  std::uint16_t cloud_port = 443;
+  auto* cloud =
+      app.add_subcommand("cloud", "Talk to a cairn-cloud with a service connection string");
+  cloud->add_option("--connection-string", cloud_connection,
+                    "HostName=...;SharedAccessKeyName=...;SharedAccessKey=... (env CAIRN_CLOUD)");
+  cloud->add_option("--ca", cloud_ca, "PEM file that verifies the cloud's certificate");
+  cloud->add_option("--port", cloud_port, "REST port")->capture_default_str();
+  cloud->require_subcommand(1);
+  auto* devices = cloud->add_subcommand("devices", "List device identities");
+  std::string device_id;
+  auto* device_create = cloud->add_subcommand("device-create", "Create a device identity");
+  device_create->add_option("DEVICE", device_id, "Device id")->required();
+  bool edge = false;
+  device_create->add_flag("--edge", edge, "The device runs cairnd (an edge device)");
+  std::string twin_id;
+  auto* cloud_twin = cloud->add_subcommand("twin", "Print the twin of DEVICE or DEVICE/MODULE");
+  cloud_twin->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
+  auto* cloud_desired = cloud->add_subcommand(
+      "twin-update", "Merge a patch into the desired properties of DEVICE or DEVICE/MODULE");
+  cloud_desired->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
+  cloud_desired->add_option("PATCH", patch, "JSON merge patch, e.g. '{\"rate\":5}'")
+      ->required();
+  auto* cloud_method = cloud->add_subcommand("method", "Invoke a direct method on a device or module");
+  cloud_method->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
+  cloud_method->add_option("METHOD", method_name, "Method name")->required();
+  cloud_method->add_option("PAYLOAD", payload, "JSON payload")->capture_default_str();
+  cloud_method->add_option("--timeout", response_timeout, "Seconds to wait for the answer")
+      ->capture_default_str();
+  auto* messages = cloud->add_subcommand("messages", "Device-to-cloud messages the cloud stored");
+  messages->require_subcommand(1);
+  auto* tail = messages->add_subcommand("tail", "Print stored messages as JSON lines");
+  int limit = 100;
+  bool follow = false;
+  tail->add_option("--device", device_id, "Only this device");
+  tail->add_option("--limit", limit, "At most this many (newest last)")->capture_default_str();
+  tail->add_flag("-f,--follow", follow, "Keep printing new messages");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -94,6 +232,116 @@ int main(int argc, char** argv) {
     auto j = call(ctx, "GET", "/status");
     if (!j) return 1;
     std::cout << j->dump(2) << "\n";
+  } else if (twin_get->parsed()) {
+    auto j = call(ctx, "GET", "/twins/" + crypto::url_encode(module));
+    if (!j) return 1;
+    std::cout << j->dump(2) << "\n";
+  } else if (twin_desired->parsed()) {
+    auto j = call(ctx, "PATCH", "/twins/" + crypto::url_encode(module) + "/desired", patch);
+    if (!j) return 1;
+    std::cout << j->dump() << "\n";
+  } else if (method->parsed()) {
+    auto body = nlohmann::json::parse(payload, nullptr, false);
+    if (body.is_discarded()) {
+      std::cerr << "cairn: PAYLOAD is not JSON (strings need quotes: '\"text\"')\n";
+      return 2;
+    }
+    nlohmann::json request{{"methodName", method_name},
+                           {"payload", body},
+                           {"responseTimeoutInSeconds", response_timeout},
+                           {"connectTimeoutInSeconds", connect_timeout}};
+    auto j = call(ctx, "POST", "/methods/" + crypto::url_encode(module), request.dump());
+    if (!j) return 1;
+    std::cout << j->dump() << "\n";
+    return (*j)["status"].is_number_integer() && (*j)["status"].get<int>() < 300 ? 0 : 1;
+  } else if (check->parsed()) {
+    auto j = call(ctx, "GET", "/check");
+    if (!j) return 1;
+    if (check_json) {
+      std::cout << j->dump(2) << "\n";
+    } else {
+      for (const auto& c : (*j)["checks"]) {
+        const auto level = c["status"].get<std::string>();
+        std::cout << (level == "ok"        ? "  ok    "
+                      : level == "warning" ? "  warn  "
+                                           : "  FAIL  ")
+                  << c["id"].get<std::string>() << ": " << c["message"].get<std::string>() << "\n";
+      }
+    }
+    return (*j)["healthy"].get<bool>() ? 0 : 1;
+  } else if (cloud->parsed()) {
+    if (cloud_connection.empty()) {
+      const char* env = std::getenv("CAIRN_CLOUD");
+      if (env) cloud_connection = env;
+    }
+    auto c = Cloud::parse(cloud_connection);
+    if (!c) return 2;
+    c->ca_file = cloud_ca;
+    c->port = cloud_port;
+    if (devices->parsed()) {
+      auto j = c->call("GET", "/devices?api-version=2021-04-12");
+      if (!j) return 1;
+      for (const auto& d : *j) {
+        std::cout << d["deviceId"].get<std::string>() << "\t"
+                  << d.value("connectionState", std::string()) << "\n";
+      }
+    } else if (device_create->parsed()) {
+      nlohmann::json body{{"deviceId", device_id}, {"capabilities", {{"iotEdge", edge}}}};
+      auto j =
+          c->call("PUT", "/devices/" + crypto::url_encode(device_id) + "?api-version=2021-04-12",
+                  body.dump());
+      if (!j) return 1;
+      std::cout << j->dump(2) << "\n";
+    } else if (cloud_twin->parsed() || cloud_desired->parsed() || cloud_method->parsed()) {
+      // "d/m" → /twins/d/modules/m; "d" → /twins/d
+      auto slash = twin_id.find('/');
+      std::string path = "/twins/" + crypto::url_encode(twin_id.substr(0, slash));
+      if (slash != std::string::npos) {
+        path += "/modules/" + crypto::url_encode(twin_id.substr(slash + 1));
+      }
+      std::optional<nlohmann::json> j;
+      if (cloud_twin->parsed()) {
+        j = c->call("GET", path + "?api-version=2021-04-12");
+      } else if (cloud_desired->parsed()) {
+        auto desired = nlohmann::json::parse(patch, nullptr, false);
+        if (desired.is_discarded()) {
+          std::cerr << "cairn: PATCH is not JSON\n";
+          return 2;
+        }
+        j = c->call("PATCH", path + "?api-version=2021-04-12",
+                    nlohmann::json{{"properties", {{"desired", desired}}}}.dump());
+      } else {
+        auto body = nlohmann::json::parse(payload, nullptr, false);
+        if (body.is_discarded()) {
+          std::cerr << "cairn: PAYLOAD is not JSON (strings need quotes: '\"text\"')\n";
+          return 2;
+        }
+        j = c->call("POST", path + "/methods?api-version=2021-04-12",
+                    nlohmann::json{{"methodName", method_name},
+                                   {"payload", body},
+                                   {"responseTimeoutInSeconds", response_timeout}}
+                        .dump());
+      }
+      if (!j) return 1;
+      std::cout << j->dump(2) << "\n";
+    } else if (tail->parsed()) {
+      std::string after;
+      for (;;) {
+        std::string target = "/cairn/messages?limit=" + std::to_string(limit);
+        if (!device_id.empty()) target += "&deviceId=" + crypto::url_encode(device_id);
+        if (!after.empty()) target += "&after=" + after;
+        auto j = c->call("GET", target);
+        if (!j) return 1;
+        const auto& batch = j->is_array() ? *j : (*j)["messages"];
+        for (const auto& m : batch) {
+          std::cout << m.dump() << "\n";
+          if (m.contains("sequence")) after = m["sequence"].dump();
+        }
+        std::cout.flush();
+        if (!follow) break;
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    }
   }
   return 0;
 }

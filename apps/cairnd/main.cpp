@@ -8,8 +8,11 @@
 
 #include "core/log.hpp"
 #include "hub/config.hpp"
+#include "hub/edge_api.hpp"
 #include "hub/edgehub_config.hpp"
 #include "hub/hub.hpp"
+#include "hub/twin_cache.hpp"
+#include "hub/upstream.hpp"
 #include "net/asio.hpp"
 #include "net/http.hpp"
 #include "store/message_store.hpp"
@@ -80,17 +83,55 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       return 2;
     }
   }
+  // Twins are cached here and, with a cloud configured, synchronised over the upstream link.
+  auto twins = std::make_shared<hub::TwinCache>(
+      io, **store, [h = hub->get()](const std::string& client_id, const nlohmann::json& patch) {
+        return h->notify_desired(client_id, patch);
+      });
+  std::shared_ptr<hub::Upstream> upstream;
+  hub::HubServices services;
+  services.twins = twins.get();
+  if (config->upstream.enabled()) {
+    upstream = std::make_shared<hub::Upstream>(io, (*hub)->config(), **hub, *twins);
+    twins->set_upstream(upstream.get());
+    services.observer = upstream.get();
+  }
+  (*hub)->set_services(services);
+  auto api = std::make_shared<hub::EdgeApi>(**hub, **store, twins, upstream);
+  (*hub)->set_status_extension([api] { return api->status(); });
   if (auto s = (*hub)->start(); !s) {
     log::error("cairnd", "{}", s.error().to_string());
     return 1;
   }
+  if (upstream) upstream->start();
   auto mgmt = net::UnixHttpServer::start(
-      io, config->mgmt_socket(), [h = *hub](const net::HttpRequest& req, net::HttpRespond respond) {
-        h->handle_management(req, std::move(respond));
+      io, config->mgmt_socket(),
+      [h = *hub, api](const net::HttpRequest& req, net::HttpRespond respond) {
+        if (!api->handle_management(req, respond)) h->handle_management(req, std::move(respond));
       });
   if (!mgmt) {
     log::error("cairnd", "{}", mgmt.error().to_string());
     return 1;
+  }
+  // Module-to-module direct methods: HTTPS on the gateway address (PROTOCOL.md section 9.2).
+  std::shared_ptr<net::HttpServer> gateway;
+  if (config->http.port != 0) {
+    auto started =
+        net::HttpServer::start(io, config->mqtt.listen, config->http.port, (*hub)->tls_context(),
+                               [api](const net::HttpRequest& req, net::HttpRespond respond) {
+                                 api->handle_gateway(req, std::move(respond));
+                               });
+    if (started) {
+      gateway = *started;
+      log::info("cairnd", "direct methods over HTTPS on {}:{}", config->mqtt.listen,
+                gateway->port());
+    } else {
+      // Messages, twins and cloud methods do not need it: run on, but say how to fix it.
+      log::warn("cairnd",
+                "module-to-module direct methods are off: {} (port 443 needs root or "
+                "CAP_NET_BIND_SERVICE; set [http] port in config.toml, 0 to disable)",
+                started.error().message);
+    }
   }
   log::info("cairnd", "ready: home={} device={} mgmt={}", home, config->device_id,
             config->mgmt_socket());
@@ -99,11 +140,16 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   signals.async_wait([&](net::error_code, int sig) {
     log::info("cairnd", "signal {}: shutting down", sig);
     (*mgmt)->stop();
+    if (gateway) gateway->stop();
+    if (upstream) upstream->stop();
     (*hub)->stop();
     // Sessions finish their last writes; then the loop runs dry and returns.
     asio::post(io, [&io] { io.stop(); });
   });
   io.run();
+  api.reset();
+  upstream.reset();
+  twins.reset();
   hub->reset();
   if (auto s = (*store)->flush(); !s) {
     log::error("cairnd", "final store flush failed: {}", s.error().to_string());

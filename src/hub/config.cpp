@@ -91,7 +91,12 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
   std::uint32_t ttl = static_cast<std::uint32_t>(config.default_ttl_secs);
   CAIRN_TRY(top.read("default_ttl_secs", ttl));
   config.default_ttl_secs = ttl;
-  CAIRN_TRY(top.reject_unknown({"mqtt", "store"}));
+  CAIRN_TRY(top.reject_unknown({"mqtt", "store", "upstream", "http"}));
+  if (const auto* http = root.get_as<toml::table>("http")) {
+    TableReader t(path, *http, "http.");
+    CAIRN_TRY(t.read("port", config.http.port));
+    CAIRN_TRY(t.reject_unknown());
+  }
 
   if (const auto* mqtt = root.get_as<toml::table>("mqtt")) {
     TableReader t(path, *mqtt, "mqtt.");
@@ -120,6 +125,33 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("expire_interval_secs", s.expire_interval_secs));
     CAIRN_TRY(t.reject_unknown());
     if (s.expire_interval_secs == 0) s.expire_interval_secs = 1;
+  }
+  if (const auto* upstream = root.get_as<toml::table>("upstream")) {
+    TableReader t(path, *upstream, "upstream.");
+    auto& u = config.upstream;
+    CAIRN_TRY(t.read("hostname", u.hostname));
+    CAIRN_TRY(t.read("port", u.port));
+    CAIRN_TRY(t.read("ca_file", u.ca_file));
+    CAIRN_TRY(t.read("iothub_hostname", u.iothub_hostname));
+    CAIRN_TRY(t.read("device_key", u.device_key));
+    CAIRN_TRY(t.read("token_ttl_secs", u.token_ttl_secs));
+    CAIRN_TRY(t.read("min_backoff_ms", u.min_backoff_ms));
+    CAIRN_TRY(t.read("max_backoff_secs", u.max_backoff_secs));
+    CAIRN_TRY(t.read("operation_timeout_secs", u.operation_timeout_secs));
+    CAIRN_TRY(t.reject_unknown());
+    if (u.enabled() && u.device_key.empty()) {
+      return make_error(errc::invalid_argument,
+                        path +
+                            ": upstream.device_key is required with upstream.hostname (the "
+                            "edge device's primary key from the cloud registry)");
+    }
+    if (u.token_ttl_secs < 60 || u.min_backoff_ms == 0 || u.max_backoff_secs == 0 ||
+        u.operation_timeout_secs == 0) {
+      return make_error(errc::invalid_argument,
+                        path +
+                            ": upstream.token_ttl_secs must be >= 60 and the back-off and "
+                            "timeout settings > 0");
+    }
   }
   if (config.device_id.empty() || config.device_id.find('/') != std::string::npos) {
     return make_error(errc::invalid_argument,

@@ -39,11 +39,37 @@ struct HubConfig {
     std::size_t max_connections = 1000;
   } mqtt;
 
+  // HTTPS for module-to-module direct methods (ModuleClient.invokeMethod), on mqtt.listen.
+  struct Http {
+    std::uint16_t port = 443;  // 0 disables it
+  } http;
+
   struct Store {
     bool fsync = true;  // false: survives a crash of cairnd, not a power cut; faster on slow disks
     std::uint64_t max_bytes = 1024ull * 1024 * 1024;  // 1 GiB of queued messages; 0 = no cap
     std::uint32_t expire_interval_secs = 30;          // how often expired messages are deleted
   } store;
+
+  // The link to the cloud (cairn-cloud or an IoT Hub-compatible service). Without a host the
+  // device runs standalone: $upstream messages wait on disk and twins are local only.
+  struct Upstream {
+    std::string hostname;  // cloud MQTT host; empty = no cloud
+    std::uint16_t port = 8883;
+    std::string ca_file;  // PEM that verifies the cloud; empty = the system store
+    // Host name in SAS token audiences ("{host}/devices/..."); empty = `hostname`.
+    std::string iothub_hostname;
+    // This edge device's symmetric key in the cloud registry (base64). The hub signs the
+    // tokens of every identity it connects upstream with it, on behalf of the modules.
+    std::string device_key;
+    std::uint32_t token_ttl_secs = 3600;  // renewed at 80% of its lifetime
+    std::uint32_t min_backoff_ms = 1000;  // reconnect back-off: doubles up to max_backoff_secs
+    std::uint32_t max_backoff_secs = 60;
+    std::uint32_t operation_timeout_secs = 20;  // twin GET/PATCH answers from the cloud
+    bool enabled() const { return !hostname.empty(); }
+    const std::string& audience_host() const {
+      return iothub_hostname.empty() ? hostname : iothub_hostname;
+    }
+  } upstream;
 
   // Default message TTL for routes with timeToLiveSecs = 0, until a manifest says otherwise.
   std::int64_t default_ttl_secs = 7200;

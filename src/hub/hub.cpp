@@ -53,11 +53,34 @@ net::HttpResponse error_response(const Error& e) {
   return json_response(status, {{"error", e.message}});
 }
 
+// The edge role's authenticator: the module identities of this device.
+class EdgeAuthenticator : public Authenticator {
+ public:
+  EdgeAuthenticator(const IdentityRegistry& registry, const HubConfig& config)
+      : registry_(registry), config_(config) {}
+  Result<Principal> authenticate(const AuthRequest& request, std::int64_t now_unix_s) override {
+    return hub::authenticate(request, registry_, config_.iothub_hostname, config_.hostname,
+                             now_unix_s);
+  }
+
+ private:
+  const IdentityRegistry& registry_;
+  const HubConfig& config_;
+};
+
 }  // namespace
 
 Hub::Hub(asio::io_context& io, HubConfig config, store::MessageStore& store)
     : io_(io),
       config_(std::move(config)),
+      methods_(io,
+               [this](const std::string& client_id, const std::string& topic, std::string payload) {
+                 auto it = sessions_.find(client_id);
+                 if (it == sessions_.end()) return false;
+                 auto session = it->second.lock();
+                 if (!session || !session->wants_methods()) return false;
+                 return session->publish(topic, std::move(payload));
+               }),
       store_(store),
       identities_(store, config_.device_id),
       default_ttl_secs_(config_.default_ttl_secs),
@@ -69,7 +92,65 @@ Result<std::shared_ptr<Hub>> Hub::make(asio::io_context& io, HubConfig config,
                                        store::MessageStore& store) {
   std::shared_ptr<Hub> hub(new Hub(io, std::move(config), store));
   CAIRN_TRY(hub->identities_.load());
+  hub->edge_authenticator_ = std::make_unique<EdgeAuthenticator>(hub->identities_, hub->config_);
+  hub->services_.authenticator = hub->edge_authenticator_.get();
   return hub;
+}
+
+void Hub::set_services(HubServices services) {
+  if (services.authenticator == nullptr) services.authenticator = edge_authenticator_.get();
+  services_ = services;
+}
+
+void Hub::invoke_method(const std::string& client_id, MethodRequest request, MethodCallback done) {
+  if (stopping_) {
+    done(make_error(errc::unavailable, "the hub is stopping"));
+    return;
+  }
+  methods_.invoke(client_id, std::move(request), std::move(done));
+}
+
+bool Hub::notify_desired(const std::string& client_id, const nlohmann::json& patch) {
+  auto it = sessions_.find(client_id);
+  if (it == sessions_.end()) return false;
+  auto session = it->second.lock();
+  if (!session || !session->wants_desired()) return false;
+  long long version = 0;
+  if (auto v = patch.find("$version"); v != patch.end() && v->is_number_integer()) {
+    version = v->get<long long>();
+  }
+  return session->publish(twin_desired_patch_topic(version), patch.dump());
+}
+
+bool Hub::is_connected(const std::string& client_id) const {
+  auto it = sessions_.find(client_id);
+  return it != sessions_.end() && !it->second.expired();
+}
+
+void Hub::attach_upstream(const std::shared_ptr<Consumer>& consumer) {
+  upstream_consumer_ = consumer;
+  endpoint(routing::Endpoint{routing::Endpoint::Kind::upstream, "", ""})->attach(consumer);
+}
+
+void Hub::detach_upstream(const Consumer* consumer) {
+  if (upstream_consumer_.lock().get() == consumer) upstream_consumer_.reset();
+  if (auto it = endpoints_.find("$upstream"); it != endpoints_.end()) it->second->detach(consumer);
+}
+
+void Hub::client_connected(const Principal& who) {
+  if (services_.observer) services_.observer->connected(who);
+}
+
+void Hub::client_disconnected(const Principal& who) {
+  methods_.target_gone(who.client_id());
+  if (services_.observer) services_.observer->disconnected(who);
+}
+
+void Hub::methods_subscribed(const Principal& who) { methods_.target_ready(who.client_id()); }
+
+void Hub::method_response(const Principal& from, const std::string& rid, int status,
+                          std::string_view body) {
+  methods_.respond(from.client_id(), rid, status, body);
 }
 
 Status Hub::start() {
@@ -189,6 +270,7 @@ void Hub::stop() {
     if (auto s = weak.lock()) live.push_back(std::move(s));
   }
   for (auto& s : live) s->close("cairnd is shutting down", true);
+  methods_.cancel_all();
 }
 
 Status Hub::apply(const EdgeHubConfig& config) {
@@ -217,6 +299,8 @@ std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
   if (e.kind == routing::Endpoint::Kind::module_input) {
     auto range = module_consumers_.equal_range(e.module);
     for (auto c = range.first; c != range.second; ++c) ep->attach(c->second);
+  } else if (!upstream_consumer_.expired()) {
+    ep->attach(upstream_consumer_);
   }
   return ep;
 }
@@ -366,7 +450,7 @@ nlohmann::json Hub::status() const {
                      {"delivered", c.delivered},
                      {"acked", c.acked}};
   }
-  return {
+  nlohmann::json out{
       {"deviceId", config_.device_id},
       {"mqtt", {{"tlsPort", tls_port_}, {"plainPort", plain_port_}, {"connections", connections_}}},
       {"counters",
@@ -390,7 +474,10 @@ nlohmann::json Hub::status() const {
         {"rejectedFullTotal", st.rejected_full_total}}},
       {"endpoints", endpoints},
       {"routes", router_.routes().size()},
+      {"methods", {{"inFlight", methods_.in_flight()}, {"waiting", methods_.waiting()}}},
   };
+  if (status_extension_) out.update(status_extension_());
+  return out;
 }
 
 void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond respond) {

@@ -26,6 +26,8 @@
 #include "hub/edgehub_config.hpp"
 #include "hub/endpoint.hpp"
 #include "hub/identities.hpp"
+#include "hub/methods.hpp"
+#include "hub/services.hpp"
 #include "net/asio.hpp"
 #include "net/http.hpp"
 #include "routing/route.hpp"
@@ -46,6 +48,15 @@ struct HubCounters {
   std::uint64_t slow_consumers_closed = 0;
 };
 
+// What the hub's role supplies (services.hpp). Not owned: each must outlive the hub. Without
+// an authenticator the hub authenticates this edge device's module identities; without a twin
+// provider twin requests are answered 503.
+struct HubServices {
+  Authenticator* authenticator = nullptr;
+  TwinProvider* twins = nullptr;
+  ConnectionObserver* observer = nullptr;
+};
+
 class Hub : public std::enable_shared_from_this<Hub> {
  public:
   static Result<std::shared_ptr<Hub>> make(asio::io_context& io, HubConfig config,
@@ -61,17 +72,44 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // Replaces routes and store-and-forward settings atomically. Invalid input changes nothing.
   Status apply(const EdgeHubConfig& config);
 
+  // Before start().
+  void set_services(HubServices services);
+
+  // Direct method call to a connected client ("d" or "d/m"): see methods.hpp for the errors.
+  void invoke_method(const std::string& client_id, MethodRequest request, MethodCallback done);
+  // Sends a desired-properties patch (with its "$version") to the client if it is connected
+  // and subscribed to desired updates. Returns whether it was sent.
+  bool notify_desired(const std::string& client_id, const nlohmann::json& patch);
+  bool is_connected(const std::string& client_id) const;
+  // The consumer of the $upstream endpoint (the upstream link, or cairn-cloud's telemetry sink).
+  void attach_upstream(const std::shared_ptr<Consumer>& consumer);
+  void detach_upstream(const Consumer* consumer);
+
   IdentityRegistry& identities() { return identities_; }
   const HubConfig& config() const { return config_; }
+  asio::io_context& io() { return io_; }
   // Ports actually bound (useful with port 0 in tests).
   std::uint16_t tls_port() const { return tls_port_; }
   std::uint16_t plain_port() const { return plain_port_; }
+  // The server TLS context (edge certificate); null until start() or without TLS.
+  ssl::context* tls_context() { return tls_.get(); }
 
   // The management API (identities, status) served on mgmt.sock.
   void handle_management(const net::HttpRequest& request, net::HttpRespond respond);
   nlohmann::json status() const;
+  // More sections for status() from the role (upstream link, twins).
+  void set_status_extension(std::function<nlohmann::json()> extension) {
+    status_extension_ = std::move(extension);
+  }
 
   // --- used by sessions ---
+  Authenticator& authenticator() { return *services_.authenticator; }
+  TwinProvider* twins() { return services_.twins; }
+  void client_connected(const Principal& who);
+  void client_disconnected(const Principal& who);
+  void methods_subscribed(const Principal& who);
+  void method_response(const Principal& from, const std::string& rid, int status,
+                       std::string_view body);
   // Routes `m` and commits it; `done` runs on the hub thread once it is durable (or failed).
   void ingest(Message m, std::function<void(Status)> done);
   // Registers a session for its client id, closing any previous one (takeover).
@@ -94,6 +132,11 @@ class Hub : public std::enable_shared_from_this<Hub> {
 
   asio::io_context& io_;
   HubConfig config_;
+  std::unique_ptr<Authenticator> edge_authenticator_;
+  HubServices services_;
+  MethodCalls methods_;
+  std::weak_ptr<Consumer> upstream_consumer_;
+  std::function<nlohmann::json()> status_extension_;
   store::MessageStore& store_;
   IdentityRegistry identities_;
   routing::Router router_;

@@ -106,9 +106,10 @@ std::vector<Identity> IdentityRegistry::list() const {
   return out;
 }
 
-Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
-                               const std::string& iothub_hostname,
-                               const std::string& gateway_hostname, std::int64_t now_unix_s) {
+Result<Credentials> check_credentials(const AuthRequest& request,
+                                      const std::string& iothub_hostname,
+                                      const std::string& gateway_hostname,
+                                      std::int64_t now_unix_s) {
   // Username: {host}/{device}/{module}/?{props} (or without '?' when the last segment holds
   // api-version=). The host part is not checked here; the token audience is.
   std::string_view user = request.username;
@@ -158,13 +159,28 @@ Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistr
   if (aud[2] != p.device_id || aud_module != p.module_id) {
     return make_error(errc::unauthorized, "SAS token was issued for another identity");
   }
+  p.token_expiry = token->expiry;
+  return Credentials{std::move(p), std::move(*token)};
+}
+
+bool signed_by(const crypto::SasToken& token, std::string_view primary_key,
+               std::string_view secondary_key) {
+  return crypto::verify_sas_signature(token, primary_key) ||
+         crypto::verify_sas_signature(token, secondary_key);
+}
+
+Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
+                               const std::string& iothub_hostname,
+                               const std::string& gateway_hostname, std::int64_t now_unix_s) {
+  auto creds = check_credentials(request, iothub_hostname, gateway_hostname, now_unix_s);
+  if (!creds) return creds.error();
+  const Principal& p = creds->principal;
   if (p.device_id != registry.device_id() || p.module_id.empty()) {
     return make_error(errc::unauthorized, "unknown identity '" + p.client_id() + "'");
   }
   auto identity = registry.find(p.module_id);
   if (!identity) return make_error(errc::unauthorized, "unknown identity '" + p.client_id() + "'");
-  if (!crypto::verify_sas_signature(*token, identity->primary_key) &&
-      !crypto::verify_sas_signature(*token, identity->secondary_key)) {
+  if (!signed_by(creds->token, identity->primary_key, identity->secondary_key)) {
     return make_error(errc::unauthorized, "SAS token signature does not match the identity's keys");
   }
   return p;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/crypto.hpp"
 #include "core/result.hpp"
 #include "store/message_store.hpp"
 
@@ -31,6 +32,9 @@ struct Identity {
 struct Principal {
   std::string device_id;
   std::string module_id;  // empty for a leaf device
+  // When the credential expires (Unix seconds; 0 = never): the connection is closed then, as
+  // IoT Hub does, so clients must renew their tokens.
+  std::int64_t token_expiry = 0;
   std::string client_id() const {
     return module_id.empty() ? device_id : device_id + "/" + module_id;
   }
@@ -67,8 +71,23 @@ struct AuthRequest {
   std::optional<std::string> password;
 };
 
-// Validates a CONNECT. errc::invalid_argument for a malformed username/client id (CONNACK 2 or
-// 4), errc::unauthorized for a bad, expired or unknown credential (CONNACK 5).
+// The role-independent part of checking a CONNECT: username and client id shape, the SAS token's
+// expiry and audience ({host}/devices/{d}[/modules/{m}] for the identity the username names).
+// The caller then checks the signature against the keys it knows (signed_by).
+struct Credentials {
+  Principal principal;
+  crypto::SasToken token;
+};
+Result<Credentials> check_credentials(const AuthRequest& request,
+                                      const std::string& iothub_hostname,
+                                      const std::string& gateway_hostname, std::int64_t now_unix_s);
+// True if `token` was signed with either key (base64).
+bool signed_by(const crypto::SasToken& token, std::string_view primary_key,
+               std::string_view secondary_key);
+
+// Validates a CONNECT against this edge device's module identities. errc::invalid_argument for a
+// malformed username/client id (CONNACK 2 or 4), errc::unauthorized for a bad, expired or unknown
+// credential (CONNACK 5).
 Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
                                const std::string& iothub_hostname,
                                const std::string& gateway_hostname, std::int64_t now_unix_s);

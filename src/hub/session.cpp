@@ -56,7 +56,8 @@ Session::Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer)
       peer_(std::move(peer)),
       log_id_(peer_),
       keepalive_timer_(lowest(stream_).get_executor()),
-      resume_timer_(lowest(stream_).get_executor()) {}
+      resume_timer_(lowest(stream_).get_executor()),
+      token_timer_(lowest(stream_).get_executor()) {}
 
 Session::~Session() { hub_->connection_closed(); }
 
@@ -186,8 +187,7 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   }
   AuthRequest request{c.client_id, c.username.value_or(""), c.password};
   const auto& cfg = hub_->config();
-  auto principal =
-      authenticate(request, hub_->identities(), cfg.iothub_hostname, cfg.hostname, now_unix_s());
+  auto principal = hub_->authenticator().authenticate(request, now_unix_s());
   if (!principal) {
     send(mqtt::Connack{false, refusal_code(principal.error().code)});
     ++hub_->counters().connections_refused;
@@ -229,12 +229,16 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
             log_id_, clean_session_, keepalive_secs_,
             idle_limit(true, keepalive_secs_, cfg.mqtt.max_keepalive_secs).count(),
             session_present);
-  for (const auto& s : subscriptions_) {
-    if (classify_subscription(s.filter).kind == SubscriptionKind::Kind::module_messages) {
-      module_messages_ = true;
-    }
+  if (principal_.token_expiry > 0) {
+    token_timer_.expires_after(std::chrono::seconds(principal_.token_expiry - now_unix_s()));
+    token_timer_.async_wait([weak = weak_from_this()](error_code ec) {
+      if (auto self = weak.lock(); self && !ec) {
+        self->close("SAS token expired: the client must reconnect with a new one");
+      }
+    });
   }
-  if (module_messages_) hub_->attach_module(principal_.module_id, shared_from_this());
+  hub_->client_connected(principal_);
+  update_subscription_flags();
   co_return true;
 }
 
@@ -261,17 +265,38 @@ bool Session::on_publish(mqtt::Publish& p) {
       return ingest_telemetry(p, *topic);
     case InboundTopic::Kind::twin_get:
     case InboundTopic::Kind::twin_patch_reported:
-      // Twins are served by the twin service; until it is attached, answer so clients do not
-      // wait for a response that never comes.
-      send(mqtt::Publish{twin_response_topic(503, topic->rid),
-                         R"({"message":"twin service not available"})", 0, false, false, 0});
       if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      handle_twin_request(p, *topic);
       return true;
     case InboundTopic::Kind::method_response:
       if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      hub_->method_response(principal_, topic->rid, topic->status, p.payload);
       return true;
   }
   return true;
+}
+
+void Session::handle_twin_request(mqtt::Publish& p, const InboundTopic& topic) {
+  auto* twins = hub_->twins();
+  if (twins == nullptr) {
+    publish(twin_response_topic(503, topic.rid), R"({"message":"twins are not served here"})");
+    return;
+  }
+  std::weak_ptr<Session> weak = shared_from_this();
+  auto reply = [weak, rid = topic.rid](int status, std::string body) {
+    if (auto self = weak.lock()) self->publish(twin_response_topic(status, rid), std::move(body));
+  };
+  if (topic.kind == InboundTopic::Kind::twin_get) {
+    twins->get_twin(principal_, std::move(reply));
+  } else {
+    twins->patch_reported(principal_, p.payload, std::move(reply));
+  }
+}
+
+bool Session::publish(const std::string& topic, std::string payload) {
+  if (closed_) return false;
+  send(mqtt::Publish{topic, std::move(payload), 0, false, false, 0});
+  return !closed_;
 }
 
 bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
@@ -336,7 +361,6 @@ void Session::complete_inbound(std::uint64_t ticket, bool ok) {
 
 void Session::on_subscribe(const mqtt::Subscribe& s) {
   mqtt::Suback ack{s.packet_id, {}};
-  bool attach = false;
   for (const auto& sub : s.subscriptions) {
     std::uint8_t granted = mqtt::kSubackFailure;
     if (mqtt::validate_topic_filter(sub.filter)) {
@@ -345,9 +369,11 @@ void Session::on_subscribe(const mqtt::Subscribe& s) {
       bool allowed = false;
       switch (kind.kind) {
         case K::module_messages:
-          allowed = kind.device_id == principal_.device_id &&
-                    kind.module_id == principal_.module_id && !principal_.module_id.empty();
-          attach = attach || allowed;
+          // The SDKs subscribe to "devices/{d}/modules/{m}/inputs/#", which edgeHub's greedy
+          // pattern reads as module "{m}/inputs": the module is the first segment.
+          allowed = kind.device_id == principal_.device_id && !principal_.module_id.empty() &&
+                    std::string_view(kind.module_id).substr(0, kind.module_id.find('/')) ==
+                        principal_.module_id;
           break;
         case K::twin_response:
         case K::desired_updates:
@@ -377,10 +403,7 @@ void Session::on_subscribe(const mqtt::Subscribe& s) {
   }
   send(ack);
   persist_subscriptions();
-  if (attach && !module_messages_) {
-    module_messages_ = true;
-    hub_->attach_module(principal_.module_id, shared_from_this());
-  }
+  update_subscription_flags();
 }
 
 void Session::on_unsubscribe(const mqtt::Unsubscribe& u) {
@@ -389,12 +412,32 @@ void Session::on_unsubscribe(const mqtt::Unsubscribe& u) {
   }
   send(mqtt::Unsuback{u.packet_id});
   persist_subscriptions();
-  bool still = std::any_of(subscriptions_.begin(), subscriptions_.end(), [](const auto& s) {
-    return classify_subscription(s.filter).kind == SubscriptionKind::Kind::module_messages;
-  });
-  if (module_messages_ && !still) {
-    module_messages_ = false;
-    hub_->detach_module(principal_.module_id, this);
+  update_subscription_flags();
+}
+
+void Session::update_subscription_flags() {
+  bool module_messages = false, methods = false, desired = false;
+  for (const auto& s : subscriptions_) {
+    auto kind = classify_subscription(s.filter).kind;
+    module_messages = module_messages || kind == SubscriptionKind::Kind::module_messages;
+    methods = methods || kind == SubscriptionKind::Kind::methods;
+    desired = desired || kind == SubscriptionKind::Kind::desired_updates;
+  }
+  if (module_messages != module_messages_) {
+    module_messages_ = module_messages;
+    if (module_messages_) {
+      hub_->attach_module(principal_.module_id, shared_from_this());
+    } else {
+      hub_->detach_module(principal_.module_id, this);
+    }
+  }
+  const bool new_methods = methods && !methods_;
+  const bool new_desired = desired && !desired_;
+  methods_ = methods;
+  desired_ = desired;
+  if (new_methods) hub_->methods_subscribed(principal_);
+  if (new_desired) {
+    if (auto* twins = hub_->twins()) twins->desired_subscribed(principal_);
   }
 }
 
@@ -516,10 +559,12 @@ void Session::close(std::string_view reason, bool graceful) {
     log::debug("hub", "[{}] closed before CONNECT: {}", log_id_, reason);
   }
   resume_timer_.cancel();
+  token_timer_.cancel();
   if (connected_) {
     if (!graceful && will_) publish_will();
     if (module_messages_) hub_->detach_module(principal_.module_id, this);
     hub_->unregister_session(principal_.client_id(), this);
+    hub_->client_disconnected(principal_);
   }
   outbound_.clear();
   if (!writing_ && out_pending_.empty()) {

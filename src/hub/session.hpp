@@ -46,6 +46,10 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
                std::function<void()> on_ack) override;
 
   const Principal& principal() const { return principal_; }
+  bool wants_methods() const { return methods_ && !closed_; }
+  bool wants_desired() const { return desired_ && !closed_; }
+  // Sends a QoS 0 PUBLISH (twin responses, desired patches, method requests). False if closing.
+  bool publish(const std::string& topic, std::string payload);
 
  private:
   asio::awaitable<void> run();
@@ -57,6 +61,9 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void on_unsubscribe(const mqtt::Unsubscribe& u);
   void on_puback(std::uint16_t packet_id);
   bool ingest_telemetry(mqtt::Publish& p, InboundTopic& topic);
+  void handle_twin_request(mqtt::Publish& p, const InboundTopic& topic);
+  // Recomputes which hub services the subscriptions ask for; tells the hub what is new.
+  void update_subscription_flags();
   void send(const mqtt::Packet& p);
   void write_some();
   void arm_keepalive();
@@ -86,6 +93,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
 
   asio::steady_timer keepalive_timer_;
   asio::steady_timer resume_timer_;  // wakes the reader when inbound acks drain
+  asio::steady_timer token_timer_;   // closes the connection when its SAS token expires
 
   // Inbound QoS 1 publishes awaiting commit, in arrival order: (ticket, packet id, done, ok).
   struct InboundAck {
@@ -104,6 +112,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
 
   std::vector<mqtt::Subscription> subscriptions_;
   bool module_messages_ = false;  // subscribed to its inputs: attached to its endpoints
+  bool methods_ = false;          // subscribed to $iothub/methods/POST/#
+  bool desired_ = false;          // subscribed to desired-property patches
 };
 
 }  // namespace cairn::hub

@@ -1,5 +1,6 @@
 #include "net/certs.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -121,27 +123,50 @@ CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, E
   return cert;
 }
 
-std::string san_string(const CertificateOptions& o) {
+bool is_ip_literal(const std::string& s) {
+  unsigned char buf[16];
+  return ::inet_pton(AF_INET, s.c_str(), buf) == 1 || ::inet_pton(AF_INET6, s.c_str(), buf) == 1;
+}
+
+// The server certificate's names, split by kind. An IP literal among `dns_names` becomes an IP
+// SAN: TLS clients check an IP host only against IP SANs (Node does), never DNS SANs.
+struct SubjectNames {
+  std::vector<std::string> dns;
+  std::vector<std::string> ips;
+};
+
+SubjectNames subject_names(const CertificateOptions& o) {
+  SubjectNames names;
+  auto add_once = [](std::vector<std::string>& to, const std::string& value) {
+    if (std::find(to.begin(), to.end(), value) == to.end()) to.push_back(value);
+  };
+  for (const auto& d : o.dns_names) add_once(is_ip_literal(d) ? names.ips : names.dns, d);
+  for (const auto& ip : o.ip_addresses) add_once(names.ips, ip);
+  return names;
+}
+
+std::string san_string(const SubjectNames& names) {
   std::string san;
   auto add = [&san](const char* kind, const std::string& value) {
     if (!san.empty()) san += ',';
     san += kind;
     san += value;
   };
-  for (const auto& d : o.dns_names) add("DNS:", d);
-  for (const auto& ip : o.ip_addresses) add("IP:", ip);
+  for (const auto& d : names.dns) add("DNS:", d);
+  for (const auto& ip : names.ips) add("IP:", ip);
   return san;
 }
 
 // True if the certificate is valid for at least `days` more days and carries every SAN wanted.
-bool server_cert_usable(X509* cert, X509* ca, const CertificateOptions& o) {
+bool server_cert_usable(X509* cert, X509* ca, const CertificateOptions& o,
+                        const SubjectNames& names) {
   std::time_t horizon = std::time(nullptr) + static_cast<std::time_t>(o.renew_before_days) * 86400;
   if (X509_cmp_time(X509_get0_notAfter(cert), &horizon) <= 0) return false;
   if (X509_check_issued(ca, cert) != X509_V_OK) return false;
-  for (const auto& d : o.dns_names) {
+  for (const auto& d : names.dns) {
     if (X509_check_host(cert, d.c_str(), d.size(), 0, nullptr) != 1) return false;
   }
-  for (const auto& ip : o.ip_addresses) {
+  for (const auto& ip : names.ips) {
     if (X509_check_ip_asc(cert, ip.c_str(), 0) != 1) return false;
   }
   return true;
@@ -181,19 +206,25 @@ Result<EdgeCertificates> ensure_edge_certificates(const std::string& dir,
     if (auto s = write_certs(out.ca_cert_path, {ca_cert.get()}); !s) return s.error();
   }
 
+  SubjectNames names = subject_names(options);
   KeyPtr server_key = read_key(out.server_key_path);
   CertPtr server_cert = read_cert(out.server_cert_path);
   if (server_key && server_cert &&
       X509_check_private_key(server_cert.get(), server_key.get()) == 1 &&
-      server_cert_usable(server_cert.get(), ca_cert.get(), options)) {
+      server_cert_usable(server_cert.get(), ca_cert.get(), options, names)) {
     return out;
   }
-  log::info("certs", "issuing server certificate for {}", san_string(options));
+  std::string san = san_string(names);
+  if (san.empty()) {
+    return make_error(errc::invalid_argument,
+                      "the server certificate needs at least one host name or IP address");
+  }
+  log::info("certs", "issuing server certificate for {}", san);
   server_key = generate_key();
   if (!server_key) return ssl_error("server key generation");
   std::string cn = options.dns_names.empty() ? "localhost" : options.dns_names.front();
   server_cert = make_cert(server_key.get(), cn, ca_cert.get(), ca_key.get(),
-                          options.server_validity_days, false, san_string(options));
+                          options.server_validity_days, false, san);
   if (!server_cert) return ssl_error("server certificate creation");
   if (auto s = write_key(out.server_key_path, server_key.get()); !s) return s.error();
   if (auto s = write_certs(out.server_cert_path, {server_cert.get(), ca_cert.get()}); !s) {

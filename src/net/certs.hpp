@@ -23,8 +23,10 @@ struct EdgeCertificates {
 };
 
 struct CertificateOptions {
-  std::vector<std::string> dns_names;  // SANs for the server certificate
-  std::vector<std::string> ip_addresses;
+  // SANs for the server certificate. An IP literal here (e.g. a hub bound to 127.0.0.2) is
+  // issued as an IP SAN, since TLS clients match IP hosts against IP SANs only.
+  std::vector<std::string> dns_names;
+  std::vector<std::string> ip_addresses;  // IP SANs
   int ca_validity_days = 3650;
   int server_validity_days = 365;
   // A server certificate with fewer days left than this is replaced at start-up.

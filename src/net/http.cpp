@@ -1,15 +1,26 @@
+// Request/response helpers and the blocking HTTP clients (TCP with optional TLS, unix socket).
+// The servers live in http_server.cpp.
 #include "net/http.hpp"
 
-#include <filesystem>
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <optional>
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "core/crypto.hpp"
 #include "core/log.hpp"
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/time.h>
+
+// gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
+// coroutine's ramp into its caller (Asio's awaitable frames have class-specific new/delete).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 
 namespace cairn::net {
 namespace {
@@ -17,77 +28,256 @@ namespace {
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using local = asio::local::stream_protocol;
+using Clock = std::chrono::steady_clock;
 
-// Requests to a local control API are small; a bound keeps a misbehaving client from
-// making the daemon allocate without limit.
-constexpr std::size_t kMaxRequestBody = 1024 * 1024;
+// A bound on what a client reads, so a broken or hostile server cannot exhaust memory.
+constexpr std::size_t kMaxResponseBody = 64 * 1024 * 1024;
 
-}  // namespace
-
-struct UnixHttpServer::State {
-  State(asio::io_context& io, HttpHandler h) : acceptor(io), handler(std::move(h)) {}
-  local::acceptor acceptor;
-  HttpHandler handler;
-  std::string path;
-};
-
-namespace {
-
-asio::awaitable<void> serve_connection(local::socket socket,
-                                       std::shared_ptr<UnixHttpServer::State> state) {
-  beast::flat_buffer buffer;
-  for (;;) {
-    http::request_parser<http::string_body> parser;
-    parser.body_limit(kMaxRequestBody);
-    error_code ec;
-    co_await http::async_read(socket, buffer, parser,
-                              asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return;  // closed, or a request we cannot parse: nothing to answer
-    auto& req = parser.get();
-    HttpRequest request{std::string(req.method_string()), std::string(req.target()), req.body()};
-    bool keep_alive = req.keep_alive();
-
-    // The handler may answer later (after a store commit): wait on a timer that respond cancels.
-    auto executor = co_await asio::this_coro::executor;
-    auto response = std::make_shared<HttpResponse>();
-    auto ready =
-        std::make_shared<asio::steady_timer>(executor, asio::steady_timer::time_point::max());
-    state->handler(request, [response, ready, executor](HttpResponse r) {
-      asio::post(executor, [response, ready, r = std::move(r)]() mutable {
-        *response = std::move(r);
-        ready->cancel();
-      });
-    });
-    co_await ready->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-
-    http::response<http::string_body> res{static_cast<http::status>(response->status),
-                                          req.version()};
-    res.set(http::field::content_type, response->content_type);
-    res.set(http::field::server, "cairnd");
-    res.keep_alive(keep_alive);
-    res.body() = std::move(response->body);
-    res.prepare_payload();
-    co_await http::async_write(socket, res, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec || !keep_alive) co_return;
-  }
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
 }
 
-asio::awaitable<void> accept_loop(std::shared_ptr<UnixHttpServer::State> state) {
-  for (;;) {
-    error_code ec;
-    local::socket socket =
-        co_await state->acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-    if (ec == asio::error::operation_aborted || !state->acceptor.is_open()) co_return;
-    if (ec) {
-      log::warn("http", "accept on {} failed: {}", state->path, ec.message());
+std::string find_header(const HttpHeaders& headers, std::string_view name) {
+  for (const auto& [n, v] : headers) {
+    if (iequals(n, name)) return v;
+  }
+  return {};
+}
+
+bool has_header(const HttpHeaders& headers, std::string_view name) {
+  for (const auto& h : headers) {
+    if (iequals(h.first, name)) return true;
+  }
+  return false;
+}
+
+bool is_ip_literal(const std::string& host) {
+  error_code ec;
+  asio::ip::make_address(host, ec);
+  return !ec;
+}
+
+// Builds the wire request; `host_header` is used unless the caller set Host.
+Result<http::request<http::string_body>> build_request(const HttpRequest& request,
+                                                       const std::string& host_header) {
+  auto verb = http::string_to_verb(request.method);
+  if (verb == http::verb::unknown) {
+    return make_error(errc::invalid_argument, "unknown HTTP method '" + request.method + "'");
+  }
+  if (request.target.empty() || request.target.front() != '/' ||
+      request.target.find_first_of(" \r\n") != std::string::npos) {
+    return make_error(errc::invalid_argument,
+                      "HTTP target '" + request.target + "' must be a path starting with '/'");
+  }
+  http::request<http::string_body> req{verb, request.target, 11};
+  for (const auto& [name, value] : request.headers) {
+    if (name.empty() || name.find_first_of(":\r\n ") != std::string::npos ||
+        value.find_first_of("\r\n") != std::string::npos) {
+      return make_error(errc::invalid_argument, "invalid HTTP header '" + name + "'");
+    }
+    // Framing is derived from the body below.
+    if (iequals(name, "content-length") || iequals(name, "transfer-encoding")) {
       continue;
     }
-    asio::co_spawn(state->acceptor.get_executor(), serve_connection(std::move(socket), state),
-                   asio::detached);
+    req.insert(name, value);
   }
+  if (!has_header(request.headers, "host")) req.set(http::field::host, host_header);
+  if (!has_header(request.headers, "user-agent")) req.set(http::field::user_agent, "cairn");
+  if (!request.body.empty() && !has_header(request.headers, "content-type")) {
+    req.set(http::field::content_type, "application/json");
+  }
+  // One request per connection: say so, and the server need not wait for another.
+  req.keep_alive(false);
+  req.body() = request.body;
+  req.prepare_payload();
+  return req;
+}
+
+HttpResponse to_response(http::response<http::string_body>& res) {
+  HttpResponse out;
+  out.status = static_cast<int>(res.result_int());
+  out.content_type = std::string(res[http::field::content_type]);
+  for (const auto& field : res) {
+    out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  }
+  out.body = std::move(res.body());
+  return out;
+}
+
+// Writes the request and reads the response on a connected (and handshaken) stream.
+template <class Stream>
+asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
+                                               http::request<http::string_body>& req,
+                                               Clock::time_point deadline, std::string where,
+                                               int timeout_secs) {
+  auto failed = [&](const char* what, const error_code& ec) {
+    if (ec == beast::error::timeout) {
+      return make_error(errc::timeout, std::string("no answer from ") + where + " within " +
+                                           std::to_string(timeout_secs) + " s");
+    }
+    return make_error(errc::io_error, std::string(what) + " " + where + " failed: " + ec.message());
+  };
+  error_code ec;
+  beast::get_lowest_layer(stream).expires_at(deadline);
+  co_await http::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return failed("sending the request to", ec);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(kMaxResponseBody);
+  if (req.method() == http::verb::head) parser.skip(true);
+  co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return failed("reading the response from", ec);
+  co_return to_response(parser.get());
+}
+
+struct TcpCall {
+  const HttpTarget* target;
+  ssl::context* tls;  // null: plain TCP
+  std::string name;   // server name to verify
+  http::request<http::string_body>* req;
+  int timeout_secs;
+  std::optional<Result<HttpResponse>>* out;
+};
+
+// Makes OpenSSL check the certificate's name during the handshake: an IP SAN for an IP
+// literal, a DNS SAN (or CN) otherwise. Also sets SNI for names.
+Status set_peer_name(SSL* ssl, const std::string& name, bool verify) {
+  bool ip = is_ip_literal(name);
+  // RFC 6066: SNI carries host names only.
+  if (!ip && SSL_set_tlsext_host_name(ssl, name.c_str()) != 1) {
+    return make_error(errc::invalid_argument, "cannot use '" + name + "' as TLS server name");
+  }
+  if (!verify) return {};
+  int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str())
+              : SSL_set1_host(ssl, name.c_str());
+  if (ok != 1) {
+    return make_error(errc::invalid_argument, "cannot verify TLS server name '" + name + "'");
+  }
+  return {};
+}
+
+asio::awaitable<Status> connect_tcp(beast::tcp_stream& stream,
+                                    const tcp::resolver::results_type& endpoints,
+                                    Clock::time_point deadline, const std::string& where) {
+  error_code ec;
+  stream.expires_at(deadline);
+  co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    co_return make_error(ec == beast::error::timeout ? errc::timeout : errc::unavailable,
+                         "cannot connect to " + where + ": " + ec.message());
+  }
+  co_return Status{};
+}
+
+asio::awaitable<void> tcp_call(TcpCall call) {
+  auto& out = *call.out;
+  const HttpTarget& target = *call.target;
+  std::string where = (is_ip_literal(target.host) && target.host.find(':') != std::string::npos
+                           ? "[" + target.host + "]"
+                           : target.host) +
+                      ":" + std::to_string(target.port);
+  auto deadline = Clock::now() + std::chrono::seconds(call.timeout_secs);
+  auto executor = co_await asio::this_coro::executor;
+
+  error_code ec;
+  tcp::resolver resolver(executor);
+  // Resolution is synchronous: IP literals resolve at once, and this is a blocking call anyway.
+  auto endpoints = resolver.resolve(target.host, std::to_string(target.port),
+                                    tcp::resolver::numeric_service, ec);
+  if (ec) {
+    out = make_error(errc::unavailable, "cannot resolve " + target.host + ": " + ec.message());
+    co_return;
+  }
+  if (!call.tls) {
+    beast::tcp_stream stream(executor);
+    if (auto s = co_await connect_tcp(stream, endpoints, deadline, where); !s) {
+      out = std::move(s).error();
+      co_return;
+    }
+    out = co_await exchange(stream, *call.req, deadline, where, call.timeout_secs);
+    co_return;
+  }
+  ssl::stream<beast::tcp_stream> stream(executor, *call.tls);
+  if (auto s = set_peer_name(stream.native_handle(), call.name, target.verify); !s) {
+    out = s.error();
+    co_return;
+  }
+  if (auto s = co_await connect_tcp(beast::get_lowest_layer(stream), endpoints, deadline, where);
+      !s) {
+    out = std::move(s).error();
+    co_return;
+  }
+  co_await stream.async_handshake(ssl::stream_base::client,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    long verify_result = SSL_get_verify_result(stream.native_handle());
+    if (target.verify && verify_result != X509_V_OK) {
+      out = make_error(errc::unauthorized,
+                       "TLS certificate of " + where + " not accepted: " +
+                           X509_verify_cert_error_string(verify_result) + " (it must chain to " +
+                           (target.ca_file.empty() ? "the system trust store" : target.ca_file) +
+                           " and name '" + call.name + "')");
+    } else if (ec == beast::error::timeout) {
+      out = make_error(errc::timeout, "TLS handshake with " + where + " timed out");
+    } else {
+      out = make_error(errc::unavailable, "TLS handshake with " + where +
+                                              " failed: " + ec.message() + " (is it a TLS port?)");
+    }
+    co_return;
+  }
+  out = co_await exchange(stream, *call.req, deadline, where, call.timeout_secs);
+}
+
+Result<std::unique_ptr<ssl::context>> client_tls_context(const HttpTarget& target) {
+  std::unique_ptr<ssl::context> ctx;
+  // ssl::context's constructor throws if OpenSSL cannot make a context; keep that inside.
+  try {
+    ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
+  } catch (const std::exception& e) {
+    return make_error(errc::internal, std::string("cannot create a TLS context: ") + e.what());
+  }
+  error_code ec;
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1,
+                   ec);
+  ctx->set_verify_mode(target.verify ? ssl::verify_peer : ssl::verify_none, ec);
+  if (!target.ca_file.empty()) {
+    ctx->load_verify_file(target.ca_file, ec);
+    if (ec) {
+      return make_error(errc::invalid_argument,
+                        "cannot read CA file " + target.ca_file + ": " + ec.message());
+    }
+  } else if (target.verify) {
+    ctx->set_default_verify_paths(ec);
+  }
+  return ctx;
+}
+
+asio::awaitable<void> unix_call(std::string socket_path, http::request<http::string_body>* req,
+                                int timeout_secs, std::optional<Result<HttpResponse>>* out) {
+  auto executor = co_await asio::this_coro::executor;
+  auto deadline = Clock::now() + std::chrono::seconds(timeout_secs);
+  beast::basic_stream<local> stream(executor);
+  error_code ec;
+  stream.expires_at(deadline);
+  co_await stream.async_connect(local::endpoint(socket_path),
+                                asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    *out = make_error(errc::unavailable, "cannot connect to " + socket_path + " (" + ec.message() +
+                                             "): is cairnd running with this --home?");
+    co_return;
+  }
+  *out = co_await exchange(stream, *req, deadline, socket_path, timeout_secs);
 }
 
 }  // namespace
+
+std::string HttpRequest::header(std::string_view name) const { return find_header(headers, name); }
+
+std::string HttpResponse::header(std::string_view name) const { return find_header(headers, name); }
 
 std::string http_path(const std::string& target) { return target.substr(0, target.find('?')); }
 
@@ -109,66 +299,47 @@ std::string http_query_param(const std::string& target, const std::string& name)
   return {};
 }
 
-Result<std::shared_ptr<UnixHttpServer>> UnixHttpServer::start(asio::io_context& io,
-                                                              const std::string& socket_path,
-                                                              HttpHandler handler) {
-  auto state = std::make_shared<State>(io, std::move(handler));
-  state->path = socket_path;
-  std::error_code fs_ec;
-  std::filesystem::create_directories(std::filesystem::path(socket_path).parent_path(), fs_ec);
-  std::filesystem::remove(socket_path, fs_ec);  // a socket file left by a previous run
-  error_code ec;
-  state->acceptor.open(local(), ec);
-  if (!ec) state->acceptor.bind(local::endpoint(socket_path), ec);
-  if (!ec) state->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return make_error(errc::io_error, "cannot listen on " + socket_path + ": " + ec.message());
+Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& request,
+                                  int timeout_secs) {
+  if (target.host.empty()) return make_error(errc::invalid_argument, "HTTP target has no host");
+  if (target.port == 0) return make_error(errc::invalid_argument, "HTTP target has no port");
+  if (timeout_secs <= 0) timeout_secs = 1;
+  bool use_tls = target.tls || !target.ca_file.empty();
+  std::string name = target.server_name.empty() ? target.host : target.server_name;
+
+  std::string host_header = is_ip_literal(target.host) && target.host.find(':') != std::string::npos
+                                ? "[" + target.host + "]"
+                                : target.host;
+  if (target.port != (use_tls ? 443 : 80)) host_header += ":" + std::to_string(target.port);
+  auto req = build_request(request, host_header);
+  if (!req) return std::move(req).error();
+
+  std::unique_ptr<ssl::context> tls;
+  if (use_tls) {
+    auto ctx = client_tls_context(target);
+    if (!ctx) return std::move(ctx).error();
+    tls = std::move(*ctx);
   }
-  ::chmod(socket_path.c_str(), 0660);
-  asio::co_spawn(io, accept_loop(state), asio::detached);
-  return std::shared_ptr<UnixHttpServer>(new UnixHttpServer(state));
-}
-
-UnixHttpServer::~UnixHttpServer() { stop(); }
-
-void UnixHttpServer::stop() {
-  if (!state_->acceptor.is_open()) return;
-  // Close on the acceptor's executor: the accept loop may be running there.
-  asio::post(state_->acceptor.get_executor(), [state = state_] {
-    error_code ec;
-    state->acceptor.close(ec);
-    std::error_code fs_ec;
-    std::filesystem::remove(state->path, fs_ec);
-  });
+  asio::io_context io;
+  std::optional<Result<HttpResponse>> out;
+  asio::co_spawn(io, tcp_call(TcpCall{&target, tls.get(), name, &*req, timeout_secs, &out}),
+                 asio::detached);
+  io.run();
+  if (!out) return make_error(errc::internal, "HTTP request ended without a result");
+  return std::move(*out);
 }
 
 Result<HttpResponse> unix_http_request(const std::string& socket_path, const HttpRequest& request,
                                        int timeout_secs) {
+  if (timeout_secs <= 0) timeout_secs = 1;
+  auto req = build_request(request, "localhost");
+  if (!req) return std::move(req).error();
   asio::io_context io;
-  local::socket socket(io);
-  error_code ec;
-  socket.connect(local::endpoint(socket_path), ec);
-  if (ec) {
-    return make_error(errc::unavailable, "cannot connect to " + socket_path + " (" + ec.message() +
-                                             "): is cairnd running with this --home?");
-  }
-  http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
-  req.set(http::field::host, "localhost");
-  req.set(http::field::content_type, "application/json");
-  req.body() = request.body;
-  req.prepare_payload();
-  // Blocking reads honour SO_RCVTIMEO: a hung daemon makes the CLI fail instead of hang.
-  timeval tv{timeout_secs, 0};
-  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  http::write(socket, req, ec);
-  if (ec)
-    return make_error(errc::io_error, "request to " + socket_path + " failed: " + ec.message());
-  beast::flat_buffer buffer;
-  http::response<http::string_body> res;
-  http::read(socket, buffer, res, ec);
-  if (ec) return make_error(errc::io_error, "no answer from " + socket_path + ": " + ec.message());
-  return HttpResponse{static_cast<int>(res.result_int()), res.body(),
-                      std::string(res[http::field::content_type])};
+  std::optional<Result<HttpResponse>> out;
+  asio::co_spawn(io, unix_call(socket_path, &*req, timeout_secs, &out), asio::detached);
+  io.run();
+  if (!out) return make_error(errc::internal, "HTTP request ended without a result");
+  return std::move(*out);
 }
 
 }  // namespace cairn::net

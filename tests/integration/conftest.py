@@ -6,15 +6,24 @@ Binaries come from $CAIRN_BIN_DIR (default: build-asan/bin under the repository)
 Fixtures
   cairnd_factory  -> make(routes=..., config=..., start=True) -> Cairnd
   cairnd          -> a started Cairnd with the default routes (sensor -> filter)
-  module_client   -> connect(cairnd, module, **kw) -> ModuleClient (paho, TLS, SAS auth)
+  module_client   -> connect(cairnd, module, **kw) -> ModuleClient (paho, TLS, SAS auth; twin
+                     and direct-method helpers: enable_twin, twin_get, patch_reported,
+                     expect_desired, serve_methods)
   raw_mqtt        -> open(cairnd, tls=False) -> RawMqtt (hand-made packets)
+  cloud_factory   -> make(start=True) -> CairnCloud (cairn-cloud on CLOUD_HOST, free ports;
+                     REST helpers with service SAS tokens)
+  cloud           -> a started CairnCloud
+  tcp_proxy       -> make(target_port) -> TcpProxy (cut()/restore() a cloud link)
+  edge_device(cloud, cairnd_factory, ...) -> a Cairnd registered as an edge device of the cloud
+  CloudDevice(cloud, device_id)           -> lets module_client connect straight to the cloud
 
-Every test's cairnd logs are attached to the report when the test fails, and a sanitizer
-report in a cairnd log fails the test that produced it.
+Every test's cairnd and cairn-cloud logs are attached to the report when the test fails, and a
+sanitizer report in a log fails the test that produced it.
 """
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import queue
@@ -26,6 +35,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -69,15 +79,15 @@ def wait_for(predicate, timeout=DEFAULT_TIMEOUT, interval=0.02, what="condition"
         time.sleep(interval)
 
 
-def free_port():
+def free_port(host=HOST):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def port_accepts(port):
+def port_accepts(port, host=HOST):
     try:
-        with socket.create_connection((HOST, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -136,11 +146,16 @@ class Cairnd:
             "max_keepalive_secs": 600, "connect_timeout_secs": 30, "max_connections": 1000,
         }
         self.store_config = {"fsync": False, "max_bytes": 1 << 30, "expire_interval_secs": 30}
+        # Module-to-module methods over HTTPS; a free port (443 in production).
+        self.http_config = {"port": free_port()}
+        # The cloud link: empty unless a test connects this device to a cairn-cloud.
+        self.upstream_config = {}
         self.top_config = {"device_id": device_id, "hostname": "localhost",
                            "iothub_hostname": IOTHUB_HOSTNAME, "default_ttl_secs": 7200}
         for key, value in (config or {}).items():
             section, _, name = key.partition(".")
-            {"mqtt": self.mqtt_config, "store": self.store_config}[section][name] = value
+            {"mqtt": self.mqtt_config, "store": self.store_config, "http": self.http_config,
+             "upstream": self.upstream_config}[section][name] = value
         self.top_config.update(top or {})
         self.ttl_secs = ttl_secs
         self.extra_desired = extra_desired or {}
@@ -175,6 +190,10 @@ class Cairnd:
     def plain_port(self):
         return self.mqtt_config["plain_port"]
 
+    @property
+    def https_port(self):
+        return self.http_config["port"]
+
     def write_config(self):
         def value(v):
             if isinstance(v, bool):
@@ -188,6 +207,11 @@ class Cairnd:
         lines += [f"{k} = {value(v)}" for k, v in self.mqtt_config.items()]
         lines.append("[store]")
         lines += [f"{k} = {value(v)}" for k, v in self.store_config.items()]
+        lines.append("[http]")
+        lines += [f"{k} = {value(v)}" for k, v in self.http_config.items()]
+        if self.upstream_config:
+            lines.append("[upstream]")
+            lines += [f"{k} = {value(v)}" for k, v in self.upstream_config.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def write_manifest(self):
@@ -353,6 +377,25 @@ class Cairnd:
     def inputs_filter(self, module):
         return f"devices/{self.device_id}/modules/{module}/#"
 
+    # -- the cloud link
+
+    def upstream_status(self):
+        return self.status()["upstream"]
+
+    def link_state(self, module):
+        """State of the upstream link of `module` ("online", "backoff", ...), None if none."""
+        link = self.upstream_status().get("links", {}).get(self.client_id(module))
+        return link["state"] if link else None
+
+    def wait_link(self, module, state="online", timeout=DEFAULT_TIMEOUT):
+        wait_for(lambda: self.link_state(module) == state, timeout,
+                 what=f"upstream link of {module} to be {state} "
+                      f"(now {self.link_state(module)})")
+
+    def twin_view(self, module):
+        """The twin cached for `module` (`cairn twin get`)."""
+        return json.loads(self.cli("twin", "get", module).stdout)
+
 
 @pytest.fixture
 def cairnd_factory(tmp_path, request):
@@ -394,6 +437,539 @@ def pytest_runtest_makereport(item, call):
             if len(text) > 30000:
                 text = "...\n" + text[-30000:]
             report.sections.append((f"cairnd[{i}] log ({d.home})", text))
+        for i, c in enumerate(getattr(item, "_cloud_instances", [])):
+            text = c.log_text(all_runs=True)
+            if len(text) > 30000:
+                text = "...\n" + text[-30000:]
+            report.sections.append((f"cairn-cloud[{i}] log ({c.home})", text))
+
+
+# --------------------------------------------------------------------------------------------
+# cairn-cloud
+
+CAIRN_CLOUD = BIN_DIR / "cairn-cloud"
+# The cloud listens on its own loopback address so that it never competes with cairnd (which
+# keeps 127.0.0.1) for ports; the whole 127/8 reaches the loopback interface on Linux.
+CLOUD_HOST = "127.0.0.2"
+SERVICE_POLICY = "iothubowner"
+
+
+def error_code(body):
+    """The code of an IoT Hub error body {"Message": "ErrorCode:<Code>;<text>"}, or None."""
+    if isinstance(body, dict) and isinstance(body.get("Message"), str):
+        message = body["Message"]
+        if message.startswith("ErrorCode:"):
+            return message[len("ErrorCode:"):].split(";", 1)[0]
+    return None
+
+
+class RestReply:
+    """One HTTP answer: status, headers (lower-case names), text and parsed JSON (or None)."""
+
+    def __init__(self, status, headers, text):
+        self.status = status
+        self.headers = headers
+        self.text = text
+        try:
+            self.json = json.loads(text) if text else None
+        except ValueError:
+            self.json = None
+
+    @property
+    def error_code(self):
+        return error_code(self.json)
+
+    @property
+    def message(self):
+        if isinstance(self.json, dict):
+            return self.json.get("Message") or self.json.get("message") or ""
+        return self.text
+
+    def __repr__(self):
+        return f"RestReply({self.status}, {self.text[:300]!r})"
+
+
+class _TlsConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, with the certificate checked against `server_name`."""
+
+    def __init__(self, host, port, server_name, context, timeout):
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._server_name = server_name
+        self._tls_context = context
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._tls_context.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def https_request(host, port, method, target, ca_file, server_name=None, body=None, raw=None,
+                  headers=None, timeout=DEFAULT_TIMEOUT):
+    """One HTTPS request; `body` is sent as JSON, `raw` (bytes or str) as it is."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    conn = _TlsConnection(host, port, server_name or host, ctx, timeout)
+    data = None
+    if raw is not None:
+        data = raw.encode() if isinstance(raw, str) else raw
+    elif body is not None:
+        data = json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json"}
+    all_headers.update(headers or {})
+    try:
+        conn.request(method, target, body=data, headers=all_headers)
+        r = conn.getresponse()
+        text = r.read().decode("utf-8", errors="replace")
+        return RestReply(r.status, {k.lower(): v for k, v in r.getheaders()}, text)
+    finally:
+        conn.close()
+
+
+class CairnCloud:
+    """One cairn-cloud with its own home directory and free ports on CLOUD_HOST. Restarts keep
+    the home and the ports, as a cloud coming back would."""
+
+    def __init__(self, home, hostname=None, fsync=False):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.listen = CLOUD_HOST
+        self.hostname = hostname or CLOUD_HOST
+        self.mqtt_port = free_port(CLOUD_HOST)
+        self.https_port = free_port(CLOUD_HOST)
+        self.fsync = fsync
+        self.proc = None
+        self.runs = 0
+        self.log_paths = []
+        self.connection_string = None
+        self.service_key = None
+
+    @property
+    def ca_path(self):
+        return self.home / "certs" / "edge-ca.pem"
+
+    @property
+    def messages_path(self):
+        return self.home / "data" / "messages.jsonl"
+
+    def command(self):
+        return [str(CAIRN_CLOUD), "--home", str(self.home), "--listen", self.listen,
+                "--hostname", self.hostname, "--mqtt-port", str(self.mqtt_port),
+                "--https-port", str(self.https_port), "--fsync", "true" if self.fsync else "false",
+                "--log-level", "debug"]
+
+    # -- process
+
+    @property
+    def log_path(self):
+        return self.log_paths[-1]
+
+    def _out_path(self, run):
+        return self.home / f"cloud.{run}.out"
+
+    def log_text(self, all_runs=False):
+        runs = range(1, self.runs + 1) if all_runs else [self.runs]
+        out = []
+        for run in runs:
+            for p in (self.home / f"cloud.{run}.log", self._out_path(run)):
+                try:
+                    out.append(p.read_text(errors="replace"))
+                except FileNotFoundError:
+                    pass
+        return "".join(out)
+
+    def stdout_text(self):
+        try:
+            return self._out_path(self.runs).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout=START_TIMEOUT):
+        assert self.proc is None, "cairn-cloud already running"
+        if not CAIRN_CLOUD.exists():
+            pytest.fail(f"{CAIRN_CLOUD} is missing: build the cairn-cloud target")
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except AssertionError:
+                # A free port taken by a parallel test between free_port() and bind: on the
+                # first start only (a restart must come back on the same ports).
+                if self.runs > attempt + 1 or "cannot listen" not in self.log_text():
+                    raise
+                self.mqtt_port = free_port(CLOUD_HOST)
+                self.https_port = free_port(CLOUD_HOST)
+        raise AssertionError("cairn-cloud could not find free ports")
+
+    def _start_once(self, timeout):
+        self.runs += 1
+        log_path = self.home / f"cloud.{self.runs}.log"
+        self.log_paths.append(log_path)
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        with open(log_path, "wb") as log, open(self._out_path(self.runs), "wb") as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=log,
+                                         stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            text = self.stdout_text()
+            if "cairn-cloud ready" in text and "SharedAccessKey=" in text and text.endswith("\n"):
+                break
+            time.sleep(0.02)
+        rc = self.proc.poll()
+        if rc is not None or "cairn-cloud ready" not in self.stdout_text():
+            if rc is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+            raise AssertionError(f"cairn-cloud did not become ready (exit {rc}):\n"
+                                 f"{self.log_text()[-6000:]}")
+        for line in self.stdout_text().splitlines():
+            line = line.strip()
+            if line.startswith("HostName="):
+                self.connection_string = line
+        assert self.connection_string, f"no connection string printed:\n{self.stdout_text()}"
+        fields = parse_connection_string(self.connection_string)
+        assert fields["HostName"] == self.hostname, fields
+        assert fields["SharedAccessKeyName"] == SERVICE_POLICY, fields
+        self.service_key = fields["SharedAccessKey"]
+        for port in (self.mqtt_port, self.https_port):
+            wait_for(lambda: port_accepts(port, CLOUD_HOST), what=f"cloud port {port}")
+        return self
+
+    def stop(self, timeout=30.0, expect_rc=0):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise AssertionError(f"cairn-cloud did not stop within {timeout}s after SIGTERM")
+        self.proc = None
+        self.check_sanitizers()
+        if expect_rc is not None:
+            assert rc == expect_rc, f"cairn-cloud exited with {rc}:\n{self.log_text()[-4000:]}"
+        return rc
+
+    def kill9(self):
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.check_sanitizers()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_sanitizers(self):
+        text = self.log_text()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, f"sanitizer report in cairn-cloud log:\n{text[-8000:]}"
+
+    # -- REST (the IoT Hub service API)
+
+    def service_token(self, expiry=None, key=None, policy=SERVICE_POLICY, audience=None):
+        """`SharedAccessSignature sr={hostname}&sig=…&se=…&skn={policy}`."""
+        if expiry is None:
+            expiry = int(time.time()) + 3600
+        token = sas_token(audience or self.hostname, key or self.service_key, expiry)
+        return token + (f"&skn={policy}" if policy else "")
+
+    def request(self, method, target, body=None, raw=None, token=None, headers=None,
+                api_version=True, timeout=DEFAULT_TIMEOUT):
+        """One REST call; returns a RestReply whatever the status. `token=""` sends no
+        Authorization header."""
+        if api_version and "api-version=" not in target:
+            target += ("&" if "?" in target else "?") + f"api-version={API_VERSION}"
+        all_headers = dict(headers or {})
+        if token is None:
+            token = self.service_token()
+        if token:
+            all_headers["Authorization"] = token
+        return https_request(CLOUD_HOST, self.https_port, method, target, self.ca_path,
+                             server_name=self.hostname, body=body, raw=raw, headers=all_headers,
+                             timeout=timeout)
+
+    def call(self, method, target, body=None, expect=200, **kw):
+        """A REST call that must answer `expect`; returns the JSON body."""
+        r = self.request(method, target, body=body, **kw)
+        assert r.status == expect, f"{method} {target} -> {r.status}: {r.text[:2000]}"
+        return r.json
+
+    def create_device(self, device_id, edge=False):
+        return self.call("PUT", f"/devices/{device_id}",
+                         {"deviceId": device_id, "capabilities": {"iotEdge": edge}})
+
+    def device_key(self, device_id):
+        d = self.call("GET", f"/devices/{device_id}")
+        return d["authentication"]["symmetricKey"]["primaryKey"]
+
+    def twin(self, device_id, module_id=None):
+        path = f"/twins/{device_id}" + (f"/modules/{module_id}" if module_id else "")
+        return self.call("GET", path)
+
+    def update_twin(self, device_id, module_id, patch, etag="*"):
+        path = f"/twins/{device_id}" + (f"/modules/{module_id}" if module_id else "")
+        return self.request("PATCH", path, body=patch, headers={"If-Match": f'"{etag}"'})
+
+    def set_desired(self, device_id, module_id, desired):
+        r = self.update_twin(device_id, module_id, {"properties": {"desired": desired}})
+        assert r.status == 200, r
+        return r.json
+
+    def invoke(self, device_id, module_id, method_name, payload=None, response_timeout=10,
+               connect_timeout=0, timeout=None):
+        path = f"/twins/{device_id}" + (f"/modules/{module_id}" if module_id else "") + "/methods"
+        body = {"methodName": method_name, "payload": payload,
+                "responseTimeoutInSeconds": response_timeout,
+                "connectTimeoutInSeconds": connect_timeout}
+        return self.request("POST", path, body=body,
+                            timeout=timeout or response_timeout + connect_timeout + 15)
+
+    def messages(self, device_id=None, module_id=None, after=0, limit=1000):
+        query = [f"after={after}", f"limit={limit}"]
+        if device_id:
+            query.append(f"deviceId={urllib.parse.quote(device_id, safe='')}")
+        if module_id:
+            query.append(f"moduleId={urllib.parse.quote(module_id, safe='')}")
+        return self.call("GET", "/cairn/messages?" + "&".join(query))
+
+    def all_messages(self, device_id=None, module_id=None):
+        """Every stored message (paged through with `after`), in store order."""
+        out, after = [], 0
+        while True:
+            page = self.messages(device_id, module_id, after=after)
+            if not page:
+                return out
+            out += page
+            after = page[-1]["seq"]
+
+    def status(self):
+        return self.call("GET", "/cairn/status")
+
+    def stored_count(self):
+        return self.status()["telemetry"]["stored"]
+
+    def messages_file(self):
+        """The JSON lines the file sink wrote, parsed."""
+        try:
+            text = self.messages_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def cli(self, *args, check=True, timeout=60):
+        """`cairn cloud …` against this cloud."""
+        r = subprocess.run([str(CAIRN), "cloud", "--connection-string", self.connection_string,
+                            "--ca", str(self.ca_path), "--port", str(self.https_port), *args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, (f"cairn cloud {' '.join(args)} -> {r.returncode}\n"
+                                       f"stdout: {r.stdout}\nstderr: {r.stderr}")
+        return r
+
+    def upstream_config(self, device_key, port=None, **overrides):
+        """cairnd config keys for an edge device of this cloud (fast back-off for tests)."""
+        cfg = {"upstream.hostname": CLOUD_HOST,
+               "upstream.port": port or self.mqtt_port,
+               "upstream.iothub_hostname": self.hostname,
+               "upstream.ca_file": str(self.ca_path),
+               "upstream.device_key": device_key,
+               "upstream.min_backoff_ms": 200,
+               "upstream.max_backoff_secs": 2,
+               "upstream.operation_timeout_secs": 10}
+        cfg.update({f"upstream.{k}": v for k, v in overrides.items()})
+        return cfg
+
+
+class CloudDevice:
+    """A device (or a module with its own key) of a cairn-cloud, in the shape ModuleClient
+    expects of a Cairnd: connect with module_client(CloudDevice(cloud, "dev1"), None) for a
+    device, or module_client(CloudDevice(cloud, "dev1"), "m1") for a module."""
+
+    host = CLOUD_HOST
+
+    def __init__(self, cloud, device_id, key=None, module_keys=None):
+        self.cloud = cloud
+        self.device_id = device_id
+        self.key = key or cloud.device_key(device_id)
+        self.module_keys = dict(module_keys or {})
+        self.ca_path = cloud.ca_path
+        self.tls_port = cloud.mqtt_port
+        self.plain_port = None
+
+    def _identity(self, module):
+        return self.device_id if module is None else f"{self.device_id}/{module}"
+
+    def token(self, module, expiry=None, key=None, resource=None):
+        if resource is None:
+            resource = f"{self.cloud.hostname}/devices/{self.device_id}"
+            if module is not None:
+                resource += f"/modules/{module}"
+        if key is None:
+            key = self.key if module is None else self.module_keys[module]
+        return sas_token(resource, key, expiry or int(time.time()) + 3600)
+
+    def username(self, module):
+        return f"{self.cloud.hostname}/{self._identity(module)}/?api-version={API_VERSION}"
+
+    def client_id(self, module):
+        return self._identity(module)
+
+    def events_topic(self, module, props=None):
+        base = (f"devices/{self.device_id}/messages/events/" if module is None else
+                f"devices/{self.device_id}/modules/{module}/messages/events/")
+        return base + encode_bag(props) if props else base
+
+
+@pytest.fixture
+def cloud_factory(tmp_path, request):
+    instances = []
+
+    def make(start=True, **kwargs):
+        c = CairnCloud(tmp_path / f"cloud{len(instances)}", **kwargs)
+        instances.append(c)
+        if start:
+            c.start()
+        return c
+
+    request.node._cloud_instances = instances
+    yield make
+    errors = []
+    for c in instances:
+        try:
+            if c.running():
+                c.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("cairn-cloud shutdown problems:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def cloud(cloud_factory):
+    return cloud_factory()
+
+
+def edge_device(cloud, cairnd_factory, device_id="edge1", proxy=None, upstream=None,
+                config=None, **kwargs):
+    """Registers `device_id` in `cloud` as an edge device and makes a cairnd for it whose
+    upstream link goes to the cloud, or through `proxy` (a TcpProxy) when given. `upstream`:
+    more [upstream] keys; other keyword arguments go to cairnd_factory (start=False too)."""
+    existing = cloud.request("GET", f"/devices/{device_id}")
+    if existing.status == 404:
+        cloud.create_device(device_id, edge=True)
+    key = cloud.device_key(device_id)
+    cfg = cloud.upstream_config(key, port=proxy.port if proxy else None, **(upstream or {}))
+    cfg.update(config or {})
+    return cairnd_factory(device_id=device_id, config=cfg, **kwargs)
+
+
+class TcpProxy:
+    """A TCP relay on CLOUD_HOST to a cairn-cloud port: takes a device offline while the cloud
+    stays up. cut() closes every relayed connection and refuses new ones (accepted, then
+    closed at once) until restore()."""
+
+    def __init__(self, target_port, target_host=CLOUD_HOST):
+        self.target = (target_host, target_port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((CLOUD_HOST, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.relayed = 0   # connections passed on
+        self.refused = 0   # connections closed because the proxy was cut
+        self._cut = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._pairs = []
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                cut = self._cut
+            if cut:
+                self.refused += 1
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            conn.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._pairs.append((conn, upstream))
+                self.relayed += 1
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def connections(self):
+        with self._lock:
+            return len(self._pairs)
+
+    def cut(self):
+        with self._lock:
+            self._cut = True
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def restore(self):
+        with self._lock:
+            self._cut = False
+
+    def close(self):
+        self._closed = True
+        self.cut()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def tcp_proxy():
+    proxies = []
+
+    def make(target_port, **kwargs):
+        p = TcpProxy(target_port, **kwargs)
+        proxies.append(p)
+        return p
+
+    yield make
+    for p in proxies:
+        p.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,6 +1021,11 @@ class ModuleClient:
         self.disconnect_rc = None
         self.acked_mids = set()
         self.suback = {}
+        # Twin and method traffic ($iothub/...) is kept apart from input messages.
+        self.twin_replies = {}           # $rid -> (status, body bytes)
+        self.desired = queue.Queue()     # desired patches (parsed JSON), in arrival order
+        self.method_calls = queue.Queue()  # (name, payload JSON or None, rid)
+        self.method_handler = None
         self.lock = threading.Lock()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -469,6 +1050,9 @@ class ModuleClient:
         self.disconnected.set()
 
     def _on_message(self, client, userdata, msg):
+        if msg.topic.startswith("$iothub/"):
+            self._on_iothub(msg)
+            return
         r = Received(msg)
         with self.lock:
             self.received.append(r)
@@ -495,7 +1079,8 @@ class ModuleClient:
                 return
 
     def connect(self, expect_rc=0, timeout=DEFAULT_TIMEOUT):
-        self.client.connect(HOST, self.port, keepalive=self.keepalive)
+        self.client.connect(getattr(self.cairnd, "host", HOST), self.port,
+                            keepalive=self.keepalive)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         # What loop_start() does: with a network thread registered, publish() from another
         # thread only queues (and wakes the loop) instead of writing to the TLS socket
@@ -508,6 +1093,82 @@ class ModuleClient:
         if expect_rc is not None:
             assert self.connack == expect_rc, f"CONNACK {self.connack}, expected {expect_rc}"
         return self
+
+    # -- twin and direct methods (PROTOCOL.md 3.4), as the device SDKs do them
+
+    def _on_iothub(self, msg):
+        topic = msg.topic
+        query = decode_bag(topic.partition("?")[2])
+        if topic.startswith("$iothub/twin/res/"):
+            status = int(topic[len("$iothub/twin/res/"):].split("/", 1)[0])
+            with self.lock:
+                self.twin_replies[query.get("$rid")] = (status, msg.payload)
+        elif topic.startswith("$iothub/twin/PATCH/properties/desired/"):
+            self.desired.put(json.loads(msg.payload))
+        elif topic.startswith("$iothub/methods/POST/"):
+            name = topic[len("$iothub/methods/POST/"):].split("/", 1)[0]
+            payload = json.loads(msg.payload) if msg.payload else None
+            rid = query.get("$rid")
+            self.method_calls.put((name, payload, rid))
+            handler = self.method_handler
+            answer = handler(name, payload) if handler else None
+            if answer is not None:
+                self.answer_method(rid, *answer)
+
+    def answer_method(self, rid, status, payload):
+        body = b"" if payload is None else json.dumps(payload).encode()
+        self.client.publish(f"$iothub/methods/res/{status}/?$rid={rid}", body, qos=0)
+
+    def enable_twin(self, desired=True, timeout=DEFAULT_TIMEOUT):
+        """Subscribes to twin responses (and desired patches), QoS 0 as the SDKs do."""
+        self.subscribe("$iothub/twin/res/#", 0, timeout)
+        if desired:
+            self.subscribe("$iothub/twin/PATCH/properties/desired/#", 0, timeout)
+
+    def serve_methods(self, handler=lambda name, payload: (200, {"echo": payload,
+                                                                 "name": name}),
+                      timeout=DEFAULT_TIMEOUT):
+        """Subscribes to direct methods; `handler(name, payload)` returns (status, payload)
+        or None to leave the call unanswered."""
+        self.method_handler = handler
+        return self.subscribe("$iothub/methods/POST/#", 0, timeout)
+
+    def twin_request(self, kind, body=b"", timeout=DEFAULT_TIMEOUT):
+        """kind "GET" or "PATCH" (reported). Returns (status, body bytes)."""
+        rid = str(uuid.uuid4())
+        prefix = ("$iothub/twin/GET/" if kind == "GET"
+                  else "$iothub/twin/PATCH/properties/reported/")
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        self.client.publish(f"{prefix}?$rid={rid}", body, qos=0)
+        wait_for(lambda: rid in self.twin_replies or self.disconnected.is_set(), timeout,
+                 what=f"{self.client_id}: twin {kind} answer")
+        assert rid in self.twin_replies, f"{self.client_id}: disconnected during twin {kind}"
+        with self.lock:
+            return self.twin_replies.pop(rid)
+
+    def twin_get(self, timeout=DEFAULT_TIMEOUT):
+        status, body = self.twin_request("GET", timeout=timeout)
+        assert status == 200, f"twin GET answered {status}: {body!r}"
+        return json.loads(body)
+
+    def patch_reported(self, patch, timeout=DEFAULT_TIMEOUT):
+        """Returns the status (204 when accepted)."""
+        return self.twin_request("PATCH", patch, timeout=timeout)[0]
+
+    def expect_desired(self, n=1, timeout=DEFAULT_TIMEOUT):
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.client_id}: got {len(out)} of {n} desired patches:"
+                                     f" {out}")
+            try:
+                out.append(self.desired.get(timeout=remaining))
+            except queue.Empty:
+                pass
+        return out
 
     def subscribe_inputs(self, qos=1, timeout=DEFAULT_TIMEOUT):
         return self.subscribe(self.cairnd.inputs_filter(self.module), qos, timeout)

@@ -1,0 +1,230 @@
+// cairn-cloud: the self-hosted cloud hub. One process serves the IoT Hub device protocol over
+// MQTT/TLS (the same broker code as cairnd's hub, in its cloud role: every registered device
+// and module, twins of record, telemetry into a durable queue drained by the sink) and the
+// IoT Hub service REST API over HTTPS, on one address.
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "cloud/authenticator.hpp"
+#include "cloud/connections.hpp"
+#include "cloud/registry.hpp"
+#include "cloud/rest_api.hpp"
+#include "cloud/sqlite_cloud_store.hpp"
+#include "cloud/telemetry_sink.hpp"
+#include "cloud/twins.hpp"
+#include "core/log.hpp"
+#include "hub/edgehub_config.hpp"
+#include "hub/hub.hpp"
+#include "net/asio.hpp"
+#include "net/http.hpp"
+#include "store/message_store.hpp"
+
+namespace {
+
+using namespace cairn;
+
+struct Options {
+  std::string home = "/var/lib/cairn-cloud";
+  std::string listen = "127.0.0.2";
+  std::string hostname;  // default: the listen address
+  std::uint16_t mqtt_port = 8883;
+  std::uint16_t https_port = 443;
+  std::string messages_file;  // JSON lines; default HOME/data/messages.jsonl
+  bool fsync = true;
+};
+
+// Device-to-cloud messages wait in the hub's durable queue until the sink has stored them.
+constexpr const char* kSinkRoutes = R"({"schemaVersion": "1.1",
+  "routes": {"telemetry": "FROM /* INTO $upstream"},
+  "storeAndForwardConfiguration": {"timeToLiveSecs": -1}})";
+
+int run(const Options& o) {
+  const std::string hostname = o.hostname.empty() ? o.listen : o.hostname;
+  std::error_code ec;
+  std::filesystem::create_directories(o.home + "/data", ec);
+  if (ec) {
+    log::error("cairn-cloud", "cannot create {}/data: {}", o.home, ec.message());
+    return 1;
+  }
+  cloud::SqliteCloudStoreOptions db_options;
+  db_options.path = o.home + "/data/cloud.db";
+  db_options.full_sync = o.fsync;
+  auto db = cloud::SqliteCloudStore::open(db_options);
+  if (!db) {
+    log::error("cairn-cloud", "cannot open {}: {}", db_options.path, db.error().to_string());
+    return 1;
+  }
+  store::Options queue_options;
+  queue_options.path = o.home + "/data/queue.db";
+  queue_options.sync = o.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
+  auto queue = store::MessageStore::open(queue_options);
+  if (!queue) {
+    log::error("cairn-cloud", "cannot open {}: {}", queue_options.path, queue.error().to_string());
+    return 1;
+  }
+
+  hub::HubConfig config;
+  config.home = o.home;
+  config.device_id = "cairn-cloud";
+  config.hostname = hostname;
+  config.iothub_hostname = hostname;
+  config.mqtt.listen = o.listen;
+  config.mqtt.tls_port = o.mqtt_port;
+  config.mqtt.plain_port = 0;
+  config.store.fsync = o.fsync;
+
+  asio::io_context io(1);
+  auto hub = hub::Hub::make(io, config, **queue);
+  if (!hub) {
+    log::error("cairn-cloud", "{}", hub.error().to_string());
+    return 1;
+  }
+  auto routes = hub::parse_edgehub_desired(nlohmann::json::parse(kSinkRoutes));
+  if (!routes) {
+    log::error("cairn-cloud", "{}", routes.error().to_string());
+    return 1;
+  }
+  cloud::Registry registry(**db);
+  cloud::CloudAuthenticator authenticator(registry, hostname);
+  cloud::CloudTwins twins(**db);
+  cloud::ConnectionTracker connections(**db);
+  hub::HubServices services;
+  services.authenticator = &authenticator;
+  services.twins = &twins;
+  services.observer = &connections;
+  (*hub)->set_services(services);
+  if (auto s = (*hub)->apply(*routes); !s) {
+    log::error("cairn-cloud", "{}", s.error().to_string());
+    return 1;
+  }
+  if (auto s = (*hub)->start(); !s) {
+    log::error("cairn-cloud", "{}", s.error().to_string());
+    return 1;
+  }
+  cloud::TelemetrySinkOptions sink_options;
+  sink_options.jsonl_path =
+      o.messages_file.empty() ? o.home + "/data/messages.jsonl" : o.messages_file;
+  auto sink = cloud::TelemetrySink::open(io, **db, sink_options);
+  if (!sink) {
+    log::error("cairn-cloud", "{}", sink.error().to_string());
+    return 1;
+  }
+  (*hub)->attach_upstream(*sink);
+
+  cloud::RestHooks hooks;
+  std::weak_ptr<hub::Hub> weak_hub = *hub;
+  hooks.push_desired = [weak_hub](const std::string& client_id, const nlohmann::json& patch) {
+    if (auto h = weak_hub.lock()) h->notify_desired(client_id, patch);
+  };
+  hooks.invoke_method = [weak_hub](const std::string& client_id, hub::MethodRequest request,
+                                   hub::MethodCallback done) {
+    if (auto h = weak_hub.lock()) {
+      h->invoke_method(client_id, std::move(request), std::move(done));
+    } else {
+      done(make_error(errc::unavailable, "cairn-cloud is stopping"));
+    }
+  };
+  hooks.is_connected = [weak_hub](const std::string& client_id) {
+    auto h = weak_hub.lock();
+    return h && h->is_connected(client_id);
+  };
+  cloud::RestApiConfig rest_config;
+  rest_config.hostname = hostname;
+  auto rest = std::make_shared<cloud::RestApi>(rest_config, registry, twins, hooks);
+  auto https =
+      net::HttpServer::start(io, o.listen, o.https_port, (*hub)->tls_context(),
+                             [rest](const net::HttpRequest& request, net::HttpRespond respond) {
+                               rest->handle(request, std::move(respond));
+                             });
+  if (!https) {
+    log::error("cairn-cloud", "{} (port 443 needs root or CAP_NET_BIND_SERVICE; see --https-port)",
+               https.error().to_string());
+    return 1;
+  }
+
+  auto policy = (*db)->find_policy(cloud::kOwnerPolicy);
+  if (!policy || !*policy) {
+    log::error("cairn-cloud", "the {} access policy is missing from {}", cloud::kOwnerPolicy,
+               db_options.path);
+    return 1;
+  }
+  // What a user needs to connect, on stdout; logs go to stderr.
+  std::cout << "cairn-cloud ready\n"
+            << "  MQTT (devices):   mqtts://" << hostname << ":" << (*hub)->tls_port() << "\n"
+            << "  REST (service):   https://" << hostname << ":" << (*https)->port() << "\n"
+            << "  CA certificate:   " << o.home << "/certs/edge-ca.pem\n"
+            << "  messages:         " << sink_options.jsonl_path << "\n"
+            << "  service connection string:\n"
+            << "    HostName=" << hostname << ";SharedAccessKeyName=" << cloud::kOwnerPolicy
+            << ";SharedAccessKey=" << (*policy)->primary_key << "\n"
+            << std::flush;
+  log::info("cairn-cloud", "ready: home={} mqtt={}:{} https={}:{}", o.home, o.listen,
+            (*hub)->tls_port(), o.listen, (*https)->port());
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](net::error_code, int sig) {
+    log::info("cairn-cloud", "signal {}: shutting down", sig);
+    (*https)->stop();
+    (*hub)->stop();
+    asio::post(io, [&io] { io.stop(); });
+  });
+  io.run();
+  rest.reset();
+  hub->reset();
+  if (auto s = (*queue)->flush(); !s) {
+    log::error("cairn-cloud", "final store flush failed: {}", s.error().to_string());
+    return 1;
+  }
+  log::info("cairn-cloud", "stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cairn-cloud — the self-hosted cloud hub: device registry, twins, direct methods and a "
+      "telemetry sink behind the IoT Hub device (MQTT) and service (REST) protocols"};
+  Options o;
+  std::string level = "info";
+  app.add_option("--home", o.home, "Directory for the database, certificates and messages")
+      ->capture_default_str();
+  app.add_option("--listen", o.listen,
+                 "IP address for MQTT and HTTPS (cairnd on the same host keeps 127.0.0.1)")
+      ->capture_default_str();
+  app.add_option("--hostname", o.hostname,
+                 "Host name devices and services use (certificate and token audience; default: "
+                 "the listen address)");
+  app.add_option("--mqtt-port", o.mqtt_port, "MQTT over TLS port")->capture_default_str();
+  app.add_option("--https-port", o.https_port, "REST API port")->capture_default_str();
+  app.add_option(
+      "--messages-file", o.messages_file,
+      "JSON-lines file receiving every stored message (default HOME/data/messages.jsonl)");
+  app.add_option("--fsync", o.fsync, "Sync every commit to disk (true|false)")
+      ->capture_default_str();
+  app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  app.set_version_flag("--version", std::string("cairn-cloud ") + CAIRN_VERSION);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  auto parsed_level = cairn::log::parse_level(level);
+  if (!parsed_level) {
+    std::cerr << "cairn-cloud: " << parsed_level.error().message << "\n";
+    return 2;
+  }
+  cairn::log::init(*parsed_level);
+  std::signal(SIGPIPE, SIG_IGN);
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    cairn::log::error("cairn-cloud", "fatal: {}", e.what());
+    return 1;
+  }
+}

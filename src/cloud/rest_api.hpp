@@ -1,0 +1,100 @@
+// RestApi: cairn-cloud's HTTP API — the IoT Hub service REST API paths and JSON shapes for what
+// cairn supports, so the official service SDKs (azure-iothub for Node and its siblings) drive
+// it unchanged, plus a few cairn extensions under /cairn/. docs/cloud_api.md is the reference
+// for users; in short:
+//
+//   PUT|GET|DELETE  /devices/{id}                     Device identity (GET /devices lists)
+//   PUT|GET|DELETE  /devices/{id}/modules/{mid}       Module identity (GET .../modules lists)
+//   POST            /devices/{id}/applyConfigurationContent   edge deployment (204)
+//   GET|PATCH|PUT   /twins/{id}[/modules/{mid}]       twin of record (If-Match etags)
+//   POST            /twins/{id}[/modules/{mid}]/methods       direct method
+//   GET             /cairn/messages?deviceId=&moduleId=&after=&limit=   stored telemetry
+//   GET             /cairn/status
+//   POST            /cairn/devices/{id}[/modules/{mid}]/regenerateKey   {"key": "primary"|...}
+//   GET             /cairn/devices/{id}/deployment
+//
+// Every request needs `Authorization: SharedAccessSignature sr={hostname}&sig=…&se=…&skn={policy}`
+// signed with a key of a stored access policy (kOwnerPolicy is created on first start). Path
+// segments are URL-decoded (ids may contain %-escapes; "$edgeAgent" arrives as "%24edgeAgent").
+// `api-version` is accepted and not required. Errors use IoT Hub's body,
+// {"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:…"}, which the SDKs parse
+// into typed errors (DeviceNotFound → DeviceNotFoundError, 412 → InvalidEtagError, ...).
+//
+// Thread-safety: handle() runs on the io thread that owns the store. Direct-method answers come
+// back through the invoke_method hook's callback, on that same thread; `respond` may be called
+// after handle() returned.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cloud/deployments.hpp"
+#include "cloud/registry.hpp"
+#include "cloud/twins.hpp"
+#include "hub/methods.hpp"
+#include "net/http.hpp"
+
+namespace cairn::cloud {
+
+struct RestApiConfig {
+  // The IoT Hub hostname clients use: the audience (sr) of service SAS tokens, compared
+  // case-insensitively.
+  std::string hostname;
+  // Upper bound of GET /devices (IoT Hub's `top` maximum): a bigger page costs one response of
+  // about 1 KB per device.
+  std::size_t max_devices_listed = 1000;
+  // Upper bound of GET /cairn/messages?limit=: bodies are up to 256 KB each, so a page of 1000
+  // may be large; clients tail with `after`.
+  std::size_t max_messages_listed = 1000;
+};
+
+// What the API needs from the hub it sits next to. Any hook may be empty: without
+// push_desired desired changes are stored but not delivered (devices see them on their next
+// GET); without invoke_method methods answer 503; without is_connected the stored connection
+// state is reported.
+struct RestHooks {
+  // Delivers a desired patch (with "$version") to a connected client "d" or "d/m".
+  std::function<void(const std::string& client_id, const nlohmann::json& patch_with_version)>
+      push_desired;
+  std::function<void(const std::string& client_id, hub::MethodRequest, hub::MethodCallback)>
+      invoke_method;
+  std::function<bool(const std::string& client_id)> is_connected;
+};
+
+class RestApi {
+ public:
+  // `registry` and `twins` (and the store behind them) must outlive the API.
+  RestApi(RestApiConfig config, Registry& registry, CloudTwins& twins, RestHooks hooks,
+          Clock clock = {});
+
+  void handle(const net::HttpRequest& request, net::HttpRespond respond);
+
+ private:
+  struct Call;
+  void dispatch(Call& call);
+  void devices(Call& call);
+  void modules(Call& call);
+  void twins(Call& call);
+  void methods(Call& call);
+  void apply_configuration(Call& call);
+  void cairn(Call& call);
+  void messages(Call& call);
+  void status(Call& call);
+  void regenerate(Call& call);
+  std::optional<bool> live(const std::string& client_id) const;
+  void push(const std::string& client_id, const std::optional<nlohmann::json>& patch);
+  std::int64_t now_ms() const;
+
+  RestApiConfig config_;
+  Registry& registry_;
+  CloudTwins& twins_;
+  Deployments deployments_;
+  RestHooks hooks_;
+  Clock clock_;
+};
+
+}  // namespace cairn::cloud

@@ -1,0 +1,64 @@
+// SqliteCloudStore: the CloudStore in one SQLite file (WAL mode), by default HOME/data/cloud.db.
+//
+// Calls are synchronous: cairn-cloud serves one machine from one io thread, and each call is a
+// few indexed statements (plus an fsync per commit with the default `full_sync`). Every
+// statement is prepared once and reused. The schema carries a version; a file written by a
+// newer cairn-cloud is refused rather than misread. On first creation the owner policy
+// (kOwnerPolicy) is created with fresh keys.
+//
+// Thread-safety: one thread at a time (see CloudStore).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cloud/cloud_store.hpp"
+
+namespace cairn::cloud {
+
+namespace detail {
+class Database;
+}
+
+struct SqliteCloudStoreOptions {
+  std::string path;  // parent directories are created
+  // synchronous=FULL: a commit is on disk before the call returns, so a telemetry message the
+  // sink acknowledged (and the edge then deleted) survives a power cut. NORMAL is faster but
+  // may lose the last commits on power loss (not on a process crash).
+  bool full_sync = true;
+};
+
+class SqliteCloudStore final : public CloudStore {
+ public:
+  static constexpr std::int64_t kSchemaVersion = 1;
+
+  static Result<std::unique_ptr<SqliteCloudStore>> open(const SqliteCloudStoreOptions& options);
+  ~SqliteCloudStore() override;
+
+  Result<std::optional<DeviceRecord>> find_device(const std::string& device_id) override;
+  Result<std::vector<DeviceRecord>> list_devices(std::size_t limit) override;
+  Result<std::optional<ModuleRecord>> find_module(const std::string& device_id,
+                                                  const std::string& module_id) override;
+  Result<std::vector<ModuleRecord>> list_modules(const std::string& device_id) override;
+  Result<std::optional<TwinRecord>> find_twin(const TwinKey& key) override;
+  Result<std::optional<DeploymentRecord>> find_deployment(const std::string& device_id) override;
+  Result<std::optional<PolicyRecord>> find_policy(const std::string& name) override;
+  Result<std::vector<PolicyRecord>> list_policies() override;
+  Status write(const WriteBatch& batch) override;
+  Status set_connection_state(const TwinKey& who, bool connected, std::int64_t at_ms) override;
+  Result<bool> insert_telemetry(TelemetryRecord& record) override;
+  Result<std::vector<TelemetryRecord>> list_telemetry(const TelemetryQuery& query) override;
+  Result<StoreCounts> counts() override;
+
+  // Runs raw SQL on the connection: tests use it to damage rows on purpose.
+  Status exec_for_test(const char* sql);
+
+ private:
+  explicit SqliteCloudStore(std::unique_ptr<detail::Database> db);
+  Status migrate();
+  Status apply(const WriteBatch::Op& op);
+
+  std::unique_ptr<detail::Database> db_;
+};
+
+}  // namespace cairn::cloud

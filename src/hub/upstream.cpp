@@ -1,0 +1,565 @@
+#include "hub/upstream.hpp"
+
+#include <random>
+
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
+#include "core/log.hpp"
+#include "hub/iothub_topics.hpp"
+
+namespace cairn::hub {
+namespace {
+
+constexpr const char* kApiVersion = "2021-04-12";
+constexpr const char* kTwinResPrefix = "$iothub/twin/res/";
+constexpr const char* kDesiredPrefix = "$iothub/twin/PATCH/properties/desired/";
+constexpr const char* kMethodPrefix = "$iothub/methods/POST/";
+constexpr auto kRenewalDrain = std::chrono::seconds(5);
+constexpr auto kReportedRetry = std::chrono::seconds(5);
+
+// Value of `name` in a "?$rid=1&$version=2" style query at the end of a topic.
+std::string query_value(std::string_view topic, std::string_view name) {
+  auto q = topic.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view query = topic.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto pair = query.substr(0, amp);
+    auto eq = pair.find('=');
+    if (pair.substr(0, eq) == name) {
+      return eq == std::string_view::npos ? std::string() : std::string(pair.substr(eq + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return {};
+}
+
+std::string iso_now() { return format_iso8601(now_unix_ms()); }
+
+}  // namespace
+
+struct Upstream::Link {
+  Link(asio::io_context& io, std::string id)
+      : client_id(std::move(id)), wake(io), outbox_signal(io), reported_retry(io) {}
+
+  enum class State { idle, connecting, online, backoff };
+  static const char* name(State s) {
+    switch (s) {
+      case State::idle:
+        return "idle";
+      case State::connecting:
+        return "connecting";
+      case State::online:
+        return "online";
+      case State::backoff:
+        return "backoff";
+    }
+    return "?";
+  }
+
+  std::string client_id;
+  State state = State::idle;
+  std::string since = iso_now();
+  std::string last_error;
+  int attempt = 0;
+  std::uint64_t connects = 0;
+  std::shared_ptr<net::MqttClient> client;  // while online
+  bool closed = true;                       // the current connection ended
+  asio::steady_timer wake;                  // back-off, renewal deadline, close notification
+  asio::steady_timer outbox_signal;         // the pump sleeps on it while the outbox is empty
+  asio::steady_timer reported_retry;
+  std::deque<Outgoing> outbox;  // messages waiting for the connection or a publish slot
+  std::size_t unacked = 0;      // published, PUBACK outstanding
+  bool lost_messages = false;   // a message was dropped by a failing connection
+  std::map<std::string, std::function<void(int, std::string)>> requests;  // twin, by $rid
+  std::uint64_t next_rid = 0;
+  bool sending_reported = false;
+
+  void set_state(State s) {
+    if (s != state) since = iso_now();
+    state = s;
+  }
+};
+
+Upstream::Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins)
+    : io_(io),
+      config_(config),
+      hub_(hub),
+      twins_(twins),
+      offline_since_(std::chrono::steady_clock::now()) {}
+
+Upstream::~Upstream() = default;
+
+void Upstream::start() {
+  log::info("upstream", "cloud {}:{} (token audience {}, tokens valid {}s)",
+            config_.upstream.hostname, config_.upstream.port, config_.upstream.audience_host(),
+            config_.upstream.token_ttl_secs);
+  hub_.attach_upstream(shared_from_this());
+  for (const auto& id : twins_.clients_with_pending()) link(id);
+}
+
+void Upstream::stop() {
+  stopping_ = true;
+  hub_.detach_upstream(this);
+  for (auto& [id, l] : links_) {
+    l->wake.cancel();
+    l->outbox_signal.cancel();
+    l->reported_retry.cancel();
+    if (l->client) l->client->close();
+  }
+}
+
+Upstream::Link& Upstream::link(const std::string& client_id) {
+  auto it = links_.find(client_id);
+  if (it != links_.end()) return *it->second;
+  auto l = std::make_shared<Link>(io_, client_id);
+  links_.emplace(client_id, l);
+  if (!stopping_) asio::co_spawn(io_, run(l), asio::detached);
+  return *l;
+}
+
+std::chrono::milliseconds Upstream::backoff(int attempt) {
+  static thread_local std::minstd_rand rng(std::random_device{}());
+  const std::int64_t cap = static_cast<std::int64_t>(config_.upstream.max_backoff_secs) * 1000;
+  std::int64_t base = config_.upstream.min_backoff_ms;
+  for (int i = 1; i < attempt && base < cap; ++i) base *= 2;
+  base = std::min(base, cap);
+  // Jitter: a fleet that lost the same cloud must not come back in lockstep.
+  std::uniform_int_distribution<std::int64_t> jitter(0, std::max<std::int64_t>(base / 2, 1));
+  return std::chrono::milliseconds(base / 2 + jitter(rng) + base / 2);
+}
+
+asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
+  auto self = shared_from_this();
+  const auto& u = config_.upstream;
+  while (!stopping_) {
+    l->set_state(Link::State::connecting);
+    const auto ttl = std::chrono::seconds(u.token_ttl_secs);
+    std::string resource = u.audience_host() + "/devices/" + config_.device_id;
+    if (auto slash = l->client_id.find('/'); slash != std::string::npos) {
+      resource += "/modules/" + l->client_id.substr(slash + 1);
+    }
+    auto token = crypto::make_sas_token(resource, u.device_key, now_unix_s() + ttl.count());
+    Result<std::shared_ptr<net::MqttClient>> client =
+        token ? net::MqttClient::create(io_.get_executor(),
+                                        [&] {
+                                          net::MqttClientOptions o;
+                                          o.host = u.hostname;
+                                          o.port = u.port;
+                                          o.tls = true;
+                                          o.ca_file = u.ca_file;
+                                          o.client_id = l->client_id;
+                                          o.username = u.audience_host() + "/" + l->client_id +
+                                                       "/?api-version=" + kApiVersion;
+                                          o.password = *token;
+                                          o.clean_session = true;
+                                          o.keep_alive_s = 60;
+                                          o.max_packet_size = 1024 * 1024;
+                                          return o;
+                                        }())
+              : Result<std::shared_ptr<net::MqttClient>>(token.error());
+    bool up = false;
+    if (client) {
+      std::weak_ptr<Link> weak_link = l;
+      std::weak_ptr<Upstream> weak_self = self;
+      (*client)->set_message_handler([weak_self, weak_link](mqtt::Publish p) {
+        auto s = weak_self.lock();
+        auto link = weak_link.lock();
+        if (s && link) s->on_cloud_message(*link, std::move(p));
+      });
+      (*client)->set_close_handler([weak_link](const Error& why) {
+        if (auto link = weak_link.lock()) {
+          link->closed = true;
+          if (why.code != errc::cancelled) link->last_error = why.message;
+          link->wake.cancel();
+          link->outbox_signal.cancel();
+        }
+      });
+      auto connack = co_await (*client)->connect();
+      if (connack) {
+        std::vector<mqtt::Subscription> subs{{std::string(kTwinResPrefix) + "#", 0},
+                                             {std::string(kDesiredPrefix) + "#", 0},
+                                             {std::string(kMethodPrefix) + "#", 0}};
+        auto granted = co_await (*client)->subscribe(std::move(subs));
+        if (granted) {
+          up = true;
+        } else {
+          l->last_error = "subscribe failed: " + granted.error().message;
+          (*client)->close();
+        }
+      } else {
+        l->last_error = connack.error().message;
+      }
+    } else {
+      l->last_error = client.error().message;
+    }
+    if (stopping_) break;
+    if (!up) {
+      ++l->attempt;
+      auto delay = backoff(l->attempt);
+      log::warn("upstream", "[{}] cannot connect to {}:{}: {}; retry in {} ms", l->client_id,
+                u.hostname, u.port, l->last_error, delay.count());
+      l->set_state(Link::State::backoff);
+      l->wake.expires_after(delay);
+      error_code ec;
+      co_await l->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+
+    l->client = *client;
+    l->closed = false;
+    l->attempt = 0;
+    ++l->connects;
+    l->last_error.clear();
+    l->set_state(Link::State::online);
+    on_link_up(*l);
+    asio::co_spawn(io_, pump(l, *client), asio::detached);
+
+    // Online until the connection drops or the token is due for renewal.
+    const auto renew_at = std::chrono::steady_clock::now() + ttl * 8 / 10;
+    while (!l->closed && !stopping_ && std::chrono::steady_clock::now() < renew_at) {
+      l->wake.expires_at(renew_at);
+      error_code ec;
+      co_await l->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    const bool renewing = !l->closed && !stopping_;
+    if (renewing) {
+      log::info("upstream", "[{}] renewing the SAS token (reconnect)", l->client_id);
+      (void)co_await (*client)->disconnect(kRenewalDrain);
+    }
+    l->client.reset();
+    on_link_down(*l, renewing ? "token renewal" : l->last_error);
+    if (stopping_) break;
+    if (!renewing) {
+      ++reconnects_;
+      ++l->attempt;
+      l->set_state(Link::State::backoff);
+      l->wake.expires_after(backoff(l->attempt));
+      error_code ec;
+      co_await l->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+  l->set_state(Link::State::idle);
+}
+
+asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
+                                     std::shared_ptr<net::MqttClient> client) {
+  auto self = shared_from_this();
+  while (!stopping_ && !l->closed && client->connected()) {
+    if (l->outbox.empty()) {
+      l->outbox_signal.expires_at(asio::steady_timer::time_point::max());
+      error_code ec;
+      co_await l->outbox_signal.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    Outgoing item = std::move(l->outbox.front());
+    l->outbox.pop_front();
+    if (item.generation != generation_) continue;  // the endpoint delivers it again
+    ++l->unacked;
+    std::weak_ptr<Upstream> weak_self = self;
+    std::weak_ptr<Link> weak_link = l;
+    net::MqttClient::AckHandler on_puback = [weak_self, weak_link, on_ack = std::move(item.on_ack),
+                                             generation = item.generation](Status s) {
+      auto me = weak_self.lock();
+      auto link = weak_link.lock();
+      if (!me || !link) return;
+      --link->unacked;
+      if (!s) {
+        link->lost_messages = true;
+        return;
+      }
+      ++me->messages_sent_;
+      if (generation == me->generation_) on_ack();
+    };
+    auto queued = co_await client->async_publish(std::move(item.topic), std::move(item.payload), 1,
+                                                 false, std::move(on_puback));
+    if (!queued) {
+      --l->unacked;
+      l->lost_messages = true;
+      break;
+    }
+  }
+}
+
+bool Upstream::deliver(const std::string& /*input*/, const Message& m, bool /*dup*/,
+                       std::function<void()> on_ack) {
+  if (stopping_) return false;
+  std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(config_.device_id));
+  std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
+  const std::string client_id = module.empty() ? device : device + "/" + module;
+  // The cloud stamps the sender and enqueue time from its own connection.
+  Properties system = m.system;
+  system.erase(sysprop::kConnectionDeviceId);
+  system.erase(sysprop::kConnectionModuleId);
+  system.erase(sysprop::kEnqueuedTime);
+  std::string topic = "devices/" + device + (module.empty() ? "" : "/modules/" + module) +
+                      "/messages/events/" + encode_property_bag(system, m.app);
+  Link& l = link(client_id);
+  l.outbox.push_back(Outgoing{std::move(topic), m.body, std::move(on_ack), generation_});
+  l.outbox_signal.cancel();
+  return true;
+}
+
+void Upstream::redeliver() {
+  // Everything not acknowledged comes again from the endpoint, in order: drop what is queued
+  // here so nothing is sent twice on a healthy link.
+  ++generation_;
+  for (auto& [id, l] : links_) {
+    l->outbox.clear();
+    l->lost_messages = false;
+  }
+  auto me = shared_from_this();
+  hub_.detach_upstream(this);
+  hub_.attach_upstream(me);
+}
+
+void Upstream::on_link_up(Link& l) {
+  log::info("upstream", "[{}] connected to {}:{}", l.client_id, config_.upstream.hostname,
+            config_.upstream.port);
+  update_offline_clock();
+  std::weak_ptr<Upstream> weak = weak_from_this();
+  const std::string id = l.client_id;
+  // The twin first: the module gets what it missed, then the reported patches made offline
+  // go up in order.
+  twins_.resync(id, [weak, id] {
+    auto self = weak.lock();
+    if (!self) return;
+    if (auto it = self->links_.find(id); it != self->links_.end()) self->send_reported(*it->second);
+  });
+}
+
+void Upstream::on_link_down(Link& l, const std::string& why) {
+  log::info("upstream", "[{}] disconnected: {}", l.client_id, why.empty() ? "closed" : why);
+  auto requests = std::move(l.requests);
+  l.requests.clear();
+  l.sending_reported = false;
+  l.reported_retry.cancel();
+  for (auto& [rid, done] : requests) done(503, "");
+  update_offline_clock();
+  if (l.unacked > 0 || l.lost_messages) {
+    l.unacked = 0;
+    redeliver();
+  }
+}
+
+void Upstream::update_offline_clock() {
+  const bool online_now = any_online();
+  const auto now = std::chrono::steady_clock::now();
+  if (online_now && !was_online_) {
+    offline_total_ += now - offline_since_;
+  } else if (!online_now && was_online_) {
+    offline_since_ = now;
+  }
+  was_online_ = online_now;
+}
+
+bool Upstream::online(const std::string& client_id) const {
+  auto it = links_.find(client_id);
+  return it != links_.end() && it->second->state == Link::State::online;
+}
+
+bool Upstream::any_online() const {
+  for (const auto& [id, l] : links_) {
+    if (l->state == Link::State::online) return true;
+  }
+  return false;
+}
+
+double Upstream::offline_seconds() const {
+  if (was_online_) return 0;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - offline_since_).count();
+}
+
+double Upstream::offline_total_seconds() const {
+  auto total = offline_total_;
+  if (!was_online_) total += std::chrono::steady_clock::now() - offline_since_;
+  return std::chrono::duration<double>(total).count();
+}
+
+void Upstream::request(Link& l, const std::string& topic_prefix, std::string body,
+                       std::function<void(int status, std::string body)> done) {
+  if (!l.client || l.closed) {
+    done(503, "");
+    return;
+  }
+  const std::string rid = std::to_string(++l.next_rid);
+  l.requests.emplace(rid, std::move(done));
+  auto timer = std::make_shared<asio::steady_timer>(io_);
+  timer->expires_after(std::chrono::seconds(config_.upstream.operation_timeout_secs));
+  std::weak_ptr<Link> weak_link = links_.at(l.client_id);
+  timer->async_wait([weak_link, rid, timer](error_code ec) {
+    auto link = weak_link.lock();
+    if (ec || !link) return;
+    auto it = link->requests.find(rid);
+    if (it == link->requests.end()) return;
+    auto cb = std::move(it->second);
+    link->requests.erase(it);
+    cb(504, "");
+  });
+  auto client = l.client;
+  asio::co_spawn(
+      io_,
+      [client, topic = topic_prefix + "?$rid=" + rid,
+       body = std::move(body)]() mutable -> asio::awaitable<void> {
+        (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
+      },
+      asio::detached);
+}
+
+void Upstream::fetch_twin(const std::string& client_id,
+                          std::function<void(Result<nlohmann::json>)> done) {
+  auto it = links_.find(client_id);
+  if (it == links_.end() || it->second->state != Link::State::online) {
+    done(make_error(errc::unavailable, "no cloud connection for " + client_id));
+    return;
+  }
+  request(*it->second, "$iothub/twin/GET/", "",
+          [done = std::move(done), client_id](int status, std::string body) {
+            if (status != 200) {
+              done(make_error(errc::unavailable, "cloud answered " + std::to_string(status) +
+                                                     " to the twin GET of " + client_id));
+              return;
+            }
+            auto j = twin::parse_json(body);
+            if (!j) {
+              done(std::move(j).error());
+              return;
+            }
+            done(std::move(*j));
+          });
+}
+
+void Upstream::reported_pending(const std::string& client_id) {
+  Link& l = link(client_id);
+  send_reported(l);
+}
+
+void Upstream::send_reported(Link& l) {
+  if (l.sending_reported || l.state != Link::State::online) return;
+  auto patch = twins_.pending_reported(l.client_id);
+  if (!patch) return;
+  l.sending_reported = true;
+  std::weak_ptr<Upstream> weak = weak_from_this();
+  const std::string id = l.client_id;
+  request(l, "$iothub/twin/PATCH/properties/reported/", twin::dump_json(*patch),
+          [weak, id](int status, std::string body) {
+            auto self = weak.lock();
+            if (!self) return;
+            auto it = self->links_.find(id);
+            if (it == self->links_.end()) return;
+            Link& link = *it->second;
+            link.sending_reported = false;
+            if (status == 200 || status == 204) {
+              self->twins_.reported_sent(id);
+              self->send_reported(link);
+            } else if (status >= 400 && status < 500 && status != 429) {
+              // The cloud will never take this patch; keeping it would block the ones after.
+              log::error("upstream", "[{}] cloud refused a reported patch ({}): {}; dropped", id,
+                         status, body);
+              self->twins_.reported_sent(id);
+              self->send_reported(link);
+            } else if (link.state == Link::State::online) {
+              link.reported_retry.expires_after(kReportedRetry);
+              link.reported_retry.async_wait([weak, id](error_code ec) {
+                auto s = weak.lock();
+                if (ec || !s) return;
+                if (auto l2 = s->links_.find(id); l2 != s->links_.end())
+                  s->send_reported(*l2->second);
+              });
+            }
+          });
+}
+
+void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
+  std::string_view topic = p.topic;
+  if (topic.starts_with(kTwinResPrefix)) {
+    auto rest = topic.substr(std::string_view(kTwinResPrefix).size());
+    int status = 0;
+    for (char c : rest.substr(0, rest.find('/'))) {
+      if (c < '0' || c > '9') break;
+      status = status * 10 + (c - '0');
+    }
+    auto rid = query_value(topic, "$rid");
+    auto it = l.requests.find(rid);
+    if (it == l.requests.end()) return;  // answered after its timeout
+    auto done = std::move(it->second);
+    l.requests.erase(it);
+    done(status, std::move(p.payload));
+    return;
+  }
+  if (topic.starts_with(kDesiredPrefix)) {
+    auto patch = twin::parse_json(p.payload);
+    if (!patch || !patch->is_object()) {
+      log::warn("upstream", "[{}] desired patch from the cloud is not a JSON object; resyncing",
+                l.client_id);
+      twins_.resync(l.client_id);
+      return;
+    }
+    twins_.cloud_desired(l.client_id, *patch);
+    return;
+  }
+  if (topic.starts_with(kMethodPrefix)) {
+    auto rest = topic.substr(std::string_view(kMethodPrefix).size());
+    std::string name(rest.substr(0, rest.find('/')));
+    auto rid = query_value(topic, "$rid");
+    MethodRequest req;
+    req.method_name = name;
+    if (!p.payload.empty()) {
+      auto j = nlohmann::json::parse(p.payload, nullptr, false);
+      req.payload = j.is_discarded() ? nlohmann::json(p.payload) : j;
+    }
+    // The cloud enforces the caller's timeout; locally wait as long as any caller may.
+    req.response_timeout = kMaxResponseTimeout;
+    std::weak_ptr<Link> weak_link = links_.at(l.client_id);
+    std::weak_ptr<Upstream> weak_self = weak_from_this();
+    hub_.invoke_method(
+        l.client_id, std::move(req), [weak_self, weak_link, rid](Result<MethodResponse> r) {
+          auto self = weak_self.lock();
+          auto link = weak_link.lock();
+          if (!self || !link || !link->client) return;
+          int status = r ? r->status : method_error_status(r.error().code);
+          std::string body =
+              r ? (r->payload.is_null() ? std::string() : twin::dump_json(r->payload))
+                : nlohmann::json{{"message", r.error().message}}.dump();
+          auto client = link->client;
+          asio::co_spawn(
+              self->io_,
+              [client, topic = "$iothub/methods/res/" + std::to_string(status) + "/?$rid=" + rid,
+               body = std::move(body)]() mutable -> asio::awaitable<void> {
+                (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
+              },
+              asio::detached);
+        });
+    return;
+  }
+  log::debug("upstream", "[{}] ignoring cloud publish on '{}'", l.client_id, p.topic);
+}
+
+void Upstream::connected(const Principal& who) { link(who.client_id()); }
+
+void Upstream::disconnected(const Principal& /*who*/) {}
+
+nlohmann::json Upstream::status() const {
+  nlohmann::json links = nlohmann::json::object();
+  for (const auto& [id, l] : links_) {
+    links[id] = {{"state", Link::name(l->state)},
+                 {"since", l->since},
+                 {"lastError", l->last_error},
+                 {"connects", l->connects},
+                 {"queued", l->outbox.size()},
+                 {"unacked", l->unacked},
+                 {"pendingReported", l->sending_reported}};
+  }
+  return {{"enabled", true},
+          {"host", config_.upstream.hostname},
+          {"port", config_.upstream.port},
+          {"online", any_online()},
+          {"offlineSeconds", offline_seconds()},
+          {"offlineTotalSeconds", offline_total_seconds()},
+          {"messagesSent", messages_sent_},
+          {"reconnects", reconnects_},
+          {"links", links}};
+}
+
+}  // namespace cairn::hub

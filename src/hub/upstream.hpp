@@ -1,0 +1,106 @@
+// Upstream: cairnd's link to the cloud (PROTOCOL.md sections 8.2, 8.3, 9.1). One MQTT/TLS
+// connection per identity, as IoT Edge keeps over MQTT: a module's telemetry, twin traffic and
+// direct methods travel on the connection of that module's identity. Tokens are SAS tokens
+// for "{host}/devices/{d}/modules/{m}" signed with the edge device's key (the cloud accepts
+// them on behalf of the edge device's modules), renewed by reconnecting at 80% of their life.
+//
+// - $upstream: the upstream link is the consumer of the $upstream endpoint. A message goes out
+//   on its sender's connection at QoS 1 and is acknowledged to the endpoint (deleted from disk)
+//   only on the cloud's PUBACK. While a connection is down its messages wait; when it drops
+//   with messages unacknowledged, the endpoint delivers them again (DUP) once it is back.
+// - Twins: GET and reported patches go to the cloud; desired patches come back to the twin
+//   cache. After every (re)connection the cache resyncs and queued reported patches are sent
+//   in order.
+// - Methods: a call from the cloud is invoked on the local module and the answer relayed.
+// - Reconnection: exponential back-off from min_backoff_ms to max_backoff_secs, with jitter.
+//
+// Thread-safety: the hub's io_context thread only.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "hub/endpoint.hpp"
+#include "hub/hub.hpp"
+#include "hub/services.hpp"
+#include "hub/twin_cache.hpp"
+#include "net/asio.hpp"
+#include "net/mqtt_client.hpp"
+
+namespace cairn::hub {
+
+class Upstream : public Consumer,
+                 public TwinUpstream,
+                 public ConnectionObserver,
+                 public std::enable_shared_from_this<Upstream> {
+ public:
+  Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins);
+  ~Upstream() override;
+
+  // Attaches to the $upstream endpoint and opens the links that have work waiting.
+  void start();
+  void stop();
+
+  // Consumer ($upstream endpoint).
+  bool deliver(const std::string& input, const Message& m, bool dup,
+               std::function<void()> on_ack) override;
+  // TwinUpstream.
+  bool online(const std::string& client_id) const override;
+  void fetch_twin(const std::string& client_id,
+                  std::function<void(Result<nlohmann::json>)> done) override;
+  void reported_pending(const std::string& client_id) override;
+  // ConnectionObserver: a local module connected; its cloud identity connects too.
+  void connected(const Principal& who) override;
+  void disconnected(const Principal& who) override;
+
+  // Link state for `cairn check`, `cairn status` and metrics.
+  nlohmann::json status() const;
+  bool any_online() const;
+  // Seconds without any cloud connection up, now (0 while online) and in total.
+  double offline_seconds() const;
+  double offline_total_seconds() const;
+  std::uint64_t messages_sent() const { return messages_sent_; }
+
+ private:
+  struct Link;
+  struct Outgoing {
+    std::string topic;
+    std::string payload;
+    std::function<void()> on_ack;
+    std::uint64_t generation = 0;
+  };
+
+  Link& link(const std::string& client_id);
+  asio::awaitable<void> run(std::shared_ptr<Link> link);
+  asio::awaitable<void> pump(std::shared_ptr<Link> link, std::shared_ptr<net::MqttClient> client);
+  void on_cloud_message(Link& link, mqtt::Publish p);
+  void on_link_up(Link& link);
+  void on_link_down(Link& link, const std::string& why);
+  void send_reported(Link& link);
+  void request(Link& link, const std::string& topic_prefix, std::string body,
+               std::function<void(int status, std::string body)> done);
+  void redeliver();
+  void update_offline_clock();
+  std::chrono::milliseconds backoff(int attempt);
+
+  asio::io_context& io_;
+  const HubConfig& config_;
+  Hub& hub_;
+  TwinCache& twins_;
+  std::map<std::string, std::shared_ptr<Link>> links_;
+  std::uint64_t generation_ = 0;  // bumped when the endpoint is asked to deliver again
+  bool stopping_ = false;
+  bool was_online_ = false;
+  std::chrono::steady_clock::time_point offline_since_;
+  std::chrono::steady_clock::duration offline_total_{};
+  std::uint64_t messages_sent_ = 0;
+  std::uint64_t reconnects_ = 0;
+};
+
+}  // namespace cairn::hub

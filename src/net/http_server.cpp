@@ -1,0 +1,547 @@
+// HttpServer (TCP, optionally TLS) and UnixHttpServer share one connection loop, written once
+// as a template over the stream type: plain TCP (beast::tcp_stream), TLS over TCP
+// (ssl::stream<beast::tcp_stream>) and unix sockets (beast::basic_stream<local>). The Beast
+// stream's timer gives every read and write its deadline.
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include "core/log.hpp"
+#include "net/http.hpp"
+#include <sys/stat.h>
+
+// gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
+// coroutine's ramp into its caller (Asio's awaitable frames have class-specific new/delete).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+namespace cairn::net {
+namespace http_server_detail {
+
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using local = asio::local::stream_protocol;
+using UnixStream = beast::basic_stream<local>;
+using TlsStream = ssl::stream<beast::tcp_stream>;
+
+// After an error answer the client may still be sending the body we refused; reading (and
+// dropping) some of it before closing keeps the kernel from resetting the connection, which
+// would destroy the answer before the client reads it.
+constexpr std::size_t kMaxDrainBytes = 8 * 1024 * 1024;
+constexpr std::chrono::seconds kMaxLingerTime{5};
+// A TLS close_notify exchange must not keep a finished connection for long.
+constexpr std::chrono::seconds kTlsShutdownTime{2};
+// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
+
+// What both servers share: the handler, the limits and the open connections.
+struct ServerCore {
+  ServerCore(HttpHandler h, HttpLimits l, std::string n)
+      : handler(std::move(h)), limits(l), name(std::move(n)) {}
+  HttpHandler handler;
+  HttpLimits limits;
+  std::string name;  // "127.0.0.1:443" or the socket path, for logs
+  // Set by stop() from any thread; read before taking the executor-side path.
+  std::atomic<bool> stop_requested{false};
+  // Executor-side state from here on.
+  bool stopped = false;
+  bool at_capacity = false;  // warned about refusing connections; reset when one ends
+  std::uint64_t next_connection_id = 0;
+  // Closes one open connection; called by stop(). Keyed by connection id.
+  std::unordered_map<std::uint64_t, std::function<void()>> live;
+};
+
+// Where a connection waits for the handler's answer to the current request.
+struct PendingAnswer {
+  explicit PendingAnswer(const asio::any_io_executor& ex)
+      : ready(ex, asio::steady_timer::time_point::max()) {}
+  asio::steady_timer ready;  // cancelled when the answer arrives or the connection closes
+  std::optional<HttpResponse> response;
+  std::uint64_t generation = 0;  // one per request: a late answer never meets the wrong request
+};
+
+// Shared by every copy of one request's `respond`: delivers the first answer to the
+// connection's executor, and answers 500 if the handler lets go of respond without calling it.
+class Responder {
+ public:
+  Responder(std::weak_ptr<PendingAnswer> pending, std::uint64_t generation,
+            asio::any_io_executor executor)
+      : pending_(std::move(pending)), generation_(generation), executor_(std::move(executor)) {}
+  ~Responder() {
+    if (answered_.exchange(true)) return;
+    log::warn("http", "request handler dropped a request without answering; sending 500");
+    deliver(HttpResponse{500, R"({"error":"the request handler did not answer"})"});
+  }
+  Responder(const Responder&) = delete;
+  Responder& operator=(const Responder&) = delete;
+
+  void answer(HttpResponse response) {
+    if (answered_.exchange(true)) {
+      log::warn("http", "request handler answered twice; the second answer is dropped");
+      return;
+    }
+    deliver(std::move(response));
+  }
+
+ private:
+  void deliver(HttpResponse response) {
+    auto pending = pending_.lock();
+    if (!pending) return;  // the connection is gone
+    asio::post(executor_,
+               [pending, generation = generation_, response = std::move(response)]() mutable {
+                 if (pending->generation != generation || pending->response) return;
+                 pending->response = std::move(response);
+                 pending->ready.cancel();
+               });
+  }
+
+  std::weak_ptr<PendingAnswer> pending_;
+  std::uint64_t generation_;
+  asio::any_io_executor executor_;
+  std::atomic<bool> answered_{false};
+};
+
+// Registers a connection with the server for stop(), for the life of the coroutine frame.
+class LiveConnection {
+ public:
+  LiveConnection(std::shared_ptr<ServerCore> core, std::function<void()> close)
+      : core_(std::move(core)), id_(core_->next_connection_id++) {
+    core_->live.emplace(id_, std::move(close));
+  }
+  ~LiveConnection() {
+    core_->live.erase(id_);
+    core_->at_capacity = false;
+  }
+  LiveConnection(const LiveConnection&) = delete;
+  LiveConnection& operator=(const LiveConnection&) = delete;
+
+ private:
+  std::shared_ptr<ServerCore> core_;
+  std::uint64_t id_;
+};
+
+template <class Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
+
+std::string json_error(std::string_view message) {
+  std::string escaped;
+  for (char c : message) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    escaped += c;
+  }
+  return R"({"error":")" + escaped + "\"}";
+}
+
+// The answer to a request that could not be read, or nothing when the connection just ended
+// (closed by the client, timed out, reset) and there is nobody to answer.
+std::optional<HttpResponse> answer_for_read_error(const error_code& ec, const HttpLimits& limits) {
+  if (ec == http::error::body_limit) {
+    return HttpResponse{413, json_error("request body larger than " +
+                                        std::to_string(limits.max_body_bytes) + " bytes")};
+  }
+  if (ec == http::error::header_limit) {
+    return HttpResponse{431, json_error("request line and headers larger than " +
+                                        std::to_string(limits.max_header_bytes) + " bytes")};
+  }
+  if (ec == http::error::end_of_stream || ec == http::error::partial_message) return std::nullopt;
+  if (ec.category() == http::make_error_code(http::error::bad_target).category()) {
+    return HttpResponse{400, json_error("malformed HTTP request: " + ec.message())};
+  }
+  return std::nullopt;
+}
+
+bool is_token_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+bool valid_header(const std::string& name, const std::string& value) {
+  if (name.empty() || !std::all_of(name.begin(), name.end(), is_token_char)) return false;
+  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string::npos;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+http::response<http::string_body> build_response(HttpResponse r, unsigned version, bool keep_alive,
+                                                 bool head) {
+  if (r.status < 200 || r.status > 599) {
+    log::warn("http", "request handler answered with status {}; sending 500", r.status);
+    r = HttpResponse{500, json_error("the request handler gave an invalid status")};
+  }
+  http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+  res.set(http::field::server, "cairn");
+  bool bodiless = r.status == 204 || r.status == 304;
+  std::string content_type = r.content_type;
+  for (auto& [name, value] : r.headers) {
+    if (!valid_header(name, value)) {
+      log::warn("http", "request handler gave an invalid header '{}'; dropped", name);
+      continue;
+    }
+    if (iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
+        iequals(name, "connection")) {
+      continue;  // message framing is the server's job
+    }
+    if (iequals(name, "content-type")) {
+      content_type = value;
+      continue;
+    }
+    res.insert(name, value);
+  }
+  if (!bodiless && !content_type.empty() && valid_header("Content-Type", content_type)) {
+    res.set(http::field::content_type, content_type);
+  }
+  res.keep_alive(keep_alive);
+  if (bodiless) {
+    // Beast refuses a body here, and so does HTTP.
+    res.body().clear();
+    res.prepare_payload();
+  } else if (head) {
+    // A HEAD answer announces the length of the body it does not send.
+    res.content_length(r.body.size());
+  } else {
+    res.body() = std::move(r.body);
+    res.prepare_payload();
+  }
+  return res;
+}
+
+template <class Stream>
+auto& lowest(Stream& stream) {
+  return beast::get_lowest_layer(stream);
+}
+
+// Ends a connection we decided to close after an error answer: tell the client we are done
+// sending (plain streams) and read what it still sends for a short while.
+template <class Stream>
+asio::awaitable<void> linger(Stream& stream, const HttpLimits& limits) {
+  error_code ec;
+  if constexpr (!kIsTls<Stream>) {
+    lowest(stream).socket().shutdown(asio::socket_base::shutdown_send, ec);
+  }
+  lowest(stream).expires_after(
+      std::min<std::chrono::steady_clock::duration>(limits.read_timeout, kMaxLingerTime));
+  std::array<char, 16 * 1024> scratch;
+  std::size_t drained = 0;
+  while (drained < kMaxDrainBytes) {
+    std::size_t n = co_await stream.async_read_some(asio::buffer(scratch),
+                                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) break;
+    drained += n;
+  }
+}
+
+// Ends a connection after a normal "Connection: close" answer.
+template <class Stream>
+asio::awaitable<void> close_politely(Stream& stream) {
+  error_code ec;
+  if constexpr (kIsTls<Stream>) {
+    lowest(stream).expires_after(kTlsShutdownTime);
+    co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    lowest(stream).socket().shutdown(asio::socket_base::shutdown_send, ec);
+  }
+  lowest(stream).close();
+}
+
+template <class Stream>
+asio::awaitable<bool> write_response(Stream& stream, http::response<http::string_body>& res,
+                                     const HttpLimits& limits) {
+  error_code ec;
+  lowest(stream).expires_after(limits.read_timeout);
+  co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) log::debug("http", "writing a response failed: {}", ec.message());
+  co_return !ec;
+}
+
+bool expects_continue(const http::request_parser<http::string_body>& parser) {
+  const auto& req = parser.get();
+  auto expect_field = req[http::field::expect];
+  std::string_view expect(expect_field.data(), expect_field.size());
+  return !parser.is_done() && iequals(expect, "100-continue") && req.version() >= 11;
+}
+
+// Reads requests and writes answers until the connection ends. `stream` is connected (and,
+// for TLS, handshaken).
+template <class Stream>
+asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> core,
+                                 std::shared_ptr<PendingAnswer> pending, std::string peer) {
+  const HttpLimits& limits = core->limits;
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(
+        std::min<std::size_t>(limits.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
+    parser.body_limit(limits.max_body_bytes);
+    error_code ec;
+    lowest(stream).expires_after(limits.read_timeout);
+    co_await http::async_read_header(stream, buffer, parser,
+                                     asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec && expects_continue(parser)) {
+      // curl and others wait for this before sending a large body.
+      http::response<http::empty_body> go_on{http::status::continue_, 11};
+      co_await http::async_write(stream, go_on, asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (!ec && !parser.is_done()) {
+      co_await http::async_read(stream, buffer, parser,
+                                asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (ec) {
+      auto answer = answer_for_read_error(ec, limits);
+      if (!answer) {
+        log::debug("http", "{} connection from {} ended: {}", core->name, peer, ec.message());
+        co_return;
+      }
+      log::debug("http", "{} refused a request from {}: {}", core->name, peer, ec.message());
+      auto res = build_response(std::move(*answer), 11, false, false);
+      if (co_await write_response(stream, res, limits)) co_await linger(stream, limits);
+      co_return;
+    }
+    lowest(stream).expires_never();  // the handler owns the time it takes
+
+    auto& req = parser.get();
+    HttpRequest request{std::string(req.method_string()), std::string(req.target()),
+                        std::move(req.body())};
+    for (const auto& field : req) {
+      request.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+    }
+    request.peer = peer;
+    bool head = req.method() == http::verb::head;
+
+    pending->response.reset();
+    ++pending->generation;
+    auto responder =
+        std::make_shared<Responder>(pending, pending->generation, pending->ready.get_executor());
+    try {
+      core->handler(request, [responder](HttpResponse r) { responder->answer(std::move(r)); });
+    } catch (const std::exception& e) {
+      // Handlers are not supposed to throw; one that does must not take the server down.
+      log::error("http", "request handler for {} {} threw: {}", request.method, request.target,
+                 e.what());
+    }
+    responder.reset();  // if the handler kept no copy of respond, this answers 500 now
+    if (!pending->response && !core->stopped) {
+      pending->ready.expires_at(asio::steady_timer::time_point::max());
+      co_await pending->ready.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (!pending->response || core->stopped) co_return;  // closed by stop()
+
+    bool keep_alive = req.keep_alive() && !core->stopped;
+    auto res = build_response(std::move(*pending->response), req.version(), keep_alive, head);
+    pending->response.reset();
+    if (!co_await write_response(stream, res, limits)) co_return;
+    if (!keep_alive) {
+      co_await close_politely(stream);
+      co_return;
+    }
+  }
+}
+
+std::string peer_name(const tcp::socket& socket) {
+  error_code ec;
+  auto ep = socket.remote_endpoint(ec);
+  if (ec) return "unknown";
+  auto address = ep.address().to_string();
+  if (ep.address().is_v6()) address = "[" + address + "]";
+  return address + ":" + std::to_string(ep.port());
+}
+
+// Closes the stream and wakes a connection waiting for its handler.
+template <class Stream>
+std::function<void()> closer(Stream& stream, const std::shared_ptr<PendingAnswer>& pending) {
+  return [&stream, pending] {
+    lowest(stream).close();
+    pending->ready.cancel();
+  };
+}
+
+}  // namespace http_server_detail
+
+using namespace http_server_detail;
+
+struct HttpServer::State {
+  State(asio::io_context& io, std::shared_ptr<ServerCore> c, ssl::context* t)
+      : core(std::move(c)), acceptor(io), tls(t) {}
+  std::shared_ptr<ServerCore> core;
+  tcp::acceptor acceptor;
+  ssl::context* tls;
+};
+
+struct UnixHttpServer::State {
+  State(asio::io_context& io, std::shared_ptr<ServerCore> c) : core(std::move(c)), acceptor(io) {}
+  std::shared_ptr<ServerCore> core;
+  local::acceptor acceptor;
+  std::string path;
+};
+
+namespace http_server_detail {
+
+asio::awaitable<void> serve_connection(tcp::socket socket,
+                                       std::shared_ptr<HttpServer::State> state) {
+  auto core = state->core;
+  std::string peer = peer_name(socket);
+  auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
+  if (!state->tls) {
+    beast::tcp_stream stream(std::move(socket));
+    LiveConnection live(core, closer(stream, pending));
+    co_await serve_http(stream, core, pending, peer);
+    co_return;
+  }
+  TlsStream stream(std::move(socket), *state->tls);
+  LiveConnection live(core, closer(stream, pending));
+  error_code ec;
+  lowest(stream).expires_after(core->limits.read_timeout);
+  co_await stream.async_handshake(ssl::stream_base::server,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    log::debug("http", "{} TLS handshake with {} failed: {}", core->name, peer, ec.message());
+    co_return;
+  }
+  co_await serve_http(stream, core, pending, peer);
+}
+
+asio::awaitable<void> serve_connection(local::socket socket,
+                                       std::shared_ptr<UnixHttpServer::State> state) {
+  auto core = state->core;
+  auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
+  UnixStream stream(std::move(socket));
+  LiveConnection live(core, closer(stream, pending));
+  co_await serve_http(stream, core, pending, "unix");
+}
+
+template <class State>
+asio::awaitable<void> accept_loop(std::shared_ptr<State> state) {
+  auto& core = *state->core;
+  for (;;) {
+    error_code ec;
+    auto socket =
+        co_await state->acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (core.stopped || !state->acceptor.is_open()) co_return;
+    if (ec) {
+      log::warn("http", "accept on {} failed: {}", core.name, ec.message());
+      asio::steady_timer pause(state->acceptor.get_executor(), kAcceptRetryDelay);
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    if (core.live.size() >= core.limits.max_connections) {
+      if (!core.at_capacity) {
+        log::warn("http", "{} has {} connections open, the limit; refusing new ones", core.name,
+                  core.live.size());
+        core.at_capacity = true;
+      }
+      socket.close(ec);
+      continue;
+    }
+    asio::co_spawn(state->acceptor.get_executor(), serve_connection(std::move(socket), state),
+                   asio::detached);
+  }
+}
+
+// Starts the accept loop on the io_context's thread: start() may be called from another one.
+template <class State>
+void spawn_accept_loop(asio::io_context& io, const std::shared_ptr<State>& state) {
+  asio::dispatch(io, [&io, state] { asio::co_spawn(io, accept_loop(state), asio::detached); });
+}
+
+// Runs on the server's executor: stop accepting, close every connection.
+void stop_core(ServerCore& core) {
+  core.stopped = true;
+  auto live = core.live;  // closing does not erase synchronously, but do not rely on it
+  for (auto& [id, close] : live) close();
+}
+
+}  // namespace http_server_detail
+
+Result<std::shared_ptr<HttpServer>> HttpServer::start(asio::io_context& io, const std::string& host,
+                                                      std::uint16_t port, ssl::context* tls,
+                                                      HttpHandler handler, HttpLimits limits) {
+  error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  if (ec) {
+    return make_error(errc::invalid_argument,
+                      "HTTP listen address '" + host + "' is not an IP address (e.g. 127.0.0.1)");
+  }
+  tcp::endpoint endpoint(address, port);
+  std::string name = (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  auto core = std::make_shared<ServerCore>(std::move(handler), limits, name);
+  auto state = std::make_shared<State>(io, core, tls);
+  state->acceptor.open(endpoint.protocol(), ec);
+  if (!ec) state->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) state->acceptor.bind(endpoint, ec);
+  if (!ec) state->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return make_error(errc::io_error, "cannot listen on " + name + ": " + ec.message() +
+                                          " (is another server using the port?)");
+  }
+  std::uint16_t bound = state->acceptor.local_endpoint(ec).port();
+  if (ec) return make_error(errc::io_error, "cannot read the port of " + name);
+  core->name = (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(bound);
+  log::info("http", "listening on {}{}", core->name, tls ? " (TLS)" : "");
+  spawn_accept_loop(io, state);
+  return std::shared_ptr<HttpServer>(new HttpServer(state, bound));
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+void HttpServer::stop() {
+  if (state_->core->stop_requested.exchange(true)) return;
+  // On the acceptor's executor: the accept loop and the connections run there.
+  asio::dispatch(state_->acceptor.get_executor(), [state = state_] {
+    error_code ec;
+    state->acceptor.close(ec);
+    stop_core(*state->core);
+  });
+}
+
+Result<std::shared_ptr<UnixHttpServer>> UnixHttpServer::start(asio::io_context& io,
+                                                              const std::string& socket_path,
+                                                              HttpHandler handler,
+                                                              HttpLimits limits) {
+  auto core = std::make_shared<ServerCore>(std::move(handler), limits, socket_path);
+  auto state = std::make_shared<State>(io, core);
+  state->path = socket_path;
+  std::error_code fs_ec;
+  std::filesystem::create_directories(std::filesystem::path(socket_path).parent_path(), fs_ec);
+  std::filesystem::remove(socket_path, fs_ec);  // a socket file left by a previous run
+  error_code ec;
+  state->acceptor.open(local(), ec);
+  if (!ec) state->acceptor.bind(local::endpoint(socket_path), ec);
+  if (!ec) state->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return make_error(errc::io_error, "cannot listen on " + socket_path + ": " + ec.message());
+  }
+  ::chmod(socket_path.c_str(), 0660);
+  spawn_accept_loop(io, state);
+  return std::shared_ptr<UnixHttpServer>(new UnixHttpServer(state));
+}
+
+UnixHttpServer::~UnixHttpServer() { stop(); }
+
+void UnixHttpServer::stop() {
+  if (state_->core->stop_requested.exchange(true)) return;
+  asio::dispatch(state_->acceptor.get_executor(), [state = state_] {
+    error_code ec;
+    state->acceptor.close(ec);
+    std::error_code fs_ec;
+    std::filesystem::remove(state->path, fs_ec);
+    stop_core(*state->core);
+  });
+}
+
+}  // namespace cairn::net

@@ -1,0 +1,41 @@
+#include "cloud/connections.hpp"
+
+#include <gtest/gtest.h>
+
+#include "cloud_test_util.hpp"
+
+namespace cairn::cloud {
+namespace {
+
+using testing::CloudTest;
+
+class ConnectionTrackerTest : public CloudTest {};
+
+TEST_F(ConnectionTrackerTest, RecordsConnectAndDisconnect) {
+  make_device("d");
+  make_module("d", "m");
+  ConnectionTracker tracker(*store_, [this] { return now_ms_; });
+  tracker.connected(hub::Principal{"d", "m"});
+  auto m = **store_->find_module("d", "m");
+  EXPECT_TRUE(m.connected);
+  EXPECT_EQ(m.connection_state_updated_ms, now_ms_);
+  EXPECT_FALSE((*store_->find_device("d"))->connected);  // the module, not the device
+
+  now_ms_ += 1000;
+  tracker.connected(hub::Principal{"d", ""});
+  now_ms_ += 1000;
+  tracker.disconnected(hub::Principal{"d", ""});
+  auto d = **store_->find_device("d");
+  EXPECT_FALSE(d.connected);
+  EXPECT_EQ(d.connection_state_updated_ms, now_ms_);
+  EXPECT_EQ(d.last_activity_ms, now_ms_);
+  EXPECT_EQ(tracker.record_failures(), 0u);
+
+  // An identity deleted while connected: counted, nothing else happens.
+  ASSERT_TRUE(registry_->delete_module("d", "m", "*").ok());
+  tracker.disconnected(hub::Principal{"d", "m"});
+  EXPECT_EQ(tracker.record_failures(), 1u);
+}
+
+}  // namespace
+}  // namespace cairn::cloud
