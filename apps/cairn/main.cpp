@@ -190,9 +190,9 @@ int main(int argc, char** argv) {
   auto* cloud_desired = cloud->add_subcommand(
       "twin-update", "Merge a patch into the desired properties of DEVICE or DEVICE/MODULE");
   cloud_desired->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
-  cloud_desired->add_option("PATCH", patch, "JSON merge patch, e.g. '{\"rate\":5}'")
-      ->required();
-  auto* cloud_method = cloud->add_subcommand("method", "Invoke a direct method on a device or module");
+  cloud_desired->add_option("PATCH", patch, "JSON merge patch, e.g. '{\"rate\":5}'")->required();
+  auto* cloud_method =
+      cloud->add_subcommand("method", "Invoke a direct method on a device or module");
   cloud_method->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
   cloud_method->add_option("METHOD", method_name, "Method name")->required();
   cloud_method->add_option("PAYLOAD", payload, "JSON payload")->capture_default_str();
