@@ -13,13 +13,12 @@ Error refused(const hub::Principal& p, std::string_view why) {
   return make_error(errc::unauthorized, fmt::format("'{}': {}", p.client_id(), why));
 }
 
-// Store failures must not read as "bad credentials" in logs, but the client still gets
-// CONNACK 5 (not authorized): there is no CONNACK code for "try later" that SDKs retry on
-// that would be more useful.
+// A store failure is not the client's fault: errc::unavailable (MQTT's "server unavailable"
+// is the fitting CONNACK), logged as an error rather than as a refused credential.
 Error store_failure(const hub::Principal& p, const Error& e) {
   log::error("cloud", "authenticating client={} failed on the store: {}", p.client_id(),
              e.to_string());
-  return make_error(errc::unauthorized,
+  return make_error(errc::unavailable,
                     fmt::format("'{}': the registry is unavailable", p.client_id()));
 }
 

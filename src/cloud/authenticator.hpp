@@ -10,7 +10,8 @@
 //     a module the registry does not know yet is then registered on the spot (managedBy
 //     "iotEdge", with an empty twin), as the edge device is the authority on its own modules.
 // Unknown identities, disabled devices (and their modules) and bad signatures are
-// errc::unauthorized (CONNACK 5); a malformed username or client id is errc::invalid_argument.
+// errc::unauthorized (CONNACK 5); a malformed username or client id is errc::invalid_argument;
+// a failing store is errc::unavailable (CONNACK 3 fits).
 //
 // Thread-safety: as the Registry (one thread: the hub's io thread).
 #pragma once

@@ -38,16 +38,19 @@ std::string tracking_id() { return crypto::sha256_hex(crypto::random_bytes(16)).
 
 // IoT Hub's error body. The SDKs split Message at the first ';' (code before it, text after)
 // and keep only the next part, so the text itself must not contain ';'.
-net::HttpResponse error_response(int status, std::string_view code, std::string_view text) {
+// `tracking` receives the tracking id, for callers that log the details.
+net::HttpResponse error_response(int status, std::string_view code, std::string_view text,
+                                 std::string* tracking = nullptr) {
   std::string clean(text);
   for (char& c : clean) {
     if (c == ';') c = ',';
   }
-  const std::string tracking = tracking_id();
+  const std::string id = tracking_id();
+  if (tracking != nullptr) *tracking = id;
   json body{{"Message", fmt::format("ErrorCode:{};{}", code, clean)},
             {"ExceptionMessage",
-             fmt::format("Tracking ID:{}-TimeStamp:{}", tracking, format_iso8601(now_unix_ms()))}};
-  log::debug("cloud", "rest status={} code={} tracking={} msg={}", status, code, tracking, clean);
+             fmt::format("Tracking ID:{}-TimeStamp:{}", id, format_iso8601(now_unix_ms()))}};
+  log::debug("cloud", "rest status={} code={} tracking={} msg={}", status, code, id, clean);
   net::HttpResponse r;
   r.status = status;
   r.body = twin::dump_json(body);
@@ -75,9 +78,16 @@ net::HttpResponse error_from(const Error& e, bool module_scope = false) {
       return error_response(503, kServiceUnavailable, e.message);
     case errc::timeout:
       return error_response(504, kGatewayTimeout, e.message);
-    default:
-      log::error("cloud", "rest request failed: {}", e.to_string());
-      return error_response(500, kServerError, e.message);
+    default: {
+      // Storage details (SQL, file names) are for the operator, not the caller.
+      std::string tracking;
+      auto r = error_response(500, kServerError,
+                              "the request failed inside cairn-cloud: see its log (tracking id "
+                              "in ExceptionMessage)",
+                              &tracking);
+      log::error("cloud", "rest request failed tracking={}: {}", tracking, e.to_string());
+      return r;
+    }
   }
 }
 

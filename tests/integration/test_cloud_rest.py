@@ -51,7 +51,8 @@ def test_device_lifecycle(cloud):
     keys = created["authentication"]["symmetricKey"]
     assert created["deviceId"] == "d1" and created["status"] == "enabled"
     assert created["capabilities"] == {"iotEdge": False}
-    assert keys["primaryKey"] and keys["secondaryKey"] and keys["primaryKey"] != keys["secondaryKey"]
+    assert keys["primaryKey"] and keys["secondaryKey"]
+    assert keys["primaryKey"] != keys["secondaryKey"]
     assert created["connectionState"] == "Disconnected"
     got = cloud.call("GET", "/devices/d1")
     assert got["etag"] == created["etag"] and got["authentication"] == created["authentication"]

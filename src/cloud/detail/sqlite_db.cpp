@@ -5,39 +5,6 @@
 #include "core/log.hpp"
 
 namespace cairn::cloud::detail {
-namespace {
-
-errc errc_from_sqlite(int rc) noexcept {
-  switch (rc & 0xff) {
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-    case SQLITE_FORMAT:
-      return errc::corruption;
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-      return errc::unavailable;
-    case SQLITE_FULL:
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-    case SQLITE_PERM:
-    case SQLITE_READONLY:
-    case SQLITE_NOLFS:
-    case SQLITE_PROTOCOL:
-      return errc::io_error;
-    case SQLITE_TOOBIG:
-      return errc::limit_exceeded;
-    default:
-      // Constraint violations and misuse mean our SQL or the calling code is wrong.
-      return errc::internal;
-  }
-}
-
-}  // namespace
-
-Error sqlite_error(sqlite3* db, int rc, std::string_view what) {
-  const char* msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  return make_error(errc_from_sqlite(rc), fmt::format("{}: {} (sqlite rc={})", what, msg, rc));
-}
 
 Result<std::unique_ptr<Database>> Database::open(const std::string& path) {
   sqlite3* db = nullptr;

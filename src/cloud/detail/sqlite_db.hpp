@@ -18,11 +18,12 @@
 #include <sqlite3.h>
 
 #include "core/result.hpp"
+#include "store/detail/sqlite.hpp"
 
 namespace cairn::cloud::detail {
 
-// "what: <sqlite message> (sqlite rc=N)" with the code mapped to the project's errc.
-Error sqlite_error(sqlite3* db, int rc, std::string_view what);
+// "what: <sqlite message> (sqlite rc=N)": the message store's mapping of SQLite codes to errc.
+using store::detail::sqlite_error;
 
 class Database {
  public:

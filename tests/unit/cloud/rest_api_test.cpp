@@ -209,6 +209,24 @@ TEST_F(RestTest, UnknownPathsAndMethods) {
   EXPECT_EQ(call("DELETE", "/twins/d").response.status, 405);
 }
 
+TEST_F(RestTest, StorageFailuresAre500WithoutInternals) {
+  make_device("d");
+  ASSERT_TRUE(store_->exec_for_test("UPDATE twins SET document = 'garbage'").ok());
+  Reply r = call("GET", "/twins/d");
+  EXPECT_EQ(r.response.status, 500);
+  EXPECT_EQ(r.code(), "ServerError");
+  EXPECT_EQ(r.response.body.find("garbage"), std::string::npos);
+  EXPECT_EQ(r.response.body.find("cloud store"), std::string::npos);
+}
+
+TEST_F(RestTest, DeleteHonoursIfMatch) {
+  DeviceRecord d = make_device("d");
+  Reply stale = call_if_match("DELETE", "/devices/d", "", "\"old\"");
+  EXPECT_EQ(stale.response.status, 412);
+  EXPECT_TRUE(registry_->get_device("d").ok());
+  EXPECT_EQ(call_if_match("DELETE", "/devices/d", "", "\"" + d.etag + "\"").response.status, 204);
+}
+
 // --- modules ---
 
 TEST_F(RestTest, ModuleLifecycleWithEscapedIds) {
