@@ -131,8 +131,50 @@ def decode_bag(bag):
 # --------------------------------------------------------------------------------------------
 # cairnd
 
-class Cairnd:
+class _Daemon:
+    """What Cairnd and CairnCloud share: stopping, killing and the sanitizer check of a
+    process whose output lands in log_text(). Subclasses set `name` and `proc`."""
+
+    name = "daemon"
+
+    def stop(self, timeout=30.0, expect_rc=0):
+        """SIGTERM and wait; asserts a clean exit (rc 0, no sanitizer report)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise AssertionError(f"{self.name} did not stop within {timeout}s after SIGTERM")
+        self.proc = None
+        self.check_sanitizers()
+        if expect_rc is not None:
+            assert rc == expect_rc, f"{self.name} exited with {rc}:\n{self.log_text()[-4000:]}"
+        return rc
+
+    def kill9(self):
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.check_sanitizers()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_sanitizers(self):
+        text = self.log_text()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, f"sanitizer report in {self.name} log:\n{text[-8000:]}"
+
+
+class Cairnd(_Daemon):
     """One cairnd with its own home directory and free ports."""
+
+    name = "cairnd"
 
     def __init__(self, home, routes=None, config=None, top=None, ttl_secs=7200, manifest=True,
                  device_id="edge1", extra_desired=None):
@@ -287,42 +329,9 @@ class Cairnd:
             raise AssertionError(f"cairnd exited with {rc} during start:\n{text}")
         raise AssertionError("cairnd could not find free ports")
 
-    def stop(self, timeout=30.0, expect_rc=0):
-        """SIGTERM and wait; asserts a clean exit (rc 0, no sanitizer report)."""
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            raise AssertionError(f"cairnd did not stop within {timeout}s after SIGTERM")
-        self.proc = None
-        self.check_sanitizers()
-        if expect_rc is not None:
-            assert rc == expect_rc, f"cairnd exited with {rc}:\n{self.log_text()[-4000:]}"
-        return rc
-
-    def kill9(self):
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        self.check_sanitizers()
-
     def restart(self):
         self.stop()
         return self.start()
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_sanitizers(self):
-        text = self.log_text()
-        for marker in SANITIZER_MARKERS:
-            assert marker not in text, f"sanitizer report in cairnd log:\n{text[-8000:]}"
 
     # -- CLI
 
@@ -523,9 +532,11 @@ def https_request(host, port, method, target, ca_file, server_name=None, body=No
         conn.close()
 
 
-class CairnCloud:
+class CairnCloud(_Daemon):
     """One cairn-cloud with its own home directory and free ports on CLOUD_HOST. Restarts keep
     the home and the ports, as a cloud coming back would."""
+
+    name = "cairn-cloud"
 
     def __init__(self, home, hostname=None, fsync=False):
         self.home = Path(home)
@@ -634,38 +645,6 @@ class CairnCloud:
         for port in (self.mqtt_port, self.https_port):
             wait_for(lambda: port_accepts(port, CLOUD_HOST), what=f"cloud port {port}")
         return self
-
-    def stop(self, timeout=30.0, expect_rc=0):
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            raise AssertionError(f"cairn-cloud did not stop within {timeout}s after SIGTERM")
-        self.proc = None
-        self.check_sanitizers()
-        if expect_rc is not None:
-            assert rc == expect_rc, f"cairn-cloud exited with {rc}:\n{self.log_text()[-4000:]}"
-        return rc
-
-    def kill9(self):
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        self.check_sanitizers()
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_sanitizers(self):
-        text = self.log_text()
-        for marker in SANITIZER_MARKERS:
-            assert marker not in text, f"sanitizer report in cairn-cloud log:\n{text[-8000:]}"
 
     # -- REST (the IoT Hub service API)
 
