@@ -54,6 +54,7 @@ bench: setup
 	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-bench
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync true
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync false
+	build/bin/cairn-bench link
 
 clean:
 	rm -rf build build-asan build-debug build-tsan build-fuzz

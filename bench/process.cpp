@@ -1,5 +1,6 @@
 #include "bench/process.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -265,6 +266,31 @@ std::string tail_of_file(const std::string& path, int lines) {
   std::string out;
   for (const auto& l : last) out += "  | " + l + "\n";
   return out;
+}
+
+Status write_file(const std::filesystem::path& path, std::string_view text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return make_error(errc::io_error, "cannot write " + path.string());
+  return {};
+}
+
+std::map<std::string, std::string> parse_connection_string(std::string_view text) {
+  constexpr std::string_view kBlank = " \t\r\n";
+  std::map<std::string, std::string> fields;
+  while (!text.empty()) {
+    const auto semi = text.find(';');
+    std::string_view field = text.substr(0, semi);
+    field.remove_prefix(std::min(field.find_first_not_of(kBlank), field.size()));
+    field = field.substr(0, field.find_last_not_of(kBlank) + 1);
+    if (const auto eq = field.find('='); eq != std::string_view::npos) {
+      fields[std::string(field.substr(0, eq))] = std::string(field.substr(eq + 1));
+    }
+    if (semi == std::string_view::npos) break;
+    text.remove_prefix(semi + 1);
+  }
+  return fields;
 }
 
 }  // namespace cairn::bench

@@ -1,14 +1,17 @@
 // Child processes and loopback sockets for the benchmarks: spawn a broker with its output in a
 // log file, wait until it accepts TCP connections, read its RSS and CPU time from /proc, stop
-// it; run a short command and capture its stdout.
+// it; run a short command and capture its stdout; small file and text helpers.
 //
 // Thread-safety: a ChildProcess belongs to one thread. The free functions are thread-safe.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/result.hpp"
@@ -67,5 +70,12 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
 
 // The last `lines` lines of a text file (for error messages); empty if unreadable.
 std::string tail_of_file(const std::string& path, int lines = 10);
+
+// Writes `text` to `path`, replacing it.
+[[nodiscard]] Status write_file(const std::filesystem::path& path, std::string_view text);
+
+// "HostName=H;DeviceId=D;SharedAccessKey=K" -> {field: value}. Values may contain '=' (base64
+// keys), so each field splits at its first '='; blanks and line ends around fields are dropped.
+std::map<std::string, std::string> parse_connection_string(std::string_view text);
 
 }  // namespace cairn::bench

@@ -18,31 +18,6 @@ namespace {
 constexpr std::string_view kDeviceId = "bench-edge";
 constexpr std::int64_t kTokenValiditySeconds = 3600;
 
-Status write_file(const std::filesystem::path& path, std::string_view text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return make_error(errc::io_error, "cannot write " + path.string());
-  return {};
-}
-
-// "HostName=H;DeviceId=D;ModuleId=M;SharedAccessKey=K;GatewayHostName=G" -> map. Values may
-// contain '=' (base64 keys), so split each field at its first '='.
-std::map<std::string, std::string> parse_connection_string(std::string_view text) {
-  std::map<std::string, std::string> fields;
-  while (!text.empty()) {
-    const auto semi = text.find(';');
-    const auto field = text.substr(0, semi);
-    const auto eq = field.find('=');
-    if (eq != std::string_view::npos) {
-      fields.emplace(std::string(field.substr(0, eq)), std::string(field.substr(eq + 1)));
-    }
-    if (semi == std::string_view::npos) break;
-    text.remove_prefix(semi + 1);
-  }
-  return fields;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' '))
     s.remove_suffix(1);

@@ -2,6 +2,7 @@
 //
 //   cairn-bench mqtt [--suite default | --publishers N --subscribers M --qos Q --payload B]
 //                    [--target both|cairn|mosquitto] [--duration S] [--warmup S] ...
+//   cairn-bench link [--messages N] [--payload B] [--inflight W] [--cairn-fsync true|false] ...
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench/link_bench.hpp"
 #include "bench/mqtt_bench.hpp"
 #include "core/log.hpp"
 #include <unistd.h>
@@ -91,8 +93,53 @@ int main(int argc, char** argv) {
   mqtt->add_flag("--keep-dir", options.keep_dir,
                  "Keep the work directory (configs, broker logs) and print its path");
 
+  cairn::bench::LinkBenchOptions link_options;
+  link_options.cairnd_path = sibling_program("cairnd");
+  link_options.cloud_path = sibling_program("cairn-cloud");
+  auto* link_cmd = app.add_subcommand(
+      "link",
+      "cairnd's cloud link against a cairn-cloud started by the bench: upstream throughput "
+      "(through cairnd vs a device sending directly), drain of a backlog after a cloud outage, "
+      "twin patch round trips. Progress on stderr; report on stdout, last line JSON.");
+  link_cmd
+      ->add_option("--messages", link_options.messages,
+                   "Messages per throughput phase and in the outage backlog")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+  link_cmd->add_option("--payload", link_options.payload_bytes, "Message body bytes")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{64 * 1024}));
+  link_cmd->add_option("--inflight", link_options.inflight, "QoS 1 publishes awaiting PUBACK")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10000}));
+  link_cmd
+      ->add_option("--reported-patches", link_options.reported_patches,
+                   "Reported patches per target (module via cairnd, device direct)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
+  link_cmd
+      ->add_option("--desired-patches", link_options.desired_patches,
+                   "Desired patches over REST per target")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
+  link_cmd
+      ->add_option("--cairn-fsync", link_options.fsync,
+                   "cairnd store.fsync and cairn-cloud --fsync: true = fsync every commit, "
+                   "false = commit without fsync")
+      ->capture_default_str();
+  link_cmd->add_option("--timeout", link_options.phase_timeout_s, "Seconds a phase may take")
+      ->capture_default_str()
+      ->check(CLI::Range(5.0, 3600.0));
+  link_cmd->add_option("--cairnd", link_options.cairnd_path, "cairnd binary")
+      ->capture_default_str();
+  link_cmd->add_option("--cairn-cloud", link_options.cloud_path, "cairn-cloud binary")
+      ->capture_default_str();
+  link_cmd->add_flag("--keep-dir", link_options.keep_dir,
+                     "Keep the work directory (homes, configs, logs) and print its path");
+
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
+  if (link_cmd->parsed()) return cairn::bench::run_link_bench(link_options);
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {
