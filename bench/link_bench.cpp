@@ -1048,7 +1048,7 @@ ThroughputResult Bench::throughput_edge() {
 ThroughputResult Bench::throughput_direct() {
   return throughput(direct_client_,
                     fmt::format("devices/{}/messages/events/%24.mid=direct-", kDirectDevice),
-                    "direct", "direct");
+                    "direct-", "direct path");
 }
 
 // Sequential reported patches: each waits for its 204 before the next is sent.

@@ -16,6 +16,7 @@
 #include "cloud/telemetry_sink.hpp"
 #include "cloud/twins.hpp"
 #include "core/log.hpp"
+#include "core/memory.hpp"
 #include "hub/edgehub_config.hpp"
 #include "hub/hub.hpp"
 #include "net/asio.hpp"
@@ -185,6 +186,7 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cairn::tune_heap_trimming();
   CLI::App app{
       "cairn-cloud — the self-hosted cloud hub: device registry, twins, direct methods and a "
       "telemetry sink behind the IoT Hub device (MQTT) and service (REST) protocols"};

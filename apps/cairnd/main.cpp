@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/log.hpp"
+#include "core/memory.hpp"
 #include "hub/config.hpp"
 #include "hub/edge_api.hpp"
 #include "hub/edgehub_config.hpp"
@@ -162,6 +163,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
 }  // namespace
 
 int main(int argc, char** argv) {
+  cairn::tune_heap_trimming();
   CLI::App app{"cairnd — the cairn edge daemon: MQTT hub with IoT Edge routes and durable queues"};
   std::string home = "/var/lib/cairn";
   std::string config_path;

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -213,10 +214,18 @@ class CloudStore {
   // activity). errc::not_found if the identity does not exist.
   virtual Status set_connection_state(const TwinKey& who, bool connected, std::int64_t at_ms) = 0;
 
-  // Stores one message and sets `record.seq`, also moving the sender's last activity to
-  // `record.stored_ms`. Returns false, and counts a duplicate, when a message with the same
-  // non-empty message id from the same device and module is already stored.
-  virtual Result<bool> insert_telemetry(TelemetryRecord& record) = 0;
+  // Stores messages in one transaction (one commit, one fsync, however many there are) and
+  // sets each stored record's `seq`, also moving the sender's last activity to its
+  // `stored_ms`. stored[i] is false, and a duplicate is counted, when a message with the same
+  // non-empty message id from the same device and module is already stored (or comes earlier
+  // in `records`). On error nothing is stored.
+  virtual Result<std::vector<bool>> insert_telemetry(std::span<TelemetryRecord> records) = 0;
+  // One message: true if stored, false if a duplicate.
+  Result<bool> insert_telemetry(TelemetryRecord& record) {
+    auto stored = insert_telemetry(std::span<TelemetryRecord>(&record, 1));
+    if (!stored) return std::move(stored).error();
+    return static_cast<bool>(stored->front());
+  }
   // Oldest first.
   virtual Result<std::vector<TelemetryRecord>> list_telemetry(const TelemetryQuery& query) = 0;
 

@@ -169,7 +169,7 @@ constexpr const char* kListTelemetry =
     "SELECT seq, device_id, module_id, message_id, enqueued_time, stored_ms, system_properties, "
     "app_properties, body FROM telemetry WHERE seq > ?1 AND (?2 IS NULL OR device_id = ?2) "
     "AND (?3 IS NULL OR module_id = ?3) ORDER BY seq LIMIT ?4";
-constexpr const char* kBumpCounter = "UPDATE counters SET value = value + 1 WHERE name = ?1";
+constexpr const char* kAddToCounter = "UPDATE counters SET value = value + ?2 WHERE name = ?1";
 constexpr const char* kCounts =
     "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM modules), "
     "(SELECT value FROM counters WHERE name = 'telemetry_stored'), "
@@ -576,31 +576,42 @@ Status SqliteCloudStore::set_connection_state(const TwinKey& who, bool connected
   return {};
 }
 
-Result<bool> SqliteCloudStore::insert_telemetry(TelemetryRecord& record) {
-  bool stored = false;
-  const std::string system = properties_to_text(record.system);
-  const std::string app = properties_to_text(record.app);
-  const std::string who = client_name(record.device_id, record.module_id);
+Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<TelemetryRecord> records) {
+  std::vector<bool> stored(records.size(), false);
   Status s = db_->transaction([&]() -> Status {
-    Query q(*db_, kInsertTelemetry);
-    q.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.message_id);
-    q.bind(4, record.enqueued_time).bind(5, record.stored_ms).bind(6, system).bind(7, app);
-    q.bind_blob(8, record.body);
-    CAIRN_TRY(q.run(fmt::format("store a message from '{}'", who)));
-    stored = db_->changes() != 0;
-    if (stored) record.seq = db_->last_insert_rowid();
-    Query c(*db_, kBumpCounter);
-    c.bind(1, std::string_view(stored ? "telemetry_stored" : "telemetry_duplicates"));
-    CAIRN_TRY(c.run("count a message"));
-    if (!stored) return {};
-    // The sender may be unknown (deleted after it sent): then there is nothing to update.
-    Query a(*db_, record.module_id.empty() ? kDeviceActivity : kModuleActivity);
-    if (record.module_id.empty()) {
-      a.bind(1, record.device_id).bind(2, record.stored_ms);
-    } else {
-      a.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.stored_ms);
+    std::int64_t inserted = 0;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      TelemetryRecord& record = records[i];
+      const std::string system = properties_to_text(record.system);
+      const std::string app = properties_to_text(record.app);
+      Query q(*db_, kInsertTelemetry);
+      q.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.message_id);
+      q.bind(4, record.enqueued_time).bind(5, record.stored_ms).bind(6, system).bind(7, app);
+      q.bind_blob(8, record.body);
+      CAIRN_TRY(q.run("store a message"));
+      if (db_->changes() == 0) continue;
+      stored[i] = true;
+      ++inserted;
+      record.seq = db_->last_insert_rowid();
+      // The sender may be unknown (deleted after it sent): then there is nothing to update.
+      Query a(*db_, record.module_id.empty() ? kDeviceActivity : kModuleActivity);
+      if (record.module_id.empty()) {
+        a.bind(1, record.device_id).bind(2, record.stored_ms);
+      } else {
+        a.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.stored_ms);
+      }
+      CAIRN_TRY(a.run(fmt::format("record the activity of '{}'",
+                                  client_name(record.device_id, record.module_id))));
     }
-    return a.run(fmt::format("record the activity of '{}'", who));
+    const auto duplicates = static_cast<std::int64_t>(records.size()) - inserted;
+    for (const auto& [counter, n] :
+         {std::pair{"telemetry_stored", inserted}, std::pair{"telemetry_duplicates", duplicates}}) {
+      if (n == 0) continue;
+      Query c(*db_, kAddToCounter);
+      c.bind(1, std::string_view(counter)).bind(2, n);
+      CAIRN_TRY(c.run("count messages"));
+    }
+    return {};
   });
   if (!s) return std::move(s).error();
   return stored;

@@ -46,7 +46,8 @@ class SqliteCloudStore final : public CloudStore {
   Result<std::vector<PolicyRecord>> list_policies() override;
   Status write(const WriteBatch& batch) override;
   Status set_connection_state(const TwinKey& who, bool connected, std::int64_t at_ms) override;
-  Result<bool> insert_telemetry(TelemetryRecord& record) override;
+  Result<std::vector<bool>> insert_telemetry(std::span<TelemetryRecord> records) override;
+  using CloudStore::insert_telemetry;
   Result<std::vector<TelemetryRecord>> list_telemetry(const TelemetryQuery& query) override;
   Result<StoreCounts> counts() override;
 

@@ -68,7 +68,9 @@ Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io,
                                                     options.jsonl_path, std::strerror(errno)));
     }
   }
-  return std::shared_ptr<TelemetrySink>(new TelemetrySink(io, store, file, std::move(clock)));
+  std::shared_ptr<TelemetrySink> sink(new TelemetrySink(io, store, file, std::move(clock)));
+  sink->weak_self_ = sink;
+  return sink;
 }
 
 TelemetrySink::TelemetrySink(asio::io_context& io, CloudStore& store, std::FILE* file, Clock clock)
@@ -83,7 +85,7 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   // Duplicates are recognised by message id whether or not the hub flagged the delivery as a
   // re-send: a device may itself re-send a message after a lost PUBACK.
   const std::int64_t now = clock_ ? clock_() : now_unix_ms();
-  TelemetryRecord r;
+  TelemetryRecord& r = records_.emplace_back();
   r.device_id = std::string(m.system.get(sysprop::kConnectionDeviceId).value_or(""));
   r.module_id = std::string(m.system.get(sysprop::kConnectionModuleId).value_or(""));
   r.message_id = std::string(m.system.get(sysprop::kMessageId).value_or(""));
@@ -94,34 +96,54 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   r.system = m.system;
   r.app = m.app;
   r.body = m.body;
-
-  auto stored = store_.insert_telemetry(r);
-  if (!stored) {
-    ++counters_.store_failures;
-    log::error("cloud", "storing a message from client={} failed, left unacknowledged: {}",
-               r.module_id.empty() ? r.device_id : r.device_id + "/" + r.module_id,
-               stored.error().to_string());
-    return true;
+  acks_.push_back(std::move(on_ack));
+  if (records_.size() == 1) {
+    asio::post(io_, [weak = weak_self_] {
+      if (auto self = weak.lock()) self->flush();
+    });
   }
-  if (!*stored) {
-    ++counters_.duplicates;
-    log::debug("cloud", "duplicate message device={} module={} message_id={} dropped", r.device_id,
-               r.module_id, r.message_id);
-  } else {
-    ++counters_.stored;
-    if (file_ != nullptr) {
-      std::string line = twin::dump_json(telemetry_to_json(r));
-      line.push_back('\n');
-      if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() ||
-          std::fflush(file_) != 0) {
-        ++counters_.file_failures;
-        log::warn("cloud", "writing the telemetry file failed: {}", std::strerror(errno));
-        std::clearerr(file_);
-      }
+  return true;
+}
+
+void TelemetrySink::flush() {
+  std::vector<TelemetryRecord> records = std::move(records_);
+  std::vector<std::function<void()>> acks = std::move(acks_);
+  records_.clear();
+  acks_.clear();
+  auto stored = store_.insert_telemetry(std::span<TelemetryRecord>(records));
+  if (!stored) {
+    counters_.store_failures += records.size();
+    log::error("cloud", "storing {} messages failed, left unacknowledged: {}", records.size(),
+               stored.error().to_string());
+    return;
+  }
+  for (bool s : *stored) ++(s ? counters_.stored : counters_.duplicates);
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    if (!(*stored)[i]) {
+      log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
+                 records[i].device_id, records[i].module_id, records[i].message_id);
     }
   }
-  asio::post(io_, std::move(on_ack));
-  return true;
+  write_lines(records, *stored);
+  for (auto& ack : acks) ack();
+}
+
+void TelemetrySink::write_lines(std::span<const TelemetryRecord> records,
+                                const std::vector<bool>& stored) {
+  if (file_ == nullptr) return;
+  std::string lines;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    if (!stored[i]) continue;
+    lines += twin::dump_json(telemetry_to_json(records[i]));
+    lines.push_back('\n');
+  }
+  if (lines.empty()) return;
+  if (std::fwrite(lines.data(), 1, lines.size(), file_) != lines.size() ||
+      std::fflush(file_) != 0) {
+    ++counters_.file_failures;
+    log::warn("cloud", "writing the telemetry file failed: {}", std::strerror(errno));
+    std::clearerr(file_);
+  }
 }
 
 }  // namespace cairn::cloud

@@ -1,16 +1,17 @@
 // TelemetrySink: where device-to-cloud messages end up in cairn-cloud. In the cloud role every
 // telemetry message a device or module sends is routed into the hub's durable `$upstream`
-// queue; the sink is that endpoint's consumer. For each message it
-//   1. stores it in the cloud store — once: a message whose non-empty messageId was already
-//      stored for the same device and module (a re-send after a lost acknowledgement) is
-//      dropped and counted as a duplicate;
-//   2. appends one JSON line to the optional file sink (telemetry_to_json);
-//   3. acknowledges it, which lets the hub delete it from its queue.
-// The acknowledgement is posted to the io_context rather than called inside deliver(): the
-// endpoint's pump calls deliver() in a loop, and acknowledging synchronously would re-enter
-// the pump once per queued message.
+// queue; the sink is that endpoint's consumer. deliver() only collects; a handler posted to
+// the io_context then, for everything collected since (up to the endpoint's window),
+//   1. stores the messages in the cloud store in one transaction, so a burst costs one commit
+//      (one fsync) rather than one per message — each once: a message whose non-empty
+//      messageId was already stored for the same device and module (a re-send after a lost
+//      acknowledgement) is dropped and counted as a duplicate;
+//   2. appends one JSON line per stored message to the optional file sink (telemetry_to_json);
+//   3. acknowledges them, which lets the hub delete them from its queue.
+// Acknowledging outside deliver() also keeps the endpoint's pump, which calls deliver() in a
+// loop, from being re-entered once per message.
 //
-// If the store fails, the message is not acknowledged: it stays in the hub's queue and is
+// If the store fails, the batch is not acknowledged: it stays in the hub's queue and is
 // delivered again to the next consumer (fail closed; the error is logged and counted). A file
 // sink failure is logged and counted but does not hold messages back: the store is the record.
 //
@@ -21,7 +22,9 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -68,12 +71,19 @@ class TelemetrySink final : public hub::Consumer {
 
  private:
   TelemetrySink(asio::io_context& io, CloudStore& store, std::FILE* file, Clock clock);
+  // Stores, writes and acknowledges everything collected since the last flush.
+  void flush();
+  void write_lines(std::span<const TelemetryRecord> records, const std::vector<bool>& stored);
 
   asio::io_context& io_;
   CloudStore& store_;
   std::FILE* file_;  // owned; null without a file sink
   Clock clock_;
   TelemetryCounters counters_;
+  // Collected by deliver(), in delivery order; a flush is posted while they are non-empty.
+  std::vector<TelemetryRecord> records_;
+  std::vector<std::function<void()>> acks_;
+  std::weak_ptr<TelemetrySink> weak_self_;
 };
 
 }  // namespace cairn::cloud

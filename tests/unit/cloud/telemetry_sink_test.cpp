@@ -131,6 +131,43 @@ TEST_F(TelemetrySinkTest, AStoreFailureLeavesTheMessageUnacknowledged) {
   EXPECT_EQ(sink->counters().stored, 0u);
 }
 
+TEST_F(TelemetrySinkTest, ABurstIsStoredTogetherWithDuplicatesInsideItDropped) {
+  make_device("d");
+  const std::string path = dir_.file("telemetry.jsonl");
+  auto sink = open_sink(path);
+  ASSERT_NE(sink, nullptr);
+  int acked = 0;
+  for (const char* id : {"a", "b", "a", "c"}) {
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+  }
+  EXPECT_EQ(acked, 0);  // nothing is stored or acknowledged before the io_context runs
+  EXPECT_TRUE(store_->list_telemetry(TelemetryQuery{})->empty());
+  io_.poll();
+  EXPECT_EQ(acked, 4);
+  EXPECT_EQ(sink->counters().stored, 3u);
+  EXPECT_EQ(sink->counters().duplicates, 1u);
+  EXPECT_EQ(store_->counts()->duplicates, 1);
+  auto lines = read_lines(path);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["messageId"], "a");
+  EXPECT_EQ(lines[1]["messageId"], "b");
+  EXPECT_EQ(lines[2]["messageId"], "c");
+}
+
+TEST_F(TelemetrySinkTest, AStoreFailureLeavesTheWholeBurstUnacknowledged) {
+  make_device("d");
+  auto sink = open_sink();
+  ASSERT_NE(sink, nullptr);
+  ASSERT_TRUE(store_->exec_for_test("DROP TABLE telemetry").ok());
+  int acked = 0;
+  for (const char* id : {"a", "b"}) {
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+  }
+  io_.poll();
+  EXPECT_EQ(acked, 0);
+  EXPECT_EQ(sink->counters().store_failures, 2u);
+}
+
 TEST_F(TelemetrySinkTest, AnUnwritableFileIsAnErrorAtOpen) {
   auto sink = TelemetrySink::open(io_, *store_, TelemetrySinkOptions{"/proc/no/such/file"});
   ASSERT_FALSE(sink.ok());
