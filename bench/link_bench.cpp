@@ -613,17 +613,7 @@ struct PublishRun {
   std::size_t target = 0;
   std::atomic<std::size_t> acked{0};
   std::atomic<std::int64_t> last_ack_ns{0};  // steady clock
-  std::mutex mu;
-  std::string error;  // guarded by mu
-
-  void fail(std::string what) {
-    std::lock_guard lock(mu);
-    if (error.empty()) error = std::move(what);
-  }
-  std::string error_text() {
-    std::lock_guard lock(mu);
-    return error;
-  }
+  FirstError error;
 };
 
 // Publishes `run->target` QoS 1 messages "{topic_prefix}{i}", keeping the client's in-flight
@@ -636,7 +626,7 @@ awaitable<Status> publish_all(std::shared_ptr<net::MqttClient> client, std::stri
     payload[i % payload.size()] = static_cast<char>('a' + i % 26);
     net::MqttClient::AckHandler on_ack = [run](Status s) {
       if (!s) {
-        run->fail("a publish failed: " + s.error().message);
+        run->error.set("a publish failed: " + s.error().message);
         return;
       }
       run->last_ack_ns.store(Clock::now().time_since_epoch().count());
@@ -645,7 +635,7 @@ awaitable<Status> publish_all(std::shared_ptr<net::MqttClient> client, std::stri
     auto queued = co_await client->async_publish(topic_prefix + std::to_string(i), payload, 1,
                                                  false, std::move(on_ack));
     if (!queued) {
-      run->fail("publish: " + queued.error().message);
+      run->error.set("publish: " + queued.error().message);
       co_return queued;
     }
   }
@@ -983,7 +973,7 @@ ThroughputResult Bench::throughput(Client& client, const std::string& topic_pref
     tail_->poll(std::ref(tracker));
     const auto now = Clock::now();
     if (tracker.complete()) break;
-    if (error = run->error_text(); !error.empty()) break;
+    if (error = run->error.text(); !error.empty()) break;
     if (auto alive = processes_alive(); !alive) {
       error = alive.error().message;
       break;
@@ -1013,7 +1003,7 @@ ThroughputResult Bench::throughput(Client& client, const std::string& topic_pref
     std::this_thread::sleep_for(1ms);
   }
   if (error.empty() && run->acked.load() < run->target) {
-    error = "not every publish was acknowledged: " + run->error_text();
+    error = "not every publish was acknowledged: " + run->error.text();
   }
   if (!error.empty()) {
     r.error = error;
@@ -1210,13 +1200,13 @@ DrainResult Bench::drain() {
     r.error = s.error().message;
     return r;
   }
-  while (run->acked.load() < run->target && run->error_text().empty() &&
+  while (run->acked.load() < run->target && run->error.text().empty() &&
          Clock::now() < ingest_begin.at + limit) {
     std::this_thread::sleep_for(1ms);
   }
   const auto ingest_end = mark();
   if (run->acked.load() < run->target) {
-    r.error = "cairnd did not acknowledge the backlog: " + run->error_text();
+    r.error = "cairnd did not acknowledge the backlog: " + run->error.text();
     return r;
   }
   const Clock::time_point last_ack{Clock::duration(run->last_ack_ns.load())};

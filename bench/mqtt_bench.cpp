@@ -98,17 +98,7 @@ struct RunShared {
   std::atomic<int> phase{kWarmup};
   std::atomic<bool> stop{false};
   std::uint64_t run_start_ns = 0;  // stamps older than this are not ours (stale redeliveries)
-  std::mutex mu;
-  std::string first_error;  // guarded by mu
-
-  void error(std::string what) {
-    std::lock_guard lock(mu);
-    if (first_error.empty()) first_error = std::move(what);
-  }
-  std::string error_text() {
-    std::lock_guard lock(mu);
-    return first_error;
-  }
+  FirstError first_error;
 };
 
 struct Subscriber {
@@ -146,14 +136,16 @@ awaitable<void> publish_loop(Publisher* publisher, RunShared* shared, std::size_
     auto ready = co_await client->wait_until_ready(qos);
     if (shared->stop.load(std::memory_order_relaxed)) break;
     if (!ready) {
-      shared->error("publisher " + client->options().client_id + ": " + ready.error().message);
+      shared->first_error.set("publisher " + client->options().client_id + ": " +
+                              ready.error().message);
       break;
     }
     stamp(payload, now_ns());
     auto queued = co_await client->async_publish(publisher->topic, payload, qos);
     if (!queued) {
       if (!shared->stop.load(std::memory_order_relaxed)) {
-        shared->error("publisher " + client->options().client_id + ": " + queued.error().message);
+        shared->first_error.set("publisher " + client->options().client_id + ": " +
+                                queued.error().message);
       }
       break;
     }
@@ -411,10 +403,11 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
         result.rss_max_kib = std::max(result.rss_max_kib.value_or(0), *kib);
       }
       if (!child->running()) {
-        shared.error(fmt::format("broker {} during the run; log:\n{}", child->exit_description(),
-                                 tail_of_file(prepared->log_path)));
+        shared.first_error.set(fmt::format("broker {} during the run; log:\n{}",
+                                           child->exit_description(),
+                                           tail_of_file(prepared->log_path)));
       }
-      if (!shared.error_text().empty()) break;
+      if (!shared.first_error.text().empty()) break;
       if (now - last_report >= 1s) {
         std::uint64_t received = 0;
         for (auto& s : subscribers) received += s->received_total.load(std::memory_order_relaxed);
@@ -433,7 +426,7 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
     const auto broker_cpu_end = child->cpu_seconds();
     const double own_cpu_end = own_cpu_seconds();
     shared.stop.store(true);
-    error = shared.error_text();
+    error = shared.first_error.text();
     if (error.empty() && measure_began == Clock::time_point{}) error = "run ended before measuring";
     if (error.empty()) {
       result.window_s = seconds_between(measure_began, measure_ended);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -70,6 +71,23 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
 
 // The last `lines` lines of a text file (for error messages); empty if unreadable.
 std::string tail_of_file(const std::string& path, int lines = 10);
+
+// The first error reported by any of several threads (later ones are dropped).
+class FirstError {
+ public:
+  void set(std::string what) {
+    std::lock_guard lock(mu_);
+    if (text_.empty()) text_ = std::move(what);
+  }
+  std::string text() const {
+    std::lock_guard lock(mu_);
+    return text_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::string text_;
+};
 
 // Writes `text` to `path`, replacing it.
 [[nodiscard]] Status write_file(const std::filesystem::path& path, std::string_view text);
