@@ -35,12 +35,13 @@
 #include "bench/process.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "hub/iothub_topics.hpp"
 #include "net/http.hpp"
 #include "net/mqtt_client.hpp"
+#include "net/service_client.hpp"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -70,33 +71,13 @@ constexpr auto kStopGrace = 10s;     // SIGTERM -> SIGKILL
 constexpr auto kPoll = 5ms;          // messages file and counters
 constexpr auto kAnswerLimit = 10s;   // one twin round trip
 constexpr auto kProgressEvery = 1s;  // progress lines on stderr
-constexpr const char* kDesiredPrefix = "$iothub/twin/PATCH/properties/desired/";
-constexpr const char* kTwinResPrefix = "$iothub/twin/res/";
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-void progress(const std::string& line) {
-  std::fprintf(stderr, "[cairn-bench] %s\n", line.c_str());
-  std::fflush(stderr);
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
 std::uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
   return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
-}
-
-double own_cpu_seconds() {
-  rusage usage{};
-  ::getrusage(RUSAGE_SELF, &usage);
-  auto to_s = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
-  };
-  return to_s(usage.ru_utime) + to_s(usage.ru_stime);
 }
 
 std::string with_commas(double value) {
@@ -198,29 +179,12 @@ Result<double> wait_accepting(ChildProcess& process, const char* ip,
 // The cloud's REST API and cairnd's management socket.
 
 struct CloudService {
-  std::string host;
-  std::uint16_t port = 0;
-  std::string ca_file;
-  std::string policy;
-  std::string key;
+  net::ServiceClient client;
 
   // The JSON body of a 2xx answer; anything else is an error quoting the answer.
   Result<json> call(const std::string& method, const std::string& target,
                     const std::string& body = "") const {
-    auto token = crypto::make_sas_token(host, key, now_unix_s() + kTokenValiditySeconds, policy);
-    if (!token) return std::move(token).error();
-    net::HttpTarget t;
-    t.host = host;
-    t.port = port;
-    t.tls = true;
-    t.ca_file = ca_file;
-    net::HttpRequest request;
-    request.method = method;
-    request.target = target;
-    request.body = body;
-    request.headers = {{"Authorization", *token}};
-    if (!body.empty()) request.headers.emplace_back("Content-Type", "application/json");
-    auto r = net::http_request(t, request, 30);
+    auto r = client.request(method, target, body);
     if (!r) {
       return make_error(r.error().code,
                         fmt::format("cloud {} {}: {}", method, target, r.error().message));
@@ -270,16 +234,11 @@ Result<CloudService> read_service_credentials(const std::string& log_path) {
       if (line.find("SharedAccessKeyName=") != std::string::npos) found = line;
     }
     if (!found.empty()) {
-      auto fields = parse_connection_string(found);
-      CloudService s;
-      s.host = fields["HostName"];
-      s.policy = fields["SharedAccessKeyName"];
-      s.key = fields["SharedAccessKey"];
-      if (s.host.empty() || s.policy.empty() || s.key.empty()) {
-        return make_error(errc::invalid_argument,
-                          "cannot read the service connection string in '" + found + "'");
+      auto client = net::ServiceClient::from_connection_string(found);
+      if (!client) {
+        return make_error(errc::invalid_argument, client.error().message + ": '" + found + "'");
       }
-      return s;
+      return CloudService{*std::move(client)};
     }
     if (Clock::now() > deadline) {
       return make_error(errc::timeout, "cairn-cloud printed no service connection string; log:\n" +
@@ -323,7 +282,7 @@ Result<Credentials> module_credentials(const std::string& socket, const std::str
     std::this_thread::sleep_for(50ms);
   }
   if (!created) return std::move(created).error();
-  auto fields = parse_connection_string(created->value("connectionString", std::string()));
+  auto fields = net::parse_connection_string(created->value("connectionString", std::string()));
   for (const char* key : {"HostName", "DeviceId", "ModuleId", "SharedAccessKey"}) {
     if (fields[key].empty()) {
       return make_error(errc::invalid_argument,
@@ -497,25 +456,16 @@ struct TwinProbe {
 
   void on_message(const mqtt::Publish& p) {
     const auto now = Clock::now();
-    std::string_view topic = p.topic;
-    if (topic.starts_with(kTwinResPrefix)) {
-      auto rest = topic.substr(std::string_view(kTwinResPrefix).size());
-      int status = 0;
-      for (char c : rest.substr(0, rest.find('/'))) {
-        if (c < '0' || c > '9') break;
-        status = status * 10 + (c - '0');
-      }
-      auto rid_at = topic.find("$rid=");
-      if (rid_at == std::string_view::npos) return;
-      auto rid = topic.substr(rid_at + 5);
-      rid = rid.substr(0, rid.find('&'));
-      if (rid != waiting_rid) return;
+    auto topic = hub::parse_cloud_topic(p.topic);
+    if (!topic) return;
+    if (topic->kind == hub::CloudTopic::Kind::twin_response) {
+      if (topic->rid != waiting_rid) return;
       answered = true;
-      answer_status = status;
+      answer_status = topic->status;
       answered_signal.cancel();
       return;
     }
-    if (topic.starts_with(kDesiredPrefix)) {
+    if (topic->kind == hub::CloudTopic::Kind::desired_patch) {
       auto patch = json::parse(p.payload, nullptr, false);
       if (!patch.is_object()) return;
       auto bench = patch.find("bench");
@@ -798,13 +748,13 @@ Status Bench::setup(const std::filesystem::path& work) {
   auto service = read_service_credentials(cloud_log_);
   if (!service) return std::move(service).error();
   service_ = std::move(*service);
-  service_.port = cloud_https_port_;
-  service_.ca_file = ca_file_;
+  service_.client.server.port = cloud_https_port_;
+  service_.client.server.ca_file = ca_file_;
   // The audience of every token is the cloud's host name; ours connects by its address.
-  if (service_.host != kCloudAddress) {
-    return make_error(
-        errc::invalid_argument,
-        fmt::format("cairn-cloud calls itself '{}', expected {}", service_.host, kCloudAddress));
+  if (service_.client.host != kCloudAddress) {
+    return make_error(errc::invalid_argument,
+                      fmt::format("cairn-cloud calls itself '{}', expected {}",
+                                  service_.client.host, kCloudAddress));
   }
   tail_ = std::make_unique<MessagesTail>(cloud_home_ + "/data/messages.jsonl");
 
@@ -829,13 +779,13 @@ Status Bench::setup(const std::filesystem::path& work) {
         std::string("PUT /devices: no authentication.symmetricKey.primaryKey: ") + e.what());
   }
   auto direct_token =
-      crypto::make_sas_token(fmt::format("{}/devices/{}", service_.host, kDirectDevice), direct_key,
-                             now_unix_s() + kTokenValiditySeconds);
+      crypto::make_sas_token(fmt::format("{}/devices/{}", service_.client.host, kDirectDevice),
+                             direct_key, now_unix_s() + kTokenValiditySeconds);
   if (!direct_token) return std::move(direct_token).error();
-  direct_ =
-      Credentials{kDirectDevice,
-                  fmt::format("{}/{}/?api-version={}", service_.host, kDirectDevice, kApiVersion),
-                  std::move(*direct_token)};
+  direct_ = Credentials{
+      kDirectDevice,
+      fmt::format("{}/{}/?api-version={}", service_.client.host, kDirectDevice, kApiVersion),
+      std::move(*direct_token)};
 
   progress(fmt::format("starting cairnd on {}:{} (store.fsync={})", kEdgeAddress, cairnd_port_,
                        o_.fsync));
@@ -883,7 +833,7 @@ Result<Client> Bench::connect(const Credentials& who, bool to_cloud, bool twin_t
   std::vector<std::string> filters;
   if (twin_topics) {
     c.twin = std::make_unique<TwinProbe>(io_);
-    filters = {std::string(kTwinResPrefix) + "#", std::string(kDesiredPrefix) + "#"};
+    filters.assign(std::begin(hub::kCloudTopicFilters), std::end(hub::kCloudTopicFilters));
   }
   TwinProbe* probe = c.twin.get();
   auto client = c.mqtt;
@@ -1316,14 +1266,12 @@ std::string cpu_cell(const std::optional<double>& v) {
 }  // namespace
 
 int run_link_bench(const LinkBenchOptions& options) {
-  std::string tmpl = (std::filesystem::temp_directory_path() / "cairn-bench-link-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    std::fprintf(stderr, "cairn-bench: cannot create a work directory in %s\n",
-                 std::filesystem::temp_directory_path().c_str());
+  auto made = make_work_dir("cairn-bench-link");
+  if (!made) {
+    std::fprintf(stderr, "cairn-bench: %s\n", made.error().message.c_str());
     return 1;
   }
-  const std::filesystem::path work = tmpl;
-  progress(fmt::format("work directory {}", work.string()));
+  const std::filesystem::path work = *made;
 
   json report;
   report["bench"] = "link";
@@ -1353,7 +1301,7 @@ int run_link_bench(const LinkBenchOptions& options) {
       bench.teardown();
       std::printf("%s\n", report.dump().c_str());
       std::fflush(stdout);
-      progress(fmt::format("kept {} (logs)", work.string()));
+      finish_work_dir(work, true);
       return 1;
     }
     const auto cloud_start = bench.cloud_startup_ms();
@@ -1505,12 +1453,7 @@ int run_link_bench(const LinkBenchOptions& options) {
   std::printf("%s\n", report.dump().c_str());
   std::fflush(stdout);
 
-  if (options.keep_dir || !ok) {
-    progress(fmt::format("kept {}", work.string()));
-  } else {
-    std::error_code ec;
-    std::filesystem::remove_all(work, ec);
-  }
+  finish_work_dir(work, options.keep_dir || !ok);
   return ok ? 0 : 1;
 }
 

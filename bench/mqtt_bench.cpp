@@ -25,7 +25,6 @@
 #include "bench/process.hpp"
 #include "bench/targets.hpp"
 #include "net/mqtt_client.hpp"
-#include <sys/resource.h>
 #include <unistd.h>
 
 namespace cairn::bench {
@@ -74,19 +73,6 @@ std::optional<std::uint64_t> read_stamp(std::string_view payload) {
     ns = (ns << 4) | digit;
   }
   return ns;
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-double own_cpu_seconds() {
-  rusage usage{};
-  ::getrusage(RUSAGE_SELF, &usage);
-  auto to_s = [](const timeval& tv) {
-    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
-  };
-  return to_s(usage.ru_utime) + to_s(usage.ru_stime);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,11 +170,6 @@ struct StartupFigures {
 
 Programs programs_of(const MqttBenchOptions& o) {
   return Programs{o.cairnd_path, o.cairn_path, o.mosquitto_path, o.cairn_fsync};
-}
-
-void progress(const std::string& line) {
-  std::fprintf(stderr, "[cairn-bench] %s\n", line.c_str());
-  std::fflush(stderr);
 }
 
 // Starts the broker described by `prepared` and waits until it accepts connections.
@@ -551,14 +532,12 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
   if (options.run_cairn) targets.push_back(TargetKind::kCairn);
   if (options.run_mosquitto) targets.push_back(TargetKind::kMosquitto);
 
-  std::string tmpl = (std::filesystem::temp_directory_path() / "cairn-bench-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    std::fprintf(stderr, "cairn-bench: cannot create a work directory in %s\n",
-                 std::filesystem::temp_directory_path().c_str());
+  auto made = make_work_dir("cairn-bench");
+  if (!made) {
+    std::fprintf(stderr, "cairn-bench: %s\n", made.error().message.c_str());
     return 1;
   }
-  const std::filesystem::path work = tmpl;
-  progress(fmt::format("work directory {}", work.string()));
+  const std::filesystem::path work = *made;
 
   bool all_ok = true;
   std::map<TargetKind, StartupFigures> startup;
@@ -702,12 +681,7 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
   std::printf("%s\n", report.dump().c_str());
   std::fflush(stdout);
 
-  if (options.keep_dir) {
-    progress(fmt::format("kept {}", work.string()));
-  } else {
-    std::error_code ec;
-    std::filesystem::remove_all(work, ec);
-  }
+  finish_work_dir(work, options.keep_dir);
   return all_ok ? 0 : 1;
 }
 

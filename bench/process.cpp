@@ -1,7 +1,7 @@
 #include "bench/process.hpp"
 
-#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -276,21 +277,42 @@ Status write_file(const std::filesystem::path& path, std::string_view text) {
   return {};
 }
 
-std::map<std::string, std::string> parse_connection_string(std::string_view text) {
-  constexpr std::string_view kBlank = " \t\r\n";
-  std::map<std::string, std::string> fields;
-  while (!text.empty()) {
-    const auto semi = text.find(';');
-    std::string_view field = text.substr(0, semi);
-    field.remove_prefix(std::min(field.find_first_not_of(kBlank), field.size()));
-    field = field.substr(0, field.find_last_not_of(kBlank) + 1);
-    if (const auto eq = field.find('='); eq != std::string_view::npos) {
-      fields[std::string(field.substr(0, eq))] = std::string(field.substr(eq + 1));
-    }
-    if (semi == std::string_view::npos) break;
-    text.remove_prefix(semi + 1);
+void progress(std::string_view line) {
+  std::fprintf(stderr, "[cairn-bench] %.*s\n", static_cast<int>(line.size()), line.data());
+  std::fflush(stderr);
+}
+
+Result<std::filesystem::path> make_work_dir(std::string_view prefix) {
+  const auto tmp = std::filesystem::temp_directory_path();
+  std::string tmpl = (tmp / (std::string(prefix) + "-XXXXXX")).string();
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return make_error(errc::io_error, "cannot create a work directory in " + tmp.string() + ": " +
+                                          std::strerror(errno));
   }
-  return fields;
+  progress("work directory " + tmpl);
+  return std::filesystem::path(tmpl);
+}
+
+void finish_work_dir(const std::filesystem::path& work, bool keep) {
+  if (keep) {
+    progress("kept " + work.string());
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(work, ec);
+}
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double own_cpu_seconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto to_s = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
+  return to_s(usage.ru_utime) + to_s(usage.ru_stime);
 }
 
 }  // namespace cairn::bench

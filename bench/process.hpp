@@ -1,6 +1,6 @@
 // Child processes and loopback sockets for the benchmarks: spawn a broker with its output in a
 // log file, wait until it accepts TCP connections, read its RSS and CPU time from /proc, stop
-// it; run a short command and capture its stdout; small file and text helpers.
+// it; run a short command and capture its stdout; small helpers shared by the benches.
 //
 // Thread-safety: a ChildProcess belongs to one thread. The free functions are thread-safe.
 #pragma once
@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -72,6 +71,21 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
 // The last `lines` lines of a text file (for error messages); empty if unreadable.
 std::string tail_of_file(const std::string& path, int lines = 10);
 
+// Seconds from a to b on the steady clock.
+double seconds_between(std::chrono::steady_clock::time_point a,
+                       std::chrono::steady_clock::time_point b);
+// User + system CPU time of this process (every thread), in seconds.
+double own_cpu_seconds();
+
+// A progress line on stderr ("[cairn-bench] ..."), flushed at once.
+void progress(std::string_view line);
+
+// A fresh directory "<tmp>/<prefix>-XXXXXX" for one run (announced with progress());
+// errc::io_error if it cannot be created.
+Result<std::filesystem::path> make_work_dir(std::string_view prefix);
+// Removes the work directory, or keeps it (and says so) when `keep`.
+void finish_work_dir(const std::filesystem::path& work, bool keep);
+
 // The first error reported by any of several threads (later ones are dropped).
 class FirstError {
  public:
@@ -91,9 +105,5 @@ class FirstError {
 
 // Writes `text` to `path`, replacing it.
 [[nodiscard]] Status write_file(const std::filesystem::path& path, std::string_view text);
-
-// "HostName=H;DeviceId=D;SharedAccessKey=K" -> {field: value}. Values may contain '=' (base64
-// keys), so each field splits at its first '='; blanks and line ends around fields are dropped.
-std::map<std::string, std::string> parse_connection_string(std::string_view text);
 
 }  // namespace cairn::bench

@@ -10,6 +10,7 @@
 #include "bench/process.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "net/service_client.hpp"
 
 namespace cairn::bench {
 
@@ -38,7 +39,7 @@ Status module_credentials(const Programs& programs, const std::string& home,
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (!out) return std::move(out).error();
-  auto fields = parse_connection_string(trim(*out));
+  auto fields = net::parse_connection_string(*out);
   for (const char* key : {"HostName", "DeviceId", "ModuleId", "SharedAccessKey"}) {
     if (!fields.contains(key)) {
       return make_error(errc::invalid_argument, "`cairn identity create " + module +

@@ -3,15 +3,14 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
-#include <map>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "net/http.hpp"
+#include "net/service_client.hpp"
 
 namespace {
 
@@ -60,56 +59,6 @@ std::optional<nlohmann::json> call(const Context& ctx, const std::string& method
   request.body = body;
   return answer(net::unix_http_request(ctx.socket(), request));
 }
-
-// A cairn-cloud (or IoT Hub) reached with a service connection string
-// "HostName=...;SharedAccessKeyName=...;SharedAccessKey=...".
-struct Cloud {
-  std::map<std::string, std::string> fields;
-  std::string ca_file;
-  std::uint16_t port = 443;
-
-  static std::optional<Cloud> parse(const std::string& connection_string) {
-    Cloud c;
-    std::size_t start = 0;
-    while (start < connection_string.size()) {
-      auto end = connection_string.find(';', start);
-      if (end == std::string::npos) end = connection_string.size();
-      auto part = connection_string.substr(start, end - start);
-      auto eq = part.find('=');
-      if (eq != std::string::npos) c.fields[part.substr(0, eq)] = part.substr(eq + 1);
-      start = end + 1;
-    }
-    for (const char* key : {"HostName", "SharedAccessKeyName", "SharedAccessKey"}) {
-      if (c.fields[key].empty()) {
-        std::cerr << "cairn: the --cloud connection string lacks " << key
-                  << " (expected HostName=...;SharedAccessKeyName=...;SharedAccessKey=...)\n";
-        return std::nullopt;
-      }
-    }
-    return c;
-  }
-
-  std::optional<nlohmann::json> call(const std::string& method, const std::string& target,
-                                     const std::string& body = "") const {
-    const auto& host = fields.at("HostName");
-    auto token = crypto::make_sas_token(host, fields.at("SharedAccessKey"), now_unix_s() + 3600,
-                                        fields.at("SharedAccessKeyName"));
-    if (!token) {
-      std::cerr << "cairn: " << token.error().message << "\n";
-      return std::nullopt;
-    }
-    net::HttpTarget t;
-    t.host = host;
-    t.port = port;
-    t.ca_file = ca_file;
-    net::HttpRequest request;
-    request.method = method;
-    request.target = target;
-    request.body = body;
-    request.headers = {{"Authorization", *token}, {"Content-Type", "application/json"}};
-    return answer(net::http_request(t, request));
-  }
-};
 
 }  // namespace
 
@@ -274,12 +223,19 @@ int main(int argc, char** argv) {
       const char* env = std::getenv("CAIRN_CLOUD");
       if (env) cloud_connection = env;
     }
-    auto c = Cloud::parse(cloud_connection);
-    if (!c) return 2;
-    c->ca_file = cloud_ca;
-    c->port = cloud_port;
+    auto service = net::ServiceClient::from_connection_string(cloud_connection);
+    if (!service) {
+      std::cerr << "cairn: --connection-string (or CAIRN_CLOUD): " << service.error().message
+                << "\n";
+      return 2;
+    }
+    service->server.ca_file = cloud_ca;
+    service->server.port = cloud_port;
+    auto cloud_call = [&](std::string verb, std::string target, std::string body = {}) {
+      return answer(service->request(std::move(verb), std::move(target), std::move(body)));
+    };
     if (devices->parsed()) {
-      auto j = c->call("GET", "/devices?api-version=2021-04-12");
+      auto j = cloud_call("GET", "/devices?api-version=2021-04-12");
       if (!j) return 1;
       for (const auto& d : *j) {
         std::cout << d["deviceId"].get<std::string>() << "\t"
@@ -288,8 +244,8 @@ int main(int argc, char** argv) {
     } else if (device_create->parsed()) {
       nlohmann::json body{{"deviceId", device_id}, {"capabilities", {{"iotEdge", edge}}}};
       auto j =
-          c->call("PUT", "/devices/" + crypto::url_encode(device_id) + "?api-version=2021-04-12",
-                  body.dump());
+          cloud_call("PUT", "/devices/" + crypto::url_encode(device_id) + "?api-version=2021-04-12",
+                     body.dump());
       if (!j) return 1;
       std::cout << j->dump(2) << "\n";
     } else if (cloud_twin->parsed() || cloud_desired->parsed() || cloud_method->parsed()) {
@@ -301,26 +257,26 @@ int main(int argc, char** argv) {
       }
       std::optional<nlohmann::json> j;
       if (cloud_twin->parsed()) {
-        j = c->call("GET", path + "?api-version=2021-04-12");
+        j = cloud_call("GET", path + "?api-version=2021-04-12");
       } else if (cloud_desired->parsed()) {
         auto desired = nlohmann::json::parse(patch, nullptr, false);
         if (desired.is_discarded()) {
           std::cerr << "cairn: PATCH is not JSON\n";
           return 2;
         }
-        j = c->call("PATCH", path + "?api-version=2021-04-12",
-                    nlohmann::json{{"properties", {{"desired", desired}}}}.dump());
+        j = cloud_call("PATCH", path + "?api-version=2021-04-12",
+                       nlohmann::json{{"properties", {{"desired", desired}}}}.dump());
       } else {
         auto body = nlohmann::json::parse(payload, nullptr, false);
         if (body.is_discarded()) {
           std::cerr << "cairn: PAYLOAD is not JSON (strings need quotes: '\"text\"')\n";
           return 2;
         }
-        j = c->call("POST", path + "/methods?api-version=2021-04-12",
-                    nlohmann::json{{"methodName", method_name},
-                                   {"payload", body},
-                                   {"responseTimeoutInSeconds", response_timeout}}
-                        .dump());
+        j = cloud_call("POST", path + "/methods?api-version=2021-04-12",
+                       nlohmann::json{{"methodName", method_name},
+                                      {"payload", body},
+                                      {"responseTimeoutInSeconds", response_timeout}}
+                           .dump());
       }
       if (!j) return 1;
       std::cout << j->dump(2) << "\n";
@@ -330,7 +286,7 @@ int main(int argc, char** argv) {
         std::string target = "/cairn/messages?limit=" + std::to_string(limit);
         if (!device_id.empty()) target += "&deviceId=" + crypto::url_encode(device_id);
         if (!after.empty()) target += "&after=" + after;
-        auto j = c->call("GET", target);
+        auto j = cloud_call("GET", target);
         if (!j) return 1;
         const auto& batch = j->is_array() ? *j : (*j)["messages"];
         for (const auto& m : batch) {

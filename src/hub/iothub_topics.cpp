@@ -19,6 +19,7 @@ constexpr std::string_view kTwinGet = "GET/";
 constexpr std::string_view kTwinPatchReported = "PATCH/properties/reported/";
 constexpr std::string_view kTwinDesiredPrefix = "$iothub/twin/PATCH/properties/desired/";
 constexpr std::string_view kTwinResponseFilter = "$iothub/twin/res/#";
+constexpr std::string_view kTwinResponsePrefix = "$iothub/twin/res/";
 constexpr std::string_view kMethodResponsePrefix = "$iothub/methods/res/";
 constexpr std::string_view kMethodRequestPrefix = "$iothub/methods/POST/";
 constexpr std::string_view kC2dSuffix = "messages/devicebound/#";
@@ -226,6 +227,33 @@ std::string module_input_topic(std::string_view device_id, std::string_view modu
   out.append(kDevicesPrefix).append(device_id).append("/modules/"sv).append(module_id);
   out.append("/inputs/"sv).append(input).append("/"sv).append(bag);
   return out;
+}
+
+Result<CloudTopic> parse_cloud_topic(std::string_view topic) {
+  CloudTopic t;
+  std::string_view rest;
+  if (topic.starts_with(kTwinResponsePrefix)) {
+    rest = topic.substr(kTwinResponsePrefix.size());
+    std::string_view status;
+    if (!take_segment(rest, status)) return bad_topic("twin response without a status", topic);
+    const auto [end, ec] = std::from_chars(status.data(), status.data() + status.size(), t.status);
+    if (ec != std::errc{} || end != status.data() + status.size()) {
+      return bad_topic("twin response status is not an integer", topic);
+    }
+  } else if (topic.starts_with(kTwinDesiredPrefix)) {
+    t.kind = CloudTopic::Kind::desired_patch;
+    return t;
+  } else if (topic.starts_with(kMethodRequestPrefix)) {
+    t.kind = CloudTopic::Kind::method_request;
+    rest = topic.substr(kMethodRequestPrefix.size());
+    std::string_view name;
+    if (!take_segment(rest, name)) return bad_topic("method request without a name", topic);
+    t.method_name.assign(name);
+  } else {
+    return bad_topic("not a topic the cloud sends to devices", topic);
+  }
+  if (auto rid = query_value(rest, kRidKey)) t.rid.assign(*rid);
+  return t;
 }
 
 std::string twin_response_topic(int status, std::string_view rid) {

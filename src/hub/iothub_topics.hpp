@@ -57,6 +57,26 @@ std::string twin_desired_patch_topic(long long version);
 // $iothub/methods/POST/{method}/?$rid={rid}
 std::string method_request_topic(std::string_view method, std::string_view rid);
 
+// What the cloud publishes to a device or module: the device side of the same surface, used
+// where cairn is the client (the upstream link, the benchmarks).
+struct CloudTopic {
+  enum class Kind {
+    twin_response,   // $iothub/twin/res/{status}/?$rid={rid}[&$version=...]
+    desired_patch,   // $iothub/twin/PATCH/properties/desired/?$version={version}
+    method_request,  // $iothub/methods/POST/{method}/?$rid={rid}
+  };
+  Kind kind = Kind::twin_response;
+  int status = 0;           // twin_response
+  std::string rid;          // twin_response and method_request, verbatim ("" when absent)
+  std::string method_name;  // method_request
+};
+// errc::invalid_argument for any other topic and for a status that is not an integer.
+Result<CloudTopic> parse_cloud_topic(std::string_view topic);
+
+// The filters a device subscribes to for twin responses, desired patches and method requests.
+inline constexpr std::string_view kCloudTopicFilters[] = {
+    "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"};
+
 // What a SUBSCRIBE topic filter means to the hub (edgeHub SessionStateParser rules).
 struct SubscriptionKind {
   enum class Kind { module_messages, c2d, twin_response, desired_updates, methods, unsupported };

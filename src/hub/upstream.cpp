@@ -11,29 +11,8 @@ namespace cairn::hub {
 namespace {
 
 constexpr const char* kApiVersion = "2021-04-12";
-constexpr const char* kTwinResPrefix = "$iothub/twin/res/";
-constexpr const char* kDesiredPrefix = "$iothub/twin/PATCH/properties/desired/";
-constexpr const char* kMethodPrefix = "$iothub/methods/POST/";
 constexpr auto kRenewalDrain = std::chrono::seconds(5);
 constexpr auto kReportedRetry = std::chrono::seconds(5);
-
-// Value of `name` in a "?$rid=1&$version=2" style query at the end of a topic.
-std::string query_value(std::string_view topic, std::string_view name) {
-  auto q = topic.find('?');
-  if (q == std::string_view::npos) return {};
-  std::string_view query = topic.substr(q + 1);
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    auto pair = query.substr(0, amp);
-    auto eq = pair.find('=');
-    if (pair.substr(0, eq) == name) {
-      return eq == std::string_view::npos ? std::string() : std::string(pair.substr(eq + 1));
-    }
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return {};
-}
 
 std::string iso_now() { return format_iso8601(now_unix_ms()); }
 
@@ -178,9 +157,8 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
       });
       auto connack = co_await (*client)->connect();
       if (connack) {
-        std::vector<mqtt::Subscription> subs{{std::string(kTwinResPrefix) + "#", 0},
-                                             {std::string(kDesiredPrefix) + "#", 0},
-                                             {std::string(kMethodPrefix) + "#", 0}};
+        std::vector<mqtt::Subscription> subs;
+        for (auto filter : kCloudTopicFilters) subs.push_back({std::string(filter), 0});
         auto granted = co_await (*client)->subscribe(std::move(subs));
         if (granted) {
           up = true;
@@ -472,23 +450,20 @@ void Upstream::send_reported(Link& l) {
 }
 
 void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
-  std::string_view topic = p.topic;
-  if (topic.starts_with(kTwinResPrefix)) {
-    auto rest = topic.substr(std::string_view(kTwinResPrefix).size());
-    int status = 0;
-    for (char c : rest.substr(0, rest.find('/'))) {
-      if (c < '0' || c > '9') break;
-      status = status * 10 + (c - '0');
-    }
-    auto rid = query_value(topic, "$rid");
-    auto it = l.requests.find(rid);
+  auto what = parse_cloud_topic(p.topic);
+  if (!what) {
+    log::debug("upstream", "[{}] ignoring cloud publish on '{}'", l.client_id, p.topic);
+    return;
+  }
+  if (what->kind == CloudTopic::Kind::twin_response) {
+    auto it = l.requests.find(what->rid);
     if (it == l.requests.end()) return;  // answered after its timeout
     auto done = std::move(it->second);
     l.requests.erase(it);
-    done(status, std::move(p.payload));
+    done(what->status, std::move(p.payload));
     return;
   }
-  if (topic.starts_with(kDesiredPrefix)) {
+  if (what->kind == CloudTopic::Kind::desired_patch) {
     auto patch = twin::parse_json(p.payload);
     if (!patch || !patch->is_object()) {
       log::warn("upstream", "[{}] desired patch from the cloud is not a JSON object; resyncing",
@@ -499,41 +474,35 @@ void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
     twins_.cloud_desired(l.client_id, *patch);
     return;
   }
-  if (topic.starts_with(kMethodPrefix)) {
-    auto rest = topic.substr(std::string_view(kMethodPrefix).size());
-    std::string name(rest.substr(0, rest.find('/')));
-    auto rid = query_value(topic, "$rid");
-    MethodRequest req;
-    req.method_name = name;
-    if (!p.payload.empty()) {
-      auto j = nlohmann::json::parse(p.payload, nullptr, false);
-      req.payload = j.is_discarded() ? nlohmann::json(p.payload) : j;
-    }
-    // The cloud enforces the caller's timeout; locally wait as long as any caller may.
-    req.response_timeout = kMaxResponseTimeout;
-    std::weak_ptr<Link> weak_link = links_.at(l.client_id);
-    std::weak_ptr<Upstream> weak_self = weak_from_this();
-    hub_.invoke_method(
-        l.client_id, std::move(req), [weak_self, weak_link, rid](Result<MethodResponse> r) {
-          auto self = weak_self.lock();
-          auto link = weak_link.lock();
-          if (!self || !link || !link->client) return;
-          int status = r ? r->status : method_error_status(r.error().code);
-          std::string body =
-              r ? (r->payload.is_null() ? std::string() : twin::dump_json(r->payload))
-                : nlohmann::json{{"message", r.error().message}}.dump();
-          auto client = link->client;
-          asio::co_spawn(
-              self->io_,
-              [client, topic = "$iothub/methods/res/" + std::to_string(status) + "/?$rid=" + rid,
-               body = std::move(body)]() mutable -> asio::awaitable<void> {
-                (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
-              },
-              asio::detached);
-        });
-    return;
+  // A method request.
+  const std::string rid = what->rid;
+  MethodRequest req;
+  req.method_name = what->method_name;
+  if (!p.payload.empty()) {
+    auto j = nlohmann::json::parse(p.payload, nullptr, false);
+    req.payload = j.is_discarded() ? nlohmann::json(p.payload) : j;
   }
-  log::debug("upstream", "[{}] ignoring cloud publish on '{}'", l.client_id, p.topic);
+  // The cloud enforces the caller's timeout; locally wait as long as any caller may.
+  req.response_timeout = kMaxResponseTimeout;
+  std::weak_ptr<Link> weak_link = links_.at(l.client_id);
+  std::weak_ptr<Upstream> weak_self = weak_from_this();
+  hub_.invoke_method(
+      l.client_id, std::move(req), [weak_self, weak_link, rid](Result<MethodResponse> r) {
+        auto self = weak_self.lock();
+        auto link = weak_link.lock();
+        if (!self || !link || !link->client) return;
+        int status = r ? r->status : method_error_status(r.error().code);
+        std::string body = r ? (r->payload.is_null() ? std::string() : twin::dump_json(r->payload))
+                             : nlohmann::json{{"message", r.error().message}}.dump();
+        auto client = link->client;
+        asio::co_spawn(
+            self->io_,
+            [client, topic = "$iothub/methods/res/" + std::to_string(status) + "/?$rid=" + rid,
+             body = std::move(body)]() mutable -> asio::awaitable<void> {
+              (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
+            },
+            asio::detached);
+      });
 }
 
 void Upstream::connected(const Principal& who) { link(who.client_id()); }

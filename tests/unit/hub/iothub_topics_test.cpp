@@ -287,6 +287,34 @@ TEST(OutboundTopics, ModuleInputIsSegmentedAsTheNodeSdkExpects) {
   EXPECT_EQ(topic, "devices/d/modules/m/inputs/in1/k=a%2Fb");
 }
 
+TEST(ParseCloudTopic, ReadsWhatTheHubsOwnTopicBuildersWrite) {
+  auto res = parse_cloud_topic(twin_response_topic(204, "a%20b") + "&$version=5");
+  ASSERT_TRUE(res.ok()) << res.error().to_string();
+  EXPECT_EQ(res->kind, CloudTopic::Kind::twin_response);
+  EXPECT_EQ(res->status, 204);
+  EXPECT_EQ(res->rid, "a%20b");
+
+  auto desired = parse_cloud_topic(twin_desired_patch_topic(7));
+  ASSERT_TRUE(desired.ok());
+  EXPECT_EQ(desired->kind, CloudTopic::Kind::desired_patch);
+
+  auto method = parse_cloud_topic(method_request_topic("reboot", "0b2c6f1e"));
+  ASSERT_TRUE(method.ok());
+  EXPECT_EQ(method->kind, CloudTopic::Kind::method_request);
+  EXPECT_EQ(method->method_name, "reboot");
+  EXPECT_EQ(method->rid, "0b2c6f1e");
+}
+
+TEST(ParseCloudTopic, RefusesOtherTopicsAndBadStatuses) {
+  for (const char* topic :
+       {"$iothub/twin/res/2x0/?$rid=1", "$iothub/twin/res/?$rid=1", "$iothub/methods/POST//?$rid=1",
+        "$iothub/twin/GET/?$rid=1", "devices/d/messages/devicebound/x"}) {
+    auto t = parse_cloud_topic(topic);
+    ASSERT_FALSE(t.ok()) << topic;
+    EXPECT_EQ(t.error().code, errc::invalid_argument) << topic;
+  }
+}
+
 TEST(OutboundTopics, TwinAndMethodTopics) {
   EXPECT_EQ(twin_response_topic(200, "f47ac10b"), "$iothub/twin/res/200/?$rid=f47ac10b");
   EXPECT_EQ(twin_response_topic(204, "7"), "$iothub/twin/res/204/?$rid=7");
