@@ -1,7 +1,10 @@
 #include "cloud/sqlite_cloud_store.hpp"
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <system_error>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -580,6 +583,7 @@ Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<Telemetry
   std::vector<bool> stored(records.size(), false);
   Status s = db_->transaction([&]() -> Status {
     std::int64_t inserted = 0;
+    std::map<std::pair<std::string, std::string>, std::int64_t> last_activity;
     for (std::size_t i = 0; i < records.size(); ++i) {
       TelemetryRecord& record = records[i];
       const std::string system = properties_to_text(record.system);
@@ -593,15 +597,21 @@ Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<Telemetry
       stored[i] = true;
       ++inserted;
       record.seq = db_->last_insert_rowid();
-      // The sender may be unknown (deleted after it sent): then there is nothing to update.
-      Query a(*db_, record.module_id.empty() ? kDeviceActivity : kModuleActivity);
-      if (record.module_id.empty()) {
-        a.bind(1, record.device_id).bind(2, record.stored_ms);
+      auto& at = last_activity[{record.device_id, record.module_id}];
+      at = std::max(at, record.stored_ms);
+    }
+    // Once per sender, not per message. The sender may be unknown (deleted after it sent):
+    // then there is nothing to update.
+    for (const auto& [who, at] : last_activity) {
+      const auto& [device_id, module_id] = who;
+      Query a(*db_, module_id.empty() ? kDeviceActivity : kModuleActivity);
+      if (module_id.empty()) {
+        a.bind(1, device_id).bind(2, at);
       } else {
-        a.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.stored_ms);
+        a.bind(1, device_id).bind(2, module_id).bind(3, at);
       }
-      CAIRN_TRY(a.run(fmt::format("record the activity of '{}'",
-                                  client_name(record.device_id, record.module_id))));
+      CAIRN_TRY(
+          a.run(fmt::format("record the activity of '{}'", client_name(device_id, module_id))));
     }
     const auto duplicates = static_cast<std::int64_t>(records.size()) - inserted;
     for (const auto& [counter, n] :

@@ -68,9 +68,7 @@ Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io,
                                                     options.jsonl_path, std::strerror(errno)));
     }
   }
-  std::shared_ptr<TelemetrySink> sink(new TelemetrySink(io, store, file, std::move(clock)));
-  sink->weak_self_ = sink;
-  return sink;
+  return std::shared_ptr<TelemetrySink>(new TelemetrySink(io, store, file, std::move(clock)));
 }
 
 TelemetrySink::TelemetrySink(asio::io_context& io, CloudStore& store, std::FILE* file, Clock clock)
@@ -98,7 +96,7 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   r.body = m.body;
   acks_.push_back(std::move(on_ack));
   if (records_.size() == 1) {
-    asio::post(io_, [weak = weak_self_] {
+    asio::post(io_, [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->flush();
     });
   }
@@ -106,10 +104,10 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
 }
 
 void TelemetrySink::flush() {
-  std::vector<TelemetryRecord> records = std::move(records_);
-  std::vector<std::function<void()>> acks = std::move(acks_);
-  records_.clear();
-  acks_.clear();
+  std::vector<TelemetryRecord> records;
+  std::vector<std::function<void()>> acks;
+  records.swap(records_);
+  acks.swap(acks_);
   auto stored = store_.insert_telemetry(std::span<TelemetryRecord>(records));
   if (!stored) {
     counters_.store_failures += records.size();
@@ -117,12 +115,14 @@ void TelemetrySink::flush() {
                stored.error().to_string());
     return;
   }
-  for (bool s : *stored) ++(s ? counters_.stored : counters_.duplicates);
   for (std::size_t i = 0; i < records.size(); ++i) {
-    if (!(*stored)[i]) {
-      log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
-                 records[i].device_id, records[i].module_id, records[i].message_id);
+    if ((*stored)[i]) {
+      ++counters_.stored;
+      continue;
     }
+    ++counters_.duplicates;
+    log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
+               records[i].device_id, records[i].module_id, records[i].message_id);
   }
   write_lines(records, *stored);
   for (auto& ack : acks) ack();

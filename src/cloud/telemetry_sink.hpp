@@ -53,7 +53,8 @@ struct TelemetryCounters {
 // and the content type is JSON or text/*, else base64 with "bodyEncoding": "base64".
 nlohmann::json telemetry_to_json(const TelemetryRecord& record);
 
-class TelemetrySink final : public hub::Consumer {
+class TelemetrySink final : public hub::Consumer,
+                            public std::enable_shared_from_this<TelemetrySink> {
  public:
   // `store` must outlive the sink; `io` is the hub's io_context (acknowledgements are posted
   // to it).
@@ -83,7 +84,6 @@ class TelemetrySink final : public hub::Consumer {
   // Collected by deliver(), in delivery order; a flush is posted while they are non-empty.
   std::vector<TelemetryRecord> records_;
   std::vector<std::function<void()>> acks_;
-  std::weak_ptr<TelemetrySink> weak_self_;
 };
 
 }  // namespace cairn::cloud
