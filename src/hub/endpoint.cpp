@@ -42,7 +42,7 @@ void Endpoint::appended(std::int32_t priority, std::uint64_t seq, std::int64_t e
   // entry waits on disk and is read back when the consumer gets to it.
   std::size_t cache_limit = std::max<std::size_t>(4 * max_inflight_, 256);
   if (attached() && !l.backlog && seq == l.loaded_through + 1 && l.cache.size() < cache_limit) {
-    l.cache.push_back(Pending{seq, expires_at_ms, std::move(message)});
+    l.cache.push_back(Pending{seq, expires_at_ms, std::move(message), {}, {}});
     l.loaded_through = seq;
     pump();
   } else {
@@ -135,40 +135,41 @@ void Endpoint::load(Lane& l) {
   std::weak_ptr<Endpoint> weak = weak_from_this();
   std::uint64_t generation = generation_;
   std::int32_t priority = l.key.priority;
-  store_.read(l.key, l.loaded_through, kReadBatch,
-              [&io = io_, weak, generation, priority](Result<std::vector<store::Entry>> r) {
-                asio::post(io, [weak, generation, priority, r = std::move(r)]() mutable {
-                  auto self = weak.lock();
-                  if (!self || generation != self->generation_) return;
-                  Lane& lane = self->lane(priority);
-                  lane.loading = false;
-                  if (!r) {
-                    ++self->counters_.read_failures;
-                    log::error("hub", "endpoint={} reading queue priority={} failed: {}",
-                               self->id(), priority, r.error().to_string());
-                    self->retry_reads_later();  // stays in backlog
-                    return;
-                  }
-                  self->read_retry_delay_ = std::chrono::milliseconds(0);
-                  for (auto& e : *r) {
-                    if (e.seq <= lane.loaded_through) continue;
-                    auto m = decode_message(e.message);
-                    if (!m) {
-                      // Dead-lettered when its turn comes, after everything before it.
-                      lane.cache.push_back(
-                          Pending{e.seq, 0, nullptr, std::move(e.message), m.error().to_string()});
-                      lane.loaded_through = e.seq;
-                      continue;
-                    }
-                    lane.cache.push_back(Pending{e.seq, e.expires_at_ms,
-                                                 std::make_shared<const Message>(std::move(*m))});
-                    lane.loaded_through = e.seq;
-                  }
-                  lane.backlog = r->size() == kReadBatch;
-                  self->settle(lane);
-                  self->pump();
-                });
-              });
+  store_.read(
+      l.key, l.loaded_through, kReadBatch,
+      [&io = io_, weak, generation, priority](Result<std::vector<store::Entry>> r) {
+        asio::post(io, [weak, generation, priority, r = std::move(r)]() mutable {
+          auto self = weak.lock();
+          if (!self || generation != self->generation_) return;
+          Lane& lane = self->lane(priority);
+          lane.loading = false;
+          if (!r) {
+            ++self->counters_.read_failures;
+            log::error("hub", "endpoint={} reading queue priority={} failed: {}", self->id(),
+                       priority, r.error().to_string());
+            self->retry_reads_later();  // stays in backlog
+            return;
+          }
+          self->read_retry_delay_ = std::chrono::milliseconds(0);
+          for (auto& e : *r) {
+            if (e.seq <= lane.loaded_through) continue;
+            auto m = decode_message(e.message);
+            if (!m) {
+              // Dead-lettered when its turn comes, after everything before it.
+              lane.cache.push_back(
+                  Pending{e.seq, 0, nullptr, std::move(e.message), m.error().to_string()});
+              lane.loaded_through = e.seq;
+              continue;
+            }
+            lane.cache.push_back(Pending{
+                e.seq, e.expires_at_ms, std::make_shared<const Message>(std::move(*m)), {}, {}});
+            lane.loaded_through = e.seq;
+          }
+          lane.backlog = r->size() == kReadBatch;
+          self->settle(lane);
+          self->pump();
+        });
+      });
 }
 
 void Endpoint::on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation) {
