@@ -21,6 +21,7 @@
 #include "hub/hub.hpp"
 #include "net/asio.hpp"
 #include "net/http.hpp"
+#include "net/spawn.hpp"
 #include "store/message_store.hpp"
 
 namespace {
@@ -172,7 +173,7 @@ int run(const Options& o) {
     (*hub)->stop();
     asio::post(io, [&io] { io.stop(); });
   });
-  io.run();
+  net::run_contained(io);  // a handler that throws is logged; the daemon goes on
   rest.reset();
   hub->reset();
   if (auto s = (*queue)->flush(); !s) {

@@ -16,6 +16,7 @@
 #include "hub/upstream.hpp"
 #include "net/asio.hpp"
 #include "net/http.hpp"
+#include "net/spawn.hpp"
 #include "store/message_store.hpp"
 
 namespace {
@@ -65,6 +66,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       config->store.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
   store_options.max_bytes = config->store.max_bytes;
   if (edgehub && edgehub->max_store_bytes != 0) store_options.max_bytes = edgehub->max_store_bytes;
+  store_options.exit_on_fatal = true;  // a supervisor restarts cairnd on a clean reopen
   auto store = store::MessageStore::open(store_options);
   if (!store) {
     log::error("cairnd", "cannot open the store {}: {}", store_options.path,
@@ -147,7 +149,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
     // Sessions finish their last writes; then the loop runs dry and returns.
     asio::post(io, [&io] { io.stop(); });
   });
-  io.run();
+  net::run_contained(io);  // a handler that throws is logged; the daemon goes on
   api.reset();
   upstream.reset();
   twins.reset();

@@ -91,13 +91,7 @@ net::HttpResponse error_from(const Error& e, bool module_scope = false) {
   }
 }
 
-net::HttpResponse json_response(int status, const json& body, std::string_view etag = {}) {
-  net::HttpResponse r;
-  r.status = status;
-  r.body = twin::dump_json(body);
-  if (!etag.empty()) r.headers.emplace_back("ETag", fmt::format("\"{}\"", etag));
-  return r;
-}
+using net::json_response;
 
 net::HttpResponse no_content() {
   net::HttpResponse r;

@@ -10,6 +10,7 @@
 
 #include "cloud/detail/sqlite_db.hpp"
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 
 namespace cairn::cloud {
@@ -227,7 +228,7 @@ std::string properties_to_text(const Properties& props) {
   for (const auto& [k, v] : props.entries()) j[k] = v;
   // Values come off the wire and may hold invalid UTF-8: keep the bytes unchanged rather than
   // fail the insert (the JSON-lines writer replaces them when it prints).
-  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  return dump_json(j);
 }
 
 Result<Properties> properties_from_text(std::string_view text, std::int64_t seq,

@@ -10,9 +10,7 @@
 namespace cairn::hub {
 namespace {
 
-net::HttpResponse json_response(int status, const nlohmann::json& body) {
-  return net::HttpResponse{status, body.dump(), "application/json", {}};
-}
+using net::json_response;
 
 net::HttpResponse message_response(int status, const std::string& message) {
   return json_response(status, {{"message", message}});
@@ -236,6 +234,25 @@ void EdgeApi::metrics(net::HttpRespond respond) {
       out << "cairn_messages_received_total " << c["messagesReceived"] << '\n';
       metric("cairn_messages_dropped_total", "counter", "Messages dropped because they expired");
       out << "cairn_messages_dropped_total " << c["messagesExpired"] << '\n';
+      metric("cairn_messages_refused_total", "counter",
+             "Messages refused at ingest, by reason (not acknowledged to the sender)");
+      out << "cairn_messages_refused_total{reason=\"undeliverable_topic\"} "
+          << c["messagesUndeliverable"] << '\n';
+      out << "cairn_messages_refused_total{reason=\"store\"} " << c["messagesRejected"] << '\n';
+      metric("cairn_messages_dead_lettered_total", "counter",
+             "Messages moved out of their queue because they can never be delivered");
+      out << "cairn_messages_dead_lettered_total " << c["messagesDeadLettered"] << '\n';
+      metric("cairn_sessions_failed_total", "counter", "MQTT sessions ended by an internal error");
+      out << "cairn_sessions_failed_total " << c["sessionsFailed"] << '\n';
+      const auto& st = (*hub_status)["store"];
+      metric("cairn_store_healthy", "gauge", "1 while the message store accepts writes");
+      out << "cairn_store_healthy " << (st["healthy"].get<bool>() ? 1 : 0) << '\n';
+      metric("cairn_store_refusing", "gauge",
+             "1 while a transient store failure (disk full, locked) refuses new messages");
+      out << "cairn_store_refusing " << (st["refusing"].get<bool>() ? 1 : 0) << '\n';
+      metric("cairn_store_refused_writes_total", "counter",
+             "Messages refused because the store could not write at the time");
+      out << "cairn_store_refused_writes_total " << st["refusedWritesTotal"] << '\n';
       metric("cairn_connected_clients", "gauge", "MQTT connections open");
       out << "cairn_connected_clients " << (*hub_status)["mqtt"]["connections"] << '\n';
       metric("cairn_queue_length", "gauge", "Messages stored per endpoint and priority");

@@ -1,6 +1,10 @@
 #include "hub/endpoint.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "core/clock.hpp"
+#include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 
 namespace cairn::hub {
@@ -8,12 +12,19 @@ namespace {
 
 // How many entries are read from the store in one go when catching up on a backlog.
 constexpr std::size_t kReadBatch = 256;
+// Back-off between retries of a failed store read: doubles from the first to the last.
+constexpr std::chrono::milliseconds kFirstReadRetry{100};
+constexpr std::chrono::milliseconds kMaxReadRetry{10'000};
 
 }  // namespace
 
 Endpoint::Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
                    std::size_t max_inflight)
-    : io_(io), store_(store), endpoint_(std::move(endpoint)), max_inflight_(max_inflight) {}
+    : io_(io),
+      store_(store),
+      endpoint_(std::move(endpoint)),
+      max_inflight_(max_inflight),
+      read_retry_(io) {}
 
 Endpoint::Lane& Endpoint::lane(std::int32_t priority) {
   auto [it, inserted] = lanes_.try_emplace(priority);
@@ -31,7 +42,7 @@ void Endpoint::appended(std::int32_t priority, std::uint64_t seq, std::int64_t e
   // entry waits on disk and is read back when the consumer gets to it.
   std::size_t cache_limit = std::max<std::size_t>(4 * max_inflight_, 256);
   if (attached() && !l.backlog && seq == l.loaded_through + 1 && l.cache.size() < cache_limit) {
-    l.cache.push_back(Pending{seq, expires_at_ms, std::move(message)});
+    l.cache.push_back(Pending{seq, expires_at_ms, std::move(message), {}, {}});
     l.loaded_through = seq;
     pump();
   } else {
@@ -88,6 +99,10 @@ void Endpoint::pump() {
     if (!next) return;
     Pending p = std::move(next->cache.front());
     next->cache.pop_front();
+    if (!p.message) {
+      dead_letter(*next, p);
+      continue;
+    }
     if (p.expires_at_ms != 0 && p.expires_at_ms <= now) {
       // Expired while cached. The store drops and counts expired entries exactly once,
       // whether its periodic expiry got there first or the read does: read the lane back
@@ -120,37 +135,41 @@ void Endpoint::load(Lane& l) {
   std::weak_ptr<Endpoint> weak = weak_from_this();
   std::uint64_t generation = generation_;
   std::int32_t priority = l.key.priority;
-  store_.read(l.key, l.loaded_through, kReadBatch,
-              [&io = io_, weak, generation, priority](Result<std::vector<store::Entry>> r) {
-                asio::post(io, [weak, generation, priority, r = std::move(r)]() mutable {
-                  auto self = weak.lock();
-                  if (!self || generation != self->generation_) return;
-                  Lane& lane = self->lane(priority);
-                  lane.loading = false;
-                  if (!r) {
-                    log::error("hub", "endpoint={} reading queue priority={} failed: {}",
-                               self->id(), priority, r.error().to_string());
-                    return;  // stays in backlog; the next append or attach retries
-                  }
-                  for (auto& e : *r) {
-                    if (e.seq <= lane.loaded_through) continue;
-                    auto m = decode_message(e.message);
-                    if (!m) {
-                      log::error("hub", "endpoint={} seq={} undecodable message dropped: {}",
-                                 self->id(), e.seq, m.error().to_string());
-                      lane.sent.push_back(Sent{e.seq, true});
-                      lane.loaded_through = e.seq;
-                      continue;
-                    }
-                    lane.cache.push_back(Pending{e.seq, e.expires_at_ms,
-                                                 std::make_shared<const Message>(std::move(*m))});
-                    lane.loaded_through = e.seq;
-                  }
-                  lane.backlog = r->size() == kReadBatch;
-                  self->settle(lane);
-                  self->pump();
-                });
-              });
+  store_.read(
+      l.key, l.loaded_through, kReadBatch,
+      [&io = io_, weak, generation, priority](Result<std::vector<store::Entry>> r) {
+        asio::post(io, [weak, generation, priority, r = std::move(r)]() mutable {
+          auto self = weak.lock();
+          if (!self || generation != self->generation_) return;
+          Lane& lane = self->lane(priority);
+          lane.loading = false;
+          if (!r) {
+            ++self->counters_.read_failures;
+            log::error("hub", "endpoint={} reading queue priority={} failed: {}", self->id(),
+                       priority, r.error().to_string());
+            self->retry_reads_later();  // stays in backlog
+            return;
+          }
+          self->read_retry_delay_ = std::chrono::milliseconds(0);
+          for (auto& e : *r) {
+            if (e.seq <= lane.loaded_through) continue;
+            auto m = decode_message(e.message);
+            if (!m) {
+              // Dead-lettered when its turn comes, after everything before it.
+              lane.cache.push_back(
+                  Pending{e.seq, 0, nullptr, std::move(e.message), m.error().to_string()});
+              lane.loaded_through = e.seq;
+              continue;
+            }
+            lane.cache.push_back(Pending{
+                e.seq, e.expires_at_ms, std::make_shared<const Message>(std::move(*m)), {}, {}});
+            lane.loaded_through = e.seq;
+          }
+          lane.backlog = r->size() == kReadBatch;
+          self->settle(lane);
+          self->pump();
+        });
+      });
 }
 
 void Endpoint::on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation) {
@@ -166,6 +185,36 @@ void Endpoint::on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t ge
   }
   settle(l);
   pump();
+}
+
+void Endpoint::dead_letter(Lane& l, Pending& p) {
+  ++counters_.dead_lettered;
+  const std::int64_t now = now_unix_ms();
+  const std::string key = l.key.endpoint + "/" + std::to_string(now) + "-" +
+                          std::to_string(l.key.priority) + "-" + std::to_string(p.seq);
+  log::error("hub", "endpoint={} seq={} stored message does not decode, dead-lettered as {}/{}: {}",
+             id(), p.seq, kDeadLetterTable, key, p.reason);
+  nlohmann::json record{{"endpoint", l.key.endpoint},
+                        {"reason", "stored message does not decode: " + p.reason},
+                        {"atMs", now},
+                        {"message", crypto::base64_encode(p.undecodable)}};
+  store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
+    if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
+  });
+  // In sequence: every entry before it was sent already, so settling stays cumulative.
+  l.sent.push_back(Sent{p.seq, true});
+  l.delivered_through = std::max(l.delivered_through, p.seq);
+  settle(l);
+}
+
+void Endpoint::retry_reads_later() {
+  read_retry_delay_ = read_retry_delay_.count() == 0
+                          ? kFirstReadRetry
+                          : std::min(read_retry_delay_ * 2, kMaxReadRetry);
+  read_retry_.expires_after(read_retry_delay_);
+  read_retry_.async_wait([weak = weak_from_this()](error_code ec) {
+    if (auto self = weak.lock(); self && !ec) self->pump();
+  });
 }
 
 // Deletes the acknowledged prefix of the lane from the store.

@@ -8,11 +8,14 @@
 // acknowledged is delivered again (with DUP set) to the next session.
 //
 // Priorities: the lane with the lowest number is always served first (low priorities can
-// starve, as in edgeHub). Expired entries are skipped and dropped.
+// starve, as in edgeHub). Expired entries are skipped and dropped. A stored entry that does
+// not decode is moved to the dead-letter table in its turn (never settled ahead of entries
+// before it); a failed store read is retried with back-off.
 //
 // Thread-safety: used only on the hub's network thread. Store callbacks are posted there.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -27,6 +30,10 @@
 
 namespace cairn::hub {
 
+// The store's key-value table holding dead-lettered (poison) messages: JSON {"endpoint",
+// "reason", "atMs", "message" (the stored bytes, base64)}, key "{endpoint}/{unix ms}-{n}".
+inline constexpr const char* kDeadLetterTable = "deadletter";
+
 // What an endpoint needs from a connected consumer.
 class Consumer {
  public:
@@ -40,6 +47,8 @@ class Consumer {
 struct EndpointCounters {
   std::uint64_t delivered = 0;
   std::uint64_t acked = 0;
+  std::uint64_t dead_lettered = 0;  // stored entries that do not decode, set aside
+  std::uint64_t read_failures = 0;  // failed store reads (retried with back-off)
 };
 
 class Endpoint : public std::enable_shared_from_this<Endpoint> {
@@ -68,7 +77,9 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   struct Pending {
     std::uint64_t seq = 0;
     std::int64_t expires_at_ms = 0;
-    std::shared_ptr<const Message> message;
+    std::shared_ptr<const Message> message;  // null: the stored bytes did not decode
+    std::string undecodable;                 // those bytes, and why, for the dead letter
+    std::string reason;
   };
   struct Sent {
     std::uint64_t seq = 0;
@@ -90,6 +101,8 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   void load(Lane& lane);
   void on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation);
   void settle(Lane& lane);
+  void dead_letter(Lane& lane, Pending& p);
+  void retry_reads_later();
 
   asio::io_context& io_;
   store::MessageStore& store_;
@@ -100,6 +113,8 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   const Consumer* consumer_raw_ = nullptr;
   std::size_t inflight_ = 0;
   std::uint64_t generation_ = 0;  // bumped on detach so late acks and reads are ignored
+  asio::steady_timer read_retry_;
+  std::chrono::milliseconds read_retry_delay_{0};  // 0 while reads succeed
   EndpointCounters counters_;
 };
 

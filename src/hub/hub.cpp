@@ -4,9 +4,13 @@
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
+#include "hub/iothub_topics.hpp"
 #include "hub/session.hpp"
+#include "mqtt/packet.hpp"
 #include "net/certs.hpp"
+#include "net/spawn.hpp"
 
 namespace cairn::hub {
 namespace {
@@ -22,9 +26,7 @@ std::optional<routing::Endpoint> endpoint_from_id(const std::string& id) {
                            id.substr(slash + 1)};
 }
 
-net::HttpResponse json_response(int status, const nlohmann::json& body) {
-  return net::HttpResponse{status, body.dump(), "application/json"};
-}
+using net::json_response;
 
 net::HttpResponse error_response(const Error& e) {
   int status = 500;
@@ -119,7 +121,7 @@ bool Hub::notify_desired(const std::string& client_id, const nlohmann::json& pat
   if (auto v = patch.find("$version"); v != patch.end() && v->is_number_integer()) {
     version = v->get<long long>();
   }
-  return session->publish(twin_desired_patch_topic(version), patch.dump());
+  return session->publish(twin_desired_patch_topic(version), dump_json(patch));
 }
 
 bool Hub::is_connected(const std::string& client_id) const {
@@ -224,37 +226,49 @@ Status Hub::listen(std::uint16_t port, bool tls, std::uint16_t& bound) {
             bound);
   tcp::acceptor* raw = acceptor.get();
   acceptors_.push_back(std::move(acceptor));
-  asio::co_spawn(
-      io_,
-      [self = shared_from_this(), raw, tls]() -> asio::awaitable<void> {
-        for (;;) {
-          error_code aec;
-          tcp::socket socket =
-              co_await raw->async_accept(asio::redirect_error(asio::use_awaitable, aec));
-          if (self->stopping_ || aec == asio::error::operation_aborted) co_return;
-          if (aec) {
-            log::warn("hub", "accept failed: {}", aec.message());
-            continue;
-          }
-          if (!self->accept_connection()) {
-            ++self->counters_.connections_refused;
-            log::warn("hub", "connection refused: max_connections={} reached",
-                      self->config_.mqtt.max_connections);
-            continue;
-          }
-          error_code ignored;
-          socket.set_option(tcp::no_delay(true), ignored);
-          std::string peer;
-          auto remote = socket.remote_endpoint(ignored);
-          peer = remote.address().to_string() + ":" + std::to_string(remote.port());
-          Session::Stream stream =
-              tls ? Session::Stream(std::in_place_index<1>, std::move(socket), *self->tls_)
-                  : Session::Stream(std::in_place_index<0>, std::move(socket));
-          std::make_shared<Session>(self, std::move(stream), std::move(peer))->start();
-        }
-      },
-      asio::detached);
+  spawn_accept_loop(raw, tls);
   return {};
+}
+
+void Hub::spawn_accept_loop(tcp::acceptor* acceptor, bool tls) {
+  std::weak_ptr<Hub> weak = weak_from_this();
+  asio::co_spawn(
+      io_, accept_loop(acceptor, tls),
+      net::on_coroutine_exit("mqtt accept loop", [weak, acceptor, tls](const std::string&) {
+        // Keep accepting: one failed connection set-up must not close the port.
+        auto self = weak.lock();
+        if (self && !self->stopping_ && acceptor->is_open()) {
+          self->spawn_accept_loop(acceptor, tls);
+        }
+      }));
+}
+
+asio::awaitable<void> Hub::accept_loop(tcp::acceptor* acceptor, bool tls) {
+  auto self = shared_from_this();
+  for (;;) {
+    error_code aec;
+    tcp::socket socket =
+        co_await acceptor->async_accept(asio::redirect_error(asio::use_awaitable, aec));
+    if (stopping_ || aec == asio::error::operation_aborted) co_return;
+    if (aec) {
+      log::warn("hub", "accept failed: {}", aec.message());
+      continue;
+    }
+    if (!accept_connection()) {
+      ++counters_.connections_refused;
+      log::warn("hub", "connection refused: max_connections={} reached",
+                config_.mqtt.max_connections);
+      continue;
+    }
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    std::string peer;
+    auto remote = socket.remote_endpoint(ignored);
+    peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    Session::Stream stream = tls ? Session::Stream(std::in_place_index<1>, std::move(socket), *tls_)
+                                 : Session::Stream(std::in_place_index<0>, std::move(socket));
+    std::make_shared<Session>(self, std::move(stream), std::move(peer))->start();
+  }
 }
 
 void Hub::stop() {
@@ -312,6 +326,24 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
     done({});
     return;
   }
+  // Refuse now what could never leave: a topic re-encoded for delivery (URL-encoding, the
+  // sender ids added) can grow past what a PUBLISH can carry.
+  for (const auto& match : matches) {
+    const auto& e = match.endpoint;
+    const std::size_t topic_bytes =
+        e.kind == routing::Endpoint::Kind::module_input
+            ? module_input_topic(config_.device_id, e.module, e.input, m).size()
+            : upstream_events_topic(m, config_.device_id).size();
+    if (topic_bytes > mqtt::kMaxStringBytes) {
+      ++counters_.messages_undeliverable;
+      done(make_error(errc::limit_exceeded, "the delivery topic for endpoint " + e.id() +
+                                                " would be " + std::to_string(topic_bytes) +
+                                                " bytes, over the MQTT limit of " +
+                                                std::to_string(mqtt::kMaxStringBytes) +
+                                                ": send fewer or shorter properties"));
+      return;
+    }
+  }
   const std::int64_t now = now_unix_ms();
   std::vector<store::Target> targets;
   targets.reserve(matches.size());
@@ -342,6 +374,21 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
           done({});
         });
       });
+}
+
+void Hub::dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason) {
+  const std::uint64_t n = ++counters_.messages_dead_lettered;
+  const std::int64_t now = now_unix_ms();
+  const std::string key = endpoint_id + "/" + std::to_string(now) + "-" + std::to_string(n);
+  log::error("hub", "endpoint={} message dead-lettered as {}/{}: {}", endpoint_id, kDeadLetterTable,
+             key, reason);
+  nlohmann::json record{{"endpoint", endpoint_id},
+                        {"reason", reason},
+                        {"atMs", now},
+                        {"message", crypto::base64_encode(encode_message(m))}};
+  store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
+    if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
+  });
 }
 
 void Hub::register_session(const std::string& client_id, const std::shared_ptr<Session>& session) {
@@ -396,21 +443,28 @@ void Hub::connection_closed() {
   if (connections_ > 0) --connections_;
 }
 
-std::optional<std::string> Hub::load_session(const std::string& client_id) const {
+void Hub::load_session(const std::string& client_id,
+                       std::function<void(std::optional<std::string>)> done) {
   // get() sees committed data only, and the previous connection's SUBSCRIBE (or a clean
   // session's erase) may still wait for its group commit: a quick reconnect would then find
-  // no session. Let the pending writes land first (one commit; CONNECTs with
-  // clean_session=0 only).
-  if (auto s = store_.flush(); !s) {
-    log::warn("hub", "store flush before reading session {} failed: {}", client_id,
-              s.error().to_string());
-  }
-  auto r = store_.get(kSessionsTable, client_id);
-  if (!r) {
-    log::error("hub", "cannot read session {}: {}", client_id, r.error().to_string());
-    return std::nullopt;
-  }
-  return *r;
+  // no session. Read once the pending writes have landed, on the store thread.
+  std::weak_ptr<Hub> weak = weak_from_this();
+  store_.when_committed([weak, &io = io_, &store = store_, client_id,
+                         done = std::move(done)](Status flushed) mutable {
+    if (!flushed) {
+      log::warn("hub", "store flush before reading session {} failed: {}", client_id,
+                flushed.error().to_string());
+    }
+    std::optional<std::string> session;
+    if (auto r = store.get(kSessionsTable, client_id); r) {
+      session = std::move(*r);
+    } else {
+      log::error("hub", "cannot read session {}: {}", client_id, r.error().to_string());
+    }
+    asio::post(io, [weak, done = std::move(done), session = std::move(session)]() mutable {
+      if (weak.lock()) done(std::move(session));
+    });
+  });
 }
 
 void Hub::save_session(const std::string& client_id, std::string subscriptions_json) {
@@ -423,8 +477,12 @@ void Hub::erase_session(const std::string& client_id) {
   store_.erase(kSessionsTable, client_id, [](Status) {});
 }
 
-void Hub::schedule_expiry() {
-  expiry_timer_.expires_after(std::chrono::seconds(config_.store.expire_interval_secs));
+void Hub::schedule_expiry(bool more_waiting) {
+  if (more_waiting) {
+    expiry_timer_.expires_after(std::chrono::milliseconds(10));
+  } else {
+    expiry_timer_.expires_after(std::chrono::seconds(config_.store.expire_interval_secs));
+  }
   expiry_timer_.async_wait([weak = weak_from_this()](error_code ec) {
     auto self = weak.lock();
     if (ec || !self || self->stopping_) return;
@@ -434,7 +492,8 @@ void Hub::schedule_expiry() {
         if (!s) return;
         if (r && *r > 0) log::info("hub", "dropped {} expired messages", *r);
         if (!r) log::error("hub", "expiring messages failed: {}", r.error().to_string());
-        s->schedule_expiry();
+        // A full batch means more may be waiting: go on soon, yielding to other work between.
+        s->schedule_expiry(r && *r >= store::kMaxExpirePerCall);
       });
     });
   });
@@ -443,12 +502,13 @@ void Hub::schedule_expiry() {
 nlohmann::json Hub::status() const {
   auto st = store_.stats();
   nlohmann::json endpoints = nlohmann::json::object();
+  std::uint64_t dead_lettered = counters_.messages_dead_lettered;
   for (const auto& [id, ep] : endpoints_) {
     const auto& c = ep->counters();
-    endpoints[id] = {{"attached", ep->attached()},
-                     {"inflight", ep->inflight()},
-                     {"delivered", c.delivered},
-                     {"acked", c.acked}};
+    dead_lettered += c.dead_lettered;
+    endpoints[id] = {{"attached", ep->attached()},      {"inflight", ep->inflight()},
+                     {"delivered", c.delivered},        {"acked", c.acked},
+                     {"deadLettered", c.dead_lettered}, {"readFailures", c.read_failures}};
   }
   nlohmann::json out{
       {"deviceId", config_.device_id},
@@ -462,10 +522,17 @@ nlohmann::json Hub::status() const {
         {"messagesRejected", counters_.messages_rejected},
         {"messagesOversize", counters_.messages_oversize},
         {"slowConsumersClosed", counters_.slow_consumers_closed},
+        {"sessionsFailed", counters_.sessions_failed},
+        {"messagesUndeliverable", counters_.messages_undeliverable},
+        {"messagesDeadLettered", dead_lettered},
         // The store drops expired entries (periodically and when reading) and counts each once.
         {"messagesExpired", st.expired_total}}},
       {"store",
        {{"healthy", st.healthy},
+        {"refusing", st.refusing},
+        {"refusalReason", st.refusal_reason},
+        {"transientFailuresTotal", st.transient_failures_total},
+        {"refusedWritesTotal", st.refused_writes_total},
         {"storedBytes", st.stored_bytes},
         {"storedMessages", st.stored_messages},
         {"appendedTotal", st.appended_total},

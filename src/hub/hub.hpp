@@ -46,6 +46,10 @@ struct HubCounters {
   std::uint64_t messages_rejected = 0;  // store full or failing: not acknowledged
   std::uint64_t messages_oversize = 0;
   std::uint64_t slow_consumers_closed = 0;
+  std::uint64_t sessions_failed = 0;  // sessions ended by an internal error (and closed)
+  // Refused at ingest: a delivery topic would exceed MQTT's 65,535 bytes after re-encoding.
+  std::uint64_t messages_undeliverable = 0;
+  std::uint64_t messages_dead_lettered = 0;  // taken out of a queue they would block
 };
 
 // What the hub's role supplies (services.hpp). Not owned: each must outlive the hub. Without
@@ -111,7 +115,13 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void method_response(const Principal& from, const std::string& rid, int status,
                        std::string_view body);
   // Routes `m` and commits it; `done` runs on the hub thread once it is durable (or failed).
+  // A message some endpoint could never be sent (its delivery topic would exceed the MQTT
+  // limit) is refused with limit_exceeded and nothing is stored.
   void ingest(Message m, std::function<void(Status)> done);
+  // A stored message its endpoint can never deliver (a poison message): kept in the store's
+  // dead-letter table (kDeadLetterTable, key "{endpoint}/{unix ms}-{n}") with the reason,
+  // counted, and logged. The caller then settles the entry so the queue behind it moves on.
+  void dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason);
   // Registers a session for its client id, closing any previous one (takeover).
   void register_session(const std::string& client_id, const std::shared_ptr<Session>& session);
   void unregister_session(const std::string& client_id, const Session* session);
@@ -120,15 +130,22 @@ class Hub : public std::enable_shared_from_this<Hub> {
   bool accept_connection();  // false when max_connections is reached
   void connection_closed();
   HubCounters& counters() { return counters_; }
-  std::optional<std::string> load_session(const std::string& client_id) const;
+  // The stored subscriptions of `client_id` (nullopt: none), read once the writes submitted
+  // before (the previous connection's SUBSCRIBE) are committed. `done` runs on the hub
+  // thread; the event loop never waits for the disk.
+  void load_session(const std::string& client_id,
+                    std::function<void(std::optional<std::string>)> done);
   void save_session(const std::string& client_id, std::string subscriptions_json);
   void erase_session(const std::string& client_id);
 
  private:
   Hub(asio::io_context& io, HubConfig config, store::MessageStore& store);
   Status listen(std::uint16_t port, bool tls, std::uint16_t& bound);
+  // Accepts MQTT connections on `acceptor` until stop(); started again if it ever throws.
+  void spawn_accept_loop(tcp::acceptor* acceptor, bool tls);
+  asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, bool tls);
   std::shared_ptr<Endpoint> endpoint(const routing::Endpoint& e);
-  void schedule_expiry();
+  void schedule_expiry(bool more_waiting = false);
 
   asio::io_context& io_;
   HubConfig config_;

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "core/message.hpp"
 
@@ -12,11 +13,10 @@ namespace {
 constexpr const char* kTable = "identities";
 
 std::string to_json(const Identity& id) {
-  return nlohmann::json{{"moduleId", id.module_id},
-                        {"primaryKey", id.primary_key},
-                        {"secondaryKey", id.secondary_key},
-                        {"generationId", id.generation_id}}
-      .dump();
+  return dump_json(nlohmann::json{{"moduleId", id.module_id},
+                                  {"primaryKey", id.primary_key},
+                                  {"secondaryKey", id.secondary_key},
+                                  {"generationId", id.generation_id}});
 }
 
 std::vector<std::string_view> split(std::string_view s, char sep) {

@@ -218,6 +218,17 @@ std::string encode_property_bag(const Properties& system, const Properties& app)
   return out;
 }
 
+std::string upstream_events_topic(const Message& m, std::string_view default_device) {
+  std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(default_device));
+  std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
+  Properties system = m.system;
+  system.erase(sysprop::kConnectionDeviceId);
+  system.erase(sysprop::kConnectionModuleId);
+  system.erase(sysprop::kEnqueuedTime);
+  return "devices/" + device + (module.empty() ? "" : "/modules/" + module) + "/messages/events/" +
+         encode_property_bag(system, m.app);
+}
+
 std::string module_input_topic(std::string_view device_id, std::string_view module_id,
                                std::string_view input, const Message& m) {
   const std::string bag = encode_property_bag(m.system, m.app);

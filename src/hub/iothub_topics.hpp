@@ -50,6 +50,10 @@ std::string encode_property_bag(const Properties& system, const Properties& app)
 // devices/{d}/modules/{m}/inputs/{input}/{bag}  (the bag may be empty: ".../inputs/{input}/")
 std::string module_input_topic(std::string_view device_id, std::string_view module_id,
                                std::string_view input, const Message& m);
+// devices/{d}[/modules/{m}]/messages/events/{bag}: how the cloud link sends `m` upstream, as
+// its sender (the connection device/module ids, `default_device` when absent). The sender
+// ids and enqueue time are the cloud's to stamp and are not in the bag.
+std::string upstream_events_topic(const Message& m, std::string_view default_device);
 // $iothub/twin/res/{status}/?$rid={rid}
 std::string twin_response_topic(int status, std::string_view rid);
 // $iothub/twin/PATCH/properties/desired/?$version={version}

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "hub/iothub_topics.hpp"
 
@@ -28,7 +29,7 @@ Result<MethodRequest> parse_method_request(const nlohmann::json& body) {
     return make_error(errc::invalid_argument, "methodName may not contain '/', '#', '+' or NUL");
   }
   if (auto p = body.find("payload"); p != body.end()) r.payload = *p;
-  if (r.payload.dump().size() > kMaxMethodPayloadBytes) {
+  if (dump_json(r.payload).size() > kMaxMethodPayloadBytes) {
     return make_error(errc::limit_exceeded, "method payload exceeds " +
                                                 std::to_string(kMaxMethodPayloadBytes) + " bytes");
   }
@@ -131,7 +132,7 @@ void MethodCalls::invoke(const std::string& client_id, MethodRequest request, Me
 
 void MethodCalls::dispatch(const std::shared_ptr<Call>& call) {
   const std::string rid = call->rid;
-  auto payload = call->request.payload.is_null() ? std::string() : call->request.payload.dump();
+  auto payload = call->request.payload.is_null() ? std::string() : dump_json(call->request.payload);
   if (!send_(call->client_id, method_request_topic(call->request.method_name, rid),
              std::move(payload))) {
     return;

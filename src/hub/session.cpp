@@ -5,10 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "core/clock.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "hub/hub.hpp"
 #include "hub/iothub_topics.hpp"
 #include "mqtt/topic.hpp"
+#include "net/spawn.hpp"
 
 namespace cairn::hub {
 namespace {
@@ -62,9 +64,15 @@ Session::Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer)
 Session::~Session() { hub_->connection_closed(); }
 
 void Session::start() {
+  // A throw anywhere in the session (its handlers run inside run()) closes it like a dropped
+  // connection: will, detach (in-flight deliveries go back to the endpoint), unregister.
+  auto self = shared_from_this();
   asio::co_spawn(
-      lowest(stream_).get_executor(), [self = shared_from_this()]() { return self->run(); },
-      asio::detached);
+      lowest(stream_).get_executor(), [self]() { return self->run(); },
+      net::on_coroutine_exit("mqtt session " + peer_, [self](const std::string& why) {
+        ++self->hub_->counters().sessions_failed;
+        self->close("internal error: " + why);
+      }));
 }
 
 asio::awaitable<void> Session::run() {
@@ -206,7 +214,7 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   bool session_present = false;
   if (clean_session_) {
     hub_->erase_session(principal_.client_id());
-  } else if (auto stored = hub_->load_session(principal_.client_id())) {
+  } else if (auto stored = co_await load_stored_session(); stored && !closed_) {
     auto j = nlohmann::json::parse(*stored, nullptr, false);
     if (j.is_array()) {
       session_present = true;
@@ -218,6 +226,8 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
       }
     }
   }
+  // Closed while the stored session was read (taken over, dropped): no CONNACK.
+  if (closed_) co_return false;
   send(mqtt::Connack{session_present, mqtt::ConnectReturn::accepted});
 
   // From here on keepalive_secs_ is the client's keep-alive; idle_limit() derives the
@@ -240,6 +250,21 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   hub_->client_connected(principal_);
   update_subscription_flags();
   co_return true;
+}
+
+asio::awaitable<std::optional<std::string>> Session::load_stored_session() {
+  auto result = std::make_shared<std::optional<std::optional<std::string>>>();
+  auto ready = std::make_shared<asio::steady_timer>(lowest(stream_).get_executor(),
+                                                    asio::steady_timer::time_point::max());
+  hub_->load_session(principal_.client_id(), [result, ready](std::optional<std::string> s) {
+    *result = std::move(s);
+    ready->cancel();
+  });
+  while (!result->has_value()) {
+    error_code ec;
+    co_await ready->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  co_return std::move(**result);
 }
 
 bool Session::on_publish(mqtt::Publish& p) {
@@ -445,17 +470,32 @@ void Session::persist_subscriptions() {
   if (clean_session_) return;
   nlohmann::json j = nlohmann::json::array();
   for (const auto& s : subscriptions_) j.push_back({{"filter", s.filter}, {"qos", s.qos}});
-  hub_->save_session(principal_.client_id(), j.dump());
+  hub_->save_session(principal_.client_id(), dump_json(j));
 }
 
 bool Session::deliver(const std::string& input, const Message& m, bool dup,
                       std::function<void()> on_ack) {
   if (closed_) return false;
+  mqtt::Publish packet{module_input_topic(principal_.device_id, principal_.module_id, input, m),
+                       m.body,
+                       1,
+                       false,
+                       dup,
+                       0};
+  if (auto encodable = mqtt::check_encodable(packet); !encodable) {
+    // A poison message (stored before ingest refused such topics): sent, it would be a
+    // malformed PUBLISH redelivered on every reconnect. Take it out of the queue instead.
+    hub_->dead_letter(
+        principal_.module_id + "/" + input, m,
+        "cannot be encoded for " + principal_.client_id() + ": " + encodable.error().message);
+    asio::post(lowest(stream_).get_executor(), std::move(on_ack));
+    return true;
+  }
   std::uint16_t id = next_packet_id();
   if (id == 0) return false;  // 65535 deliveries in flight: cannot happen with sane windows
+  packet.packet_id = id;
   outbound_.emplace(id, std::move(on_ack));
-  send(mqtt::Publish{module_input_topic(principal_.device_id, principal_.module_id, input, m),
-                     m.body, 1, false, dup, id});
+  send(packet);
   return !closed_;
 }
 
@@ -478,7 +518,14 @@ std::uint16_t Session::next_packet_id() {
 
 void Session::send(const mqtt::Packet& p) {
   if (closed_ && !std::holds_alternative<mqtt::Connack>(p)) return;
-  mqtt::encode(p, out_pending_);
+  if (auto s = mqtt::encode(p, out_pending_); !s) {
+    // Only our own packets get here (deliveries are checked first): never write a packet
+    // with a truncated length; end the connection instead.
+    log::error("hub", "[{}] cannot encode {}: {}", log_id_, mqtt::to_string(mqtt::type_of(p)),
+               s.error().message);
+    close("internal error: unencodable " + std::string(mqtt::to_string(mqtt::type_of(p))));
+    return;
+  }
   // Deliveries are bounded by the endpoint windows (max_inflight_out messages of up to
   // max_message_bytes each), and each stays in outbound_ until acknowledged. A full window of
   // large messages is queued at once, so it must not count as "not reading": only bytes beyond

@@ -1,5 +1,6 @@
 #include "hub/twin_cache.hpp"
 
+#include "core/json.hpp"
 #include "core/log.hpp"
 
 namespace cairn::hub {
@@ -7,7 +8,7 @@ namespace {
 
 constexpr const char* kTwinsTable = "twins";
 
-std::string error_body(const Error& e) { return nlohmann::json{{"message", e.message}}.dump(); }
+std::string error_body(const Error& e) { return dump_json(nlohmann::json{{"message", e.message}}); }
 
 nlohmann::json without_version(nlohmann::json patch) {
   if (patch.is_object()) patch.erase("$version");
@@ -30,7 +31,7 @@ TwinCache::Entry& TwinCache::entry(const std::string& client_id) {
   } else if (*stored) {
     auto record = twin::parse_json(**stored);
     auto t = record && record->is_object() && record->contains("twin")
-                 ? twin::Twin::parse((*record)["twin"].dump())
+                 ? twin::Twin::parse(dump_json((*record)["twin"]))
                  : Result<twin::Twin>(make_error(errc::corruption, "not a twin record"));
     if (t) {
       e.twin = std::move(*t);
@@ -176,7 +177,7 @@ void TwinCache::resync(const std::string& client_id, std::function<void()> done)
     self->persist(client_id, {});
     if (missed) {
       log::info("twin", "[{}] delivering the desired changes missed while offline ($version {})",
-                client_id, (*missed)["$version"].dump());
+                client_id, dump_json((*missed)["$version"]));
       if (self->notify_(client_id, *missed)) ++self->counters_.desired_forwarded;
     }
     if (done) done();

@@ -1,11 +1,14 @@
 #include "hub/upstream.hpp"
 
 #include <random>
+#include <utility>
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "hub/iothub_topics.hpp"
+#include "net/spawn.hpp"
 
 namespace cairn::hub {
 namespace {
@@ -48,9 +51,10 @@ struct Upstream::Link {
   asio::steady_timer wake;                  // back-off, renewal deadline, close notification
   asio::steady_timer outbox_signal;         // the pump sleeps on it while the outbox is empty
   asio::steady_timer reported_retry;
-  std::deque<Outgoing> outbox;  // messages waiting for the connection or a publish slot
-  std::size_t unacked = 0;      // published, PUBACK outstanding
-  bool lost_messages = false;   // a message was dropped by a failing connection
+  std::deque<Outgoing> outbox;   // messages waiting for the connection or a publish slot
+  std::size_t unacked = 0;       // published on the current connection, PUBACK outstanding
+  std::uint64_t connection = 0;  // which connection `unacked` counts (connects at the time)
+  bool lost_messages = false;    // a message was dropped by a failing connection
   std::map<std::string, std::function<void(int, std::string)>> requests;  // twin, by $rid
   std::uint64_t next_rid = 0;
   bool sending_reported = false;
@@ -94,8 +98,34 @@ Upstream::Link& Upstream::link(const std::string& client_id) {
   if (it != links_.end()) return *it->second;
   auto l = std::make_shared<Link>(io_, client_id);
   links_.emplace(client_id, l);
-  if (!stopping_) asio::co_spawn(io_, run(l), asio::detached);
+  if (!stopping_) spawn_run(l);
   return *l;
+}
+
+void Upstream::spawn_run(const std::shared_ptr<Link>& l) {
+  std::weak_ptr<Upstream> weak = weak_from_this();
+  asio::co_spawn(
+      io_, run(l),
+      net::on_coroutine_exit("upstream link " + l->client_id, [weak, l](const std::string& why) {
+        auto self = weak.lock();
+        if (!self) return;
+        l->last_error = "internal error: " + why;
+        l->closed = true;
+        if (auto client = std::exchange(l->client, nullptr)) {
+          client->close();
+          self->on_link_down(*l, l->last_error);
+        }
+        if (self->stopping_) {
+          l->set_state(Link::State::idle);
+          return;
+        }
+        ++l->attempt;
+        l->set_state(Link::State::backoff);
+        l->wake.expires_after(self->backoff(l->attempt));
+        l->wake.async_wait([weak, l](error_code) {
+          if (auto me = weak.lock(); me && !me->stopping_) me->spawn_run(l);
+        });
+      }));
 }
 
 std::chrono::milliseconds Upstream::backoff(int attempt) {
@@ -104,9 +134,10 @@ std::chrono::milliseconds Upstream::backoff(int attempt) {
   std::int64_t base = config_.upstream.min_backoff_ms;
   for (int i = 1; i < attempt && base < cap; ++i) base *= 2;
   base = std::min(base, cap);
-  // Jitter: a fleet that lost the same cloud must not come back in lockstep.
-  std::uniform_int_distribution<std::int64_t> jitter(0, std::max<std::int64_t>(base / 2, 1));
-  return std::chrono::milliseconds(base / 2 + jitter(rng) + base / 2);
+  // Jitter: a fleet that lost the same cloud must not come back in lockstep. Half the wait is
+  // fixed, the other half random, so the total never exceeds the cap.
+  std::uniform_int_distribution<std::int64_t> jitter(0, base - base / 2);
+  return std::chrono::milliseconds(base / 2 + jitter(rng));
 }
 
 asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
@@ -192,7 +223,15 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
     l->last_error.clear();
     l->set_state(Link::State::online);
     on_link_up(*l);
-    asio::co_spawn(io_, pump(l, *client), asio::detached);
+    l->unacked = 0;
+    l->connection = l->connects;
+    asio::co_spawn(io_, pump(l, *client),
+                   net::on_coroutine_exit("upstream pump " + l->client_id,
+                                          [pumped = *client](const std::string&) {
+                                            // The link loop sees the close and reconnects;
+                                            // unacknowledged messages are delivered again.
+                                            pumped->close();
+                                          }));
 
     // Online until the connection drops or the token is due for renewal.
     const auto renew_at = std::chrono::steady_clock::now() + ttl * 8 / 10;
@@ -234,15 +273,29 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
     Outgoing item = std::move(l->outbox.front());
     l->outbox.pop_front();
     if (item.generation != generation_) continue;  // the endpoint delivers it again
+    if (auto encodable = mqtt::check_encodable(mqtt::Publish{item.topic, {}, 1, false, false, 1});
+        !encodable) {
+      // A poison message (stored before ingest refused such topics): it can never be sent,
+      // and must not stop the link for everything behind it.
+      Message poison;
+      poison.body = std::move(item.payload);
+      hub_.dead_letter("$upstream", poison,
+                       "cannot be encoded for " + l->client_id + ": " + encodable.error().message);
+      item.on_ack();
+      continue;
+    }
     ++l->unacked;
     std::weak_ptr<Upstream> weak_self = self;
     std::weak_ptr<Link> weak_link = l;
     net::MqttClient::AckHandler on_puback = [weak_self, weak_link, on_ack = std::move(item.on_ack),
-                                             generation = item.generation](Status s) {
+                                             generation = item.generation,
+                                             connection = l->connection](Status s) {
       auto me = weak_self.lock();
       auto link = weak_link.lock();
       if (!me || !link) return;
-      --link->unacked;
+      // An ack (or failure) of an earlier connection arrives after on_link_down reset the
+      // count (a token renewal drains with a deadline): it must not count against this one.
+      if (connection == link->connection && link->unacked > 0) --link->unacked;
       if (!s) {
         link->lost_messages = true;
         return;
@@ -253,7 +306,7 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
     auto queued = co_await client->async_publish(std::move(item.topic), std::move(item.payload), 1,
                                                  false, std::move(on_puback));
     if (!queued) {
-      --l->unacked;
+      if (l->unacked > 0) --l->unacked;
       l->lost_messages = true;
       break;
     }
@@ -267,12 +320,7 @@ bool Upstream::deliver(const std::string& /*input*/, const Message& m, bool /*du
   std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
   const std::string client_id = module.empty() ? device : device + "/" + module;
   // The cloud stamps the sender and enqueue time from its own connection.
-  Properties system = m.system;
-  system.erase(sysprop::kConnectionDeviceId);
-  system.erase(sysprop::kConnectionModuleId);
-  system.erase(sysprop::kEnqueuedTime);
-  std::string topic = "devices/" + device + (module.empty() ? "" : "/modules/" + module) +
-                      "/messages/events/" + encode_property_bag(system, m.app);
+  std::string topic = upstream_events_topic(m, config_.device_id);
   Link& l = link(client_id);
   l.outbox.push_back(Outgoing{std::move(topic), m.body, std::move(on_ack), generation_});
   l.outbox_signal.cancel();
@@ -382,7 +430,8 @@ void Upstream::request(Link& l, const std::string& topic_prefix, std::string bod
        body = std::move(body)]() mutable -> asio::awaitable<void> {
         (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
       },
-      asio::detached);
+      net::on_coroutine_exit("upstream request " + l.client_id,
+                             [client](const std::string&) { client->close(); }));
 }
 
 void Upstream::fetch_twin(const std::string& client_id,
@@ -493,7 +542,7 @@ void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
         if (!self || !link || !link->client) return;
         int status = r ? r->status : method_error_status(r.error().code);
         std::string body = r ? (r->payload.is_null() ? std::string() : twin::dump_json(r->payload))
-                             : nlohmann::json{{"message", r.error().message}}.dump();
+                             : dump_json(nlohmann::json{{"message", r.error().message}});
         auto client = link->client;
         asio::co_spawn(
             self->io_,
@@ -501,7 +550,8 @@ void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
              body = std::move(body)]() mutable -> asio::awaitable<void> {
               (void)co_await client->async_publish(std::move(topic), std::move(body), 0);
             },
-            asio::detached);
+            net::on_coroutine_exit("upstream method response " + link->client_id,
+                                   [client](const std::string&) { client->close(); }));
       });
 }
 

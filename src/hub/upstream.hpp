@@ -78,6 +78,9 @@ class Upstream : public Consumer,
 
   Link& link(const std::string& client_id);
   asio::awaitable<void> run(std::shared_ptr<Link> link);
+  // Starts run(link) with a completion handler: a link loop that throws is logged, its
+  // connection closed, and the loop started again after a back-off.
+  void spawn_run(const std::shared_ptr<Link>& link);
   asio::awaitable<void> pump(std::shared_ptr<Link> link, std::shared_ptr<net::MqttClient> client);
   void on_cloud_message(Link& link, mqtt::Publish p);
   void on_link_up(Link& link);
@@ -87,6 +90,8 @@ class Upstream : public Consumer,
                std::function<void(int status, std::string body)> done);
   void redeliver();
   void update_offline_clock();
+  // The wait before connection attempt `attempt` (1-based): the minimum doubled per attempt,
+  // at most max_backoff_secs, with jitter in [half, all] of that.
   std::chrono::milliseconds backoff(int attempt);
 
   asio::io_context& io_;

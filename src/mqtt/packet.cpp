@@ -1,6 +1,7 @@
 #include "mqtt/packet.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 
 #include "mqtt/topic.hpp"
@@ -537,11 +538,51 @@ Result<std::optional<Decoded>> decode(std::string_view buffer, std::size_t max_p
   return std::optional<Decoded>(std::move(d));
 }
 
-void encode(const Packet& p, std::string& out) { std::visit(Encoder{out}, p); }
+Status check_encodable(const Packet& p) {
+  Status result;
+  auto field = [&result](std::string_view what, std::string_view s) {
+    if (result && s.size() > kMaxStringBytes) {
+      result =
+          make_error(errc::limit_exceeded, std::string(what) + " of " + std::to_string(s.size()) +
+                                               " bytes exceeds the MQTT limit of " +
+                                               std::to_string(kMaxStringBytes));
+    }
+  };
+  std::size_t remaining = 0;
+  if (const auto* c = std::get_if<Connect>(&p)) {
+    field("client id", c->client_id);
+    if (c->username) field("user name", *c->username);
+    if (c->password) field("password", *c->password);
+    if (c->will) {
+      field("will topic", c->will->topic);
+      field("will payload", c->will->payload);
+      remaining += c->will->payload.size();
+    }
+  } else if (const auto* pub = std::get_if<Publish>(&p)) {
+    field("topic", pub->topic);
+    remaining = prefixed_size(pub->topic) + 2 + pub->payload.size();
+  } else if (const auto* s = std::get_if<Subscribe>(&p)) {
+    for (const auto& sub : s->subscriptions) field("topic filter", sub.filter);
+  } else if (const auto* u = std::get_if<Unsubscribe>(&p)) {
+    for (const auto& f : u->filters) field("topic filter", f);
+  }
+  if (result && remaining > kMaxRemainingLength) {
+    result = make_error(errc::limit_exceeded, "packet of " + std::to_string(remaining) +
+                                                  " bytes exceeds the MQTT limit of " +
+                                                  std::to_string(kMaxRemainingLength));
+  }
+  return result;
+}
+
+Status encode(const Packet& p, std::string& out) {
+  CAIRN_TRY(check_encodable(p));
+  std::visit(Encoder{out}, p);
+  return {};
+}
 
 std::string encode(const Packet& p) {
   std::string out;
-  encode(p, out);
+  if (auto s = encode(p, out); !s) throw std::length_error(s.error().message);
   return out;
 }
 

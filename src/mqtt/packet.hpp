@@ -163,9 +163,20 @@ struct Decoded {
 //    fixed header alone, before the body arrives.
 Result<std::optional<Decoded>> decode(std::string_view buffer, std::size_t max_packet_size);
 
-// Appends the wire form of `p` to `out`. REQUIRES: `p` is well formed (lengths fit in 16 bits,
-// packet ids non-zero where required).
-void encode(const Packet& p, std::string& out);
+// The largest string MQTT can carry in a length-prefixed field (topic, client id, ...).
+inline constexpr std::size_t kMaxStringBytes = 65'535;
+
+// Whether `p` has a wire form: every length-prefixed string (topic, filter, client id, user
+// name, password, will) at most kMaxStringBytes and the whole at most kMaxRemainingLength.
+// Error limit_exceeded naming the field otherwise.
+Status check_encodable(const Packet& p);
+
+// Appends the wire form of `p` to `out`; a packet check_encodable() refuses is an error and
+// leaves `out` unchanged (never a truncated length). REQUIRES: packet ids non-zero where
+// required.
+Status encode(const Packet& p, std::string& out);
+// The wire form of `p`, for packets known to be encodable (decoded ones, tests). Throws
+// std::length_error for a packet check_encodable() refuses.
 std::string encode(const Packet& p);
 
 // For a buffer on which decode() failed: true if it starts with a CONNECT whose protocol name is

@@ -14,7 +14,9 @@
 #include <openssl/x509v3.h>
 
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
+#include "net/spawn.hpp"
 
 // gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
 // coroutine's ramp into its caller (Asio's awaitable frames have class-specific new/delete).
@@ -279,6 +281,12 @@ std::string HttpRequest::header(std::string_view name) const { return find_heade
 
 std::string HttpResponse::header(std::string_view name) const { return find_header(headers, name); }
 
+HttpResponse json_response(int status, const nlohmann::json& body, std::string_view etag) {
+  HttpResponse r{status, dump_json(body), "application/json", {}};
+  if (!etag.empty()) r.headers.emplace_back("ETag", "\"" + std::string(etag) + "\"");
+  return r;
+}
+
 std::string http_path(const std::string& target) { return target.substr(0, target.find('?')); }
 
 std::string http_query_param(const std::string& target, const std::string& name) {
@@ -323,7 +331,11 @@ Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& r
   asio::io_context io;
   std::optional<Result<HttpResponse>> out;
   asio::co_spawn(io, tcp_call(TcpCall{&target, tls.get(), name, &*req, timeout_secs, &out}),
-                 asio::detached);
+                 [&out](std::exception_ptr e) {
+                   if (e)
+                     out = make_error(errc::internal,
+                                      "HTTP request failed: " + describe_exception(e));
+                 });
   io.run();
   if (!out) return make_error(errc::internal, "HTTP request ended without a result");
   return std::move(*out);
@@ -336,7 +348,10 @@ Result<HttpResponse> unix_http_request(const std::string& socket_path, const Htt
   if (!req) return std::move(req).error();
   asio::io_context io;
   std::optional<Result<HttpResponse>> out;
-  asio::co_spawn(io, unix_call(socket_path, &*req, timeout_secs, &out), asio::detached);
+  asio::co_spawn(
+      io, unix_call(socket_path, &*req, timeout_secs, &out), [&out](std::exception_ptr e) {
+        if (e) out = make_error(errc::internal, "HTTP request failed: " + describe_exception(e));
+      });
   io.run();
   if (!out) return make_error(errc::internal, "HTTP request ended without a result");
   return std::move(*out);

@@ -27,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/result.hpp"
 #include "net/asio.hpp"
 
@@ -60,6 +62,11 @@ struct HttpResponse {
   // Case-insensitive lookup of the first header with this name; "" when absent.
   std::string header(std::string_view name) const;
 };
+
+// A JSON reply written with the one lenient writer (core/json.hpp): any bytes in `body`
+// (a module id from the URL, a payload from a module) give a valid reply, never a throw.
+// `etag` non-empty adds an ETag header with the value in quotes.
+HttpResponse json_response(int status, const nlohmann::json& body, std::string_view etag = {});
 
 // Splits "/a/b?x=1&y=2" into the path and the value of one query parameter.
 std::string http_path(const std::string& target);

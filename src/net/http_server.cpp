@@ -19,6 +19,7 @@
 
 #include "core/log.hpp"
 #include "net/http.hpp"
+#include "net/spawn.hpp"
 #include <sys/stat.h>
 
 // gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
@@ -448,15 +449,26 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> state) {
       socket.close(ec);
       continue;
     }
+    // The connection's stream and registration are released by the coroutine's own
+    // destructors; a throw only needs to be logged (and its request gets no answer).
     asio::co_spawn(state->acceptor.get_executor(), serve_connection(std::move(socket), state),
-                   asio::detached);
+                   on_coroutine_exit(core.name + " connection"));
   }
 }
 
 // Starts the accept loop on the io_context's thread: start() may be called from another one.
 template <class State>
 void spawn_accept_loop(asio::io_context& io, const std::shared_ptr<State>& state) {
-  asio::dispatch(io, [&io, state] { asio::co_spawn(io, accept_loop(state), asio::detached); });
+  asio::dispatch(io, [&io, state] {
+    asio::co_spawn(
+        io, accept_loop(state),
+        on_coroutine_exit(state->core->name + " accept loop", [&io, state](const std::string&) {
+          // Keep serving: start accepting again unless the server is stopping.
+          if (!state->core->stopped && state->acceptor.is_open()) {
+            spawn_accept_loop(io, state);
+          }
+        }));
+  });
 }
 
 // Runs on the server's executor: stop accepting, close every connection.

@@ -284,7 +284,10 @@ awaitable<Result<mqtt::Connack>> MqttClient::do_connect() {
   connect.will = options_.will;
   connect.clean_session = options_.clean_session;
   connect.keep_alive = options_.keep_alive_s;
-  const std::string bytes = mqtt::encode(connect);
+  std::string bytes;
+  if (auto s = mqtt::encode(connect, bytes); !s) {
+    co_return step_error("encode CONNECT for", error_code{});
+  }
   co_await write_all(bytes, ec);
   if (ec || state_ != State::kConnecting) co_return step_error("send CONNECT to", ec);
   stats_.bytes_written += bytes.size();
@@ -474,7 +477,12 @@ void MqttClient::close() {
 void MqttClient::enqueue(const mqtt::Packet& packet) {
   if (!running()) return;
   const std::size_t before = out_buf_.size();
-  mqtt::encode(packet, out_buf_);
+  // Every packet is checked before it gets here (topic and filter lengths); an unencodable
+  // one would be a bug, and ends the connection rather than corrupting the stream.
+  if (auto s = mqtt::encode(packet, out_buf_); !s) {
+    fail(std::move(s).error());
+    return;
+  }
   bytes_queued_ += out_buf_.size() - before;
   if (writer_idle_) write_signal_.cancel();
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -237,6 +238,7 @@ class MessageStore::Impl {
   Status save_sequences();
   Status commit();
   void fail_batch(const Error& cause);
+  void fail_batch_transiently(const Error& cause);
   void publish_batch();
   void maybe_checkpoint();
   Error sticky_error() const;
@@ -273,7 +275,8 @@ class MessageStore::Impl {
   std::int64_t commits_ok_ = 0;
   bool healthy_ = true;
   std::string failure_;
-  int wal_pages_ = 0;  // set by the WAL hook during COMMIT, on this thread
+  bool needs_reload_ = false;  // a transient failure rolled back a batch: reload queues_
+  int wal_pages_ = 0;          // set by the WAL hook during COMMIT, on this thread
   bool checkpoint_failing_ = false;
 };
 
@@ -483,6 +486,21 @@ void MessageStore::Impl::run_batch() {
     run_unhealthy_batch(now);
     return;
   }
+  if (needs_reload_) {
+    // The rolled-back batch may have created queue rows and advanced sequences in memory
+    // only: start again from what the database holds.
+    queues_.clear();
+    if (auto s = load_state(); !s) {
+      if (s.error().code == errc::unavailable) {
+        fail_batch_transiently(s.error());
+      } else {
+        fail_batch(s.error());
+      }
+      for (Op& op : batch_) complete(op);
+      return;
+    }
+    needs_reload_ = false;
+  }
   const bool needs_transaction = std::any_of(batch_.begin(), batch_.end(), [](const Op& op) {
     return !std::holds_alternative<FlushOp>(op);
   });
@@ -496,6 +514,8 @@ void MessageStore::Impl::run_batch() {
     dirty_.clear();
     if (s) {
       publish_batch();
+    } else if (s.error().code == errc::unavailable) {
+      fail_batch_transiently(s.error());
     } else {
       fail_batch(s.error());
     }
@@ -575,10 +595,50 @@ void MessageStore::Impl::fail_batch(const Error& cause) {
   // appended earlier in this same, now rolled back, transaction.
   const Error error = make_error(errc::io_error, fmt::format("store: write failed: {}", failure_));
   for (Op& op : batch_) set_error(op, error);
+  if (options_.exit_on_fatal) {
+    log::error("store",
+               "FATAL: the message store at {} cannot be trusted after this failure ({}); exiting "
+               "so that a supervisor restarts the process on a clean reopen",
+               options_.path, failure_);
+    spdlog::default_logger_raw()->flush();
+    std::_Exit(1);
+  }
+}
+
+void MessageStore::Impl::fail_batch_transiently(const Error& cause) {
+  if (sqlite3_get_autocommit(writer_db_->handle()) == 0) {
+    if (auto r = Query(*writer_db_, Sql::kRollback).run("ROLLBACK"); !r) {
+      // Without a rollback the transaction state is unknown: that is not transient.
+      fail_batch(r.error());
+      return;
+    }
+  }
+  needs_reload_ = true;
+  const std::string reason = cause.to_string();
+  std::uint64_t refused = 0;
+  for (const Op& op : batch_) refused += std::holds_alternative<AppendOp>(op) ? 1 : 0;
+  bool first = false;
+  {
+    std::lock_guard lock(stats_mu_);
+    first = !stats_.refusing;
+    stats_.refusing = true;
+    stats_.refusal_reason = reason;
+    ++stats_.transient_failures_total;
+    stats_.refused_writes_total += refused;
+  }
+  if (first) {
+    log::warn("store", "cannot write right now, refusing new messages until it can: {}", reason);
+  }
+  const Error error =
+      make_error(errc::unavailable, fmt::format("store: cannot write right now ({}); nothing was "
+                                                "stored, retry later",
+                                                reason));
+  for (Op& op : batch_) set_error(op, error);
 }
 
 void MessageStore::Impl::publish_batch() {
   ++commits_ok_;
+  bool recovered = false;
   committed_bytes_ = from_sql(static_cast<std::int64_t>(committed_bytes_) + delta_.bytes);
   committed_messages_ = from_sql(static_cast<std::int64_t>(committed_messages_) + delta_.messages);
   std::lock_guard lock(stats_mu_);
@@ -589,6 +649,17 @@ void MessageStore::Impl::publish_batch() {
   stats_.expired_total += delta_.expired;
   stats_.rejected_full_total += delta_.rejected_full;
   ++stats_.commits_total;
+  // Only a batch that wrote proves the cause is gone: a read-only one commits without
+  // writing a byte even on a full disk.
+  const bool wrote = std::any_of(batch_.begin(), batch_.end(), [](const Op& op) {
+    return std::holds_alternative<AppendOp>(op) || std::holds_alternative<PutOp>(op);
+  });
+  if (stats_.refusing && wrote) {
+    recovered = true;
+    stats_.refusing = false;
+    stats_.refusal_reason.clear();
+  }
+  if (recovered) log::info("store", "writes succeed again; accepting new messages");
 }
 
 Error MessageStore::Impl::sticky_error() const {
@@ -828,13 +899,13 @@ Status MessageStore::Impl::exec_read(const Connection& db, ReadOp& op, std::int6
 }
 
 Status MessageStore::Impl::exec_expire(ExpireOp& op, std::int64_t now) {
-  // A full scan of `entries` (no index on expires_ms): an index would cost every append one
-  // more B-tree insert to speed up a call the hub makes every few minutes. Entry rows are
-  // ~40 bytes, so a million entries scan in tens of milliseconds.
+  // Through the partial index on expires_ms, at most kMaxExpirePerCall entries: a backlog of
+  // expired entries is worked off over several calls, each a short transaction.
   msg_ids_.clear();
   {
     Query q(*writer_db_, Sql::kDeleteExpired);
     q.bind_int(1, now);
+    q.bind_int(2, static_cast<std::int64_t>(kMaxExpirePerCall));
     for (;;) {
       const int rc = q.step();
       if (rc == SQLITE_DONE) break;
@@ -1018,6 +1089,8 @@ Result<std::vector<std::pair<std::string, std::string>>> MessageStore::list(
 }
 
 Status MessageStore::flush() { return impl_->flush(); }
+
+void MessageStore::when_committed(Done done) { impl_->submit(FlushOp{std::move(done), {}}); }
 
 Status MessageStore::check_integrity() const { return impl_->check_integrity(); }
 

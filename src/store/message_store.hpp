@@ -9,8 +9,16 @@
 // Durability contract: append() calls `done` only after the transaction holding the message
 // has committed (group commit: every append waiting when the writer wakes goes into one
 // transaction). With Options::sync = full the commit is fsynced and survives power loss; with
-// normal it survives a crash of the process (kill -9) but not of the machine. A failed COMMIT
-// is sticky: the store refuses every later write with errc::io_error and reports unhealthy.
+// normal it survives a crash of the process (kill -9) but not of the machine.
+//
+// Failure policy (docs/failure_policy.md): a transient write failure (disk full, database
+// locked by another process: errc::unavailable) fails the batch — the writers get
+// errc::unavailable with the reason, nothing is half-written — and the store reloads its state
+// and tries again with the next batch, so it recovers by itself when the cause goes. Any other
+// failure (I/O error, a failed fsync, corruption) is fatal: after it nobody knows what the disk
+// holds, so the store refuses every later write with errc::io_error and reports unhealthy, and
+// with Options::exit_on_fatal it ends the process (exit code 1) for a supervisor to restart it
+// on a clean reopen.
 //
 // Thread-safety: every public method is thread-safe. All SQLite work happens on one internal
 // thread; callbacks run on that thread and must not block or throw (post the result elsewhere).
@@ -45,10 +53,17 @@ struct Options {
   // Largest number of appends/acks committed in one transaction.
   std::size_t max_batch = 4096;
 
+  // End the process (exit code 1, after logging why) on a fatal write failure instead of
+  // staying up read-only. Daemons set it; tests and tools that inspect a store do not.
+  bool exit_on_fatal = false;
+
   // Test only: this many group commits succeed, then every later COMMIT fails as an I/O error
   // would (the batch is rolled back and the store turns unhealthy). -1 = off.
   std::int64_t fail_commit_after_for_test = -1;
 };
+
+// The most entries one expire() call deletes (one transaction).
+inline constexpr std::uint64_t kMaxExpirePerCall = 10'000;
 
 struct QueueKey {
   std::string endpoint;  // e.g. "$upstream" or "m2/input1"
@@ -83,7 +98,13 @@ struct Stats {
   std::uint64_t expired_total = 0;        // entries dropped because their TTL passed
   std::uint64_t rejected_full_total = 0;  // appends refused by max_bytes
   std::uint64_t commits_total = 0;        // transactions (group commits)
-  bool healthy = true;                    // false after a sticky write failure
+  bool healthy = true;                    // false after a fatal (sticky) write failure
+  // A transient failure (disk full, locked) made the last batch fail; writes are refused with
+  // its reason until a batch commits again.
+  bool refusing = false;
+  std::string refusal_reason;                  // why, while refusing
+  std::uint64_t transient_failures_total = 0;  // batches failed transiently
+  std::uint64_t refused_writes_total = 0;      // appends refused by those failures
 };
 
 class MessageStore {
@@ -110,7 +131,8 @@ class MessageStore {
   // met on the way are deleted and counted in Stats::expired_total.
   void read(QueueKey queue, std::uint64_t after_seq, std::size_t max, ReadDone done);
 
-  // Deletes every expired entry now (the hub calls this periodically); done gets the count.
+  // Deletes expired entries now, at most kMaxExpirePerCall (the hub calls this periodically,
+  // and again at once while a call reaches the limit); done gets the count.
   void expire(std::function<void(Result<std::uint64_t>)> done);
 
   // All non-empty queues (and queues that were ever appended to in this process).
@@ -131,6 +153,9 @@ class MessageStore {
   // errc::io_error once the store is unhealthy.
   // REQUIRES: not called from a store callback (that would wait for itself).
   Status flush();
+  // flush() without blocking: `done` runs (on the store thread) once everything submitted
+  // before it has been committed, or failed.
+  void when_committed(Done done);
 
   // Full consistency check on the read connection: SQLite's integrity_check plus the store's
   // own invariants (every entry has a body, refs match the entries, bytes match the bodies).

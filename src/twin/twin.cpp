@@ -5,6 +5,8 @@
 #include <limits>
 #include <utility>
 
+#include "core/json.hpp"
+
 namespace cairn::twin {
 namespace {
 
@@ -486,14 +488,7 @@ Result<json> parse_json(std::string_view text, int max_depth) {
   }
 }
 
-std::string dump_json(const json& value) {
-  try {
-    return value.dump(-1, ' ', false, json::error_handler_t::replace);
-  } catch (const json::exception&) {
-    // Unreachable with the replace handler; kept so the promise "never throws" holds.
-    return "null";
-  }
-}
+std::string dump_json(const json& value) { return cairn::dump_json(value); }
 
 json Twin::device_view() const {
   return json{{"desired", with_version(strip_dollar_members(desired), desired_version)},

@@ -14,8 +14,8 @@ errc errc_from_sqlite(int rc) noexcept {
       return errc::corruption;
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
+    case SQLITE_FULL:  // the disk (or a quota) is full: transient, writes work again later
       return errc::unavailable;
-    case SQLITE_FULL:
     case SQLITE_IOERR:
     case SQLITE_CANTOPEN:
     case SQLITE_PERM:

@@ -128,9 +128,35 @@ TEST(PacketCodec, RoundTripEveryPacketType) {
 
 TEST(PacketCodec, EncodeAppendsToCallersBuffer) {
   std::string out = "prefix";
-  encode(Pingreq{}, out);
-  encode(Puback{5}, out);
+  ASSERT_TRUE(encode(Pingreq{}, out));
+  ASSERT_TRUE(encode(Puback{5}, out));
   EXPECT_EQ(out, "prefix" + hex("c0 00 40 02 00 05"));
+}
+
+// A topic longer than a 16-bit length can say used to be written with its length truncated:
+// the peer then read a malformed packet. It is an error now, and nothing is written.
+TEST(PacketCodec, TopicOverSixtyFourKibibytesIsAnErrorNotATruncation) {
+  std::string out = "prefix";
+  const Publish too_long{std::string(kMaxStringBytes + 1, 't'), "body", 1, false, false, 3};
+  auto s = encode(too_long, out);
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().code, cairn::errc::limit_exceeded);
+  EXPECT_NE(s.error().message.find("topic"), std::string::npos) << s.error().message;
+  EXPECT_EQ(out, "prefix");
+  EXPECT_THROW((void)encode(Packet{too_long}), std::length_error);
+
+  // Exactly the limit still encodes and decodes back to the same topic.
+  const Publish longest{std::string(kMaxStringBytes, 't'), "body", 1, false, false, 3};
+  ASSERT_TRUE(encode(longest, out));
+  auto d = decode(std::string_view(out).substr(6), kNoLimit);
+  ASSERT_TRUE(d && *d);
+  EXPECT_EQ(std::get<Publish>((*d)->packet).topic.size(), kMaxStringBytes);
+
+  Connect c;
+  c.client_id = std::string(kMaxStringBytes + 1, 'c');
+  EXPECT_FALSE(check_encodable(c));
+  Subscribe sub{1, {Subscription{std::string(kMaxStringBytes + 1, 'f'), 1}}};
+  EXPECT_FALSE(check_encodable(sub));
 }
 
 struct KnownEncoding {
@@ -248,7 +274,7 @@ TEST(PacketCodec, PartialLargePacketHeaderAndBody) {
 TEST(PacketCodec, DecodesAStreamOnePacketAtATime) {
   std::string stream;
   const auto all = samples();
-  for (const Packet& p : all) encode(p, stream);
+  for (const Packet& p : all) ASSERT_TRUE(encode(p, stream));
   stream += hex("30");  // the start of one more packet
   std::string_view rest = stream;
   for (const Packet& p : all) {
