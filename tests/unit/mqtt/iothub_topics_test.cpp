@@ -1,10 +1,10 @@
-#include "hub/iothub_topics.hpp"
+#include "mqtt/iothub_topics.hpp"
 
 #include <string>
 
 #include <gtest/gtest.h>
 
-namespace cairn::hub {
+namespace cairn::iothub {
 namespace {
 
 using Kind = InboundTopic::Kind;
@@ -372,4 +372,4 @@ TEST(ClassifySubscription, EdgeHubSessionStateParserRules) {
 }
 
 }  // namespace
-}  // namespace cairn::hub
+}  // namespace cairn::iothub
