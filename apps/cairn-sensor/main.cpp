@@ -128,7 +128,11 @@ class Sensor {
           schedule(std::chrono::milliseconds{0});
         });
     client_.on_connection([this](sdk::ConnectionState state, const std::string&) {
-      if (state == sdk::ConnectionState::connected) report(settings_.to_json());
+      if (state == sdk::ConnectionState::connected) {
+        report(settings_.to_json());
+        // The first reading goes out as soon as there is a connection to send it on.
+        if (simulation_.sent() == 0) schedule(std::chrono::milliseconds{0});
+      }
       if (state == sdk::ConnectionState::stopped) timer_.cancel();
     });
   }
@@ -141,6 +145,7 @@ class Sensor {
 
  private:
   void on_desired(const json& desired, long long version, bool complete) {
+    const double old_interval = settings_.send_interval_s;
     auto refused = apply_desired(desired, settings_);
     json patch = settings_.to_json();
     patch["lastDesiredVersion"] = version;
@@ -156,7 +161,8 @@ class Sensor {
               complete ? "properties" : "patch", version, settings_.send_interval_s,
               settings_.message_count, settings_.spike_probability, settings_.spike_magnitude);
     report(std::move(patch));
-    schedule(interval());  // a new rate applies now, not after the old interval ran out
+    // A new rate applies now, not after the old interval ran out.
+    if (settings_.send_interval_s != old_interval) schedule(interval());
   }
 
   std::chrono::milliseconds interval() const {
@@ -252,11 +258,16 @@ int main(int argc, char** argv) {
   std::string connection_string;
   std::string level = "info";
   std::string connect_host;
+  std::string ca_file;
   int port = 8883;
   Settings initial;
   app.add_option("--connection-string", connection_string,
                  "HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...[;GatewayHostName=...] "
                  "(env EdgeHubConnectionString also works)");
+  app.add_option("--ca-file", ca_file,
+                 "PEM file of the CAs that sign the hub's certificate (env "
+                 "EdgeModuleCACertificateFile)")
+      ->envname("EdgeModuleCACertificateFile");
   app.add_option("--connect-host", connect_host,
                  "Address to connect to instead of the gateway host name (the TLS name stays "
                  "the gateway's)");
@@ -287,7 +298,7 @@ int main(int argc, char** argv) {
   options.connect_host = connect_host;
   options.port = static_cast<std::uint16_t>(port);
   try {
-    return run(connection_string, options, initial);
+    return run(connection_string, ca_file, options, initial);
   } catch (const std::exception& e) {
     log::error(kLog, "fatal: {}", e.what());
     return 1;

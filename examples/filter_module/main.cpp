@@ -10,6 +10,7 @@
 // one); every handler below runs on that thread, one at a time. cairn-sensor shows the other
 // style, on an io_context of the application. Build: `cmake --build --preset asan --target
 // example-filter-module`; run as cairn-sensor is run (docs/sdk.md).
+#include <charconv>
 #include <csignal>
 #include <iostream>
 #include <string>
@@ -20,9 +21,11 @@ int main(int argc, char** argv) {
   using nlohmann::json;
   namespace sdk = cairn::sdk;
   const std::string usage =
-      "usage: example-filter-module [--connection-string CS] [--connect-host HOST] [--port N]\n"
+      "usage: example-filter-module [--connection-string CS] [--ca-file PEM] [--connect-host HOST]\n"
+      "                             [--port N]\n"
       "Without --connection-string the IoT Edge module environment (IOTEDGE_*) is used.\n";
   std::string connection_string;
+  std::string ca_file;
   sdk::ModuleClientOptions options;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -36,10 +39,19 @@ int main(int argc, char** argv) {
     }
     if (arg == "--connection-string") {
       connection_string = argv[++i];
+    } else if (arg == "--ca-file") {
+      ca_file = argv[++i];
     } else if (arg == "--connect-host") {
       options.connect_host = argv[++i];
     } else if (arg == "--port") {
-      options.port = static_cast<std::uint16_t>(std::stoi(argv[++i]));
+      const std::string_view text = argv[++i];
+      unsigned port = 0;
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+      if (ec != std::errc{} || end != text.data() + text.size() || port == 0 || port > 65535) {
+        std::cerr << "example-filter-module: --port needs a number from 1 to 65535\n";
+        return 2;
+      }
+      options.port = static_cast<std::uint16_t>(port);
     } else {
       std::cerr << usage;
       return 2;
@@ -60,6 +72,7 @@ int main(int argc, char** argv) {
     std::cerr << "example-filter-module: " << settings.error().message << "\n";
     return 2;
   }
+  if (!ca_file.empty()) settings->ca_file = ca_file;
   auto created = sdk::ModuleClient::create(*settings, options);
   if (!created) {
     std::cerr << "example-filter-module: " << created.error().message << "\n";

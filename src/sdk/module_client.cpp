@@ -249,8 +249,10 @@ struct ModuleClient::Impl : std::enable_shared_from_this<Impl> {
       client->set_message_handler([weak](mqtt::Publish p) {
         if (auto s = weak.lock()) s->dispatch(std::move(p));
       });
-      client->set_close_handler([weak](const Error&) {
-        if (auto s = weak.lock()) s->wake.cancel();
+      // Wakes the loop waiting on this connection; a late notice about an older connection
+      // must not cut a back-off short.
+      client->set_close_handler([weak, raw = client.get()](const Error&) {
+        if (auto s = weak.lock(); s && s->mqtt.get() == raw) s->wake.cancel();
       });
       mqtt = client;
       auto connack = co_await client->connect();
@@ -278,7 +280,7 @@ struct ModuleClient::Impl : std::enable_shared_from_this<Impl> {
         if (!stopping) co_await sleep_backoff();
         continue;
       }
-      attempt = 0;
+      const auto connected_at = Clock::now();
       set_state(ConnectionState::connected, "");
       if (desired_handler) request_full_desired();
 
@@ -302,6 +304,9 @@ struct ModuleClient::Impl : std::enable_shared_from_this<Impl> {
       mqtt.reset();
       fail_pending_twin("connection lost: " + why);
       if (stopping) break;
+      // A connection that lived a while resets the back-off; one the hub drops at once does
+      // not, so a hub that keeps refusing us is not hammered.
+      if (Clock::now() - connected_at > options.max_backoff) attempt = 0;
       log::warn(kLog, "{}: connection lost: {}", settings.client_id(), why);
       set_state(ConnectionState::disconnected, why);
       co_await sleep_backoff();
@@ -777,10 +782,11 @@ void ModuleClient::stop(std::chrono::milliseconds drain) {
   // the stop: the ConnectionState::stopped notification says when it is done.
   if (!own_io_) return;
   if (!impl->started.load()) {
-    own_io_->poll();  // nothing runs the client's own io_context yet
+    own_io_->restart();  // a poll that ran out of work leaves the context stopped
+    own_io_->poll();     // nothing runs the client's own io_context yet
     return;
   }
-  impl->stopped_future.wait_for(drain + std::chrono::seconds(5));
+  (void)impl->stopped_future.wait_for(drain + std::chrono::seconds(5));
 }
 
 ConnectionState ModuleClient::state() const { return impl_->state.load(); }
