@@ -216,7 +216,8 @@ class Sensor {
   bool count_reached_logged_ = false;
 };
 
-int run(const std::string& connection_string, sdk::ModuleClientOptions options, Settings initial) {
+int run(const std::string& connection_string, const std::string& ca_file,
+        sdk::ModuleClientOptions options, Settings initial) {
   auto settings = connection_string.empty()
                       ? sdk::settings_from_environment()
                       : sdk::settings_from_connection_string(connection_string);
@@ -224,6 +225,7 @@ int run(const std::string& connection_string, sdk::ModuleClientOptions options, 
     log::error(kLog, "{}", settings.error().message);
     return 2;
   }
+  if (!ca_file.empty()) settings->ca_file = ca_file;
   asio::io_context io(1);
   auto client = sdk::ModuleClient::create(io, *settings, options);
   if (!client) {

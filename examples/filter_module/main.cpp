@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   using nlohmann::json;
   namespace sdk = cairn::sdk;
   const std::string usage =
-      "usage: example-filter-module [--connection-string CS] [--ca-file PEM] [--connect-host HOST]\n"
+      "usage: example-filter-module [--connection-string CS] [--ca-file PEM] [--connect-host "
+      "HOST]\n"
       "                             [--port N]\n"
       "Without --connection-string the IoT Edge module environment (IOTEDGE_*) is used.\n";
   std::string connection_string;

@@ -411,10 +411,9 @@ TEST(ModuleInputTopic, BareInputAndRefusals) {
   ASSERT_TRUE(bare) << bare.error().message;
   EXPECT_EQ(bare->input, "in");
   EXPECT_TRUE(bare->system.empty() && bare->app.empty());
-  for (const char* bad :
-       {"devices/d/modules/m/inputs/", "devices/d/modules/m/outputs/x/", "devices/d/inputs/x/",
-        "devices/d/modules/m/inputs/in/a=1/b=2", "devices/d/modules/m/inputs/in/%zz=1",
-        "$iothub/twin/res/200/?$rid=1"}) {
+  for (const char* bad : {"devices/d/modules/m/inputs/", "devices/d/modules/m/outputs/x/",
+                          "devices/d/inputs/x/", "devices/d/modules/m/inputs/in/a=1/b=2",
+                          "devices/d/modules/m/inputs/in/%zz=1", "$iothub/twin/res/200/?$rid=1"}) {
     auto t = parse_module_input_topic(bad);
     EXPECT_FALSE(t) << bad;
     if (!t) EXPECT_EQ(t.error().code, errc::invalid_argument);

@@ -1,8 +1,6 @@
 // Module settings from connection strings and the IoT Edge environment, token renewal and
 // back-off scheduling, and the workload API client against a unix-socket HTTP server that
 // answers in the documented shapes.
-#include <unistd.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +17,7 @@
 #include "core/crypto.hpp"
 #include "net/http.hpp"
 #include "sdk/workload_client.hpp"
+#include <unistd.h>
 
 namespace cairn::sdk {
 namespace {
@@ -50,9 +49,10 @@ std::map<std::string, std::string> edge_env() {
 // ---- connection strings
 
 TEST(ConnectionString, ModuleStringWithGateway) {
-  auto s = settings_from_connection_string("HostName=hub.example;DeviceId=edge1;ModuleId=sensor;"
-                                           "SharedAccessKey=" +
-                                           kKey + ";GatewayHostName=localhost");
+  auto s = settings_from_connection_string(
+      "HostName=hub.example;DeviceId=edge1;ModuleId=sensor;"
+      "SharedAccessKey=" +
+      kKey + ";GatewayHostName=localhost");
   ASSERT_TRUE(s) << s.error().message;
   EXPECT_EQ(s->iothub_hostname, "hub.example");
   EXPECT_EQ(s->device_id, "edge1");
@@ -227,7 +227,8 @@ TEST(ModuleClientCreate, RefusesSettingsWithoutACredential) {
 }
 
 TEST(ModuleClientCreate, RefusesAnUnreadableCaFile) {
-  auto s = settings_from_connection_string("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=" + kKey);
+  auto s =
+      settings_from_connection_string("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=" + kKey);
   ASSERT_TRUE(s);
   s->ca_file = "/nonexistent/ca.pem";
   auto c = ModuleClient::create(*s);
@@ -236,7 +237,8 @@ TEST(ModuleClientCreate, RefusesAnUnreadableCaFile) {
 }
 
 TEST(ModuleClientCreate, StopWithoutStartIsQuiet) {
-  auto s = settings_from_connection_string("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=" + kKey);
+  auto s =
+      settings_from_connection_string("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=" + kKey);
   ASSERT_TRUE(s);
   auto c = ModuleClient::create(*s);
   ASSERT_TRUE(c) << c.error().message;
@@ -250,9 +252,10 @@ TEST(ModuleClientCreate, StopWithoutStartIsQuiet) {
 // ---- tokens and the workload API
 
 TEST(ModuleToken, FromKeyVerifiesUnderTheKey) {
-  auto s = settings_from_connection_string("HostName=hub.example;DeviceId=edge1;ModuleId=sensor;"
-                                           "SharedAccessKey=" +
-                                           kKey);
+  auto s = settings_from_connection_string(
+      "HostName=hub.example;DeviceId=edge1;ModuleId=sensor;"
+      "SharedAccessKey=" +
+      kKey);
   ASSERT_TRUE(s);
   auto token = make_module_token(*s, 2'000'000'000);
   ASSERT_TRUE(token) << token.error().message;
@@ -292,8 +295,9 @@ class WorkloadTest : public ::testing::Test {
     if (refuse_) return {403, R"({"message":"module not found"})"};
     const std::string path = net::http_path(req.target);
     if (req.method == "GET" && path == "/trust-bundle") {
-      return {200, nlohmann::json{{"certificate", "-----BEGIN CERTIFICATE-----\nMII\n"
-                                                  "-----END CERTIFICATE-----\n"}}
+      return {200, nlohmann::json{{"certificate",
+                                   "-----BEGIN CERTIFICATE-----\nMII\n"
+                                   "-----END CERTIFICATE-----\n"}}
                        .dump()};
     }
     if (req.method == "POST" && path == "/modules/sensor/genid/gen-7/sign") {
@@ -302,8 +306,9 @@ class WorkloadTest : public ::testing::Test {
       auto data = crypto::base64_decode(body["data"].get<std::string>());
       if (!data) return {400, R"({"message":"data is not base64"})"};
       auto key = crypto::base64_decode(kKey);
-      return {200, nlohmann::json{{"digest", crypto::base64_encode(crypto::hmac_sha256(*key, *data))}}
-                       .dump()};
+      return {200,
+              nlohmann::json{{"digest", crypto::base64_encode(crypto::hmac_sha256(*key, *data))}}
+                  .dump()};
     }
     return {404, R"({"message":"no such route"})"};
   }
