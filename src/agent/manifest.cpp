@@ -340,7 +340,7 @@ void parse_edgeagent(Parser& p, const json& desired, const std::string& path, De
   p.schema_version(desired, path);
   out.schema_version = desired.value("schemaVersion", "");
   if (auto* runtime =
-          p.member(desired, path, "runtime", json::value_t::object, true, "an object")) {
+          p.member(desired, path, "runtime", json::value_t::object, false, "an object")) {
     out.runtime = *runtime;
     std::string rpath = path + ".runtime";
     auto type = p.string_member(*runtime, rpath, "type", true);
@@ -374,7 +374,7 @@ void parse_edgeagent(Parser& p, const json& desired, const std::string& path, De
       }
     }
   }
-  if (auto* system = p.member(desired, path, "systemModules", json::value_t::object, true,
+  if (auto* system = p.member(desired, path, "systemModules", json::value_t::object, false,
                               "an object with edgeAgent and edgeHub")) {
     std::string spath = path + ".systemModules";
     for (const char* name : {"edgeAgent", "edgeHub"}) {

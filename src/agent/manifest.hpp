@@ -7,6 +7,9 @@
 // manifest with any problem yields no Deployment, so a deployment is all or nothing. There is
 // no size ceiling on $edgeAgent (IoT Edge's 8 KB twin limit is a cloud-side artefact).
 //
+// cairnd plays edgeAgent and edgeHub itself, so `runtime` and `systemModules` may be left out
+// (IoT Edge requires them); when given they are validated as IoT Edge does.
+//
 // $edgeHub's routes and store settings are validated by the hub (its own parser), through the
 // `validate_edgehub` callback: the agent does not include the hub.
 //
