@@ -312,14 +312,14 @@ int main(int argc, char** argv) {
                                 {"status", "ok"},
                                 {"message", "the process runtime is built in"}});
       for (const auto& m : (*mods)["modules"]) {
-        const auto status = m.value("runtimeStatus", "");
+        const auto runtime_status = m.value("runtimeStatus", "");
         const bool want = m.value("status", "running") == "running";
-        const bool ok = !want || status == "running";
+        const bool ok = !want || runtime_status == "running";
         (*j)["checks"].push_back(
             {{"id", "module-" + m.value("name", "")},
              {"status", ok ? "ok" : "error"},
-             {"message", ok ? status + ": " + m.value("statusDescription", "")
-                            : status + ": " + m.value("statusDescription", "") +
+             {"message", ok ? runtime_status + ": " + m.value("statusDescription", "")
+                            : runtime_status + ": " + m.value("statusDescription", "") +
                                   " (see `cairn logs " + m.value("name", "") + "`)"}});
         if (!ok) (*j)["healthy"] = false;
       }

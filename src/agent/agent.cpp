@@ -1,6 +1,7 @@
 #include "agent/agent.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -11,6 +12,7 @@
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include <sys/stat.h>
 
 namespace cairn::agent {
 
@@ -143,13 +145,17 @@ void Agent::stop() {
     done.set_value();
   });
   done.get_future().wait();
-  asio::post(api_io_, [this] {
+  std::promise<void> closed;
+  asio::post(api_io_, [this, &closed] {
     for (auto& [name, server] : workload_servers_) server->stop();
     workload_servers_.clear();
+    closed.set_value();
   });
+  closed.get_future().wait();
   work_.reset();
   api_work_.reset();
   io_.stop();
+  api_io_.stop();
   api_thread_.join();
   thread_.join();
 }
@@ -471,7 +477,7 @@ json Agent::module_json(const std::string& name) {
   json settings = m->settings;
   for (auto k = settings.begin(); k != settings.end();) {
     std::string key = k.key();
-    std::transform(key.begin(), key.end(), key.begin(), ::tolower);
+    for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     k = key.starts_with("createoptions") ? settings.erase(k) : std::next(k);
   }
   for (const auto& [k, v] : chunk_create_options(m->create_options_text).items()) settings[k] = v;

@@ -471,7 +471,9 @@ void ProcessRuntime::rotate_log(const std::string& name) {
   if (ec || size < options_.max_log_bytes) return;
   // Copy and truncate: the module keeps its O_APPEND descriptor and writes on at offset 0.
   fs::copy_file(path, path + ".1", fs::copy_options::overwrite_existing, ec);
-  if (!ec) ::truncate(path.c_str(), 0);
+  if (!ec && ::truncate(path.c_str(), 0) != 0) {
+    log::warn(kLog, "cannot truncate {}: {}", path, std::strerror(errno));
+  }
 }
 
 Result<ModuleState> ProcessRuntime::inspect(const std::string& name) {

@@ -177,7 +177,9 @@ TEST_F(ProcessRuntimeTest, MemoryLimitIsAppliedOrReportedAsIgnored) {
     privileged_note |= n.starts_with("HostConfig.Privileged ignored");
   }
   EXPECT_TRUE(privileged_note);
-  if (!fs::exists("/sys/fs/cgroup/cgroup.controllers")) EXPECT_TRUE(memory_note);
+  if (!fs::exists("/sys/fs/cgroup/cgroup.controllers")) {
+    EXPECT_TRUE(memory_note);
+  }
 }
 
 TEST(RestartPolicy, FollowsIoTEdge) {
