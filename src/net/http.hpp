@@ -42,9 +42,7 @@ struct HttpRequest {
   // Content-Type (application/json when there is a body), Content-Length and User-Agent are
   // filled in when absent.
   HttpHeaders headers = {};
-  // Server side: "ip:port" of the client; on a unix socket "unix:pid=N" with the peer's process
-  // id from SO_PEERCRED (taken at connect time), or "unix" when the kernel gives none.
-  std::string peer = {};
+  std::string peer = {};  // server side: "ip:port" of the client ("unix" on a unix socket)
 
   // Case-insensitive lookup of the first header with this name; "" when absent.
   std::string header(std::string_view name) const;
