@@ -434,7 +434,11 @@ void Agent::reconcile() {
       }
       continue;
     }
-    bool never_started = (state->started_at_ms == 0 && state->exited_at_ms == 0) || t.held;
+    // Never started, held by a desired "stopped", or stopped on request (a clean shutdown of
+    // cairnd, `cairn` stop): start it whatever the restart policy says about exits.
+    bool never_started =
+        (state->started_at_ms == 0 && state->exited_at_ms == 0) || t.held ||
+        (state->status == RuntimeStatus::stopped && state->description == "stopped");
     t.held = false;
     bool start_now = never_started;
     if (!never_started) {

@@ -308,9 +308,10 @@ std::int64_t ProcessRuntime::alive_pid(const std::string& name) {
       running_.erase(name);
       stopping = stopping_.count(name) != 0;
     }
+    // Ended by stop(): "stopped", whatever signal or code it ended with.
     json exit_doc = {{"exitCode", exit_code},
                      {"exitedAt", now_unix_ms()},
-                     {"description", description},
+                     {"description", stopping ? "stopped" : description},
                      {"stopped", stopping},
                      {"startedAt", proc->value("startedAt", std::int64_t{0})}};
     (void)write_json(d + "/exit.json", exit_doc);
@@ -408,8 +409,6 @@ Status ProcessRuntime::start(const std::string& name) {
     ::waitpid(pid, &status, 0);
     return s;
   }
-  std::error_code ec;
-  fs::remove(d + "/exit.json", ec);
   {
     std::lock_guard lock(mutex_);
     running_[name] = pid;
