@@ -183,6 +183,7 @@ struct ModuleClient::Impl : std::enable_shared_from_this<Impl> {
   // ---- the connection loop
 
   asio::awaitable<void> sleep_backoff() {
+    if (stopping) co_return;  // stop() may have cancelled the timer before this wait began
     const auto base = reconnect_backoff(attempt, options.min_backoff, options.max_backoff);
     ++attempt;
     std::uniform_int_distribution<std::int64_t> jitter(0,

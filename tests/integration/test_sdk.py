@@ -165,7 +165,7 @@ def test_sensor_readings_reach_another_module_through_a_route(cairnd_factory, mo
     # The machine warms up: temperatures never go down without a reset.
     temps = [b["machine"]["temperature"] for _, b in got]
     assert temps == sorted(temps)
-    sensor.wait_log("connected")
+    sensor.wait_log(": connected")
 
 
 def test_twin_desired_changes_rate_and_spikes_and_is_reported(cairnd_factory, module_client,
@@ -236,7 +236,7 @@ def test_example_filter_module_forwards_alerts_and_answers_methods(cairnd_factor
     receiver = module_client(cairnd, "receiver")
     receiver.subscribe_inputs()
     filt = modules(cairnd, EXAMPLE, "filter")
-    filt.wait_log("connected")
+    filt.wait_log(": connected")
     # Threshold from the twin, reported back.
     cairnd.cli("twin", "update-desired", "filter", '{"TemperatureThreshold": 40}')
     wait_for(lambda: reported(cairnd, "filter").get("TemperatureThreshold") == 40,
@@ -266,7 +266,7 @@ def test_oversized_message_is_refused_and_the_module_keeps_going(cairnd_factory,
     receiver = module_client(cairnd, "receiver")
     receiver.subscribe_inputs()
     filt = modules(cairnd, EXAMPLE, "filter")
-    filt.wait_log("connected")
+    filt.wait_log(": connected")
     r, reply = method(cairnd, "filter", "emit", '{"output": "big", "bytes": 300000}')
     assert reply["status"] == 413, reply
     assert "limit" in reply["payload"]["message"]

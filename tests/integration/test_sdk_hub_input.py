@@ -53,11 +53,16 @@ class HubSide:
         self.client.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
         self.client.tls_insecure_set(True)  # the certificate names localhost; we dial 127.0.0.1
         self.client.on_message = lambda c, u, m: self.received.put((m.topic, m.payload))
+        self.subacks = []
+        self.client.on_subscribe = lambda c, u, mid, granted: self.subacks.append(mid)
         self.client.connect(HOST, broker.port)
         self.client.loop_start()
-        for topic in ("$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#",
-                      "$iothub/methods/res/#", "devices/edge1/modules/filter/messages/events/#"):
+        topics = ("$iothub/twin/GET/#", "$iothub/twin/PATCH/properties/reported/#",
+                  "$iothub/methods/res/#")
+        for topic in topics:
             self.client.subscribe(topic, 1)
+        # Subscribed before the module starts: the broker keeps nothing for absent subscribers.
+        wait_for(lambda: len(self.subacks) == len(topics), what="the hub side's SUBACKs")
 
     def expect(self, prefix, timeout=DEFAULT_TIMEOUT):
         deadline = time.monotonic() + timeout
