@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench/agent_bench.hpp"
 #include "bench/link_bench.hpp"
 #include "bench/mqtt_bench.hpp"
 #include "core/log.hpp"
@@ -137,9 +138,46 @@ int main(int argc, char** argv) {
   link_cmd->add_flag("--keep-dir", link_options.keep_dir,
                      "Keep the work directory (homes, configs, logs) and print its path");
 
+  cairn::bench::AgentBenchOptions agent_options;
+  agent_options.cairnd_path = sibling_program("cairnd");
+  {
+    // tests/node/edge_module.js in the source tree this binary was built from, if present.
+    auto script = std::filesystem::path(CAIRN_SOURCE_DIR) / "tests" / "node" / "edge_module.js";
+    auto sdk = std::filesystem::path(CAIRN_SOURCE_DIR) / "tests" / "node" / "node_modules" /
+               "azure-iot-device";
+    std::error_code ec;
+    if (std::filesystem::exists(script, ec) && std::filesystem::exists(sdk, ec)) {
+      agent_options.node_module = script.string();
+    }
+  }
+  auto* agent_cmd = app.add_subcommand(
+      "agent",
+      "The agent's figures with a cairnd started by the bench: time from a deployment to N Node "
+      "SDK process modules running and connected, cairnd's RSS/PSS idle with M process modules. "
+      "Report on stdout, last line JSON.");
+  agent_cmd->add_option("--modules", agent_options.connected_modules, "Node SDK modules deployed")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{50}));
+  agent_cmd
+      ->add_option("--idle-modules", agent_options.idle_modules, "Modules for the memory figure")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{0}, std::size_t{200}));
+  agent_cmd->add_option("--rounds", agent_options.rounds, "Deployments timed")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
+  agent_cmd->add_option("--node", agent_options.node_path, "node binary")->capture_default_str();
+  agent_cmd
+      ->add_option("--node-module", agent_options.node_module,
+                   "The Node SDK module script (empty: skip the timing phase)")
+      ->capture_default_str();
+  agent_cmd->add_option("--cairnd", agent_options.cairnd_path, "cairnd binary")
+      ->capture_default_str();
+  agent_cmd->add_flag("--keep-dir", agent_options.keep_dir, "Keep the work directory");
+
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
   if (link_cmd->parsed()) return cairn::bench::run_link_bench(link_options);
+  if (agent_cmd->parsed()) return cairn::bench::run_agent_bench(agent_options);
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {

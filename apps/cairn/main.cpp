@@ -1,8 +1,12 @@
 // cairn: the command line for a local cairnd, over its management socket (HOME/run/mgmt.sock),
 // and for a cairn-cloud, over its REST API with a service connection string (--cloud).
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -113,6 +117,27 @@ int main(int argc, char** argv) {
                    "Seconds to wait for the module to connect (0..300)")
       ->capture_default_str();
 
+  auto* deploy = app.add_subcommand(
+      "deploy", "Deploy an IoT Edge manifest: all or nothing; every problem is printed");
+  std::string deploy_file;
+  deploy->add_option("FILE", deploy_file, "Deployment manifest (JSON)")->required();
+  auto* modules_list =
+      app.add_subcommand("list", "List deployed modules (name, status, description, version)");
+  bool list_json = false;
+  modules_list->add_flag("--json", list_json, "Print the modules as JSON");
+  auto* logs = app.add_subcommand("logs", "Print a module's output");
+  std::string logs_module, logs_tail = "all", logs_since;
+  bool logs_follow = false;
+  logs->add_option("MODULE", logs_module, "Module name")->required();
+  logs->add_option("--tail", logs_tail, "Last N lines, or 'all'")->capture_default_str();
+  logs->add_option(
+      "--since", logs_since,
+      "Only output written since: seconds ago ('90'), or Unix seconds ('@1700000000')");
+  logs->add_flag("-f,--follow", logs_follow, "Keep printing new output until interrupted");
+  auto* restart = app.add_subcommand("restart", "Stop and start a module");
+  std::string restart_module;
+  restart->add_option("MODULE", restart_module, "Module name")->required();
+
   auto* check = app.add_subcommand(
       "check", "Check the store, certificates and the cloud link; exit 1 if something is wrong");
   bool check_json = false;
@@ -203,9 +228,102 @@ int main(int argc, char** argv) {
     if (!j) return 1;
     std::cout << j->dump() << "\n";
     return (*j)["status"].is_number_integer() && (*j)["status"].get<int>() < 300 ? 0 : 1;
+  } else if (deploy->parsed()) {
+    std::ifstream in(deploy_file);
+    if (!in) {
+      std::cerr << "cairn: " << deploy_file << ": cannot open\n";
+      return 1;
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    net::HttpRequest request{"POST", "/deployment", text.str()};
+    auto r = net::unix_http_request(ctx.socket(), request, 120);
+    if (!r) {
+      std::cerr << "cairn: " << r.error().message << "\n";
+      return 1;
+    }
+    auto j = nlohmann::json::parse(r->body, nullptr, false);
+    if (r->status == 400 && j.is_object() && j.contains("problems")) {
+      std::cerr << "cairn: " << deploy_file << " was not deployed (nothing changed):\n";
+      for (const auto& p : j["problems"]) {
+        std::cerr << "  " << p.value("path", "") << ": " << p.value("message", "") << "\n";
+      }
+      return 1;
+    }
+    if (!answer(r)) return 1;
+    std::cout << "deployed " << deploy_file << "\n";
+  } else if (modules_list->parsed()) {
+    auto j = call(ctx, "GET", "/modules");
+    if (!j) return 1;
+    if (list_json) {
+      std::cout << (*j)["modules"].dump(2) << "\n";
+      return 0;
+    }
+    std::printf("%-24s %-10s %-50s %s\n", "NAME", "STATUS", "DESCRIPTION", "VERSION");
+    for (const auto& m : (*j)["modules"]) {
+      std::printf("%-24s %-10s %-50s %s\n", m.value("name", "").c_str(),
+                  m.value("runtimeStatus", "").c_str(), m.value("statusDescription", "").c_str(),
+                  m.value("version", "").c_str());
+    }
+  } else if (logs->parsed()) {
+    std::int64_t since = 0;
+    if (!logs_since.empty()) {
+      try {
+        since = logs_since[0] == '@'
+                    ? std::stoll(logs_since.substr(1))
+                    : static_cast<std::int64_t>(std::time(nullptr)) - std::stoll(logs_since);
+      } catch (const std::exception&) {
+        std::cerr << "cairn: --since takes seconds ago or @UNIX_SECONDS\n";
+        return 2;
+      }
+    }
+    std::string target = "/modules/" + crypto::url_encode(logs_module) +
+                         "/logs?tail=" + crypto::url_encode(logs_tail);
+    if (since > 0) target += "&since=" + std::to_string(since);
+    net::HttpRequest request{"GET", target, ""};
+    auto r = net::unix_http_request(ctx.socket(), request);
+    if (!r || r->status >= 300) return answer(r) ? 0 : 1;
+    std::cout << r->body << std::flush;
+    // Follow: poll for the output written since, printing only what is new.
+    std::size_t printed = r->body.size();
+    std::string last = r->body;
+    while (logs_follow) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      auto next = net::unix_http_request(ctx.socket(), net::HttpRequest{"GET", target, ""});
+      if (!next || next->status >= 300) return answer(next) ? 0 : 1;
+      const auto& body = next->body;
+      if (body.size() >= printed && body.compare(0, printed, last, 0, printed) == 0) {
+        std::cout << body.substr(printed) << std::flush;
+      } else {
+        std::cout << body << std::flush;  // rotated or tail window moved: print it again
+      }
+      printed = body.size();
+      last = body;
+    }
+  } else if (restart->parsed()) {
+    if (!call(ctx, "POST", "/modules/" + crypto::url_encode(restart_module) + "/restart")) return 1;
+    std::cout << "restarted " << restart_module << "\n";
   } else if (check->parsed()) {
     auto j = call(ctx, "GET", "/check");
     if (!j) return 1;
+    // The runtime: every deployed module running as desired.
+    if (auto mods = call(ctx, "GET", "/modules")) {
+      (*j)["checks"].push_back({{"id", "runtime-process"},
+                                {"status", "ok"},
+                                {"message", "the process runtime is built in"}});
+      for (const auto& m : (*mods)["modules"]) {
+        const auto runtime_status = m.value("runtimeStatus", "");
+        const bool want = m.value("status", "running") == "running";
+        const bool ok = !want || runtime_status == "running";
+        (*j)["checks"].push_back(
+            {{"id", "module-" + m.value("name", "")},
+             {"status", ok ? "ok" : "error"},
+             {"message", ok ? runtime_status + ": " + m.value("statusDescription", "")
+                            : runtime_status + ": " + m.value("statusDescription", "") +
+                                  " (see `cairn logs " + m.value("name", "") + "`)"}});
+        if (!ok) (*j)["healthy"] = false;
+      }
+    }
     if (check_json) {
       std::cout << j->dump(2) << "\n";
     } else {

@@ -1,11 +1,17 @@
 // cairnd: the edge daemon. Opens the store under --home, starts the hub's MQTT listeners and
 // the management socket, applies the routes of --manifest, and runs until SIGINT/SIGTERM.
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
+#include "agent/agent.hpp"
+#include "agent/process_runtime.hpp"
+#include "agent_host.hpp"
 #include "core/log.hpp"
 #include "core/memory.hpp"
 #include "hub/config.hpp"
@@ -23,7 +29,8 @@ namespace {
 
 using namespace cairn;
 
-int run(const std::string& home, const std::string& config_path, const std::string& manifest) {
+int run(const std::string& home, const std::string& config_path, const std::string& manifest,
+        const std::string& log_level) {
   auto config = hub::load_config(home, config_path);
   if (!config) {
     log::error("cairnd", "{}", config.error().message);
@@ -39,6 +46,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
 
   // Validate the manifest before touching anything else: a bad one must change nothing.
   std::optional<hub::EdgeHubConfig> edgehub;
+  nlohmann::json manifest_document;
   if (!manifest.empty()) {
     auto desired = hub::read_edgehub_desired(manifest);
     if (!desired) {
@@ -51,6 +59,18 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       return 2;
     }
     edgehub = std::move(*parsed);
+    // The whole manifest (modules too) must be valid before anything starts.
+    auto outcome = agent::read_manifest(manifest, [](const nlohmann::json& d) {
+      auto p = hub::parse_edgehub_desired(d);
+      return p ? std::string() : p.error().message;
+    });
+    if (!outcome.deployment) {
+      log::error("cairnd", "{}: not a valid deployment, nothing applied:\n{}", manifest,
+                 outcome.describe());
+      return 2;
+    }
+    std::ifstream in(manifest);
+    manifest_document = nlohmann::json::parse(in, nullptr, false);
     // config.toml's default_ttl_secs holds until the manifest says otherwise: a manifest
     // without storeAndForwardConfiguration.timeToLiveSecs keeps it (parsing alone would
     // give the built-in 7200).
@@ -87,10 +107,30 @@ int run(const std::string& home, const std::string& config_path, const std::stri
     }
   }
   // Twins are cached here and, with a cloud configured, synchronised over the upstream link.
+  // The $edgeAgent and $edgeHub twins' desired properties are a deployment from the cloud: they
+  // go to the agent (once it exists), not to an MQTT client.
+  std::weak_ptr<hub::TwinCache> twins_ref;
+  agent::Agent* agent_ref = nullptr;
+  const std::string agent_twin = config->device_id + "/$edgeAgent";
+  const std::string hub_twin = config->device_id + "/$edgeHub";
   auto twins = std::make_shared<hub::TwinCache>(
-      io, **store, [h = hub->get()](const std::string& client_id, const nlohmann::json& patch) {
-        return h->notify_desired(client_id, patch);
+      io, **store,
+      [h = hub->get(), &twins_ref, &agent_ref, agent_twin, hub_twin](const std::string& client_id,
+                                                                     const nlohmann::json& patch) {
+        if (client_id != agent_twin && client_id != hub_twin) {
+          return h->notify_desired(client_id, patch);
+        }
+        asio::post(h->io(), [&twins_ref, &agent_ref, agent_twin, hub_twin] {
+          auto cache = twins_ref.lock();
+          if (!cache || agent_ref == nullptr) return;
+          auto a = cache->cached_view(agent_twin);
+          auto e = cache->cached_view(hub_twin);
+          if (!a || !e) return;
+          agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
+        });
+        return true;
       });
+  twins_ref = twins;
   std::shared_ptr<hub::Upstream> upstream;
   hub::HubServices services;
   services.twins = twins.get();
@@ -107,9 +147,47 @@ int run(const std::string& home, const std::string& config_path, const std::stri
     return 1;
   }
   if (upstream) upstream->start();
+  // The agent: deployments, module runtimes, identities and the workload API, on threads of its
+  // own. The hub and the agent meet only through HubAgentHost.
+  cairnd::HubAgentHost agent_host(**hub, twins, config->default_ttl_secs);
+  agent::AgentOptions agent_options;
+  agent_options.state_dir = config->data_dir() + "/agent";
+  agent_options.mnt_dir = config->run_dir() + "/mnt";
+  agent_options.device_id = config->device_id;
+  agent_options.iothub_hostname = config->iothub_hostname;
+  agent_options.gateway_hostname = config->hostname;
+  agent_options.trust_bundle_path = home + "/certs/edge-ca.pem";
+  agent_options.log_level = log_level;
+  if (const char* unit = std::getenv("CAIRN_AGENT_COOL_OFF_MS")) {
+    // Tests shorten IoT Edge's 10 s back-off unit so a crash loop is observable quickly.
+    agent_options.restart.cool_off_unit = std::chrono::milliseconds(std::atoll(unit));
+  }
+  auto process_runtime = std::make_shared<agent::ProcessRuntime>(
+      agent::ProcessRuntimeOptions{home + "/modules", 1024 * 1024});
+  auto agent = std::make_unique<agent::Agent>(agent_options, agent_host, process_runtime, nullptr);
+  if (auto s = agent->start(); !s) {
+    log::error("cairnd", "{}", s.error().to_string());
+    return 1;
+  }
+  agent_ref = agent.get();
+  if (upstream) {
+    // The agent's twins have a cloud link of their own, as edgeAgent and edgeHub connect to IoT
+    // Hub: desired properties (deployments) arrive on it and reported status leaves on it.
+    upstream->connected(hub::Principal{config->device_id, "$edgeAgent", 0});
+    upstream->connected(hub::Principal{config->device_id, "$edgeHub", 0});
+  }
+  if (!manifest.empty()) {
+    agent->deploy(manifest_document, "--manifest " + manifest, [manifest](agent::DeployResult r) {
+      if (!r.applied) {
+        log::error("cairnd", "{}: the deployment was not applied", manifest);
+        for (const auto& p : r.problems) log::error("cairnd", "  {}: {}", p.path, p.message);
+      }
+    });
+  }
   auto mgmt = net::UnixHttpServer::start(
       io, config->mgmt_socket(),
-      [h = *hub, api](const net::HttpRequest& req, net::HttpRespond respond) {
+      [h = *hub, api, a = agent.get()](const net::HttpRequest& req, net::HttpRespond respond) {
+        if (a->handle_management(req, respond)) return;
         if (!api->handle_management(req, respond)) h->handle_management(req, std::move(respond));
       });
   if (!mgmt) {
@@ -140,16 +218,27 @@ int run(const std::string& home, const std::string& config_path, const std::stri
             config->mgmt_socket());
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
+  std::thread agent_stopper;
   signals.async_wait([&](net::error_code, int sig) {
     log::info("cairnd", "signal {}: shutting down", sig);
-    (*mgmt)->stop();
-    if (gateway) gateway->stop();
-    if (upstream) upstream->stop();
-    (*hub)->stop();
-    // Sessions finish their last writes; then the loop runs dry and returns.
-    asio::post(io, [&io] { io.stop(); });
+    // The agent stops its modules first, calling into the hub meanwhile, so it stops on a
+    // thread of its own while the hub keeps serving; then the hub shuts down.
+    agent_stopper = std::thread([&] {
+      agent->stop();
+      asio::post(io, [&] {
+        (*mgmt)->stop();
+        if (gateway) gateway->stop();
+        if (upstream) upstream->stop();
+        (*hub)->stop();
+        // Sessions finish their last writes; then the loop runs dry and returns.
+        asio::post(io, [&io] { io.stop(); });
+      });
+    });
   });
   net::run_contained(io);  // a handler that throws is logged; the daemon goes on
+  if (agent_stopper.joinable()) agent_stopper.join();
+  agent_ref = nullptr;
+  agent.reset();
   api.reset();
   upstream.reset();
   twins.reset();
@@ -200,7 +289,7 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(home, config_path, manifest);
+    return run(home, config_path, manifest, level);
   } catch (const std::exception& e) {
     cairn::log::error("cairnd", "fatal: {}", e.what());
     return 1;

@@ -1,93 +1,24 @@
-// The IoT Hub MQTT topic surface (PROTOCOL.md section 3.4): parsing the topics a module or
-// device publishes to, building the topics the hub publishes, and the property-bag encoding
-// with the `$.xx` system-property wire names.
-//
-// Thread-safety: pure functions.
+// The IoT Hub MQTT topic surface lives in the mqtt library (mqtt/iothub_topics.hpp), shared with
+// the module SDK; the hub keeps using the names in its own namespace.
 #pragma once
 
-#include <string>
-#include <string_view>
-
-#include "core/message.hpp"
-#include "core/result.hpp"
+#include "mqtt/iothub_topics.hpp"
 
 namespace cairn::hub {
 
-// What an inbound PUBLISH topic asks for.
-struct InboundTopic {
-  enum class Kind {
-    telemetry,            // devices/{d}[/modules/{m}]/messages/events[/{bag}][/]
-    twin_get,             // $iothub/twin/GET/?$rid={rid}
-    twin_patch_reported,  // $iothub/twin/PATCH/properties/reported/?$rid={rid}[&...]
-    method_response,      // $iothub/methods/res/{status}/?$rid={rid}
-  };
-  Kind kind = Kind::telemetry;
-  std::string device_id;  // telemetry only
-  std::string module_id;  // telemetry only; empty for a leaf device
-  // telemetry: system properties (internal names, e.g. outputName from $.on) and application
-  // properties decoded from the bag.
-  Properties system;
-  Properties app;
-  std::string rid;  // twin and method responses: the opaque $rid, verbatim
-  int status = 0;   // method_response only
-};
-
-// Parses a topic name a client published to. errc::invalid_argument for anything outside the
-// surface above, for a bag that does not decode, and for twin GETs without a $rid.
-Result<InboundTopic> parse_inbound_topic(std::string_view topic);
-
-// Property bag: "k=v&k2=v2", URL-encoded; `$.xx` keys map to system properties
-// ($.mid messageId, $.cid correlationId, $.to to, $.uid userId, $.ct contentType,
-// $.ce contentEncoding, $.exp absolute-expiry-time, $.schema messageSchema, $.ctime
-// creationTime, $.on outputName (inbound only), $.ifid iothub-interface-id, $.sub dt-subject,
-// iothub-operation, ack; outbound also $.cdid connectionDeviceId and $.cmid connectionModuleId).
-// A key without '=' is a property with an empty value.
-Status decode_property_bag(std::string_view bag, Properties& system, Properties& app);
-// Encodes system properties that have a wire name (outbound direction) then application
-// properties. Returns "" when there is nothing to encode.
-std::string encode_property_bag(const Properties& system, const Properties& app);
-
-// devices/{d}/modules/{m}/inputs/{input}/{bag}  (the bag may be empty: ".../inputs/{input}/")
-std::string module_input_topic(std::string_view device_id, std::string_view module_id,
-                               std::string_view input, const Message& m);
-// devices/{d}[/modules/{m}]/messages/events/{bag}: how the cloud link sends `m` upstream, as
-// its sender (the connection device/module ids, `default_device` when absent). The sender
-// ids and enqueue time are the cloud's to stamp and are not in the bag.
-std::string upstream_events_topic(const Message& m, std::string_view default_device);
-// $iothub/twin/res/{status}/?$rid={rid}
-std::string twin_response_topic(int status, std::string_view rid);
-// $iothub/twin/PATCH/properties/desired/?$version={version}
-std::string twin_desired_patch_topic(long long version);
-// $iothub/methods/POST/{method}/?$rid={rid}
-std::string method_request_topic(std::string_view method, std::string_view rid);
-
-// What the cloud publishes to a device or module: the device side of the same surface, used
-// where cairn is the client (the upstream link, the benchmarks).
-struct CloudTopic {
-  enum class Kind {
-    twin_response,   // $iothub/twin/res/{status}/?$rid={rid}[&$version=...]
-    desired_patch,   // $iothub/twin/PATCH/properties/desired/?$version={version}
-    method_request,  // $iothub/methods/POST/{method}/?$rid={rid}
-  };
-  Kind kind = Kind::twin_response;
-  int status = 0;           // twin_response
-  std::string rid;          // twin_response and method_request, verbatim ("" when absent)
-  std::string method_name;  // method_request
-};
-// errc::invalid_argument for any other topic and for a status that is not an integer.
-Result<CloudTopic> parse_cloud_topic(std::string_view topic);
-
-// The filters a device subscribes to for twin responses, desired patches and method requests.
-inline constexpr std::string_view kCloudTopicFilters[] = {
-    "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"};
-
-// What a SUBSCRIBE topic filter means to the hub (edgeHub SessionStateParser rules).
-struct SubscriptionKind {
-  enum class Kind { module_messages, c2d, twin_response, desired_updates, methods, unsupported };
-  Kind kind = Kind::unsupported;
-  std::string device_id;  // module_messages / c2d: from the filter
-  std::string module_id;  // module_messages
-};
-SubscriptionKind classify_subscription(std::string_view filter);
+using iothub::classify_subscription;
+using iothub::CloudTopic;
+using iothub::decode_property_bag;
+using iothub::encode_property_bag;
+using iothub::InboundTopic;
+using iothub::kCloudTopicFilters;
+using iothub::method_request_topic;
+using iothub::module_input_topic;
+using iothub::parse_cloud_topic;
+using iothub::parse_inbound_topic;
+using iothub::SubscriptionKind;
+using iothub::twin_desired_patch_topic;
+using iothub::twin_response_topic;
+using iothub::upstream_events_topic;
 
 }  // namespace cairn::hub

@@ -20,6 +20,8 @@
 #include "core/log.hpp"
 #include "net/http.hpp"
 #include "net/spawn.hpp"
+
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 // gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
@@ -421,9 +423,16 @@ asio::awaitable<void> serve_connection(local::socket socket,
                                        std::shared_ptr<UnixHttpServer::State> state) {
   auto core = state->core;
   auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
+  // The caller's process id, for servers that authorise by process (the workload API).
+  std::string peer = "unix";
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    peer = "unix:pid=" + std::to_string(cred.pid);
+  }
   UnixStream stream(std::move(socket));
   LiveConnection live(core, closer(stream, pending));
-  co_await serve_http(stream, core, pending, "unix");
+  co_await serve_http(stream, core, pending, peer);
 }
 
 template <class State>

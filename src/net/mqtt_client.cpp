@@ -131,6 +131,10 @@ Result<std::shared_ptr<MqttClient>> MqttClient::create(Executor executor,
             "TLS: cannot load CA file '" + client->options_.ca_file + "': " + ec.message());
       }
     }
+    if (!client->options_.ca_pem.empty()) {
+      ctx->add_certificate_authority(asio::buffer(client->options_.ca_pem), ec);
+      if (ec) return make_error(errc::invalid_argument, "TLS: bad CA PEM text: " + ec.message());
+    }
     client->tls_context_ = std::move(ctx);
   } catch (const std::exception& e) {
     return make_error(errc::internal, std::string("TLS context: ") + e.what());

@@ -68,6 +68,9 @@ struct MqttClientOptions {
   bool tls = false;
   // PEM file with the CA certificates that verify the server; empty uses the system store.
   std::string ca_file;
+  // PEM text of further CA certificates to trust (e.g. a trust bundle fetched at run time, so
+  // it never has to be written to a file). Used together with ca_file or the system store.
+  std::string ca_pem;
   // Name sent as SNI and checked against the server certificate; empty means `host`.
   std::string tls_server_name;
   // Skipping verification is only for tests against throwaway certificates.

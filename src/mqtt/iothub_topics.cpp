@@ -1,4 +1,4 @@
-#include "hub/iothub_topics.hpp"
+#include "mqtt/iothub_topics.hpp"
 
 #include <charconv>
 #include <optional>
@@ -6,7 +6,7 @@
 
 #include "core/crypto.hpp"
 
-namespace cairn::hub {
+namespace cairn::iothub {
 namespace {
 
 using namespace std::string_view_literals;
@@ -240,6 +240,66 @@ std::string module_input_topic(std::string_view device_id, std::string_view modu
   return out;
 }
 
+std::string module_output_topic(std::string_view device_id, std::string_view module_id,
+                                std::string_view output, const Message& m) {
+  std::string bag;
+  append_pair(bag, "$.on", output);
+  const std::string rest = encode_property_bag(m.system, m.app);
+  if (!rest.empty()) bag.append("&"sv).append(rest);
+  std::string out;
+  out.reserve(kDevicesPrefix.size() + device_id.size() + module_id.size() + bag.size() + 32);
+  out.append(kDevicesPrefix).append(device_id).append("/modules/"sv).append(module_id);
+  out.append("/messages/events/"sv).append(bag).append("/"sv);
+  return out;
+}
+
+Result<ModuleInputTopic> parse_module_input_topic(std::string_view topic) {
+  if (!topic.starts_with(kDevicesPrefix)) return bad_topic("not a module input topic", topic);
+  std::string_view rest = topic.substr(kDevicesPrefix.size());
+  ModuleInputTopic t;
+  std::string_view segment;
+  if (!take_segment(rest, segment)) return bad_topic("input topic without a device id", topic);
+  t.device_id.assign(segment);
+  if (!rest.starts_with(kModulesSegment)) return bad_topic("not a module input topic", topic);
+  rest.remove_prefix(kModulesSegment.size());
+  if (!take_segment(rest, segment)) return bad_topic("input topic without a module id", topic);
+  t.module_id.assign(segment);
+  constexpr std::string_view kInputsSegment = "inputs/";
+  if (!rest.starts_with(kInputsSegment)) return bad_topic("not a module input topic", topic);
+  rest.remove_prefix(kInputsSegment.size());
+  const auto slash = rest.find('/');
+  segment = rest.substr(0, slash);
+  if (segment.empty()) return bad_topic("input topic without an input name", topic);
+  t.input.assign(segment);
+  rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos) {
+    return bad_topic("input property bag contains '/'", topic);
+  }
+  CAIRN_TRY(decode_property_bag(rest, t.system, t.app));
+  return t;
+}
+
+std::string twin_get_topic(std::string_view rid) {
+  std::string out = "$iothub/twin/GET/?$rid=";
+  out += rid;
+  return out;
+}
+
+std::string twin_patch_reported_topic(std::string_view rid) {
+  std::string out = "$iothub/twin/PATCH/properties/reported/?$rid=";
+  out += rid;
+  return out;
+}
+
+std::string method_response_topic(int status, std::string_view rid) {
+  std::string out(kMethodResponsePrefix);
+  out += std::to_string(status);
+  out += "/?$rid=";
+  out += rid;
+  return out;
+}
+
 Result<CloudTopic> parse_cloud_topic(std::string_view topic) {
   CloudTopic t;
   std::string_view rest;
@@ -253,6 +313,11 @@ Result<CloudTopic> parse_cloud_topic(std::string_view topic) {
     }
   } else if (topic.starts_with(kTwinDesiredPrefix)) {
     t.kind = CloudTopic::Kind::desired_patch;
+    if (auto v = query_value(topic.substr(kTwinDesiredPrefix.size()), "$version")) {
+      long long version = 0;
+      const auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), version);
+      if (ec == std::errc{} && end == v->data() + v->size()) t.version = version;
+    }
     return t;
   } else if (topic.starts_with(kMethodRequestPrefix)) {
     t.kind = CloudTopic::Kind::method_request;
@@ -339,4 +404,4 @@ SubscriptionKind classify_subscription(std::string_view filter) {
   return s;
 }
 
-}  // namespace cairn::hub
+}  // namespace cairn::iothub

@@ -1,10 +1,10 @@
-#include "hub/iothub_topics.hpp"
+#include "mqtt/iothub_topics.hpp"
 
 #include <string>
 
 #include <gtest/gtest.h>
 
-namespace cairn::hub {
+namespace cairn::iothub {
 namespace {
 
 using Kind = InboundTopic::Kind;
@@ -371,5 +371,80 @@ TEST(ClassifySubscription, EdgeHubSessionStateParserRules) {
   }
 }
 
+// ---- the module (client) side
+
+TEST(ModuleOutputTopic, OutputFirstThenSystemThenAppProperties) {
+  Message m;
+  m.system.set(std::string(sysprop::kContentType), "application/json");
+  m.system.set(std::string(sysprop::kMessageId), "id 1");
+  m.app.set("anomaly", "true");
+  const std::string topic = module_output_topic("edge1", "sensor", "temperatureOutput", m);
+  EXPECT_EQ(topic,
+            "devices/edge1/modules/sensor/messages/events/"
+            "%24.on=temperatureOutput&%24.ct=application%2Fjson&%24.mid=id%201&anomaly=true/");
+  // The hub's parser reads back what the module wrote.
+  auto parsed = parse_inbound_topic(topic);
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  EXPECT_EQ(sys(*parsed, sysprop::kOutputName), "temperatureOutput");
+  EXPECT_EQ(sys(*parsed, sysprop::kMessageId), "id 1");
+  EXPECT_EQ(app(*parsed, "anomaly"), "true");
+}
+
+TEST(ModuleInputTopic, ParsesWhatTheHubSends) {
+  Message m;
+  m.system.set(std::string(sysprop::kConnectionDeviceId), "edge1");
+  m.system.set(std::string(sysprop::kConnectionModuleId), "sensor");
+  m.system.set(std::string(sysprop::kCorrelationId), "c/1");
+  m.app.set("k", "v&w");
+  auto t = parse_module_input_topic(module_input_topic("edge1", "filter", "input1", m));
+  ASSERT_TRUE(t) << t.error().message;
+  EXPECT_EQ(t->device_id, "edge1");
+  EXPECT_EQ(t->module_id, "filter");
+  EXPECT_EQ(t->input, "input1");
+  EXPECT_EQ(t->system.get(sysprop::kConnectionModuleId), std::optional<std::string_view>("sensor"));
+  EXPECT_EQ(t->system.get(sysprop::kCorrelationId), std::optional<std::string_view>("c/1"));
+  EXPECT_EQ(t->app.get("k"), std::optional<std::string_view>("v&w"));
+}
+
+TEST(ModuleInputTopic, BareInputAndRefusals) {
+  auto bare = parse_module_input_topic("devices/d/modules/m/inputs/in");
+  ASSERT_TRUE(bare) << bare.error().message;
+  EXPECT_EQ(bare->input, "in");
+  EXPECT_TRUE(bare->system.empty() && bare->app.empty());
+  for (const char* bad : {"devices/d/modules/m/inputs/", "devices/d/modules/m/outputs/x/",
+                          "devices/d/inputs/x/", "devices/d/modules/m/inputs/in/a=1/b=2",
+                          "devices/d/modules/m/inputs/in/%zz=1", "$iothub/twin/res/200/?$rid=1"}) {
+    auto t = parse_module_input_topic(bad);
+    EXPECT_FALSE(t) << bad;
+    if (!t) EXPECT_EQ(t.error().code, errc::invalid_argument);
+  }
+}
+
+TEST(ClientRequestTopics, TwinAndMethodAnswersParseOnTheHubSide) {
+  auto get = parse_inbound_topic(twin_get_topic("7"));
+  ASSERT_TRUE(get);
+  EXPECT_EQ(get->kind, Kind::twin_get);
+  EXPECT_EQ(get->rid, "7");
+  auto patch = parse_inbound_topic(twin_patch_reported_topic("8"));
+  ASSERT_TRUE(patch);
+  EXPECT_EQ(patch->kind, Kind::twin_patch_reported);
+  EXPECT_EQ(patch->rid, "8");
+  auto res = parse_inbound_topic(method_response_topic(413, "abc"));
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->kind, Kind::method_response);
+  EXPECT_EQ(res->status, 413);
+  EXPECT_EQ(res->rid, "abc");
+}
+
+TEST(CloudTopicVersion, DesiredPatchCarriesItsVersion) {
+  auto t = parse_cloud_topic(twin_desired_patch_topic(42));
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->kind, CloudTopic::Kind::desired_patch);
+  EXPECT_EQ(t->version, 42);
+  auto none = parse_cloud_topic("$iothub/twin/PATCH/properties/desired/?$version=x");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->version, -1);
+}
+
 }  // namespace
-}  // namespace cairn::hub
+}  // namespace cairn::iothub

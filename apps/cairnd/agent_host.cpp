@@ -1,0 +1,99 @@
+#include "agent_host.hpp"
+
+#include <chrono>
+#include <future>
+
+#include "core/log.hpp"
+#include "hub/edgehub_config.hpp"
+
+namespace cairn::cairnd {
+
+namespace {
+
+// Runs `work(set)` on the hub thread and waits for it to call `set` (bounded: a stopping hub
+// must not hang the agent).
+template <class T, class Work>
+Result<T> on_hub(hub::Hub& hub, Work work) {
+  auto promise = std::make_shared<std::promise<Result<T>>>();
+  auto future = promise->get_future();
+  asio::post(hub.io(), [promise, work = std::move(work)]() mutable {
+    work([promise](Result<T> r) { promise->set_value(std::move(r)); });
+  });
+  if (future.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    return make_error(errc::timeout, "the hub did not answer");
+  }
+  return future.get();
+}
+
+struct Unit {};
+
+}  // namespace
+
+Result<agent::ModuleIdentity> HubAgentHost::ensure_identity(const std::string& module) {
+  return on_hub<agent::ModuleIdentity>(hub_, [this, module](auto set) {
+    hub_.identities().create(module, [set](Result<hub::Identity> id) {
+      if (!id) return set(std::move(id).error());
+      set(agent::ModuleIdentity{id->module_id, id->primary_key, id->generation_id});
+    });
+  });
+}
+
+Status HubAgentHost::remove_identity(const std::string& module) {
+  auto r = on_hub<Unit>(hub_, [this, module](auto set) {
+    hub_.identities().remove(module, [set](Status s) {
+      if (!s) return set(std::move(s).error());
+      set(Unit{});
+    });
+  });
+  if (!r) return std::move(r).error();
+  return {};
+}
+
+std::string HubAgentHost::validate_edgehub(const nlohmann::json& desired) {
+  auto parsed = hub::parse_edgehub_desired(desired);
+  if (!parsed) return parsed.error().message;
+  return {};
+}
+
+Status HubAgentHost::apply_edgehub(const nlohmann::json& desired) {
+  auto parsed = hub::parse_edgehub_desired(desired);
+  if (!parsed) return std::move(parsed).error();
+  auto sf = desired.find("storeAndForwardConfiguration");
+  if (sf == desired.end() || !sf->is_object() || !sf->contains("timeToLiveSecs")) {
+    parsed->ttl_secs = default_ttl_secs_;
+  }
+  auto r = on_hub<Unit>(hub_, [this, config = std::move(*parsed)](auto set) {
+    auto s = hub_.apply(config);
+    if (!s) return set(std::move(s).error());
+    set(Unit{});
+  });
+  if (!r) return std::move(r).error();
+  return {};
+}
+
+void HubAgentHost::set_module_desired(const std::string& module, const nlohmann::json& desired) {
+  auto client_id = hub_.config().device_id + "/" + module;
+  asio::post(hub_.io(), [twins = twins_, client_id, desired] {
+    // The manifest replaces the desired section: keys it no longer has are deleted.
+    nlohmann::json patch = desired;
+    if (auto view = twins->cached_view(client_id); view && (*view)["desired"].is_object()) {
+      for (const auto& [key, value] : (*view)["desired"].items()) {
+        if (!key.starts_with("$") && !desired.contains(key)) patch[key] = nullptr;
+      }
+    }
+    twins->patch_desired_local(client_id, patch, [client_id](Result<nlohmann::json> r) {
+      if (!r) log::warn("agent", "desired properties of {}: {}", client_id, r.error().message);
+    });
+  });
+}
+
+void HubAgentHost::report(const nlohmann::json& patch) {
+  hub::Principal who{hub_.config().device_id, "$edgeAgent", 0};
+  asio::post(hub_.io(), [twins = twins_, who, body = patch.dump()] {
+    twins->patch_reported(who, body, [](int status, std::string reply) {
+      if (status >= 300) log::warn("agent", "$edgeAgent reported properties: {} {}", status, reply);
+    });
+  });
+}
+
+}  // namespace cairn::cairnd

@@ -1,0 +1,681 @@
+#include "agent/agent.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
+#include "core/log.hpp"
+#include <sys/stat.h>
+
+namespace cairn::agent {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kLog = "agent";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Status write_file_atomic(const std::string& path, const std::string& text) {
+  auto tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) return make_error(errc::io_error, "cannot write " + tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return make_error(errc::io_error, "cannot rename " + tmp + ": " + ec.message());
+  return {};
+}
+
+std::string iso_or_epoch(std::int64_t ms) { return format_iso8601(ms > 0 ? ms : 0); }
+
+net::HttpResponse json_response(int status, const json& body) { return {status, body.dump()}; }
+net::HttpResponse error_response(int status, const std::string& message) {
+  return json_response(status, {{"message", message}});
+}
+
+void respond_on(net::HttpRespond& respond, net::HttpResponse response) {
+  respond(std::move(response));
+}
+
+}  // namespace
+
+json merge_diff(const json& before, const json& after) {
+  if (!before.is_object() || !after.is_object()) return after;
+  json patch = json::object();
+  for (const auto& [key, value] : before.items()) {
+    if (!after.contains(key)) patch[key] = nullptr;
+  }
+  for (const auto& [key, value] : after.items()) {
+    auto it = before.find(key);
+    if (it == before.end()) {
+      patch[key] = value;
+    } else if (*it != value) {
+      patch[key] = (it->is_object() && value.is_object()) ? merge_diff(*it, value) : value;
+    }
+  }
+  return patch;
+}
+
+Agent::Agent(AgentOptions options, AgentHost& host, std::shared_ptr<ModuleRuntime> process_runtime,
+             std::shared_ptr<ModuleRuntime> docker_runtime)
+    : options_(std::move(options)),
+      host_(host),
+      process_(std::move(process_runtime)),
+      docker_(std::move(docker_runtime)),
+      io_(1),
+      api_io_(1),
+      poll_timer_(io_) {}
+
+Agent::~Agent() { stop(); }
+
+Status Agent::start() {
+  std::error_code ec;
+  fs::create_directories(options_.state_dir, ec);
+  fs::create_directories(options_.mnt_dir, ec);
+  if (ec)
+    return make_error(errc::io_error, "cannot create " + options_.mnt_dir + ": " + ec.message());
+  trust_bundle_ = read_file(options_.trust_bundle_path);
+  work_.emplace(io_.get_executor());
+  api_work_.emplace(api_io_.get_executor());
+  auto run = [](asio::io_context& io, const char* what) {
+    for (;;) {
+      try {
+        io.run();
+        return;
+      } catch (const std::exception& e) {
+        // No handler may take the agent down: log and keep serving.
+        log::error(kLog, "{} handler failed: {}", what, e.what());
+      }
+    }
+  };
+  thread_ = std::thread([this, run] { run(io_, "agent"); });
+  api_thread_ = std::thread([this, run] { run(api_io_, "workload API"); });
+  asio::post(io_, [this] {
+    // The last good deployment runs again after a restart, with or without a network.
+    auto path = options_.state_dir + "/deployment.json";
+    if (fs::exists(path)) {
+      auto outcome =
+          read_manifest(path, [this](const json& d) { return host_.validate_edgehub(d); });
+      if (outcome.deployment) {
+        log::info(kLog, "running the last good deployment from {}", path);
+        apply(std::move(*outcome.deployment), "disk", {});
+      } else {
+        log::error(kLog, "{} is not a valid deployment, ignored:\n{}", path, outcome.describe());
+      }
+    }
+    schedule_poll();
+  });
+  return {};
+}
+
+void Agent::stop() {
+  if (!thread_.joinable()) return;
+  std::promise<void> done;
+  asio::post(io_, [this, &done] {
+    poll_timer_.cancel();
+    if (options_.stop_modules_on_exit) {
+      for (auto* rt : {process_.get(), docker_.get()}) {
+        if (!rt) continue;
+        auto list = rt->list();
+        if (!list) continue;
+        for (const auto& m : *list) {
+          if (m.status == RuntimeStatus::running) (void)rt->stop(m.name, options_.stop_grace);
+        }
+      }
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+  std::promise<void> closed;
+  asio::post(api_io_, [this, &closed] {
+    for (auto& [name, server] : workload_servers_) server->stop();
+    workload_servers_.clear();
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  work_.reset();
+  api_work_.reset();
+  io_.stop();
+  api_io_.stop();
+  api_thread_.join();
+  thread_.join();
+}
+
+void Agent::deploy(json document, std::string source, std::function<void(DeployResult)> done) {
+  asio::post(io_, [this, document = std::move(document), source = std::move(source),
+                   done = std::move(done)]() mutable {
+    auto outcome =
+        parse_manifest(document, [this](const json& d) { return host_.validate_edgehub(d); });
+    if (!outcome.deployment) {
+      log::warn(kLog, "deployment from {} refused, nothing changed:\n{}", source,
+                outcome.describe());
+      if (done) done(DeployResult{false, std::move(outcome.problems), {}});
+      return;
+    }
+    apply(std::move(*outcome.deployment), source, std::move(done));
+  });
+}
+
+void Agent::deploy_twins(json edgeagent_desired, json edgehub_desired) {
+  asio::post(io_, [this, a = std::move(edgeagent_desired), h = std::move(edgehub_desired)] {
+    auto outcome = parse_twins(a, h, [this](const json& d) { return host_.validate_edgehub(d); });
+    if (!outcome.deployment) {
+      log::warn(kLog, "deployment from the cloud refused, nothing changed:\n{}",
+                outcome.describe());
+      return;
+    }
+    apply(std::move(*outcome.deployment), "cloud", {});
+  });
+}
+
+void Agent::apply(Deployment deployment, const std::string& source,
+                  std::function<void(DeployResult)> done) {
+  DeployResult result;
+  if (source != "disk") {
+    json doc = {{"modulesContent", deployment.document}};
+    if (auto s = write_file_atomic(options_.state_dir + "/deployment.json", doc.dump()); !s) {
+      result.error = s.error().message;
+      log::error(kLog, "deployment from {} not applied: {}", source, result.error);
+      if (done) done(std::move(result));
+      return;
+    }
+  }
+  if (auto s = host_.apply_edgehub(deployment.edgehub_desired); !s) {
+    log::error(kLog, "routes of the deployment from {} not applied: {}", source, s.error().message);
+  }
+  for (const auto& [name, desired] : deployment.module_twins)
+    host_.set_module_desired(name, desired);
+  deployment_ = std::move(deployment);
+  ++deployment_version_;
+  log::info(kLog, "deployment from {} accepted: {} modules", source, deployment_->modules.size());
+  result.applied = true;
+  if (done) done(std::move(result));
+  reconcile();
+}
+
+void Agent::schedule_poll() {
+  poll_timer_.expires_after(options_.poll_interval);
+  poll_timer_.async_wait([this](error_code ec) {
+    if (ec) return;
+    try {
+      reconcile();
+    } catch (const std::exception& e) {
+      log::error(kLog, "reconcile failed: {}", e.what());
+    }
+    schedule_poll();
+  });
+}
+
+ModuleRuntime* Agent::runtime_for(const ModuleDesired& m) {
+  return m.process_runtime() ? process_.get() : docker_.get();
+}
+
+ModuleSpec Agent::spec_for(const ModuleDesired& m, const ModuleIdentity& id) const {
+  ModuleSpec spec;
+  spec.name = m.name;
+  spec.image = m.image;
+  spec.version = m.version;
+  spec.create_options = m.create_options;
+  spec.pull_policy = m.pull_policy;
+  if (deployment_) spec.credentials = deployment_->credential_for(m.image);
+  spec.workload_socket = options_.mnt_dir + "/" + m.name + ".sock";
+  if (m.process_runtime()) spec.workload_mount_path = spec.workload_socket;
+  spec.env = m.env;
+  auto add = [&spec](const std::string& k, const std::string& v) {
+    for (const auto& [key, value] : spec.env) {
+      if (key == k) return;  // the manifest's value wins
+    }
+    spec.env.emplace_back(k, v);
+  };
+  add("IOTEDGE_WORKLOADURI", "unix://" + spec.workload_mount_path);
+  add("IOTEDGE_AUTHSCHEME", "sasToken");
+  add("IOTEDGE_MODULEGENERATIONID", id.generation_id);
+  add("IOTEDGE_IOTHUBHOSTNAME", options_.iothub_hostname);
+  add("IOTEDGE_DEVICEID", options_.device_id);
+  add("IOTEDGE_MODULEID", m.name);
+  add("IOTEDGE_GATEWAYHOSTNAME", options_.gateway_hostname);
+  add("IOTEDGE_APIVERSION", "2022-08-03");
+  add("RuntimeLogLevel", options_.log_level);
+  if (m.process_runtime()) {
+    // A process module inherits no environment from cairnd; a PATH lets scripts find tools.
+    add("PATH", "/usr/local/bin:/usr/bin:/bin");
+  }
+  // The hash covers the whole environment the module gets, so a new generation id (identity
+  // recreated) or a changed manifest env both recreate the module.
+  ModuleDesired hashed = m;
+  hashed.env = spec.env;
+  spec.config_hash = config_hash(hashed);
+  return spec;
+}
+
+Status Agent::ensure_workload(const std::string& name, const ModuleIdentity& id) {
+  {
+    std::lock_guard lock(*workload_mutex_);
+    (*workload_modules_)[name] = WorkloadModule{name, id.key, id.generation_id};
+  }
+  std::promise<Status> started;
+  asio::post(api_io_, [this, name, &started] {
+    if (workload_servers_.count(name)) {
+      started.set_value({});
+      return;
+    }
+    auto path = options_.mnt_dir + "/" + name + ".sock";
+    WorkloadContext ctx;
+    ctx.trust_bundle_pem = trust_bundle_;
+    std::weak_ptr<ModuleRuntime> process = process_, docker = docker_;
+    ctx.owns_pid = [process, docker](const std::string& module, std::int64_t pid) {
+      for (const auto& weak : {process, docker}) {
+        if (auto rt = weak.lock(); rt && rt->owns_process(module, pid)) return true;
+      }
+      return false;
+    };
+    auto modules = workload_modules_;
+    auto mutex = workload_mutex_;
+    net::HttpLimits limits;
+    limits.max_body_bytes = 64 * 1024;  // sign/encrypt payloads are small
+    limits.max_connections = 10;        // IoT Edge: 10 concurrent requests per module socket
+    auto server = net::UnixHttpServer::start(
+        api_io_, path,
+        [name, ctx, modules, mutex](const net::HttpRequest& req, net::HttpRespond respond) {
+          WorkloadModule m;
+          {
+            std::lock_guard lock(*mutex);
+            auto it = modules->find(name);
+            if (it == modules->end()) {
+              respond(error_response(404, "module '" + name + "' is not deployed"));
+              return;
+            }
+            m = it->second;
+          }
+          respond(handle_workload(req, m, ctx));
+        },
+        limits);
+    if (!server) {
+      started.set_value(server.error());
+      return;
+    }
+    ::chmod(path.c_str(), 0666);  // any local user a module runs as; the pid check authorises
+    workload_servers_[name] = *server;
+    started.set_value({});
+  });
+  return started.get_future().get();
+}
+
+void Agent::drop_module(ModuleRuntime& runtime, const std::string& name) {
+  log::info(kLog, "module {} is no longer deployed: stopping and removing it", name);
+  (void)runtime.stop(name, options_.stop_grace);
+  if (auto s = runtime.remove(name); !s) log::warn(kLog, "remove {}: {}", name, s.error().message);
+  {
+    std::lock_guard lock(*workload_mutex_);
+    workload_modules_->erase(name);
+  }
+  std::promise<void> closed;
+  asio::post(api_io_, [this, name, &closed] {
+    if (auto it = workload_servers_.find(name); it != workload_servers_.end()) {
+      it->second->stop();
+      workload_servers_.erase(it);
+    }
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  if (auto s = host_.remove_identity(name); !s && s.error().code != errc::not_found) {
+    log::warn(kLog, "remove identity {}: {}", name, s.error().message);
+  }
+  identities_.erase(name);
+  tracked_.erase(name);
+}
+
+void Agent::reconcile() {
+  if (!deployment_) return;
+  const auto now = now_unix_ms();
+  // Modules the runtimes hold that the deployment no longer has.
+  for (auto* rt : {process_.get(), docker_.get()}) {
+    if (!rt) continue;
+    auto list = rt->list();
+    if (!list) {
+      log::warn(kLog, "{} runtime: {}", rt->info().type, list.error().message);
+      continue;
+    }
+    for (const auto& m : *list) {
+      const auto* desired = deployment_->find(m.name);
+      if (!desired || runtime_for(*desired) != rt) drop_module(*rt, m.name);
+    }
+  }
+  std::vector<const ModuleDesired*> order;
+  for (const auto& m : deployment_->modules) order.push_back(&m);
+  std::stable_sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+    return a->startup_order < b->startup_order;
+  });
+  for (const auto* m : order) {
+    auto& t = tracked_[m->name];
+    auto* rt = runtime_for(*m);
+    if (!rt) {
+      t.status = RuntimeStatus::failed;
+      t.note = "no docker runtime is configured (set [agent] docker_socket in config.toml)";
+      continue;
+    }
+    auto id = identities_.find(m->name);
+    if (id == identities_.end()) {
+      auto created = host_.ensure_identity(m->name);
+      if (!created) {
+        t.status = RuntimeStatus::failed;
+        t.note = "identity: " + created.error().message;
+        continue;
+      }
+      id = identities_.emplace(m->name, *created).first;
+    }
+    if (auto s = ensure_workload(m->name, id->second); !s) {
+      t.status = RuntimeStatus::failed;
+      t.note = "workload socket: " + s.error().message;
+      continue;
+    }
+    auto spec = spec_for(*m, id->second);
+    auto state = rt->inspect(m->name);
+    if (state && state->config_hash != spec.config_hash) {
+      log::info(kLog, "module {} changed: recreating it", m->name);
+      (void)rt->stop(m->name, options_.stop_grace);
+      (void)rt->remove(m->name);
+      t = Tracked{};
+      state = make_error(errc::not_found, "recreating");
+    }
+    if (!state) {
+      if (auto s = rt->prepare(spec); !s) {
+        t.status = RuntimeStatus::failed;
+        t.note = s.error().message;
+        continue;
+      }
+      auto created = rt->create(spec);
+      if (!created) {
+        t.status = RuntimeStatus::failed;
+        t.note = created.error().message;
+        continue;
+      }
+      t.note.clear();
+      for (const auto& n : created->notes) t.note += (t.note.empty() ? "" : "; ") + n;
+      state = rt->inspect(m->name);
+      if (!state) continue;
+    }
+    t.state = *state;
+    if (m->status == DesiredStatus::stopped) {
+      t.held = true;
+      if (state->status == RuntimeStatus::running) {
+        (void)rt->stop(m->name, options_.stop_grace);
+        if (auto s = rt->inspect(m->name)) t.state = *s;
+      }
+      t.status = t.state.status == RuntimeStatus::running ? RuntimeStatus::running
+                                                          : RuntimeStatus::stopped;
+      continue;
+    }
+    if (state->status == RuntimeStatus::running) {
+      t.status = RuntimeStatus::running;
+      // Healthy long enough: the restart statistics start over.
+      if (t.restart_count > 0 && state->started_at_ms > 0 &&
+          now - state->started_at_ms >= options_.restart.healthy_reset.count()) {
+        t.restart_count = 0;
+      }
+      continue;
+    }
+    // Never started, held by a desired "stopped", or stopped on request (a clean shutdown of
+    // cairnd, `cairn` stop): start it whatever the restart policy says about exits.
+    bool never_started =
+        (state->started_at_ms == 0 && state->exited_at_ms == 0) || t.held ||
+        (state->status == RuntimeStatus::stopped && state->description == "stopped");
+    t.held = false;
+    bool start_now = never_started;
+    if (!never_started) {
+      if (!restart_candidate(m->restart_policy, state->status)) {
+        t.status = state->status;
+        continue;
+      }
+      if (t.restart_count >= options_.restart.max_restarts) {
+        t.status = RuntimeStatus::failed;
+        continue;
+      }
+      auto since_exit = now - std::max(state->exited_at_ms, t.last_restart_ms);
+      if (since_exit >= cool_off(options_.restart, t.restart_count).count()) {
+        start_now = true;
+        ++t.restart_count;
+        t.last_restart_ms = now;
+      } else {
+        t.status = RuntimeStatus::backoff;
+        continue;
+      }
+    }
+    if (start_now) {
+      if (auto s = rt->start(m->name); !s) {
+        t.status = RuntimeStatus::failed;
+        t.note = s.error().message;
+        continue;
+      }
+      if (auto s = rt->inspect(m->name)) t.state = *s;
+      t.status = t.state.status;
+    }
+  }
+  report_state();
+}
+
+json Agent::module_json(const std::string& name) {
+  const auto* m = deployment_ ? deployment_->find(name) : nullptr;
+  auto it = tracked_.find(name);
+  if (!m || it == tracked_.end()) return nullptr;
+  const auto& t = it->second;
+  json settings = m->settings;
+  for (auto k = settings.begin(); k != settings.end();) {
+    std::string key = k.key();
+    for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    k = key.starts_with("createoptions") ? settings.erase(k) : std::next(k);
+  }
+  for (const auto& [k, v] : chunk_create_options(m->create_options_text).items()) settings[k] = v;
+  if (!t.state.image_hash.empty()) settings["imageHash"] = t.state.image_hash;
+  std::string description =
+      t.status == RuntimeStatus::backoff ? "backing off before a restart" : t.state.description;
+  if (!t.note.empty()) description += (description.empty() ? "" : "; ") + t.note;
+  json out = {{"version", m->version},
+              {"type", m->type},
+              {"status", to_string(m->status)},
+              {"restartPolicy", to_string(m->restart_policy)},
+              {"imagePullPolicy", to_string(m->pull_policy)},
+              {"runtimeStatus", to_string(t.status)},
+              {"exitCode", t.state.exit_code},
+              {"statusDescription", description},
+              {"lastStartTimeUtc", iso_or_epoch(t.state.started_at_ms)},
+              {"lastExitTimeUtc", iso_or_epoch(t.state.exited_at_ms)},
+              {"restartCount", t.restart_count},
+              {"lastRestartTimeUtc", iso_or_epoch(t.last_restart_ms)},
+              {"settings", settings},
+              {"env", m->env_json}};
+  if (m->startup_order != kDefaultStartupOrder) out["startupOrder"] = m->startup_order;
+  return out;
+}
+
+void Agent::report_state() {
+  json modules = json::object();
+  for (const auto& m : deployment_->modules) {
+    auto j = module_json(m.name);
+    if (!j.is_null()) modules[m.name] = std::move(j);
+  }
+  json system = json::object();
+  for (const auto& m : deployment_->system_modules) {
+    // cairnd itself plays both system modules: they run as long as it does.
+    json s = {{"type", m.type},
+              {"runtimeStatus", "running"},
+              {"exitCode", 0},
+              {"statusDescription", "running (part of cairnd)"},
+              {"imagePullPolicy", to_string(m.pull_policy)},
+              {"settings", m.settings}};
+    if (m.name == "edgeHub") {
+      s["status"] = "running";
+      s["restartPolicy"] = to_string(m.restart_policy);
+      s["restartCount"] = 0;
+    }
+    system[m.name] = std::move(s);
+  }
+  const json runtime = deployment_->runtime.is_object() ? deployment_->runtime : json::object();
+  json reported = {
+      {"schemaVersion", "1.0"},
+      {"version", {{"version", CAIRN_VERSION}, {"build", ""}, {"commit", ""}}},
+      {"lastDesiredVersion", deployment_version_},
+      {"lastDesiredStatus", {{"code", 200}, {"description", ""}}},
+      {"runtime",
+       {{"type", runtime.value("type", "docker")},
+        {"platform", {{"os", "linux"}, {"architecture", "x86_64"}, {"version", CAIRN_VERSION}}},
+        {"settings", runtime.value("settings", json::object())}}},
+      {"systemModules", system},
+      {"modules", modules}};
+  // Registry passwords never leave the device in reported properties.
+  if (reported["runtime"]["settings"].contains("registryCredentials")) {
+    for (auto& [k, c] : reported["runtime"]["settings"]["registryCredentials"].items()) {
+      if (c.is_object()) c.erase("password");
+    }
+  }
+  if (reported != last_reported_) {
+    auto patch = merge_diff(last_reported_.is_null() ? json::object() : last_reported_, reported);
+    host_.report(patch);
+    last_reported_ = reported;
+    std::lock_guard lock(reported_mutex_);
+    reported_snapshot_ = reported;
+  }
+}
+
+json Agent::reported() const {
+  std::lock_guard lock(reported_mutex_);
+  return reported_snapshot_;
+}
+
+bool Agent::handle_management(const net::HttpRequest& request, net::HttpRespond& respond) {
+  auto path = net::http_path(request.target);
+  if (!(path == "/modules" || path.starts_with("/modules/") || path == "/deployment")) return false;
+  asio::post(io_, [this, request, respond = std::move(respond)]() mutable {
+    try {
+      manage(request, std::move(respond));
+    } catch (const std::exception& e) {
+      log::error(kLog, "management request {} failed: {}", request.target, e.what());
+    }
+  });
+  return true;
+}
+
+void Agent::manage(const net::HttpRequest& request, net::HttpRespond respond) {
+  auto path = net::http_path(request.target);
+  std::vector<std::string> seg;
+  for (std::size_t i = 1; i <= path.size();) {
+    auto j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i) seg.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  if (seg.size() == 1 && seg[0] == "deployment") {
+    if (request.method == "GET") {
+      respond_on(respond,
+                 json_response(200, deployment_ ? json{{"modulesContent", deployment_->document}}
+                                                : json::object()));
+      return;
+    }
+    if (request.method != "POST")
+      return respond_on(respond, error_response(405, "use GET or POST"));
+    json doc;
+    try {
+      doc = json::parse(request.body);
+    } catch (const json::parse_error& e) {
+      return respond_on(respond, error_response(400, std::string("not valid JSON: ") + e.what()));
+    }
+    auto outcome = parse_manifest(doc, [this](const json& d) { return host_.validate_edgehub(d); });
+    if (!outcome.deployment) {
+      json problems = json::array();
+      for (const auto& p : outcome.problems)
+        problems.push_back({{"path", p.path}, {"message", p.message}});
+      log::warn(kLog, "deployment from the command line refused, nothing changed:\n{}",
+                outcome.describe());
+      return respond_on(
+          respond, json_response(400, {{"message", outcome.describe()}, {"problems", problems}}));
+    }
+    apply(std::move(*outcome.deployment), "the command line", [&respond](DeployResult r) {
+      if (!r.applied) return respond(error_response(500, r.error));
+      respond(json_response(200, {{"applied", true}}));
+    });
+    return;
+  }
+  // /modules, /modules/{name}, /modules/{name}/{logs|restart|start|stop}
+  if (seg.size() == 1 && request.method == "GET") {
+    json list = json::array();
+    if (deployment_) {
+      for (const auto& m : deployment_->modules) {
+        auto j = module_json(m.name);
+        if (j.is_null()) continue;
+        j["name"] = m.name;
+        j["image"] = m.image;
+        list.push_back(std::move(j));
+      }
+    }
+    return respond_on(respond, json_response(200, {{"modules", list}}));
+  }
+  if (seg.size() < 2) return respond_on(respond, error_response(404, "no such path"));
+  const std::string& name = seg[1];
+  const auto* m = deployment_ ? deployment_->find(name) : nullptr;
+  if (!m) return respond_on(respond, error_response(404, "no module '" + name + "' is deployed"));
+  auto* rt = runtime_for(*m);
+  if (!rt) return respond_on(respond, error_response(503, "no runtime for module '" + name + "'"));
+  if (seg.size() == 2 && request.method == "GET") {
+    auto j = module_json(name);
+    j["name"] = name;
+    return respond_on(respond, json_response(200, j));
+  }
+  if (seg.size() == 3 && seg[2] == "logs" && request.method == "GET") {
+    LogOptions opts;
+    auto tail = net::http_query_param(request.target, "tail");
+    if (!tail.empty() && tail != "all") {
+      try {
+        opts.tail = std::stoull(tail);
+      } catch (const std::exception&) {
+        return respond_on(respond, error_response(400, "tail must be a number or 'all'"));
+      }
+    }
+    auto since = net::http_query_param(request.target, "since");
+    if (!since.empty()) {
+      try {
+        opts.since_ms = std::stoll(since) * 1000;
+      } catch (const std::exception&) {
+        return respond_on(respond, error_response(400, "since must be Unix seconds"));
+      }
+    }
+    auto text = rt->logs(name, opts);
+    if (!text) return respond_on(respond, error_response(404, text.error().message));
+    net::HttpResponse r{200, std::move(*text)};
+    r.content_type = "text/plain; charset=utf-8";
+    return respond_on(respond, std::move(r));
+  }
+  if (seg.size() == 3 && request.method == "POST" &&
+      (seg[2] == "restart" || seg[2] == "stop" || seg[2] == "start")) {
+    Status s;
+    if (seg[2] != "start") s = rt->stop(name, options_.stop_grace);
+    if (s && seg[2] != "stop") {
+      s = rt->start(name);
+      tracked_[name].restart_count = 0;
+    }
+    if (!s) return respond_on(respond, error_response(500, s.error().message));
+    reconcile();
+    return respond_on(respond, net::HttpResponse{204, ""});
+  }
+  respond_on(respond, error_response(404, "no such path"));
+}
+
+}  // namespace cairn::agent

@@ -1,0 +1,156 @@
+// Agent: the part of cairnd that plays edgeAgent (docs/agent.md). It takes deployments from any
+// source through one path (deploy()), keeps the last good one on disk and runs it again at
+// start, reconciles desired against actual through the module runtimes, applies restart
+// policies with IoT Edge's back-off, keeps a module identity and a workload socket per module,
+// and reports `$edgeAgent` reported properties.
+//
+// The agent does not include the hub: what it needs from it is AgentHost, which apps/cairnd
+// implements.
+//
+// Thread-safety: the agent runs its own thread (its own io_context) so a slow runtime call never
+// blocks the hub; the workload sockets run on a second thread of their own, so signing is never
+// stuck behind a runtime call either. deploy(), handle_management() and stop() may be called from
+// any thread; answers and callbacks run on the agent's thread.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/manifest.hpp"
+#include "agent/restart_policy.hpp"
+#include "agent/runtime.hpp"
+#include "agent/workload_api.hpp"
+#include "net/asio.hpp"
+#include "net/http.hpp"
+
+namespace cairn::agent {
+
+struct ModuleIdentity {
+  std::string module_id;
+  std::string key;  // primary key, base64
+  std::string generation_id;
+};
+
+// What the agent needs from the rest of cairnd. Blocking calls are made from the agent's thread.
+class AgentHost {
+ public:
+  virtual ~AgentHost() = default;
+  // Creates the module's identity, or returns the existing one.
+  virtual Result<ModuleIdentity> ensure_identity(const std::string& module) = 0;
+  virtual Status remove_identity(const std::string& module) = 0;
+  // "" if the $edgeHub desired properties are valid, else the problem. Any thread.
+  virtual std::string validate_edgehub(const nlohmann::json& desired) = 0;
+  // Applies validated routes and store settings live.
+  virtual Status apply_edgehub(const nlohmann::json& desired) = 0;
+  // A deployment's desired properties for a module (replace the twin's desired section).
+  virtual void set_module_desired(const std::string& module, const nlohmann::json& desired) = 0;
+  // A patch to the $edgeAgent reported properties (null deletes).
+  virtual void report(const nlohmann::json& patch) = 0;
+};
+
+struct AgentOptions {
+  std::string state_dir;  // HOME/data/agent: deployment.json
+  std::string mnt_dir;    // HOME/run/mnt: one workload socket per module
+  std::string device_id;
+  std::string iothub_hostname;
+  std::string gateway_hostname;
+  std::string trust_bundle_path;  // the edge CA, PEM
+  std::string log_level = "info";
+  RestartSettings restart;
+  std::chrono::milliseconds poll_interval{500};
+  std::chrono::seconds stop_grace{10};
+  // On a clean shutdown of cairnd, stop the modules (after kill -9 they keep running and are
+  // adopted by the next start).
+  bool stop_modules_on_exit = true;
+};
+
+// The result of a deployment: applied, or the problems (nothing applied).
+struct DeployResult {
+  bool applied = false;
+  std::vector<ManifestProblem> problems;
+  std::string error;  // a failure after validation (e.g. the disk)
+};
+
+class Agent {
+ public:
+  Agent(AgentOptions options, AgentHost& host, std::shared_ptr<ModuleRuntime> process_runtime,
+        std::shared_ptr<ModuleRuntime> docker_runtime /* may be null */);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Starts the threads; runs the last good deployment from disk (if any), adopting modules
+  // that are still running.
+  Status start();
+  void stop();
+
+  // Validates and applies a whole manifest document; `done` runs on the agent's thread.
+  void deploy(nlohmann::json document, std::string source, std::function<void(DeployResult)> done);
+  // From the cloud: the $edgeAgent and $edgeHub twins' desired properties.
+  void deploy_twins(nlohmann::json edgeagent_desired, nlohmann::json edgehub_desired);
+
+  // The agent's management API paths (docs/agent.md "Management API"); false when `request` is
+  // not one of them.
+  bool handle_management(const net::HttpRequest& request, net::HttpRespond& respond);
+
+  // The $edgeAgent reported properties as last computed (tests, `cairn check`).
+  nlohmann::json reported() const;
+
+ private:
+  struct Tracked {
+    std::uint32_t restart_count = 0;
+    std::int64_t last_restart_ms = 0;
+    std::int64_t last_start_seen_ms = 0;
+    bool held = false;  // stopped because the deployment said so: start again when it says run
+    std::string note;   // a failure to prepare/create/start, or runtime notes
+    RuntimeStatus status = RuntimeStatus::unknown;
+    ModuleState state;
+  };
+
+  void apply(Deployment deployment, const std::string& source,
+             std::function<void(DeployResult)> done);
+  void reconcile();
+  void schedule_poll();
+  ModuleRuntime* runtime_for(const ModuleDesired& m);
+  ModuleSpec spec_for(const ModuleDesired& m, const ModuleIdentity& id) const;
+  Status ensure_workload(const std::string& name, const ModuleIdentity& id);
+  void drop_module(ModuleRuntime& runtime, const std::string& name);
+  void report_state();
+  nlohmann::json module_json(const std::string& name);
+  void manage(const net::HttpRequest& request, net::HttpRespond respond);
+
+  AgentOptions options_;
+  AgentHost& host_;
+  std::shared_ptr<ModuleRuntime> process_;
+  std::shared_ptr<ModuleRuntime> docker_;
+  asio::io_context io_;
+  asio::io_context api_io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_, api_work_;
+  std::thread thread_, api_thread_;
+  asio::steady_timer poll_timer_;
+
+  std::optional<Deployment> deployment_;
+  std::int64_t deployment_version_ = 0;
+  std::map<std::string, Tracked> tracked_;
+  std::map<std::string, ModuleIdentity> identities_;
+  std::map<std::string, std::shared_ptr<net::UnixHttpServer>> workload_servers_;  // api_io_
+  std::string trust_bundle_;
+  nlohmann::json last_reported_;
+  mutable std::mutex reported_mutex_;
+  nlohmann::json reported_snapshot_;
+  std::shared_ptr<std::mutex> workload_mutex_ = std::make_shared<std::mutex>();
+  std::shared_ptr<std::map<std::string, WorkloadModule>> workload_modules_ =
+      std::make_shared<std::map<std::string, WorkloadModule>>();
+};
+
+// A JSON merge patch that turns `before` into `after` (removed keys become null).
+nlohmann::json merge_diff(const nlohmann::json& before, const nlohmann::json& after);
+
+}  // namespace cairn::agent
