@@ -547,6 +547,11 @@ void Agent::report_state() {
       if (c.is_object()) c.erase("password");
     }
   }
+  // A deployment that declares no module at all (a routes-only manifest) has nothing to report.
+  if (last_reported_.is_null() && deployment_->modules.empty() &&
+      deployment_->system_modules.empty()) {
+    return;
+  }
   if (reported != last_reported_) {
     auto patch = merge_diff(last_reported_.is_null() ? json::object() : last_reported_, reported);
     host_.report(patch);

@@ -148,7 +148,9 @@ class ModuleRuntime {
   // The module's stdout/stderr as text, oldest first.
   virtual Result<std::string> logs(const std::string& name, const LogOptions& options) = 0;
   // True if host process `pid` runs inside module `name` (its process group or container):
-  // the workload API's check of the caller's SO_PEERCRED pid.
+  // the workload API's check of the caller's SO_PEERCRED pid. Unlike the other calls it is made
+  // from the workload API's thread, concurrently with them: answer from state kept in memory or
+  // /proc (docker: /proc/PID/cgroup naming the container id), never from a slow engine call.
   virtual bool owns_process(const std::string& name, std::int64_t pid) = 0;
   // `changed(name)` runs whenever the runtime notices a module changed state (an exit), from
   // any thread. Optional: the agent also polls with list().

