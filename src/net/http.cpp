@@ -3,9 +3,9 @@
 #include "net/http.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
-#include <array>
 #include <optional>
 
 #include <boost/beast/core.hpp>
@@ -274,7 +274,6 @@ asio::awaitable<void> unix_call(std::string socket_path, http::request<http::str
   *out = co_await exchange(stream, *req, deadline, socket_path, timeout_secs);
 }
 
-
 // What a streamed call and its watchdog share. The watchdog runs as a plain timer handler on
 // the same single-threaded io_context, so no locking is needed.
 struct StreamState {
@@ -333,8 +332,9 @@ asio::awaitable<void> unix_stream_call(StreamCall call) {
       return make_error(errc::cancelled, "stream from " + call.socket_path + " stopped");
     }
     if (state->stopped == errc::timeout) {
-      return make_error(errc::timeout, std::string(state->in_body ? "stream from " : "no answer from ") +
-                                           call.socket_path + (state->in_body ? " went silent" : " in time"));
+      return make_error(errc::timeout,
+                        std::string(state->in_body ? "stream from " : "no answer from ") +
+                            call.socket_path + (state->in_body ? " went silent" : " in time"));
     }
     return make_error(errc::io_error,
                       std::string(what) + " " + call.socket_path + " failed: " + ec.message());
@@ -343,10 +343,10 @@ asio::awaitable<void> unix_stream_call(StreamCall call) {
   co_await state->socket.async_connect(local::endpoint(call.socket_path),
                                        asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
-    out = state->stopped != errc::ok ? fail("connecting to", ec)
-                                     : make_error(errc::unavailable, "cannot connect to " +
-                                                                         call.socket_path + " (" +
-                                                                         ec.message() + ")");
+    out = state->stopped != errc::ok
+              ? fail("connecting to", ec)
+              : make_error(errc::unavailable,
+                           "cannot connect to " + call.socket_path + " (" + ec.message() + ")");
   } else {
     co_await http::async_write(state->socket, *call.req,
                                asio::redirect_error(asio::use_awaitable, ec));
