@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <ctime>
 #include <set>
+#include <type_traits>
 
 #include "core/crypto.hpp"
 #include "net/http.hpp"
@@ -507,7 +509,12 @@ std::optional<DockerEvent> parse_docker_event(const json& event) {
   if (out.id.empty()) out.id = str(event, "id");
   if (out.id.empty()) return std::nullopt;
   if (auto it = out.attributes.find("name"); it != out.attributes.end()) out.name = it->second;
-  if (auto it = out.attributes.find("exitCode"); it != out.attributes.end()) {
+  // Docker says exitCode on "die"; Podman also sends containerExitCode, "0" on every event.
+  auto code = out.attributes.find("exitCode");
+  if (code == out.attributes.end() && out.action == "die") {
+    code = out.attributes.find("containerExitCode");
+  }
+  if (auto it = code; it != out.attributes.end()) {
     try {
       out.exit_code = std::stoi(it->second);
     } catch (const std::exception&) {
@@ -615,7 +622,7 @@ Result<DockerVersion> DockerClient::version() {
   if (res->status != 200) return docker_error(res->status, res->body, "version");
   auto j = json::parse(res->body, nullptr, false);
   if (!j.is_object()) return make_error(errc::io_error, "version: engine sent no JSON object");
-  DockerVersion v{str(j, "Version"), str(j, "ApiVersion"), str(j, "Os"), str(j, "Arch")};
+  DockerVersion v{str(j, "Version"), str(j, "ApiVersion"), str(j, "Os"), str(j, "Arch"), false};
   if (auto comps = j.find("Components"); comps != j.end() && comps->is_array()) {
     for (const auto& c : *comps) {
       if (contains(str(c, "Name"), "podman")) v.podman = true;

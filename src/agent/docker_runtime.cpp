@@ -285,15 +285,22 @@ void DockerRuntime::watch_loop() {
     auto status = client.watch_events(
         {std::string(kOwnerLabel) + "=" + options_.owner}, since,
         [this](const DockerEvent& e) {
-          auto module = e.attributes.find(kModuleLabel);
-          if (module == e.attributes.end()) return true;
-          log::debug(kLog, "module={} event={}", module->second, e.action);
+          // Engines copy the container's labels into the event; without them, the name.
+          std::string module;
+          if (auto it = e.attributes.find(kModuleLabel); it != e.attributes.end()) {
+            module = it->second;
+          } else if (e.name.size() > options_.name_prefix.size() &&
+                     e.name.compare(0, options_.name_prefix.size(), options_.name_prefix) == 0) {
+            module = e.name.substr(options_.name_prefix.size());
+          }
+          if (module.empty()) return true;
+          log::debug(kLog, "module={} event={}", module, e.action);
           std::function<void(const std::string&)> cb;
           {
             std::lock_guard lock(changed_mutex_);
             cb = changed_;
           }
-          if (cb) cb(module->second);
+          if (cb) cb(module);
           return true;
         },
         stop);

@@ -254,7 +254,7 @@ TEST_F(DockerLiveRuntime, CreateOptionsAreAppliedAndReportedWithoutDrift) {
   std::string body;
   ASSERT_TRUE(eventually([&] {
     auto res = net::http_request(
-        net::HttpTarget{"127.0.0.1", static_cast<std::uint16_t>(live_.http_port), false},
+        net::HttpTarget{"127.0.0.1", static_cast<std::uint16_t>(live_.http_port), false, "", ""},
         net::HttpRequest{"GET", "/index.html", ""}, 5);
     if (res && res->status == 200) body = res->body;
     return !body.empty();
