@@ -3,6 +3,7 @@
 #include "net/http.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <optional>
@@ -275,6 +276,135 @@ asio::awaitable<void> unix_call(std::string socket_path, http::request<http::str
   *out = co_await exchange(stream, *req, deadline, socket_path, timeout_secs);
 }
 
+// What a streamed call and its watchdog share. The watchdog runs as a plain timer handler on
+// the same single-threaded io_context, so no locking is needed.
+struct StreamState {
+  explicit StreamState(asio::any_io_executor executor) : socket(executor), timer(executor) {}
+  local::socket socket;
+  asio::steady_timer timer;
+  Clock::time_point header_deadline;
+  Clock::time_point last_data;
+  bool in_body = false;
+  bool finished = false;
+  errc stopped = errc::ok;  // why the watchdog closed the socket: timeout or cancelled
+};
+
+// Re-arms itself every poll interval until the call finishes; closes the socket when the
+// caller asks to stop or a deadline passes, which makes the pending read fail at once.
+void arm_stream_watchdog(std::shared_ptr<StreamState> state, const HttpStreamOptions* options) {
+  state->timer.expires_after(options->poll_interval);
+  state->timer.async_wait([state, options](const error_code& ec) {
+    if (ec || state->finished) return;
+    auto now = Clock::now();
+    if (options->stop && options->stop()) {
+      state->stopped = errc::cancelled;
+    } else if (!state->in_body && now >= state->header_deadline) {
+      state->stopped = errc::timeout;
+    } else if (state->in_body && options->idle_timeout_secs > 0 &&
+               now - state->last_data >= std::chrono::seconds(options->idle_timeout_secs)) {
+      state->stopped = errc::timeout;
+    }
+    if (state->stopped != errc::ok) {
+      error_code ignored;
+      state->socket.close(ignored);
+      return;
+    }
+    arm_stream_watchdog(state, options);
+  });
+}
+
+struct StreamCall {
+  std::string socket_path;
+  http::request<http::string_body>* req;
+  const std::function<bool(std::string_view)>* on_body;
+  const HttpStreamOptions* options;
+  std::optional<Result<HttpResponse>>* out;
+};
+
+asio::awaitable<void> unix_stream_call(StreamCall call) {
+  constexpr std::size_t kMaxErrorBody = 64 * 1024;
+  auto executor = co_await asio::this_coro::executor;
+  auto state = std::make_shared<StreamState>(executor);
+  state->header_deadline =
+      Clock::now() + std::chrono::seconds(std::max(1, call.options->header_timeout_secs));
+  arm_stream_watchdog(state, call.options);
+  auto& out = *call.out;
+  auto fail = [&](const char* what, const error_code& ec) {
+    if (state->stopped == errc::cancelled) {
+      return make_error(errc::cancelled, "stream from " + call.socket_path + " stopped");
+    }
+    if (state->stopped == errc::timeout) {
+      return make_error(errc::timeout,
+                        std::string(state->in_body ? "stream from " : "no answer from ") +
+                            call.socket_path + (state->in_body ? " went silent" : " in time"));
+    }
+    return make_error(errc::io_error,
+                      std::string(what) + " " + call.socket_path + " failed: " + ec.message());
+  };
+  error_code ec;
+  co_await state->socket.async_connect(local::endpoint(call.socket_path),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    out = state->stopped != errc::ok
+              ? fail("connecting to", ec)
+              : make_error(errc::unavailable,
+                           "cannot connect to " + call.socket_path + " (" + ec.message() + ")");
+  } else {
+    co_await http::async_write(state->socket, *call.req,
+                               asio::redirect_error(asio::use_awaitable, ec));
+    beast::flat_buffer buffer;
+    http::response_parser<http::buffer_body> parser;
+    parser.body_limit(boost::none);  // on_body decides how much it takes
+    if (!ec) {
+      co_await http::async_read_header(state->socket, buffer, parser,
+                                       asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (ec) {
+      out = fail("talking to", ec);
+    } else {
+      state->in_body = true;
+      state->last_data = Clock::now();
+      HttpResponse head;
+      const auto& msg = parser.get();
+      head.status = static_cast<int>(msg.result_int());
+      head.content_type = std::string(msg[http::field::content_type]);
+      for (const auto& field : msg) {
+        head.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+      }
+      bool streaming = head.status >= 200 && head.status < 300;
+      std::array<char, 16 * 1024> piece{};
+      bool ended_by_caller = false;
+      while (!parser.is_done()) {
+        parser.get().body().data = piece.data();
+        parser.get().body().size = piece.size();
+        co_await http::async_read(state->socket, buffer, parser,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) break;
+        std::size_t n = piece.size() - parser.get().body().size;
+        if (n == 0) continue;
+        state->last_data = Clock::now();
+        if (!streaming) {
+          head.body.append(piece.data(), std::min(n, kMaxErrorBody - head.body.size()));
+          if (head.body.size() >= kMaxErrorBody) break;
+        } else if (!(*call.on_body)(std::string_view(piece.data(), n))) {
+          ended_by_caller = true;
+          break;
+        }
+      }
+      if (ec && !ended_by_caller) {
+        out = fail("reading the response from", ec);
+      } else {
+        out = std::move(head);
+      }
+    }
+  }
+  state->finished = true;
+  state->timer.cancel();
+  error_code ignored;
+  state->socket.close(ignored);
+}
+
 }  // namespace
 
 std::string HttpRequest::header(std::string_view name) const { return find_header(headers, name); }
@@ -354,6 +484,31 @@ Result<HttpResponse> unix_http_request(const std::string& socket_path, const Htt
       });
   io.run();
   if (!out) return make_error(errc::internal, "HTTP request ended without a result");
+  return std::move(*out);
+}
+
+Result<HttpResponse> unix_http_stream(const std::string& socket_path, const HttpRequest& request,
+                                      const std::function<bool(std::string_view)>& on_body,
+                                      const HttpStreamOptions& options) {
+  auto req = build_request(request, "localhost");
+  if (!req) return std::move(req).error();
+  HttpStreamOptions opts = options;
+  if (opts.poll_interval <= std::chrono::milliseconds::zero()) {
+    opts.poll_interval = std::chrono::milliseconds(200);
+  }
+  asio::io_context io;
+  std::optional<Result<HttpResponse>> out;
+  asio::co_spawn(io, unix_stream_call(StreamCall{socket_path, &*req, &on_body, &opts, &out}),
+                 [](const std::exception_ptr& e) {
+                   if (!e) return;
+                   try {
+                     std::rethrow_exception(e);
+                   } catch (const std::exception& ex) {
+                     log::error("net", "HTTP stream failed: {}", ex.what());
+                   }
+                 });
+  io.run();
+  if (!out) return make_error(errc::internal, "HTTP stream ended without a result");
   return std::move(*out);
 }
 

@@ -158,4 +158,30 @@ Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& r
 Result<HttpResponse> unix_http_request(const std::string& socket_path, const HttpRequest& request,
                                        int timeout_secs = 30);
 
+// Options of unix_http_stream.
+struct HttpStreamOptions {
+  // Bounds connecting and receiving the status line and headers. A container engine answers
+  // its event stream's headers at once; 30 s matches unix_http_request's default.
+  int header_timeout_secs = 30;
+  // Longest silence allowed between two pieces of a streamed body; 0 waits forever (an event
+  // stream is silent while nothing happens). Hitting it ends the call with errc::timeout.
+  int idle_timeout_secs = 0;
+  // Polled every `poll_interval` while waiting; returning true ends the call with
+  // errc::cancelled. This is how another thread stops an endless stream.
+  std::function<bool()> stop = {};
+  // How often `stop` is polled: the delay before a stop takes effect, against wake-ups.
+  std::chrono::milliseconds poll_interval{200};
+};
+
+// Sends one request over a unix socket and hands a 2xx response's body to `on_body` piece by
+// piece as it arrives (chunked framing removed), for answers that are long or endless: a
+// container engine's event stream, followed logs, image pull progress. `on_body` returns false
+// to stop reading (a successful end). A response that is not 2xx is not streamed: its body (at
+// most 64 KiB) comes back in the HttpResponse as from unix_http_request. Otherwise the returned
+// HttpResponse carries the status and headers, with an empty body.
+// Blocking, with its own io_context; never call it on an io_context thread.
+Result<HttpResponse> unix_http_stream(const std::string& socket_path, const HttpRequest& request,
+                                      const std::function<bool(std::string_view)>& on_body,
+                                      const HttpStreamOptions& options = {});
+
 }  // namespace cairn::net

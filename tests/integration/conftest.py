@@ -41,6 +41,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+# Container engine and registry fixtures (container_engine, test_registries, busybox_image,
+# node_module_image): see containers.py.
+pytest_plugins = ["containers"]
+
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("CAIRN_BIN_DIR", REPO / "build-asan" / "bin"))
 CAIRND = BIN_DIR / "cairnd"
