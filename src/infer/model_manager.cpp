@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <condition_variable>
 #include <deque>
 #include <fstream>

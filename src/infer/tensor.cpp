@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace cairn::infer {
 
@@ -87,7 +88,7 @@ Status append_element(const nlohmann::json& v, DataType dtype, Tensor& out, std:
   switch (dtype) {
     case DataType::kBool: {
       if (v.is_boolean()) {
-        out.data.push_back(v.get<bool>() ? 1 : 0);
+        out.data.push_back(v.get<bool>() ? char{1} : char{0});
       } else if (v.is_number_integer() &&
                  (v.get<std::int64_t>() == 0 || v.get<std::int64_t>() == 1)) {
         out.data.push_back(static_cast<char>(v.get<std::int64_t>()));
