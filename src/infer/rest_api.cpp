@@ -1,0 +1,485 @@
+#include "infer/rest_api.hpp"
+
+#include <charconv>
+
+#include <fmt/format.h>
+
+#include "core/log.hpp"
+
+namespace cairn::infer {
+
+namespace {
+
+constexpr std::string_view kLog = "infer";
+
+net::HttpResponse json_response(int status, const nlohmann::json& body) {
+  net::HttpResponse r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return r;
+}
+
+net::HttpResponse error_response(int status, const std::string& message) {
+  return json_response(status, {{"error", message}});
+}
+
+// The one mapping from cairn errors to HTTP statuses for this API.
+int http_status(errc code) {
+  switch (code) {
+    case errc::invalid_argument:
+      return 400;
+    case errc::not_found:
+      return 404;
+    case errc::limit_exceeded:
+      return 429;
+    case errc::unavailable:
+      return 503;
+    case errc::timeout:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+net::HttpResponse error_response(const Error& e) {
+  return error_response(http_status(e.code), e.message);
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::size_t pos = 1;
+  while (pos <= path.size()) {
+    auto next = path.find('/', pos);
+    if (next == std::string::npos) next = path.size();
+    if (next > pos) parts.push_back(path.substr(pos, next - pos));
+    pos = next + 1;
+  }
+  return parts;
+}
+
+Result<nlohmann::json> parse_json(std::string_view text, std::size_t max_depth) {
+  if (json_depth(text, max_depth) > max_depth) {
+    return make_error(errc::invalid_argument,
+                      "JSON nested deeper than " + std::to_string(max_depth) + " levels");
+  }
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) return make_error(errc::invalid_argument, "the body is not valid JSON");
+  return j;
+}
+
+const char* platform_of(std::string_view engine) {
+  return engine == "armnn-tflite" ? "tflite" : "onnxruntime_onnx";
+}
+
+nlohmann::json metadata(const ModelInfo& info, const VersionInfo& v) {
+  nlohmann::json in = nlohmann::json::array();
+  for (const auto& t : v.inputs) in.push_back(to_json(t));
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& t : v.outputs) out.push_back(to_json(t));
+  nlohmann::json versions = nlohmann::json::array();
+  for (const auto& x : info.versions) versions.push_back(x.version);
+  return {{"name", info.name},
+          {"versions", versions},
+          {"platform", platform_of(v.engine)},
+          {"inputs", in},
+          {"outputs", out}};
+}
+
+const VersionInfo* pick_version(const ModelInfo& info, const std::string& version) {
+  for (const auto& v : info.versions) {
+    if (version.empty() ? v.serving : v.version == version) return &v;
+  }
+  return nullptr;
+}
+
+struct Shared {
+  std::string body;
+  std::string header_json;  // the JSON part (whole body without the binary extension)
+  std::size_t binary_offset = 0;
+};
+
+// Decodes a v2 inference request. Returns the tensors and fills `outputs_wanted`.
+struct OutputChoice {
+  std::vector<std::string> names;  // empty: every output
+  std::vector<bool> binary;        // per name
+  bool all_binary = false;
+};
+
+Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputChoice& choice,
+                               std::string& id) {
+  auto parsed = parse_json(s.header_json, max_depth);
+  if (!parsed) return parsed.error();
+  const auto& j = *parsed;
+  auto bad = [](const std::string& m) { return make_error(errc::invalid_argument, m); };
+  if (!j.is_object()) return bad("the request must be a JSON object");
+  if (j.contains("id") && j["id"].is_string()) id = j["id"].get<std::string>();
+  if (j.contains("parameters") && j["parameters"].is_object()) {
+    choice.all_binary = j["parameters"].value("binary_data_output", false);
+  }
+  if (!j.contains("inputs") || !j["inputs"].is_array()) {
+    return bad("\"inputs\" must be an array of tensors");
+  }
+  InferRequest req;
+  std::size_t offset = s.binary_offset;
+  for (const auto& in : j["inputs"]) {
+    if (!in.is_object()) return bad("each input must be an object");
+    Tensor t;
+    if (!in.contains("name") || !in["name"].is_string()) return bad("an input has no \"name\"");
+    t.name = in["name"].get<std::string>();
+    if (!in.contains("datatype") || !in["datatype"].is_string()) {
+      return bad("input '" + t.name + "' has no \"datatype\"");
+    }
+    auto dtype = parse_datatype(in["datatype"].get<std::string>());
+    if (!dtype) {
+      return bad("input '" + t.name + "': unknown datatype '" + in["datatype"].get<std::string>() +
+                 "'");
+    }
+    t.dtype = *dtype;
+    if (!in.contains("shape") || !in["shape"].is_array()) {
+      return bad("input '" + t.name + "' has no \"shape\"");
+    }
+    for (const auto& d : in["shape"]) {
+      if (!d.is_number_integer() || d.get<std::int64_t>() < 0) {
+        return bad("input '" + t.name + "': shape dimensions must be integers >= 0");
+      }
+      t.shape.push_back(d.get<std::int64_t>());
+    }
+    const auto count = t.element_count();
+    if (!count) return bad("input '" + t.name + "': shape too large");
+    std::optional<std::size_t> binary_size;
+    if (in.contains("parameters") && in["parameters"].is_object() &&
+        in["parameters"].contains("binary_data_size")) {
+      const auto& b = in["parameters"]["binary_data_size"];
+      if (!b.is_number_unsigned()) return bad("input '" + t.name + "': bad binary_data_size");
+      binary_size = b.get<std::size_t>();
+    }
+    if (binary_size) {
+      if (*binary_size > s.body.size() - offset) {
+        return bad("input '" + t.name + "': binary_data_size " + std::to_string(*binary_size) +
+                   " runs past the end of the body");
+      }
+      std::string_view raw(s.body.data() + offset, *binary_size);
+      offset += *binary_size;
+      if (t.dtype == DataType::kBytes) {
+        auto strings = bytes_from_binary(raw, *count);
+        if (!strings) return bad("input '" + t.name + "': " + strings.error().message);
+        t.strings = std::move(*strings);
+      } else {
+        t.data.assign(raw);
+      }
+      CAIRN_TRY(t.check_consistent());
+    } else {
+      if (!in.contains("data")) return bad("input '" + t.name + "' has no \"data\"");
+      CAIRN_TRY(tensor_from_json(in["data"], false, t));
+    }
+    req.inputs.push_back(std::move(t));
+  }
+  if (offset != s.body.size()) {
+    return bad("the body has " + std::to_string(s.body.size() - offset) +
+               " bytes beyond the tensors its header describes");
+  }
+  if (j.contains("outputs")) {
+    if (!j["outputs"].is_array()) return bad("\"outputs\" must be an array");
+    for (const auto& o : j["outputs"]) {
+      if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) {
+        return bad("each requested output needs a \"name\"");
+      }
+      choice.names.push_back(o["name"].get<std::string>());
+      bool binary = choice.all_binary;
+      if (o.contains("parameters") && o["parameters"].is_object()) {
+        binary = o["parameters"].value("binary_data", binary);
+      }
+      choice.binary.push_back(binary);
+    }
+  }
+  return req;
+}
+
+net::HttpResponse encode_v2(const InferResult& result, const OutputChoice& choice,
+                            const std::string& id) {
+  nlohmann::json header;
+  header["model_name"] = result.model;
+  header["model_version"] = result.version;
+  if (!id.empty()) header["id"] = id;
+  auto outputs = nlohmann::json::array();
+  std::string binary;
+  bool any_binary = false;
+  auto emit = [&](const Tensor& t, bool as_binary) {
+    nlohmann::json o{{"name", t.name}, {"datatype", to_string(t.dtype)}, {"shape", t.shape}};
+    if (as_binary) {
+      const std::string raw = t.dtype == DataType::kBytes ? bytes_to_binary(t.strings) : t.data;
+      o["parameters"] = {{"binary_data_size", raw.size()}};
+      binary += raw;
+      any_binary = true;
+    } else {
+      o["data"] = tensor_to_json(t, false);
+    }
+    outputs.push_back(std::move(o));
+  };
+  if (choice.names.empty()) {
+    for (const auto& t : result.outputs) emit(t, choice.all_binary);
+  } else {
+    for (std::size_t i = 0; i < choice.names.size(); ++i) {
+      const Tensor* found = nullptr;
+      for (const auto& t : result.outputs) {
+        if (t.name == choice.names[i]) found = &t;
+      }
+      if (!found) return error_response(400, "the model has no output '" + choice.names[i] + "'");
+      emit(*found, choice.binary[i]);
+    }
+  }
+  header["outputs"] = std::move(outputs);
+  auto response = json_response(200, header);
+  if (any_binary) {
+    response.headers.emplace_back("Inference-Header-Content-Length",
+                                  std::to_string(response.body.size()));
+    response.content_type = "application/octet-stream";
+    response.body += binary;
+  }
+  return response;
+}
+
+Result<InferRequest> decode_score(const nlohmann::json& j, const std::vector<TensorInfo>& sig) {
+  auto bad = [](const std::string& m) { return make_error(errc::invalid_argument, m); };
+  if (!j.is_object()) return bad("the body must be a JSON object: {\"data\": ...} or named inputs");
+  InferRequest req;
+  if (j.contains("data")) {
+    bool named_data = false;
+    for (const auto& s : sig) named_data = named_data || s.name == "data";
+    if (!named_data) {
+      if (sig.size() != 1) {
+        return bad("\"data\" works for models with one input; this one takes " +
+                   std::to_string(sig.size()) + ": name them");
+      }
+      Tensor t;
+      t.name = sig[0].name;
+      t.dtype = sig[0].dtype;
+      CAIRN_TRY(tensor_from_json(j["data"], true, t));
+      req.inputs.push_back(std::move(t));
+      return req;
+    }
+  }
+  for (const auto& [key, value] : j.items()) {
+    const TensorInfo* info = nullptr;
+    for (const auto& s : sig) {
+      if (s.name == key) info = &s;
+    }
+    if (!info) return bad("the model has no input '" + key + "'");
+    Tensor t;
+    t.name = key;
+    t.dtype = info->dtype;
+    CAIRN_TRY(tensor_from_json(value, true, t));
+    req.inputs.push_back(std::move(t));
+  }
+  return req;
+}
+
+}  // namespace
+
+std::size_t json_depth(std::string_view text, std::size_t limit) {
+  std::size_t depth = 0;
+  std::size_t deepest = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > deepest) deepest = depth;
+      if (deepest > limit) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+RestApi::RestApi(ModelManager& models, RestOptions options)
+    : models_(models), options_(std::move(options)) {}
+
+void RestApi::count(int status) {
+  std::lock_guard lock(counts_mu_);
+  ++responses_by_status_[status];
+}
+
+std::string RestApi::metrics_text() const {
+  std::string out = models_.prometheus_text();
+  out += "# HELP cairn_infer_http_responses_total HTTP responses by status code.\n";
+  out += "# TYPE cairn_infer_http_responses_total counter\n";
+  std::lock_guard lock(counts_mu_);
+  for (const auto& [code, n] : responses_by_status_) {
+    out += fmt::format("cairn_infer_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+  }
+  return out;
+}
+
+void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond_raw) {
+  // Every answer is counted by status, whichever thread sends it.
+  auto respond = [this, r = std::move(respond_raw)](net::HttpResponse response) {
+    count(response.status);
+    r(std::move(response));
+  };
+  const std::string path = net::http_path(request.target);
+  const auto parts = split_path(path);
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  const bool post = request.method == "POST";
+  try {
+    if (parts.size() == 1 && parts[0] == "metrics" && get) {
+      net::HttpResponse r;
+      r.body = metrics_text();
+      r.content_type = "text/plain; version=0.0.4";
+      return respond(std::move(r));
+    }
+    if (parts.size() == 1 && parts[0] == "status" && get) {
+      return respond(json_response(200, models_.reported()));
+    }
+    if (!parts.empty() && parts[0] == "score") {
+      if (!post) return respond(error_response(405, "use POST"));
+      if (parts.size() > 2) return respond(error_response(404, "no such route: " + path));
+      return score(request, parts.size() == 2 ? parts[1] : std::string(), std::move(respond));
+    }
+    if (parts.empty() || parts[0] != "v2") {
+      return respond(error_response(404, "no such route: " + path));
+    }
+    if (parts.size() == 1 && get) {
+      return respond(
+          json_response(200, {{"name", "cairn-infer"},
+                              {"version", options_.server_version},
+                              {"extensions", {"binary_tensor_data", "model_repository"}}}));
+    }
+    if (parts.size() == 3 && parts[1] == "health" && get) {
+      if (parts[2] == "live") return respond(json_response(200, {{"live", true}}));
+      if (parts[2] == "ready") {
+        const bool ready = models_.ready();
+        return respond(json_response(ready ? 200 : 503, {{"ready", ready}}));
+      }
+    }
+    if (parts.size() == 3 && parts[1] == "repository" && parts[2] == "index" && (get || post)) {
+      auto index = nlohmann::json::array();
+      for (const auto& m : models_.list()) {
+        const std::string state = m.serving_version.empty()
+                                      ? (m.status == "failed" ? "UNAVAILABLE" : "LOADING")
+                                      : "READY";
+        nlohmann::json e{{"name", m.name}, {"version", m.serving_version}, {"state", state}};
+        if (!m.error.empty()) e["reason"] = m.error;
+        index.push_back(std::move(e));
+      }
+      return respond(json_response(200, index));
+    }
+    if (parts.size() >= 3 && parts[1] == "models") {
+      const std::string& name = parts[2];
+      std::size_t next = 3;
+      std::string version;
+      if (parts.size() >= 5 && parts[3] == "versions") {
+        version = parts[4];
+        next = 5;
+      }
+      const std::string action = parts.size() > next ? parts[next] : "";
+      if (parts.size() > next + 1 || (action != "" && action != "ready" && action != "infer")) {
+        return respond(error_response(404, "no such route: " + path));
+      }
+      if (action == "infer") {
+        if (!post) return respond(error_response(405, "use POST"));
+        return infer_v2(request, name, version, std::move(respond));
+      }
+      if (!get) return respond(error_response(405, "use GET"));
+      auto info = models_.find(name);
+      if (!info) return respond(error_response(404, "unknown model '" + name + "'"));
+      const VersionInfo* v = pick_version(*info, version);
+      if (action == "ready") {
+        if (!v && !version.empty()) {
+          return respond(
+              error_response(404, "model '" + name + "' has no version '" + version + "'"));
+        }
+        return respond(json_response(v ? 200 : 503, {{"name", name}, {"ready", v != nullptr}}));
+      }
+      if (!v) {
+        if (!version.empty()) {
+          return respond(
+              error_response(404, "model '" + name + "' has no version '" + version + "'"));
+        }
+        return respond(error_response(503, "model '" + name + "' is not loaded: " + info->status +
+                                               (info->error.empty() ? "" : ": " + info->error)));
+      }
+      return respond(json_response(200, metadata(*info, *v)));
+    }
+    return respond(error_response(404, "no such route: " + request.method + " " + path));
+  } catch (const std::exception& e) {
+    // A bug, not the client's fault; the server keeps serving.
+    log::error(kLog, "request {} {} failed: {}", request.method, path, e.what());
+    return respond(error_response(500, std::string("internal error: ") + e.what()));
+  }
+}
+
+void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model,
+                       const std::string& version, net::HttpRespond respond) {
+  auto shared = std::make_shared<Shared>();
+  shared->body = request.body;
+  const std::string header_length = request.header("Inference-Header-Content-Length");
+  if (!header_length.empty()) {
+    std::size_t n = 0;
+    auto [p, ec] =
+        std::from_chars(header_length.data(), header_length.data() + header_length.size(), n);
+    if (ec != std::errc() || p != header_length.data() + header_length.size() ||
+        n > shared->body.size()) {
+      return respond(error_response(400,
+                                    "Inference-Header-Content-Length must be a number no "
+                                    "larger than the body"));
+    }
+    if (n > options_.max_inference_header_bytes) {
+      return respond(error_response(413, "the JSON header is larger than " +
+                                             std::to_string(options_.max_inference_header_bytes) +
+                                             " bytes"));
+    }
+    shared->header_json = shared->body.substr(0, n);
+    shared->binary_offset = n;
+  } else {
+    shared->header_json = shared->body;
+    shared->binary_offset = shared->body.size();
+  }
+  auto choice = std::make_shared<OutputChoice>();
+  auto id = std::make_shared<std::string>();
+  const std::size_t depth = options_.max_json_depth;
+  auto status = models_.submit(
+      model, version,
+      [shared, choice, id, depth](const std::vector<TensorInfo>&) {
+        return decode_v2(*shared, depth, *choice, *id);
+      },
+      [respond, choice, id](Result<InferResult> result) {
+        if (!result) return respond(error_response(result.error()));
+        respond(encode_v2(*result, *choice, *id));
+      });
+  if (!status) respond(error_response(status.error()));
+}
+
+void RestApi::score(const net::HttpRequest& request, const std::string& model,
+                    net::HttpRespond respond) {
+  auto body = std::make_shared<std::string>(request.body);
+  const std::size_t depth = options_.max_json_depth;
+  auto status = models_.submit(
+      model, "",
+      [body, depth](const std::vector<TensorInfo>& sig) -> Result<InferRequest> {
+        auto parsed = parse_json(*body, depth);
+        if (!parsed) return parsed.error();
+        return decode_score(*parsed, sig);
+      },
+      [respond](Result<InferResult> result) {
+        if (!result) return respond(error_response(result.error()));
+        nlohmann::json out = nlohmann::json::object();
+        for (const auto& t : result->outputs) out[t.name] = tensor_to_json(t, true);
+        respond(json_response(200, out));
+      });
+  if (!status) respond(error_response(status.error()));
+}
+
+}  // namespace cairn::infer

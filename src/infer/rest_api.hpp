@@ -1,0 +1,62 @@
+// The REST face of cairn-infer, as an HttpHandler for net::HttpServer:
+//   POST /score, /score/{model}                  Azure ML scoring style ({"data": ...} or named
+//                                                inputs -> named outputs)
+//   GET  /v2, /v2/health/live, /v2/health/ready  KServe v2 / Open Inference Protocol
+//   GET  /v2/models/{m}[/versions/{v}][/ready]
+//   POST /v2/models/{m}[/versions/{v}]/infer     JSON tensors and the binary tensor extension
+//   GET|POST /v2/repository/index                every model with its state
+//   GET  /status                                 reported properties of every model
+//   GET  /metrics                                Prometheus text
+// Errors are 4xx/5xx with {"error": "..."}; docs/infer.md lists them.
+//
+// The handler only routes and checks cheap things on the HTTP thread; decoding, inference and
+// encoding run on the model's worker threads, which answer through `respond`.
+//
+// Thread-safety: handle() may be called from any thread; the RestApi must outlive every
+// request it accepted (the manager's destructor drains them).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "infer/model_manager.hpp"
+#include "net/http.hpp"
+
+namespace cairn::infer {
+
+struct RestOptions {
+  // Deepest JSON nesting accepted in a request body; deeper is refused (400) before parsing,
+  // so a "JSON bomb" of brackets costs one linear scan. Tensors need rank + 3 levels.
+  std::size_t max_json_depth = 64;
+  // Largest JSON part of a binary-extension request (Inference-Header-Content-Length).
+  std::size_t max_inference_header_bytes = 1024 * 1024;
+  std::string server_version = "0.1.0";
+};
+
+class RestApi {
+ public:
+  RestApi(ModelManager& models, RestOptions options);
+  void handle(const net::HttpRequest& request, net::HttpRespond respond);
+
+ private:
+  void infer_v2(const net::HttpRequest& request, const std::string& model,
+                const std::string& version, net::HttpRespond respond);
+  void score(const net::HttpRequest& request, const std::string& model, net::HttpRespond respond);
+  std::string metrics_text() const;
+  void count(int status);
+
+  ModelManager& models_;
+  RestOptions options_;
+  mutable std::mutex counts_mu_;
+  std::map<int, std::uint64_t> responses_by_status_;
+};
+
+// Largest nesting depth of `text` read as JSON (brackets inside strings do not count); stops
+// counting once above `limit`.
+std::size_t json_depth(std::string_view text, std::size_t limit);
+
+}  // namespace cairn::infer

@@ -1,0 +1,230 @@
+#include "infer/model_manager.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+namespace cairn::infer {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Real ONNX models, written once per run by the project's generator script.
+class ModelManagerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("cairn-infer-unit-" + std::to_string(::getpid()));
+    const std::string cmd = std::string("/usr/bin/python3 ") + CAIRN_SOURCE_DIR +
+                            "/tests/models/make_onnx_models.py " + dir_.string();
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  static std::string model(const std::string& file) { return (dir_ / file).string(); }
+
+  static ModelSpec affine(int version) {
+    ModelSpec s;
+    s.name = "affine";
+    s.version = std::to_string(version);
+    s.path = model("affine_v" + std::to_string(version) + ".onnx");
+    return s;
+  }
+
+  static Tensor row(float v) {
+    Tensor t;
+    t.name = "x";
+    t.dtype = DataType::kFp32;
+    t.shape = {1, 4};
+    const float values[4] = {v, v, v, v};
+    t.data.assign(reinterpret_cast<const char*>(values), sizeof(values));
+    return t;
+  }
+
+  // Scores one row synchronously; returns y[0] and the version that answered.
+  static Result<std::pair<float, std::string>> score(ModelManager& m, float x,
+                                                     const std::string& version = "") {
+    std::promise<Result<InferResult>> done;
+    auto status = m.submit(
+        "affine", version,
+        [x](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+          return InferRequest{{row(x)}};
+        },
+        [&done](Result<InferResult> r) { done.set_value(std::move(r)); });
+    if (!status) return status.error();
+    auto r = done.get_future().get();
+    if (!r) return r.error();
+    float y;
+    std::memcpy(&y, r->outputs.at(0).data.data(), sizeof(float));
+    return std::make_pair(y, r->version);
+  }
+
+  static fs::path dir_;
+};
+
+fs::path ModelManagerTest::dir_;
+
+TEST_F(ModelManagerTest, LoadsAndScoresWithKnownOutput) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));
+  auto r = score(m, 3.0f);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->first, 3.0f * 2 + 20);
+  EXPECT_EQ(r->second, "2");
+  auto info = m.find("affine");
+  ASSERT_TRUE(info);
+  ASSERT_EQ(info->versions.size(), 1u);
+  EXPECT_EQ(info->versions[0].inputs.at(0).shape, (std::vector<std::int64_t>{-1, 4}));
+  EXPECT_EQ(m.default_model(), "affine");
+}
+
+TEST_F(ModelManagerTest, VersionsSideBySide) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(1), true));
+  ASSERT_TRUE(m.load(affine(3), true));
+  EXPECT_EQ(score(m, 1.0f, "1")->first, 11.0f);
+  EXPECT_EQ(score(m, 1.0f, "3")->first, 33.0f);
+  EXPECT_EQ(score(m, 1.0f)->first, 33.0f);  // the last loaded serves
+  auto missing = score(m, 1.0f, "7");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, errc::not_found);
+}
+
+TEST_F(ModelManagerTest, FailedLoadKeepsServingVersion) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(1), false));
+  const auto junk = dir_ / "junk.onnx";
+  std::ofstream(junk) << "\x08\x07 not really a model";
+  ModelSpec bad = affine(2);
+  bad.path = junk.string();
+  auto s = m.load(bad, false);
+  ASSERT_FALSE(s);
+  EXPECT_EQ(score(m, 1.0f)->first, 11.0f);
+  auto reported = m.reported();
+  EXPECT_EQ(reported["affine"]["status"], "failed");
+  EXPECT_EQ(reported["affine"]["version"], "1");
+  EXPECT_NE(reported["affine"]["error"].get<std::string>().find("onnxruntime"), std::string::npos);
+  // A wrong checksum is refused too.
+  ModelSpec wrong_sum = affine(2);
+  wrong_sum.sha256 = std::string(64, '0');
+  ASSERT_FALSE(m.load(wrong_sum, false));
+  EXPECT_EQ(score(m, 1.0f)->first, 11.0f);
+}
+
+TEST_F(ModelManagerTest, DesiredPropertiesDriveLoadsAndReports) {
+  ModelManager m;
+  std::vector<nlohmann::json> patches;
+  std::mutex mu;
+  m.set_reported_callback([&](const nlohmann::json& p) {
+    std::lock_guard lock(mu);
+    patches.push_back(p);
+  });
+  ASSERT_TRUE(m.apply_desired({{"affine", {{"version", "1"}, {"path", model("affine_v1.onnx")}}},
+                               {"broken", {{"version", "1"}}}}));
+  m.wait_idle();
+  auto reported = m.reported();
+  EXPECT_EQ(reported["affine"]["status"], "ready");
+  EXPECT_EQ(reported["affine"]["inputs"][0]["datatype"], "FP32");
+  EXPECT_EQ(reported["broken"]["status"], "failed");
+  EXPECT_NE(reported["broken"]["error"].get<std::string>().find("path"), std::string::npos);
+  ASSERT_TRUE(m.apply_desired({{"affine", {{"version", "2"}, {"path", model("affine_v2.onnx")}}}}));
+  m.wait_idle();
+  EXPECT_EQ(score(m, 1.0f)->first, 22.0f);
+  reported = m.reported();
+  EXPECT_FALSE(reported.contains("broken"));
+  EXPECT_EQ(reported["affine"]["version"], "2");
+  std::lock_guard lock(mu);
+  EXPECT_FALSE(patches.empty());
+}
+
+TEST_F(ModelManagerTest, QueueLimitRefusesInsteadOfGrowing) {
+  ModelManager m;
+  ModelSpec s = affine(1);
+  s.limits.max_queue = 2;
+  ASSERT_TRUE(m.load(s, false));
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> answered{0};
+  int refused = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto st = m.submit(
+        "affine", "",
+        [gate](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+          gate.wait();  // holds the worker so the queue fills
+          return InferRequest{{row(1.0f)}};
+        },
+        [&answered](Result<InferResult>) { ++answered; });
+    if (!st) {
+      EXPECT_EQ(st.error().code, errc::limit_exceeded);
+      ++refused;
+    }
+  }
+  EXPECT_GE(refused, 20 - 3);  // at most one running plus two queued
+  release.set_value();
+  while (answered.load() < 20 - refused) std::this_thread::yield();
+}
+
+TEST_F(ModelManagerTest, BatchingMergesRequestsAndSplitsResults) {
+  ModelManager m;
+  ModelSpec s = affine(2);
+  s.batching.max_batch_size = 8;
+  s.batching.max_queue_delay = std::chrono::milliseconds(200);
+  ASSERT_TRUE(m.load(s, false));
+  std::vector<std::future<Result<std::pair<float, std::string>>>> results;
+  for (int i = 0; i < 8; ++i) {
+    results.push_back(std::async(std::launch::async, [&m, i] { return score(m, float(i)); }));
+  }
+  for (int i = 0; i < 8; ++i) {
+    auto r = results[i].get();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->first, float(i) * 2 + 20);
+  }
+  const auto metrics = m.prometheus_text();
+  EXPECT_NE(metrics.find("cairn_infer_batch_size_count{model=\"affine\"}"), std::string::npos);
+  // Fewer engine runs than requests: at least two were merged.
+  const auto pos = metrics.find("cairn_infer_engine_runs_total{model=\"affine\"} ");
+  ASSERT_NE(pos, std::string::npos);
+  const int runs = std::atoi(metrics.c_str() + pos +
+                             std::strlen("cairn_infer_engine_runs_total{model=\"affine\"} "));
+  EXPECT_LT(runs, 8);  // warm-up runs are not counted
+}
+
+TEST_F(ModelManagerTest, WrongShapeAndDtypeAreInvalidArgument) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(1), false));
+  for (auto make : {+[] {
+                      Tensor t = row(1);
+                      t.shape = {1, 3};
+                      t.data.resize(12);
+                      return t;
+                    },
+                    +[] {
+                      Tensor t = row(1);
+                      t.dtype = DataType::kInt32;
+                      return t;
+                    }}) {
+    std::promise<Result<InferResult>> done;
+    ASSERT_TRUE(m.submit(
+        "affine", "",
+        [make](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+          return InferRequest{{make()}};
+        },
+        [&done](Result<InferResult> r) { done.set_value(std::move(r)); }));
+    auto r = done.get_future().get();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, errc::invalid_argument) << r.error().message;
+  }
+  EXPECT_EQ(score(m, 0.0f)->first, 10.0f);
+}
+
+}  // namespace
+}  // namespace cairn::infer
