@@ -10,7 +10,6 @@
 
 #include "cloud/authenticator.hpp"
 #include "cloud/connections.hpp"
-#include "cloud/model_store.hpp"
 #include "cloud/registry.hpp"
 #include "cloud/rest_api.hpp"
 #include "cloud/sqlite_cloud_store.hpp"
@@ -34,8 +33,7 @@ struct Options {
   std::string hostname;  // default: the listen address
   std::uint16_t mqtt_port = 8883;
   std::uint16_t https_port = 443;
-  std::string messages_file;      // JSON lines; default HOME/data/messages.jsonl
-  std::string model_signing_key;  // PEM Ed25519 key: sign published model indexes
+  std::string messages_file;  // JSON lines; default HOME/data/messages.jsonl
   bool fsync = true;
 };
 
@@ -134,31 +132,14 @@ int run(const Options& o) {
     auto h = weak_hub.lock();
     return h && h->is_connected(client_id);
   };
-  cloud::ModelStoreConfig model_config;
-  model_config.dir = o.home + "/models";
-  model_config.signing_key = o.model_signing_key;
-  auto models = cloud::ModelStore::open(model_config);
-  if (!models) {
-    log::error("cairn-cloud", "{}", models.error().to_string());
-    return 1;
-  }
-  std::shared_ptr<cloud::ModelStore> model_store = std::move(*models);
-  hooks.models = [model_store](const net::HttpRequest& request,
-                               const std::vector<std::string>& segments, net::HttpRespond respond) {
-    model_store->handle_api(request, segments, std::move(respond));
-  };
   cloud::RestApiConfig rest_config;
   rest_config.hostname = hostname;
   auto rest = std::make_shared<cloud::RestApi>(rest_config, registry, twins, hooks);
-  auto https = net::HttpServer::start(
-      io, o.listen, o.https_port, (*hub)->tls_context(),
-      [rest, model_store](const net::HttpRequest& request, net::HttpRespond respond) {
-        // Published models are static files anyone may GET.
-        if (net::http_path(request.target).starts_with("/models/")) {
-          return model_store->serve_file(request, std::move(respond));
-        }
-        rest->handle(request, std::move(respond));
-      });
+  auto https =
+      net::HttpServer::start(io, o.listen, o.https_port, (*hub)->tls_context(),
+                             [rest](const net::HttpRequest& request, net::HttpRespond respond) {
+                               rest->handle(request, std::move(respond));
+                             });
   if (!https) {
     log::error("cairn-cloud", "{} (port 443 needs root or CAP_NET_BIND_SERVICE; see --https-port)",
                https.error().to_string());
@@ -224,9 +205,6 @@ int main(int argc, char** argv) {
   app.add_option(
       "--messages-file", o.messages_file,
       "JSON-lines file receiving every stored message (default HOME/data/messages.jsonl)");
-  app.add_option("--model-signing-key", o.model_signing_key,
-                 "PEM Ed25519 private key that signs published model indexes (cairn model "
-                 "keygen); devices with the public key refuse unsigned models");
   app.add_option("--fsync", o.fsync, "Sync every commit to disk (true|false)")
       ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")

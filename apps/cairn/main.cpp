@@ -2,7 +2,6 @@
 // and for a cairn-cloud, over its REST API with a service connection string (--cloud).
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -152,14 +151,6 @@ int main(int argc, char** argv) {
   cloud_method->add_option("PAYLOAD", payload, "JSON payload")->capture_default_str();
   cloud_method->add_option("--timeout", response_timeout, "Seconds to wait for the answer")
       ->capture_default_str();
-  auto* cloud_model = cloud->add_subcommand("model", "Models published on the cloud");
-  cloud_model->require_subcommand(1);
-  auto* model_push = cloud_model->add_subcommand(
-      "push", "Upload FILE; the cloud packs it as --name/--version (chunks, deltas, index)");
-  model_push->add_option("FILE", model_file, "Model file")->required();
-  model_push->add_option("--name", model_name, "Model name")->required();
-  model_push->add_option("--version", model_version, "Version label")->required();
-  auto* model_list = cloud_model->add_subcommand("list", "List published model versions");
   auto* messages = cloud->add_subcommand("messages", "Device-to-cloud messages the cloud stored");
   messages->require_subcommand(1);
   auto* tail = messages->add_subcommand("tail", "Print stored messages as JSON lines");
@@ -342,48 +333,6 @@ int main(int argc, char** argv) {
     auto cloud_call = [&](std::string verb, std::string target, std::string body = {}) {
       return answer(service->request(std::move(verb), std::move(target), std::move(body)));
     };
-    std::string base_url =
-        "https://" + service->server.host + ":" + std::to_string(service->server.port);
-    if (model_push->parsed()) {
-      std::ifstream in(model_file, std::ios::binary);
-      if (!in) {
-        std::cerr << "cairn: cannot open " << model_file << "\n";
-        return 2;
-      }
-      std::string data((std::istreambuf_iterator<char>(in)), {});
-      // The cloud bounds request bodies at 1 MiB: upload in parts, then publish.
-      constexpr std::size_t kPart = 768 * 1024;
-      std::string upload = crypto::sha256_hex(crypto::random_bytes(16)).substr(0, 24);
-      for (std::size_t offset = 0; offset < data.size() || offset == 0; offset += kPart) {
-        auto part = data.substr(offset, kPart);
-        if (!cloud_call("PUT",
-                        "/cairn/models/uploads/" + upload + "?offset=" + std::to_string(offset),
-                        part)) {
-          return 1;
-        }
-        if (data.empty()) break;
-      }
-      auto j = answer(service->request("POST",
-                                       "/cairn/models/" + crypto::url_encode(model_name) + "/" +
-                                           crypto::url_encode(model_version) + "?upload=" + upload,
-                                       {}, 600));
-      if (!j) return 1;
-      (*j)["index_url"] = base_url + (*j)["index"].get<std::string>();
-      std::cout << j->dump() << "\n";
-      return 0;
-    }
-    if (model_list->parsed()) {
-      auto j = cloud_call("GET", "/cairn/models");
-      if (!j) return 1;
-      for (const auto& m : *j) {
-        std::cout << m["name"].get<std::string>() << "\t" << m["version"].get<std::string>() << "\t"
-                  << m["size"].get<std::uint64_t>() << "\t"
-                  << m["sha256"].get<std::string>().substr(0, 12) << "\t"
-                  << (m["signed"].get<bool>() ? "signed" : "unsigned") << "\t" << base_url
-                  << m["index"].get<std::string>() << "\n";
-      }
-      return 0;
-    }
     if (devices->parsed()) {
       auto j = cloud_call("GET", "/devices?api-version=2021-04-12");
       if (!j) return 1;

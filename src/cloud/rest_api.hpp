@@ -12,7 +12,6 @@
 //   GET             /cairn/status
 //   POST            /cairn/devices/{id}[/modules/{mid}]/regenerateKey   {"key": "primary"|...}
 //   GET             /cairn/devices/{id}/deployment
-//   GET|PUT|POST    /cairn/models...                  model publishing (model_store.hpp)
 //
 // Every request needs `Authorization: SharedAccessSignature sr={hostname}&sig=…&se=…&skn={policy}`
 // signed with a key of a stored access policy (kOwnerPolicy is created on first start). Path
@@ -30,7 +29,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -65,10 +63,6 @@ struct RestHooks {
   std::function<void(const std::string& client_id, hub::MethodRequest, hub::MethodCallback)>
       invoke_method;
   std::function<bool(const std::string& client_id)> is_connected;
-  // Serves /cairn/models... (model_store.hpp), after authentication; without it they are 404.
-  std::function<void(const net::HttpRequest&, const std::vector<std::string>& segments,
-                     net::HttpRespond)>
-      models;
 };
 
 class RestApi {

@@ -21,6 +21,7 @@
 #include "core/log.hpp"
 #include "modelpkg/delta.hpp"
 #include "modelpkg/detail/files.hpp"
+#include "modelpkg/detail/url.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/signing.hpp"
@@ -114,10 +115,10 @@ class Fetcher {
   Result<FetchSummary> run(const std::string& out_path);
 
  private:
-  Result<std::string> get(net::HttpKeepAliveClient& client, const std::string& url,
-                          std::size_t limit, const std::string& what, bool* not_found = nullptr);
-  Status fetch_chunk(net::HttpKeepAliveClient& client, std::size_t c);
-  Status fetch_delta(net::HttpKeepAliveClient& client, const Piece& piece);
+  Result<std::string> get(const std::string& url, std::size_t limit, const std::string& what,
+                          bool* not_found = nullptr);
+  Status fetch_chunk(std::size_t c);
+  Status fetch_delta(const Piece& piece);
   void report() {
     if (!progress_cb_) return;
     progress_cb_(progress_);
@@ -127,14 +128,14 @@ class Fetcher {
     progress_.downloaded += n;
   }
   std::string chunk_url(std::size_t c) const {
-    return net::resolve_url(index_url_, chunk_path(index_.chunks[c].hash));
+    return detail::resolve_url(index_url_, chunk_path(index_.chunks[c].hash));
   }
 
   std::string index_url_;
   std::string store_;
   FetchOptions options_;
   FetchProgressCallback progress_cb_;
-  net::HttpUrl endpoint_;
+  std::atomic<std::size_t> requests_{0};
   ModelIndex index_;
   std::vector<std::uint64_t> offsets_;
   std::vector<std::size_t> starts_;
@@ -146,14 +147,17 @@ class Fetcher {
   std::size_t deltas_applied_ = 0;
 };
 
-Result<std::string> Fetcher::get(net::HttpKeepAliveClient& client, const std::string& url,
-                                 std::size_t limit, const std::string& what, bool* not_found) {
-  auto parsed = net::parse_http_url(url);
+Result<std::string> Fetcher::get(const std::string& url, std::size_t limit, const std::string& what,
+                                 bool* not_found) {
+  auto parsed = detail::parse_http_url(url);
   if (!parsed) return std::move(parsed).error();
+  parsed->target.ca_file = options_.ca_file;
+  parsed->target.verify = options_.verify_tls;
   net::HttpRequest req;
   req.method = "GET";
   req.target = parsed->target_path;
-  auto res = client.request(req, options_.timeout_secs, limit);
+  auto res = net::http_request(parsed->target, req, options_.timeout_secs);
+  requests_ += 1;
   if (!res) {
     return make_error(res.error().code, what + " (" + url + "): " + res.error().message);
   }
@@ -165,15 +169,19 @@ Result<std::string> Fetcher::get(net::HttpKeepAliveClient& client, const std::st
     return make_error(res->status == 404 ? errc::not_found : errc::unavailable,
                       what + " (" + url + "): HTTP " + std::to_string(res->status));
   }
+  if (res->body.size() > limit) {
+    return make_error(errc::limit_exceeded,
+                      what + " (" + url + ") is larger than " + std::to_string(limit) + " bytes");
+  }
   add_downloaded(res->body.size());
   return std::move(res->body);
 }
 
-Status Fetcher::fetch_chunk(net::HttpKeepAliveClient& client, std::size_t c) {
+Status Fetcher::fetch_chunk(std::size_t c) {
   const ChunkRef& ref = index_.chunks[c];
   if (store_has(store_, ref)) return {};  // another segment had the same chunk
   auto url = chunk_url(c);
-  auto body = get(client, url, kMaxChunkBytes + 1024, "chunk " + ref.hash);
+  auto body = get(url, kMaxChunkBytes + 1024, "chunk " + ref.hash);
   if (!body) return std::move(body).error();
   if (body->size() != ref.stored_size) {
     return make_error(errc::corruption,
@@ -201,7 +209,7 @@ Status Fetcher::fetch_chunk(net::HttpKeepAliveClient& client, std::size_t c) {
   return {};
 }
 
-Status Fetcher::fetch_delta(net::HttpKeepAliveClient& client, const Piece& piece) {
+Status Fetcher::fetch_delta(const Piece& piece) {
   const ModelIndex& base = *piece.base;
   auto base_starts = base.segment_starts();
   std::string old_bytes;
@@ -211,7 +219,7 @@ Status Fetcher::fetch_delta(net::HttpKeepAliveClient& client, const Piece& piece
     if (!chunk) return std::move(chunk).error();
     old_bytes += *chunk;
   }
-  auto body = get(client, piece.url, kMaxIndexJsonBytes,
+  auto body = get(piece.url, kMaxIndexJsonBytes,
                   "delta for segment '" + index_.segments[piece.segment].key + "'");
   if (!body) return std::move(body).error();
   auto result = apply_delta(old_bytes, *body);
@@ -241,20 +249,17 @@ Status Fetcher::fetch_delta(net::HttpKeepAliveClient& client, const Piece& piece
 }
 
 Result<FetchSummary> Fetcher::run(const std::string& out_path) {
-  auto endpoint = net::parse_http_url(index_url_);
-  if (!endpoint) return std::move(endpoint).error();
-  endpoint_ = std::move(*endpoint);
-  endpoint_.target.ca_file = options_.ca_file;
-  endpoint_.target.verify = options_.verify_tls;
+  if (auto endpoint = detail::parse_http_url(index_url_); !endpoint) {
+    return std::move(endpoint).error();
+  }
   CAIRN_TRY(detail::make_dirs(store_ + "/indexes"));
   CAIRN_TRY(detail::make_dirs(store_ + "/chunks"));
 
-  net::HttpKeepAliveClient main_client(endpoint_.target);
-  auto cidx = get(main_client, index_url_, kMaxIndexBytes, "model index");
+  auto cidx = get(index_url_, kMaxIndexBytes, "model index");
   if (!cidx) return std::move(cidx).error();
   if (!options_.public_key.empty()) {
     bool missing = false;
-    auto sig = get(main_client, index_url_ + ".sig", 4096, "index signature", &missing);
+    auto sig = get(index_url_ + ".sig", 4096, "index signature", &missing);
     if (!sig) {
       if (missing) {
         return make_error(errc::unauthorized, "model index " + index_url_ +
@@ -337,7 +342,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
         p.base = &b;
         p.base_segment = bs;
         p.bytes = e.size;
-        p.url = net::resolve_url(index_url_, delta_path(index_.sha256, b.sha256, e.segment));
+        p.url = detail::resolve_url(index_url_, delta_path(index_.sha256, b.sha256, e.segment));
         delta_for[e.segment] = std::move(p);
       }
     }
@@ -374,26 +379,24 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   std::atomic<bool> failed{false};
   std::mutex error_mu;
   std::optional<Error> first_error;
-  std::atomic<std::size_t> connections{main_client.connections_opened()};
   auto worker = [&] {
-    net::HttpKeepAliveClient client(endpoint_.target);
     while (!failed) {
       std::size_t i = next++;
       if (i >= pieces.size()) break;
       const Piece& p = pieces[i];
       Status s;
       if (p.is_delta) {
-        s = fetch_delta(client, p);
+        s = fetch_delta(p);
         if (!s) {
           // The chunk path is always the fallback.
           log::warn(kLog, "delta not usable, downloading chunks instead: {}", s.error().message);
           s = Status{};
           for (std::size_t c = starts_[p.segment]; s && c < starts_[p.segment + 1]; ++c) {
-            s = fetch_chunk(client, c);
+            s = fetch_chunk(c);
           }
         }
       } else {
-        s = fetch_chunk(client, p.chunk);
+        s = fetch_chunk(p.chunk);
       }
       if (!s) {
         std::lock_guard lock(error_mu);
@@ -405,7 +408,6 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
       ++progress_.pieces_done;
       report();
     }
-    connections += client.connections_opened();
   };
   std::size_t workers = std::clamp<std::size_t>(options_.parallel, 1, 64);
   workers = std::min(workers, std::max<std::size_t>(pieces.size(), 1));
@@ -414,7 +416,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
     for (std::size_t w = 0; w < workers; ++w) threads.emplace_back(worker);
     for (auto& t : threads) t.join();
   }
-  summary.connections = connections;
+  summary.requests = requests_;
   if (first_error) return *first_error;
 
   // Assemble into a temporary file beside the output, check, then rename over it.
@@ -504,7 +506,7 @@ std::string FetchSummary::to_json() const {
                    {"chunks_reused", chunks_reused},
                    {"chunks_downloaded", chunks_downloaded},
                    {"deltas_applied", deltas_applied},
-                   {"connections", connections}};
+                   {"requests", requests}};
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

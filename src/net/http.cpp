@@ -112,9 +112,7 @@ template <class Stream>
 asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
                                                http::request<http::string_body>& req,
                                                Clock::time_point deadline, std::string where,
-                                               int timeout_secs,
-                                               std::size_t body_limit = kMaxResponseBody,
-                                               bool* keep_alive = nullptr) {
+                                               int timeout_secs) {
   auto failed = [&](const char* what, const error_code& ec) {
     if (ec == beast::error::timeout) {
       return make_error(errc::timeout, std::string("no answer from ") + where + " within " +
@@ -128,11 +126,10 @@ asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
   if (ec) co_return failed("sending the request to", ec);
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
-  parser.body_limit(body_limit);
+  parser.body_limit(kMaxResponseBody);
   if (req.method() == http::verb::head) parser.skip(true);
   co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return failed("reading the response from", ec);
-  if (keep_alive) *keep_alive = parser.get().keep_alive();
   co_return to_response(parser.get());
 }
 
@@ -276,231 +273,7 @@ asio::awaitable<void> unix_call(std::string socket_path, http::request<http::str
   *out = co_await exchange(stream, *req, deadline, socket_path, timeout_secs);
 }
 
-// One kept connection of HttpKeepAliveClient, driven by its own io_context.
-struct KeepAliveConnection {
-  HttpTarget target;
-  bool use_tls = false;
-  std::string name;
-  std::string host_header;
-  std::unique_ptr<ssl::context> tls;
-  asio::io_context io;
-  std::optional<beast::tcp_stream> plain;
-  std::optional<ssl::stream<beast::tcp_stream>> secure;
-  std::size_t opened = 0;
-
-  std::string where() const {
-    return (is_ip_literal(target.host) && target.host.find(':') != std::string::npos
-                ? "[" + target.host + "]"
-                : target.host) +
-           ":" + std::to_string(target.port);
-  }
-  void close() {
-    plain.reset();
-    secure.reset();
-  }
-};
-
-asio::awaitable<Status> keep_alive_connect(KeepAliveConnection* conn, Clock::time_point deadline) {
-  auto executor = co_await asio::this_coro::executor;
-  std::string where = conn->where();
-  error_code ec;
-  tcp::resolver resolver(executor);
-  auto endpoints = resolver.resolve(conn->target.host, std::to_string(conn->target.port),
-                                    tcp::resolver::numeric_service, ec);
-  if (ec) {
-    co_return make_error(errc::unavailable,
-                         "cannot resolve " + conn->target.host + ": " + ec.message());
-  }
-  if (!conn->use_tls) {
-    conn->plain.emplace(executor);
-    auto s = co_await connect_tcp(*conn->plain, endpoints, deadline, where);
-    if (!s) conn->close();
-    co_return s;
-  }
-  conn->secure.emplace(executor, *conn->tls);
-  if (auto s = set_peer_name(conn->secure->native_handle(), conn->name, conn->target.verify); !s) {
-    conn->close();
-    co_return s;
-  }
-  if (auto s =
-          co_await connect_tcp(beast::get_lowest_layer(*conn->secure), endpoints, deadline, where);
-      !s) {
-    conn->close();
-    co_return s;
-  }
-  co_await conn->secure->async_handshake(ssl::stream_base::client,
-                                         asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) {
-    long verify_result = SSL_get_verify_result(conn->secure->native_handle());
-    conn->close();
-    if (conn->target.verify && verify_result != X509_V_OK) {
-      co_return make_error(errc::unauthorized, "TLS certificate of " + where + " not accepted: " +
-                                                   X509_verify_cert_error_string(verify_result));
-    }
-    co_return make_error(errc::unavailable,
-                         "TLS handshake with " + where + " failed: " + ec.message());
-  }
-  co_return Status{};
-}
-
-asio::awaitable<void> keep_alive_call(KeepAliveConnection* conn,
-                                      http::request<http::string_body>* req, int timeout_secs,
-                                      std::size_t body_limit, bool* reused,
-                                      std::optional<Result<HttpResponse>>* out) {
-  auto deadline = Clock::now() + std::chrono::seconds(timeout_secs);
-  *reused = conn->plain.has_value() || conn->secure.has_value();
-  if (!*reused) {
-    auto s = co_await keep_alive_connect(conn, deadline);
-    if (!s) {
-      *out = std::move(s).error();
-      co_return;
-    }
-    ++conn->opened;
-  }
-  bool keep = false;
-  if (conn->plain) {
-    *out = co_await exchange(*conn->plain, *req, deadline, conn->where(), timeout_secs, body_limit,
-                             &keep);
-  } else {
-    *out = co_await exchange(*conn->secure, *req, deadline, conn->where(), timeout_secs, body_limit,
-                             &keep);
-  }
-  if (!**out || !keep) conn->close();
-}
-
 }  // namespace
-
-struct HttpKeepAliveClient::Impl {
-  KeepAliveConnection conn;
-  Status setup;  // a TLS context that could not be made fails every request
-};
-
-HttpKeepAliveClient::HttpKeepAliveClient(HttpTarget target) : impl_(std::make_unique<Impl>()) {
-  auto& c = impl_->conn;
-  c.target = std::move(target);
-  c.use_tls = c.target.tls || !c.target.ca_file.empty();
-  c.name = c.target.server_name.empty() ? c.target.host : c.target.server_name;
-  c.host_header = is_ip_literal(c.target.host) && c.target.host.find(':') != std::string::npos
-                      ? "[" + c.target.host + "]"
-                      : c.target.host;
-  if (c.target.port != (c.use_tls ? 443 : 80)) c.host_header += ":" + std::to_string(c.target.port);
-  if (c.use_tls) {
-    auto ctx = client_tls_context(c.target);
-    if (ctx) {
-      c.tls = std::move(*ctx);
-    } else {
-      impl_->setup = std::move(ctx).error();
-    }
-  }
-}
-
-HttpKeepAliveClient::~HttpKeepAliveClient() = default;
-
-std::size_t HttpKeepAliveClient::connections_opened() const { return impl_->conn.opened; }
-
-Result<HttpResponse> HttpKeepAliveClient::request(const HttpRequest& request, int timeout_secs,
-                                                  std::size_t max_body_bytes) {
-  if (!impl_->setup) return impl_->setup.error();
-  auto& c = impl_->conn;
-  if (c.target.host.empty()) return make_error(errc::invalid_argument, "HTTP target has no host");
-  if (timeout_secs <= 0) timeout_secs = 1;
-  auto req = build_request(request, c.host_header);
-  if (!req) return std::move(req).error();
-  req->keep_alive(true);
-  bool idempotent = req->method() == http::verb::get || req->method() == http::verb::head;
-  for (int attempt = 0;; ++attempt) {
-    std::optional<Result<HttpResponse>> out;
-    bool reused = false;
-    c.io.restart();
-    asio::co_spawn(c.io, keep_alive_call(&c, &*req, timeout_secs, max_body_bytes, &reused, &out),
-                   asio::detached);
-    c.io.run();
-    if (!out) return make_error(errc::internal, "HTTP request ended without a result");
-    // A kept connection the server closed meanwhile fails on first use: try a fresh one.
-    if (!*out && reused && idempotent && attempt == 0 && out->error().code == errc::io_error) {
-      continue;
-    }
-    return std::move(*out);
-  }
-}
-
-Result<HttpUrl> parse_http_url(std::string_view url) {
-  HttpUrl out;
-  std::string_view rest;
-  if (url.rfind("https://", 0) == 0) {
-    out.target.tls = true;
-    out.target.port = 443;
-    rest = url.substr(8);
-  } else if (url.rfind("http://", 0) == 0) {
-    out.target.tls = false;
-    out.target.port = 80;
-    rest = url.substr(7);
-  } else {
-    return make_error(errc::invalid_argument,
-                      "URL '" + std::string(url) + "' must start with http:// or https://");
-  }
-  auto slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  out.target_path = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-  if (auto hash = out.target_path.find('#'); hash != std::string::npos) {
-    out.target_path.resize(hash);
-  }
-  if (authority.empty() || authority.find('@') != std::string_view::npos) {
-    return make_error(errc::invalid_argument, "URL '" + std::string(url) + "' has no usable host");
-  }
-  std::string_view port_text;
-  if (authority.front() == '[') {
-    auto close = authority.find(']');
-    if (close == std::string_view::npos) {
-      return make_error(errc::invalid_argument, "URL '" + std::string(url) + "': unclosed '['");
-    }
-    out.target.host = std::string(authority.substr(1, close - 1));
-    auto after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') {
-        return make_error(errc::invalid_argument, "URL '" + std::string(url) + "': bad port");
-      }
-      port_text = after.substr(1);
-    }
-  } else {
-    auto colon = authority.find(':');
-    out.target.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-  }
-  if (!port_text.empty() || authority.back() == ':') {
-    unsigned long port = 0;
-    for (char ch : port_text) {
-      if (ch < '0' || ch > '9' || port > 65535) {
-        return make_error(errc::invalid_argument, "URL '" + std::string(url) + "': bad port");
-      }
-      port = port * 10 + static_cast<unsigned long>(ch - '0');
-    }
-    if (port == 0 || port > 65535) {
-      return make_error(errc::invalid_argument, "URL '" + std::string(url) + "': bad port");
-    }
-    out.target.port = static_cast<std::uint16_t>(port);
-  }
-  if (out.target.host.empty()) {
-    return make_error(errc::invalid_argument, "URL '" + std::string(url) + "' has no host");
-  }
-  return out;
-}
-
-std::string resolve_url(const std::string& base, const std::string& reference) {
-  if (reference.rfind("http://", 0) == 0 || reference.rfind("https://", 0) == 0) return reference;
-  auto scheme_end = base.find("://");
-  std::size_t path_start = scheme_end == std::string::npos ? 0 : base.find('/', scheme_end + 3);
-  if (path_start == std::string::npos) path_start = base.size();
-  if (!reference.empty() && reference.front() == '/') return base.substr(0, path_start) + reference;
-  std::string dir = base.substr(0, base.find_first_of("?#", path_start));
-  auto last = dir.rfind('/');
-  if (last == std::string::npos || last < path_start) {
-    dir += "/";
-  } else {
-    dir.resize(last + 1);
-  }
-  return dir + reference;
-}
 
 std::string HttpRequest::header(std::string_view name) const { return find_header(headers, name); }
 

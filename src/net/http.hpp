@@ -147,39 +147,6 @@ struct HttpTarget {
 Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& request,
                                   int timeout_secs = 30);
 
-// An absolute http:// or https:// URL split into where to connect and the request target.
-struct HttpUrl {
-  HttpTarget target;        // tls set for https; port defaults to 80/443
-  std::string target_path;  // path and query, at least "/"
-};
-// Parses "http[s]://host[:port][/path]" (IPv6 literals in brackets). No user info, no fragment.
-Result<HttpUrl> parse_http_url(std::string_view url);
-// Resolves `reference` (absolute URL, absolute path, or relative path) against `base` URL.
-std::string resolve_url(const std::string& base, const std::string& reference);
-
-// A blocking client that keeps one connection open across requests (HTTP/1.1 keep-alive), so a
-// run of small requests to one server costs one TCP (and TLS) handshake. It reconnects when the
-// server closed the connection, and retries an idempotent request once on a connection that
-// turned out to be dead. For several requests in flight, use one client per thread.
-// Thread-safety: one thread at a time per client; never call it on an io_context thread.
-class HttpKeepAliveClient {
- public:
-  explicit HttpKeepAliveClient(HttpTarget target);
-  ~HttpKeepAliveClient();
-  HttpKeepAliveClient(const HttpKeepAliveClient&) = delete;
-  HttpKeepAliveClient& operator=(const HttpKeepAliveClient&) = delete;
-
-  // As http_request, on the kept connection. Bodies over `max_body_bytes` are an error.
-  Result<HttpResponse> request(const HttpRequest& request, int timeout_secs = 30,
-                               std::size_t max_body_bytes = 64 * 1024 * 1024);
-  // Connections opened so far (1 when keep-alive worked throughout).
-  std::size_t connections_opened() const;
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
-
 // The same over a unix socket (Host: localhost).
 Result<HttpResponse> unix_http_request(const std::string& socket_path, const HttpRequest& request,
                                        int timeout_secs = 30);

@@ -538,9 +538,8 @@ class CairnCloud(_Daemon):
 
     name = "cairn-cloud"
 
-    def __init__(self, home, hostname=None, fsync=False, extra_args=()):
+    def __init__(self, home, hostname=None, fsync=False):
         self.home = Path(home)
-        self.extra_args = list(extra_args)
         self.home.mkdir(parents=True, exist_ok=True)
         self.listen = CLOUD_HOST
         self.hostname = hostname or CLOUD_HOST
@@ -565,7 +564,7 @@ class CairnCloud(_Daemon):
         return [str(CAIRN_CLOUD), "--home", str(self.home), "--listen", self.listen,
                 "--hostname", self.hostname, "--mqtt-port", str(self.mqtt_port),
                 "--https-port", str(self.https_port), "--fsync", "true" if self.fsync else "false",
-                "--log-level", "debug", *self.extra_args]
+                "--log-level", "debug"]
 
     # -- process
 
