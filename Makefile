@@ -58,7 +58,6 @@ bench: setup
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync true
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync false
 	build/bin/cairn-bench link
-	build/bin/cairn-bench model-delta
 
 clean:
 	rm -rf build build-asan build-debug build-tsan build-fuzz build-times build-times-fuzz

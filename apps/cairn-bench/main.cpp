@@ -12,7 +12,9 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/link_bench.hpp"
+#ifdef CAIRN_WITH_MODELPKG
 #include "bench/model_delta_bench.hpp"
+#endif
 #include "bench/mqtt_bench.hpp"
 #include "core/log.hpp"
 #include <unistd.h>
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
   link_cmd->add_flag("--keep-dir", link_options.keep_dir,
                      "Keep the work directory (homes, configs, logs) and print its path");
 
+#ifdef CAIRN_WITH_MODELPKG
   cairn::bench::ModelDeltaBenchOptions delta_options;
   delta_options.cairn_path = sibling_program("cairn");
   delta_options.source_dir = CAIRN_SOURCE_DIR;
@@ -166,10 +169,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
 
+#endif
+
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
   if (link_cmd->parsed()) return cairn::bench::run_link_bench(link_options);
+#ifdef CAIRN_WITH_MODELPKG
   if (delta_cmd->parsed()) return cairn::bench::run_model_delta_bench(delta_options);
+#endif
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {

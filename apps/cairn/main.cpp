@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "core/crypto.hpp"
+#ifdef CAIRN_WITH_MODELPKG
 #include "modelpkg/fetch.hpp"
 #include "modelpkg/pack.hpp"
 #include "modelpkg/signing.hpp"
+#endif
 #include "net/http.hpp"
 #include "net/service_client.hpp"
 
@@ -121,7 +123,6 @@ int main(int argc, char** argv) {
   bool check_json = false;
   check->add_flag("--json", check_json, "Print the checks as JSON");
 
-  std::string model_file, model_name, model_version, model_out, model_key, model_store;
   std::string cloud_connection, cloud_ca;
   std::uint16_t cloud_port = 443;
   auto* cloud =
@@ -160,7 +161,9 @@ int main(int argc, char** argv) {
   tail->add_option("--limit", limit, "At most this many (newest last)")->capture_default_str();
   tail->add_flag("-f,--follow", follow, "Keep printing new messages");
 
+#ifdef CAIRN_WITH_MODELPKG
   // Model packaging and fetching (src/modelpkg; formats in docs/modelpkg.md).
+  std::string model_file, model_name, model_version, model_out, model_key, model_store;
   auto* model = app.add_subcommand("model", "Pack a model for incremental delivery, or fetch one");
   model->require_subcommand(1);
   std::size_t delta_versions = 3;
@@ -199,6 +202,8 @@ int main(int argc, char** argv) {
   model_keygen->add_option("--private", private_key_path, "Private key file (PEM)")->required();
   model_keygen->add_option("--public", public_key_path, "Public key file (PEM)")->required();
 
+#endif
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -206,6 +211,7 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
 
+#ifdef CAIRN_WITH_MODELPKG
   if (model_pack->parsed()) {
     modelpkg::PackOptions options;
     options.name = model_name;
@@ -261,6 +267,8 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+
+#endif
 
   if (create->parsed()) {
     auto j = call(ctx, "POST", "/identities", nlohmann::json{{"moduleId", module}}.dump());
