@@ -204,7 +204,8 @@ Result<std::chrono::microseconds> wait_until_accepting(ChildProcess& process, st
 }
 
 Result<std::string> run_capture(const std::vector<std::string>& argv, const std::string& log_path,
-                                std::chrono::milliseconds limit) {
+                                std::chrono::milliseconds limit, RunStats* stats) {
+  const auto started = Clock::now();
   if (argv.empty()) return make_error(errc::invalid_argument, "run: empty argv");
   if (::access(argv[0].c_str(), X_OK) != 0) {
     return make_error(errc::not_found, "cannot execute '" + argv[0] + "': " + errno_text(errno));
@@ -245,7 +246,12 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
   ::close(pipe_fds[0]);
   if (timed_out) ::kill(pid, SIGKILL);
   int status = 0;
-  ::waitpid(pid, &status, 0);
+  rusage usage{};
+  ::wait4(pid, &status, 0, &usage);
+  if (stats) {
+    stats->seconds = seconds_between(started, Clock::now());
+    stats->max_rss_kib = static_cast<std::uint64_t>(usage.ru_maxrss);  // KiB on Linux
+  }
   std::string command = argv[0];
   for (std::size_t i = 1; i < argv.size(); ++i) command += " " + argv[i];
   if (timed_out) return make_error(errc::timeout, "'" + command + "' timed out");

@@ -63,10 +63,17 @@ Result<std::chrono::microseconds> wait_until_accepting(
     ChildProcess& process, std::uint16_t port, std::chrono::steady_clock::time_point started,
     std::chrono::milliseconds limit);
 
+// What run_capture measured of the child: wall time and peak resident memory (wait4's rusage).
+struct RunStats {
+  double seconds = 0;
+  std::uint64_t max_rss_kib = 0;
+};
+
 // Runs argv to completion (at most `limit`), returning its stdout; stderr goes to `log_path`.
-// A non-zero exit is an error that quotes the end of the log.
+// A non-zero exit is an error that quotes the end of the log. `stats`, when given, is filled.
 Result<std::string> run_capture(const std::vector<std::string>& argv, const std::string& log_path,
-                                std::chrono::milliseconds limit = std::chrono::milliseconds(30000));
+                                std::chrono::milliseconds limit = std::chrono::milliseconds(30000),
+                                RunStats* stats = nullptr);
 
 // The last `lines` lines of a text file (for error messages); empty if unreadable.
 std::string tail_of_file(const std::string& path, int lines = 10);

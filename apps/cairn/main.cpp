@@ -13,6 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/crypto.hpp"
+#include "modelpkg/fetch.hpp"
+#include "modelpkg/pack.hpp"
+#include "modelpkg/signing.hpp"
 #include "net/http.hpp"
 #include "net/service_client.hpp"
 
@@ -181,12 +184,110 @@ int main(int argc, char** argv) {
   tail->add_option("--limit", limit, "At most this many (newest last)")->capture_default_str();
   tail->add_flag("-f,--follow", follow, "Keep printing new messages");
 
+  // Model packaging and fetching (src/modelpkg; formats in docs/modelpkg.md).
+  std::string model_file, model_name, model_version, model_out, model_key, model_store;
+  auto* model = app.add_subcommand("model", "Pack a model for incremental delivery, or fetch one");
+  model->require_subcommand(1);
+  std::size_t delta_versions = 3;
+  auto* model_pack = model->add_subcommand(
+      "pack", "Write FILE's chunks, deltas from earlier versions and index into --out DIR");
+  model_pack->add_option("FILE", model_file, "Model file (ONNX, TFLite or any file)")->required();
+  model_pack->add_option("--name", model_name, "Model name")->required();
+  model_pack->add_option("--version", model_version, "Version label")->required();
+  model_pack->add_option("--out", model_out, "Publish directory")->required();
+  model_pack->add_option("--sign-key", model_key, "PEM Ed25519 private key: sign the index");
+  model_pack
+      ->add_option("--delta-versions", delta_versions, "Earlier versions to write deltas from")
+      ->capture_default_str();
+  std::string index_url;
+  modelpkg::FetchOptions fetch_options;
+  bool insecure = false, no_deltas = false, quiet = false;
+  auto* model_fetch = model->add_subcommand(
+      "fetch", "Download the model INDEX_URL describes, reusing what --store holds");
+  model_fetch->add_option("INDEX_URL", index_url, "http(s) URL of NAME-VERSION.cidx")->required();
+  model_fetch->add_option("--out", model_out, "Model file to write (atomically)")->required();
+  model_fetch->add_option("--store", model_store, "Chunk store (default: HOME/chunks)");
+  model_fetch->add_option("--public-key", fetch_options.public_key,
+                          "PEM Ed25519 public key: refuse unsigned or wrongly signed indexes");
+  model_fetch->add_option("--ca", fetch_options.ca_file, "PEM CA bundle for https URLs");
+  model_fetch->add_flag("--insecure", insecure, "Do not verify the TLS certificate (tests only)");
+  model_fetch->add_option("--parallel", fetch_options.parallel, "Requests in flight")
+      ->capture_default_str();
+  model_fetch
+      ->add_option("--store-max-bytes", fetch_options.store_max_bytes, "Chunk store cap (0: none)")
+      ->capture_default_str();
+  model_fetch->add_flag("--no-deltas", no_deltas, "Download chunks only");
+  model_fetch->add_flag("-q,--quiet", quiet, "No progress line");
+  std::string private_key_path, public_key_path;
+  auto* model_keygen =
+      model->add_subcommand("keygen", "Write a new Ed25519 key pair for signing model indexes");
+  model_keygen->add_option("--private", private_key_path, "Private key file (PEM)")->required();
+  model_keygen->add_option("--public", public_key_path, "Public key file (PEM)")->required();
+
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
+
+  if (model_pack->parsed()) {
+    modelpkg::PackOptions options;
+    options.name = model_name;
+    options.version = model_version;
+    options.out_dir = model_out;
+    options.signing_key = model_key;
+    options.delta_versions = delta_versions;
+    auto r = modelpkg::pack_model(model_file, options);
+    if (!r) {
+      std::cerr << "cairn: " << r.error().message << "\n";
+      return r.error().code == errc::invalid_argument ? 2 : 1;
+    }
+    std::cout
+        << nlohmann::json{{"index", r->index_path},        {"index_bytes", r->index_bytes},
+                          {"format", r->format},           {"tensors", r->tensors},
+                          {"size", r->index.size},         {"sha256", r->index.sha256},
+                          {"chunks", r->chunks},           {"chunks_written", r->chunks_written},
+                          {"chunk_bytes", r->chunk_bytes}, {"deltas", r->deltas_written},
+                          {"delta_bytes", r->delta_bytes}}
+               .dump()
+        << "\n";
+    return 0;
+  }
+  if (model_fetch->parsed()) {
+    fetch_options.verify_tls = !insecure;
+    fetch_options.use_deltas = !no_deltas;
+    if (model_store.empty()) model_store = ctx.home + "/chunks";
+    auto last_print = std::chrono::steady_clock::time_point{};
+    auto progress = [&](const modelpkg::FetchProgress& p) {
+      if (quiet) return;
+      auto now = std::chrono::steady_clock::now();
+      if (p.pieces_done != p.pieces_total && now - last_print < std::chrono::milliseconds(200)) {
+        return;
+      }
+      last_print = now;
+      std::cerr << "\rcairn: model " << p.pieces_done << "/" << p.pieces_total << " pieces, needed "
+                << p.needed << " B, reused " << p.reused << " B, downloaded " << p.downloaded
+                << " B" << std::flush;
+    };
+    auto r = modelpkg::fetch_model(index_url, model_out, model_store, fetch_options, progress);
+    if (!quiet) std::cerr << "\n";
+    if (!r) {
+      std::cerr << "cairn: " << r.error().message << "\n";
+      return r.error().code == errc::invalid_argument ? 2 : 1;
+    }
+    std::cout << r->to_json() << "\n";
+    return 0;
+  }
+  if (model_keygen->parsed()) {
+    if (auto s = modelpkg::generate_signing_key(private_key_path, public_key_path); !s) {
+      std::cerr << "cairn: " << s.error().message << "\n";
+      return 1;
+    }
+    return 0;
+  }
+
 
   if (create->parsed()) {
     auto j = call(ctx, "POST", "/identities", nlohmann::json{{"moduleId", module}}.dump());

@@ -1,0 +1,199 @@
+#include "modelpkg/index.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "modelpkg/detail/zstd.hpp"
+
+namespace cairn::modelpkg {
+
+namespace {
+
+constexpr std::string_view kFormatName = "cairn-model-index";
+constexpr int kFormatVersion = 1;
+
+bool is_hex_hash(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+Error bad(const std::string& what) {
+  return make_error(errc::corruption, "model index is invalid: " + what);
+}
+
+}  // namespace
+
+std::vector<std::uint64_t> ModelIndex::chunk_offsets() const {
+  std::vector<std::uint64_t> out;
+  out.reserve(chunks.size() + 1);
+  std::uint64_t pos = 0;
+  for (const auto& c : chunks) {
+    out.push_back(pos);
+    pos += c.size;
+  }
+  out.push_back(pos);
+  return out;
+}
+
+std::vector<std::size_t> ModelIndex::segment_starts() const {
+  std::vector<std::size_t> out;
+  out.reserve(segments.size() + 1);
+  std::size_t pos = 0;
+  for (const auto& s : segments) {
+    out.push_back(pos);
+    pos += s.chunk_count;
+  }
+  out.push_back(pos);
+  return out;
+}
+
+Result<std::string> encode_index(const ModelIndex& index) {
+  nlohmann::json j;
+  j["format"] = kFormatName;
+  j["format_version"] = kFormatVersion;
+  j["name"] = index.name;
+  j["version"] = index.version;
+  j["model_format"] = index.format;
+  j["size"] = index.size;
+  j["sha256"] = index.sha256;
+  auto chunks = nlohmann::json::array();
+  for (const auto& c : index.chunks) {
+    chunks.push_back({c.hash, c.size, c.compressed ? "zstd" : "raw", c.stored_size});
+  }
+  j["chunks"] = std::move(chunks);
+  auto segments = nlohmann::json::array();
+  for (const auto& s : index.segments) segments.push_back({s.key, s.chunk_count, s.element_size});
+  j["segments"] = std::move(segments);
+  auto deltas = nlohmann::json::array();
+  for (const auto& d : index.deltas) {
+    auto entries = nlohmann::json::array();
+    for (const auto& e : d.entries) entries.push_back({e.segment, e.size});
+    deltas.push_back(
+        {{"from_version", d.from_version}, {"from_sha256", d.from_sha256}, {"entries", entries}});
+  }
+  j["deltas"] = std::move(deltas);
+  // Tensor names from outside may hold any bytes: replace invalid UTF-8 instead of throwing.
+  return detail::zstd_compress(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                               19);
+}
+
+Result<ModelIndex> decode_index(std::string_view cidx) {
+  if (cidx.size() > kMaxIndexBytes) {
+    return make_error(errc::limit_exceeded,
+                      "model index is larger than " + std::to_string(kMaxIndexBytes) + " bytes");
+  }
+  auto text = detail::zstd_decompress(cidx, kMaxIndexJsonBytes);
+  if (!text) return bad("not zstd data (truncated or not an index?): " + text.error().message);
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  ModelIndex idx;
+  try {
+    if (j.value("format", "") != kFormatName) return bad("format is not cairn-model-index");
+    if (j.value("format_version", 0) != kFormatVersion) {
+      return bad("unsupported format_version (this cairn reads 1)");
+    }
+    idx.name = j.at("name").get<std::string>();
+    idx.version = j.at("version").get<std::string>();
+    idx.format = j.at("model_format").get<std::string>();
+    idx.size = j.at("size").get<std::uint64_t>();
+    idx.sha256 = j.at("sha256").get<std::string>();
+    for (const auto& c : j.at("chunks")) {
+      if (!c.is_array() || c.size() != 4) return bad("chunk entry is not [hash,size,comp,stored]");
+      ChunkRef ref;
+      ref.hash = c[0].get<std::string>();
+      ref.size = c[1].get<std::uint64_t>();
+      auto comp = c[2].get<std::string>();
+      if (comp != "zstd" && comp != "raw") return bad("unknown chunk compression '" + comp + "'");
+      ref.compressed = comp == "zstd";
+      ref.stored_size = c[3].get<std::uint64_t>();
+      idx.chunks.push_back(std::move(ref));
+    }
+    for (const auto& s : j.at("segments")) {
+      if (!s.is_array() || s.size() != 3) return bad("segment entry is not [key,chunks,planes]");
+      idx.segments.push_back(
+          SegmentRef{s[0].get<std::string>(), s[1].get<std::size_t>(), s[2].get<std::size_t>()});
+    }
+    for (const auto& d : j.at("deltas")) {
+      DeltaSet set;
+      set.from_version = d.at("from_version").get<std::string>();
+      set.from_sha256 = d.at("from_sha256").get<std::string>();
+      for (const auto& e : d.at("entries")) {
+        if (!e.is_array() || e.size() != 2) return bad("delta entry is not [segment,size]");
+        set.entries.push_back(DeltaEntry{e[0].get<std::size_t>(), e[1].get<std::uint64_t>()});
+      }
+      idx.deltas.push_back(std::move(set));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return bad(std::string("missing or mistyped field: ") + e.what());
+  }
+  if (auto s = check_label(idx.name, "name"); !s) return bad(s.error().message);
+  if (auto s = check_label(idx.version, "version"); !s) return bad(s.error().message);
+  if (!is_hex_hash(idx.sha256)) return bad("sha256 is not 64 hex digits");
+  if (idx.size > kMaxModelBytes) return bad("model size over the limit");
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < idx.chunks.size(); ++i) {
+    const auto& c = idx.chunks[i];
+    if (!is_hex_hash(c.hash)) return bad("chunk " + std::to_string(i) + " hash is not hex");
+    if (c.size == 0 || c.size > kMaxChunkBytes) {
+      return bad("chunk " + c.hash + " size out of range");
+    }
+    if (c.stored_size == 0 || c.stored_size > kMaxChunkBytes + 1024 ||
+        (!c.compressed && c.stored_size != c.size)) {
+      return bad("chunk " + c.hash + " stored size out of range");
+    }
+    total += c.size;
+  }
+  if (total != idx.size) {
+    return bad("chunks add up to " + std::to_string(total) + " bytes, the model has " +
+               std::to_string(idx.size));
+  }
+  std::size_t chunk_total = 0;
+  for (const auto& s : idx.segments) {
+    if (s.chunk_count == 0 || s.element_size < 1 || s.element_size > 16) {
+      return bad("segment '" + s.key + "' is malformed");
+    }
+    chunk_total += s.chunk_count;
+  }
+  if (chunk_total != idx.chunks.size()) return bad("segments do not cover the chunk list");
+  for (const auto& d : idx.deltas) {
+    if (!is_hex_hash(d.from_sha256)) return bad("delta from_sha256 is not hex");
+    for (const auto& e : d.entries) {
+      if (e.segment >= idx.segments.size() || e.size == 0 || e.size > kMaxIndexJsonBytes) {
+        return bad("delta entry out of range");
+      }
+    }
+  }
+  return idx;
+}
+
+Status check_label(std::string_view value, std::string_view what) {
+  bool ok = !value.empty() && value.size() <= 128 && value.front() != '.';
+  for (char c : value) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '.' || c == '_' || c == '-');
+  }
+  if (!ok) {
+    return make_error(errc::invalid_argument,
+                      std::string(what) + " '" + std::string(value) +
+                          "' must be 1-128 of A-Z a-z 0-9 . _ - and not start with '.'");
+  }
+  return {};
+}
+
+std::string index_file_name(std::string_view name, std::string_view version) {
+  return std::string(name) + "-" + std::string(version) + ".cidx";
+}
+
+std::string chunk_path(std::string_view hash) {
+  return "chunks/" + std::string(hash.substr(0, 2)) + "/" + std::string(hash);
+}
+
+std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,
+                       std::size_t segment) {
+  return "deltas/" + std::string(to_sha256.substr(0, 16)) + "/" +
+         std::string(from_sha256.substr(0, 16)) + "-" + std::to_string(segment);
+}
+
+}  // namespace cairn::modelpkg

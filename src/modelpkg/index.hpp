@@ -1,0 +1,87 @@
+// The model index: what a published model version is made of, and where its pieces live.
+//
+// A published directory (any static HTTP server can serve it) holds:
+//   NAME-VERSION.cidx         the index: zstd-compressed JSON (see docs/modelpkg.md)
+//   NAME-VERSION.cidx.sig     optional Ed25519 signature of the .cidx bytes, base64
+//   chunks/HH/HASH            one chunk: HASH is the SHA-256 (hex) of its uncompressed bytes,
+//                             HH its first two digits; zstd-compressed unless the index says
+//                             "raw"
+//   deltas/TO16/FROM16-SEG    the delta of segment SEG from the version whose file SHA-256
+//                             starts with FROM16 to the one starting with TO16 (delta.hpp)
+// Paths in the index are relative to the index's own URL, so the tree can move.
+//
+// Thread-safety: plain values and pure functions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace cairn::modelpkg {
+
+// Limits on what an index may make a fetcher allocate or do; a larger index is rejected.
+inline constexpr std::size_t kMaxIndexBytes = 16 * 1024 * 1024;      // compressed .cidx
+inline constexpr std::size_t kMaxIndexJsonBytes = 64 * 1024 * 1024;  // decompressed
+inline constexpr std::size_t kMaxChunkBytes = 16 * 1024 * 1024;      // one chunk, uncompressed
+inline constexpr std::uint64_t kMaxModelBytes = 16ULL * 1024 * 1024 * 1024;
+
+struct ChunkRef {
+  std::string hash;  // SHA-256 of the uncompressed bytes, 64 lowercase hex digits
+  std::uint64_t size = 0;
+  bool compressed = true;         // zstd on the wire; false: stored raw (did not shrink)
+  std::uint64_t stored_size = 0;  // bytes of the chunk file
+};
+
+struct SegmentRef {
+  std::string key;  // tensor name or "#N" (chunker.hpp)
+  std::size_t chunk_count = 0;
+  std::size_t element_size = 1;
+};
+
+struct DeltaEntry {
+  std::size_t segment = 0;  // index into ModelIndex::segments
+  std::uint64_t size = 0;   // bytes of the delta file
+};
+
+// Deltas from one earlier version to this one.
+struct DeltaSet {
+  std::string from_version;
+  std::string from_sha256;  // whole-file SHA-256 of that version: what a device must hold
+  std::vector<DeltaEntry> entries;
+};
+
+struct ModelIndex {
+  std::string name;
+  std::string version;
+  std::string format;  // "onnx", "tflite", "opaque"
+  std::uint64_t size = 0;
+  std::string sha256;  // of the whole file, hex
+  std::vector<ChunkRef> chunks;
+  std::vector<SegmentRef> segments;  // in file order; their chunk counts add up to chunks.size()
+  std::vector<DeltaSet> deltas;
+
+  // Byte offset of each chunk in the file, plus a final entry equal to size.
+  std::vector<std::uint64_t> chunk_offsets() const;
+  // First chunk of each segment, plus a final entry equal to chunks.size().
+  std::vector<std::size_t> segment_starts() const;
+};
+
+// The .cidx bytes: compact JSON, zstd level 19.
+Result<std::string> encode_index(const ModelIndex& index);
+// Parses and checks a .cidx: shape, limits, hashes, that chunks add up to `size` and
+// segments to the chunk list. Anything else is an error naming what is wrong.
+Result<ModelIndex> decode_index(std::string_view cidx);
+
+// Names and versions are [A-Za-z0-9._-]{1,128}, not starting with '.' (they become file names).
+Status check_label(std::string_view value, std::string_view what);
+
+std::string index_file_name(std::string_view name, std::string_view version);
+std::string chunk_path(std::string_view hash);
+std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,
+                       std::size_t segment);
+
+}  // namespace cairn::modelpkg

@@ -1,0 +1,331 @@
+"""Model delivery end to end: `cairn model pack` into a directory, served by a real HTTP server
+on loopback (Python's http.server, HTTP/1.1 keep-alive), fetched with `cairn model fetch`.
+
+Every failure case checks three things: exit code 1, an error naming what was wrong (the chunk
+and its URL where there is one), and the previous model file left byte-for-byte untouched.
+"""
+import functools
+import http.server
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import CAIRN, HOST, REPO
+import model_fixtures
+
+
+
+class StaticServer:
+    """Serves a directory over HTTP/1.1 and records every request path. `fail_after` makes
+    chunk requests beyond that many answer 503, as a link that dropped would."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.requests = []
+        self.connections = 0
+        self.fail_after = None
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server.connections += 1
+
+            def do_GET(self):
+                with server.lock:
+                    server.requests.append(self.path)
+                    chunk_requests = sum(1 for p in server.requests if "/chunks/" in p)
+                if (server.fail_after is not None and "/chunks/" in self.path and
+                        chunk_requests > server.fail_after):
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            (HOST, 0), functools.partial(Handler, directory=str(self.root)))
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name):
+        return f"http://{HOST}:{self.port}/{name}"
+
+    def reset(self):
+        with self.lock:
+            self.requests = []
+            self.connections = 0
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def publish(tmp_path):
+    d = tmp_path / "pub"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def server(publish):
+    s = StaticServer(publish)
+    yield s
+    s.close()
+
+
+def pack(model, publish, name, version, *extra):
+    r = subprocess.run([str(CAIRN), "model", "pack", str(model), "--name", name, "--version",
+                        version, "--out", str(publish), *extra],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def fetch(url, out, store, *extra, expect_rc=0):
+    r = subprocess.run([str(CAIRN), "model", "fetch", url, "--out", str(out), "--store",
+                        str(store), *extra],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == expect_rc, f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    if expect_rc == 0:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    return r.stderr
+
+
+def zstd(args, data):
+    return subprocess.run(["zstd", *args], input=data, capture_output=True, check=True).stdout
+
+
+def test_fetch_then_identical_republish_downloads_only_the_index(tmp_path, publish, server):
+    model = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(model, seed=1)
+    info = pack(model, publish, "net", "1")
+    assert info["format"] == "onnx" and info["tensors"] == 14
+    out, store = tmp_path / "device" / "m.onnx", tmp_path / "device" / "store"
+    out.parent.mkdir()
+    first = fetch(server.url("net-1.cidx"), out, store)
+    assert out.read_bytes() == data
+    assert first["needed"] == len(data) and first["reused"] == 0
+    assert first["chunks_downloaded"] == first["chunks"] > 1
+    assert first["requests"] == len(server.requests)
+
+    pack(model, publish, "net", "2")  # the same file, published again
+    server.reset()
+    second = fetch(server.url("net-2.cidx"), out, store)
+    assert server.requests == ["/net-2.cidx"]
+    assert second["downloaded"] == second["index_bytes"]
+    assert second["reused"] == len(data) and second["chunks_downloaded"] == 0
+    assert out.read_bytes() == data
+
+
+def test_retrained_head_travels_as_a_small_delta(tmp_path, publish, server):
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=1)
+    new = model_fixtures.make_onnx(v2, seed=1, variant="head")
+    pack(v1, publish, "net", "1")
+    info = pack(v2, publish, "net", "2")
+    assert info["deltas"] >= 1
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    fetch(server.url("net-1.cidx"), out, store)
+    server.reset()
+    s = fetch(server.url("net-2.cidx"), out, store)
+    assert out.read_bytes() == new
+    assert s["deltas_applied"] >= 1
+    assert any("/deltas/" in p for p in server.requests)
+    assert s["downloaded"] < s["full_download"] / 10, s
+
+
+def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publish, server):
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=1)
+    new = model_fixtures.make_onnx(v2, seed=1, variant="scale")
+    pack(v1, publish, "net", "1")
+    pack(v2, publish, "net", "2")
+    results = {}
+    for mode, extra in (("chunks", ["--no-deltas"]), ("deltas", [])):
+        out, store = tmp_path / f"{mode}.onnx", tmp_path / f"store-{mode}"
+        fetch(server.url("net-1.cidx"), out, store)
+        results[mode] = fetch(server.url("net-2.cidx"), out, store, *extra)
+        assert out.read_bytes() == new
+    assert results["chunks"]["deltas_applied"] == 0
+    assert results["deltas"]["deltas_applied"] > 0
+    assert results["deltas"]["downloaded"] < results["chunks"]["downloaded"] * 0.8, results
+
+
+def test_reordered_onnx_reuses_chunks(tmp_path, publish, server):
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=1)
+    new = model_fixtures.make_onnx(v2, seed=1, variant="reorder")
+    assert new != v1.read_bytes()
+    pack(v1, publish, "net", "1")
+    pack(v2, publish, "net", "2")
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    fetch(server.url("net-1.cidx"), out, store)
+    s = fetch(server.url("net-2.cidx"), out, store, "--no-deltas")
+    assert out.read_bytes() == new
+    assert s["reused"] > 0.97 * len(new), s
+    assert s["downloaded"] < 0.05 * s["full_download"], s
+
+
+def test_interrupted_fetch_resumes_without_refetching_completed_chunks(tmp_path, publish, server):
+    model = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(model, seed=2)
+    info = pack(model, publish, "net", "1")
+    assert info["chunks"] >= 6
+    out, store = tmp_path / "m.onnx.serving", tmp_path / "store"
+    out.write_bytes(b"the model serving now")
+    server.fail_after = 3
+    err = fetch(server.url("net-1.cidx"), out, store, "--parallel", "1", expect_rc=1)
+    assert "HTTP 503" in err and "/chunks/" in err, err
+    assert out.read_bytes() == b"the model serving now"
+    first_run = [p for p in server.requests if "/chunks/" in p]
+    completed = first_run[:3]
+    server.fail_after = None
+    server.reset()
+    s = fetch(server.url("net-1.cidx"), out, store)
+    assert out.read_bytes() == data
+    second_run = [p for p in server.requests if "/chunks/" in p]
+    assert not set(completed) & set(second_run)
+    assert s["chunks_reused"] == 3 and s["chunks_downloaded"] == s["chunks"] - 3
+
+
+def published_with_old_model(tmp_path, publish, server):
+    """Publishes version 1, fetches it, then publishes version 2 (a different model). Returns
+    (out, store, old bytes) so a broken version 2 can be fetched over a serving version 1."""
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    old = model_fixtures.make_onnx(v1, seed=1)
+    model_fixtures.make_onnx(v2, seed=5)
+    pack(v1, publish, "net", "1")
+    pack(v2, publish, "net", "2")
+    out, store = tmp_path / "serving.onnx", tmp_path / "store"
+    fetch(server.url("net-1.cidx"), out, store)
+    return out, store, old
+
+
+def chunk_files(publish, version_index):
+    raw = zstd(["-d", "-c"], (publish / version_index).read_bytes())
+    return [c[0] for c in json.loads(raw)["chunks"]]
+
+
+def test_corrupted_chunk_is_rejected(tmp_path, publish, server):
+    out, store, old = published_with_old_model(tmp_path, publish, server)
+    victim = chunk_files(publish, "net-2.cidx")[2]
+    path = publish / "chunks" / victim[:2] / victim
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    assert victim in err and server.url(f"chunks/{victim[:2]}/{victim}") in err, err
+    assert out.read_bytes() == old
+
+
+def test_missing_chunk_is_rejected(tmp_path, publish, server):
+    out, store, old = published_with_old_model(tmp_path, publish, server)
+    victim = chunk_files(publish, "net-2.cidx")[-1]
+    (publish / "chunks" / victim[:2] / victim).unlink()
+    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    assert victim in err and "HTTP 404" in err, err
+    assert out.read_bytes() == old
+
+
+def test_truncated_index_is_rejected(tmp_path, publish, server):
+    out, store, old = published_with_old_model(tmp_path, publish, server)
+    index = publish / "net-2.cidx"
+    index.write_bytes(index.read_bytes()[:-20])
+    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    assert "net-2.cidx" in err and "index is invalid" in err, err
+    assert out.read_bytes() == old
+
+
+def test_wrong_whole_file_hash_is_rejected(tmp_path, publish, server):
+    out, store, old = published_with_old_model(tmp_path, publish, server)
+    index = publish / "net-2.cidx"
+    j = json.loads(zstd(["-d", "-c"], index.read_bytes()))
+    j["sha256"] = "0" * 64
+    index.write_bytes(zstd(["-19", "-c"], json.dumps(j).encode()))
+    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    assert "SHA-256" in err and "0" * 64 in err and "left unchanged" in err, err
+    assert out.read_bytes() == old
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".serving.onnx.part")]
+
+
+def test_signed_index_is_required_when_a_key_is_configured(tmp_path, publish, server):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("a", "b"):
+        subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / name),
+                        "--public", str(keys / f"{name}.pub")], check=True, timeout=30)
+    v1 = tmp_path / "v1.onnx"
+    data = model_fixtures.make_onnx(v1, seed=1)
+    pack(v1, publish, "net", "1", "--sign-key", str(keys / "a"))
+    pack(v1, publish, "net", "unsigned")
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    out.write_bytes(b"old")
+    fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "a.pub"))
+    assert out.read_bytes() == data
+    out.write_bytes(b"old")
+    err = fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "b.pub"),
+                expect_rc=1)
+    assert "signature does not match" in err, err
+    err = fetch(server.url("net-unsigned.cidx"), out, store, "--public-key",
+                str(keys / "a.pub"), expect_rc=1)
+    assert "not signed" in err, err
+    # A signature that belongs to another index.
+    (publish / "net-unsigned.cidx.sig").write_bytes((publish / "net-1.cidx.sig").read_bytes())
+    err = fetch(server.url("net-unsigned.cidx"), out, store, "--public-key",
+                str(keys / "a.pub"), expect_rc=1)
+    assert "signature does not match" in err, err
+    assert out.read_bytes() == b"old"
+
+
+def test_store_cap_evicts_unreferenced_chunks(tmp_path, publish, server):
+    models = []
+    for seed in (1, 2, 3):
+        m = tmp_path / f"s{seed}.onnx"
+        model_fixtures.make_onnx(m, seed=seed)
+        pack(m, publish, "net", str(seed))
+        models.append(m)
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    for seed in (1, 2, 3):
+        fetch(server.url(f"net-{seed}.cidx"), out, store, "--store-max-bytes", "1")
+    chunks = {p.name for p in (store / "chunks").rglob("*") if p.is_file()}
+    # Only the two kept indexes' chunks remain (current and previous version).
+    kept = set(chunk_files(publish, "net-3.cidx")) | set(chunk_files(publish, "net-2.cidx"))
+    assert chunks == kept
+    assert not (set(chunk_files(publish, "net-1.cidx")) - kept) & chunks
+    assert len(list((store / "indexes").iterdir())) == 2
+
+
+def shared_dir():
+    d = Path(os.environ.get("CAIRN_SHARED_DIR", REPO.parent / "shared"))
+    tflite = d / "models" / "tflite"
+    if not tflite.is_dir():
+        pytest.fail(f"TFLite test models missing: {tflite} (set CAIRN_SHARED_DIR)")
+    return tflite
+
+
+def test_tflite_one_layer_change_moves_only_that_layer(tmp_path, publish, server):
+    src = shared_dir() / "person_detect.tflite"
+    changed = tmp_path / "changed.tflite"
+    model_fixtures.tflite_change_one_layer(str(src), str(changed))
+    info = pack(src, publish, "pd", "1")
+    assert info["format"] == "tflite" and info["tensors"] > 10
+    pack(changed, publish, "pd", "2")
+    out, store = tmp_path / "pd.tflite", tmp_path / "store"
+    fetch(server.url("pd-1.cidx"), out, store)
+    s = fetch(server.url("pd-2.cidx"), out, store)
+    assert out.read_bytes() == changed.read_bytes()
+    assert s["reused"] > 0.5 * s["needed"], s
