@@ -20,8 +20,10 @@ constexpr std::string_view kZstdMagic = "\x28\xb5\x2f\xfd";
 // Progress goes into reported properties; more often than this is noise.
 constexpr auto kProgressInterval = std::chrono::milliseconds(200);
 
-nlohmann::json delivery_json(const std::string& version, std::string_view source,
-                             std::string_view status) {
+nlohmann::json delivery_json(const std::string& version, std::string_view source_view,
+                             std::string_view status_view) {
+  const std::string source(source_view);
+  const std::string status(status_view);
   return {{"version", version}, {"source", source},      {"status", status},  {"bytesNeeded", 0},
           {"bytesReused", 0},   {"bytesDownloaded", 0},  {"bytesSaved", 0},   {"chunks", 0},
           {"chunksReused", 0},  {"chunksDownloaded", 0}, {"deltasApplied", 0}};

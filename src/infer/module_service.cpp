@@ -52,7 +52,8 @@ struct ModuleService::State {
           nlohmann::json e = entry;
           if (e.is_object()) {
             for (auto k : kOptionalReported) {
-              if (!e.contains(k)) e[std::string(k)] = nullptr;
+              const std::string key_name(k);
+              if (!e.contains(key_name)) e[key_name] = nullptr;
             }
           }
           models[name] = std::move(e);  // a model's newest state replaces the older one
