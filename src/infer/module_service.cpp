@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -160,8 +161,12 @@ void ModuleService::on_desired(const nlohmann::json& desired, long long version,
       }
     } else if (delivery_ && !options_.twin_public_key_path.empty()) {
       if (key.is_string() && !key.get<std::string>().empty()) {
-        auto s = modelpkg::detail::write_file_atomic(options_.twin_public_key_path,
-                                                     key.get<std::string>(), true);
+        auto s = modelpkg::detail::make_dirs(
+            std::filesystem::path(options_.twin_public_key_path).parent_path().string());
+        if (s) {
+          s = modelpkg::detail::write_file_atomic(options_.twin_public_key_path,
+                                                  key.get<std::string>(), true);
+        }
         if (s) {
           delivery_->set_public_key(options_.twin_public_key_path);
           log::info(kLog, "model packages must now be signed (public key from the twin)");

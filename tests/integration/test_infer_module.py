@@ -124,7 +124,7 @@ def test_twin_models_are_reported_and_routed_messages_scored(cairnd_factory, mod
 
     ready = wait_model(cairnd, module, "affine", lambda e: e.get("status") == "ready",
                        "affine reported ready")
-    assert ready["version"] == "1" and ready["error"] is None
+    assert ready["version"] == "1" and ready.get("error") is None
     assert ready["engine"] == "onnxruntime" and ready["loadTimeMs"] > 0
     assert ready["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
     assert ready["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]
@@ -309,7 +309,7 @@ def test_signed_packages_are_required_once_a_public_key_is_configured(
                                     "b": {"version": "1", "url": server.url("signed-1.cidx")}}})
         a = wait_model(cairnd, module, "a", lambda e: e.get("status") == "failed",
                        "unsigned package refused")
-        assert "not signed" in a["error"] and a["version"] is None
+        assert "not signed" in a["error"] and a.get("version") is None
         b = wait_model(cairnd, module, "b", lambda e: e.get("status") == "ready",
                        "signed package loaded")
         assert b["delivery"]["status"] == "done"
