@@ -149,6 +149,9 @@ int run(Options o) {
     return 2;
   }
 
+  // Declared first, destroyed last: model workers still finishing requests at shutdown drop
+  // HTTP answers whose timers belong to this io_context.
+  asio::io_context io(1);
   infer::ModelDelivery delivery(o.delivery);
   infer::ModelManager models(o.manager);
   models.set_fetcher(
@@ -174,11 +177,24 @@ int run(Options o) {
   };
   if (!o.models_file.empty()) apply_file();
 
-  asio::io_context io(1);
   infer::RestOptions rest_options;
   rest_options.server_version = CAIRN_VERSION;
   infer::RestApi rest(models, rest_options);
   std::shared_ptr<net::HttpServer> server;
+  std::unique_ptr<sdk::ModuleClient> client;
+  std::unique_ptr<infer::ModuleService> service;
+  // Before anything is announced: a SIGTERM right after the "listening" line stops cleanly.
+  asio::signal_set stop_signals(io, SIGINT, SIGTERM);
+  stop_signals.async_wait([&](net::error_code ec, int sig) {
+    if (ec) return;
+    log::info(kLog, "signal {}: shutting down", sig);
+    if (server) server->stop();
+    if (client) {
+      client->stop();  // io stops once the client reports `stopped`
+    } else {
+      asio::post(io, [&io] { io.stop(); });
+    }
+  });
   if (serve_http) {
     net::HttpLimits limits;
     limits.max_body_bytes = o.max_body_bytes;
@@ -202,8 +218,6 @@ int run(Options o) {
   }
 
   // Module mode: the SDK client on the same io_context, the service between it and the models.
-  std::unique_ptr<sdk::ModuleClient> client;
-  std::unique_ptr<infer::ModuleService> service;
   if (module_mode) {
     sdk::ModuleClientOptions client_options;
     client_options.connect_host = o.connect_host;
@@ -261,17 +275,6 @@ int run(Options o) {
               o.module.score_input, o.module.results_output);
   }
 
-  asio::signal_set stop_signals(io, SIGINT, SIGTERM);
-  stop_signals.async_wait([&](net::error_code ec, int sig) {
-    if (ec) return;
-    log::info(kLog, "signal {}: shutting down", sig);
-    if (server) server->stop();
-    if (client) {
-      client->stop();  // io stops once the client reports `stopped`
-    } else {
-      asio::post(io, [&io] { io.stop(); });
-    }
-  });
   asio::signal_set reload_signal(io, SIGHUP);
   std::function<void()> wait_reload = [&] {
     reload_signal.async_wait([&](net::error_code ec, int) {
