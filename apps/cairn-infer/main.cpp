@@ -230,7 +230,9 @@ int run(Options o) {
     client = std::move(*created);
     sdk::ModuleClient* c = client.get();
     infer::ModuleLink link;
-    link.send = [c](const std::string& output, infer::ModuleMessage m) {
+    const std::size_t max_message_bytes = client_options.max_message_bytes;
+    link.send = [c, max_message_bytes](const std::string& output, infer::ModuleMessage m) {
+      const std::size_t body_bytes = m.body.size();
       sdk::OutputMessage out;
       out.body = std::move(m.body);
       out.properties.message_id = std::move(m.message_id);
@@ -238,10 +240,33 @@ int run(Options o) {
       out.properties.content_type = "application/json";
       out.properties.content_encoding = "utf-8";
       out.properties.app = std::move(m.app);
-      c->send(output, std::move(out), [output](Status st) {
-        if (!st)
-          log::warn(kLog, "result on output {} not delivered: {}", output, st.error().message);
-      });
+      const std::string correlation_id = out.properties.correlation_id;
+      c->send(
+          output, std::move(out),
+          [c, output, correlation_id, body_bytes, max_message_bytes](Status st) {
+            if (st) return;
+            log::warn(kLog, "result on output {} not delivered: {}", output, st.error().message);
+            // A result too big for one message still gets an answer the caller can correlate.
+            if (st.error().code != errc::limit_exceeded || body_bytes + 1024 < max_message_bytes) {
+              return;
+            }
+            sdk::OutputMessage error;
+            error.body = nlohmann::json{
+                {"error",
+                 "the result is " + std::to_string(body_bytes) +
+                     " bytes, over the message size limit (" + std::to_string(max_message_bytes) +
+                     ")"}}.dump();
+            error.properties.correlation_id = correlation_id;
+            error.properties.content_type = "application/json";
+            error.properties.content_encoding = "utf-8";
+            error.properties.app = {{"status", "413"}};
+            c->send(output, std::move(error), [output](Status again) {
+              if (!again) {
+                log::warn(kLog, "error result on output {} not delivered: {}", output,
+                          again.error().message);
+              }
+            });
+          });
     };
     link.report = [c](nlohmann::json patch) {
       c->update_reported(std::move(patch), [](Status st) {

@@ -152,6 +152,13 @@ def test_twin_models_are_reported_and_routed_messages_scored(cairnd_factory, mod
     assert msg.props["status"] == "404" and "nope" in body["error"]
     msg, body = score(client, {"data": [[1, 2, 3]]}, "mid-5")
     assert msg.props["status"] == "400", body
+    # A result too big for one message (IoT Hub's 256 KiB) becomes an error result: 20000 rows
+    # of "1" (about 200 KB in) come back as about 440 KB of "11.0".
+    rows = json.dumps({"data": [[1, 1, 1, 1]] * 20000}, separators=(",", ":")).encode()
+    assert len(rows) < 250 * 1024
+    msg, body = score(client, rows, "mid-big")
+    assert msg.props["$.cid"] == "mid-big" and msg.props["status"] == "413", body
+    assert "message size limit" in body["error"]
 
     # A second model arrives by patch; the first keeps serving.
     desired(cairnd, {"models": {"mlp": entry_for(onnx_models / "tiny_mlp.onnx", 7)}})
