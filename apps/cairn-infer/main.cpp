@@ -289,10 +289,15 @@ int run(Options o) {
     client->on_desired([svc](const nlohmann::json& desired, long long version, bool complete) {
       svc->on_desired(desired, version, complete);
     });
-    client->on_connection([svc, &io](sdk::ConnectionState state, const std::string& reason) {
+    client->on_connection([svc, c, &io](sdk::ConnectionState state, const std::string& reason) {
       log::info(kLog, "hub connection: {}{}{}", sdk::to_string(state), reason.empty() ? "" : ": ",
                 reason);
-      if (state == sdk::ConnectionState::connected) svc->report_all();
+      if (state == sdk::ConnectionState::connected) {
+        svc->report_all();
+        c->get_twin([svc](Result<nlohmann::json> twin) {
+          if (twin && twin->contains("reported")) svc->forget_stale_reports((*twin)["reported"]);
+        });
+      }
       if (state == sdk::ConnectionState::stopped) asio::post(io, [&io] { io.stop(); });
     });
     client->start();

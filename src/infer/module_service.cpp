@@ -145,6 +145,20 @@ void ModuleService::report_all() {
   state_->add_report(patch);
 }
 
+void ModuleService::forget_stale_reports(const nlohmann::json& reported) {
+  if (!reported.is_object() || !reported.contains("models") || !reported["models"].is_object()) {
+    return;
+  }
+  // Known: loaded (or loading) now, or desired (a load may be queued and not started yet).
+  std::lock_guard desired_lock(desired_mu_);
+  const nlohmann::json known = models_.reported();
+  nlohmann::json gone = nlohmann::json::object();
+  for (const auto& [name, _] : reported["models"].items()) {
+    if (!known.contains(name) && !desired_models_.contains(name)) gone[name] = nullptr;
+  }
+  if (!gone.empty()) state_->add_report({{"models", gone}});
+}
+
 void ModuleService::on_desired(const nlohmann::json& desired, long long version, bool complete) {
   if (!desired.is_object()) return;
   std::lock_guard desired_lock(desired_mu_);

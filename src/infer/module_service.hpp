@@ -86,6 +86,9 @@ class ModuleService {
   void on_message(const ModuleMessage& message);
   // Reports every model's state again (after a (re)connection).
   void report_all();
+  // Given the reported section the hub holds (after a (re)connection), deletes the entries of
+  // models this process does not know (removed from the twin while it was not running).
+  void forget_stale_reports(const nlohmann::json& reported);
   // Stops reporting and sending; waits for the reporter thread. Idempotent.
   void close();
 

@@ -208,6 +208,23 @@ def test_broken_version_is_reported_failed_and_the_old_one_keeps_scoring(
     assert msg.props["modelVersion"] == "2" and body == {"y": [[22.0, 22.0, 22.0, 22.0]]}
 
 
+def test_models_removed_while_the_module_was_down_leave_the_reported_twin(
+        cairnd_factory, infer_module, onnx_models, tmp_path):
+    cairnd = cairnd_factory(routes=ROUTES)
+    cairnd.cli("identity", "create", "infer")
+    desired(cairnd, {"models": {"a": entry_for(onnx_models / "affine_v1.onnx", 1),
+                                "b": entry_for(onnx_models / "affine_v2.onnx", 2)}})
+    module = infer_module(cairnd, tmp_path / "data")
+    wait_for(lambda: all(reported_models(cairnd).get(n, {}).get("status") == "ready"
+                         for n in ("a", "b")), timeout=TIMEOUT, what="a and b ready")
+    module.stop()
+    desired(cairnd, {"models": {"b": None}})
+    module = infer_module(cairnd, tmp_path / "data")
+    wait_for(lambda: "b" not in reported_models(cairnd), timeout=TIMEOUT,
+             what="b gone from reported")
+    assert reported_models(cairnd)["a"]["status"] == "ready"
+
+
 def test_too_many_pending_requests_get_an_error_result(cairnd_factory, module_client,
                                                        infer_module, onnx_models, tmp_path):
     cairnd = cairnd_factory(routes=ROUTES)
