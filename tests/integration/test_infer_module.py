@@ -222,7 +222,7 @@ def test_models_removed_while_the_module_was_down_leave_the_reported_twin(
     module = infer_module(cairnd, tmp_path / "data")
     wait_for(lambda: "b" not in reported_models(cairnd), timeout=TIMEOUT,
              what="b gone from reported")
-    assert reported_models(cairnd)["a"]["status"] == "ready"
+    wait_model(cairnd, module, "a", lambda e: e.get("status") == "ready", "a ready again")
 
 
 def test_too_many_pending_requests_get_an_error_result(cairnd_factory, module_client,
