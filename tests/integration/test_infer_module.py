@@ -234,7 +234,8 @@ def test_too_many_pending_requests_get_an_error_result(cairnd_factory, module_cl
     client.subscribe_inputs()
     module = infer_module(cairnd, tmp_path / "data", "--max-pending-messages", "1")
     wait_model(cairnd, module, "slow", lambda e: e.get("status") == "ready", "slow ready")
-    req = json.dumps({"data": [[0.1] * 256]})
+    # 16 rows: each request keeps the model busy long enough for the next ones to arrive.
+    req = json.dumps({"data": [[0.1] * 256] * 16})
     n = 8
     for i in range(n):
         client.publish(req, props={"$.mid": f"m{i}"}, output="requests")
