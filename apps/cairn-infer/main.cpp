@@ -183,8 +183,10 @@ int run(Options o) {
   std::shared_ptr<net::HttpServer> server;
   std::unique_ptr<sdk::ModuleClient> client;
   std::unique_ptr<infer::ModuleService> service;
-  // Before anything is announced: a SIGTERM right after the "listening" line stops cleanly.
+  // Signals are caught from here on (one that arrives before the wait below is kept for it), so
+  // a SIGTERM right after the "listening" line stops cleanly instead of killing the process.
   asio::signal_set stop_signals(io, SIGINT, SIGTERM);
+  asio::signal_set reload_signal(io, SIGHUP);
   stop_signals.async_wait([&](net::error_code ec, int sig) {
     if (ec) return;
     log::info(kLog, "signal {}: shutting down", sig);
@@ -305,7 +307,6 @@ int run(Options o) {
               o.module.score_input, o.module.results_output);
   }
 
-  asio::signal_set reload_signal(io, SIGHUP);
   std::function<void()> wait_reload = [&] {
     reload_signal.async_wait([&](net::error_code ec, int) {
       if (ec) return;
