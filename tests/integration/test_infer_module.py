@@ -30,14 +30,22 @@ TIMEOUT = 120  # model loads under ASan on a shared machine
 class InferModule:
     """cairn-infer started as module `infer` with a connection string from cairnd."""
 
-    def __init__(self, cairnd, data_dir, *extra):
+    def __init__(self, cairnd, data_dir, *extra, via_environment=False):
         self.cairnd = cairnd
         self.log_path = cairnd.home / f"infer.{int(time.monotonic() * 1000)}.log"
         conn = cairnd.cli("identity", "create", "infer").stdout.strip()
-        cmd = [str(CAIRN_INFER), "--connection-string", conn, "--ca-file", str(cairnd.ca_path),
-               "--connect-host", HOST, "--port", str(cairnd.tls_port), "--data-dir",
-               str(data_dir), "--log-level", "debug", *map(str, extra)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTEDGE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTEDGE_")
+               and k not in ("EdgeHubConnectionString", "EdgeModuleCACertificateFile")}
+        if via_environment:
+            # What IoT Edge (and the Azure SDKs) hand a module: no identity on the command line.
+            env["EdgeHubConnectionString"] = conn
+            env["EdgeModuleCACertificateFile"] = str(cairnd.ca_path)
+            identity = []
+        else:
+            identity = ["--connection-string", conn, "--ca-file", str(cairnd.ca_path)]
+        cmd = [str(CAIRN_INFER), *identity, "--connect-host", HOST, "--port",
+               str(cairnd.tls_port), "--data-dir", str(data_dir), "--log-level", "debug",
+               *map(str, extra)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                          stdin=subprocess.DEVNULL, env=env)
@@ -64,8 +72,8 @@ class InferModule:
 def infer_module():
     started = []
 
-    def start(cairnd, data_dir, *extra):
-        m = InferModule(cairnd, data_dir, *extra)
+    def start(cairnd, data_dir, *extra, via_environment=False):
+        m = InferModule(cairnd, data_dir, *extra, via_environment=via_environment)
         started.append(m)
         return m
 
@@ -342,6 +350,18 @@ def test_signed_packages_are_required_once_a_public_key_is_configured(
         assert twin["modelDelivery"]["signedOnly"] is True
     finally:
         server.close()
+
+
+def test_module_mode_from_the_iot_edge_environment(cairnd_factory, infer_module, onnx_models,
+                                                   tmp_path):
+    cairnd = cairnd_factory(routes=ROUTES)
+    cairnd.cli("identity", "create", "infer")
+    desired(cairnd, {"models": {"affine": entry_for(onnx_models / "affine_v3.onnx", 3)}})
+    module = infer_module(cairnd, tmp_path / "data", via_environment=True)
+    ready = wait_model(cairnd, module, "affine", lambda e: e.get("status") == "ready",
+                       "affine ready")
+    assert ready["version"] == "3"
+    assert f"module mode: {cairnd.device_id}/infer" in module.log()
 
 
 def test_module_without_identity_is_a_usage_error():
