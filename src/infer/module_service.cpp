@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "core/log.hpp"
@@ -164,37 +165,45 @@ void ModuleService::on_desired(const nlohmann::json& desired, long long version,
   std::lock_guard desired_lock(desired_mu_);
   nlohmann::json report{{"lastDesiredVersion", version}};
 
-  // The public key first: loads queued below read it when they download.
+  // The public key first: loads queued below read it when they download. A patch that does not
+  // name modelDelivery.publicKey leaves the key as it is; the whole desired section without it,
+  // or a null, removes it.
+  std::optional<nlohmann::json> key;
   if (desired.contains("modelDelivery")) {
     const auto& md = desired["modelDelivery"];
-    const nlohmann::json key =
-        md.is_object() && md.contains("publicKey") ? md["publicKey"] : nlohmann::json();
-    if (options_.public_key_fixed) {
-      if (!key.is_null()) {
-        log::warn(kLog, "modelDelivery.publicKey from the twin ignored: --public-key is set");
-      }
-    } else if (delivery_ && !options_.twin_public_key_path.empty()) {
-      if (key.is_string() && !key.get<std::string>().empty()) {
-        auto s = modelpkg::detail::make_dirs(
-            std::filesystem::path(options_.twin_public_key_path).parent_path().string());
-        if (s) {
-          s = modelpkg::detail::write_file_atomic(options_.twin_public_key_path,
-                                                  key.get<std::string>(), true);
-        }
-        if (s) {
-          delivery_->set_public_key(options_.twin_public_key_path);
-          log::info(kLog, "model packages must now be signed (public key from the twin)");
-        } else {
-          log::error(kLog, "cannot store the twin's public key: {}", s.error().message);
-        }
-      } else if (key.is_null()) {
-        delivery_->set_public_key("");
-      } else {
-        log::warn(kLog, "modelDelivery.publicKey must be a PEM string; ignored");
-      }
+    if (md.is_object() && md.contains("publicKey")) {
+      key = md["publicKey"];
+    } else if (md.is_null() || complete) {
+      key = nlohmann::json();
     }
-  } else if (complete && !options_.public_key_fixed && delivery_) {
-    delivery_->set_public_key("");
+  } else if (complete) {
+    key = nlohmann::json();
+  }
+  if (key && options_.public_key_fixed) {
+    if (!key->is_null()) {
+      log::warn(kLog, "modelDelivery.publicKey from the twin ignored: --public-key is set");
+    }
+  } else if (key && delivery_ && !options_.twin_public_key_path.empty()) {
+    if (key->is_string() && !key->get<std::string>().empty()) {
+      auto s = modelpkg::detail::make_dirs(
+          std::filesystem::path(options_.twin_public_key_path).parent_path().string());
+      if (s) {
+        s = modelpkg::detail::write_file_atomic(options_.twin_public_key_path,
+                                                key->get<std::string>(), true);
+      }
+      if (!s) {
+        // Fail closed: the key path is set anyway, so every package fails its signature check
+        // (and says the key cannot be read) rather than being taken unsigned.
+        log::error(kLog, "cannot store the twin's public key: {}", s.error().message);
+      } else {
+        log::info(kLog, "model packages must now be signed (public key from the twin)");
+      }
+      delivery_->set_public_key(options_.twin_public_key_path);
+    } else if (key->is_null()) {
+      delivery_->set_public_key("");
+    } else {
+      log::warn(kLog, "modelDelivery.publicKey must be a PEM string; ignored");
+    }
   }
 
   bool apply = complete;

@@ -328,6 +328,44 @@ TEST_F(ModuleServiceTest, PendingLimitAnswersWithAnErrorInsteadOfQueueing) {
   EXPECT_EQ(refused + ok, 6);
 }
 
+TEST_F(ModuleServiceTest, TwinPublicKeyFollowsPatchSemanticsAndCannotOverrideTheFlag) {
+  ModelManager models;
+  RecordingLink rec;
+  DeliveryOptions delivery_options;
+  delivery_options.data_dir = (dir_ / "key-data").string();
+  ModelDelivery delivery(delivery_options);
+  ModuleOptions options;
+  options.twin_public_key_path = delivery_options.data_dir + "/twin-public-key.pem";
+  ModuleService service(models, &delivery, rec.link(), options);
+
+  const std::string pem =
+      "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n";
+  service.on_desired({{"modelDelivery", {{"publicKey", pem}}}}, 1, true);
+  EXPECT_EQ(delivery.public_key(), options.twin_public_key_path);
+  EXPECT_EQ(read_all(options.twin_public_key_path), pem);
+  // A patch that does not name the key leaves it; one that sets it to null removes it.
+  service.on_desired({{"modelDelivery", {{"other", 1}}}}, 2, false);
+  service.on_desired({{"models", json::object()}}, 3, false);
+  EXPECT_EQ(delivery.public_key(), options.twin_public_key_path);
+  service.on_desired({{"modelDelivery", {{"publicKey", nullptr}}}}, 4, false);
+  EXPECT_EQ(delivery.public_key(), "");
+  // The whole desired section without it: none.
+  service.on_desired({{"modelDelivery", {{"publicKey", pem}}}}, 5, false);
+  service.on_desired({{"models", json::object()}}, 6, true);
+  EXPECT_EQ(delivery.public_key(), "");
+
+  // A key from the command line stays whatever the twin says.
+  ModelDelivery fixed_delivery(delivery_options);
+  fixed_delivery.set_public_key("/etc/cairn/models.pub");
+  ModuleOptions fixed_options = options;
+  fixed_options.public_key_fixed = true;
+  ModelManager other_models;
+  ModuleService fixed(other_models, &fixed_delivery, rec.link(), fixed_options);
+  fixed.on_desired({{"modelDelivery", {{"publicKey", nullptr}}}}, 1, true);
+  fixed.on_desired({{"models", json::object()}}, 2, true);
+  EXPECT_EQ(fixed_delivery.public_key(), "/etc/cairn/models.pub");
+}
+
 TEST_F(ModuleServiceTest, NothingIsSentAfterClose) {
   auto models = std::make_unique<ModelManager>();
   RecordingLink rec;
