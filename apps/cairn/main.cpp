@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   remove->add_option("MODULE", module, "Module name")->required();
   auto* status =
       app.add_subcommand("status", "Print the hub's counters, endpoints and queue lengths as JSON");
+  auto* deadletters = app.add_subcommand(
+      "deadletters", "List messages set aside as undeliverable (endpoint, reason, time) as JSON");
 
   auto* twin = app.add_subcommand("twin", "Module twins cached on this device");
   twin->require_subcommand(1);
@@ -224,7 +226,6 @@ int main(int argc, char** argv) {
   model_keygen->add_option("--private", private_key_path, "Private key file (PEM)")->required();
   model_keygen->add_option("--public", public_key_path, "Public key file (PEM)")->required();
 
-
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -288,7 +289,6 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-
   if (create->parsed()) {
     auto j = call(ctx, "POST", "/identities", nlohmann::json{{"moduleId", module}}.dump());
     if (!j) return 1;
@@ -305,6 +305,10 @@ int main(int argc, char** argv) {
     if (!call(ctx, "DELETE", "/identities/" + module)) return 1;
   } else if (status->parsed()) {
     auto j = call(ctx, "GET", "/status");
+    if (!j) return 1;
+    std::cout << j->dump(2) << "\n";
+  } else if (deadletters->parsed()) {
+    auto j = call(ctx, "GET", "/deadletters");
     if (!j) return 1;
     std::cout << j->dump(2) << "\n";
   } else if (twin_get->parsed()) {

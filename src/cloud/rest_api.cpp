@@ -501,14 +501,15 @@ void RestApi::status(Call& call) {
   auto counts = registry_.store().counts();
   if (!counts) return call.fail(counts.error());
   const auto& tc = twins_.counters();
-  call.reply(json_response(
-      200, json{{"hostname", config_.hostname},
-                {"devices", counts->devices},
-                {"modules", counts->modules},
-                {"telemetry", {{"stored", counts->telemetry}, {"duplicates", counts->duplicates}}},
-                {"twins",
-                 {{"reportedPatches", tc.reported_patches},
-                  {"reportedRejected", tc.reported_rejected}}}}));
+  json out{
+      {"hostname", config_.hostname},
+      {"devices", counts->devices},
+      {"modules", counts->modules},
+      {"telemetry", {{"stored", counts->telemetry}, {"duplicates", counts->duplicates}}},
+      {"twins",
+       {{"reportedPatches", tc.reported_patches}, {"reportedRejected", tc.reported_rejected}}}};
+  if (hooks_.status_extension) out.merge_patch(hooks_.status_extension());
+  call.reply(json_response(200, out));
 }
 
 void RestApi::regenerate(Call& call) {

@@ -63,6 +63,8 @@ struct RestHooks {
   std::function<void(const std::string& client_id, hub::MethodRequest, hub::MethodCallback)>
       invoke_method;
   std::function<bool(const std::string& client_id)> is_connected;
+  // Extra members of GET /cairn/status (the ingest queue, the telemetry writer), merged in.
+  std::function<nlohmann::json()> status_extension;
 };
 
 class RestApi {

@@ -122,6 +122,8 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // dead-letter table (kDeadLetterTable, key "{endpoint}/{unix ms}-{n}") with the reason,
   // counted, and logged. The caller then settles the entry so the queue behind it moves on.
   void dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason);
+  // GET /deadletters lists at most this many (the oldest first per endpoint), with the total.
+  static constexpr std::size_t kMaxDeadLettersListed = 1000;
   // Registers a session for its client id, closing any previous one (takeover).
   void register_session(const std::string& client_id, const std::shared_ptr<Session>& session);
   void unregister_session(const std::string& client_id, const Session* session);
@@ -139,6 +141,7 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void erase_session(const std::string& client_id);
 
  private:
+  void list_dead_letters(net::HttpRespond respond);
   Hub(asio::io_context& io, HubConfig config, store::MessageStore& store);
   Status listen(std::uint16_t port, bool tls, std::uint16_t& bound);
   // Accepts MQTT connections on `acceptor` until stop(); started again if it ever throws.
