@@ -165,7 +165,7 @@ int run(const Options& o) {
                           {"refusedWritesTotal", st.refused_writes_total}};
     if (auto s = weak_sink.lock()) {
       const auto c = s->counters();
-      out["telemetry"]["writer"] = {{"waiting", c.waiting},
+      out["telemetryWriter"] = {{"waiting", c.waiting},
                                     {"storeFailures", c.store_failures},
                                     {"deadLettered", c.dead_lettered},
                                     {"fileFailures", c.file_failures},

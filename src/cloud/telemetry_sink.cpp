@@ -141,10 +141,12 @@ void TelemetrySink::run() {
     {
       std::unique_lock lock(mu_);
       if (!batch_.empty()) {
-        // Messages whose write failed: wait out the back-off (only stopping cuts it short);
-        // whatever arrives meanwhile is written with them.
+        // Messages whose write failed: wait out the back-off; whatever arrives meanwhile is
+        // written with them. When the store works and only some messages fail, new messages
+        // do not wait behind them.
         const auto until = std::chrono::steady_clock::now() + backoff.next();
-        cv_.wait_until(lock, until, [this] { return stopping_; });
+        cv_.wait_until(lock, until,
+                       [this] { return stopping_ || (retry_on_arrival_ && !pending_.empty()); });
       } else {
         cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
       }
@@ -173,6 +175,7 @@ void TelemetrySink::write_batch() {
   if (store::classify_failure(stored.error()) == store::Failure::other) {
     write_one_by_one();
   } else {
+    retry_on_arrival_ = false;
     on_failure(stored.error(), batch_.size());
   }
 }
@@ -182,6 +185,7 @@ void TelemetrySink::write_one_by_one() {
   std::vector<bool> done_stored;
   std::vector<Item> kept;
   std::vector<std::pair<std::size_t, Error>> failed;  // index into kept, why
+  retry_on_arrival_ = true;
   std::size_t i = 0;
   for (; i < batch_.size(); ++i) {
     Item& item = batch_[i];
@@ -193,6 +197,7 @@ void TelemetrySink::write_one_by_one() {
     }
     if (store::classify_failure(stored.error()) != store::Failure::other) {
       // The store itself fails now: keep this and the rest for the next attempt.
+      retry_on_arrival_ = false;
       on_failure(stored.error(), batch_.size() - i);
       break;
     }
@@ -204,7 +209,7 @@ void TelemetrySink::write_one_by_one() {
   const bool others_stored = !done.empty();
   finish(done, done_stored);
   if (!failed.empty() && !others_stored) {
-    // Every message failed alike: the store is broken, not the messages. Blame none.
+    // Every message failed alike: maybe the store is broken, not the messages. Blame none.
     on_failure(failed.front().second, kept.size());
   }
   std::vector<bool> drop(kept.size(), false);

@@ -140,6 +140,9 @@ class TelemetrySink final : public hub::Consumer,
   TelemetryCounters counters_;  // guarded by mu_
 
   std::vector<Item> batch_;  // writer thread only
+  // The last failure was a message's own, not the store's: new messages are written at once
+  // instead of waiting out the back-off behind it. Writer thread only.
+  bool retry_on_arrival_ = false;
   std::thread writer_;
 };
 
