@@ -166,11 +166,11 @@ int run(const Options& o) {
     if (auto s = weak_sink.lock()) {
       const auto c = s->counters();
       out["telemetryWriter"] = {{"waiting", c.waiting},
-                                    {"storeFailures", c.store_failures},
-                                    {"deadLettered", c.dead_lettered},
-                                    {"fileFailures", c.file_failures},
-                                    {"failing", c.failing},
-                                    {"lastFailure", c.last_failure}};
+                                {"storeFailures", c.store_failures},
+                                {"deadLettered", c.dead_lettered},
+                                {"fileFailures", c.file_failures},
+                                {"failing", c.failing},
+                                {"lastFailure", c.last_failure}};
     }
     if (auto h = weak_hub.lock()) {
       const auto hub_status = h->status();

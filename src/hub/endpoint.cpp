@@ -259,15 +259,21 @@ void Endpoint::settle(Lane& l) {
   // A deletion that does not commit (the store refusing writes) loses nothing: the entries
   // are delivered again after a restart. It is logged and counted, not silent.
   store_.ack(l.key, through, [&io = io_, weak = weak_from_this(), key = l.key, through](Status s) {
-    if (s) return;
+    if (s || s.error().code == errc::cancelled) return;  // cancelled: shutting down
     asio::post(io, [weak, key, through, error = s.error()] {
       auto self = weak.lock();
       if (!self) return;
-      ++self->counters_.ack_failures;
-      log::error("hub",
-                 "endpoint={} priority={}: deleting delivered entries through seq={} failed (they "
-                 "will be delivered again after a restart): {}",
-                 self->id(), key.priority, through, error.to_string());
+      // While the store refuses writes every settle fails alike: log the first of a run.
+      const bool first = self->counters_.ack_failures++ % 1000 == 0;
+      const std::string text = fmt::format(
+          "endpoint={} priority={}: deleting delivered entries through seq={} failed (they "
+          "will be delivered again after a restart): {}",
+          self->id(), key.priority, through, error.to_string());
+      if (first) {
+        log::error("hub", "{}", text);
+      } else {
+        log::debug("hub", "{}", text);
+      }
     });
   });
 }

@@ -406,3 +406,41 @@ def test_cloud_dead_letters_a_message_its_store_refuses_and_stores_the_rest(clou
     assert 3 <= len(sent) <= 5, sent
     assert [m["messageId"] for m in cloud.all_messages("dev1")] == sent
     assert "poison refused" in cloud.log_text()
+
+
+def set_telemetry_rootpage(cloud, rootpage=None):
+    """Points the telemetry table of cloud.db at page `rootpage` (None: a page that does not
+    exist, which SQLite reports as corruption); returns the page it pointed at before."""
+    db = sqlite3.connect(str(cloud.home / "data" / "cloud.db"), timeout=30, isolation_level=None)
+    try:
+        (before,) = db.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'telemetry'").fetchone()
+        (version,) = db.execute("PRAGMA schema_version").fetchone()
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_schema SET rootpage = ? WHERE name = 'telemetry'",
+                   (rootpage if rootpage is not None else 99999,))
+        db.execute(f"PRAGMA schema_version = {version + 1}")  # other connections reload it
+        db.execute("PRAGMA writable_schema = OFF")
+    finally:
+        db.close()
+    return before
+
+
+def test_cloud_exits_on_a_corrupt_store_and_loses_nothing_acknowledged(cloud, module_client):
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"first", props={"$.mid": "first"})
+    wait_for(lambda: cloud.stored_count() == 1, what="the first message stored")
+    rootpage = set_telemetry_rootpage(cloud)
+    # Accepted into the ingest queue; writing it to the corrupt store is fatal: cairn-cloud
+    # exits (code 1) for its supervisor instead of going on with a store nobody can trust.
+    dev.publish_acked(b"second", props={"$.mid": "second"})
+    rc = cloud.proc.wait(timeout=60)
+    assert rc == 1, cloud.log_text()[-3000:]
+    assert "FATAL: the cloud store cannot be trusted" in cloud.log_text()
+    cloud.stop(expect_rc=1)
+    # Repaired and restarted, the acknowledged message waiting in the queue is stored.
+    set_telemetry_rootpage(cloud, rootpage)
+    cloud.start()
+    wait_for(lambda: cloud.stored_count() == 2, timeout=30, what="the queued message stored")
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == ["first", "second"]
