@@ -285,7 +285,7 @@ struct ModelManager::Model {
       return;
     }
     Engine& engine = *version->engine;
-    std::vector<InferRequest> requests(batch.size());
+    std::vector<InferRequest> decoded_requests(batch.size());
     std::vector<bool> decoded(batch.size(), false);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Result<InferRequest> r = make_error(errc::internal, "decoder threw");
@@ -298,15 +298,15 @@ struct ModelManager::Model {
         finish(batch[i], std::move(r).error());
         continue;
       }
-      requests[i] = std::move(*r);
+      decoded_requests[i] = std::move(*r);
       decoded[i] = true;
     }
-    // Try one merged run for the decoded requests that agree in layout and pass the signature.
+    // Try one merged run for the decoded decoded_requests that agree in layout and pass the signature.
     std::vector<std::size_t> members;
     if (batch.size() > 1 && batchable(engine)) {
       for (std::size_t i = 0; i < batch.size(); ++i) {
-        if (!decoded[i] || !check_inputs(engine.inputs(), requests[i].inputs)) continue;
-        if (!members.empty() && !same_layout(requests[members.front()], requests[i])) continue;
+        if (!decoded[i] || !check_inputs(engine.inputs(), decoded_requests[i].inputs)) continue;
+        if (!members.empty() && !same_layout(decoded_requests[members.front()], decoded_requests[i])) continue;
         members.push_back(i);
       }
     }
@@ -314,18 +314,18 @@ struct ModelManager::Model {
       std::vector<std::size_t> rows;
       std::size_t total = 0;
       for (auto i : members) {
-        rows.push_back(static_cast<std::size_t>(requests[i].inputs.front().shape[0]));
+        rows.push_back(static_cast<std::size_t>(decoded_requests[i].inputs.front().shape[0]));
         total += rows.back();
       }
       std::vector<Tensor> merged;
-      for (const auto& first : requests[members.front()].inputs) {
+      for (const auto& first : decoded_requests[members.front()].inputs) {
         Tensor t;
         t.name = first.name;
         t.dtype = first.dtype;
         t.shape = first.shape;
         t.shape[0] = static_cast<std::int64_t>(total);
         for (auto i : members) {
-          const Tensor* part = find_tensor(requests[i].inputs, first.name);
+          const Tensor* part = find_tensor(decoded_requests[i].inputs, first.name);
           t.data += part->data;
           t.strings.insert(t.strings.end(), part->strings.begin(), part->strings.end());
         }
@@ -356,7 +356,7 @@ struct ModelManager::Model {
       if (!decoded[i]) continue;
       runs.fetch_add(1, std::memory_order_relaxed);
       batch_sizes.observe(1);
-      auto out = engine.run(requests[i].inputs);
+      auto out = engine.run(decoded_requests[i].inputs);
       if (!out) {
         finish(batch[i], std::move(out).error());
         continue;

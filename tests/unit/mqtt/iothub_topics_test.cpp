@@ -416,7 +416,9 @@ TEST(ModuleInputTopic, BareInputAndRefusals) {
                           "devices/d/modules/m/inputs/in/%zz=1", "$iothub/twin/res/200/?$rid=1"}) {
     auto t = parse_module_input_topic(bad);
     EXPECT_FALSE(t) << bad;
-    if (!t) EXPECT_EQ(t.error().code, errc::invalid_argument);
+    if (!t) {
+      EXPECT_EQ(t.error().code, errc::invalid_argument);
+    }
   }
 }
 
