@@ -13,6 +13,7 @@ namespace {
 
 using nlohmann::json;
 using testing::CloudTest;
+using testing::open_store;
 
 Message telemetry(const std::string& device, const std::string& module, const std::string& id,
                   std::string body, const std::string& content_type = "") {
