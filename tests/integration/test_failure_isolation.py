@@ -413,10 +413,10 @@ def set_telemetry_rootpage(cloud, rootpage=None):
     exist, which SQLite reports as corruption); returns the page it pointed at before."""
     db = sqlite3.connect(str(cloud.home / "data" / "cloud.db"), timeout=30, isolation_level=None)
     try:
+        db.execute("PRAGMA writable_schema = ON")  # also reads a schema it cannot parse
         (before,) = db.execute(
             "SELECT rootpage FROM sqlite_schema WHERE name = 'telemetry'").fetchone()
         (version,) = db.execute("PRAGMA schema_version").fetchone()
-        db.execute("PRAGMA writable_schema = ON")
         db.execute("UPDATE sqlite_schema SET rootpage = ? WHERE name = 'telemetry'",
                    (rootpage if rootpage is not None else 99999,))
         db.execute(f"PRAGMA schema_version = {version + 1}")  # other connections reload it
@@ -432,9 +432,10 @@ def test_cloud_exits_on_a_corrupt_store_and_loses_nothing_acknowledged(cloud, mo
     dev.publish_acked(b"first", props={"$.mid": "first"})
     wait_for(lambda: cloud.stored_count() == 1, what="the first message stored")
     rootpage = set_telemetry_rootpage(cloud)
-    # Accepted into the ingest queue; writing it to the corrupt store is fatal: cairn-cloud
-    # exits (code 1) for its supervisor instead of going on with a store nobody can trust.
-    dev.publish_acked(b"second", props={"$.mid": "second"})
+    # Accepted into the ingest queue (committed there before the writer sees it); writing it
+    # to the corrupt store is fatal: cairn-cloud exits (code 1) for its supervisor instead of
+    # going on with a store nobody can trust. The exit may beat the PUBACK onto the wire.
+    dev.publish(b"second", props={"$.mid": "second"})
     rc = cloud.proc.wait(timeout=60)
     assert rc == 1, cloud.log_text()[-3000:]
     assert "FATAL: the cloud store cannot be trusted" in cloud.log_text()
