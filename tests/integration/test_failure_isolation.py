@@ -445,3 +445,54 @@ def test_cloud_exits_on_a_corrupt_store_and_loses_nothing_acknowledged(cloud, mo
     cloud.start()
     wait_for(lambda: cloud.stored_count() == 2, timeout=30, what="the queued message stored")
     assert [m["messageId"] for m in cloud.all_messages("dev1")] == ["first", "second"]
+
+
+def test_cloud_full_disk_holds_messages_back_and_recovers(cloud_factory, module_client,
+                                                          small_disk):
+    cloud = cloud_factory(start=False)
+    data = small_disk(cloud.home / "data")
+    cloud.start()
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    acked = []
+    for i in range(3):
+        dev.publish_acked(f"before-{i}".encode(), props={"$.mid": f"b{i}"})
+        acked.append(f"b{i}")
+    wait_for(lambda: cloud.stored_count() == 3, what="the first messages stored")
+    # Messages accepted into the queue while the writer is held back by a lock; then the disk
+    # fills and the lock goes: the writer's own writes now fail for want of space.
+    db = lock_cloud_db(cloud)
+    try:
+        for i in range(5):
+            dev.publish_acked(b"q" * 20000, props={"$.mid": f"q{i}"})
+            acked.append(f"q{i}")
+        filler = fill(data)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    wait_for(lambda: "full" in cloud_writer(cloud).get("lastFailure", ""), timeout=60,
+             what="the writer to report the full disk")
+    assert cloud.stored_count() == 3
+    # Neither the queue nor the store can write: publishes are refused or held back (never
+    # acknowledged and then lost), and cairn-cloud stays up.
+    for i in range(20):
+        if not dev.is_connected():
+            dev = module_client(CloudDevice(cloud, "dev1"), None)
+        info = dev.try_publish(b"x" * 20000, props={"$.mid": f"f{i}"})
+        if info is None:
+            continue
+        wait_for(lambda: info.mid in dev.acked_mids or dev.disconnected.is_set(),
+                 what=f"PUBACK or refusal of f{i}")
+        if info.mid in dev.acked_mids:
+            acked.append(f"f{i}")
+    assert cloud.running(), cloud.log_text()[-3000:]
+    assert "full" in cloud.log_text()
+    # Space comes back: everything acknowledged is stored, once, without a restart.
+    filler.unlink()
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"after", props={"$.mid": "after"})
+    acked.append("after")
+    wait_for(lambda: cloud.stored_count() == len(acked), timeout=60,
+             what=f"{len(acked)} acknowledged messages stored")
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == acked
+    assert cloud.status()["telemetryWriter"]["failing"] is False
