@@ -96,23 +96,6 @@ int run(const Options& o) {
     log::error("cairn-cloud", "{}", routes.error().to_string());
     return 1;
   }
-  cloud::Registry registry(**db);
-  cloud::CloudAuthenticator authenticator(registry, hostname);
-  cloud::CloudTwins twins(**db);
-  cloud::ConnectionTracker connections(**db);
-  hub::HubServices services;
-  services.authenticator = &authenticator;
-  services.twins = &twins;
-  services.observer = &connections;
-  (*hub)->set_services(services);
-  if (auto s = (*hub)->apply(*routes); !s) {
-    log::error("cairn-cloud", "{}", s.error().to_string());
-    return 1;
-  }
-  if (auto s = (*hub)->start(); !s) {
-    log::error("cairn-cloud", "{}", s.error().to_string());
-    return 1;
-  }
   // The telemetry writer has a connection of its own, used on its own thread: its commits
   // (and a database locked by someone else) never hold up the io thread.
   auto sink_db = cloud::SqliteCloudStore::open(db_options);
@@ -131,6 +114,28 @@ int run(const Options& o) {
   auto sink = cloud::TelemetrySink::open(io, std::move(*sink_db), sink_options);
   if (!sink) {
     log::error("cairn-cloud", "{}", sink.error().to_string());
+    return 1;
+  }
+  cloud::Registry registry(**db);
+  cloud::CloudAuthenticator authenticator(registry, hostname);
+  cloud::CloudTwins twins(**db);
+  // Connection state is written on the telemetry writer's thread, never on the io thread.
+  cloud::ConnectionTracker connections(
+      [weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink)](const cloud::TwinKey& who,
+                                                               bool connected, std::int64_t at_ms) {
+        if (auto w = weak_sink.lock()) w->record_connection(who, connected, at_ms);
+      });
+  hub::HubServices services;
+  services.authenticator = &authenticator;
+  services.twins = &twins;
+  services.observer = &connections;
+  (*hub)->set_services(services);
+  if (auto s = (*hub)->apply(*routes); !s) {
+    log::error("cairn-cloud", "{}", s.error().to_string());
+    return 1;
+  }
+  if (auto s = (*hub)->start(); !s) {
+    log::error("cairn-cloud", "{}", s.error().to_string());
     return 1;
   }
   (*hub)->attach_upstream(*sink);
@@ -169,6 +174,7 @@ int run(const Options& o) {
                                 {"storeFailures", c.store_failures},
                                 {"deadLettered", c.dead_lettered},
                                 {"fileFailures", c.file_failures},
+                                {"connectionRecordFailures", c.connection_record_failures},
                                 {"failing", c.failing},
                                 {"lastFailure", c.last_failure}};
     }

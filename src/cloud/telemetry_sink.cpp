@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -135,26 +136,67 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   return true;
 }
 
+void TelemetrySink::record_connection(const TwinKey& who, bool connected, std::int64_t at_ms) {
+  bool wake = false;
+  {
+    std::lock_guard lock(mu_);
+    // One record per connect or disconnect: bounded by the hub's connection limit and rate.
+    wake = pending_connections_.empty();
+    pending_connections_.push_back(ConnectionRecord{who, connected, at_ms});
+  }
+  if (wake) cv_.notify_one();
+}
+
+void TelemetrySink::write_connections(std::vector<ConnectionRecord>& records) {
+  for (const auto& r : records) {
+    auto s = store_->set_connection_state(r.who, r.connected, r.at_ms);
+    if (s) continue;
+    {
+      std::lock_guard lock(mu_);
+      ++counters_.connection_record_failures;
+    }
+    log::warn("cloud", "recording client={} connected={} failed: {}", r.who.client_id(),
+              r.connected, s.error().to_string());
+  }
+  records.clear();
+}
+
 void TelemetrySink::run() {
   Backoff backoff(options_.first_retry, options_.max_retry);
+  std::vector<ConnectionRecord> connections;
+  std::optional<std::chrono::steady_clock::time_point> retry_at;  // while batch_ waits
   for (;;) {
+    bool write = false;
     {
       std::unique_lock lock(mu_);
       if (!batch_.empty()) {
         // Messages whose write failed: wait out the back-off; whatever arrives meanwhile is
         // written with them. When the store works and only some messages fail, new messages
-        // do not wait behind them.
-        const auto until = std::chrono::steady_clock::now() + backoff.next();
-        cv_.wait_until(lock, until,
-                       [this] { return stopping_ || (retry_on_arrival_ && !pending_.empty()); });
+        // do not wait behind them. Connection records are written as they come.
+        if (!retry_at) retry_at = std::chrono::steady_clock::now() + backoff.next();
+        cv_.wait_until(lock, *retry_at, [this] {
+          return stopping_ || (retry_on_arrival_ && !pending_.empty()) ||
+                 !pending_connections_.empty();
+        });
+        write = std::chrono::steady_clock::now() >= *retry_at ||
+                (retry_on_arrival_ && !pending_.empty());
       } else {
-        cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
+        cv_.wait(lock, [this] {
+          return stopping_ || !pending_.empty() || !pending_connections_.empty();
+        });
+        write = !pending_.empty();
       }
       // Unstored messages stay unacknowledged in the hub's queue: delivered again next start.
       if (stopping_) return;
-      for (Item& item : pending_) batch_.push_back(std::move(item));
-      pending_.clear();
+      connections.swap(pending_connections_);
+      if (write) {
+        for (Item& item : pending_) batch_.push_back(std::move(item));
+        pending_.clear();
+      }
     }
+    write_connections(connections);
+    if (!write) continue;
+    retry_at.reset();
     write_batch();
     if (batch_.empty()) backoff.reset();
   }

@@ -79,6 +79,7 @@ struct TelemetryCounters {
   std::uint64_t store_failures = 0;  // failed write attempts (each retried)
   std::uint64_t dead_lettered = 0;   // messages the store refused for good
   std::uint64_t file_failures = 0;
+  std::uint64_t connection_record_failures = 0;  // record_connection() writes that failed
   std::uint64_t waiting = 0;  // handed to the writer, not yet stored or dead-lettered
   bool failing = false;       // the last write attempt failed
   std::string last_failure;   // its reason, while failing
@@ -108,6 +109,11 @@ class TelemetrySink final : public hub::Consumer,
 
   TelemetryCounters counters() const;
 
+  // Writes a client's connection state on the writer thread, in the order recorded, ahead of
+  // telemetry waiting there (ConnectionTracker's RecordFn). Best effort: a failure is logged
+  // and counted, not retried (the next connect or disconnect writes it again).
+  void record_connection(const TwinKey& who, bool connected, std::int64_t at_ms);
+
  private:
   struct Item {
     TelemetryRecord record;
@@ -117,7 +123,14 @@ class TelemetrySink final : public hub::Consumer,
 
   TelemetrySink(asio::io_context& io, std::unique_ptr<CloudStore> store, std::FILE* file,
                 TelemetrySinkOptions options, Clock clock);
+  struct ConnectionRecord {
+    TwinKey who;
+    bool connected = false;
+    std::int64_t at_ms = 0;
+  };
+
   void run();
+  void write_connections(std::vector<ConnectionRecord>& records);
   // Writes `batch_`; what is left in it afterwards is retried after a back-off.
   void write_batch();
   // Writes each message of a batch that failed as a whole on its own.
@@ -135,9 +148,10 @@ class TelemetrySink final : public hub::Consumer,
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Item> pending_;   // guarded by mu_: handed over by deliver()
-  bool stopping_ = false;       // guarded by mu_
-  TelemetryCounters counters_;  // guarded by mu_
+  std::vector<Item> pending_;                          // guarded by mu_: handed over by deliver()
+  std::vector<ConnectionRecord> pending_connections_;  // guarded by mu_
+  bool stopping_ = false;                              // guarded by mu_
+  TelemetryCounters counters_;                         // guarded by mu_
 
   std::vector<Item> batch_;  // writer thread only
   // The last failure was a message's own, not the store's: new messages are written at once

@@ -255,6 +255,25 @@ TEST_F(TelemetrySinkTest, WhenEveryMessageFailsAlikeNoneIsBlamed) {
   EXPECT_EQ(sink->counters().waiting, 2u);
 }
 
+TEST_F(TelemetrySinkTest, ConnectionStateIsWrittenOnTheWriterThread) {
+  make_device("d");
+  auto sink = open_sink();
+  ASSERT_NE(sink, nullptr);
+  // A locked database holds the writer up, not the caller: record_connection returns at once.
+  ASSERT_TRUE(store_->exec_for_test("BEGIN IMMEDIATE").ok());
+  const auto before = std::chrono::steady_clock::now();
+  sink->record_connection(TwinKey{"d", ""}, true, now_ms_);
+  sink->record_connection(TwinKey{"nobody", ""}, true, now_ms_);  // unknown: counted, logged
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
+  ASSERT_TRUE(store_->exec_for_test("COMMIT").ok());
+  ASSERT_TRUE(run_until([&] { return sink->counters().connection_record_failures >= 1; }));
+  auto d = store_->find_device("d");
+  ASSERT_TRUE(d.ok() && d->has_value());
+  EXPECT_TRUE((*d)->connected);
+  EXPECT_EQ((*d)->connection_state_updated_ms, now_ms_);
+  EXPECT_EQ(sink->counters().connection_record_failures, 1u);
+}
+
 TEST_F(TelemetrySinkTest, AnUnwritableFileIsAnErrorAtOpen) {
   TelemetrySinkOptions options;
   options.jsonl_path = "/proc/no/such/file";
