@@ -296,8 +296,8 @@ awaitable<Result<mqtt::Connack>> MqttClient::do_connect() {
   connect.keep_alive = options_.keep_alive_s;
   std::string bytes;
   if (auto s = mqtt::encode(connect, bytes); !s) {
-    co_return make_error(errc::invalid_argument, "CONNECT for " + options_.host + ": " +
-                                                     s.error().message);
+    co_return make_error(errc::invalid_argument,
+                         "CONNECT for " + options_.host + ": " + s.error().message);
   }
   co_await write_all(bytes, ec);
   if (ec || state_ != State::kConnecting) co_return step_error("send CONNECT to", ec);

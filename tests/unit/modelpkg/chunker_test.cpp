@@ -23,7 +23,9 @@ TEST(ChunkerTest, ChunksCoverTheDataWithinBounds) {
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     EXPECT_EQ(chunks[i].offset, pos);
     EXPECT_LE(chunks[i].size, o.max_chunk);
-    if (i + 1 < chunks.size()) EXPECT_GE(chunks[i].size, o.min_chunk);
+    if (i + 1 < chunks.size()) {
+      EXPECT_GE(chunks[i].size, o.min_chunk);
+    }
     pos += chunks[i].size;
   }
   EXPECT_EQ(pos, data.size());
