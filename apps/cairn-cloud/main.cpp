@@ -156,6 +156,13 @@ int run(const Options& o) {
     auto h = weak_hub.lock();
     return h && h->is_connected(client_id);
   };
+  hooks.list_dead_letters = [weak_hub](net::HttpRespond respond) {
+    if (auto h = weak_hub.lock()) {
+      h->list_dead_letters(std::move(respond));
+    } else {
+      respond(net::json_response(503, {{"error", "cairn-cloud is stopping"}}));
+    }
+  };
   hooks.status_extension = [weak_hub, weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink),
                             &queue = **queue, max_queue_bytes = o.max_queue_bytes] {
     nlohmann::json out = nlohmann::json::object();

@@ -450,6 +450,10 @@ void RestApi::cairn(Call& call) {
   const std::size_t n = seg.size();
   if (n == 2 && seg[1] == "messages") return messages(call);
   if (n == 2 && seg[1] == "status") return status(call);
+  if (n == 2 && seg[1] == "deadletters" && hooks_.list_dead_letters) {
+    if (!call.allow({"GET"})) return;
+    return hooks_.list_dead_letters(call.respond);
+  }
   if (n >= 3 && seg[1] == "devices") {
     if ((n == 4 && seg[3] == "regenerateKey") ||
         (n == 6 && seg[3] == "modules" && seg[5] == "regenerateKey")) {

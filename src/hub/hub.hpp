@@ -124,6 +124,9 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason);
   // GET /deadletters lists at most this many (the oldest first per endpoint), with the total.
   static constexpr std::size_t kMaxDeadLettersListed = 1000;
+  // Answers {"total", "deadLetters": [{"key", "endpoint", "reason", "atMs", "messageBytes",
+  // "messageId"}]} (GET /deadletters; cairn-cloud's GET /cairn/deadletters).
+  void list_dead_letters(net::HttpRespond respond);
   // Registers a session for its client id, closing any previous one (takeover).
   void register_session(const std::string& client_id, const std::shared_ptr<Session>& session);
   void unregister_session(const std::string& client_id, const Session* session);
@@ -141,7 +144,6 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void erase_session(const std::string& client_id);
 
  private:
-  void list_dead_letters(net::HttpRespond respond);
   Hub(asio::io_context& io, HubConfig config, store::MessageStore& store);
   Status listen(std::uint16_t port, bool tls, std::uint16_t& bound);
   // Accepts MQTT connections on `acceptor` until stop(); started again if it ever throws.

@@ -406,6 +406,11 @@ def test_cloud_dead_letters_a_message_its_store_refuses_and_stores_the_rest(clou
     assert 3 <= len(sent) <= 5, sent
     assert [m["messageId"] for m in cloud.all_messages("dev1")] == sent
     assert "poison refused" in cloud.log_text()
+    listed = cloud.call("GET", "/cairn/deadletters")
+    assert listed["total"] == 1, listed
+    [dead] = listed["deadLetters"]
+    assert dead["endpoint"] == "$upstream" and dead["messageId"] == "poison", dead
+    assert "poison refused" in dead["reason"], dead
 
 
 def set_telemetry_rootpage(cloud, rootpage=None):
