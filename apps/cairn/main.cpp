@@ -224,7 +224,6 @@ int main(int argc, char** argv) {
   model_keygen->add_option("--private", private_key_path, "Private key file (PEM)")->required();
   model_keygen->add_option("--public", public_key_path, "Public key file (PEM)")->required();
 
-
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -287,7 +286,6 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-
 
   if (create->parsed()) {
     auto j = call(ctx, "POST", "/identities", nlohmann::json{{"moduleId", module}}.dump());

@@ -301,12 +301,15 @@ struct ModelManager::Model {
       decoded_requests[i] = std::move(*r);
       decoded[i] = true;
     }
-    // Try one merged run for the decoded decoded_requests that agree in layout and pass the signature.
+    // Try one merged run for the decoded decoded_requests that agree in layout and pass the
+    // signature.
     std::vector<std::size_t> members;
     if (batch.size() > 1 && batchable(engine)) {
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (!decoded[i] || !check_inputs(engine.inputs(), decoded_requests[i].inputs)) continue;
-        if (!members.empty() && !same_layout(decoded_requests[members.front()], decoded_requests[i])) continue;
+        if (!members.empty() &&
+            !same_layout(decoded_requests[members.front()], decoded_requests[i]))
+          continue;
         members.push_back(i);
       }
     }

@@ -20,7 +20,6 @@
 #include "core/log.hpp"
 #include "net/http.hpp"
 #include "net/spawn.hpp"
-
 #include <sys/socket.h>
 #include <sys/stat.h>
 

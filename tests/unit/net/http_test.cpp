@@ -522,7 +522,7 @@ TEST_F(HttpTest, UnixServerStillWorksWithHeaders) {
   ASSERT_TRUE(res) << res.error().to_string();
   EXPECT_EQ(res->status, 200);
   EXPECT_EQ(res->body, "POST /identities u {}");
-  EXPECT_EQ(res->header("x-peer"), "unix");
+  EXPECT_EQ(res->header("x-peer"), "unix:pid=" + std::to_string(::getpid()));
   unix_server_->stop();
   sync_with_io();
   EXPECT_FALSE(fs::exists(path));
