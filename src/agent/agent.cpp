@@ -730,8 +730,9 @@ void Agent::report_state() {
     } else {
       log::warn(kLog,
                 "$edgeAgent reported properties in '{}' detail ({} modules): the full document "
-                "exceeds {} bytes",
-                detail, deployment_ ? deployment_->modules.size() : 0, kMaxReportedBytes);
+                "takes {} bytes, over the {} a twin takes; {} bytes sent",
+                detail, deployment_ ? deployment_->modules.size() : 0,
+                twin::dump_json(reported).size(), kMaxReportedBytes, twin::dump_json(sent).size());
     }
     reported_detail_ = detail;
   }

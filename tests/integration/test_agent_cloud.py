@@ -200,6 +200,10 @@ def test_forty_modules_fit_the_reported_twin(cloud, linked_edge):
     for i in range(40):
         m = sleeper(100 + i)
         m["env"] = {f"SETTING_{k}": {"value": "x" * 40} for k in range(4)}
+        # A createOptions the size of a real module's (ports, binds, labels): ~300 characters.
+        create = json.loads(m["settings"]["createOptions"])
+        create["Labels"] = {f"com.example.label{k}": "v" * 40 for k in range(5)}
+        m["settings"]["createOptions"] = json.dumps(create)
         mods[f"module{i:02d}"] = m
     apply(cloud, dev, manifest(mods))
     names = list(mods)
@@ -213,3 +217,6 @@ def test_forty_modules_fit_the_reported_twin(cloud, linked_edge):
     assert "reported properties: 400" not in edge.log_text()
     assert "cloud refused a reported patch" not in edge.log_text()
     assert "detail (40 modules)" in edge.log_text()
+    # Every module is there, with its state; the settings echo is what was left out.
+    assert rep["modules"]["module07"]["settings"]["image"] == "/bin/sleep"
+    assert "createOptions" not in rep["modules"]["module07"]["settings"]
