@@ -48,7 +48,10 @@ Status write_file_atomic(const std::string& path, const std::string& text) {
 
 std::string iso_or_epoch(std::int64_t ms) { return format_iso8601(ms > 0 ? ms : 0); }
 
-net::HttpResponse json_response(int status, const json& body) { return {status, body.dump()}; }
+// dump_json never throws: a parser's message may quote a partial UTF-8 sequence of the input.
+net::HttpResponse json_response(int status, const json& body) {
+  return {status, twin::dump_json(body)};
+}
 net::HttpResponse error_response(int status, const std::string& message) {
   return json_response(status, {{"message", message}});
 }

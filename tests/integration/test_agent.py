@@ -169,7 +169,7 @@ def test_node_sdk_module_runs_on_the_workload_api_only(edge):
     # Desired properties: the manifest's, then a local patch.
     wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 30,
              timeout=SLOW, interval=0.2, what="b to see the manifest's desired properties")
-    edge.cli("twin", "desired", "b", json.dumps({"threshold": 31}))
+    edge.cli("twin", "update-desired", "b", json.dumps({"threshold": 31}))
     wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 31,
              timeout=SLOW, interval=0.2, what="b to see the desired patch")
 
