@@ -153,6 +153,14 @@ int run(const Options& o) {
                db_options.path);
     return 1;
   }
+  // Signals are caught before "ready" is said: a SIGTERM right after it stops cleanly.
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](net::error_code, int sig) {
+    log::info("cairn-cloud", "signal {}: shutting down", sig);
+    (*https)->stop();
+    (*hub)->stop();
+    asio::post(io, [&io] { io.stop(); });
+  });
   // What a user needs to connect, on stdout; logs go to stderr.
   std::cout << "cairn-cloud ready\n"
             << "  MQTT (devices):   mqtts://" << hostname << ":" << (*hub)->tls_port() << "\n"
@@ -165,14 +173,6 @@ int run(const Options& o) {
             << std::flush;
   log::info("cairn-cloud", "ready: home={} mqtt={}:{} https={}:{}", o.home, o.listen,
             (*hub)->tls_port(), o.listen, (*https)->port());
-
-  asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](net::error_code, int sig) {
-    log::info("cairn-cloud", "signal {}: shutting down", sig);
-    (*https)->stop();
-    (*hub)->stop();
-    asio::post(io, [&io] { io.stop(); });
-  });
   net::run_contained(io);  // a handler that throws is logged; the daemon goes on
   rest.reset();
   hub->reset();

@@ -133,6 +133,10 @@ int run(const Options& o) {
   if (!o.models_file.empty()) apply_file();
 
   asio::io_context io(1);
+  // Signals are caught from here on (one that arrives before the wait below is kept for it), so
+  // a SIGTERM right after the "listening" line stops cleanly instead of killing the process.
+  asio::signal_set stop_signals(io, SIGINT, SIGTERM);
+  asio::signal_set reload_signal(io, SIGHUP);
   infer::RestOptions rest_options;
   rest_options.server_version = CAIRN_VERSION;
   infer::RestApi rest(models, rest_options);
@@ -155,14 +159,12 @@ int run(const Options& o) {
   log::info(kLog, "ready: http={}:{} models={}", address->first, (*server)->port(),
             models.list().size());
 
-  asio::signal_set stop_signals(io, SIGINT, SIGTERM);
   stop_signals.async_wait([&](net::error_code ec, int sig) {
     if (ec) return;
     log::info(kLog, "signal {}: shutting down", sig);
     (*server)->stop();
     asio::post(io, [&io] { io.stop(); });
   });
-  asio::signal_set reload_signal(io, SIGHUP);
   std::function<void()> wait_reload = [&] {
     reload_signal.async_wait([&](net::error_code ec, int) {
       if (ec) return;

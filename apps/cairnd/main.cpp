@@ -288,9 +288,6 @@ int run(const std::string& home, const std::string& config_path, const std::stri
                 started.error().message);
     }
   }
-  log::info("cairnd", "ready: home={} device={} mgmt={}", home, config->device_id,
-            config->mgmt_socket());
-
   asio::signal_set signals(io, SIGINT, SIGTERM);
   std::thread agent_stopper;
   signals.async_wait([&](net::error_code, int sig) {
@@ -309,6 +306,9 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       });
     });
   });
+  // "ready" only once the signal handler is installed: a SIGTERM right after it stops cleanly.
+  log::info("cairnd", "ready: home={} device={} mgmt={}", home, config->device_id,
+            config->mgmt_socket());
   net::run_contained(io);  // a handler that throws is logged; the daemon goes on
   if (agent_stopper.joinable()) agent_stopper.join();
   agent_ref = nullptr;

@@ -649,8 +649,7 @@ json Agent::module_json(const std::string& name) {
     for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     k = key.starts_with("createoptions") ? settings.erase(k) : std::next(k);
   }
-  // Bound to a name: the range of items() of a temporary would outlive the temporary.
-  const json chunks = chunk_create_options(m->create_options_text);
+  const json chunks = chunk_create_options(m->create_options_text);  // items() only refers to it
   for (const auto& [k, v] : chunks.items()) settings[k] = v;
   if (!t.state.image_hash.empty()) settings["imageHash"] = t.state.image_hash;
   std::string description =

@@ -15,6 +15,12 @@ from infer_fixtures import infer_factory, wait_status  # noqa: F401
 NODE_CASES = Path("/usr/share/libonnx-testdata/data/node")
 # Cases whose outputs are random by definition.
 NONDETERMINISTIC = ("bernoulli", "random", "training_dropout")
+# Cases where ONNX Runtime's own result differs from ONNX's reference output beyond the
+# backend-test tolerance: float-to-string formatting, DFT/STFT rounding, align_corners resizes,
+# MaxUnpool with an output shape. Those are the engine's numerics, not marshalling: for them the
+# JSON and binary answers must still agree exactly with each other.
+ENGINE_DEVIATES = ("cast_FLOAT_to_STRING", "castlike_FLOAT_to_STRING", "test_dft", "test_stft",
+                   "maxunpool_export_with_output_shape", "align_corners")
 ONNX_TO_NP_OK = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                  onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
                  onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
@@ -111,7 +117,7 @@ def test_onnx_node_cases_round_trip_json_and_binary(infer_factory, tmp_path):
                     problems.append(f"{name}: {path} lacks output {out_name}")
                     continue
                 why = same(got[out_name], want, exact=False)
-                if why:
+                if why and not any(word in name for word in ENGINE_DEVIATES):
                     problems.append(f"{name}/{out_name} via {path} vs expected: {why}")
             if out_name in out_json and out_name in out_bin:
                 why = same(out_json[out_name], out_bin[out_name], exact=True)

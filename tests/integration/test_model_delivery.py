@@ -5,6 +5,7 @@ Every failure case checks three things: exit code 1, an error naming what was wr
 and its URL where there is one), and the previous model file left byte-for-byte untouched.
 """
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -227,16 +228,30 @@ def test_corrupted_chunk_is_rejected(tmp_path, publish, server):
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     path.write_bytes(bytes(damaged))
-    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    # The chunk path (with deltas allowed, version 1 in the store makes deltas the cheaper way).
+    err = fetch(server.url("net-2.cidx"), out, store, "--no-deltas", expect_rc=1)
     assert victim in err and server.url(f"chunks/{victim[:2]}/{victim}") in err, err
     assert out.read_bytes() == old
+
+
+def test_corrupted_deltas_fall_back_to_chunks(tmp_path, publish, server):
+    out, store, _ = published_with_old_model(tmp_path, publish, server)
+    deltas = [p for p in (publish / "deltas").rglob("*") if p.is_file()]
+    assert deltas, "version 2 was packed with deltas against version 1"
+    for path in deltas:
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+    summary = fetch(server.url("net-2.cidx"), out, store)
+    assert summary["deltas_applied"] == 0 and summary["chunks_downloaded"] > 0, summary
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == summary["sha256"]
 
 
 def test_missing_chunk_is_rejected(tmp_path, publish, server):
     out, store, old = published_with_old_model(tmp_path, publish, server)
     victim = chunk_files(publish, "net-2.cidx")[-1]
     (publish / "chunks" / victim[:2] / victim).unlink()
-    err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
+    err = fetch(server.url("net-2.cidx"), out, store, "--no-deltas", expect_rc=1)
     assert victim in err and "HTTP 404" in err, err
     assert out.read_bytes() == old
 

@@ -32,7 +32,10 @@ class Broker:
             f"cafile {certs / 'edge-ca.pem'}\n"
             f"certfile {certs / 'server.pem'}\n"
             f"keyfile {certs / 'server.key.pem'}\n"
-            "allow_anonymous true\n")
+            "allow_anonymous true\n"
+            # Started as root, mosquitto drops to its own user, which cannot read the test's
+            # certificates under a private temporary directory: stay root.
+            + ("user root\n" if os.geteuid() == 0 else ""))
         self.log = open(home / "mosquitto.log", "wb")
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
