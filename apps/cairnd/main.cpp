@@ -143,21 +143,29 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   agent::Agent* agent_ref = nullptr;
   const std::string agent_twin = config->device_id + "/$edgeAgent";
   const std::string hub_twin = config->device_id + "/$edgeHub";
+  // applyConfigurationContent changes both twins at once, but their patches travel on two
+  // links: a patch waits this long for its partner so that the pair is applied as one
+  // deployment (a refused $edgeAgent part then also keeps the old routes).
+  static constexpr auto kTwinPairWait = std::chrono::milliseconds(250);
+  asio::steady_timer twin_pair_timer(io);
   auto twins = std::make_shared<hub::TwinCache>(
       io, **store,
-      [h = hub->get(), &twins_ref, &agent_ref, agent_twin, hub_twin](const std::string& client_id,
-                                                                     const nlohmann::json& patch) {
+      [h = hub->get(), &twins_ref, &agent_ref, &twin_pair_timer, agent_twin, hub_twin](
+          const std::string& client_id, const nlohmann::json& patch) {
         if (client_id != agent_twin && client_id != hub_twin) {
           return h->notify_desired(client_id, patch);
         }
-        asio::post(h->io(), [&twins_ref, &agent_ref, agent_twin, hub_twin] {
-          auto cache = twins_ref.lock();
-          if (!cache || agent_ref == nullptr) return;
-          auto a = cache->cached_view(agent_twin);
-          auto e = cache->cached_view(hub_twin);
-          if (!a || !e) return;
-          agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
-        });
+        twin_pair_timer.expires_after(kTwinPairWait);  // a later patch restarts the wait
+        twin_pair_timer.async_wait(
+            [&twins_ref, &agent_ref, agent_twin, hub_twin](net::error_code waited) {
+              if (waited) return;
+              auto cache = twins_ref.lock();
+              if (!cache || agent_ref == nullptr) return;
+              auto a = cache->cached_view(agent_twin);
+              auto e = cache->cached_view(hub_twin);
+              if (!a || !e) return;
+              agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
+            });
         return true;
       });
   twins_ref = twins;

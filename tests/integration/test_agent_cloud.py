@@ -126,7 +126,7 @@ def test_deployments_from_the_cloud(cloud, linked_edge):
     good_version = rep["lastDesiredVersion"]
 
     # 3. A broken deployment: refused with the reason; the previous one keeps running.
-    broken = manifest({"b": sleeper(1), "c": sleeper(2)})
+    broken = manifest({"b": sleeper(1), "c": sleeper(2)}, routes={"bUp": "FROM /messages/* INTO $upstream"})
     broken["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["c"][
         "restartPolicy"] = "sometimes"
     apply(cloud, dev, broken)
