@@ -36,6 +36,10 @@ struct Options {
   std::uint16_t https_port = 443;
   std::string messages_file;  // JSON lines; default HOME/data/messages.jsonl
   bool fsync = true;
+  // Cap of the ingest queue (queue.db): messages PUBACKed but not yet in the cloud store. When
+  // it is full, publishers get no PUBACK (they resend later) until the telemetry writer catches
+  // up. 0 = no cap.
+  std::uint64_t max_queue_bytes = 1024ull * 1024 * 1024;
 };
 
 // Device-to-cloud messages wait in the hub's durable queue until the sink has stored them.
@@ -62,6 +66,8 @@ int run(const Options& o) {
   store::Options queue_options;
   queue_options.path = o.home + "/data/queue.db";
   queue_options.sync = o.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
+  queue_options.max_bytes = o.max_queue_bytes;
+  queue_options.exit_on_fatal = true;  // a supervisor restarts cairn-cloud on a clean reopen
   auto queue = store::MessageStore::open(queue_options);
   if (!queue) {
     log::error("cairn-cloud", "cannot open {}: {}", queue_options.path, queue.error().to_string());
@@ -77,6 +83,7 @@ int run(const Options& o) {
   config.mqtt.tls_port = o.mqtt_port;
   config.mqtt.plain_port = 0;
   config.store.fsync = o.fsync;
+  config.store.max_bytes = o.max_queue_bytes;
 
   asio::io_context io(1);
   auto hub = hub::Hub::make(io, config, **queue);
@@ -89,10 +96,35 @@ int run(const Options& o) {
     log::error("cairn-cloud", "{}", routes.error().to_string());
     return 1;
   }
+  // The telemetry writer has a connection of its own, used on its own thread: its commits
+  // (and a database locked by someone else) never hold up the io thread.
+  auto sink_db = cloud::SqliteCloudStore::open(db_options);
+  if (!sink_db) {
+    log::error("cairn-cloud", "cannot open {}: {}", db_options.path, sink_db.error().to_string());
+    return 1;
+  }
+  std::weak_ptr<hub::Hub> weak_hub = *hub;
+  cloud::TelemetrySinkOptions sink_options;
+  sink_options.jsonl_path =
+      o.messages_file.empty() ? o.home + "/data/messages.jsonl" : o.messages_file;
+  sink_options.exit_on_fatal = true;
+  sink_options.dead_letter = [weak_hub](const Message& m, const std::string& reason) {
+    if (auto h = weak_hub.lock()) h->dead_letter("$upstream", m, reason);
+  };
+  auto sink = cloud::TelemetrySink::open(io, std::move(*sink_db), sink_options);
+  if (!sink) {
+    log::error("cairn-cloud", "{}", sink.error().to_string());
+    return 1;
+  }
   cloud::Registry registry(**db);
   cloud::CloudAuthenticator authenticator(registry, hostname);
   cloud::CloudTwins twins(**db);
-  cloud::ConnectionTracker connections(**db);
+  // Connection state is written on the telemetry writer's thread, never on the io thread.
+  cloud::ConnectionTracker connections(
+      [weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink)](const cloud::TwinKey& who,
+                                                               bool connected, std::int64_t at_ms) {
+        if (auto w = weak_sink.lock()) w->record_connection(who, connected, at_ms);
+      });
   hub::HubServices services;
   services.authenticator = &authenticator;
   services.twins = &twins;
@@ -106,18 +138,9 @@ int run(const Options& o) {
     log::error("cairn-cloud", "{}", s.error().to_string());
     return 1;
   }
-  cloud::TelemetrySinkOptions sink_options;
-  sink_options.jsonl_path =
-      o.messages_file.empty() ? o.home + "/data/messages.jsonl" : o.messages_file;
-  auto sink = cloud::TelemetrySink::open(io, **db, sink_options);
-  if (!sink) {
-    log::error("cairn-cloud", "{}", sink.error().to_string());
-    return 1;
-  }
   (*hub)->attach_upstream(*sink);
 
   cloud::RestHooks hooks;
-  std::weak_ptr<hub::Hub> weak_hub = *hub;
   hooks.push_desired = [weak_hub](const std::string& client_id, const nlohmann::json& patch) {
     if (auto h = weak_hub.lock()) h->notify_desired(client_id, patch);
   };
@@ -132,6 +155,42 @@ int run(const Options& o) {
   hooks.is_connected = [weak_hub](const std::string& client_id) {
     auto h = weak_hub.lock();
     return h && h->is_connected(client_id);
+  };
+  hooks.list_dead_letters = [weak_hub](net::HttpRespond respond) {
+    if (auto h = weak_hub.lock()) {
+      h->list_dead_letters(std::move(respond));
+    } else {
+      respond(net::json_response(503, {{"error", "cairn-cloud is stopping"}}));
+    }
+  };
+  hooks.status_extension = [weak_hub, weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink),
+                            &queue = **queue, max_queue_bytes = o.max_queue_bytes] {
+    nlohmann::json out = nlohmann::json::object();
+    const auto st = queue.stats();
+    out["ingestQueue"] = {{"healthy", st.healthy},
+                          {"refusing", st.refusing},
+                          {"refusalReason", st.refusal_reason},
+                          {"storedBytes", st.stored_bytes},
+                          {"storedMessages", st.stored_messages},
+                          {"maxBytes", max_queue_bytes},
+                          {"rejectedFullTotal", st.rejected_full_total},
+                          {"refusedWritesTotal", st.refused_writes_total}};
+    if (auto s = weak_sink.lock()) {
+      const auto c = s->counters();
+      out["telemetryWriter"] = {{"waiting", c.waiting},
+                                {"storeFailures", c.store_failures},
+                                {"deadLettered", c.dead_lettered},
+                                {"fileFailures", c.file_failures},
+                                {"connectionRecordFailures", c.connection_record_failures},
+                                {"failing", c.failing},
+                                {"lastFailure", c.last_failure}};
+    }
+    if (auto h = weak_hub.lock()) {
+      const auto hub_status = h->status();
+      out["messagesDeadLettered"] = hub_status["counters"]["messagesDeadLettered"];
+      out["messagesRejected"] = hub_status["counters"]["messagesRejected"];
+    }
+    return out;
   };
   cloud::RestApiConfig rest_config;
   rest_config.hostname = hostname;
@@ -207,6 +266,10 @@ int main(int argc, char** argv) {
       "--messages-file", o.messages_file,
       "JSON-lines file receiving every stored message (default HOME/data/messages.jsonl)");
   app.add_option("--fsync", o.fsync, "Sync every commit to disk (true|false)")
+      ->capture_default_str();
+  app.add_option("--max-queue-bytes", o.max_queue_bytes,
+                 "Cap of the ingest queue (messages accepted, not yet stored); when full, "
+                 "publishers get no PUBACK until it drains. 0 = no cap")
       ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
       ->capture_default_str();

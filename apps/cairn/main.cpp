@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   remove->add_option("MODULE", module, "Module name")->required();
   auto* status =
       app.add_subcommand("status", "Print the hub's counters, endpoints and queue lengths as JSON");
+  auto* deadletters = app.add_subcommand(
+      "deadletters", "List messages set aside as undeliverable (endpoint, reason, time) as JSON");
 
   auto* twin = app.add_subcommand("twin", "Module twins cached on this device");
   twin->require_subcommand(1);
@@ -303,6 +305,10 @@ int main(int argc, char** argv) {
     if (!call(ctx, "DELETE", "/identities/" + module)) return 1;
   } else if (status->parsed()) {
     auto j = call(ctx, "GET", "/status");
+    if (!j) return 1;
+    std::cout << j->dump(2) << "\n";
+  } else if (deadletters->parsed()) {
+    auto j = call(ctx, "GET", "/deadletters");
     if (!j) return 1;
     std::cout << j->dump(2) << "\n";
   } else if (twin_get->parsed()) {

@@ -9,6 +9,7 @@
 
 #include "core/crypto.hpp"
 #include "net/http.hpp"
+#include <sys/resource.h>
 
 namespace cairn::agent {
 namespace {
@@ -97,14 +98,12 @@ std::string engine_message(std::string_view body) {
   return text;
 }
 
-std::string labels_filter(const std::vector<std::string>& labels,
-                          const std::vector<std::string>& events = {}) {
+std::string labels_filter(const std::vector<std::string>& labels, bool container_events = false) {
   json filters = json::object();
   if (!labels.empty()) filters["label"] = labels;
-  if (!events.empty()) {
-    filters["type"] = json::array({"container"});
-    filters["event"] = events;
-  }
+  // No "event" filter: Podman 4.3 matches it against its own names ("died"), so a filter for
+  // Docker's "die" drops every exit. The watcher keeps the events it wants itself.
+  if (container_events) filters["type"] = json::array({"container"});
   return crypto::url_encode(filters.dump());
 }
 
@@ -405,6 +404,35 @@ Result<json> merge_create_options(const json& create_options, const ContainerAdd
   for (const auto& b : additions.binds) binds.push_back(b);
   if (!binds.empty()) host["Binds"] = std::move(binds);
   host["RestartPolicy"] = {{"Name", "no"}};
+
+  // Ulimits without nproc: Podman then adds nproc 1048576 (its built-in default, not
+  // containers.conf's), which the container cannot set without CAP_SYS_RESOURCE when the host's
+  // limit is lower, so the container never starts. Docker would inherit the host's limit; give
+  // that explicitly.
+  if (host.contains("Ulimits") && host["Ulimits"].is_array() && !host["Ulimits"].empty()) {
+    bool has_nproc = false;
+    for (const auto& u : host["Ulimits"]) {
+      has_nproc = has_nproc || (u.is_object() && str(u, "Name") == "nproc");
+    }
+    rlimit limit{};
+    if (!has_nproc && ::getrlimit(RLIMIT_NPROC, &limit) == 0) {
+      // No more processes than process ids: some kernels (sandboxes) refuse a limit above
+      // pid_max even below the hard limit.
+      std::uint64_t cap = RLIM_INFINITY;
+      if (std::FILE* f = std::fopen("/proc/sys/kernel/pid_max", "r")) {
+        unsigned long long pid_max = 0;
+        if (std::fscanf(f, "%llu", &pid_max) == 1 && pid_max > 0) cap = pid_max;
+        std::fclose(f);
+      }
+      const std::uint64_t hard = std::min<std::uint64_t>(limit.rlim_max, cap);
+      const std::uint64_t soft = std::min<std::uint64_t>(limit.rlim_cur, hard);
+      if (hard != RLIM_INFINITY) {
+        host["Ulimits"].push_back({{"Name", "nproc"},
+                                   {"Soft", static_cast<std::int64_t>(soft)},
+                                   {"Hard", static_cast<std::int64_t>(hard)}});
+      }
+    }
+  }
   return body;
 }
 
@@ -575,6 +603,14 @@ Error docker_error(int status, std::string_view body, std::string_view what) {
       return make_error(errc::not_found, std::move(message));
     case 409:
       return make_error(errc::already_exists, std::move(message));
+    case 500: {
+      // Podman 4.3 answers a name conflict with 500 and this cause where Docker answers 409.
+      auto j = json::parse(body, nullptr, false);
+      if (j.is_object() && str(j, "cause") == "that name is already in use") {
+        return make_error(errc::already_exists, std::move(message));
+      }
+      return make_error(errc::unavailable, std::move(message));
+    }
     default:
       return make_error(status >= 500 ? errc::unavailable : errc::io_error, std::move(message));
   }
@@ -861,9 +897,7 @@ Result<std::string> DockerClient::logs(const std::string& id, const DockerLogOpt
 Status DockerClient::watch_events(const std::vector<std::string>& labels, std::int64_t since_secs,
                                   const std::function<bool(const DockerEvent&)>& on_event,
                                   const std::function<bool()>& stop) {
-  std::string target =
-      "/events?filters=" + labels_filter(labels, {"create", "start", "die", "stop", "kill",
-                                                  "destroy", "oom", "restart"});
+  std::string target = "/events?filters=" + labels_filter(labels, true);
   if (since_secs > 0) target += "&since=" + std::to_string(since_secs);
   net::HttpRequest req{"GET", path(target), ""};
   net::HttpStreamOptions stream_options;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "core/log.hpp"
@@ -282,9 +283,18 @@ void DockerRuntime::watch_loop() {
     auto now_secs = std::chrono::duration_cast<std::chrono::seconds>(
                         std::chrono::system_clock::now().time_since_epoch())
                         .count();
+    // Every container's events, not only those with our owner label: Podman 4.3's events carry
+    // no container labels, so a label filter would drop them all. Events are matched to modules
+    // below; one for a foreign container of the same name only causes an extra look.
     auto status = client.watch_events(
-        {std::string(kOwnerLabel) + "=" + options_.owner}, since,
+        {}, since,
         [this](const DockerEvent& e) {
+          // State changes only (Docker's names, and Podman's where they differ), not exec,
+          // attach, init or cleanup.
+          static const std::set<std::string, std::less<>> kStateChanges = {
+              "create", "start",   "die",    "died", "stop",
+              "kill",   "destroy", "remove", "oom",  "restart"};
+          if (!kStateChanges.contains(e.action)) return true;
           // Engines copy the container's labels into the event; without them, the name.
           std::string module;
           if (auto it = e.attributes.find(kModuleLabel); it != e.attributes.end()) {
@@ -295,12 +305,10 @@ void DockerRuntime::watch_loop() {
           }
           if (module.empty()) return true;
           log::debug(kLog, "module={} event={}", module, e.action);
-          std::function<void(const std::string&)> cb;
-          {
-            std::lock_guard lock(changed_mutex_);
-            cb = changed_;
-          }
-          if (cb) cb(module);
+          // Called under the lock, so once on_change() returns the old callback is not running
+          // and never runs again (its captures may then go away).
+          std::lock_guard lock(changed_mutex_);
+          if (changed_) changed_(module);
           return true;
         },
         stop);

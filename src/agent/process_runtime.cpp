@@ -318,6 +318,7 @@ std::int64_t ProcessRuntime::alive_pid(const std::string& name) {
     std::error_code ec;
     fs::remove(d + "/process.json", ec);
     log::info(kLog, "module {} (pid {}) {}", name, pid, description);
+    std::lock_guard lock(changed_mutex_);  // see ModuleRuntime::on_change
     if (changed_) changed_(name);
   }
   return 0;
@@ -582,6 +583,7 @@ bool ProcessRuntime::owns_process(const std::string& name, std::int64_t pid) {
 }
 
 void ProcessRuntime::on_change(std::function<void(const std::string& name)> changed) {
+  std::lock_guard lock(changed_mutex_);
   changed_ = std::move(changed);
 }
 

@@ -70,7 +70,8 @@ class ProcessRuntime : public ModuleRuntime {
   std::mutex mutex_;                             // guards running_
   std::map<std::string, std::int64_t> running_;  // name -> pid of live modules
   std::map<std::string, bool> stopping_;         // stop() in progress: exit means "stopped"
-  std::function<void(const std::string&)> changed_;
+  std::mutex changed_mutex_;
+  std::function<void(const std::string&)> changed_;  // guarded by changed_mutex_
 };
 
 }  // namespace cairn::agent

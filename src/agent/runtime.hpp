@@ -153,7 +153,8 @@ class ModuleRuntime {
   // /proc (docker: /proc/PID/cgroup naming the container id), never from a slow engine call.
   virtual bool owns_process(const std::string& name, std::int64_t pid) = 0;
   // `changed(name)` runs whenever the runtime notices a module changed state (an exit), from
-  // any thread. Optional: the agent also polls with list().
+  // any thread; it must not call on_change. Once on_change returns, the callback it replaced is
+  // not running and never runs again. Optional: the agent also polls with list().
   virtual void on_change(std::function<void(const std::string& name)> changed) = 0;
 };
 

@@ -6,7 +6,10 @@
 namespace cairn::cloud {
 
 ConnectionTracker::ConnectionTracker(CloudStore& store, Clock clock)
-    : store_(store), clock_(std::move(clock)) {}
+    : store_(&store), clock_(std::move(clock)) {}
+
+ConnectionTracker::ConnectionTracker(RecordFn record, Clock clock)
+    : record_(std::move(record)), clock_(std::move(clock)) {}
 
 void ConnectionTracker::connected(const hub::Principal& who) { record(who, true); }
 
@@ -14,7 +17,11 @@ void ConnectionTracker::disconnected(const hub::Principal& who) { record(who, fa
 
 void ConnectionTracker::record(const hub::Principal& who, bool connected) {
   const std::int64_t now = clock_ ? clock_() : now_unix_ms();
-  auto s = store_.set_connection_state(TwinKey{who.device_id, who.module_id}, connected, now);
+  if (record_) {
+    record_(TwinKey{who.device_id, who.module_id}, connected, now);
+    return;
+  }
+  auto s = store_->set_connection_state(TwinKey{who.device_id, who.module_id}, connected, now);
   if (!s) {
     ++record_failures_;
     log::warn("cloud", "recording client={} connected={} failed: {}", who.client_id(), connected,

@@ -3,12 +3,15 @@
 // and disconnect from cairn-cloud's device endpoint.
 //
 // Failures to record (identity deleted meanwhile, store error) are logged and counted; they
-// never affect the connection itself.
+// never affect the connection itself. cairn-cloud hands the records to the telemetry writer's
+// thread (the RecordFn constructor), so that a database locked by another process never
+// stalls a CONNECT on the io thread; with a store they are written at once.
 //
-// Thread-safety: called on the hub's io thread, like the store it writes.
+// Thread-safety: called on the hub's io thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "cloud/cloud_store.hpp"
 #include "hub/services.hpp"
@@ -17,8 +20,13 @@ namespace cairn::cloud {
 
 class ConnectionTracker final : public hub::ConnectionObserver {
  public:
-  // `store` must outlive the tracker.
+  // Records `connected` for `who` at `at_ms`, later or elsewhere.
+  using RecordFn = std::function<void(const TwinKey& who, bool connected, std::int64_t at_ms)>;
+
+  // Writes each record to `store` at once; `store` must outlive the tracker.
   explicit ConnectionTracker(CloudStore& store, Clock clock = {});
+  // Hands each record to `record` (which counts and logs its own failures).
+  explicit ConnectionTracker(RecordFn record, Clock clock = {});
 
   void connected(const hub::Principal& who) override;
   void disconnected(const hub::Principal& who) override;
@@ -28,7 +36,8 @@ class ConnectionTracker final : public hub::ConnectionObserver {
  private:
   void record(const hub::Principal& who, bool connected);
 
-  CloudStore& store_;
+  CloudStore* store_ = nullptr;
+  RecordFn record_;
   Clock clock_;
   std::uint64_t record_failures_ = 0;
 };

@@ -450,6 +450,10 @@ void RestApi::cairn(Call& call) {
   const std::size_t n = seg.size();
   if (n == 2 && seg[1] == "messages") return messages(call);
   if (n == 2 && seg[1] == "status") return status(call);
+  if (n == 2 && seg[1] == "deadletters" && hooks_.list_dead_letters) {
+    if (!call.allow({"GET"})) return;
+    return hooks_.list_dead_letters(call.respond);
+  }
   if (n >= 3 && seg[1] == "devices") {
     if ((n == 4 && seg[3] == "regenerateKey") ||
         (n == 6 && seg[3] == "modules" && seg[5] == "regenerateKey")) {
@@ -501,14 +505,15 @@ void RestApi::status(Call& call) {
   auto counts = registry_.store().counts();
   if (!counts) return call.fail(counts.error());
   const auto& tc = twins_.counters();
-  call.reply(json_response(
-      200, json{{"hostname", config_.hostname},
-                {"devices", counts->devices},
-                {"modules", counts->modules},
-                {"telemetry", {{"stored", counts->telemetry}, {"duplicates", counts->duplicates}}},
-                {"twins",
-                 {{"reportedPatches", tc.reported_patches},
-                  {"reportedRejected", tc.reported_rejected}}}}));
+  json out{
+      {"hostname", config_.hostname},
+      {"devices", counts->devices},
+      {"modules", counts->modules},
+      {"telemetry", {{"stored", counts->telemetry}, {"duplicates", counts->duplicates}}},
+      {"twins",
+       {{"reportedPatches", tc.reported_patches}, {"reportedRejected", tc.reported_rejected}}}};
+  if (hooks_.status_extension) out.merge_patch(hooks_.status_extension());
+  call.reply(json_response(200, out));
 }
 
 void RestApi::regenerate(Call& call) {

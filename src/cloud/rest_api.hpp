@@ -10,6 +10,7 @@
 //   POST            /twins/{id}[/modules/{mid}]/methods       direct method
 //   GET             /cairn/messages?deviceId=&moduleId=&after=&limit=   stored telemetry
 //   GET             /cairn/status
+//   GET             /cairn/deadletters
 //   POST            /cairn/devices/{id}[/modules/{mid}]/regenerateKey   {"key": "primary"|...}
 //   GET             /cairn/devices/{id}/deployment
 //
@@ -63,6 +64,10 @@ struct RestHooks {
   std::function<void(const std::string& client_id, hub::MethodRequest, hub::MethodCallback)>
       invoke_method;
   std::function<bool(const std::string& client_id)> is_connected;
+  // Extra members of GET /cairn/status (the ingest queue, the telemetry writer), merged in.
+  std::function<nlohmann::json()> status_extension;
+  // Answers GET /cairn/deadletters: messages set aside as undeliverable (404 without it).
+  std::function<void(net::HttpRespond)> list_dead_letters;
 };
 
 class RestApi {

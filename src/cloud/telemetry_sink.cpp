@@ -3,14 +3,17 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <system_error>
 
 #include <fmt/format.h>
 
 #include "cloud/ids.hpp"
+#include "core/backoff.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "store/failure.hpp"
 #include "twin/twin.hpp"
 
 namespace cairn::cloud {
@@ -50,9 +53,14 @@ json telemetry_to_json(const TelemetryRecord& r) {
   return out;
 }
 
-Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io, CloudStore& store,
+Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io,
+                                                           std::unique_ptr<CloudStore> store,
                                                            TelemetrySinkOptions options,
                                                            Clock clock) {
+  if (!store) return make_error(errc::invalid_argument, "the telemetry sink needs a cloud store");
+  if (options.max_store_attempts < 1) {
+    return make_error(errc::invalid_argument, "max_store_attempts must be at least 1");
+  }
   std::FILE* file = nullptr;
   if (!options.jsonl_path.empty()) {
     std::error_code ec;
@@ -68,14 +76,33 @@ Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io,
                                                     options.jsonl_path, std::strerror(errno)));
     }
   }
-  return std::shared_ptr<TelemetrySink>(new TelemetrySink(io, store, file, std::move(clock)));
+  std::shared_ptr<TelemetrySink> sink(
+      new TelemetrySink(io, std::move(store), file, std::move(options), std::move(clock)));
+  sink->writer_ = std::thread([raw = sink.get()] { raw->run(); });
+  return sink;
 }
 
-TelemetrySink::TelemetrySink(asio::io_context& io, CloudStore& store, std::FILE* file, Clock clock)
-    : io_(io), store_(store), file_(file), clock_(std::move(clock)) {}
+TelemetrySink::TelemetrySink(asio::io_context& io, std::unique_ptr<CloudStore> store,
+                             std::FILE* file, TelemetrySinkOptions options, Clock clock)
+    : io_(io),
+      store_(std::move(store)),
+      file_(file),
+      options_(std::move(options)),
+      clock_(std::move(clock)) {}
 
 TelemetrySink::~TelemetrySink() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (writer_.joinable()) writer_.join();
   if (file_ != nullptr) (void)std::fclose(file_);  // each line was flushed when written
+}
+
+TelemetryCounters TelemetrySink::counters() const {
+  std::lock_guard lock(mu_);
+  return counters_;
 }
 
 bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool /*dup*/,
@@ -83,7 +110,8 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   // Duplicates are recognised by message id whether or not the hub flagged the delivery as a
   // re-send: a device may itself re-send a message after a lost PUBACK.
   const std::int64_t now = clock_ ? clock_() : now_unix_ms();
-  TelemetryRecord& r = records_.emplace_back();
+  Item item;
+  TelemetryRecord& r = item.record;
   r.device_id = std::string(m.system.get(sysprop::kConnectionDeviceId).value_or(""));
   r.module_id = std::string(m.system.get(sysprop::kConnectionModuleId).value_or(""));
   r.message_id = std::string(m.system.get(sysprop::kMessageId).value_or(""));
@@ -94,53 +122,247 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   r.system = m.system;
   r.app = m.app;
   r.body = m.body;
-  acks_.push_back(std::move(on_ack));
-  if (records_.size() == 1) {
-    asio::post(io_, [weak = weak_from_this()] {
-      if (auto self = weak.lock()) self->flush();
-    });
+  item.ack = std::move(on_ack);
+  bool wake = false;
+  {
+    std::lock_guard lock(mu_);
+    // The endpoint hands over at most its window (mqtt.max_inflight_out) before an
+    // acknowledgement: that bounds this queue.
+    wake = pending_.empty();
+    pending_.push_back(std::move(item));
+    ++counters_.waiting;
   }
+  if (wake) cv_.notify_one();
   return true;
 }
 
-void TelemetrySink::flush() {
-  std::vector<TelemetryRecord> records;
-  std::vector<std::function<void()>> acks;
-  records.swap(records_);
-  acks.swap(acks_);
-  auto stored = store_.insert_telemetry(std::span<TelemetryRecord>(records));
-  if (!stored) {
-    counters_.store_failures += records.size();
-    log::error("cloud", "storing {} messages failed, left unacknowledged: {}", records.size(),
-               stored.error().to_string());
-    return;
+void TelemetrySink::record_connection(const TwinKey& who, bool connected, std::int64_t at_ms) {
+  bool wake = false;
+  {
+    std::lock_guard lock(mu_);
+    // One record per connect or disconnect: bounded by the hub's connection limit and rate.
+    wake = pending_connections_.empty();
+    pending_connections_.push_back(ConnectionRecord{who, connected, at_ms});
   }
-  for (std::size_t i = 0; i < records.size(); ++i) {
-    if ((*stored)[i]) {
-      ++counters_.stored;
-      continue;
-    }
-    ++counters_.duplicates;
-    log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
-               records[i].device_id, records[i].module_id, records[i].message_id);
-  }
-  write_lines(records, *stored);
-  for (auto& ack : acks) ack();
+  if (wake) cv_.notify_one();
 }
 
-void TelemetrySink::write_lines(std::span<const TelemetryRecord> records,
-                                const std::vector<bool>& stored) {
+void TelemetrySink::write_connections(std::vector<ConnectionRecord>& records) {
+  for (const auto& r : records) {
+    auto s = store_->set_connection_state(r.who, r.connected, r.at_ms);
+    if (s) continue;
+    {
+      std::lock_guard lock(mu_);
+      ++counters_.connection_record_failures;
+    }
+    log::warn("cloud", "recording client={} connected={} failed: {}", r.who.client_id(),
+              r.connected, s.error().to_string());
+  }
+  records.clear();
+}
+
+void TelemetrySink::run() {
+  Backoff backoff(options_.first_retry, options_.max_retry);
+  std::vector<ConnectionRecord> connections;
+  std::optional<std::chrono::steady_clock::time_point> retry_at;  // while batch_ waits
+  for (;;) {
+    bool write = false;
+    {
+      std::unique_lock lock(mu_);
+      if (!batch_.empty()) {
+        // Messages whose write failed: wait out the back-off; whatever arrives meanwhile is
+        // written with them. When the store works and only some messages fail, new messages
+        // do not wait behind them. Connection records are written as they come.
+        if (!retry_at) retry_at = std::chrono::steady_clock::now() + backoff.next();
+        cv_.wait_until(lock, *retry_at, [this] {
+          return stopping_ || (retry_on_arrival_ && !pending_.empty()) ||
+                 !pending_connections_.empty();
+        });
+        write = std::chrono::steady_clock::now() >= *retry_at ||
+                (retry_on_arrival_ && !pending_.empty());
+      } else {
+        cv_.wait(lock, [this] {
+          return stopping_ || !pending_.empty() || !pending_connections_.empty();
+        });
+        write = !pending_.empty();
+      }
+      // Unstored messages stay unacknowledged in the hub's queue: delivered again next start.
+      if (stopping_) return;
+      connections.swap(pending_connections_);
+      if (write) {
+        for (Item& item : pending_) batch_.push_back(std::move(item));
+        pending_.clear();
+      }
+    }
+    write_connections(connections);
+    if (!write) continue;
+    retry_at.reset();
+    write_batch();
+    if (batch_.empty()) backoff.reset();
+  }
+}
+
+void TelemetrySink::write_batch() {
+  std::vector<TelemetryRecord> records;
+  records.reserve(batch_.size());
+  for (Item& item : batch_) records.push_back(std::move(item.record));
+  auto stored = store_->insert_telemetry(std::span<TelemetryRecord>(records));
+  for (std::size_t i = 0; i < batch_.size(); ++i) batch_[i].record = std::move(records[i]);
+  if (stored) {
+    std::vector<Item> done;
+    done.swap(batch_);
+    finish(done, *stored);
+    return;
+  }
+  if (store::classify_failure(stored.error()) == store::Failure::other) {
+    write_one_by_one();
+  } else {
+    retry_on_arrival_ = false;
+    on_failure(stored.error(), batch_.size());
+  }
+}
+
+void TelemetrySink::write_one_by_one() {
+  std::vector<Item> done;
+  std::vector<bool> done_stored;
+  std::vector<Item> kept;
+  std::vector<std::pair<std::size_t, Error>> failed;  // index into kept, why
+  retry_on_arrival_ = true;
+  std::size_t i = 0;
+  for (; i < batch_.size(); ++i) {
+    Item& item = batch_[i];
+    auto stored = store_->insert_telemetry(item.record);
+    if (stored) {
+      done_stored.push_back(*stored);
+      done.push_back(std::move(item));
+      continue;
+    }
+    if (store::classify_failure(stored.error()) != store::Failure::other) {
+      // The store itself fails now: keep this and the rest for the next attempt.
+      retry_on_arrival_ = false;
+      on_failure(stored.error(), batch_.size() - i);
+      break;
+    }
+    failed.emplace_back(kept.size(), std::move(stored).error());
+    kept.push_back(std::move(item));
+  }
+  for (; i < batch_.size(); ++i) kept.push_back(std::move(batch_[i]));
+  batch_.clear();
+  const bool others_stored = !done.empty();
+  finish(done, done_stored);
+  if (!failed.empty() && !others_stored) {
+    // Every message failed alike: maybe the store is broken, not the messages. Blame none.
+    on_failure(failed.front().second, kept.size());
+  }
+  std::vector<bool> drop(kept.size(), false);
+  if (others_stored) {
+    for (auto& [index, error] : failed) {
+      Item& item = kept[index];
+      ++item.failures;
+      log::warn("cloud", "message device={} module={} message_id={} not stored ({} of {}): {}",
+                item.record.device_id, item.record.module_id, item.record.message_id, item.failures,
+                options_.max_store_attempts, error.to_string());
+      if (item.failures >= options_.max_store_attempts) {
+        dead_letter(item, fmt::format("the cloud store refused it {} times: {}", item.failures,
+                                      error.to_string()));
+        drop[index] = true;
+      }
+    }
+  }
+  for (std::size_t k = 0; k < kept.size(); ++k) {
+    if (!drop[k]) batch_.push_back(std::move(kept[k]));
+  }
+}
+
+void TelemetrySink::on_failure(const Error& error, std::size_t messages) {
+  const std::string reason = error.to_string();
+  bool first = false;
+  {
+    std::lock_guard lock(mu_);
+    ++counters_.store_failures;
+    first = !counters_.failing;
+    counters_.failing = true;
+    counters_.last_failure = reason;
+  }
+  const bool fatal = store::classify_failure(error) == store::Failure::fatal;
+  if (fatal && options_.exit_on_fatal) store::exit_for_clean_reopen("the cloud store", reason);
+  if (first) {
+    log::error("cloud",
+               "storing {} messages failed; retrying with back-off, nothing is acknowledged "
+               "until it is stored: {}",
+               messages, reason);
+  } else {
+    log::debug("cloud", "storing {} messages failed again: {}", messages, reason);
+  }
+}
+
+void TelemetrySink::finish(std::vector<Item>& items, const std::vector<bool>& stored) {
+  if (items.empty()) return;
+  std::uint64_t n_stored = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (stored[i]) {
+      ++n_stored;
+      continue;
+    }
+    log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
+               items[i].record.device_id, items[i].record.module_id, items[i].record.message_id);
+  }
+  bool recovered = false;
+  {
+    std::lock_guard lock(mu_);
+    counters_.stored += n_stored;
+    counters_.duplicates += items.size() - n_stored;
+    counters_.waiting -= std::min<std::uint64_t>(counters_.waiting, items.size());
+    recovered = counters_.failing;
+    counters_.failing = false;
+    counters_.last_failure.clear();
+  }
+  if (recovered) log::info("cloud", "storing messages works again");
+  write_lines(items, stored);
+  std::vector<std::function<void()>> acks;
+  acks.reserve(items.size());
+  for (Item& item : items) acks.push_back(std::move(item.ack));
+  asio::post(io_, [acks = std::move(acks)] {
+    for (const auto& ack : acks) {
+      if (ack) ack();
+    }
+  });
+}
+
+void TelemetrySink::dead_letter(Item& item, const std::string& reason) {
+  {
+    std::lock_guard lock(mu_);
+    ++counters_.dead_lettered;
+    counters_.waiting -= std::min<std::uint64_t>(counters_.waiting, 1);
+  }
+  const TelemetryRecord& r = item.record;
+  log::error("cloud", "message device={} module={} message_id={} dead-lettered: {}", r.device_id,
+             r.module_id, r.message_id, reason);
+  Message m;
+  m.body = r.body;
+  m.system = r.system;
+  m.app = r.app;
+  asio::post(io_, [fn = options_.dead_letter, m = std::move(m), reason, ack = std::move(item.ack)] {
+    if (fn) fn(m, reason);
+    if (ack) ack();
+  });
+}
+
+void TelemetrySink::write_lines(const std::vector<Item>& items, const std::vector<bool>& stored) {
   if (file_ == nullptr) return;
   std::string lines;
-  for (std::size_t i = 0; i < records.size(); ++i) {
+  for (std::size_t i = 0; i < items.size(); ++i) {
     if (!stored[i]) continue;
-    lines += twin::dump_json(telemetry_to_json(records[i]));
+    lines += twin::dump_json(telemetry_to_json(items[i].record));
     lines.push_back('\n');
   }
   if (lines.empty()) return;
   if (std::fwrite(lines.data(), 1, lines.size(), file_) != lines.size() ||
       std::fflush(file_) != 0) {
-    ++counters_.file_failures;
+    {
+      std::lock_guard lock(mu_);
+      ++counters_.file_failures;
+    }
     log::warn("cloud", "writing the telemetry file failed: {}", std::strerror(errno));
     std::clearerr(file_);
   }

@@ -120,6 +120,7 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("max_message_bytes", m.max_message_bytes));
     CAIRN_TRY(t.read("max_inflight_in", m.max_inflight_in));
     CAIRN_TRY(t.read("max_inflight_out", m.max_inflight_out));
+    CAIRN_TRY(t.read("max_delivery_attempts", m.max_delivery_attempts));
     CAIRN_TRY(t.read("max_keepalive_secs", m.max_keepalive_secs));
     CAIRN_TRY(t.read("connect_timeout_secs", m.connect_timeout_secs));
     CAIRN_TRY(t.read("max_connections", m.max_connections));

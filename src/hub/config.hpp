@@ -34,6 +34,10 @@ struct HubConfig {
     std::size_t max_inflight_in = 64;
     // Unacknowledged deliveries per module endpoint. Bounds memory per slow consumer.
     std::size_t max_inflight_out = 64;
+    // A message is dead-lettered after this many failed deliveries to a module input in a row
+    // (the module disconnected while it was the oldest one unacknowledged), so one poison
+    // message cannot wedge the module's queue. 0 = retry forever.
+    std::uint32_t max_delivery_attempts = 10;
     std::uint32_t max_keepalive_secs = 600;   // server side cap (1.5 x client value)
     std::uint32_t connect_timeout_secs = 30;  // CONNECT must arrive within this
     std::size_t max_connections = 1000;

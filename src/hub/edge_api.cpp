@@ -242,6 +242,19 @@ void EdgeApi::metrics(net::HttpRespond respond) {
       metric("cairn_messages_dead_lettered_total", "counter",
              "Messages moved out of their queue because they can never be delivered");
       out << "cairn_messages_dead_lettered_total " << c["messagesDeadLettered"] << '\n';
+      std::uint64_t failed_deliveries = 0;
+      std::uint64_t ack_failures = 0;
+      for (const auto& [id, e] : (*hub_status)["endpoints"].items()) {
+        failed_deliveries += e.value("failedDeliveries", std::uint64_t{0});
+        ack_failures += e.value("ackFailures", std::uint64_t{0});
+      }
+      metric("cairn_delivery_failures_total", "counter",
+             "Consumers gone with their oldest delivery unacknowledged (counts toward "
+             "mqtt.max_delivery_attempts)");
+      out << "cairn_delivery_failures_total " << failed_deliveries << '\n';
+      metric("cairn_ack_failures_total", "counter",
+             "Deletions of acknowledged messages the store did not commit (redelivered later)");
+      out << "cairn_ack_failures_total " << ack_failures << '\n';
       metric("cairn_sessions_failed_total", "counter", "MQTT sessions ended by an internal error");
       out << "cairn_sessions_failed_total " << c["sessionsFailed"] << '\n';
       const auto& st = (*hub_status)["store"];

@@ -19,12 +19,15 @@ constexpr std::chrono::milliseconds kMaxReadRetry{10'000};
 }  // namespace
 
 Endpoint::Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
-                   std::size_t max_inflight)
+                   std::size_t max_inflight, std::uint32_t max_delivery_attempts)
     : io_(io),
       store_(store),
       endpoint_(std::move(endpoint)),
       max_inflight_(max_inflight),
-      read_retry_(io) {}
+      max_delivery_attempts_(
+          endpoint_.kind == routing::Endpoint::Kind::module_input ? max_delivery_attempts : 0),
+      read_retry_(io),
+      read_backoff_(kFirstReadRetry, kMaxReadRetry) {}
 
 Endpoint::Lane& Endpoint::lane(std::int32_t priority) {
   auto [it, inserted] = lanes_.try_emplace(priority);
@@ -71,6 +74,7 @@ void Endpoint::detach(const Consumer* consumer) {
   ++generation_;
   inflight_ = 0;
   for (auto& [priority, l] : lanes_) {
+    count_failed_delivery(l);
     l.cache.clear();
     l.sent.clear();
     l.loaded_through = l.acked_through;
@@ -100,7 +104,15 @@ void Endpoint::pump() {
     Pending p = std::move(next->cache.front());
     next->cache.pop_front();
     if (!p.message) {
-      dead_letter(*next, p);
+      dead_letter(*next, p, "stored message does not decode: " + p.reason);
+      continue;
+    }
+    if (max_delivery_attempts_ != 0 && p.seq == next->failing_seq &&
+        next->failed_deliveries >= max_delivery_attempts_) {
+      dead_letter(*next, p,
+                  "delivery failed " + std::to_string(next->failed_deliveries) +
+                      " times: the consumer disconnected without acknowledging it each time "
+                      "(mqtt.max_delivery_attempts)");
       continue;
     }
     if (p.expires_at_ms != 0 && p.expires_at_ms <= now) {
@@ -150,7 +162,7 @@ void Endpoint::load(Lane& l) {
             self->retry_reads_later();  // stays in backlog
             return;
           }
-          self->read_retry_delay_ = std::chrono::milliseconds(0);
+          self->read_backoff_.reset();
           for (auto& e : *r) {
             if (e.seq <= lane.loaded_through) continue;
             auto m = decode_message(e.message);
@@ -187,17 +199,38 @@ void Endpoint::on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t ge
   pump();
 }
 
-void Endpoint::dead_letter(Lane& l, Pending& p) {
+void Endpoint::count_failed_delivery(Lane& l) {
+  // settle() pops the acknowledged prefix, so the front is the oldest unacknowledged delivery.
+  if (max_delivery_attempts_ == 0 || l.sent.empty() || l.sent.front().acked) return;
+  const std::uint64_t seq = l.sent.front().seq;
+  if (seq == l.failing_seq) {
+    ++l.failed_deliveries;
+  } else {
+    l.failing_seq = seq;
+    l.failed_deliveries = 1;
+  }
+  ++counters_.failed_deliveries;
+  log::warn("hub",
+            "endpoint={} seq={} priority={}: consumer gone without acknowledging it ({} of {})",
+            id(), seq, l.key.priority, l.failed_deliveries, max_delivery_attempts_);
+}
+
+void Endpoint::dead_letter(Lane& l, Pending& p, const std::string& reason) {
   ++counters_.dead_lettered;
+  if (p.seq == l.failing_seq) {
+    l.failing_seq = 0;
+    l.failed_deliveries = 0;
+  }
   const std::int64_t now = now_unix_ms();
   const std::string key = l.key.endpoint + "/" + std::to_string(now) + "-" +
                           std::to_string(l.key.priority) + "-" + std::to_string(p.seq);
-  log::error("hub", "endpoint={} seq={} stored message does not decode, dead-lettered as {}/{}: {}",
-             id(), p.seq, kDeadLetterTable, key, p.reason);
-  nlohmann::json record{{"endpoint", l.key.endpoint},
-                        {"reason", "stored message does not decode: " + p.reason},
-                        {"atMs", now},
-                        {"message", crypto::base64_encode(p.undecodable)}};
+  log::error("hub", "endpoint={} seq={} dead-lettered as {}/{}: {}", id(), p.seq, kDeadLetterTable,
+             key, reason);
+  nlohmann::json record{
+      {"endpoint", l.key.endpoint},
+      {"reason", reason},
+      {"atMs", now},
+      {"message", crypto::base64_encode(p.message ? encode_message(*p.message) : p.undecodable)}};
   store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
     if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
   });
@@ -208,10 +241,7 @@ void Endpoint::dead_letter(Lane& l, Pending& p) {
 }
 
 void Endpoint::retry_reads_later() {
-  read_retry_delay_ = read_retry_delay_.count() == 0
-                          ? kFirstReadRetry
-                          : std::min(read_retry_delay_ * 2, kMaxReadRetry);
-  read_retry_.expires_after(read_retry_delay_);
+  read_retry_.expires_after(read_backoff_.next());
   read_retry_.async_wait([weak = weak_from_this()](error_code ec) {
     if (auto self = weak.lock(); self && !ec) self->pump();
   });
@@ -226,7 +256,26 @@ void Endpoint::settle(Lane& l) {
   }
   if (through == 0) return;
   l.acked_through = through;
-  store_.ack(l.key, through);
+  // A deletion that does not commit (the store refusing writes) loses nothing: the entries
+  // are delivered again after a restart. It is logged and counted, not silent.
+  store_.ack(l.key, through, [&io = io_, weak = weak_from_this(), key = l.key, through](Status s) {
+    if (s || s.error().code == errc::cancelled) return;  // cancelled: shutting down
+    asio::post(io, [weak, key, through, error = s.error()] {
+      auto self = weak.lock();
+      if (!self) return;
+      // While the store refuses writes every settle fails alike: log the first of a run.
+      const bool first = self->counters_.ack_failures++ % 1000 == 0;
+      const std::string text = fmt::format(
+          "endpoint={} priority={}: deleting delivered entries through seq={} failed (they "
+          "will be delivered again after a restart): {}",
+          self->id(), key.priority, through, error.to_string());
+      if (first) {
+        log::error("hub", "{}", text);
+      } else {
+        log::debug("hub", "{}", text);
+      }
+    });
+  });
 }
 
 }  // namespace cairn::hub

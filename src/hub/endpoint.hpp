@@ -12,6 +12,13 @@
 // not decode is moved to the dead-letter table in its turn (never settled ahead of entries
 // before it); a failed store read is retried with back-off.
 //
+// Poison messages: for a module input, a delivery fails when the module disconnects while the
+// message is the oldest one of its queue it has not acknowledged (a module that crashes on a
+// message does exactly that, on every reconnect). After `max_delivery_attempts` such failures
+// in a row the message is dead-lettered instead of being sent again, and the queue behind it
+// moves on. The count is kept in memory (a restart starts it again). $upstream is exempt: its
+// consumer re-attaches on every cloud link drop, which says nothing about the message.
+//
 // Thread-safety: used only on the hub's network thread. Store callbacks are posted there.
 #pragma once
 
@@ -23,6 +30,7 @@
 #include <memory>
 #include <string>
 
+#include "core/backoff.hpp"
 #include "core/message.hpp"
 #include "net/asio.hpp"
 #include "routing/route.hpp"
@@ -47,14 +55,18 @@ class Consumer {
 struct EndpointCounters {
   std::uint64_t delivered = 0;
   std::uint64_t acked = 0;
-  std::uint64_t dead_lettered = 0;  // stored entries that do not decode, set aside
-  std::uint64_t read_failures = 0;  // failed store reads (retried with back-off)
+  std::uint64_t dead_lettered = 0;      // undecodable entries and poison messages, set aside
+  std::uint64_t read_failures = 0;      // failed store reads (retried with back-off)
+  std::uint64_t failed_deliveries = 0;  // consumer gone with the oldest message unacknowledged
+  std::uint64_t ack_failures = 0;  // deletions of acknowledged entries the store did not commit
 };
 
 class Endpoint : public std::enable_shared_from_this<Endpoint> {
  public:
+  // max_delivery_attempts: failed deliveries of one message before it is dead-lettered
+  // (module inputs only); 0 = never.
   Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
-           std::size_t max_inflight);
+           std::size_t max_inflight, std::uint32_t max_delivery_attempts = 0);
 
   const routing::Endpoint& endpoint() const { return endpoint_; }
   std::string id() const { return endpoint_.id(); }
@@ -94,6 +106,9 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
     std::uint64_t delivered_through = 0;  // highest seq ever sent: later sends of it are DUPs
     bool backlog = true;                  // entries past loaded_through may be on disk only
     bool loading = false;
+    // The message whose deliveries failed last, and how many times in a row (poison detection).
+    std::uint64_t failing_seq = 0;
+    std::uint32_t failed_deliveries = 0;
   };
 
   Lane& lane(std::int32_t priority);
@@ -101,20 +116,22 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   void load(Lane& lane);
   void on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation);
   void settle(Lane& lane);
-  void dead_letter(Lane& lane, Pending& p);
+  void dead_letter(Lane& lane, Pending& p, const std::string& reason);
+  void count_failed_delivery(Lane& lane);
   void retry_reads_later();
 
   asio::io_context& io_;
   store::MessageStore& store_;
   routing::Endpoint endpoint_;
   std::size_t max_inflight_;
+  std::uint32_t max_delivery_attempts_;
   std::map<std::int32_t, Lane> lanes_;  // ordered: highest priority (lowest number) first
   std::weak_ptr<Consumer> consumer_;
   const Consumer* consumer_raw_ = nullptr;
   std::size_t inflight_ = 0;
   std::uint64_t generation_ = 0;  // bumped on detach so late acks and reads are ignored
   asio::steady_timer read_retry_;
-  std::chrono::milliseconds read_retry_delay_{0};  // 0 while reads succeed
+  Backoff read_backoff_;
   EndpointCounters counters_;
 };
 

@@ -308,7 +308,8 @@ std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
   auto id = e.id();
   auto it = endpoints_.find(id);
   if (it != endpoints_.end()) return it->second;
-  auto ep = std::make_shared<Endpoint>(io_, store_, e, config_.mqtt.max_inflight_out);
+  auto ep = std::make_shared<Endpoint>(io_, store_, e, config_.mqtt.max_inflight_out,
+                                       config_.mqtt.max_delivery_attempts);
   endpoints_.emplace(id, ep);
   if (e.kind == routing::Endpoint::Kind::module_input) {
     auto range = module_consumers_.equal_range(e.module);
@@ -388,6 +389,43 @@ void Hub::dead_letter(const std::string& endpoint_id, const Message& m, const st
                         {"message", crypto::base64_encode(encode_message(m))}};
   store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
     if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
+  });
+}
+
+void Hub::list_dead_letters(net::HttpRespond respond) {
+  // After pending writes commit (a dead letter just put is listed), on the store thread: the
+  // event loop never waits for the disk.
+  store_.when_committed([&store = store_, &io = io_, weak = weak_from_this(),
+                         respond = std::move(respond)](Status) mutable {
+    auto rows = store.list(kDeadLetterTable);
+    asio::post(io, [weak, respond = std::move(respond), rows = std::move(rows)] {
+      if (!weak.lock()) return;
+      if (!rows) {
+        respond(error_response(rows.error()));
+        return;
+      }
+      nlohmann::json list = nlohmann::json::array();
+      for (const auto& [key, value] : *rows) {
+        if (list.size() >= kMaxDeadLettersListed) break;
+        auto record = nlohmann::json::parse(value, nullptr, false);
+        nlohmann::json item{{"key", key}};
+        if (record.is_object()) {
+          item["endpoint"] = record.value("endpoint", "");
+          item["reason"] = record.value("reason", "");
+          item["atMs"] = record.value("atMs", std::int64_t{0});
+          auto bytes = crypto::base64_decode(record.value("message", ""));
+          item["messageBytes"] = bytes ? bytes->size() : 0;
+          if (bytes) {
+            if (auto m = decode_message(*bytes); m) {
+              auto id = m->system.get(sysprop::kMessageId);
+              if (id) item["messageId"] = std::string(*id);
+            }
+          }
+        }
+        list.push_back(std::move(item));
+      }
+      respond(json_response(200, {{"total", rows->size()}, {"deadLetters", std::move(list)}}));
+    });
   });
 }
 
@@ -506,9 +544,14 @@ nlohmann::json Hub::status() const {
   for (const auto& [id, ep] : endpoints_) {
     const auto& c = ep->counters();
     dead_lettered += c.dead_lettered;
-    endpoints[id] = {{"attached", ep->attached()},      {"inflight", ep->inflight()},
-                     {"delivered", c.delivered},        {"acked", c.acked},
-                     {"deadLettered", c.dead_lettered}, {"readFailures", c.read_failures}};
+    endpoints[id] = {{"attached", ep->attached()},
+                     {"inflight", ep->inflight()},
+                     {"delivered", c.delivered},
+                     {"acked", c.acked},
+                     {"deadLettered", c.dead_lettered},
+                     {"readFailures", c.read_failures},
+                     {"failedDeliveries", c.failed_deliveries},
+                     {"ackFailures", c.ack_failures}};
   }
   nlohmann::json out{
       {"deviceId", config_.device_id},
@@ -567,6 +610,10 @@ void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond re
         respond(json_response(200, *snapshot));
       });
     });
+    return;
+  }
+  if (path == "/deadletters" && request.method == "GET") {
+    list_dead_letters(std::move(respond));
     return;
   }
   if (path == prefix && request.method == "GET") {

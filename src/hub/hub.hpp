@@ -122,6 +122,11 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // dead-letter table (kDeadLetterTable, key "{endpoint}/{unix ms}-{n}") with the reason,
   // counted, and logged. The caller then settles the entry so the queue behind it moves on.
   void dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason);
+  // GET /deadletters lists at most this many (the oldest first per endpoint), with the total.
+  static constexpr std::size_t kMaxDeadLettersListed = 1000;
+  // Answers {"total", "deadLetters": [{"key", "endpoint", "reason", "atMs", "messageBytes",
+  // "messageId"}]} (GET /deadletters; cairn-cloud's GET /cairn/deadletters).
+  void list_dead_letters(net::HttpRespond respond);
   // Registers a session for its client id, closing any previous one (takeover).
   void register_session(const std::string& client_id, const std::shared_ptr<Session>& session);
   void unregister_session(const std::string& client_id, const Session* session);

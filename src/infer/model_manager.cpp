@@ -90,9 +90,8 @@ std::string lower(std::string s) {
 Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
   const auto start = Clock::now();
   if (spec.path.find("://") != std::string::npos) {
-    return make_error(
-        errc::invalid_argument,
-        "'" + spec.path + "': URLs need the model package manager; give a local path");
+    return make_error(errc::invalid_argument,
+                      "'" + spec.path + "': a URL is not a path; give it as \"url\"");
   }
   auto bytes = read_file(spec.path);
   if (!bytes) return bytes.error();
@@ -206,6 +205,7 @@ struct ModelManager::Model {
   std::string status = "loading";
   std::string error;
   std::string pending_version;
+  nlohmann::json delivery;  // the last download's figures (model delivery), null if none
 
   // Metrics.
   std::atomic<std::uint64_t> requests{0};
@@ -388,6 +388,7 @@ struct ModelManager::Model {
     auto versions_json = nlohmann::json::array();
     for (const auto& [v, _] : versions) versions_json.push_back(v);
     r["versions"] = std::move(versions_json);
+    if (!delivery.is_null()) r["delivery"] = delivery;
     return r;
   }
 
@@ -490,14 +491,51 @@ Status ModelManager::load(const ModelSpec& spec, bool keep_others) {
   Status error;
   auto model = model_for_load(spec, error);
   if (!model) return error;
+  std::string previous_status;
   {
     std::lock_guard lock(model->mu);
-    model->status = model->serving ? model->status : "loading";
+    previous_status = model->serving ? model->status : "loading";
+    model->status = spec.url.empty() ? previous_status : "downloading";
+    if (spec.url.empty()) model->delivery = nullptr;
     model->pending_version = spec.version;
   }
   notify(spec.name);
-  log::info(kLog, "model={} version={} loading {}", spec.name, spec.version, spec.path);
-  auto loaded = load_version(spec);
+  Result<std::shared_ptr<LoadedVersion>> loaded = make_error(errc::internal, "not loaded");
+  ModelSpec local = spec;
+  if (!spec.url.empty()) {
+    ModelFetcher fetcher;
+    {
+      std::lock_guard lock(mu_);
+      fetcher = fetcher_;
+    }
+    log::info(kLog, "model={} version={} downloading {}", spec.name, spec.version, spec.url);
+    Result<std::string> file =
+        make_error(errc::invalid_argument,
+                   "'" + spec.url + "': this cairn-infer has no model delivery for URLs");
+    if (fetcher) {
+      const std::string name = spec.name;
+      file = fetcher(spec, [this, model, name](const nlohmann::json& delivery) {
+        {
+          std::lock_guard lock(model->mu);
+          model->delivery = delivery;
+        }
+        notify(name);
+      });
+    }
+    if (file) {
+      local.path = *file;
+      std::lock_guard lock(model->mu);
+      model->status = previous_status;
+    } else {
+      loaded = std::move(file).error();
+    }
+    if (file) notify(spec.name);
+  }
+  if (spec.url.empty() || !local.path.empty()) {
+    log::info(kLog, "model={} version={} loading {}", spec.name, spec.version, local.path);
+    loaded = load_version(local);
+    if (loaded) (*loaded)->spec = spec;  // what was asked for (the URL), to compare later
+  }
   std::vector<std::shared_ptr<LoadedVersion>> retired;  // freed outside the lock
   {
     std::lock_guard lock(model->mu);
@@ -548,6 +586,11 @@ Status ModelManager::load(const ModelSpec& spec, bool keep_others) {
 void ModelManager::set_reported_callback(std::function<void(const nlohmann::json&)> callback) {
   std::lock_guard lock(mu_);
   reported_callback_ = std::move(callback);
+}
+
+void ModelManager::set_fetcher(ModelFetcher fetcher) {
+  std::lock_guard lock(mu_);
+  fetcher_ = std::move(fetcher);
 }
 
 void ModelManager::notify(const std::string& name) {
@@ -631,7 +674,8 @@ Status ModelManager::apply_desired(const nlohmann::json& desired,
       if (m) {
         std::lock_guard lock(m->mu);
         if (m->serving && m->serving->spec.version == spec->version &&
-            m->serving->spec.path == spec->path && m->serving->spec.sha256 == spec->sha256) {
+            m->serving->spec.path == spec->path && m->serving->spec.url == spec->url &&
+            m->serving->spec.sha256 == spec->sha256) {
           continue;  // already serving what is desired
         }
       }
@@ -804,9 +848,13 @@ Result<ModelSpec> parse_model_spec(const std::string& name, const nlohmann::json
     if (s.version.empty() || s.version.find('/') != std::string::npos) {
       return bad("\"version\" must be non-empty and contain no '/'");
     }
-    if (j.contains("path")) s.path = j["path"].get<std::string>();
-    if (j.contains("url")) s.path = j["url"].get<std::string>();
-    if (s.path.empty()) return bad("needs \"path\" (or \"url\")");
+    if (j.contains("path") && !j["path"].is_null()) s.path = j["path"].get<std::string>();
+    if (j.contains("url") && !j["url"].is_null()) s.url = j["url"].get<std::string>();
+    if (s.path.empty() && s.url.empty()) return bad("needs \"path\" (or \"url\")");
+    if (!s.path.empty() && !s.url.empty()) return bad("give \"path\" or \"url\", not both");
+    if (!s.url.empty() && s.url.rfind("http://", 0) != 0 && s.url.rfind("https://", 0) != 0) {
+      return bad("\"url\" must start with http:// or https://");
+    }
     s.sha256 = j.value("sha256", std::string());
     s.is_default = j.value("default", false);
     s.warmup = j.value("warmup", true);

@@ -54,7 +54,8 @@ struct ModelLimits {
 struct ModelSpec {
   std::string name;
   std::string version = "1";
-  std::string path;    // a local file (URLs are downloaded by the model package manager)
+  std::string path;    // a local file
+  std::string url;     // or an http(s) URL, turned into a local file by the manager's fetcher
   std::string sha256;  // hex digest the file must have; empty: not checked
   EngineOptions engine;
   BatchingOptions batching;
@@ -68,8 +69,16 @@ struct ModelSpec {
 };
 
 // Parses one entry of the desired map: {"version", "path" | "url", "sha256", "engine": {...},
-// "batching": {...}, "limits": {...}, "default", "warmup", "inputMapping"}.
+// "batching": {...}, "limits": {...}, "default", "warmup", "inputMapping"}. A `url` must be
+// http:// or https://; `path` and `url` together are refused.
 Result<ModelSpec> parse_model_spec(const std::string& name, const nlohmann::json& desired);
+
+// Reports the progress of a download as the model's reported `delivery` object.
+using DeliveryProgress = std::function<void(const nlohmann::json& delivery)>;
+// Turns a spec with a `url` into a local file and returns its path (model delivery,
+// infer/model_delivery.hpp). Runs on the manager's loader thread and may block.
+using ModelFetcher =
+    std::function<Result<std::string>(const ModelSpec& spec, const DeliveryProgress& progress)>;
 
 struct InferRequest {
   std::vector<Tensor> inputs;
@@ -100,7 +109,7 @@ struct ModelInfo {
   std::string name;
   std::string serving_version;  // empty until one version loaded
   std::vector<VersionInfo> versions;
-  std::string status;  // "loading", "ready", "failed"
+  std::string status;  // "downloading", "loading", "ready", "failed"
   std::string error;   // the last load failure, if any
 };
 
@@ -131,6 +140,8 @@ class ModelManager {
   Status apply_desired(const nlohmann::json& desired, const std::vector<std::string>& pinned = {});
   // Called with {name: reported} (or {name: null} when unloaded) after each state change.
   void set_reported_callback(std::function<void(const nlohmann::json& patch)> callback);
+  // Where specs with a `url` get their file; without one such specs fail to load.
+  void set_fetcher(ModelFetcher fetcher);
   // Reported properties of every model: {name: {version, status, error, loadTimeMs, ...}}.
   nlohmann::json reported() const;
   // Waits until the background loads queued so far are done (tests, start-up).
@@ -164,6 +175,7 @@ class ModelManager {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Model>> models_;
   std::function<void(const nlohmann::json&)> reported_callback_;
+  ModelFetcher fetcher_;
 
   struct Loader;
   std::unique_ptr<Loader> loader_;

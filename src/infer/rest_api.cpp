@@ -105,11 +105,8 @@ struct OutputChoice {
   bool all_binary = false;
 };
 
-Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputChoice& choice,
-                               std::string& id) {
-  auto parsed = parse_json(s.header_json, max_depth);
-  if (!parsed) return parsed.error();
-  const auto& j = *parsed;
+Result<InferRequest> decode_v2_json(const nlohmann::json& j, const Shared& s, OutputChoice& choice,
+                                    std::string& id) {
   auto bad = [](const std::string& m) { return make_error(errc::invalid_argument, m); };
   if (!j.is_object()) return bad("the request must be a JSON object");
   if (j.contains("id") && j["id"].is_string()) id = j["id"].get<std::string>();
@@ -195,6 +192,13 @@ Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputCho
   return req;
 }
 
+Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputChoice& choice,
+                               std::string& id) {
+  auto parsed = parse_json(s.header_json, max_depth);
+  if (!parsed) return parsed.error();
+  return decode_v2_json(*parsed, s, choice, id);
+}
+
 net::HttpResponse encode_v2(const InferResult& result, const OutputChoice& choice,
                             const std::string& id) {
   nlohmann::json header;
@@ -274,7 +278,59 @@ Result<InferRequest> decode_score(const nlohmann::json& j, const std::vector<Ten
   return req;
 }
 
+nlohmann::json encode_score(const InferResult& result) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& t : result.outputs) out[t.name] = tensor_to_json(t, true);
+  return out;
+}
+
 }  // namespace
+
+void score_json_request(ModelManager& models, std::string body, const std::string& model,
+                        const std::string& version, std::size_t max_json_depth, ScoreDone done) {
+  // What the decoder learns on the worker, for the encoder: which form the body had.
+  struct Call {
+    Shared shared;
+    OutputChoice choice;
+    std::string id;
+    bool v2 = false;
+  };
+  auto call = std::make_shared<Call>();
+  call->shared.body = std::move(body);
+  auto decode = [call, max_json_depth](const std::vector<TensorInfo>& sig) -> Result<InferRequest> {
+    auto parsed = parse_json(call->shared.body, max_json_depth);
+    if (!parsed) return parsed.error();
+    if (parsed->is_object() && parsed->contains("inputs")) {
+      call->v2 = true;
+      call->shared.binary_offset = call->shared.body.size();  // JSON tensors only
+      auto req = decode_v2_json(*parsed, call->shared, call->choice, call->id);
+      // A message answer is one JSON document: binary outputs are not available.
+      call->choice.all_binary = false;
+      call->choice.binary.assign(call->choice.binary.size(), false);
+      return req;
+    }
+    return decode_score(*parsed, sig);
+  };
+  auto on_result = [call, done](Result<InferResult> result) {
+    if (!result) {
+      const auto response = error_response(result.error());
+      return done(ScoreAnswer{response.status, response.body, {}, {}});
+    }
+    if (call->v2) {
+      auto response = encode_v2(*result, call->choice, call->id);
+      return done(
+          ScoreAnswer{response.status, std::move(response.body), result->model, result->version});
+    }
+    done(ScoreAnswer{
+        200, encode_score(*result).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+        result->model, result->version});
+  };
+  auto status = models.submit(model, version, std::move(decode), on_result);
+  if (!status) {
+    const auto response = error_response(status.error());
+    done(ScoreAnswer{response.status, response.body, {}, {}});
+  }
+}
 
 std::size_t json_depth(std::string_view text, std::size_t limit) {
   std::size_t depth = 0;
@@ -475,9 +531,7 @@ void RestApi::score(const net::HttpRequest& request, const std::string& model,
       },
       [respond](Result<InferResult> result) {
         if (!result) return respond(error_response(result.error()));
-        nlohmann::json out = nlohmann::json::object();
-        for (const auto& t : result->outputs) out[t.name] = tensor_to_json(t, true);
-        respond(json_response(200, out));
+        respond(json_response(200, encode_score(*result)));
       });
   if (!status) respond(error_response(status.error()));
 }

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,6 +55,25 @@ class RestApi {
   mutable std::mutex counts_mu_;
   std::map<int, std::uint64_t> responses_by_status_;
 };
+
+// The answer to a scoring request that did not come over HTTP (module mode: a routed message),
+// as REST would give it: the HTTP status it maps to and the JSON body (the result, or
+// {"error": ...}); the model and version that ran it when it ran.
+struct ScoreAnswer {
+  int status = 200;
+  std::string body;
+  std::string model;
+  std::string version;
+};
+using ScoreDone = std::function<void(ScoreAnswer)>;
+
+// Scores `body` with the REST codec: a KServe v2 inference request when the JSON object has
+// "inputs" (JSON tensors only; outputs always come back as JSON), else an Azure ML /score
+// request. `model` empty: the default model; `version` empty: the serving one. `done` is called
+// exactly once: on a model worker, or here at once when the request is refused (unknown model,
+// queue full).
+void score_json_request(ModelManager& models, std::string body, const std::string& model,
+                        const std::string& version, std::size_t max_json_depth, ScoreDone done);
 
 // Largest nesting depth of `text` read as JSON (brackets inside strings do not count); stops
 // counting once above `limit`.

@@ -377,8 +377,10 @@ asio::awaitable<void> unix_stream_call(StreamCall call) {
       while (!parser.is_done()) {
         parser.get().body().data = piece.data();
         parser.get().body().size = piece.size();
-        co_await http::async_read(state->socket, buffer, parser,
-                                  asio::redirect_error(asio::use_awaitable, ec));
+        // read_some: returns with whatever part of the body arrived (one event of a stream), where
+        // read would wait until the piece is full.
+        co_await http::async_read_some(state->socket, buffer, parser,
+                                       asio::redirect_error(asio::use_awaitable, ec));
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
         std::size_t n = piece.size() - parser.get().body().size;

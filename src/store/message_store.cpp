@@ -22,6 +22,7 @@
 #include "core/log.hpp"
 #include "store/detail/schema.hpp"
 #include "store/detail/sqlite.hpp"
+#include "store/failure.hpp"
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -491,7 +492,7 @@ void MessageStore::Impl::run_batch() {
     // only: start again from what the database holds.
     queues_.clear();
     if (auto s = load_state(); !s) {
-      if (s.error().code == errc::unavailable) {
+      if (classify_failure(s.error()) == Failure::transient) {
         fail_batch_transiently(s.error());
       } else {
         fail_batch(s.error());
@@ -514,7 +515,7 @@ void MessageStore::Impl::run_batch() {
     dirty_.clear();
     if (s) {
       publish_batch();
-    } else if (s.error().code == errc::unavailable) {
+    } else if (classify_failure(s.error()) == Failure::transient) {
       fail_batch_transiently(s.error());
     } else {
       fail_batch(s.error());
@@ -596,12 +597,7 @@ void MessageStore::Impl::fail_batch(const Error& cause) {
   const Error error = make_error(errc::io_error, fmt::format("store: write failed: {}", failure_));
   for (Op& op : batch_) set_error(op, error);
   if (options_.exit_on_fatal) {
-    log::error("store",
-               "FATAL: the message store at {} cannot be trusted after this failure ({}); exiting "
-               "so that a supervisor restarts the process on a clean reopen",
-               options_.path, failure_);
-    spdlog::default_logger_raw()->flush();
-    std::_Exit(1);
+    exit_for_clean_reopen("the message store at " + options_.path, failure_);
   }
 }
 

@@ -543,8 +543,9 @@ class CairnCloud(_Daemon):
 
     name = "cairn-cloud"
 
-    def __init__(self, home, hostname=None, fsync=False):
+    def __init__(self, home, hostname=None, fsync=False, extra_args=()):
         self.home = Path(home)
+        self.extra_args = list(extra_args)  # more command-line options (limits under test)
         self.home.mkdir(parents=True, exist_ok=True)
         self.listen = CLOUD_HOST
         self.hostname = hostname or CLOUD_HOST
@@ -569,7 +570,7 @@ class CairnCloud(_Daemon):
         return [str(CAIRN_CLOUD), "--home", str(self.home), "--listen", self.listen,
                 "--hostname", self.hostname, "--mqtt-port", str(self.mqtt_port),
                 "--https-port", str(self.https_port), "--fsync", "true" if self.fsync else "false",
-                "--log-level", "debug"]
+                "--log-level", "debug", *self.extra_args]
 
     # -- process
 

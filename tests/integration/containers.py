@@ -119,8 +119,11 @@ class ContainerEngine:
     def __init__(self, base):
         self.base = Path(base)
         self.socket = self.base / "podman.sock"
+        # Events go to a file: Podman's default backend is journald, and without a running
+        # journal (containers, minimal machines) the events endpoint stays silent.
         self.storage_flags = ["--root", str(self.base / "storage"), "--runroot",
-                              str(self.base / "run"), "--tmpdir", str(self.base / "tmp")]
+                              str(self.base / "run"), "--tmpdir", str(self.base / "tmp"),
+                              "--events-backend", "file"]
         self.log_path = self.base / "service.log"
         self.proc = None
 

@@ -5,7 +5,9 @@ never be delivered is refused or dead-lettered instead of wedging its queue.
 Each test here reproduces a way the hub used to stop or wedge, with real clients.
 """
 import errno
+import json
 import os
+import sqlite3
 import struct
 import subprocess
 import threading
@@ -13,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import (HOST, RawMqtt, https_request, publish_packet, puback_packet,
+from conftest import (HOST, CloudDevice, RawMqtt, https_request, publish_packet, puback_packet,
                       subscribe_packet, wait_for)
 
 
@@ -258,3 +260,244 @@ def test_full_disk_refuses_with_a_reason_and_recovers(cairnd_factory, module_cli
     got = [m.payload for m in filt.expect(len(acked))]
     assert got == acked
     cairnd.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Poison messages: a module that never acknowledges one message (it crashes on it, every time)
+
+
+def test_message_failing_delivery_n_times_is_dead_lettered_and_the_queue_moves_on(
+        cairnd_factory, module_client):
+    cairnd = cairnd_factory(config={"mqtt.max_delivery_attempts": 3})
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"poison", output="temp")
+    sensor.publish_acked(b"after", output="temp")
+    # The module receives the poison message and goes away without acknowledging it, three
+    # times. It used to get the same message first on every reconnect, forever.
+    for attempt in range(3):
+        filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+        topic, packet_id, payload, dup = next_publish(filt)
+        assert payload == b"poison", (attempt, payload)
+        filt.close()
+        wait_for(lambda: cairnd.status()["endpoints"]["filter/in"]["failedDeliveries"]
+                 == attempt + 1, what=f"failed delivery {attempt + 1} counted")
+    filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+    topic, packet_id, payload, dup = next_publish(filt)
+    assert payload == b"after"
+    filt.send(puback_packet(packet_id))
+    wait_for(lambda: cairnd.queue_length("filter/in") == 0, what="filter/in to empty")
+    status = cairnd.status()
+    assert status["counters"]["messagesDeadLettered"] == 1, status["counters"]
+    assert status["endpoints"]["filter/in"]["deadLettered"] == 1
+    # The user can see what was set aside, and why.
+    listed = json.loads(cairnd.cli("deadletters").stdout)
+    assert listed["total"] == 1, listed
+    [dead] = listed["deadLetters"]
+    assert dead["endpoint"] == "filter/in"
+    assert "delivery failed 3 times" in dead["reason"], dead
+    assert dead["messageBytes"] > len(b"poison")
+    assert "cairn_messages_dead_lettered_total 1" in metrics(cairnd)
+    assert "cairn_delivery_failures_total 3" in metrics(cairnd)
+    filt.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 5: cairn-cloud's telemetry ingestion and store errors
+
+
+def cloud_writer(cloud):
+    return cloud.status().get("telemetryWriter", {})
+
+
+def lock_cloud_db(cloud):
+    """Another process's write transaction on cloud.db, held past SQLite's busy timeout."""
+    db = sqlite3.connect(str(cloud.home / "data" / "cloud.db"), timeout=30, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    return db
+
+
+def test_cloud_keeps_storing_after_its_store_was_locked(cloud, module_client):
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"before", props={"$.mid": "before"})
+    wait_for(lambda: cloud.stored_count() == 1, what="the first message stored")
+    db = lock_cloud_db(cloud)
+    try:
+        # Accepted (PUBACKed) into the ingest queue while the store cannot write.
+        for i in range(20):
+            dev.publish_acked(f"during-{i}".encode(), props={"$.mid": f"d{i}"})
+        wait_for(lambda: cloud_writer(cloud).get("failing") is True, timeout=60,
+                 what="the writer to report the locked store")
+        writer = cloud_writer(cloud)
+        assert "locked" in writer["lastFailure"], writer
+        assert writer["storeFailures"] >= 1
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    # The writer retries by itself: every acknowledged message is stored, once, in order. It
+    # used to drop the failed batch without acknowledging it and never try again.
+    wait_for(lambda: cloud.stored_count() == 21, timeout=60, what="all 21 messages stored")
+    ids = [m["messageId"] for m in cloud.all_messages("dev1")]
+    assert ids == ["before"] + [f"d{i}" for i in range(20)]
+    dev.publish_acked(b"later", props={"$.mid": "later"})
+    wait_for(lambda: cloud.stored_count() == 22, what="a later message stored")
+    writer = cloud_writer(cloud)
+    assert writer["failing"] is False and writer["waiting"] == 0, writer
+
+
+def test_cloud_ingest_queue_is_capped_and_withholds_puback_when_full(cloud_factory,
+                                                                    module_client):
+    cloud = cloud_factory(extra_args=["--max-queue-bytes", "100000"])
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    db = lock_cloud_db(cloud)
+    acked = []
+    try:
+        # Nothing drains while the store is locked: the queue fills up to its cap, and then
+        # the publisher gets no PUBACK (the connection closes; the client resends later).
+        for i in range(100):
+            info = dev.publish(b"x" * 8000, props={"$.mid": f"m{i}"})
+            wait_for(lambda: info.mid in dev.acked_mids or dev.disconnected.is_set(),
+                     what=f"PUBACK or refusal of m{i}")
+            if info.mid not in dev.acked_mids:
+                break
+            acked.append(f"m{i}")
+        assert dev.disconnected.is_set(), "the queue took 100 messages past its cap"
+        assert 5 <= len(acked) <= 12, acked
+        assert "store full" in cloud.log_text(), cloud.log_text()[-3000:]
+        queue = cloud.status()["ingestQueue"]
+        assert queue["rejectedFullTotal"] >= 1 and queue["maxBytes"] == 100000, queue
+        assert queue["storedBytes"] <= 100000, queue
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    # The writer drains the queue into the store; publishing works again.
+    wait_for(lambda: cloud.stored_count() == len(acked), timeout=60,
+             what="every acknowledged message stored")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"again", props={"$.mid": "again"})
+    wait_for(lambda: cloud.stored_count() == len(acked) + 1, what="a new message stored")
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == acked + ["again"]
+
+
+def test_cloud_dead_letters_a_message_its_store_refuses_and_stores_the_rest(cloud,
+                                                                           module_client):
+    cloud.create_device("dev1")
+    # The store refuses this one message for good (a constraint added by another process).
+    db = sqlite3.connect(str(cloud.home / "data" / "cloud.db"), timeout=30, isolation_level=None)
+    db.execute("CREATE TRIGGER refuse_poison BEFORE INSERT ON telemetry "
+               "WHEN NEW.message_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poison refused'); END")
+    db.close()
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"poison", props={"$.mid": "poison"})
+    # Messages after it are stored while it is retried; after failing on its own three times
+    # while others were stored it is dead-lettered. It used to wedge the whole ingestion.
+    sent = []
+    for i in range(10):
+        dev.publish_acked(f"m{i}".encode(), props={"$.mid": f"m{i}"})
+        sent.append(f"m{i}")
+        wait_for(lambda: cloud.stored_count() == len(sent), what=f"m{i} stored")
+        if cloud.status().get("messagesDeadLettered") == 1:
+            break
+    status = cloud.status()
+    assert status["messagesDeadLettered"] == 1, status
+    assert status["telemetryWriter"]["deadLettered"] == 1, status
+    assert status["telemetryWriter"]["waiting"] == 0, status
+    assert 3 <= len(sent) <= 5, sent
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == sent
+    assert "poison refused" in cloud.log_text()
+    listed = cloud.call("GET", "/cairn/deadletters")
+    assert listed["total"] == 1, listed
+    [dead] = listed["deadLetters"]
+    assert dead["endpoint"] == "$upstream" and dead["messageId"] == "poison", dead
+    assert "poison refused" in dead["reason"], dead
+
+
+def set_telemetry_rootpage(cloud, rootpage=None):
+    """Points the telemetry table of cloud.db at page `rootpage` (None: a page that does not
+    exist, which SQLite reports as corruption); returns the page it pointed at before."""
+    db = sqlite3.connect(str(cloud.home / "data" / "cloud.db"), timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA writable_schema = ON")  # also reads a schema it cannot parse
+        (before,) = db.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'telemetry'").fetchone()
+        (version,) = db.execute("PRAGMA schema_version").fetchone()
+        db.execute("UPDATE sqlite_schema SET rootpage = ? WHERE name = 'telemetry'",
+                   (rootpage if rootpage is not None else 99999,))
+        db.execute(f"PRAGMA schema_version = {version + 1}")  # other connections reload it
+        db.execute("PRAGMA writable_schema = OFF")
+    finally:
+        db.close()
+    return before
+
+
+def test_cloud_exits_on_a_corrupt_store_and_loses_nothing_acknowledged(cloud, module_client):
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"first", props={"$.mid": "first"})
+    wait_for(lambda: cloud.stored_count() == 1, what="the first message stored")
+    rootpage = set_telemetry_rootpage(cloud)
+    # Accepted into the ingest queue (committed there before the writer sees it); writing it
+    # to the corrupt store is fatal: cairn-cloud exits (code 1) for its supervisor instead of
+    # going on with a store nobody can trust. The exit may beat the PUBACK onto the wire.
+    dev.publish(b"second", props={"$.mid": "second"})
+    rc = cloud.proc.wait(timeout=60)
+    assert rc == 1, cloud.log_text()[-3000:]
+    assert "FATAL: the cloud store cannot be trusted" in cloud.log_text()
+    cloud.stop(expect_rc=1)
+    # Repaired and restarted, the acknowledged message waiting in the queue is stored.
+    set_telemetry_rootpage(cloud, rootpage)
+    cloud.start()
+    wait_for(lambda: cloud.stored_count() == 2, timeout=30, what="the queued message stored")
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == ["first", "second"]
+
+
+def test_cloud_full_disk_holds_messages_back_and_recovers(cloud_factory, module_client,
+                                                          small_disk):
+    cloud = cloud_factory(start=False)
+    data = small_disk(cloud.home / "data")
+    cloud.start()
+    cloud.create_device("dev1")
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    acked = []
+    for i in range(3):
+        dev.publish_acked(f"before-{i}".encode(), props={"$.mid": f"b{i}"})
+        acked.append(f"b{i}")
+    wait_for(lambda: cloud.stored_count() == 3, what="the first messages stored")
+    # Messages accepted into the queue while the writer is held back by a lock; then the disk
+    # fills and the lock goes: the writer's own writes now fail for want of space.
+    db = lock_cloud_db(cloud)
+    try:
+        for i in range(5):
+            dev.publish_acked(b"q" * 20000, props={"$.mid": f"q{i}"})
+            acked.append(f"q{i}")
+        filler = fill(data)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    wait_for(lambda: "full" in cloud_writer(cloud).get("lastFailure", ""), timeout=60,
+             what="the writer to report the full disk")
+    assert cloud.stored_count() == 3
+    # Neither the queue nor the store can write: publishes are refused or held back (never
+    # acknowledged and then lost), and cairn-cloud stays up.
+    for i in range(20):
+        if not dev.is_connected():
+            dev = module_client(CloudDevice(cloud, "dev1"), None)
+        info = dev.try_publish(b"x" * 20000, props={"$.mid": f"f{i}"})
+        if info is None:
+            continue
+        wait_for(lambda: info.mid in dev.acked_mids or dev.disconnected.is_set(),
+                 what=f"PUBACK or refusal of f{i}")
+        if info.mid in dev.acked_mids:
+            acked.append(f"f{i}")
+    assert cloud.running(), cloud.log_text()[-3000:]
+    assert "full" in cloud.log_text()
+    # Space comes back: everything acknowledged is stored, once, without a restart.
+    filler.unlink()
+    dev = module_client(CloudDevice(cloud, "dev1"), None)
+    dev.publish_acked(b"after", props={"$.mid": "after"})
+    acked.append("after")
+    wait_for(lambda: cloud.stored_count() == len(acked), timeout=60,
+             what=f"{len(acked)} acknowledged messages stored")
+    assert [m["messageId"] for m in cloud.all_messages("dev1")] == acked
+    assert cloud.status()["telemetryWriter"]["failing"] is False

@@ -20,6 +20,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+// Fails with the runtime's error text, which says what the engine answered.
+#define ASSERT_OK(expr)                                       \
+  do {                                                        \
+    auto status_ = (expr);                                    \
+    ASSERT_TRUE(status_.ok()) << status_.error().to_string(); \
+  } while (0)
+
 namespace cairn::agent {
 namespace {
 
@@ -228,7 +235,7 @@ TEST_F(DockerLiveRuntime, CreateOptionsAreAppliedAndReportedWithoutDrift) {
   s.env.emplace_back("FROM_MANIFEST", "1");
   s.workload_socket = workload.path_;
 
-  ASSERT_TRUE(runtime_->prepare(s).ok());
+  ASSERT_OK(runtime_->prepare(s));
   auto created = runtime_->create(s);
   ASSERT_TRUE(created.ok()) << created.error().to_string();
   EXPECT_EQ(created->notes.size(), 1u);  // the RestartPolicy that was replaced
@@ -241,8 +248,8 @@ TEST_F(DockerLiveRuntime, CreateOptionsAreAppliedAndReportedWithoutDrift) {
   EXPECT_EQ(before->status, RuntimeStatus::stopped);
   EXPECT_EQ(before->config_hash, "hash-filter");
 
-  ASSERT_TRUE(runtime_->start("filter").ok());
-  ASSERT_TRUE(runtime_->start("filter").ok());  // already running: still a success
+  ASSERT_OK(runtime_->start("filter"));
+  ASSERT_OK(runtime_->start("filter"));  // already running: still a success
 
   // The module's own behaviour shows the settings: env and socket seen inside, port served.
   ASSERT_TRUE(eventually([&] { return fs::exists(dir_ / "out" / "socket.txt"); }));
@@ -313,12 +320,17 @@ TEST_F(DockerLiveRuntime, ExitIsSeenThroughEvents) {
     changed.insert(name);
     cv.notify_all();
   });
+  // Before the locals above go: the callback must not outlive them, even on an early return.
+  struct ForgetCallback {
+    DockerRuntime& runtime;
+    ~ForgetCallback() { runtime.on_change(nullptr); }
+  } forget{*runtime_};
   // The module waits for a file, so the event stream is surely connected before it exits.
   auto s = spec("crasher", "while [ ! -e /out/go ]; do sleep 0.1; done; echo bye; exit 3");
   s.create_options["HostConfig"] = {{"Binds", {(dir_ / "out").string() + ":/out"}}};
-  ASSERT_TRUE(runtime_->prepare(s).ok());
-  ASSERT_TRUE(runtime_->create(s).ok());
-  ASSERT_TRUE(runtime_->start("crasher").ok());
+  ASSERT_OK(runtime_->prepare(s));
+  ASSERT_OK(runtime_->create(s));
+  ASSERT_OK(runtime_->start("crasher"));
   {
     std::unique_lock lock(m);
     // The start event: the stream is live.
@@ -345,9 +357,9 @@ TEST_F(DockerLiveRuntime, ExitIsSeenThroughEvents) {
 
 TEST_F(DockerLiveRuntime, AdoptsOnlyItsOwnContainers) {
   auto s = spec("sensor", "exec sleep 600");
-  ASSERT_TRUE(runtime_->prepare(s).ok());
-  ASSERT_TRUE(runtime_->create(s).ok());
-  ASSERT_TRUE(runtime_->start("sensor").ok());
+  ASSERT_OK(runtime_->prepare(s));
+  ASSERT_OK(runtime_->create(s));
+  ASSERT_OK(runtime_->start("sensor"));
 
   // A restarted cairnd of the same home (same owner) finds it running with its config hash;
   // another home sees nothing, even under the same container name.

@@ -1,5 +1,6 @@
 #include "cloud/telemetry_sink.hpp"
 
+#include <chrono>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@ namespace {
 
 using nlohmann::json;
 using testing::CloudTest;
+using testing::open_store;
 
 Message telemetry(const std::string& device, const std::string& module, const std::string& id,
                   std::string body, const std::string& content_type = "") {
@@ -34,25 +36,42 @@ std::vector<json> read_lines(const std::string& path) {
   return out;
 }
 
+using namespace std::chrono_literals;
+
 class TelemetrySinkTest : public CloudTest {
  protected:
-  std::shared_ptr<TelemetrySink> open_sink(const std::string& file = "") {
-    auto sink =
-        TelemetrySink::open(io_, *store_, TelemetrySinkOptions{file}, [this] { return now_ms_; });
+  // The sink writes through a connection of its own, as in cairn-cloud; the test's store_
+  // reads what it wrote (and locks or damages the file when a test needs it).
+  std::shared_ptr<TelemetrySink> open_sink(TelemetrySinkOptions options) {
+    auto sink = TelemetrySink::open(io_, open_store(dir_.file("data/cloud.db")), std::move(options),
+                                    [this] { return now_ms_; });
     EXPECT_TRUE(sink.ok()) << sink.error().to_string();
     return sink.ok() ? *sink : nullptr;
   }
-  // Delivers and runs the posted acknowledgement; returns whether it was acknowledged.
+  std::shared_ptr<TelemetrySink> open_sink(const std::string& file = "") {
+    TelemetrySinkOptions options;
+    options.jsonl_path = file;
+    return open_sink(std::move(options));
+  }
+  // Runs the io_context (where acknowledgements arrive) until `done` or 20 s.
+  bool run_until(const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      io_.restart();
+      io_.run_for(5ms);
+    }
+    return done();
+  }
+  // Delivers and waits for the acknowledgement; returns whether it came.
   bool deliver(TelemetrySink& sink, const Message& m, bool dup = false) {
     bool acked = false;
     EXPECT_TRUE(sink.deliver("", m, dup, [&] { acked = true; }));
     EXPECT_FALSE(acked);  // never inside deliver: the endpoint's pump must not re-enter
-    io_.restart();
-    io_.poll();
-    return acked;
+    return run_until([&] { return acked; });
   }
 
   asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
 };
 
 TEST_F(TelemetrySinkTest, StoresAcknowledgesAndDropsResentMessages) {
@@ -121,14 +140,75 @@ TEST_F(TelemetrySinkTest, MessagesWithoutIdAreAllKeptAndTimeDefaultsToNow) {
   EXPECT_EQ((*stored)[0].enqueued_time, "2027-01-15T08:00:00.000Z");
 }
 
-TEST_F(TelemetrySinkTest, AStoreFailureLeavesTheMessageUnacknowledged) {
+TEST_F(TelemetrySinkTest, ALockedStoreIsRetriedUntilTheMessageIsStored) {
   make_device("d");
   auto sink = open_sink();
   ASSERT_NE(sink, nullptr);
-  ASSERT_TRUE(store_->exec_for_test("DROP TABLE telemetry").ok());
-  EXPECT_FALSE(deliver(*sink, telemetry("d", "", "id", "x")));
-  EXPECT_EQ(sink->counters().store_failures, 1u);
-  EXPECT_EQ(sink->counters().stored, 0u);
+  // Another writer holds the database past the busy timeout: a transient failure. The sink
+  // used to drop the batch unacknowledged and never try again.
+  ASSERT_TRUE(store_->exec_for_test("BEGIN IMMEDIATE").ok());
+  bool acked = false;
+  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "id", "x"), false, [&] { acked = true; }));
+  ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 1; }));
+  EXPECT_FALSE(acked);  // nothing is acknowledged before it is stored
+  auto c = sink->counters();
+  EXPECT_TRUE(c.failing);
+  EXPECT_NE(c.last_failure.find("locked"), std::string::npos) << c.last_failure;
+  EXPECT_EQ(c.waiting, 1u);
+  ASSERT_TRUE(store_->exec_for_test("COMMIT").ok());
+  ASSERT_TRUE(run_until([&] { return acked; }));
+  c = sink->counters();
+  EXPECT_EQ(c.stored, 1u);
+  EXPECT_FALSE(c.failing);
+  EXPECT_EQ(c.waiting, 0u);
+  EXPECT_EQ(store_->list_telemetry(TelemetryQuery{})->size(), 1u);
+}
+
+TEST_F(TelemetrySinkTest, AMessageTheStoreRefusesIsDeadLetteredAndTheRestFlows) {
+  make_device("d");
+  // The store refuses one message for good (a constraint), and only that one.
+  ASSERT_TRUE(store_
+                  ->exec_for_test("CREATE TRIGGER refuse_poison BEFORE INSERT ON telemetry "
+                                  "WHEN NEW.message_id = 'poison' BEGIN "
+                                  "SELECT RAISE(ABORT, 'poison refused'); END")
+                  .ok());
+  std::vector<std::pair<Message, std::string>> dead;
+  TelemetrySinkOptions options;
+  options.first_retry = 1ms;
+  options.max_retry = 5ms;
+  options.max_store_attempts = 3;
+  options.dead_letter = [&](const Message& m, const std::string& reason) {
+    dead.emplace_back(m, reason);
+  };
+  auto sink = open_sink(std::move(options));
+  ASSERT_NE(sink, nullptr);
+  bool poison_acked = false;
+  const Message poison = telemetry("d", "", "poison", "p");
+  EXPECT_TRUE(sink->deliver("", poison, false, [&] { poison_acked = true; }));
+  // Failing on its own, it may as well be the store: retried, not blamed.
+  ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 3; }));
+  EXPECT_FALSE(poison_acked);
+  EXPECT_TRUE(dead.empty());
+  // Each message after it is stored (the queue behind it flows) while it fails again.
+  int acked = 0;
+  for (const char* id : {"a", "b"}) {
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+    const int want = acked + 1;
+    ASSERT_TRUE(run_until([&] { return acked == want; })) << id;
+  }
+  EXPECT_FALSE(poison_acked);
+  EXPECT_TRUE(dead.empty());
+  // The third time it fails while others are stored, it is set aside and acknowledged.
+  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "c", "x"), false, [&] { ++acked; }));
+  ASSERT_TRUE(run_until([&] { return poison_acked && acked == 3; }));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].first, poison);
+  EXPECT_NE(dead[0].second.find("poison refused"), std::string::npos) << dead[0].second;
+  const auto c = sink->counters();
+  EXPECT_EQ(c.dead_lettered, 1u);
+  EXPECT_EQ(c.stored, 3u);
+  EXPECT_EQ(c.waiting, 0u);
+  EXPECT_EQ(store_->list_telemetry(TelemetryQuery{})->size(), 3u);
 }
 
 TEST_F(TelemetrySinkTest, ABurstIsStoredTogetherWithDuplicatesInsideItDropped) {
@@ -140,10 +220,8 @@ TEST_F(TelemetrySinkTest, ABurstIsStoredTogetherWithDuplicatesInsideItDropped) {
   for (const char* id : {"a", "b", "a", "c"}) {
     EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
   }
-  EXPECT_EQ(acked, 0);  // nothing is stored or acknowledged before the io_context runs
-  EXPECT_TRUE(store_->list_telemetry(TelemetryQuery{})->empty());
-  io_.poll();
-  EXPECT_EQ(acked, 4);
+  EXPECT_EQ(acked, 0);  // acknowledgements run on the io_context, never inside deliver
+  ASSERT_TRUE(run_until([&] { return acked == 4; }));
   EXPECT_EQ(sink->counters().stored, 3u);
   EXPECT_EQ(sink->counters().duplicates, 1u);
   EXPECT_EQ(store_->counts()->duplicates, 1);
@@ -154,22 +232,52 @@ TEST_F(TelemetrySinkTest, ABurstIsStoredTogetherWithDuplicatesInsideItDropped) {
   EXPECT_EQ(lines[2]["messageId"], "c");
 }
 
-TEST_F(TelemetrySinkTest, AStoreFailureLeavesTheWholeBurstUnacknowledged) {
+TEST_F(TelemetrySinkTest, WhenEveryMessageFailsAlikeNoneIsBlamed) {
   make_device("d");
-  auto sink = open_sink();
+  TelemetrySinkOptions options;
+  options.first_retry = 1ms;
+  options.max_retry = 2ms;
+  options.max_store_attempts = 1;
+  int dead = 0;
+  options.dead_letter = [&](const Message&, const std::string&) { ++dead; };
+  auto sink = open_sink(std::move(options));
   ASSERT_NE(sink, nullptr);
+  // The store is broken, not the messages: they wait (unacknowledged), none is dead-lettered.
   ASSERT_TRUE(store_->exec_for_test("DROP TABLE telemetry").ok());
   int acked = 0;
   for (const char* id : {"a", "b"}) {
     EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
   }
-  io_.poll();
+  ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 5; }));
   EXPECT_EQ(acked, 0);
-  EXPECT_EQ(sink->counters().store_failures, 2u);
+  EXPECT_EQ(dead, 0);
+  EXPECT_EQ(sink->counters().dead_lettered, 0u);
+  EXPECT_EQ(sink->counters().waiting, 2u);
+}
+
+TEST_F(TelemetrySinkTest, ConnectionStateIsWrittenOnTheWriterThread) {
+  make_device("d");
+  auto sink = open_sink();
+  ASSERT_NE(sink, nullptr);
+  // A locked database holds the writer up, not the caller: record_connection returns at once.
+  ASSERT_TRUE(store_->exec_for_test("BEGIN IMMEDIATE").ok());
+  const auto before = std::chrono::steady_clock::now();
+  sink->record_connection(TwinKey{"d", ""}, true, now_ms_);
+  sink->record_connection(TwinKey{"nobody", ""}, true, now_ms_);  // unknown: counted, logged
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
+  ASSERT_TRUE(store_->exec_for_test("COMMIT").ok());
+  ASSERT_TRUE(run_until([&] { return sink->counters().connection_record_failures >= 1; }));
+  auto d = store_->find_device("d");
+  ASSERT_TRUE(d.ok() && d->has_value());
+  EXPECT_TRUE((*d)->connected);
+  EXPECT_EQ((*d)->connection_state_updated_ms, now_ms_);
+  EXPECT_EQ(sink->counters().connection_record_failures, 1u);
 }
 
 TEST_F(TelemetrySinkTest, AnUnwritableFileIsAnErrorAtOpen) {
-  auto sink = TelemetrySink::open(io_, *store_, TelemetrySinkOptions{"/proc/no/such/file"});
+  TelemetrySinkOptions options;
+  options.jsonl_path = "/proc/no/such/file";
+  auto sink = TelemetrySink::open(io_, open_store(dir_.file("data/cloud.db")), options);
   ASSERT_FALSE(sink.ok());
   EXPECT_EQ(sink.error().code, errc::io_error);
 }

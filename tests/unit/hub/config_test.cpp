@@ -22,6 +22,7 @@ TEST(HubConfig, MissingFileGivesDefaults) {
   EXPECT_EQ(c->mqtt.tls_port, 8883);
   EXPECT_EQ(c->mqtt.plain_port, 0);
   EXPECT_EQ(c->mgmt_socket(), "/h/run/mgmt.sock");
+  EXPECT_EQ(c->mqtt.max_delivery_attempts, 10u);
 }
 
 TEST(HubConfig, ReadsEverySection) {
@@ -31,6 +32,7 @@ hostname = "gw"
 tls_port = 0
 plain_port = 1883
 max_inflight_in = 128
+max_delivery_attempts = 3
 [store]
 fsync = false
 max_bytes = 1000
@@ -42,6 +44,7 @@ max_bytes = 1000
   EXPECT_EQ(c->mqtt.tls_port, 0);
   EXPECT_EQ(c->mqtt.plain_port, 1883);
   EXPECT_EQ(c->mqtt.max_inflight_in, 128u);
+  EXPECT_EQ(c->mqtt.max_delivery_attempts, 3u);
   EXPECT_FALSE(c->store.fsync);
   EXPECT_EQ(c->store.max_bytes, 1000u);
 }

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include "core/clock.hpp"
+#include "store/failure.hpp"
 #include "store/message_store.hpp"
 #include "store_test_util.hpp"
 
@@ -20,6 +21,16 @@ using testing::options_for;
 using testing::queue;
 using testing::target;
 using testing::TempDir;
+
+// One classification for every store (the message store and cairn-cloud's telemetry writer).
+TEST(MessageStorePolicy, FailuresAreTransientFatalOrTheRequestsOwn) {
+  EXPECT_EQ(classify_failure(make_error(errc::unavailable, "database is locked")),
+            Failure::transient);
+  EXPECT_EQ(classify_failure(make_error(errc::io_error, "disk I/O error")), Failure::fatal);
+  EXPECT_EQ(classify_failure(make_error(errc::corruption, "malformed")), Failure::fatal);
+  EXPECT_EQ(classify_failure(make_error(errc::internal, "constraint failed")), Failure::other);
+  EXPECT_EQ(classify_failure(make_error(errc::limit_exceeded, "too big")), Failure::other);
+}
 
 TEST(MessageStorePolicy, LockedDatabaseRefusesWithAReasonAndRecoversByItself) {
   TempDir dir;
