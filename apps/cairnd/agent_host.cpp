@@ -87,11 +87,15 @@ void HubAgentHost::set_module_desired(const std::string& module, const nlohmann:
   });
 }
 
-void HubAgentHost::report(const nlohmann::json& patch) {
-  hub::Principal who{hub_.config().device_id, "$edgeAgent", 0};
+void HubAgentHost::report(const std::string& system_module, const nlohmann::json& patch) {
+  hub::Principal who{hub_.config().device_id, system_module, 0};
+  // Through the twin cache: stored, and sent to the cloud (in order) once the identity's link
+  // is up.
   asio::post(hub_.io(), [twins = twins_, who, body = patch.dump()] {
-    twins->patch_reported(who, body, [](int status, std::string reply) {
-      if (status >= 300) log::warn("agent", "$edgeAgent reported properties: {} {}", status, reply);
+    twins->patch_reported(who, body, [who](int status, std::string reply) {
+      if (status >= 300) {
+        log::warn("agent", "{} reported properties: {} {}", who.module_id, status, reply);
+      }
     });
   });
 }

@@ -23,7 +23,7 @@ class HubAgentHost : public agent::AgentHost {
   std::string validate_edgehub(const nlohmann::json& desired) override;
   Status apply_edgehub(const nlohmann::json& desired) override;
   void set_module_desired(const std::string& module, const nlohmann::json& desired) override;
-  void report(const nlohmann::json& patch) override;
+  void report(const std::string& system_module, const nlohmann::json& patch) override;
 
  private:
   hub::Hub& hub_;

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agent/agent.hpp"
+#include "agent/docker_runtime.hpp"
 #include "agent/process_runtime.hpp"
 #include "agent_host.hpp"
 #include "core/log.hpp"
@@ -29,8 +30,37 @@ namespace {
 
 using namespace cairn;
 
+// Where modules of type docker run: --docker-uri, config.toml [agent] docker_uri, $DOCKER_HOST,
+// then Docker's default socket if it exists. "" = no docker runtime; `why` says where it came
+// from (or why there is none).
+std::string docker_socket(const std::string& flag, const std::string& configured,
+                          std::string& why) {
+  auto pick = [&why](const std::string& uri, const char* from) {
+    why = from;
+    if (uri == "none") {
+      why += " says none";
+      return std::string();
+    }
+    return uri.starts_with("unix://") ? uri.substr(7) : uri;
+  };
+  if (!flag.empty()) return pick(flag, "--docker-uri");
+  if (!configured.empty()) return pick(configured, "config.toml [agent] docker_uri");
+  if (const char* env = std::getenv("DOCKER_HOST"); env != nullptr && *env != '\0') {
+    std::string uri = env;
+    if (uri.starts_with("unix://") || uri.starts_with("/")) return pick(uri, "$DOCKER_HOST");
+    why = "$DOCKER_HOST is '" + uri + "', not a unix socket (the only kind supported)";
+    return {};
+  }
+  std::error_code ec;
+  if (std::filesystem::exists("/var/run/docker.sock", ec)) {
+    return pick("/var/run/docker.sock", "the default socket");
+  }
+  why = "no --docker-uri, [agent] docker_uri or $DOCKER_HOST, and no /var/run/docker.sock";
+  return {};
+}
+
 int run(const std::string& home, const std::string& config_path, const std::string& manifest,
-        const std::string& log_level) {
+        const std::string& log_level, const std::string& docker_uri_flag) {
   auto config = hub::load_config(home, config_path);
   if (!config) {
     log::error("cairnd", "{}", config.error().message);
@@ -113,21 +143,29 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   agent::Agent* agent_ref = nullptr;
   const std::string agent_twin = config->device_id + "/$edgeAgent";
   const std::string hub_twin = config->device_id + "/$edgeHub";
+  // applyConfigurationContent changes both twins at once, but their patches travel on two
+  // links: a patch waits this long for its partner so that the pair is applied as one
+  // deployment (a refused $edgeAgent part then also keeps the old routes).
+  static constexpr auto kTwinPairWait = std::chrono::milliseconds(250);
+  asio::steady_timer twin_pair_timer(io);
   auto twins = std::make_shared<hub::TwinCache>(
       io, **store,
-      [h = hub->get(), &twins_ref, &agent_ref, agent_twin, hub_twin](const std::string& client_id,
-                                                                     const nlohmann::json& patch) {
+      [h = hub->get(), &twins_ref, &agent_ref, &twin_pair_timer, agent_twin, hub_twin](
+          const std::string& client_id, const nlohmann::json& patch) {
         if (client_id != agent_twin && client_id != hub_twin) {
           return h->notify_desired(client_id, patch);
         }
-        asio::post(h->io(), [&twins_ref, &agent_ref, agent_twin, hub_twin] {
-          auto cache = twins_ref.lock();
-          if (!cache || agent_ref == nullptr) return;
-          auto a = cache->cached_view(agent_twin);
-          auto e = cache->cached_view(hub_twin);
-          if (!a || !e) return;
-          agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
-        });
+        twin_pair_timer.expires_after(kTwinPairWait);  // a later patch restarts the wait
+        twin_pair_timer.async_wait(
+            [&twins_ref, &agent_ref, agent_twin, hub_twin](net::error_code waited) {
+              if (waited) return;
+              auto cache = twins_ref.lock();
+              if (!cache || agent_ref == nullptr) return;
+              auto a = cache->cached_view(agent_twin);
+              auto e = cache->cached_view(hub_twin);
+              if (!a || !e) return;
+              agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
+            });
         return true;
       });
   twins_ref = twins;
@@ -164,15 +202,62 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   }
   auto process_runtime = std::make_shared<agent::ProcessRuntime>(
       agent::ProcessRuntimeOptions{home + "/modules", 1024 * 1024});
-  auto agent = std::make_unique<agent::Agent>(agent_options, agent_host, process_runtime, nullptr);
+  // The docker runtime, when an engine socket is known. An engine that is down now is not an
+  // error: modules of type docker are reported failed with the engine's answer until it is up.
+  std::shared_ptr<agent::ModuleRuntime> docker_runtime;
+  std::string docker_why;
+  if (auto socket = docker_socket(docker_uri_flag, config->agent.docker_uri, docker_why);
+      !socket.empty()) {
+    agent::DockerRuntimeOptions docker_options;
+    docker_options.docker.socket_path = socket;
+    // Containers carry this home as their owner: a restarted cairnd adopts its own only.
+    docker_options.owner = std::filesystem::weakly_canonical(home, ec).string();
+    if (docker_options.owner.empty()) docker_options.owner = home;
+    auto created = agent::DockerRuntime::create(docker_options);
+    if (!created) {
+      log::error("cairnd", "docker runtime: {}", created.error().message);
+      return 1;
+    }
+    if (auto up = (*created)->client().version()) {
+      log::info("cairnd", "docker runtime: {} {} (API {}) at {} (from {})",
+                up->podman ? "Podman" : "Docker", up->version, up->api_version, socket, docker_why);
+    } else {
+      log::warn("cairnd",
+                "docker runtime: the engine at {} (from {}) does not answer: {}; modules of type "
+                "docker fail until it does",
+                socket, docker_why, up.error().message);
+    }
+    docker_runtime = std::move(*created);
+  } else {
+    log::info("cairnd", "no docker runtime: {}; only process modules can run", docker_why);
+  }
+  auto agent =
+      std::make_unique<agent::Agent>(agent_options, agent_host, process_runtime, docker_runtime);
   if (auto s = agent->start(); !s) {
     log::error("cairnd", "{}", s.error().to_string());
     return 1;
   }
   agent_ref = agent.get();
-  // Not yet: opening cloud links for the $edgeAgent/$edgeHub twins
-  // (upstream->connected(Principal{device, "$edgeAgent"})) so that deployments from the cloud
-  // reach the agent through the routing above. See docs/agent.md "Not done yet".
+  if (upstream) {
+    // Deployments from the cloud: cairnd holds the cloud links of the $edgeAgent and $edgeHub
+    // identities, as edgeAgent and edgeHub do (their tokens are signed with the edge device's
+    // key, which the cloud accepts for the device's modules). Each (re)connection fetches the
+    // twin, so a deployment made while offline arrives when the link comes back; desired
+    // patches reach the agent through the routing above, and the agent's reported properties
+    // go up through the twin cache.
+    for (const char* system_module : {"$edgeAgent", "$edgeHub"}) {
+      upstream->connected(hub::Principal{config->device_id, system_module, 0});
+    }
+    // The twins as cached: a deployment whose desired versions the agent has not handled yet
+    // (cairnd stopped between caching it and applying it) is applied now, with no network.
+    asio::post(io, [&twins_ref, &agent_ref, agent_twin, hub_twin] {
+      auto cache = twins_ref.lock();
+      if (!cache || agent_ref == nullptr) return;
+      auto a = cache->cached_view(agent_twin);
+      auto e = cache->cached_view(hub_twin);
+      if (a && e) agent_ref->deploy_twins((*a)["desired"], (*e)["desired"]);
+    });
+  }
   if (!manifest.empty()) {
     agent->deploy(manifest_document, "--manifest " + manifest, [manifest](agent::DeployResult r) {
       if (!r.applied) {
@@ -264,6 +349,11 @@ int main(int argc, char** argv) {
                  "IoT Edge deployment manifest; its $edgeHub section gives the routes");
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
+  std::string docker_uri;
+  app.add_option("--docker-uri", docker_uri,
+                 "Docker Engine API socket for modules of type docker (unix:///PATH, or none); "
+                 "overrides config.toml [agent] docker_uri, $DOCKER_HOST and "
+                 "/var/run/docker.sock");
   app.set_version_flag("--version", std::string("cairnd ") + CAIRN_VERSION);
   try {
     app.parse(argc, argv);
@@ -277,6 +367,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   cairn::log::init(*parsed_level);
+  if (!docker_uri.empty() && docker_uri != "none" && !docker_uri.starts_with("unix://") &&
+      !docker_uri.starts_with("/")) {
+    std::cerr << "cairnd: --docker-uri must be a unix socket (unix:///PATH or /PATH) or none; "
+                 "got '"
+              << docker_uri << "'\n";
+    return 2;
+  }
   if (config_path.empty()) {
     config_path = home + "/config.toml";  // optional: defaults apply without it
   } else if (!std::filesystem::exists(config_path)) {
@@ -286,7 +383,7 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(home, config_path, manifest, level);
+    return run(home, config_path, manifest, level, docker_uri);
   } catch (const std::exception& e) {
     cairn::log::error("cairnd", "fatal: {}", e.what());
     return 1;

@@ -12,6 +12,7 @@
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "twin/twin.hpp"
 #include <sys/stat.h>
 
 namespace cairn::agent {
@@ -47,7 +48,10 @@ Status write_file_atomic(const std::string& path, const std::string& text) {
 
 std::string iso_or_epoch(std::int64_t ms) { return format_iso8601(ms > 0 ? ms : 0); }
 
-net::HttpResponse json_response(int status, const json& body) { return {status, body.dump()}; }
+// dump_json never throws: a parser's message may quote a partial UTF-8 sequence of the input.
+net::HttpResponse json_response(int status, const json& body) {
+  return {status, twin::dump_json(body)};
+}
 net::HttpResponse error_response(int status, const std::string& message) {
   return json_response(status, {{"message", message}});
 }
@@ -56,7 +60,75 @@ void respond_on(net::HttpRespond& respond, net::HttpResponse response) {
   respond(std::move(response));
 }
 
+// A twin string holds at most 4096 bytes; the problems of a refused deployment are cut well
+// below that (at a UTF-8 character boundary) so the report itself is never refused.
+constexpr std::size_t kMaxDescriptionBytes = 2048;
+
+std::string cut_description(std::string text) {
+  if (text.size() <= kMaxDescriptionBytes) return text;
+  std::size_t end = kMaxDescriptionBytes;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  text.resize(end);
+  return text + " ... (cut: `cairnd` logs every problem)";
+}
+
+std::int64_t desired_version(const json& desired) {
+  auto v = desired.is_object() ? desired.find("$version") : desired.end();
+  return v != desired.end() && v->is_number_integer() ? v->get<std::int64_t>() : 0;
+}
+
+bool has_properties(const json& desired) {
+  if (!desired.is_object()) return false;
+  for (const auto& [key, value] : desired.items()) {
+    if (!key.starts_with("$")) return true;
+  }
+  return false;
+}
+
 }  // namespace
+
+std::string fit_reported(json& reported, std::size_t max_bytes) {
+  auto fits = [&] { return twin::dump_json(reported).size() <= max_bytes; };
+  if (fits()) return "full";
+  auto* modules = reported.contains("modules") && reported["modules"].is_object()
+                      ? &reported["modules"]
+                      : nullptr;
+  if (modules != nullptr) {
+    for (auto& [name, m] : modules->items()) {
+      if (!m.is_object()) continue;
+      m.erase("env");
+      if (auto settings = m.find("settings"); settings != m.end() && settings->is_object()) {
+        for (auto k = settings->begin(); k != settings->end();) {
+          std::string key = k.key();
+          for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          k = key.starts_with("createoptions") ? settings->erase(k) : std::next(k);
+        }
+      }
+    }
+    if (fits()) return "compact";
+    for (auto& [name, m] : modules->items()) {
+      if (!m.is_object()) continue;
+      json kept = json::object();
+      for (const char* key : {"version", "status", "runtimeStatus", "exitCode", "restartCount"}) {
+        if (m.contains(key)) kept[key] = m[key];
+      }
+      std::string description = m.value("statusDescription", "");
+      if (description.size() > 128) {
+        std::size_t end = 128;
+        while (end > 0 && (static_cast<unsigned char>(description[end]) & 0xC0) == 0x80) --end;
+        description.resize(end);
+      }
+      kept["statusDescription"] = description;
+      m = std::move(kept);
+    }
+    if (fits()) return "minimal";
+  }
+  // Nothing smaller keeps every module: send the per-module state without the settings
+  // echoes of the system modules and runtime too.
+  reported.erase("runtime");
+  reported.erase("systemModules");
+  return "minimal";
+}
 
 json merge_diff(const json& before, const json& after) {
   if (!before.is_object() || !after.is_object()) return after;
@@ -110,6 +182,22 @@ Status Agent::start() {
   thread_ = std::thread([this, run] { run(io_, "agent"); });
   api_thread_ = std::thread([this, run] { run(api_io_, "workload API"); });
   asio::post(io_, [this] {
+    // What the last deployment was reported as (lastDesiredVersion/Status, and the twin
+    // versions last handled from the cloud) survives a restart with it.
+    if (auto text = read_file(options_.state_dir + "/desired-status.json"); !text.empty()) {
+      auto j = json::parse(text, nullptr, false);
+      if (j.is_object()) {
+        deployment_version_ = j.value("lastDesiredVersion", std::int64_t{0});
+        if (j.contains("lastDesiredStatus") && j["lastDesiredStatus"].is_object()) {
+          last_desired_status_ = j["lastDesiredStatus"];
+        }
+        if (auto c = j.find("cloudVersions"); c != j.end() && c->is_array() && c->size() == 2 &&
+                                              (*c)[0].is_number_integer() &&
+                                              (*c)[1].is_number_integer()) {
+          cloud_versions_ = {(*c)[0].get<std::int64_t>(), (*c)[1].get<std::int64_t>()};
+        }
+      }
+    }
     // The last good deployment runs again after a restart, with or without a network.
     auto path = options_.state_dir + "/deployment.json";
     if (fs::exists(path)) {
@@ -168,6 +256,7 @@ void Agent::deploy(json document, std::string source, std::function<void(DeployR
     if (!outcome.deployment) {
       log::warn(kLog, "deployment from {} refused, nothing changed:\n{}", source,
                 outcome.describe());
+      refused(outcome.problems, outcome.describe());
       if (done) done(DeployResult{false, std::move(outcome.problems), {}});
       return;
     }
@@ -177,18 +266,69 @@ void Agent::deploy(json document, std::string source, std::function<void(DeployR
 
 void Agent::deploy_twins(json edgeagent_desired, json edgehub_desired) {
   asio::post(io_, [this, a = std::move(edgeagent_desired), h = std::move(edgehub_desired)] {
-    auto outcome = parse_twins(a, h, [this](const json& d) { return host_.validate_edgehub(d); });
-    if (!outcome.deployment) {
-      log::warn(kLog, "deployment from the cloud refused, nothing changed:\n{}",
-                outcome.describe());
+    if (!has_properties(a)) return;  // the cloud has no deployment for this device yet
+    if (!has_properties(h)) {
+      // applyConfigurationContent writes both twins; their patches travel on two links.
+      log::info(kLog, "$edgeAgent desired version {} arrived; waiting for $edgeHub's",
+                desired_version(a));
       return;
     }
-    apply(std::move(*outcome.deployment), "cloud", {});
+    const std::pair<std::int64_t, std::int64_t> versions{desired_version(a), desired_version(h)};
+    if (cloud_versions_ == versions) return;  // handled already (a resync or a restart)
+    auto outcome = parse_twins(a, h, [this](const json& d) { return host_.validate_edgehub(d); });
+    if (!outcome.deployment) {
+      log::warn(kLog,
+                "deployment from the cloud ($edgeAgent version {}, $edgeHub version {}) refused, "
+                "nothing changed:\n{}",
+                versions.first, versions.second, outcome.describe());
+      cloud_versions_ = versions;
+      deployment_version_ = versions.first;
+      std::string hub_problems;
+      for (const auto& p : outcome.problems) {
+        if (p.path.starts_with("modulesContent.$edgeHub")) {
+          hub_problems += (hub_problems.empty() ? "" : "\n") + p.path + ": " + p.message;
+        }
+      }
+      if (!hub_problems.empty()) report_edgehub(versions.second, 400, hub_problems);
+      refused(outcome.problems, outcome.describe());
+      return;
+    }
+    apply(std::move(*outcome.deployment), "the cloud", {}, versions);
   });
 }
 
+void Agent::refused(const std::vector<ManifestProblem>& problems, const std::string& text) {
+  (void)problems;
+  last_desired_status_ = {{"code", 400}, {"description", cut_description(text)}};
+  save_desired_status();
+  report_state();
+}
+
+void Agent::save_desired_status() {
+  json state = {{"lastDesiredVersion", deployment_version_},
+                {"lastDesiredStatus", last_desired_status_}};
+  if (cloud_versions_) state["cloudVersions"] = {cloud_versions_->first, cloud_versions_->second};
+  if (auto s = write_file_atomic(options_.state_dir + "/desired-status.json", state.dump()); !s) {
+    log::warn(kLog, "{}", s.error().message);
+  }
+}
+
+void Agent::report_edgehub(std::int64_t version, int code, const std::string& description) {
+  // edgeHub's own reported properties: which $edgeHub desired version is in force.
+  json reported = {
+      {"schemaVersion", "1.0"},
+      {"lastDesiredVersion", version},
+      {"lastDesiredStatus", {{"code", code}, {"description", cut_description(description)}}}};
+  if (reported == last_hub_reported_) return;
+  host_.report(
+      "$edgeHub",
+      merge_diff(last_hub_reported_.is_null() ? json::object() : last_hub_reported_, reported));
+  last_hub_reported_ = std::move(reported);
+}
+
 void Agent::apply(Deployment deployment, const std::string& source,
-                  std::function<void(DeployResult)> done) {
+                  std::function<void(DeployResult)> done,
+                  std::optional<std::pair<std::int64_t, std::int64_t>> cloud_versions) {
   DeployResult result;
   if (source != "disk") {
     json doc = {{"modulesContent", deployment.document}};
@@ -199,14 +339,28 @@ void Agent::apply(Deployment deployment, const std::string& source,
       return;
     }
   }
-  if (auto s = host_.apply_edgehub(deployment.edgehub_desired); !s) {
-    log::error(kLog, "routes of the deployment from {} not applied: {}", source, s.error().message);
+  auto routes = host_.apply_edgehub(deployment.edgehub_desired);
+  if (!routes) {
+    log::error(kLog, "routes of the deployment from {} not applied: {}", source,
+               routes.error().message);
   }
   for (const auto& [name, desired] : deployment.module_twins)
     host_.set_module_desired(name, desired);
   deployment_ = std::move(deployment);
-  ++deployment_version_;
-  log::info(kLog, "deployment from {} accepted: {} modules", source, deployment_->modules.size());
+  if (cloud_versions) {
+    cloud_versions_ = cloud_versions;
+    deployment_version_ = cloud_versions->first;
+    report_edgehub(cloud_versions->second, routes ? 200 : 500,
+                   routes ? std::string() : routes.error().message);
+  } else if (source != "disk" || deployment_version_ == 0) {
+    ++deployment_version_;
+  }
+  if (source != "disk") {
+    last_desired_status_ = {{"code", 200}, {"description", ""}};
+    save_desired_status();
+  }
+  log::info(kLog, "deployment from {} accepted (lastDesiredVersion {}): {} modules", source,
+            deployment_version_, deployment_->modules.size());
   result.applied = true;
   if (done) done(std::move(result));
   reconcile();
@@ -351,9 +505,18 @@ void Agent::reconcile() {
   for (auto* rt : {process_.get(), docker_.get()}) {
     if (!rt) continue;
     auto list = rt->list();
+    auto& last_error = runtime_errors_[rt];
     if (!list) {
-      log::warn(kLog, "{} runtime: {}", rt->info().type, list.error().message);
+      // Said once per change, not every poll: an engine that is down stays down for a while.
+      if (last_error != list.error().message) {
+        log::warn(kLog, "{} runtime: {}", rt->info().type, list.error().message);
+        last_error = list.error().message;
+      }
       continue;
+    }
+    if (!last_error.empty()) {
+      log::info(kLog, "{} runtime answers again", rt->info().type);
+      last_error.clear();
     }
     for (const auto& m : *list) {
       const auto* desired = deployment_->find(m.name);
@@ -370,7 +533,9 @@ void Agent::reconcile() {
     auto* rt = runtime_for(*m);
     if (!rt) {
       t.status = RuntimeStatus::failed;
-      t.note = "no docker runtime is configured (set [agent] docker_socket in config.toml)";
+      t.note =
+          "no docker runtime is configured (cairnd --docker-uri, config.toml [agent] "
+          "docker_uri, $DOCKER_HOST or /var/run/docker.sock)";
       continue;
     }
     auto id = identities_.find(m->name);
@@ -509,57 +674,76 @@ json Agent::module_json(const std::string& name) {
 }
 
 void Agent::report_state() {
-  json modules = json::object();
-  for (const auto& m : deployment_->modules) {
-    auto j = module_json(m.name);
-    if (!j.is_null()) modules[m.name] = std::move(j);
-  }
-  json system = json::object();
-  for (const auto& m : deployment_->system_modules) {
-    // cairnd itself plays both system modules: they run as long as it does.
-    json s = {{"type", m.type},
-              {"runtimeStatus", "running"},
-              {"exitCode", 0},
-              {"statusDescription", "running (part of cairnd)"},
-              {"imagePullPolicy", to_string(m.pull_policy)},
-              {"settings", m.settings}};
-    if (m.name == "edgeHub") {
-      s["status"] = "running";
-      s["restartPolicy"] = to_string(m.restart_policy);
-      s["restartCount"] = 0;
+  json reported = {{"schemaVersion", "1.0"},
+                   {"version", {{"version", CAIRN_VERSION}, {"build", ""}, {"commit", ""}}},
+                   {"lastDesiredVersion", deployment_version_},
+                   {"lastDesiredStatus", last_desired_status_}};
+  if (deployment_) {
+    json modules = json::object();
+    for (const auto& m : deployment_->modules) {
+      auto j = module_json(m.name);
+      if (!j.is_null()) modules[m.name] = std::move(j);
     }
-    system[m.name] = std::move(s);
-  }
-  const json runtime = deployment_->runtime.is_object() ? deployment_->runtime : json::object();
-  json reported = {
-      {"schemaVersion", "1.0"},
-      {"version", {{"version", CAIRN_VERSION}, {"build", ""}, {"commit", ""}}},
-      {"lastDesiredVersion", deployment_version_},
-      {"lastDesiredStatus", {{"code", 200}, {"description", ""}}},
-      {"runtime",
-       {{"type", runtime.value("type", "docker")},
+    json system = json::object();
+    for (const auto& m : deployment_->system_modules) {
+      // cairnd itself plays both system modules: they run as long as it does.
+      json s = {{"type", m.type},
+                {"runtimeStatus", "running"},
+                {"exitCode", 0},
+                {"statusDescription", "running (part of cairnd)"},
+                {"imagePullPolicy", to_string(m.pull_policy)},
+                {"settings", m.settings}};
+      if (m.name == "edgeHub") {
+        s["status"] = "running";
+        s["restartPolicy"] = to_string(m.restart_policy);
+        s["restartCount"] = 0;
+      }
+      system[m.name] = std::move(s);
+    }
+    const json runtime = deployment_->runtime.is_object() ? deployment_->runtime : json::object();
+    reported["runtime"] = {
+        {"type", runtime.value("type", "docker")},
         {"platform", {{"os", "linux"}, {"architecture", "x86_64"}, {"version", CAIRN_VERSION}}},
-        {"settings", runtime.value("settings", json::object())}}},
-      {"systemModules", system},
-      {"modules", modules}};
-  // Registry passwords never leave the device in reported properties.
-  if (reported["runtime"]["settings"].contains("registryCredentials")) {
-    for (auto& [k, c] : reported["runtime"]["settings"]["registryCredentials"].items()) {
-      if (c.is_object()) c.erase("password");
+        {"settings", runtime.value("settings", json::object())}};
+    // Registry passwords never leave the device in reported properties.
+    if (reported["runtime"]["settings"].contains("registryCredentials")) {
+      for (auto& [k, c] : reported["runtime"]["settings"]["registryCredentials"].items()) {
+        if (c.is_object()) c.erase("password");
+      }
     }
+    reported["systemModules"] = std::move(system);
+    reported["modules"] = std::move(modules);
   }
-  // A deployment that declares no module at all (a routes-only manifest) has nothing to report.
-  if (last_reported_.is_null() && deployment_->modules.empty() &&
-      deployment_->system_modules.empty()) {
+  // A deployment that declares no module at all (a routes-only manifest) has nothing to report,
+  // unless a deployment was refused.
+  const bool nothing =
+      !deployment_ || (deployment_->modules.empty() && deployment_->system_modules.empty());
+  if (last_reported_.is_null() && nothing && last_desired_status_.value("code", 200) == 200) {
     return;
   }
-  if (reported != last_reported_) {
-    auto patch = merge_diff(last_reported_.is_null() ? json::object() : last_reported_, reported);
-    host_.report(patch);
-    last_reported_ = reported;
-    std::lock_guard lock(reported_mutex_);
-    reported_snapshot_ = reported;
+  if (reported == last_reported_) return;
+  // The twin takes at most 32 KiB of reported properties: many modules are reported with
+  // fewer details rather than not at all.
+  json sent = reported;
+  auto detail = fit_reported(sent);
+  if (detail != reported_detail_) {
+    if (detail == "full") {
+      log::info(kLog, "$edgeAgent reported properties are in full detail again");
+    } else {
+      log::warn(kLog,
+                "$edgeAgent reported properties in '{}' detail ({} modules): the full document "
+                "takes {} bytes, over the {} a twin takes; {} bytes sent",
+                detail, deployment_ ? deployment_->modules.size() : 0,
+                twin::dump_json(reported).size(), kMaxReportedBytes, twin::dump_json(sent).size());
+    }
+    reported_detail_ = detail;
   }
+  auto patch = merge_diff(last_sent_.is_null() ? json::object() : last_sent_, sent);
+  if (!patch.empty()) host_.report("$edgeAgent", patch);
+  last_sent_ = std::move(sent);
+  last_reported_ = reported;
+  std::lock_guard lock(reported_mutex_);
+  reported_snapshot_ = std::move(reported);
 }
 
 json Agent::reported() const {
@@ -611,6 +795,7 @@ void Agent::manage(const net::HttpRequest& request, net::HttpRespond respond) {
         problems.push_back({{"path", p.path}, {"message", p.message}});
       log::warn(kLog, "deployment from the command line refused, nothing changed:\n{}",
                 outcome.describe());
+      refused(outcome.problems, outcome.describe());
       return respond_on(
           respond, json_response(400, {{"message", outcome.describe()}, {"problems", problems}}));
     }

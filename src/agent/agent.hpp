@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -51,8 +52,10 @@ class AgentHost {
   virtual Status apply_edgehub(const nlohmann::json& desired) = 0;
   // A deployment's desired properties for a module (replace the twin's desired section).
   virtual void set_module_desired(const std::string& module, const nlohmann::json& desired) = 0;
-  // A patch to the $edgeAgent reported properties (null deletes).
-  virtual void report(const nlohmann::json& patch) = 0;
+  // A patch to the reported properties (null deletes) of the twin of `system_module`:
+  // "$edgeAgent" (module state, lastDesiredStatus) or "$edgeHub" (lastDesiredVersion/Status of
+  // the routes).
+  virtual void report(const std::string& system_module, const nlohmann::json& patch) = 0;
 };
 
 struct AgentOptions {
@@ -93,7 +96,11 @@ class Agent {
 
   // Validates and applies a whole manifest document; `done` runs on the agent's thread.
   void deploy(nlohmann::json document, std::string source, std::function<void(DeployResult)> done);
-  // From the cloud: the $edgeAgent and $edgeHub twins' desired properties.
+  // From the cloud: the $edgeAgent and $edgeHub twins' desired properties (with "$version").
+  // A pair of versions already handled (a resync, a restart) only restores the reported
+  // versions; an $edgeAgent desired section without properties (no deployment yet) or an
+  // empty $edgeHub one (its patch has not arrived yet) is waited out. A refused deployment
+  // changes nothing and is reported as lastDesiredStatus {400, the problems}.
   void deploy_twins(nlohmann::json edgeagent_desired, nlohmann::json edgehub_desired);
 
   // The agent's management API paths (docs/agent.md "Management API"); false when `request` is
@@ -114,8 +121,10 @@ class Agent {
     ModuleState state;
   };
 
+  // `cloud_versions`: the ($edgeAgent, $edgeHub) desired versions of a deployment from the cloud.
   void apply(Deployment deployment, const std::string& source,
-             std::function<void(DeployResult)> done);
+             std::function<void(DeployResult)> done,
+             std::optional<std::pair<std::int64_t, std::int64_t>> cloud_versions = {});
   void reconcile();
   void schedule_poll();
   ModuleRuntime* runtime_for(const ModuleDesired& m);
@@ -123,6 +132,9 @@ class Agent {
   Status ensure_workload(const std::string& name, const ModuleIdentity& id);
   void drop_module(ModuleRuntime& runtime, const std::string& name);
   void report_state();
+  void report_edgehub(std::int64_t version, int code, const std::string& description);
+  void refused(const std::vector<ManifestProblem>& problems, const std::string& text);
+  void save_desired_status();
   nlohmann::json module_json(const std::string& name);
   void manage(const net::HttpRequest& request, net::HttpRespond respond);
 
@@ -137,12 +149,20 @@ class Agent {
   asio::steady_timer poll_timer_;
 
   std::optional<Deployment> deployment_;
-  std::int64_t deployment_version_ = 0;
+  std::int64_t deployment_version_ = 0;  // lastDesiredVersion: the twin's $version or a count
+  nlohmann::json last_desired_status_ = {{"code", 200}, {"description", ""}};
+  // The ($edgeAgent, $edgeHub) desired versions last handled from the cloud (HOME/data/agent/
+  // cloud.json): a later start applies the twins only if they moved on.
+  std::optional<std::pair<std::int64_t, std::int64_t>> cloud_versions_;
+  nlohmann::json last_hub_reported_;
+  std::string reported_detail_ = "full";
   std::map<std::string, Tracked> tracked_;
+  std::map<const ModuleRuntime*, std::string> runtime_errors_;  // the last list() failure
   std::map<std::string, ModuleIdentity> identities_;
   std::map<std::string, std::shared_ptr<net::UnixHttpServer>> workload_servers_;  // api_io_
   std::string trust_bundle_;
-  nlohmann::json last_reported_;
+  nlohmann::json last_reported_;  // the whole document as computed
+  nlohmann::json last_sent_;      // as sent: fitted to kMaxReportedBytes
   mutable std::mutex reported_mutex_;
   nlohmann::json reported_snapshot_;
   std::shared_ptr<std::mutex> workload_mutex_ = std::make_shared<std::mutex>();
@@ -152,5 +172,16 @@ class Agent {
 
 // A JSON merge patch that turns `before` into `after` (removed keys become null).
 nlohmann::json merge_diff(const nlohmann::json& before, const nlohmann::json& after);
+
+// The most a whole $edgeAgent reported document may take, serialized: IoT Hub's 32 KiB limit on
+// a reported section and on one patch (the first report is the whole document), less room for
+// the versions and metadata the twin adds.
+inline constexpr std::size_t kMaxReportedBytes = 30 * 1024;
+
+// Makes an $edgeAgent reported document fit kMaxReportedBytes, in steps: "full" (as is),
+// "compact" (per module: no settings.createOptions chunks and no env, which echo the desired
+// properties), "minimal" (per module only version, status, runtimeStatus, exitCode,
+// restartCount and a statusDescription of at most 128 characters). Returns the level used.
+std::string fit_reported(nlohmann::json& reported, std::size_t max_bytes = kMaxReportedBytes);
 
 }  // namespace cairn::agent

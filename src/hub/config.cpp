@@ -91,7 +91,20 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
   std::uint32_t ttl = static_cast<std::uint32_t>(config.default_ttl_secs);
   CAIRN_TRY(top.read("default_ttl_secs", ttl));
   config.default_ttl_secs = ttl;
-  CAIRN_TRY(top.reject_unknown({"mqtt", "store", "upstream", "http"}));
+  CAIRN_TRY(top.reject_unknown({"mqtt", "store", "upstream", "http", "agent"}));
+  if (const auto* agent = root.get_as<toml::table>("agent")) {
+    TableReader t(path, *agent, "agent.");
+    CAIRN_TRY(t.read("docker_uri", config.agent.docker_uri));
+    CAIRN_TRY(t.reject_unknown());
+    const auto& uri = config.agent.docker_uri;
+    if (!uri.empty() && uri != "none" && !(uri.starts_with("unix://") || uri.starts_with("/"))) {
+      return make_error(errc::invalid_argument,
+                        path +
+                            ": agent.docker_uri must be a unix socket (unix:///PATH or /PATH) or "
+                            "'none'; got '" +
+                            uri + "'");
+    }
+  }
   if (const auto* http = root.get_as<toml::table>("http")) {
     TableReader t(path, *http, "http.");
     CAIRN_TRY(t.read("port", config.http.port));

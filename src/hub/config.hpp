@@ -75,6 +75,14 @@ struct HubConfig {
     }
   } upstream;
 
+  // The agent (docs/agent.md). Only read by cairnd's agent; here because config.toml is one file.
+  struct Agent {
+    // The Docker Engine API socket modules of type docker run on ("unix:///var/run/docker.sock",
+    // or a Podman service's socket; "none": no docker runtime). `cairnd --docker-uri` overrides
+    // it; empty: $DOCKER_HOST, then /var/run/docker.sock if it exists, else no docker runtime.
+    std::string docker_uri;
+  } agent;
+
   // Default message TTL for routes with timeToLiveSecs = 0, until a manifest says otherwise.
   std::int64_t default_ttl_secs = 7200;
 

@@ -206,6 +206,7 @@ class Cairnd(_Daemon):
         self.ttl_secs = ttl_secs
         self.extra_desired = extra_desired or {}
         self.use_manifest = manifest
+        self.extra_args = []  # more cairnd options, e.g. ["--docker-uri", ...]
         self.proc = None
         self.runs = 0
         self.log_paths = []
@@ -276,7 +277,7 @@ class Cairnd(_Daemon):
         cmd = [str(CAIRND), "--home", str(self.home), "--log-level", "debug"]
         if self.use_manifest:
             cmd += ["--manifest", str(self.manifest_path)]
-        return cmd
+        return cmd + list(self.extra_args)
 
     @property
     def log_path(self):

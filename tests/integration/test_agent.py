@@ -20,10 +20,6 @@ from node_sdk import NODE, NODE_DIR, skip_without_node_sdk
 
 SLOW = max(DEFAULT_TIMEOUT, 60.0)
 
-# These tests were written with the agent but not yet run: the shared build machine did not
-# finish a cairnd build before the work was handed over. Remove this marker once they pass.
-pytestmark = pytest.mark.skip(reason="agent integration tests not yet run against a built cairnd")
-
 
 def manifest(modules, routes=None, twins=None, agent_extra=None):
     agent = {"schemaVersion": "1.1",
@@ -173,7 +169,7 @@ def test_node_sdk_module_runs_on_the_workload_api_only(edge):
     # Desired properties: the manifest's, then a local patch.
     wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 30,
              timeout=SLOW, interval=0.2, what="b to see the manifest's desired properties")
-    edge.cli("twin", "desired", "b", json.dumps({"threshold": 31}))
+    edge.cli("twin", "update-desired", "b", json.dumps({"threshold": 31}))
     wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 31,
              timeout=SLOW, interval=0.2, what="b to see the desired patch")
 

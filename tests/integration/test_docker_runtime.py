@@ -2,13 +2,14 @@
 two local registries (one open, one with a user and password), all started by the fixtures in
 containers.py. The C++ side runs as the DockerLive* GoogleTest cases of agent_tests, given the
 engine and registries through CAIRN_TEST_* variables; a skipped case is a failure here."""
+import json
 import os
 import re
 import subprocess
 
 import pytest
 
-from conftest import BIN_DIR, free_port
+from conftest import BIN_DIR, free_port, wait_for
 
 
 def run_live_tests(container_engine, test_registries, tmp_path, gtest_filter):
@@ -50,3 +51,87 @@ def test_node_sdk_image_runs(container_engine, node_module_image):
         "const {Mqtt} = require('azure-iot-device-mqtt');"
         "console.log(typeof ModuleClient.fromEnvironment, typeof Mqtt)")
     assert out.stdout.strip() == "function function", out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# cairnd with the docker runtime: `cairnd --docker-uri`, `cairn deploy`, `cairn list`
+
+
+def test_cairnd_runs_and_restarts_a_container_module(container_engine, test_registries,
+                                                     cairnd_factory, monkeypatch, tmp_path):
+    """A busybox module from the local registry, deployed with `cairn deploy` to a cairnd
+    whose --docker-uri is the Podman service: it runs, and after it exits with a failure the
+    agent starts it again (restartPolicy on-failure). Each start appends a line to a file in a
+    bind-mounted directory, so the restarts are the container's own doing."""
+    monkeypatch.setenv("CAIRN_AGENT_COOL_OFF_MS", "200")
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
+    edge.start()
+    assert "docker runtime: Podman" in edge.log_text()
+    out = tmp_path / "out"
+    out.mkdir()
+    image = f"{test_registries.open.address}/cairn-test/busybox:1"
+    name = f"cairnbb{os.getpid() % 100000}"
+    module = {"version": "1.0", "type": "docker", "status": "running",
+              "restartPolicy": "on-failure",
+              "settings": {"image": image, "createOptions": json.dumps({
+                  "Cmd": ["sh", "-c", "echo start >> /out/starts; sleep 6; exit 4"],
+                  "HostConfig": {"Binds": [f"{out}:/out"]}})}}
+    doc = {"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1",
+                                              "modules": {name: module}}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(doc))
+    edge.cli("deploy", str(path))
+
+    def listed():
+        return {m["name"]: m for m in json.loads(edge.cli("list", "--json").stdout)}.get(name, {})
+
+    def starts():
+        try:
+            return (out / "starts").read_text().count("start")
+        except FileNotFoundError:
+            return 0
+
+    wait_for(lambda: listed().get("runtimeStatus") == "running", timeout=300, interval=0.2,
+             what=f"{name} running (last: {listed()})")
+    assert name in edge.cli("list").stdout
+    assert starts() >= 1
+    wait_for(lambda: starts() >= 2 and listed().get("restartCount", 0) >= 1, timeout=120,
+             interval=0.2, what=f"{name} restarted after its exit (last: {listed()})")
+    m = listed()
+    assert m["exitCode"] == 4 or m["runtimeStatus"] == "running", m
+    ps = container_engine.podman("ps", "--all", "--filter", f"name=^{name}$",
+                                 "--format", "{{.Names}} {{.Labels}}").stdout
+    assert name in ps and "net.cairn.owner" in ps, ps
+    edge.stop()
+
+
+def test_unreachable_engine_fails_docker_modules_only(cairnd_factory, tmp_path):
+    """--docker-uri naming a socket nobody serves: the docker module is reported failed with
+    the reason, the process module next to it runs."""
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{tmp_path}/nobody.sock"]
+    edge.start()
+    sleeper = {"version": "1.0", "type": "docker", "restartPolicy": "always",
+               "settings": {"image": "/bin/sleep", "createOptions": json.dumps(
+                   {"Cmd": [f"{300000 + os.getpid() % 1000}"]})}}
+    boxed = {"version": "1.0", "type": "docker", "restartPolicy": "always",
+             "settings": {"image": "busybox:1", "createOptions": ""}}
+    doc = {"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1",
+                                              "modules": {"sleeper": sleeper, "boxed": boxed}}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(doc))
+    edge.cli("deploy", str(path))
+
+    def listed():
+        return {m["name"]: m for m in json.loads(edge.cli("list", "--json").stdout)}
+
+    mods = wait_for(lambda: (lambda m: m if m.get("sleeper", {}).get("runtimeStatus") == "running"
+                             and m.get("boxed", {}).get("runtimeStatus") == "failed" else None)(
+                                 listed()), timeout=60, interval=0.2, what="sleeper running, boxed failed")
+    assert "nobody.sock" in mods["boxed"]["statusDescription"], mods["boxed"]
+    edge.stop()

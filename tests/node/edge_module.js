@@ -59,7 +59,14 @@ ModuleClient.fromEnvironment(Mqtt, (err, client) => {
       });
       report({started: {pid: process.pid, moduleId,
                         generationId: process.env.IOTEDGE_MODULEGENERATIONID}});
-      twin.on('properties.desired', (patch) => report({seenDesired: patch}));
+      // Reported property names may not start with '$': the patch's $version stays out.
+      twin.on('properties.desired', (patch) => {
+        const seen = {};
+        for (const [k, v] of Object.entries(patch)) {
+          if (!k.startsWith('$')) seen[k] = v;
+        }
+        report({seenDesired: seen});
+      });
       client.on('inputMessage', (input, msg) => {
         const body = msg.getData().toString();
         client.complete(msg, () => {});

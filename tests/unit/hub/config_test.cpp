@@ -66,6 +66,20 @@ TEST(HubConfig, WrongTypesAndRangesAreRejected) {
   EXPECT_FALSE(load_config("/h", write_temp("t5.toml", "[mqtt]\nmax_inflight_in = 0\n")).ok());
 }
 
+TEST(HubConfig, AgentDockerUri) {
+  auto c =
+      load_config("/h", write_temp("a1.toml", "[agent]\ndocker_uri = \"unix:///run/x.sock\"\n"));
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(c->agent.docker_uri, "unix:///run/x.sock");
+  EXPECT_TRUE(load_config("/h", write_temp("a2.toml", "[agent]\ndocker_uri = \"none\"\n")).ok());
+  EXPECT_EQ(load_config("/h", "/nonexistent/config.toml")->agent.docker_uri, "");
+  // Only unix sockets: a tcp:// engine is refused with the key named, as is an unknown key.
+  auto tcp = load_config("/h", write_temp("a3.toml", "[agent]\ndocker_uri = \"tcp://h:2375\"\n"));
+  ASSERT_FALSE(tcp.ok());
+  EXPECT_NE(tcp.error().message.find("agent.docker_uri"), std::string::npos);
+  EXPECT_FALSE(load_config("/h", write_temp("a4.toml", "[agent]\ndocker = \"/x\"\n")).ok());
+}
+
 TEST(EdgeHubDesired, ParsesRoutesAndStoreAndForward) {
   auto j = nlohmann::json::parse(R"js({"schemaVersion":"1.1",
     "routes":{"a":"FROM /messages/* INTO $upstream",
