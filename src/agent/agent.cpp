@@ -217,6 +217,7 @@ Status Agent::start() {
 
 void Agent::stop() {
   if (!thread_.joinable()) return;
+  stopping_ = true;  // no reconcile pass starts a module from here on
   std::promise<void> done;
   asio::post(io_, [this, &done] {
     poll_timer_.cancel();
@@ -233,6 +234,11 @@ void Agent::stop() {
     done.set_value();
   });
   done.get_future().wait();
+  // The agent thread first: a handler still running there may wait on the workload thread
+  // (opening or closing a module's socket), which must therefore still be running.
+  work_.reset();
+  io_.stop();
+  thread_.join();
   std::promise<void> closed;
   asio::post(api_io_, [this, &closed] {
     for (auto& [name, server] : workload_servers_) server->stop();
@@ -240,12 +246,9 @@ void Agent::stop() {
     closed.set_value();
   });
   closed.get_future().wait();
-  work_.reset();
   api_work_.reset();
-  io_.stop();
   api_io_.stop();
   api_thread_.join();
-  thread_.join();
 }
 
 void Agent::deploy(json document, std::string source, std::function<void(DeployResult)> done) {
@@ -499,7 +502,7 @@ void Agent::drop_module(ModuleRuntime& runtime, const std::string& name) {
 }
 
 void Agent::reconcile() {
-  if (!deployment_) return;
+  if (!deployment_ || stopping_) return;
   const auto now = now_unix_ms();
   // Modules the runtimes hold that the deployment no longer has.
   for (auto* rt : {process_.get(), docker_.get()}) {

@@ -13,6 +13,7 @@
 // any thread; answers and callbacks run on the agent's thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -146,6 +147,7 @@ class Agent {
   asio::io_context api_io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_, api_work_;
   std::thread thread_, api_thread_;
+  std::atomic<bool> stopping_{false};  // set by stop(): reconcile starts nothing more
   asio::steady_timer poll_timer_;
 
   std::optional<Deployment> deployment_;
