@@ -1,4 +1,4 @@
-// The IoT Hub MQTT topic surface (PROTOCOL.md section 3.4): parsing the topics a module or
+// The IoT Hub MQTT topic surface: parsing the topics a module or
 // device publishes to, building the topics the hub publishes, and the property-bag encoding
 // with the `$.xx` system-property wire names. Both sides use it: the hub (cairnd, cairn-cloud)
 // and the clients (the module SDK, the upstream link), so it lives below both.

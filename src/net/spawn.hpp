@@ -1,5 +1,5 @@
 // Completion handlers for asio::co_spawn. A coroutine that ends with an exception must never
-// vanish silently (asio::detached) nor take the event loop down: the handler logs the
+// vanish silently (a detached spawn) nor take the event loop down: the handler logs the
 // exception with the coroutine's context and runs the owner's clean-up (close the session,
 // restart the loop), which is how any other end of that coroutine would have been handled.
 //
