@@ -39,6 +39,9 @@ function(cairn_unit_tests lib)
     return()
   endif()
   add_executable(${lib}_tests ${sources})
+  # One compile per test binary: each test file spends most of its compile on the same headers
+  # (gtest, asio, json), so a unity build of the binary costs little more than one file.
+  set_target_properties(${lib}_tests PROPERTIES UNITY_BUILD ${CAIRN_UNITY_TESTS} UNITY_BUILD_BATCH_SIZE 0)
   target_compile_features(${lib}_tests PRIVATE cxx_std_20)
   target_link_libraries(${lib}_tests PRIVATE cairn_warnings cairn::${lib} ${ARG_DEPS}
                         GTest::gtest GTest::gtest_main GTest::gmock)

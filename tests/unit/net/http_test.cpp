@@ -31,6 +31,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "loopback.hpp"
 #include "net/certs.hpp"
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -154,13 +155,7 @@ struct RawClient {
   }
 };
 
-bool can_connect(std::uint16_t port) {
-  asio::io_context io;
-  tcp::socket socket(io);
-  error_code ec;
-  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
-  return !ec;
-}
+using test_support::can_connect;
 
 TEST_F(HttpTest, PlainRoundTripCarriesHeadersBothWays) {
   EchoHandler echo;

@@ -22,6 +22,7 @@
 #include <boost/asio/write.hpp>
 #include <gtest/gtest.h>
 
+#include "loopback.hpp"
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -62,13 +63,7 @@ std::uint16_t free_port() {
   return acceptor.local_endpoint().port();
 }
 
-bool can_connect(std::uint16_t port) {
-  asio::io_context io;
-  tcp::socket socket(io);
-  boost::system::error_code ec;
-  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
-  return !ec;
-}
+using test_support::can_connect;
 
 // One mosquitto for the whole suite; each test uses its own topics and client ids.
 class MqttClientTest : public ::testing::Test {

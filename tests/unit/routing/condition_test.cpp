@@ -47,12 +47,12 @@ std::string eval(std::string_view condition, const Message& m) {
   return std::get<detail::ParsedCondition>(parsed).program->evaluate_for_test(m);
 }
 
-struct Row {
+struct ConditionRow {
   const char* expr;
   const char* want;
 };
 
-void check_table(const std::vector<Row>& rows, const Message& m) {
+void check_table(const std::vector<ConditionRow>& rows, const Message& m) {
   for (const auto& row : rows) {
     EXPECT_EQ(eval(row.expr, m), row.want) << "expression: " << row.expr;
   }
@@ -558,14 +558,14 @@ TEST(ConditionEval, LongFlatChainsAreAccepted) {
   EXPECT_EQ(eval(ands, test_message()), "true");
 }
 
-struct ErrorRow {
+struct ConditionErrorRow {
   const char* text;
   std::size_t column;
   const char* message;  // substring of the error
 };
 
 TEST(ConditionCompile, Errors) {
-  const ErrorRow rows[] = {
+  const ConditionErrorRow rows[] = {
       {"", 1, "expected an expression, found end of input"},
       {"a =", 4, "expected an expression, found end of input"},
       {"(1 + 2", 7, "expected ')', found end of input"},

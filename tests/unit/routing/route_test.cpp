@@ -78,14 +78,14 @@ TEST(RouteParse, ValidForms) {
   }
 }
 
-struct ErrorRow {
+struct RouteErrorRow {
   const char* text;
   std::size_t column;
   const char* message;
 };
 
 TEST(RouteParse, ErrorColumns) {
-  const ErrorRow rows[] = {
+  const RouteErrorRow rows[] = {
       {"FROM /messages/* WHER a=1 INTO $upstream", 18, "expected WHERE or INTO, found 'WHER'"},
       {"", 1, "expected FROM, found end of input"},
       {"   ", 4, "expected FROM, found end of input"},
@@ -225,15 +225,15 @@ TEST(MessageSource, Forms) {
   EXPECT_EQ(message_source(Message{}), "/messages");
 }
 
-// PROTOCOL.md section 2.2. Columns: leaf, m (no output), m/o, m/o2, m2/o, M/O (other case), twin.
+// IoT Edge route sources. Columns: leaf, m (no output), m/o, m/o2, m2/o, M/O (other case), twin.
 TEST(RouteMatch, FromTable) {
   const Message msgs[] = {from(""),        from("m"),      from("m", "o"), from("m", "o2"),
                           from("m2", "o"), from("M", "O"), twin_change()};
-  struct Row {
+  struct SourceRow {
     const char* from;
     std::array<bool, 7> want;
   };
-  const Row rows[] = {
+  const SourceRow rows[] = {
       {"/*", {true, true, true, true, true, true, true}},
       {"/messages/*", {true, true, true, true, true, true, false}},
       {"/messages", {true, true, true, true, true, true, false}},

@@ -10,17 +10,18 @@ namespace {
 
 using Json = nlohmann::json;
 
-const char* kUp = "FROM /messages/* INTO $upstream";
+const char* kUpstreamRoute = "FROM /messages/* INTO $upstream";
 
 TEST(RoutesConfig, StringRoutesInEveryVersion) {
   for (const char* version : {"1.0", "1.1", "1.2", "1.3"}) {
-    auto specs = parse_routes_config(Json{{"up", kUp}, {"b", "FROM /* INTO $upstream"}}, version);
+    auto specs =
+        parse_routes_config(Json{{"up", kUpstreamRoute}, {"b", "FROM /* INTO $upstream"}}, version);
     ASSERT_TRUE(specs.ok()) << version << ": " << specs.error().message;
     ASSERT_EQ(specs->size(), 2u);
     // nlohmann::json orders object keys.
     EXPECT_EQ((*specs)[0].name, "b");
     EXPECT_EQ((*specs)[1].name, "up");
-    EXPECT_EQ((*specs)[1].text, kUp);
+    EXPECT_EQ((*specs)[1].text, kUpstreamRoute);
     EXPECT_EQ((*specs)[1].priority, kDefaultPriority);
     EXPECT_EQ((*specs)[1].ttl_secs, 0u);
   }
@@ -67,7 +68,7 @@ TEST(RoutesConfig, EmptyRoutes) {
 
 TEST(RoutesConfig, AcceptedNames) {
   for (const char* name : {"a", "route-1", "Route_2", "r\u00e9", "a:b", "x/y"}) {
-    auto specs = parse_routes_config(Json{{name, kUp}}, "1.0");
+    auto specs = parse_routes_config(Json{{name, kUpstreamRoute}}, "1.0");
     EXPECT_TRUE(specs.ok()) << name << ": " << (specs.ok() ? "" : specs.error().message);
   }
 }

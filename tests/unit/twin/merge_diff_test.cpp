@@ -5,12 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include "json_literal.hpp"
 #include "twin/twin.hpp"
 
 namespace cairn::twin {
 namespace {
 
-json j(const char* text) { return json::parse(text); }
+using test_support::j;
 
 json merged(json target, const json& patch) {
   merge_patch(target, patch);

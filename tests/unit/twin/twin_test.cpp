@@ -8,10 +8,12 @@
 
 #include <gtest/gtest.h>
 
+#include "json_literal.hpp"
+
 namespace cairn::twin {
 namespace {
 
-json j(const char* text) { return json::parse(text); }
+using test_support::j;
 
 TEST(Twin, FreshTwinStartsAtVersionOne) {
   const Twin t;

@@ -6,12 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include "json_literal.hpp"
 #include "twin/twin.hpp"
 
 namespace cairn::twin {
 namespace {
 
-json j(const char* text) { return json::parse(text); }
+using test_support::j;
 
 void expect_ok(const json& patch) {
   const Status s = validate_patch(patch);
