@@ -144,7 +144,9 @@ int main(int argc, char** argv) {
   restart->add_option("MODULE", restart_module, "Module name")->required();
 
   auto* check = app.add_subcommand(
-      "check", "Check the store, certificates and the cloud link; exit 1 if something is wrong");
+      "check",
+      "Check the store, certificates, the cloud link and the module runtime (engine reachable, "
+      "images present, modules healthy); exit 1 if something is wrong");
   bool check_json = false;
   check->add_flag("--json", check_json, "Print the checks as JSON");
 
@@ -411,23 +413,14 @@ int main(int argc, char** argv) {
   } else if (check->parsed()) {
     auto j = call(ctx, "GET", "/check");
     if (!j) return 1;
-    // The runtime: every deployed module running as desired.
-    if (auto mods = call(ctx, "GET", "/modules")) {
-      (*j)["checks"].push_back({{"id", "runtime-process"},
-                                {"status", "ok"},
-                                {"message", "the process runtime is built in"}});
-      for (const auto& m : (*mods)["modules"]) {
-        const auto runtime_status = m.value("runtimeStatus", "");
-        const bool want = m.value("status", "running") == "running";
-        const bool ok = !want || runtime_status == "running";
-        (*j)["checks"].push_back(
-            {{"id", "module-" + m.value("name", "")},
-             {"status", ok ? "ok" : "error"},
-             {"message", ok ? runtime_status + ": " + m.value("statusDescription", "")
-                            : runtime_status + ": " + m.value("statusDescription", "") +
-                                  " (see `cairn logs " + m.value("name", "") + "`)"}});
-        if (!ok) (*j)["healthy"] = false;
+    // The runtime (the agent's checks): engines reachable, images present, modules healthy.
+    if (auto runtime = call(ctx, "GET", "/runtime/check")) {
+      for (const auto& c : (*runtime)["checks"]) {
+        if (c.value("status", "") == "error") (*j)["healthy"] = false;
+        (*j)["checks"].push_back(c);
       }
+    } else {
+      (*j)["healthy"] = false;
     }
     if (check_json) {
       std::cout << j->dump(2) << "\n";

@@ -30,12 +30,21 @@ struct Unit {};
 }  // namespace
 
 Result<agent::ModuleIdentity> HubAgentHost::ensure_identity(const std::string& module) {
-  return on_hub<agent::ModuleIdentity>(hub_, [this, module](auto set) {
+  auto identity = on_hub<agent::ModuleIdentity>(hub_, [this, module](auto set) {
     hub_.identities().create(module, [set](Result<hub::Identity> id) {
       if (!id) return set(std::move(id).error());
       set(agent::ModuleIdentity{id->module_id, id->primary_key, id->generation_id});
     });
   });
+  if (identity && upstream_) {
+    // The same path as a module connecting locally: its cloud identity connects too (once; a
+    // link that exists is left as it is).
+    asio::post(hub_.io(),
+               [upstream = upstream_, who = hub::Principal{hub_.config().device_id, module, 0}] {
+                 upstream->connected(who);
+               });
+  }
+  return identity;
 }
 
 Status HubAgentHost::remove_identity(const std::string& module) {

@@ -1,7 +1,7 @@
-// The hub side of the agent's AgentHost: module identities from the hub's registry, routes
-// applied live, module desired properties and $edgeAgent reported properties through the twin
-// cache. Each call is posted to the hub's io thread and waited for (the agent's thread may
-// block; the hub's may not).
+// The hub side of the agent's AgentHost: module identities from the hub's registry (and, with a
+// cloud link, in the cloud's: see ensure_identity), routes applied live, module desired properties
+// and $edgeAgent reported properties through the twin cache. Each call is posted to the hub's io
+// thread and waited for (the agent's thread may block; the hub's may not).
 #pragma once
 
 #include <memory>
@@ -10,14 +10,24 @@
 #include "hub/config.hpp"
 #include "hub/hub.hpp"
 #include "hub/twin_cache.hpp"
+#include "hub/upstream.hpp"
 
 namespace cairn::cairnd {
 
 class HubAgentHost : public agent::AgentHost {
  public:
-  HubAgentHost(hub::Hub& hub, std::shared_ptr<hub::TwinCache> twins, std::int64_t default_ttl_secs)
-      : hub_(hub), twins_(std::move(twins)), default_ttl_secs_(default_ttl_secs) {}
+  // `upstream` is null when the device has no cloud link.
+  HubAgentHost(hub::Hub& hub, std::shared_ptr<hub::TwinCache> twins,
+               std::shared_ptr<hub::Upstream> upstream, std::int64_t default_ttl_secs)
+      : hub_(hub),
+        twins_(std::move(twins)),
+        upstream_(std::move(upstream)),
+        default_ttl_secs_(default_ttl_secs) {}
 
+  // The local identity, and with a cloud link the module's cloud link opened at once: the cloud
+  // registers a module of an edge device on its first connection signed with the device's key
+  // (docs/agent.md "Identities"), so a deployed module has its cloud identity and twin before it
+  // ever connects, whichever source deployed it.
   Result<agent::ModuleIdentity> ensure_identity(const std::string& module) override;
   Status remove_identity(const std::string& module) override;
   std::string validate_edgehub(const nlohmann::json& desired) override;
@@ -28,6 +38,7 @@ class HubAgentHost : public agent::AgentHost {
  private:
   hub::Hub& hub_;
   std::shared_ptr<hub::TwinCache> twins_;
+  std::shared_ptr<hub::Upstream> upstream_;
   std::int64_t default_ttl_secs_;
 };
 

@@ -187,7 +187,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   if (upstream) upstream->start();
   // The agent: deployments, module runtimes, identities and the workload API, on threads of its
   // own. The hub and the agent meet only through HubAgentHost.
-  cairnd::HubAgentHost agent_host(**hub, twins, config->default_ttl_secs);
+  cairnd::HubAgentHost agent_host(**hub, twins, upstream, config->default_ttl_secs);
   agent::AgentOptions agent_options;
   agent_options.state_dir = config->data_dir() + "/agent";
   agent_options.mnt_dir = config->run_dir() + "/mnt";
@@ -195,6 +195,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   agent_options.iothub_hostname = config->iothub_hostname;
   agent_options.gateway_hostname = config->hostname;
   agent_options.trust_bundle_path = home + "/certs/edge-ca.pem";
+  agent_options.ca_key_path = home + "/certs/edge-ca.key.pem";
   agent_options.log_level = log_level;
   if (const char* unit = std::getenv("CAIRN_AGENT_COOL_OFF_MS")) {
     // Tests shorten IoT Edge's 10 s back-off unit so a crash loop is observable quickly.

@@ -438,6 +438,10 @@ Status Agent::ensure_workload(const std::string& name, const ModuleIdentity& id)
     auto path = options_.mnt_dir + "/" + name + ".sock";
     WorkloadContext ctx;
     ctx.trust_bundle_pem = trust_bundle_;
+    ctx.ca_cert_path = options_.trust_bundle_path;
+    ctx.ca_key_path = options_.ca_key_path;
+    ctx.device_id = options_.device_id;
+    ctx.iothub_hostname = options_.iothub_hostname;
     std::weak_ptr<ModuleRuntime> process = process_, docker = docker_;
     ctx.owns_pid = [process, docker](const std::string& module, std::int64_t pid) {
       for (const auto& weak : {process, docker}) {
@@ -756,7 +760,10 @@ json Agent::reported() const {
 
 bool Agent::handle_management(const net::HttpRequest& request, net::HttpRespond& respond) {
   auto path = net::http_path(request.target);
-  if (!(path == "/modules" || path.starts_with("/modules/") || path == "/deployment")) return false;
+  if (!(path == "/modules" || path.starts_with("/modules/") || path == "/deployment" ||
+        path == "/runtime/check")) {
+    return false;
+  }
   asio::post(io_, [this, request, respond = std::move(respond)]() mutable {
     try {
       manage(request, std::move(respond));
@@ -765,6 +772,94 @@ bool Agent::handle_management(const net::HttpRequest& request, net::HttpRespond&
     }
   });
   return true;
+}
+
+json Agent::runtime_checks() {
+  json checks = json::array();
+  auto add = [&checks](std::string id, const char* status, std::string message) {
+    checks.push_back({{"id", std::move(id)}, {"status", status}, {"message", std::move(message)}});
+  };
+  std::size_t docker_modules = 0;
+  if (deployment_) {
+    for (const auto& m : deployment_->modules) docker_modules += m.process_runtime() ? 0 : 1;
+  }
+  add("runtime-process", "ok", "built in; " + process_->info().detail);
+  bool engine_up = false;
+  if (docker_) {
+    auto info = docker_->info();
+    engine_up = info.reachable;
+    if (engine_up) {
+      add("runtime-docker", "ok", info.detail);
+    } else {
+      add("runtime-docker", docker_modules > 0 ? "error" : "warning",
+          "the container engine does not answer (" + info.detail +
+              "): start it (systemctl start docker, or podman system service), or point "
+              "cairnd at its socket (--docker-uri, config.toml [agent] docker_uri)");
+    }
+  } else if (docker_modules > 0) {
+    add("runtime-docker", "error",
+        std::to_string(docker_modules) +
+            " deployed modules need a container engine and none is configured: set config.toml "
+            "[agent] docker_uri (or --docker-uri, $DOCKER_HOST) and restart cairnd");
+  }
+  if (!deployment_) return {{"checks", checks}};
+  for (const auto& m : deployment_->modules) {
+    auto* rt = runtime_for(m);
+    // The image: there now, so a recreate or restart does not depend on a registry.
+    if (!m.process_runtime() && !engine_up) {
+      add("image-" + m.name, "warning",
+          "not checked: no container engine answers (see runtime-docker)");
+    } else if (rt) {
+      if (auto s = rt->image_present(m.image); s) {
+        add("image-" + m.name, "ok", m.image + " is present");
+      } else if (m.process_runtime()) {
+        add("image-" + m.name, "error",
+            s.error().message + ": install it, or fix settings.image in the deployment");
+      } else {
+        add("image-" + m.name, "error",
+            m.image + " is not on the container engine (" + s.error().message + "): " +
+                (m.pull_policy == ImagePullPolicy::never
+                     ? "imagePullPolicy is never, so load it yourself (docker pull " + m.image + ")"
+                     : "cairnd pulls it when it creates the module; see `cairn list` for the "
+                       "pull error, check the registry and registryCredentials, or run "
+                       "docker pull " +
+                           m.image));
+      }
+    }
+    // The module: running as desired, and not restarting over and over.
+    auto it = tracked_.find(m.name);
+    const Tracked* t = it == tracked_.end() ? nullptr : &it->second;
+    const std::string id = "module-" + m.name;
+    const std::string look = "; see `cairn logs " + m.name + "`";
+    std::string description = t ? t->state.description : "";
+    if (t && !t->note.empty()) description += (description.empty() ? "" : "; ") + t->note;
+    if (m.status == DesiredStatus::stopped) {
+      add(id, "ok", "stopped, as the deployment says");
+    } else if (!t || t->status == RuntimeStatus::unknown) {
+      add(id, "warning", "not started yet: the agent is still creating it; check again shortly");
+    } else if (t->status == RuntimeStatus::running && t->restart_count == 0) {
+      add(id, "ok", "running: " + description);
+    } else if (t->status == RuntimeStatus::running) {
+      add(id, "warning",
+          "running, but it exited and was restarted " + std::to_string(t->restart_count) +
+              " times (last at " + iso_or_epoch(t->last_restart_ms) +
+              "; the count clears once it stays up " +
+              std::to_string(options_.restart.healthy_reset.count() / 60000) +
+              " minutes): it may be crash-looping" + look);
+    } else if (t->status == RuntimeStatus::backoff) {
+      add(id, "error",
+          "restart loop: it exited (" + description + ") and was restarted " +
+              std::to_string(t->restart_count) + " times; waiting before the next restart" + look);
+    } else if (t->status == RuntimeStatus::failed && t->restart_count > 0 &&
+               t->restart_count >= options_.restart.max_restarts) {
+      add(id, "error",
+          "failed: gave up after " + std::to_string(t->restart_count) + " restarts (" +
+              description + "); fix the cause, then `cairn restart " + m.name + "`" + look);
+    } else {
+      add(id, "error", std::string(to_string(t->status)) + ": " + description + look);
+    }
+  }
+  return {{"checks", checks}};
 }
 
 void Agent::manage(const net::HttpRequest& request, net::HttpRespond respond) {
@@ -807,6 +902,10 @@ void Agent::manage(const net::HttpRequest& request, net::HttpRespond respond) {
       respond(json_response(200, {{"applied", true}}));
     });
     return;
+  }
+  if (seg.size() == 2 && seg[0] == "runtime") {
+    if (request.method != "GET") return respond_on(respond, error_response(405, "use GET"));
+    return respond_on(respond, json_response(200, runtime_checks()));
   }
   // /modules, /modules/{name}, /modules/{name}/{logs|restart|start|stop}
   if (seg.size() == 1 && request.method == "GET") {

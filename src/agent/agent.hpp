@@ -66,6 +66,7 @@ struct AgentOptions {
   std::string iothub_hostname;
   std::string gateway_hostname;
   std::string trust_bundle_path;  // the edge CA, PEM
+  std::string ca_key_path;        // its key: the workload API issues module certificates
   std::string log_level = "info";
   RestartSettings restart;
   std::chrono::milliseconds poll_interval{500};
@@ -104,8 +105,8 @@ class Agent {
   // changes nothing and is reported as lastDesiredStatus {400, the problems}.
   void deploy_twins(nlohmann::json edgeagent_desired, nlohmann::json edgehub_desired);
 
-  // The agent's management API paths (docs/agent.md "Management API"); false when `request` is
-  // not one of them.
+  // The agent's management API paths (docs/agent.md "Management API"), among them
+  // GET /runtime/check (`cairn check`); false when `request` is not one of them.
   bool handle_management(const net::HttpRequest& request, net::HttpRespond& respond);
 
   // The $edgeAgent reported properties as last computed (tests, `cairn check`).
@@ -138,6 +139,9 @@ class Agent {
   void save_desired_status();
   nlohmann::json module_json(const std::string& name);
   void manage(const net::HttpRequest& request, net::HttpRespond respond);
+  // {"checks": [{id, status ok|warning|error, message}]}: engines reachable, images present,
+  // modules healthy; each message says what to do when it is not ok.
+  nlohmann::json runtime_checks();
 
   AgentOptions options_;
   AgentHost& host_;

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/crypto.hpp"
+#include "core/rfc3339.hpp"
 #include "net/http.hpp"
 #include <sys/resource.h>
 
@@ -27,40 +28,11 @@ bool contains(std::string_view haystack, std::string_view needle) {
   return lower(haystack).find(lower(needle)) != std::string::npos;
 }
 
-// RFC 3339 as engines write it ("2026-12-02T16:05:20.123456789Z", "...+01:00") to Unix ms.
-// Docker's zero time ("0001-01-01T00:00:00Z") and anything unparsable give 0 ("never").
+// RFC 3339 as engines write it to Unix ms. Docker's zero time ("0001-01-01T00:00:00Z") and
+// anything unparsable give 0 ("never").
 std::int64_t rfc3339_to_ms(const std::string& text) {
-  std::tm tm{};
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-  int consumed = 0;
-  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &year, &month, &day, &hour, &minute,
-                  &second, &consumed) != 6 ||
-      year < 1971) {
-    return 0;
-  }
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  std::int64_t ms = static_cast<std::int64_t>(timegm(&tm)) * 1000;
-  std::size_t i = static_cast<std::size_t>(consumed);
-  if (i < text.size() && text[i] == '.') {
-    std::int64_t scale = 100;
-    for (++i; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
-      ms += (text[i] - '0') * scale;
-      scale /= 10;
-    }
-  }
-  if (i < text.size() && (text[i] == '+' || text[i] == '-')) {
-    int oh = 0, om = 0;
-    if (std::sscanf(text.c_str() + i + 1, "%2d:%2d", &oh, &om) == 2) {
-      std::int64_t offset = (oh * 60 + om) * 60 * 1000;
-      ms += text[i] == '+' ? -offset : offset;
-    }
-  }
-  return ms;
+  auto ms = parse_rfc3339_ms(text);
+  return ms && *ms > 0 ? *ms : 0;
 }
 
 std::map<std::string, std::string> string_map(const json& j) {

@@ -68,6 +68,12 @@ RuntimeInfo DockerRuntime::info() {
   return out;
 }
 
+Status DockerRuntime::image_present(const std::string& image) {
+  auto present = client_.inspect_image(normalize_image_name(image));
+  if (!present) return std::move(present).error();
+  return {};
+}
+
 Status DockerRuntime::prepare(const ModuleSpec& spec) {
   std::string image = normalize_image_name(spec.image);
   if (spec.pull_policy == ImagePullPolicy::never) {

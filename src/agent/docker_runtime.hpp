@@ -62,6 +62,7 @@ class DockerRuntime final : public ModuleRuntime {
   // unreachable but the engine already has the image, that is a success: an edge device must
   // be able to recreate its modules offline. imagePullPolicy never: the image must be present.
   Status prepare(const ModuleSpec& spec) override;
+  Status image_present(const std::string& image) override;
   // The spec's workload socket must exist on the host (it is bind-mounted). Notes report a
   // createOptions RestartPolicy that was replaced.
   Result<CreateResult> create(const ModuleSpec& spec) override;

@@ -195,8 +195,10 @@ Result<std::string> ProcessRuntime::executable(const std::string& image) {
   return path;
 }
 
-Status ProcessRuntime::prepare(const ModuleSpec& spec) {
-  auto exe = executable(spec.image);
+Status ProcessRuntime::prepare(const ModuleSpec& spec) { return image_present(spec.image); }
+
+Status ProcessRuntime::image_present(const std::string& image) {
+  auto exe = executable(image);
   if (!exe) return std::move(exe).error();
   if (::access(exe->c_str(), X_OK) != 0) {
     return make_error(errc::not_found,

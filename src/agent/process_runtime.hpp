@@ -47,6 +47,7 @@ class ProcessRuntime : public ModuleRuntime {
 
   RuntimeInfo info() override;
   Status prepare(const ModuleSpec& spec) override;
+  Status image_present(const std::string& image) override;
   Result<CreateResult> create(const ModuleSpec& spec) override;
   Status start(const std::string& name) override;
   Status stop(const std::string& name, std::chrono::seconds grace) override;

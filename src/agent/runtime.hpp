@@ -132,6 +132,10 @@ class ModuleRuntime {
   // or check the executable exists (process). errc::not_found for a missing image or file,
   // errc::unauthorized for a refused credential, errc::unavailable for an unreachable engine.
   virtual Status prepare(const ModuleSpec& spec) = 0;
+  // Whether the image is here without fetching it (`cairn check`): the engine has the image
+  // (docker), or the executable exists (process). errc::not_found when it is not,
+  // errc::unavailable for an unreachable engine.
+  virtual Status image_present(const std::string& image) = 0;
   // Creates the module, not started. errc::already_exists if one by that name exists.
   virtual Result<CreateResult> create(const ModuleSpec& spec) = 0;
   // Starts a created or exited module. Starting a running module is a success.

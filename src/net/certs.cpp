@@ -1,16 +1,20 @@
 #include "net/certs.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
+#include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include <arpa/inet.h>
@@ -85,9 +89,15 @@ bool add_extension(X509* cert, X509* issuer, int nid, const std::string& value) 
   return ok;
 }
 
+enum class CertKind { ca, server, client };
+
+std::time_t days_from_now(int days) {
+  return std::time(nullptr) + static_cast<std::time_t>(days) * 86400;
+}
+
 // Builds a certificate for `key` signed by `issuer_key` (self-signed when issuer is null).
 CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, EVP_PKEY* issuer_key,
-                  int days, bool is_ca, const std::string& san) {
+                  std::time_t not_after, CertKind kind, const std::string& san) {
   CertPtr cert(X509_new());
   if (!cert) return nullptr;
   X509_set_version(cert.get(), 2);
@@ -98,7 +108,7 @@ CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, E
   BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
   BN_free(bn);
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);  // tolerate small clock skew
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);
+  if (!ASN1_TIME_set(X509_getm_notAfter(cert.get()), not_after)) return nullptr;
   X509_set_pubkey(cert.get(), key);
   X509_NAME* name = X509_get_subject_name(cert.get());
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
@@ -107,14 +117,15 @@ CertPtr make_cert(EVP_PKEY* key, const std::string& common_name, X509* issuer, E
   X509* signer = issuer ? issuer : cert.get();
   X509_set_issuer_name(cert.get(), X509_get_subject_name(signer));
   bool ok = true;
-  if (is_ca) {
+  if (kind == CertKind::ca) {
     ok = ok &&
          add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
     ok = ok && add_extension(cert.get(), signer, NID_key_usage, "critical,keyCertSign,cRLSign");
   } else {
     ok = ok && add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
     ok = ok && add_extension(cert.get(), signer, NID_key_usage, "critical,digitalSignature");
-    ok = ok && add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
+    ok = ok && add_extension(cert.get(), signer, NID_ext_key_usage,
+                             kind == CertKind::server ? "serverAuth" : "clientAuth");
     ok = ok && add_extension(cert.get(), signer, NID_subject_alt_name, san);
   }
   ok = ok && add_extension(cert.get(), signer, NID_subject_key_identifier, "hash");
@@ -128,20 +139,22 @@ bool is_ip_literal(const std::string& s) {
   return ::inet_pton(AF_INET, s.c_str(), buf) == 1 || ::inet_pton(AF_INET6, s.c_str(), buf) == 1;
 }
 
-// The server certificate's names, split by kind. An IP literal among `dns_names` becomes an IP
-// SAN: TLS clients check an IP host only against IP SANs (Node does), never DNS SANs.
+// A certificate's names, split by kind. An IP literal among the DNS names becomes an IP SAN: TLS
+// clients check an IP host only against IP SANs (Node does), never DNS SANs.
 struct SubjectNames {
   std::vector<std::string> dns;
   std::vector<std::string> ips;
+  std::vector<std::string> uris;
 };
 
-SubjectNames subject_names(const CertificateOptions& o) {
+SubjectNames subject_names(const std::vector<std::string>& dns_names,
+                           const std::vector<std::string>& ip_addresses) {
   SubjectNames names;
   auto add_once = [](std::vector<std::string>& to, const std::string& value) {
     if (std::find(to.begin(), to.end(), value) == to.end()) to.push_back(value);
   };
-  for (const auto& d : o.dns_names) add_once(is_ip_literal(d) ? names.ips : names.dns, d);
-  for (const auto& ip : o.ip_addresses) add_once(names.ips, ip);
+  for (const auto& d : dns_names) add_once(is_ip_literal(d) ? names.ips : names.dns, d);
+  for (const auto& ip : ip_addresses) add_once(names.ips, ip);
   return names;
 }
 
@@ -154,7 +167,42 @@ std::string san_string(const SubjectNames& names) {
   };
   for (const auto& d : names.dns) add("DNS:", d);
   for (const auto& ip : names.ips) add("IP:", ip);
+  for (const auto& u : names.uris) add("URI:", u);
   return san;
+}
+
+// A host name for a DNS SAN: letters, digits, '-', '_' and '.', at most 253 characters. Anything
+// else (a ',' above all) would change the extension OpenSSL parses from san_string.
+bool valid_dns_name(const std::string& name) {
+  if (name.empty() || name.size() > 253) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+std::string to_pem(X509* cert) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  if (!bio || PEM_write_bio_X509(bio.get(), cert) != 1) return {};
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
+std::string to_pem(EVP_PKEY* key) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  if (!bio ||
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    return {};
+  }
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
+std::optional<std::int64_t> not_after_unix(X509* cert) {
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) return std::nullopt;
+  return static_cast<std::int64_t>(timegm(&tm));
 }
 
 // True if the certificate is valid for at least `days` more days and carries every SAN wanted.
@@ -199,14 +247,14 @@ Result<EdgeCertificates> ensure_edge_certificates(const std::string& dir,
     log::info("certs", "creating edge CA in {}", certs.string());
     ca_key = generate_key();
     if (!ca_key) return ssl_error("CA key generation");
-    ca_cert = make_cert(ca_key.get(), "cairn edge CA", nullptr, nullptr, options.ca_validity_days,
-                        true, "");
+    ca_cert = make_cert(ca_key.get(), "cairn edge CA", nullptr, nullptr,
+                        days_from_now(options.ca_validity_days), CertKind::ca, "");
     if (!ca_cert) return ssl_error("CA certificate creation");
     if (auto s = write_key(out.ca_key_path, ca_key.get()); !s) return s.error();
     if (auto s = write_certs(out.ca_cert_path, {ca_cert.get()}); !s) return s.error();
   }
 
-  SubjectNames names = subject_names(options);
+  SubjectNames names = subject_names(options.dns_names, options.ip_addresses);
   KeyPtr server_key = read_key(out.server_key_path);
   CertPtr server_cert = read_cert(out.server_cert_path);
   if (server_key && server_cert &&
@@ -224,12 +272,74 @@ Result<EdgeCertificates> ensure_edge_certificates(const std::string& dir,
   if (!server_key) return ssl_error("server key generation");
   std::string cn = options.dns_names.empty() ? "localhost" : options.dns_names.front();
   server_cert = make_cert(server_key.get(), cn, ca_cert.get(), ca_key.get(),
-                          options.server_validity_days, false, san);
+                          days_from_now(options.server_validity_days), CertKind::server, san);
   if (!server_cert) return ssl_error("server certificate creation");
   if (auto s = write_key(out.server_key_path, server_key.get()); !s) return s.error();
   if (auto s = write_certs(out.server_cert_path, {server_cert.get(), ca_cert.get()}); !s) {
     return s.error();
   }
+  return out;
+}
+
+Result<std::int64_t> certificate_not_after(const std::string& cert_path) {
+  CertPtr cert = read_cert(cert_path);
+  if (!cert) return make_error(errc::not_found, "no certificate in " + cert_path);
+  auto t = not_after_unix(cert.get());
+  if (!t) return make_error(errc::corruption, "unreadable expiry in " + cert_path);
+  return *t;
+}
+
+Result<IssuedCertificate> issue_certificate(const std::string& ca_cert_path,
+                                            const std::string& ca_key_path,
+                                            const CertificateRequest& request) {
+  CertPtr ca_cert = read_cert(ca_cert_path);
+  KeyPtr ca_key = read_key(ca_key_path);
+  if (!ca_cert || !ca_key) {
+    return make_error(errc::not_found, "no edge CA in " + ca_cert_path +
+                                           " (cairnd creates it when its TLS port is on)");
+  }
+  // X.509's upper bound on a common name (ub-common-name).
+  if (request.common_name.empty() || request.common_name.size() > 64) {
+    return make_error(errc::invalid_argument, "the common name must have 1 to 64 characters");
+  }
+  for (const auto& d : request.dns_names) {
+    if (!is_ip_literal(d) && !valid_dns_name(d)) {
+      return make_error(errc::invalid_argument,
+                        "'" + d + "' is not a host name (letters, digits, '-', '_', '.') or IP");
+    }
+  }
+  SubjectNames names = subject_names(request.dns_names, {});
+  for (const auto& u : request.uris) {
+    if (u.empty() || u.find_first_of(", \t\r\n") != std::string::npos) {
+      return make_error(errc::invalid_argument, "'" + u + "' is not a URI");
+    }
+    names.uris.push_back(u);
+  }
+  if (names.dns.empty() && names.ips.empty() && names.uris.empty()) {
+    return make_error(errc::invalid_argument, "a certificate needs at least one name");
+  }
+  auto ca_not_after = not_after_unix(ca_cert.get());
+  if (!ca_not_after) return ssl_error("reading the edge CA's expiry");
+  if (request.not_after_unix <= static_cast<std::int64_t>(std::time(nullptr))) {
+    return make_error(errc::invalid_argument, "the expiration is not in the future");
+  }
+  if (request.not_after_unix > *ca_not_after) {
+    return make_error(errc::invalid_argument, "the expiration is after the edge CA's own (" +
+                                                  format_iso8601(*ca_not_after * 1000) + ")");
+  }
+  KeyPtr key = generate_key();
+  if (!key) return ssl_error("key generation");
+  CertPtr cert =
+      make_cert(key.get(), request.common_name, ca_cert.get(), ca_key.get(),
+                static_cast<std::time_t>(request.not_after_unix),
+                request.use == CertificateUse::server ? CertKind::server : CertKind::client,
+                san_string(names));
+  if (!cert) return ssl_error("certificate creation");
+  IssuedCertificate out;
+  out.private_key_pem = to_pem(key.get());
+  out.chain_pem = to_pem(cert.get()) + to_pem(ca_cert.get());
+  out.not_after_unix = request.not_after_unix;
+  if (out.private_key_pem.empty() || out.chain_pem.empty()) return ssl_error("PEM encoding");
   return out;
 }
 

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import CLOUD_HOST, DEFAULT_TIMEOUT, edge_device, wait_for
 from node_sdk import NODE, NODE_DIR, service, skip_without_node_sdk
-from test_agent import alive, manifest, module_pid, modules, process_module, wait_running
+from test_agent import (alive, deploy, manifest, module_pid, modules, process_module,
+                        wait_running)
 
 SLOW = max(DEFAULT_TIMEOUT, 60.0)
 
@@ -222,3 +223,25 @@ def test_forty_modules_fit_the_reported_twin(cloud, linked_edge):
     # Every module is there, with its state; the settings echo is what was left out.
     assert rep["modules"]["module07"]["settings"]["image"] == "/bin/sleep"
     assert "createOptions" not in rep["modules"]["module07"]["settings"]
+
+
+def test_a_local_deployment_registers_its_modules_in_the_cloud(cloud, linked_edge):
+    """`cairn deploy` on a connected device: the cloud has never heard of the module, and the
+    module never connects (a sleeper); its identity appears in the cloud registry all the same,
+    as the official service SDK's Registry.getModule sees it."""
+    edge = linked_edge
+    dev = edge.device_id
+    edge.wait_link("$edgeAgent", timeout=SLOW)
+    name = f"solo{os.getpid() % 1000}"
+    missing = sdk(cloud, "get_module", {"deviceId": dev, "moduleId": name}, check=False)
+    assert missing.get("statusCode") == 404, missing
+    deploy(edge, manifest({name: sleeper(30)}))
+    wait_running(edge, [name])
+
+    def registered():
+        r = sdk(cloud, "get_module", {"deviceId": dev, "moduleId": name}, check=False)
+        return r.get("result") if r.get("ok") else None
+    module = wait_for(registered, timeout=SLOW, interval=0.5, what=f"{name} in the cloud registry")
+    assert module["moduleId"] == name and module["deviceId"] == dev
+    assert module["managedBy"] == "iotEdge"
+    edge.wait_link(name, timeout=SLOW)

@@ -105,6 +105,22 @@ def test_cairnd_runs_and_restarts_a_container_module(container_engine, test_regi
     ps = container_engine.podman("ps", "--all", "--filter", f"name=^{name}$",
                                  "--format", "{{.Names}} {{.Labels}}").stdout
     assert name in ps and "net.cairn.owner" in ps, ps
+
+    # `cairn check`: the engine answers and the image is there; an image the engine lacks with
+    # imagePullPolicy never is an error that says to load it.
+    absent = f"{test_registries.open.address}/cairn-test/absent:{os.getpid()}"
+    doc["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["absent"] = {
+        "version": "1.0", "type": "docker", "status": "running", "restartPolicy": "always",
+        "imagePullPolicy": "never", "settings": {"image": absent, "createOptions": ""}}
+    path.write_text(json.dumps(doc))
+    edge.cli("deploy", str(path))
+    r = edge.cli("check", "--json", check=False)
+    c = {x["id"]: x for x in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 1
+    assert c["runtime-docker"]["status"] == "ok" and "Podman" in c["runtime-docker"]["message"]
+    assert c[f"image-{name}"]["status"] == "ok", c[f"image-{name}"]
+    assert c["image-absent"]["status"] == "error"
+    assert "imagePullPolicy is never" in c["image-absent"]["message"], c["image-absent"]
     edge.stop()
 
 
