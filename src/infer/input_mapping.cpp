@@ -9,12 +9,6 @@ namespace {
 
 Error bad(const std::string& message) { return make_error(errc::invalid_argument, message); }
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // A value quoted for an error message, cut short.
 std::string excerpt(const nlohmann::json& v) {
   std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);

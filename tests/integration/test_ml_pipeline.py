@@ -165,7 +165,7 @@ def test_sensor_infer_upstream_deployed_by_the_agent_with_a_model_update(
     failed = wait_for(lambda: (lambda m: m if m.get("status") == "failed" else None)(
         reported_model(edge)), timeout=SLOW, interval=0.2, what="the bad mapping reported")
     assert failed["version"] == "2"
-    assert "3 fields do not fill the model's input shape [-1, 4]" in failed["error"], failed
+    assert "3 fields do not fill the model's input shape [-1,4]" in failed["error"], failed
     drain(monitor)
     for msg in collect(monitor, lambda got: len(got) >= 10, what="results after the bad mapping"):
         check_scored_reading(msg)

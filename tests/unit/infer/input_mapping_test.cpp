@@ -138,7 +138,7 @@ TEST(InputMapping, MappingsThatDoNotFitTheModelAreRefusedAtBind) {
             std::string::npos);
   // Four fields do not fill [-1, 3] or [2]; a stated shape must fit and hold the fields.
   EXPECT_NE(error_of(four->bind({{"reading", DataType::kFp32, {-1, 3}}}))
-                .find("4 fields do not fill the model's input shape [-1, 3]"),
+                .find("4 fields do not fill the model's input shape [-1,3]"),
             std::string::npos);
   EXPECT_NE(error_of(four->bind({{"reading", DataType::kFp32, {2}}})).find("do not fill"),
             std::string::npos);
