@@ -48,7 +48,7 @@ format-check:
 
 demo: setup
 	cmake --preset release >/dev/null
-	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud
+	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-sensor
 	@bash scripts/demo
 
 # Side-by-side benchmarks; docs/benchmarks.md records their latest output.

@@ -338,7 +338,9 @@ int main(int argc, char** argv) {
       "KServe v2 / Open Inference Protocol under /v2, Prometheus text on /metrics.\n"
       "As an IoT Edge module (the IOTEDGE_* environment or --connection-string) it takes its "
       "models from the module twin's desired property 'models', reports their state, and "
-      "scores messages routed to input 'score' onto output 'results' (REST only with --http)."};
+      "scores messages routed to input 'score' onto output 'results': JSON tensors, or raw "
+      "records such as sensor readings mapped by a model's 'inputMapping' (REST only with "
+      "--http)."};
   Options o;
   std::string level = "info";
   std::int64_t max_queue_delay_us = 0;

@@ -3,7 +3,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <optional>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -164,7 +163,10 @@ void TelemetrySink::write_connections(std::vector<ConnectionRecord>& records) {
 void TelemetrySink::run() {
   Backoff backoff(options_.first_retry, options_.max_retry);
   std::vector<ConnectionRecord> connections;
-  std::optional<std::chrono::steady_clock::time_point> retry_at;  // while batch_ waits
+  // While batch_ waits: when to retry it. A flag beside a plain time point rather than an
+  // optional, which GCC 12 at -O3 reports as maybe-uninitialized (-Werror in release builds).
+  bool retry_set = false;
+  std::chrono::steady_clock::time_point retry_at{};
   for (;;) {
     bool write = false;
     {
@@ -173,12 +175,15 @@ void TelemetrySink::run() {
         // Messages whose write failed: wait out the back-off; whatever arrives meanwhile is
         // written with them. When the store works and only some messages fail, new messages
         // do not wait behind them. Connection records are written as they come.
-        if (!retry_at) retry_at = std::chrono::steady_clock::now() + backoff.next();
-        cv_.wait_until(lock, *retry_at, [this] {
+        if (!retry_set) {
+          retry_at = std::chrono::steady_clock::now() + backoff.next();
+          retry_set = true;
+        }
+        cv_.wait_until(lock, retry_at, [this] {
           return stopping_ || (retry_on_arrival_ && !pending_.empty()) ||
                  !pending_connections_.empty();
         });
-        write = std::chrono::steady_clock::now() >= *retry_at ||
+        write = std::chrono::steady_clock::now() >= retry_at ||
                 (retry_on_arrival_ && !pending_.empty());
       } else {
         cv_.wait(lock, [this] {
@@ -196,7 +201,7 @@ void TelemetrySink::run() {
     }
     write_connections(connections);
     if (!write) continue;
-    retry_at.reset();
+    retry_set = false;
     write_batch();
     if (batch_.empty()) backoff.reset();
   }

@@ -40,17 +40,6 @@ ModelFormat detect_format(std::string_view bytes) noexcept {
   }
 }
 
-namespace {
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ",";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-}  // namespace
-
 Status check_inputs(const std::vector<TensorInfo>& signature, std::span<const Tensor> inputs) {
   if (inputs.size() != signature.size()) {
     std::string names;

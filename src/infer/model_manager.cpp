@@ -61,6 +61,7 @@ struct Histogram {
 struct LoadedVersion {
   ModelSpec spec;
   std::unique_ptr<Engine> engine;
+  std::shared_ptr<const InputMapping> input_mapping;  // spec's, bound to the engine's inputs
   double load_ms = 0;
   std::uint64_t sequence = 0;  // load order, to drop the oldest first
 };
@@ -104,6 +105,12 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
   }
   auto engine = load_engine(*bytes, spec.engine, spec.path);
   if (!engine) return engine.error();
+  std::shared_ptr<const InputMapping> mapping;
+  if (spec.input_mapping) {
+    auto bound = spec.input_mapping->bind((*engine)->inputs());
+    if (!bound) return bound.error();
+    mapping = std::make_shared<const InputMapping>(std::move(*bound));
+  }
   if (spec.warmup) {
     auto inputs = zero_inputs((*engine)->inputs());
     auto warm = (*engine)->run(inputs);
@@ -115,8 +122,15 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
   auto v = std::make_shared<LoadedVersion>();
   v->spec = spec;
   v->engine = std::move(*engine);
+  v->input_mapping = std::move(mapping);
   v->load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return v;
+}
+
+bool same_mapping(const std::shared_ptr<const InputMapping>& a,
+                  const std::shared_ptr<const InputMapping>& b) {
+  if (!a || !b) return !a && !b;
+  return a->source() == b->source();
 }
 
 // Merging requests along dimension 0 is possible when every input and output has an open
@@ -290,7 +304,7 @@ struct ModelManager::Model {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Result<InferRequest> r = make_error(errc::internal, "decoder threw");
       try {
-        r = batch[i].decode(engine.inputs());
+        r = batch[i].decode(engine.inputs(), version->input_mapping.get());
       } catch (const std::exception& e) {
         r = make_error(errc::internal, std::string("decoder threw: ") + e.what());
       }
@@ -384,6 +398,7 @@ struct ModelManager::Model {
       for (const auto& t : serving->engine->outputs()) out.push_back(to_json(t));
       r["inputs"] = std::move(in);
       r["outputs"] = std::move(out);
+      if (serving->input_mapping) r["inputMapping"] = serving->input_mapping->to_json();
     }
     auto versions_json = nlohmann::json::array();
     for (const auto& [v, _] : versions) versions_json.push_back(v);
@@ -675,7 +690,8 @@ Status ModelManager::apply_desired(const nlohmann::json& desired,
         std::lock_guard lock(m->mu);
         if (m->serving && m->serving->spec.version == spec->version &&
             m->serving->spec.path == spec->path && m->serving->spec.url == spec->url &&
-            m->serving->spec.sha256 == spec->sha256) {
+            m->serving->spec.sha256 == spec->sha256 &&
+            same_mapping(m->serving->spec.input_mapping, spec->input_mapping)) {
           continue;  // already serving what is desired
         }
       }
@@ -858,7 +874,11 @@ Result<ModelSpec> parse_model_spec(const std::string& name, const nlohmann::json
     s.sha256 = j.value("sha256", std::string());
     s.is_default = j.value("default", false);
     s.warmup = j.value("warmup", true);
-    if (j.contains("inputMapping")) s.input_mapping = j["inputMapping"];
+    if (j.contains("inputMapping") && !j["inputMapping"].is_null()) {
+      auto mapping = InputMapping::parse(j["inputMapping"]);
+      if (!mapping) return bad(mapping.error().message);
+      s.input_mapping = std::make_shared<const InputMapping>(std::move(*mapping));
+    }
     if (j.contains("engine")) {
       const auto& e = j["engine"];
       if (!e.is_object()) return bad("\"engine\" must be an object");

@@ -30,6 +30,7 @@
 
 #include "core/result.hpp"
 #include "infer/engine.hpp"
+#include "infer/input_mapping.hpp"
 #include "infer/tensor.hpp"
 
 namespace cairn::infer {
@@ -64,13 +65,15 @@ struct ModelSpec {
   // Run the model once on zero inputs before it serves. Off only for models that cannot take
   // zeros (e.g. a shape input); a failed warm-up fails the load.
   bool warmup = true;
-  // How a raw message body maps to input tensors in module mode (docs/infer.md); kept as is.
-  nlohmann::json input_mapping;
+  // How a raw record (a routed sensor reading) becomes the input tensors in module mode; null:
+  // messages must carry tensors. Checked against the model's inputs when a version loads.
+  std::shared_ptr<const InputMapping> input_mapping;
 };
 
 // Parses one entry of the desired map: {"version", "path" | "url", "sha256", "engine": {...},
 // "batching": {...}, "limits": {...}, "default", "warmup", "inputMapping"}. A `url` must be
-// http:// or https://; `path` and `url` together are refused.
+// http:// or https://; `path` and `url` together are refused; a malformed inputMapping is refused
+// with the member at fault.
 Result<ModelSpec> parse_model_spec(const std::string& name, const nlohmann::json& desired);
 
 // Reports the progress of a download as the model's reported `delivery` object.
@@ -92,8 +95,10 @@ struct InferResult {
 
 using InferDone = std::function<void(Result<InferResult>)>;
 // Turns the caller's payload into input tensors on a worker thread, given the signature of the
-// version that will run it (so /score can take dtypes from the model).
-using RequestDecoder = std::function<Result<InferRequest>(const std::vector<TensorInfo>& inputs)>;
+// version that will run it (so /score can take dtypes from the model) and that version's input
+// mapping bound to the signature (null when it has none).
+using RequestDecoder = std::function<Result<InferRequest>(const std::vector<TensorInfo>& inputs,
+                                                          const InputMapping* input_mapping)>;
 
 // What the manager tells about one version.
 struct VersionInfo {

@@ -20,8 +20,11 @@ constexpr std::string_view kLog = "infer";
 
 // Members a model's reported entry has only in some states; when absent they are sent as null
 // so that the twin (which merges patches) does not keep a stale value.
-constexpr std::string_view kOptionalReported[] = {"engine", "loadTimeMs", "inputs", "outputs",
-                                                  "delivery"};
+constexpr std::string_view kOptionalReported[] = {"engine",  "loadTimeMs", "inputs",
+                                                  "outputs", "delivery",   "inputMapping"};
+
+// Application properties a result sets itself; the request's own values of these are dropped.
+constexpr std::string_view kResultProperties[] = {"status", "model", "modelVersion"};
 
 std::string app_property(const ModuleMessage& m, std::string_view name) {
   for (const auto& [k, v] : m.app) {
@@ -100,6 +103,12 @@ ModuleMessage result_message(const ModuleMessage& request, int status, std::stri
   ModuleMessage out;
   out.body = std::move(body);
   out.correlation_id = request.correlation_id.empty() ? request.message_id : request.correlation_id;
+  // The request's properties travel on, so routes and receivers can still select by them.
+  for (const auto& [key, value] : request.app) {
+    bool own = false;
+    for (auto name : kResultProperties) own = own || iequals(key, name);
+    if (!own) out.app.emplace_back(key, value);
+  }
   out.app.emplace_back("status", std::to_string(status));
   if (!model.empty()) out.app.emplace_back("model", model);
   if (!version.empty()) out.app.emplace_back("modelVersion", version);
@@ -237,6 +246,7 @@ void ModuleService::on_message(const ModuleMessage& message) {
   ModuleMessage request;  // what the answer needs of the request, without its body
   request.message_id = message.message_id;
   request.correlation_id = message.correlation_id;
+  request.app = message.app;
   if (state->pending_messages.load() >= options_.max_pending_messages) {
     nlohmann::json error{{"error", "too many scoring requests pending (" +
                                        std::to_string(options_.max_pending_messages) +

@@ -80,9 +80,9 @@ class ModuleService {
 
   // The desired section (`complete`) or a patch of it, with its $version.
   void on_desired(const nlohmann::json& desired, long long version, bool complete);
-  // A message on the scoring input. Never blocks: the result goes out on the results output.
-  // Application properties `model` and `modelVersion` pick the model (default: the default
-  // model, serving version).
+  // A message on the scoring input: JSON tensors, or a raw record when the model has an input
+  // mapping. Never blocks: the result goes out on the results output. Application properties
+  // `model` and `modelVersion` pick the model (default: the default model, serving version).
   void on_message(const ModuleMessage& message);
   // Reports every model's state again (after a (re)connection).
   void report_all();
@@ -107,8 +107,9 @@ class ModuleService {
 };
 
 // The result message for a scoring answer: the REST body, correlated with the request
-// (correlation id = the request's correlation id, else its message id), with application
-// properties `status` (the HTTP-style code), `model` and `modelVersion` when known.
+// (correlation id = the request's correlation id, else its message id), with the request's
+// application properties and `status` (the HTTP-style code), `model` and `modelVersion` when
+// known (these three replace the request's own).
 ModuleMessage result_message(const ModuleMessage& request, int status, std::string body,
                              const std::string& model, const std::string& version);
 

@@ -297,10 +297,18 @@ void score_json_request(ModelManager& models, std::string body, const std::strin
   };
   auto call = std::make_shared<Call>();
   call->shared.body = std::move(body);
-  auto decode = [call, max_json_depth](const std::vector<TensorInfo>& sig) -> Result<InferRequest> {
+  auto decode = [call, max_json_depth](const std::vector<TensorInfo>& sig,
+                                       const InputMapping* mapping) -> Result<InferRequest> {
     auto parsed = parse_json(call->shared.body, max_json_depth);
     if (!parsed) return parsed.error();
-    if (parsed->is_object() && parsed->contains("inputs")) {
+    const bool v2 = parsed->is_object() && parsed->contains("inputs");
+    if (mapping && !(v2 && (*parsed)["inputs"].is_array())) {
+      // A raw record (a sensor reading): the model's input mapping makes the tensors.
+      auto tensors = mapping->map(*parsed);
+      if (!tensors) return tensors.error();
+      return InferRequest{std::move(*tensors)};
+    }
+    if (v2) {
       call->v2 = true;
       call->shared.binary_offset = call->shared.body.size();  // JSON tensors only
       auto req = decode_v2_json(*parsed, call->shared, call->choice, call->id);
@@ -508,7 +516,7 @@ void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model
   const std::size_t depth = options_.max_json_depth;
   auto status = models_.submit(
       model, version,
-      [shared, choice, id, depth](const std::vector<TensorInfo>&) {
+      [shared, choice, id, depth](const std::vector<TensorInfo>&, const InputMapping*) {
         return decode_v2(*shared, depth, *choice, *id);
       },
       [respond, choice, id](Result<InferResult> result) {
@@ -524,7 +532,8 @@ void RestApi::score(const net::HttpRequest& request, const std::string& model,
   const std::size_t depth = options_.max_json_depth;
   auto status = models_.submit(
       model, "",
-      [body, depth](const std::vector<TensorInfo>& sig) -> Result<InferRequest> {
+      [body, depth](const std::vector<TensorInfo>& sig,
+                    const InputMapping*) -> Result<InferRequest> {
         auto parsed = parse_json(*body, depth);
         if (!parsed) return parsed.error();
         return decode_score(*parsed, sig);

@@ -68,10 +68,11 @@ struct ScoreAnswer {
 using ScoreDone = std::function<void(ScoreAnswer)>;
 
 // Scores `body` with the REST codec: a KServe v2 inference request when the JSON object has
-// "inputs" (JSON tensors only; outputs always come back as JSON), else an Azure ML /score
-// request. `model` empty: the default model; `version` empty: the serving one. `done` is called
-// exactly once: on a model worker, or here at once when the request is refused (unknown model,
-// queue full).
+// "inputs" (JSON tensors only; outputs always come back as JSON); else, when the version that
+// runs it has an input mapping, a raw record mapped to tensors by it; else an Azure ML /score
+// request. Records and /score requests are answered in the /score form. `model` empty: the default
+// model; `version` empty: the serving one. `done` is called exactly once: on a model worker, or
+// here at once when the request is refused (unknown model, queue full).
 void score_json_request(ModelManager& models, std::string body, const std::string& model,
                         const std::string& version, std::size_t max_json_depth, ScoreDone done);
 

@@ -229,6 +229,15 @@ Status Tensor::check_consistent() const {
   return {};
 }
 
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
 nlohmann::json to_json(const TensorInfo& info) {
   return {{"name", info.name}, {"datatype", to_string(info.dtype)}, {"shape", info.shape}};
 }

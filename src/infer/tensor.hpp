@@ -66,6 +66,8 @@ struct TensorInfo {
 };
 
 nlohmann::json to_json(const TensorInfo& info);
+// "[-1,4]": a shape in error messages.
+std::string shape_text(const std::vector<std::int64_t>& shape);
 
 // Fills `out.data`/`out.strings` from the JSON array `data` (flat or nested, as KServe allows),
 // converting every element to `out.dtype`. With `infer_shape`, out.shape is taken from the

@@ -56,7 +56,7 @@ class ModelManagerTest : public ::testing::Test {
     std::promise<Result<InferResult>> done;
     auto status = m.submit(
         "affine", version,
-        [x](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+        [x](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
           return InferRequest{{row(x)}};
         },
         [&done](Result<InferResult> r) { done.set_value(std::move(r)); });
@@ -158,7 +158,7 @@ TEST_F(ModelManagerTest, QueueLimitRefusesInsteadOfGrowing) {
   for (int i = 0; i < 20; ++i) {
     auto st = m.submit(
         "affine", "",
-        [gate](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+        [gate](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
           gate.wait();  // holds the worker so the queue fills
           return InferRequest{{row(1.0f)}};
         },
@@ -215,7 +215,7 @@ TEST_F(ModelManagerTest, WrongShapeAndDtypeAreInvalidArgument) {
     std::promise<Result<InferResult>> done;
     ASSERT_TRUE(m.submit(
         "affine", "",
-        [make](const std::vector<TensorInfo>&) -> Result<InferRequest> {
+        [make](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
           return InferRequest{{make()}};
         },
         [&done](Result<InferResult> r) { done.set_value(std::move(r)); }));

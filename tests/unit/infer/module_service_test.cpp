@@ -295,6 +295,108 @@ TEST_F(ModuleServiceTest, MessagesAreScoredWithTheRestCodecAndCorrelated) {
   EXPECT_EQ(service.pending_messages(), 0u);
 }
 
+TEST_F(ModuleServiceTest, RawRecordsAreMappedByTheModelsInputMapping) {
+  ModelManager models;
+  RecordingLink rec;
+  ModuleService service(models, nullptr, rec.link(), ModuleOptions{});
+  const json fields = {"machine.temperature", "machine.pressure", "ambient.temperature",
+                       "ambient.humidity"};
+  json e = entry(1);
+  e["inputMapping"] = {{"x", fields}};
+  service.on_desired({{"models", {{"affine", e}}}}, 1, true);
+  models.wait_idle();
+  ASSERT_TRUE(rec.wait([&] {
+    json d = json::object();
+    for (const auto& r : rec.reports) d.merge_patch(r);
+    return d["models"]["affine"]["status"] == "ready";
+  }));
+  EXPECT_EQ(rec.merged()["models"]["affine"]["inputMapping"],
+            json({{"x", {{"fields", fields}, {"datatype", "FP32"}, {"shape", {1, 4}}}}}));
+
+  auto send = [&](const std::string& id, const std::string& body,
+                  std::vector<std::pair<std::string, std::string>> app = {}) {
+    ModuleMessage m;
+    m.body = body;
+    m.message_id = id;
+    m.app = std::move(app);
+    service.on_message(m);
+  };
+  auto answer = [&](const std::string& cid) {
+    ModuleMessage found;
+    EXPECT_TRUE(rec.wait([&] {
+      for (const auto& [_, m] : rec.sent) {
+        if (m.correlation_id == cid) {
+          found = m;
+          return true;
+        }
+      }
+      return false;
+    })) << cid;
+    return found;
+  };
+  auto prop = [](const ModuleMessage& m, const std::string& k) {
+    std::vector<std::string> values;
+    for (const auto& [key, v] : m.app) {
+      if (key == k) values.push_back(v);
+    }
+    return values;
+  };
+  // cairn-sensor's reading, with its own properties (one spoofing a result property).
+  send("s-1", R"({"machine":{"temperature":21.5,"pressure":1.25},
+                  "ambient":{"temperature":20.75,"humidity":25},
+                  "timeCreated":"2026-12-02T22:00:00.000Z"})",
+       {{"anomaly", "false"}, {"Status", "spoofed"}});
+  auto scored = answer("s-1");
+  // affine v1: y = x + 10.
+  EXPECT_EQ(json::parse(scored.body), json::parse(R"({"y": [[31.5, 11.25, 30.75, 35.0]]})"));
+  EXPECT_EQ(prop(scored, "anomaly"), std::vector<std::string>{"false"});
+  EXPECT_EQ(prop(scored, "status"), std::vector<std::string>{"200"});
+  EXPECT_TRUE(prop(scored, "Status").empty());
+  EXPECT_EQ(prop(scored, "modelVersion"), std::vector<std::string>{"1"});
+
+  // A reading the mapping cannot take is refused with the field; JSON tensors still work.
+  send("s-2", R"({"machine":{"temperature":21.5},"ambient":{"temperature":20,"humidity":25}})");
+  auto refused = answer("s-2");
+  EXPECT_EQ(prop(refused, "status"), std::vector<std::string>{"400"});
+  EXPECT_NE(json::parse(refused.body)["error"].get<std::string>().find("machine.pressure"),
+            std::string::npos);
+  send("s-3", R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                  "data": [1, 2, 3, 4]}]})");
+  EXPECT_EQ(json::parse(answer("s-3").body)["outputs"][0]["data"], json({11.0, 12.0, 13.0, 14.0}));
+
+  // A version whose mapping does not fit its model fails to load; a malformed mapping is the
+  // model's error too. Version 1 keeps serving records either way.
+  json v2 = entry(2);
+  v2["inputMapping"] = {{"reading", fields}};
+  service.on_desired({{"models", {{"affine", v2}}}}, 2, false);
+  models.wait_idle();
+  ASSERT_TRUE(rec.wait([&] {
+    json d = json::object();
+    for (const auto& r : rec.reports) d.merge_patch(r);
+    return d["models"]["affine"]["status"] == "failed";
+  }));
+  auto doc = rec.merged()["models"]["affine"];
+  EXPECT_EQ(doc["version"], "1");
+  // The patch merged into the entry (RFC 7386): "x" is still mapped, "reading" is extra.
+  EXPECT_NE(doc["error"].get<std::string>().find(
+                "version 2: inputMapping.reading: the model has no input 'reading' (it has x)"),
+            std::string::npos)
+      << doc;
+  service.on_desired({{"models", {{"affine", {{"inputMapping", {{"x", {"a..b"}}}}}}}}}, 3, false);
+  models.wait_idle();
+  ASSERT_TRUE(rec.wait([&] {
+    json d = json::object();
+    for (const auto& r : rec.reports) d.merge_patch(r);
+    const auto& error = d["models"]["affine"]["error"];
+    return error.is_string() && error.get<std::string>().find("empty segment") != std::string::npos;
+  }));
+  send("s-4", R"({"machine":{"temperature":1,"pressure":2},
+                  "ambient":{"temperature":3,"humidity":4}})");
+  auto still = answer("s-4");
+  EXPECT_EQ(json::parse(still.body), json::parse(R"({"y": [[11.0, 12.0, 13.0, 14.0]]})"));
+  EXPECT_EQ(prop(still, "modelVersion"), std::vector<std::string>{"1"});
+}
+
 TEST_F(ModuleServiceTest, PendingLimitAnswersWithAnErrorInsteadOfQueueing) {
   ModelManager models;
   RecordingLink rec;
