@@ -54,11 +54,12 @@ demo: setup
 # Side-by-side benchmarks; docs/benchmarks.md records their latest output.
 bench: setup
 	cmake --preset release >/dev/null
-	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-bench
+	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-bench
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync true
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync false
 	build/bin/cairn-bench link
 	build/bin/cairn-bench agent
+	build/bin/cairn-bench infer
 
 clean:
 	rm -rf build build-asan build-debug build-tsan build-fuzz build-times build-times-fuzz

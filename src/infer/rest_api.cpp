@@ -94,7 +94,8 @@ const VersionInfo* pick_version(const ModelInfo& info, const std::string& versio
 
 struct Shared {
   std::string body;
-  std::string header_json;  // the JSON part (whole body without the binary extension)
+  // body[0, binary_offset) is the JSON part, the binary tensors follow (the whole body without
+  // the binary extension). Parsed in place: a body may be megabytes of JSON.
   std::size_t binary_offset = 0;
 };
 
@@ -194,7 +195,7 @@ Result<InferRequest> decode_v2_json(const nlohmann::json& j, const Shared& s, Ou
 
 Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputChoice& choice,
                                std::string& id) {
-  auto parsed = parse_json(s.header_json, max_depth);
+  auto parsed = parse_json(std::string_view(s.body).substr(0, s.binary_offset), max_depth);
   if (!parsed) return parsed.error();
   return decode_v2_json(*parsed, s, choice, id);
 }
@@ -211,9 +212,13 @@ net::HttpResponse encode_v2(const InferResult& result, const OutputChoice& choic
   auto emit = [&](const Tensor& t, bool as_binary) {
     nlohmann::json o{{"name", t.name}, {"datatype", to_string(t.dtype)}, {"shape", t.shape}};
     if (as_binary) {
-      const std::string raw = t.dtype == DataType::kBytes ? bytes_to_binary(t.strings) : t.data;
-      o["parameters"] = {{"binary_data_size", raw.size()}};
-      binary += raw;
+      const std::size_t before = binary.size();
+      if (t.dtype == DataType::kBytes) {
+        binary += bytes_to_binary(t.strings);
+      } else {
+        binary += t.data;  // no temporary: an output may be megabytes
+      }
+      o["parameters"] = {{"binary_data_size", binary.size() - before}};
       any_binary = true;
     } else {
       o["data"] = tensor_to_json(t, false);
@@ -505,10 +510,8 @@ void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model
                                              std::to_string(options_.max_inference_header_bytes) +
                                              " bytes"));
     }
-    shared->header_json = shared->body.substr(0, n);
     shared->binary_offset = n;
   } else {
-    shared->header_json = shared->body;
     shared->binary_offset = shared->body.size();
   }
   auto choice = std::make_shared<OutputChoice>();

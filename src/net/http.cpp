@@ -17,6 +17,7 @@
 #include "core/crypto.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
+#include "net/http_connection.hpp"
 #include "net/spawn.hpp"
 
 // gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
@@ -63,9 +64,11 @@ bool is_ip_literal(const std::string& host) {
   return !ec;
 }
 
-// Builds the wire request; `host_header` is used unless the caller set Host.
+// Builds the wire request; `host_header` is used unless the caller set Host. Without
+// `keep_alive` the request says `Connection: close`.
 Result<http::request<http::string_body>> build_request(const HttpRequest& request,
-                                                       const std::string& host_header) {
+                                                       const std::string& host_header,
+                                                       bool keep_alive = false) {
   auto verb = http::string_to_verb(request.method);
   if (verb == http::verb::unknown) {
     return make_error(errc::invalid_argument, "unknown HTTP method '" + request.method + "'");
@@ -92,8 +95,9 @@ Result<http::request<http::string_body>> build_request(const HttpRequest& reques
   if (!request.body.empty() && !has_header(request.headers, "content-type")) {
     req.set(http::field::content_type, "application/json");
   }
-  // One request per connection: say so, and the server need not wait for another.
-  req.keep_alive(false);
+  // One request per connection unless the caller keeps it: say so, and the server need not
+  // wait for another.
+  req.keep_alive(keep_alive);
   req.body() = request.body;
   req.prepare_payload();
   return req;
@@ -512,6 +516,115 @@ Result<HttpResponse> unix_http_stream(const std::string& socket_path, const Http
   io.run();
   if (!out) return make_error(errc::internal, "HTTP stream ended without a result");
   return std::move(*out);
+}
+
+struct HttpConnection::Impl {
+  Impl(std::string h, std::uint16_t p) : host(std::move(h)), port(p), stream(io) {
+    const bool v6 = is_ip_literal(host) && host.find(':') != std::string::npos;
+    where = (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    host_header = where;
+  }
+
+  // Runs the io_context until the operations started on it finish or `timeout_secs` pass (the
+  // stream's own expiry then fails them).
+  void run() {
+    io.restart();
+    io.run();
+  }
+
+  Status connect(int timeout_secs) {
+    stream.close();
+    buffer.clear();
+    error_code ec;
+    tcp::resolver resolver(io);
+    auto endpoints =
+        resolver.resolve(host, std::to_string(port), tcp::resolver::numeric_service, ec);
+    if (ec) return make_error(errc::unavailable, "cannot resolve " + host + ": " + ec.message());
+    stream.expires_after(std::chrono::seconds(timeout_secs));
+    stream.async_connect(endpoints, [&ec](const error_code& e, const tcp::endpoint&) { ec = e; });
+    run();
+    if (ec) {
+      return make_error(ec == beast::error::timeout ? errc::timeout : errc::unavailable,
+                        "cannot connect to " + where + ": " + ec.message());
+    }
+    // Requests and answers are small and follow each other: never hold a segment back.
+    stream.socket().set_option(tcp::no_delay(true), ec);
+    open = true;
+    return {};
+  }
+
+  // One exchange on the open connection. `answered` tells whether any byte of an answer came.
+  Result<HttpResponse> exchange(http::request<http::string_body>& req, int timeout_secs,
+                                bool& answered) {
+    error_code ec;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(kMaxResponseBody);
+    if (req.method() == http::verb::head) parser.skip(true);
+    stream.expires_after(std::chrono::seconds(timeout_secs));
+    http::async_write(stream, req, [&](const error_code& e, std::size_t) {
+      if (e) {
+        ec = e;
+        return;
+      }
+      http::async_read(stream, buffer, parser, [&](const error_code& r, std::size_t) { ec = r; });
+    });
+    run();
+    answered = parser.got_some();
+    if (ec) {
+      open = false;
+      stream.close();
+      if (ec == beast::error::timeout) {
+        return make_error(errc::timeout, "no answer from " + where + " within " +
+                                             std::to_string(timeout_secs) + " s");
+      }
+      return make_error(errc::io_error, "HTTP exchange with " + where + " failed: " + ec.message());
+    }
+    if (!parser.get().keep_alive()) {
+      open = false;
+      stream.close();
+    }
+    return to_response(parser.get());
+  }
+
+  std::string host;
+  std::uint16_t port;
+  std::string where;
+  std::string host_header;
+  asio::io_context io{1};
+  beast::tcp_stream stream;
+  beast::flat_buffer buffer;
+  bool open = false;
+};
+
+HttpConnection::HttpConnection(std::string host, std::uint16_t port)
+    : impl_(std::make_unique<Impl>(std::move(host), port)) {}
+
+HttpConnection::~HttpConnection() = default;
+
+Status HttpConnection::connect(int timeout_secs) {
+  return impl_->connect(timeout_secs <= 0 ? 1 : timeout_secs);
+}
+
+void HttpConnection::close() {
+  impl_->open = false;
+  impl_->stream.close();
+}
+
+Result<HttpResponse> HttpConnection::request(const HttpRequest& request, int timeout_secs) {
+  if (timeout_secs <= 0) timeout_secs = 1;
+  auto req = build_request(request, impl_->host_header, true);
+  if (!req) return std::move(req).error();
+  const bool reused = impl_->open;
+  if (!impl_->open) CAIRN_TRY(impl_->connect(timeout_secs));
+  bool answered = false;
+  auto response = impl_->exchange(*req, timeout_secs, answered);
+  // The server may have closed an idle keep-alive connection just before we wrote: nothing
+  // was answered, so the request is sent again on a fresh connection, once.
+  if (!response && reused && !answered && response.error().code == errc::io_error) {
+    CAIRN_TRY(impl_->connect(timeout_secs));
+    response = impl_->exchange(*req, timeout_secs, answered);
+  }
+  return response;
 }
 
 }  // namespace cairn::net

@@ -33,6 +33,7 @@
 
 #include "loopback.hpp"
 #include "net/certs.hpp"
+#include "net/http_connection.hpp"
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -244,6 +245,68 @@ TEST_F(HttpTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   ASSERT_EQ(echo.peers.size(), 3u);
   EXPECT_EQ(echo.peers[0], echo.peers[1]);  // same client port: the same connection
   EXPECT_EQ(echo.peers[1], echo.peers[2]);
+}
+
+TEST_F(HttpTest, HttpConnectionSendsRequestsOnOneKeptConnection) {
+  EchoHandler echo;
+  auto port = start(echo.handler(), false);
+  HttpConnection conn("127.0.0.1", port);
+  for (int i = 0; i < 3; ++i) {
+    HttpRequest req;
+    req.method = "POST";
+    req.target = "/n/" + std::to_string(i);
+    req.body = "b" + std::to_string(i);
+    req.headers = {{"X-Test", "t"}};
+    auto res = conn.request(req, 10);
+    ASSERT_TRUE(res) << res.error().to_string();
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->body, "POST /n/" + std::to_string(i) + " t b" + std::to_string(i));
+  }
+  std::lock_guard lock(echo.mu);
+  ASSERT_EQ(echo.peers.size(), 3u);
+  EXPECT_EQ(echo.peers[0], echo.peers[1]);  // same client port: the same connection
+  EXPECT_EQ(echo.peers[1], echo.peers[2]);
+}
+
+TEST_F(HttpTest, HttpConnectionReopensAConnectionTheServerClosed) {
+  EchoHandler echo;
+  HttpLimits limits;
+  limits.read_timeout = std::chrono::seconds(1);  // the server drops idle connections after 1 s
+  auto port = start(echo.handler(), false, limits);
+  HttpConnection conn("127.0.0.1", port);
+  HttpRequest req;
+  req.method = "GET";
+  req.target = "/first";
+  ASSERT_TRUE(conn.request(req, 10));
+  // Wait until the server has closed the idle connection: its peer list cannot tell, but a
+  // new connection shows up as a new peer on the next request.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  req.target = "/second";
+  auto res = conn.request(req, 10);
+  ASSERT_TRUE(res) << res.error().to_string();
+  EXPECT_EQ(res->body, "GET /second  ");
+  std::lock_guard lock(echo.mu);
+  ASSERT_EQ(echo.peers.size(), 2u);
+  EXPECT_NE(echo.peers[0], echo.peers[1]);
+}
+
+TEST_F(HttpTest, HttpConnectionReportsBadInputAndUnreachableServers) {
+  EchoHandler echo;
+  auto port = start(echo.handler(), false);
+  servers_.back()->stop();
+  sync_with_io();
+  HttpConnection conn("127.0.0.1", port);
+  HttpRequest req;
+  req.method = "GET";
+  req.target = "/";
+  auto res = conn.request(req, 5);
+  ASSERT_FALSE(res);
+  EXPECT_EQ(res.error().code, errc::unavailable);
+  req.target = "no-slash";
+  res = conn.request(req, 5);
+  ASSERT_FALSE(res);
+  EXPECT_EQ(res.error().code, errc::invalid_argument);
+  EXPECT_EQ(echo.calls, 0);
 }
 
 TEST_F(HttpTest, PipelinedAndChunkedRequestsAreParsed) {

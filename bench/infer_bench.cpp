@@ -1,0 +1,800 @@
+#include "bench/infer_bench.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/histogram.hpp"
+#include "bench/process.hpp"
+#include "net/http_connection.hpp"
+#include <onnxruntime_cxx_api.h>
+
+namespace cairn::bench {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kStartLimit = std::chrono::milliseconds(120000);
+constexpr int kRequestTimeoutSecs = 120;
+// Targets of the inference benchmark: v2 binary p50 within 50 µs of raw ORT on the tiny model
+// and within 3 % on PP-OCR det; throughput at least the Node server's at every concurrency.
+constexpr double kTinyOverheadTargetUs = 50;
+constexpr double kLargeOverheadTargetRatio = 1.03;
+
+enum class Mode { kRawOrt, kV2Binary, kV2Json, kScore, kNodeScore };
+
+constexpr Mode kModes[] = {Mode::kRawOrt, Mode::kV2Binary, Mode::kV2Json, Mode::kScore,
+                           Mode::kNodeScore};
+constexpr Mode kCairnModes[] = {Mode::kV2Binary, Mode::kV2Json, Mode::kScore};
+
+std::string_view label(Mode m) {
+  switch (m) {
+    case Mode::kRawOrt:
+      return "raw ONNX Runtime (in-process)";
+    case Mode::kV2Binary:
+      return "cairn-infer v2 binary";
+    case Mode::kV2Json:
+      return "cairn-infer v2 JSON";
+    case Mode::kScore:
+      return "cairn-infer /score";
+    case Mode::kNodeScore:
+      return "Node + onnxruntime-node /score";
+  }
+  return "";
+}
+
+std::string_view key(Mode m) {
+  switch (m) {
+    case Mode::kRawOrt:
+      return "raw_ort";
+    case Mode::kV2Binary:
+      return "v2_binary";
+    case Mode::kV2Json:
+      return "v2_json";
+    case Mode::kScore:
+      return "score";
+    case Mode::kNodeScore:
+      return "node_score";
+  }
+  return "";
+}
+
+// One model under test with its input and raw ORT's answer to it.
+struct Workload {
+  std::string name;  // "tiny", "ppocr-det"
+  std::string description;
+  fs::path path;
+  double duration_s = 1;
+  double warmup_s = 0.3;
+  std::string input_name;
+  std::vector<std::int64_t> shape;
+  std::vector<float> input;
+  std::string output_name;
+  std::vector<float> expected;  // raw ORT's output
+};
+
+// One measured point: closed-loop clients for a while.
+struct Point {
+  LatencyHistogram latency;
+  std::uint64_t requests = 0;
+  double seconds = 0;
+  double mean_batch = 0;  // cairn-infer's requests per engine run in the window (0: unknown)
+  std::string error;
+  double per_second() const { return seconds > 0 ? static_cast<double>(requests) / seconds : 0; }
+};
+
+struct ModeResult {
+  std::map<int, Point> plain;    // concurrency -> point
+  std::map<int, Point> batched;  // cairn-infer with dynamic batching
+};
+
+struct ModelResult {
+  std::string model;
+  std::string description;
+  std::map<Mode, ModeResult> modes;
+  // One client, a request each server answers on its HTTP thread without running the model
+  // (cairn-infer GET /v2/health/live, Node GET /score -> 404): what HTTP alone costs.
+  std::optional<Point> infer_http_floor;
+  std::optional<Point> node_http_floor;
+  std::optional<std::uint64_t> infer_rss_kib;  // one model loaded, after the first requests
+  std::optional<std::uint64_t> infer_rss_after_kib;
+  std::optional<std::uint64_t> node_rss_kib;
+  std::optional<std::uint64_t> node_rss_after_kib;
+  std::vector<std::string> errors;
+};
+
+// --- raw ONNX Runtime ---------------------------------------------------------------------
+
+Ort::Env& ort_env() {
+  static Ort::Env* env = [] {
+    // Upstream builds send telemetry on Linux unless told not to, before the first Env.
+    ::setenv("ORT_DISABLE_TELEMETRY", "1", 0);
+    auto* e = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "cairn-bench");
+    e->DisableTelemetryEvents();
+    return e;
+  }();
+  return *env;
+}
+
+// The session as cairn-infer and the Node server configure theirs.
+std::unique_ptr<Ort::Session> open_session(const fs::path& model) {
+  Ort::SessionOptions so;
+  so.SetIntraOpNumThreads(1);
+  so.SetInterOpNumThreads(1);
+  so.SetGraphOptimizationLevel(ORT_ENABLE_ALL);
+  return std::make_unique<Ort::Session>(ort_env(), model.c_str(), so);
+}
+
+// One Run on the workload's input, as a caller linking ORT would: wrap the input buffer, run,
+// read the output in place. Returns the output when `out` is given.
+void run_once(Ort::Session& session, const Workload& w, std::vector<float>* out) {
+  static const Ort::MemoryInfo cpu =
+      Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  auto value = Ort::Value::CreateTensor<float>(cpu, const_cast<float*>(w.input.data()),
+                                               w.input.size(), w.shape.data(), w.shape.size());
+  const char* in_name = w.input_name.c_str();
+  const char* out_name = w.output_name.c_str();
+  auto results = session.Run(Ort::RunOptions{nullptr}, &in_name, &value, 1, &out_name, 1);
+  if (out) {
+    const auto n = results[0].GetTensorTypeAndShapeInfo().GetElementCount();
+    const float* p = results[0].GetTensorData<float>();
+    out->assign(p, p + n);
+  }
+}
+
+// --- request bodies and answers --------------------------------------------------------------
+
+// Floats print as the shortest text that reads back as the same float, so every mode feeds
+// the model bit-identical input.
+void append_nested(std::string& out, const std::vector<float>& v,
+                   const std::vector<std::int64_t>& shape, std::size_t dim, std::size_t& pos) {
+  out += '[';
+  for (std::int64_t i = 0; i < shape[dim]; ++i) {
+    if (i) out += ',';
+    if (dim + 1 == shape.size()) {
+      fmt::format_to(std::back_inserter(out), "{}", v[pos++]);
+    } else {
+      append_nested(out, v, shape, dim + 1, pos);
+    }
+  }
+  out += ']';
+}
+
+std::string flat_json(const std::vector<float>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ',';
+    fmt::format_to(std::back_inserter(out), "{}", v[i]);
+  }
+  return out + "]";
+}
+
+std::string shape_json(const std::vector<std::int64_t>& shape) { return json(shape).dump(); }
+
+// The request each HTTP mode sends, built once.
+net::HttpRequest request_for(Mode mode, const Workload& w) {
+  net::HttpRequest r;
+  r.method = "POST";
+  if (mode == Mode::kScore || mode == Mode::kNodeScore) {
+    r.target = "/score";
+    std::size_t pos = 0;
+    r.body = "{\"data\":";
+    append_nested(r.body, w.input, w.shape, 0, pos);
+    r.body += "}";
+    return r;
+  }
+  r.target = "/v2/models/" + w.name + "/infer";
+  if (mode == Mode::kV2Json) {
+    r.body = fmt::format(R"({{"inputs":[{{"name":"{}","datatype":"FP32","shape":{},"data":{}}}]}})",
+                         w.input_name, shape_json(w.shape), flat_json(w.input));
+    return r;
+  }
+  const std::size_t bytes = w.input.size() * sizeof(float);
+  const std::string header = fmt::format(
+      R"({{"inputs":[{{"name":"{}","datatype":"FP32","shape":{},"parameters":{{"binary_data_size":{}}}}}],"parameters":{{"binary_data_output":true}}}})",
+      w.input_name, shape_json(w.shape), bytes);
+  r.body = header;
+  r.body.append(reinterpret_cast<const char*>(w.input.data()), bytes);
+  r.headers = {{"Inference-Header-Content-Length", std::to_string(header.size())},
+               {"Content-Type", "application/octet-stream"}};
+  return r;
+}
+
+void flatten(const json& j, std::vector<float>& out) {
+  if (j.is_array()) {
+    for (const auto& e : j) flatten(e, out);
+  } else {
+    out.push_back(j.get<float>());
+  }
+}
+
+// The output tensor in an answer of `mode`.
+Result<std::vector<float>> output_of(Mode mode, const Workload& w, const net::HttpResponse& r) {
+  auto bad = [&](const std::string& why) {
+    return make_error(errc::invalid_argument,
+                      std::string(label(mode)) + ": " + why + ": " + r.body.substr(0, 200));
+  };
+  if (r.status != 200) return bad("HTTP " + std::to_string(r.status));
+  std::vector<float> out;
+  try {
+    if (mode == Mode::kV2Binary) {
+      const std::size_t n = std::stoul(r.header("Inference-Header-Content-Length"));
+      const auto header = json::parse(r.body.substr(0, n));
+      const auto& o = header.at("outputs").at(0);
+      const std::size_t size = o.at("parameters").at("binary_data_size").get<std::size_t>();
+      if (n + size != r.body.size() || size % sizeof(float)) return bad("binary sizes disagree");
+      out.resize(size / sizeof(float));
+      std::memcpy(out.data(), r.body.data() + n, size);
+    } else if (mode == Mode::kV2Json) {
+      flatten(json::parse(r.body).at("outputs").at(0).at("data"), out);
+    } else {
+      flatten(json::parse(r.body).at(w.output_name), out);
+    }
+  } catch (const std::exception& e) {
+    return bad(std::string("unreadable answer (") + e.what() + ")");
+  }
+  return out;
+}
+
+// Same values as raw ORT's, to float rounding (a batched run may sum in another order).
+Status check_output(Mode mode, const Workload& w, const std::vector<float>& got) {
+  if (got.size() != w.expected.size()) {
+    return make_error(errc::internal, fmt::format("{}: {} output elements, raw ORT gave {}",
+                                                  label(mode), got.size(), w.expected.size()));
+  }
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (std::fabs(got[i] - w.expected[i]) > 1e-4f * (1.0f + std::fabs(w.expected[i]))) {
+      return make_error(errc::internal, fmt::format("{}: output element {} is {}, raw ORT gave {}",
+                                                    label(mode), i, got[i], w.expected[i]));
+    }
+  }
+  return {};
+}
+
+// --- closed-loop load ------------------------------------------------------------------------
+
+// `clients` threads call `once(client)` back to back for warmup + duration; latencies and
+// completions inside the measured window count.
+Point closed_loop(int clients, double warmup_s, double duration_s,
+                  const std::function<Status(int)>& once) {
+  Point point;
+  FirstError first_error;
+  std::vector<LatencyHistogram> hists(static_cast<std::size_t>(clients));
+  std::vector<std::uint64_t> counts(static_cast<std::size_t>(clients), 0);
+  std::atomic<bool> failed{false};
+  const auto start = Clock::now() + std::chrono::milliseconds(20);
+  const auto measure_from =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup_s));
+  const auto measure_to = measure_from + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(duration_s));
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::this_thread::sleep_until(start);
+      while (!failed.load(std::memory_order_relaxed)) {
+        const auto t0 = Clock::now();
+        if (t0 >= measure_to) break;
+        auto s = once(c);
+        const auto t1 = Clock::now();
+        if (!s) {
+          first_error.set(s.error().message);
+          failed = true;
+          break;
+        }
+        if (t0 >= measure_from && t1 <= measure_to) {
+          hists[static_cast<std::size_t>(c)].record(static_cast<std::uint64_t>(
+              std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+          ++counts[static_cast<std::size_t>(c)];
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int c = 0; c < clients; ++c) {
+    point.latency.merge(hists[static_cast<std::size_t>(c)]);
+    point.requests += counts[static_cast<std::size_t>(c)];
+  }
+  point.seconds = duration_s;
+  point.error = first_error.text();
+  return point;
+}
+
+// --- servers -----------------------------------------------------------------------------
+
+struct Server {
+  std::optional<ChildProcess> process;
+  std::uint16_t port = 0;
+};
+
+// Starts a server on a free loopback port ("{port}" in an argument becomes its number)
+// and waits until it accepts connections.
+Result<Server> start_server(std::vector<std::string> argv, const std::string& log_path) {
+  auto port = free_loopback_port();
+  if (!port) return port.error();
+  for (auto& a : argv) {
+    if (auto at = a.find("{port}"); at != std::string::npos)
+      a.replace(at, 6, std::to_string(*port));
+  }
+  const auto started = Clock::now();
+  auto child = ChildProcess::spawn(argv, log_path);
+  if (!child) return child.error();
+  Server s;
+  s.process.emplace(std::move(*child));
+  s.port = *port;
+  auto up = wait_until_accepting(*s.process, *port, started, kStartLimit);
+  if (!up) {
+    return make_error(up.error().code,
+                      argv[0] + ": " + up.error().message + "\n" + tail_of_file(log_path));
+  }
+  return s;
+}
+
+// Requests per engine run in cairn-infer so far: (sum, count) of cairn_infer_batch_size.
+std::pair<double, double> batch_counters(std::uint16_t port) {
+  net::HttpConnection conn("127.0.0.1", port);
+  net::HttpRequest request;
+  request.method = "GET";
+  request.target = "/metrics";
+  auto r = conn.request(request, 10);
+  double sum = 0, count = 0;
+  if (!r || r->status != 200) return {0, 0};
+  for (std::string_view text = r->body; !text.empty();) {
+    const auto eol = text.find('\n');
+    std::string_view line = text.substr(0, eol);
+    text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+    auto value = [&] {
+      return std::strtod(std::string(line.substr(line.rfind(' ') + 1)).c_str(), nullptr);
+    };
+    if (line.rfind("cairn_infer_batch_size_sum{", 0) == 0) sum = value();
+    if (line.rfind("cairn_infer_batch_size_count{", 0) == 0) count = value();
+  }
+  return {sum, count};
+}
+
+class Bench {
+ public:
+  Bench(const InferBenchOptions& o, fs::path work) : o_(o), work_(std::move(work)) {}
+  int run();
+
+ private:
+  Result<Workload> prepare(const std::string& name);
+  void measure_raw(const Workload& w, ModelResult& out);
+  Point measure_http(Mode mode, const Workload& w, std::uint16_t port, int clients,
+                     bool count_batches);
+  Status verify_http(Mode mode, const Workload& w, std::uint16_t port);
+  Point measure_http_floor(const Workload& w, std::uint16_t port, const std::string& target);
+  void measure_cairn(const Workload& w, bool batching, ModelResult& out);
+  void measure_node(const Workload& w, ModelResult& out);
+  void print(const std::vector<ModelResult>& results, json& out, bool& all_met) const;
+
+  InferBenchOptions o_;
+  fs::path work_;
+  fs::path generated_;
+};
+
+Result<Workload> Bench::prepare(const std::string& name) {
+  Workload w;
+  w.name = name;
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  if (name == "tiny") {
+    if (generated_.empty()) {
+      generated_ = work_ / "models";
+      auto r = run_capture({"/usr/bin/python3", o_.source_dir + "/tests/models/make_onnx_models.py",
+                            generated_.string()},
+                           (work_ / "tools.log").string(), std::chrono::milliseconds(120000));
+      if (!r) return r.error();
+    }
+    w.path = generated_ / "tiny_mlp.onnx";
+    w.description = "tiny_mlp (FP32 [1, 16] -> [1, 4], 16-32-4 MLP)";
+    w.shape = {1, 16};
+    w.duration_s = o_.tiny_duration_s;
+    w.warmup_s = 0.3;
+  } else {
+    auto det = ppocr_det_model(o_.cache_dir, (work_ / "tools.log").string());
+    if (!det) return det.error();
+    w.path = *det;
+    w.description = fmt::format("PP-OCRv4 det (FP32 [1, 3, {0}, {0}])", o_.ppocr_size);
+    w.shape = {1, 3, o_.ppocr_size, o_.ppocr_size};
+    w.duration_s = o_.ppocr_duration_s;
+    w.warmup_s = 1.0;
+  }
+  std::size_t n = 1;
+  for (auto d : w.shape) n *= static_cast<std::size_t>(d);
+  w.input.resize(n);
+  for (auto& v : w.input) v = uniform(rng);
+  try {
+    auto session = open_session(w.path);
+    Ort::AllocatorWithDefaultOptions allocator;
+    w.input_name = session->GetInputNameAllocated(0, allocator).get();
+    w.output_name = session->GetOutputNameAllocated(0, allocator).get();
+    run_once(*session, w, &w.expected);
+  } catch (const std::exception& e) {
+    return make_error(errc::internal, w.path.string() + ": onnxruntime: " + e.what());
+  }
+  return w;
+}
+
+void Bench::measure_raw(const Workload& w, ModelResult& out) {
+  std::unique_ptr<Ort::Session> session;
+  try {
+    session = open_session(w.path);
+    run_once(*session, w, nullptr);
+  } catch (const std::exception& e) {
+    out.errors.push_back(std::string("raw ORT: ") + e.what());
+    return;
+  }
+  for (int c : o_.concurrency) {
+    progress(fmt::format("{}: raw ONNX Runtime, {} thread(s)", w.name, c));
+    // ORT's Session::Run may be called from several threads at once.
+    out.modes[Mode::kRawOrt].plain[c] =
+        closed_loop(c, w.warmup_s, w.duration_s, [&](int) -> Status {
+          try {
+            run_once(*session, w, nullptr);
+          } catch (const std::exception& e) {
+            return make_error(errc::internal, std::string("onnxruntime: ") + e.what());
+          }
+          return {};
+        });
+  }
+}
+
+Status Bench::verify_http(Mode mode, const Workload& w, std::uint16_t port) {
+  net::HttpConnection conn("127.0.0.1", port);
+  auto r = conn.request(request_for(mode, w), kRequestTimeoutSecs);
+  if (!r) return std::move(r).error();
+  auto got = output_of(mode, w, *r);
+  if (!got) return std::move(got).error();
+  return check_output(mode, w, *got);
+}
+
+Point Bench::measure_http(Mode mode, const Workload& w, std::uint16_t port, int clients,
+                          bool count_batches) {
+  const net::HttpRequest request = request_for(mode, w);
+  std::vector<std::unique_ptr<net::HttpConnection>> conns;
+  for (int c = 0; c < clients; ++c) {
+    conns.push_back(std::make_unique<net::HttpConnection>("127.0.0.1", port));
+    if (auto s = conns.back()->connect(10); !s) {
+      Point p;
+      p.error = s.error().message;
+      return p;
+    }
+  }
+  const auto before = count_batches ? batch_counters(port) : std::pair<double, double>{};
+  Point p = closed_loop(clients, w.warmup_s, w.duration_s, [&](int c) -> Status {
+    auto r = conns[static_cast<std::size_t>(c)]->request(request, kRequestTimeoutSecs);
+    if (!r) return std::move(r).error();
+    if (r->status != 200) {
+      return make_error(errc::internal, fmt::format("{}: HTTP {}: {}", label(mode), r->status,
+                                                    r->body.substr(0, 200)));
+    }
+    return {};
+  });
+  if (count_batches) {
+    const auto after = batch_counters(port);
+    // Warm-up runs are in the difference too; the mean is what the server did under this load.
+    if (after.second > before.second) {
+      p.mean_batch = (after.first - before.first) / (after.second - before.second);
+    }
+  }
+  return p;
+}
+
+Point Bench::measure_http_floor(const Workload& w, std::uint16_t port, const std::string& target) {
+  net::HttpConnection conn("127.0.0.1", port);
+  net::HttpRequest request;
+  request.method = "GET";
+  request.target = target;
+  return closed_loop(1, 0.3, std::min(w.duration_s, 1.0), [&](int) -> Status {
+    auto r = conn.request(request, kRequestTimeoutSecs);
+    if (!r) return std::move(r).error();
+    return {};
+  });
+}
+
+void Bench::measure_cairn(const Workload& w, bool batching, ModelResult& out) {
+  std::vector<std::string> argv{o_.infer_path,
+                                "--model",
+                                w.name + "=" + w.path.string(),
+                                "--http",
+                                "127.0.0.1:{port}",
+                                "--log-level",
+                                "warn",
+                                "--intra-op-threads",
+                                "1",
+                                "--inter-op-threads",
+                                "1",
+                                "--graph-optimization",
+                                "all",
+                                "--max-batch-size",
+                                batching ? std::to_string(o_.max_batch_size) : "1",
+                                "--max-queue-delay-us",
+                                batching ? std::to_string(o_.max_queue_delay_us) : "0"};
+  const auto log =
+      (work_ / fmt::format("cairn-infer-{}-{}.log", w.name, batching ? "batch" : "plain")).string();
+  progress(fmt::format("{}: starting cairn-infer ({})", w.name,
+                       batching ? "dynamic batching" : "no batching"));
+  auto server = start_server(argv, log);
+  if (!server) {
+    out.errors.push_back("cairn-infer: " + server.error().message);
+    return;
+  }
+  for (Mode m : kCairnModes) {
+    if (auto s = verify_http(m, w, server->port); !s) {
+      out.errors.push_back(s.error().message);
+      return;
+    }
+  }
+  if (!batching) {
+    out.infer_rss_kib = server->process->rss_kib();
+    progress(fmt::format("{}: cairn-infer GET /v2/health/live, 1 client", w.name));
+    out.infer_http_floor = measure_http_floor(w, server->port, "/v2/health/live");
+  }
+  for (Mode m : kCairnModes) {
+    for (int c : o_.concurrency) {
+      if (batching && c == 1) continue;  // one client never has a second request to merge
+      progress(
+          fmt::format("{}: {}, {} client(s){}", w.name, label(m), c, batching ? ", batching" : ""));
+      auto p = measure_http(m, w, server->port, c, batching);
+      if (!p.error.empty()) out.errors.push_back(p.error);
+      (batching ? out.modes[m].batched : out.modes[m].plain)[c] = std::move(p);
+    }
+  }
+  if (!batching) out.infer_rss_after_kib = server->process->rss_kib();
+  if (!server->process->running()) {
+    out.errors.push_back("cairn-infer " + server->process->exit_description() + "\n" +
+                         tail_of_file(log));
+  }
+  server->process->stop();
+}
+
+void Bench::measure_node(const Workload& w, ModelResult& out) {
+  const auto log = (work_ / fmt::format("node-{}.log", w.name)).string();
+  progress(fmt::format("{}: starting the Node scoring server", w.name));
+  auto server =
+      start_server({o_.node_path, o_.node_server, w.path.string(), "127.0.0.1", "{port}"}, log);
+  if (!server) {
+    out.errors.push_back("node: " + server.error().message);
+    return;
+  }
+  if (auto s = verify_http(Mode::kNodeScore, w, server->port); !s) {
+    out.errors.push_back(s.error().message);
+    return;
+  }
+  out.node_rss_kib = server->process->rss_kib();
+  progress(fmt::format("{}: Node GET /score (404), 1 client", w.name));
+  out.node_http_floor = measure_http_floor(w, server->port, "/score");
+  for (int c : o_.concurrency) {
+    progress(fmt::format("{}: {}, {} client(s)", w.name, label(Mode::kNodeScore), c));
+    auto p = measure_http(Mode::kNodeScore, w, server->port, c, false);
+    if (!p.error.empty()) out.errors.push_back(p.error);
+    out.modes[Mode::kNodeScore].plain[c] = std::move(p);
+  }
+  out.node_rss_after_kib = server->process->rss_kib();
+  server->process->stop();
+}
+
+double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
+
+std::string mib(const std::optional<std::uint64_t>& kib) {
+  return kib ? fmt::format("{:.1f} MiB", static_cast<double>(*kib) / 1024.0) : "-";
+}
+
+void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_met) const {
+  for (const auto& r : results) {
+    std::cout << "\n" << r.model << ": " << r.description << "\n\n";
+    std::cout << "| mode | p50 µs | p99 µs | overhead p50 µs | p50 / raw |";
+    for (int c : o_.concurrency) std::cout << " req/s c=" << c << " |";
+    for (int c : o_.concurrency) {
+      if (c > 1) std::cout << " batched c=" << c << " |";
+    }
+    std::cout << "\n|---|---:|---:|---:|---:|";
+    for (int c : o_.concurrency) std::cout << (c > 1 ? "---:|---:|" : "---:|");
+    std::cout << "\n";
+    const Point* raw1 = nullptr;
+    if (auto it = r.modes.find(Mode::kRawOrt); it != r.modes.end() && it->second.plain.count(1)) {
+      raw1 = &it->second.plain.at(1);
+    }
+    json modes_json = json::object();
+    for (Mode m : kModes) {
+      auto it = r.modes.find(m);
+      if (it == r.modes.end()) continue;
+      const ModeResult& mr = it->second;
+      json mj;
+      std::cout << "| " << label(m) << " | ";
+      if (auto p = mr.plain.find(1); p != mr.plain.end() && p->second.latency.count() > 0) {
+        const auto p50 = p->second.latency.quantile(0.5), p99 = p->second.latency.quantile(0.99);
+        std::cout << fmt::format("{:.1f} | {:.1f} | ", us(p50), us(p99));
+        mj["p50_us"] = us(p50);
+        mj["p99_us"] = us(p99);
+        if (raw1 && raw1->latency.count() > 0) {
+          const auto raw50 = raw1->latency.quantile(0.5);
+          const double over = us(p50) - us(raw50);
+          const double ratio = static_cast<double>(p50) / static_cast<double>(raw50);
+          std::cout << fmt::format("{:.1f} | {:.3f}x |", over, ratio);
+          mj["overhead_p50_us"] = over;
+          mj["ratio_p50"] = ratio;
+        } else {
+          std::cout << "- | - |";
+        }
+      } else {
+        std::cout << "- | - | - | - |";
+      }
+      for (int c : o_.concurrency) {
+        auto p = mr.plain.find(c);
+        if (p == mr.plain.end() || !p->second.error.empty()) {
+          std::cout << " - |";
+          continue;
+        }
+        std::cout << fmt::format(" {:.0f} |", p->second.per_second());
+        mj["per_second"][std::to_string(c)] = p->second.per_second();
+        mj["p50_us_at"][std::to_string(c)] = us(p->second.latency.quantile(0.5));
+        mj["p99_us_at"][std::to_string(c)] = us(p->second.latency.quantile(0.99));
+      }
+      for (int c : o_.concurrency) {
+        if (c == 1) continue;
+        auto p = mr.batched.find(c);
+        if (p == mr.batched.end() || !p->second.error.empty()) {
+          std::cout << " - |";
+          continue;
+        }
+        std::cout << fmt::format(" {:.0f} ({:.1f}/run) |", p->second.per_second(),
+                                 p->second.mean_batch);
+        mj["batched_per_second"][std::to_string(c)] = p->second.per_second();
+        mj["batched_mean_batch"][std::to_string(c)] = p->second.mean_batch;
+        mj["batched_p50_us_at"][std::to_string(c)] = us(p->second.latency.quantile(0.5));
+      }
+      std::cout << "\n";
+      modes_json[std::string(key(m))] = mj;
+    }
+    auto floor_text = [](const std::optional<Point>& p) {
+      if (!p || p->latency.count() == 0) return std::string("-");
+      return fmt::format("p50 {:.1f} µs, p99 {:.1f} µs", us(p->latency.quantile(0.5)),
+                         us(p->latency.quantile(0.99)));
+    };
+    std::cout << "\nHTTP alone, 1 client, answered without running the model: cairn-infer "
+                 "GET /v2/health/live "
+              << floor_text(r.infer_http_floor) << "; Node GET /score (404) "
+              << floor_text(r.node_http_floor) << "\n";
+    std::cout << "\nRSS with the one model loaded (after the first requests / after the runs): "
+              << "cairn-infer " << mib(r.infer_rss_kib) << " / " << mib(r.infer_rss_after_kib)
+              << ", Node server " << mib(r.node_rss_kib) << " / " << mib(r.node_rss_after_kib)
+              << "\n";
+
+    // Targets.
+    std::vector<std::string> verdicts;
+    json targets = json::object();
+    auto mode_p50 = [&](Mode m) -> std::optional<std::uint64_t> {
+      auto it = r.modes.find(m);
+      if (it == r.modes.end() || !it->second.plain.count(1)) return std::nullopt;
+      const auto& p = it->second.plain.at(1);
+      if (p.latency.count() == 0) return std::nullopt;
+      return p.latency.quantile(0.5);
+    };
+    const auto raw50 = mode_p50(Mode::kRawOrt);
+    const auto bin50 = mode_p50(Mode::kV2Binary);
+    if (raw50 && bin50) {
+      bool met = false;
+      std::string what;
+      if (r.model == "tiny") {
+        const double over = us(*bin50) - us(*raw50);
+        met = over <= kTinyOverheadTargetUs;
+        what = fmt::format("v2 binary p50 {:.1f} µs over raw ORT (target <= {:.0f} µs)", over,
+                           kTinyOverheadTargetUs);
+      } else {
+        const double ratio = static_cast<double>(*bin50) / static_cast<double>(*raw50);
+        met = ratio <= kLargeOverheadTargetRatio;
+        what = fmt::format("v2 binary p50 {:.3f}x raw ORT (target <= {:.2f}x)", ratio,
+                           kLargeOverheadTargetRatio);
+      }
+      verdicts.push_back(std::string(met ? "met" : "MISSED") + ": " + what);
+      targets["latency"] = met;
+      all_met = all_met && met;
+    }
+    auto node = r.modes.find(Mode::kNodeScore);
+    for (Mode m : {Mode::kV2Binary, Mode::kScore}) {
+      auto it = r.modes.find(m);
+      if (node == r.modes.end() || it == r.modes.end()) continue;
+      bool met = true;
+      std::string detail;
+      for (int c : o_.concurrency) {
+        if (!node->second.plain.count(c) || !it->second.plain.count(c)) continue;
+        const double mine = it->second.plain.at(c).per_second();
+        const double theirs = node->second.plain.at(c).per_second();
+        met = met && mine >= theirs;
+        detail += fmt::format("{}c={}: {:.2f}x", detail.empty() ? "" : ", ", c,
+                              theirs > 0 ? mine / theirs : 0.0);
+      }
+      verdicts.push_back(fmt::format("{}: {} throughput >= Node's at every concurrency ({})",
+                                     met ? "met" : "MISSED", label(m), detail));
+      targets[std::string("throughput_") + std::string(key(m))] = met;
+      all_met = all_met && met;
+    }
+    std::cout << "\ntargets:\n";
+    for (const auto& v : verdicts) std::cout << "  " << v << "\n";
+    json model_json{{"model", r.model},
+                    {"description", r.description},
+                    {"modes", modes_json},
+                    {"targets", targets}};
+    if (r.infer_http_floor && r.infer_http_floor->latency.count()) {
+      model_json["cairn_infer_http_only_p50_us"] = us(r.infer_http_floor->latency.quantile(0.5));
+    }
+    if (r.node_http_floor && r.node_http_floor->latency.count()) {
+      model_json["node_http_only_p50_us"] = us(r.node_http_floor->latency.quantile(0.5));
+    }
+    if (r.infer_rss_kib) model_json["cairn_infer_rss_kib"] = *r.infer_rss_kib;
+    if (r.infer_rss_after_kib) model_json["cairn_infer_rss_after_kib"] = *r.infer_rss_after_kib;
+    if (r.node_rss_kib) model_json["node_rss_kib"] = *r.node_rss_kib;
+    if (r.node_rss_after_kib) model_json["node_rss_after_kib"] = *r.node_rss_after_kib;
+    if (!r.errors.empty()) model_json["errors"] = r.errors;
+    out.push_back(model_json);
+  }
+}
+
+int Bench::run() {
+  std::vector<ModelResult> results;
+  bool any_error = false;
+  for (const auto& name : o_.models) {
+    ModelResult r;
+    r.model = name;
+    progress("model " + name + ": preparing");
+    auto w = prepare(name);
+    if (!w) {
+      r.errors.push_back(w.error().message);
+      results.push_back(std::move(r));
+      continue;
+    }
+    r.description = w->description;
+    measure_raw(*w, r);
+    measure_cairn(*w, false, r);
+    measure_cairn(*w, true, r);
+    if (!o_.node_server.empty()) measure_node(*w, r);
+    results.push_back(std::move(r));
+  }
+  json out = json::array();
+  bool all_met = true;
+  print(results, out, all_met);
+  std::cout << "\nerrors:";
+  for (const auto& r : results) {
+    for (const auto& e : r.errors) {
+      any_error = true;
+      std::cout << "\n  " << r.model << ": " << e.substr(0, 600);
+    }
+  }
+  std::cout << (any_error ? "\n" : " none\n");
+  std::cout << json{{"infer", out}, {"targets_met", all_met && !any_error}}.dump() << "\n";
+  return any_error ? 1 : 0;
+}
+
+}  // namespace
+
+int run_infer_bench(const InferBenchOptions& options) {
+  auto work = make_work_dir("cairn-bench-infer");
+  if (!work) {
+    std::cerr << "cairn-bench: " << work.error().message << "\n";
+    return 1;
+  }
+  int rc = Bench(options, *work).run();
+  finish_work_dir(*work, options.keep_dir);
+  return rc;
+}
+
+}  // namespace cairn::bench
