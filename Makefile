@@ -29,18 +29,9 @@ test: setup
 build-times: setup
 	JOBS=$(JOBS) bash scripts/build-times
 
+# Every libFuzzer target on its seed corpus for FUZZ_SECONDS, all at once.
 fuzz-smoke:
-	cmake --preset fuzz >/dev/null
-	cmake --build --preset fuzz -j $(JOBS)
-	@for f in build-fuzz/bin/*_fuzz; do \
-	  name=$$(basename $$f); scratch=$$(mktemp -d); log=$$(mktemp); \
-	  echo "fuzz: $$name for $(FUZZ_SECONDS)s"; \
-	  if ! $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$scratch fuzz/corpus/$$name >$$log 2>&1; then \
-	    tail -40 $$log; echo "fuzz: $$name FAILED (crash input saved in the working directory)"; exit 1; \
-	  fi; \
-	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" $$log | tr '\n' ' '; echo; \
-	  rm -rf $$scratch $$log; \
-	done
+	JOBS=$(JOBS) FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz-smoke
 
 format-check:
 	@files=$$(git ls-files '*.cpp' '*.hpp'); \
