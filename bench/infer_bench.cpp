@@ -20,7 +20,7 @@
 
 #include "bench/histogram.hpp"
 #include "bench/process.hpp"
-#include "net/http_connection.hpp"
+#include "net/http_session.hpp"
 #include <onnxruntime_cxx_api.h>
 
 namespace cairn::bench {
@@ -347,13 +347,22 @@ Result<Server> start_server(std::vector<std::string> argv, const std::string& lo
   return s;
 }
 
+// Plain HTTP to a server on this machine.
+net::HttpTarget loopback(std::uint16_t port) {
+  net::HttpTarget target;
+  target.host = "127.0.0.1";
+  target.port = port;
+  target.tls = false;
+  return target;
+}
+
 // Requests per engine run in cairn-infer so far: (sum, count) of cairn_infer_batch_size.
 std::pair<double, double> batch_counters(std::uint16_t port) {
-  net::HttpConnection conn("127.0.0.1", port);
+  net::HttpSession conn(loopback(port), 10);
   net::HttpRequest request;
   request.method = "GET";
   request.target = "/metrics";
-  auto r = conn.request(request, 10);
+  auto r = conn.request(request);
   double sum = 0, count = 0;
   if (!r || r->status != 200) return {0, 0};
   for (std::string_view text = r->body; !text.empty();) {
@@ -458,8 +467,8 @@ void Bench::measure_raw(const Workload& w, ModelResult& out) {
 }
 
 Status Bench::verify_http(Mode mode, const Workload& w, std::uint16_t port) {
-  net::HttpConnection conn("127.0.0.1", port);
-  auto r = conn.request(request_for(mode, w), kRequestTimeoutSecs);
+  net::HttpSession conn(loopback(port), kRequestTimeoutSecs);
+  auto r = conn.request(request_for(mode, w));
   if (!r) return std::move(r).error();
   auto got = output_of(mode, w, *r);
   if (!got) return std::move(got).error();
@@ -469,18 +478,12 @@ Status Bench::verify_http(Mode mode, const Workload& w, std::uint16_t port) {
 Point Bench::measure_http(Mode mode, const Workload& w, std::uint16_t port, int clients,
                           bool count_batches) {
   const net::HttpRequest request = request_for(mode, w);
-  std::vector<std::unique_ptr<net::HttpConnection>> conns;
-  for (int c = 0; c < clients; ++c) {
-    conns.push_back(std::make_unique<net::HttpConnection>("127.0.0.1", port));
-    if (auto s = conns.back()->connect(10); !s) {
-      Point p;
-      p.error = s.error().message;
-      return p;
-    }
-  }
+  // One kept connection per client; the unmeasured warm-up opens them.
+  std::vector<net::HttpSession> conns;
+  for (int c = 0; c < clients; ++c) conns.emplace_back(loopback(port), kRequestTimeoutSecs);
   const auto before = count_batches ? batch_counters(port) : std::pair<double, double>{};
   Point p = closed_loop(clients, w.warmup_s, w.duration_s, [&](int c) -> Status {
-    auto r = conns[static_cast<std::size_t>(c)]->request(request, kRequestTimeoutSecs);
+    auto r = conns[static_cast<std::size_t>(c)].request(request);
     if (!r) return std::move(r).error();
     if (r->status != 200) {
       return make_error(errc::internal, fmt::format("{}: HTTP {}: {}", label(mode), r->status,
@@ -499,12 +502,12 @@ Point Bench::measure_http(Mode mode, const Workload& w, std::uint16_t port, int 
 }
 
 Point Bench::measure_http_floor(const Workload& w, std::uint16_t port, const std::string& target) {
-  net::HttpConnection conn("127.0.0.1", port);
+  net::HttpSession conn(loopback(port), kRequestTimeoutSecs);
   net::HttpRequest request;
   request.method = "GET";
   request.target = target;
   return closed_loop(1, 0.3, std::min(w.duration_s, 1.0), [&](int) -> Status {
-    auto r = conn.request(request, kRequestTimeoutSecs);
+    auto r = conn.request(request);
     if (!r) return std::move(r).error();
     return {};
   });

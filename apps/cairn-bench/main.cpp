@@ -5,6 +5,7 @@
 //   cairn-bench link [--messages N] [--payload B] [--inflight W] [--cairn-fsync true|false] ...
 //   cairn-bench model-delta [--tflite-dir DIR] [--cache-dir DIR] [--keep-dir]
 //   cairn-bench infer [--model tiny|ppocr-det ...] [--duration S] [--ppocr-duration S] ...
+//   cairn-bench model-fetch [--model-mib N] [--chunk-kib N] [--repeats N] [--keep-dir]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -16,6 +17,7 @@
 #include "bench/infer_bench.hpp"
 #include "bench/link_bench.hpp"
 #include "bench/model_delta_bench.hpp"
+#include "bench/model_fetch_bench.hpp"
 #include "bench/mqtt_bench.hpp"
 #include "core/log.hpp"
 #include <unistd.h>
@@ -270,6 +272,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   infer_cmd->add_flag("--keep-dir", infer_options.keep_dir,
                       "Keep the work directory (models, server logs) and print its path");
+  cairn::bench::ModelFetchBenchOptions fetch_options;
+  auto* fetch_cmd = app.add_subcommand(
+      "model-fetch",
+      "The model fetcher on loopback with many small chunks: a new connection per request "
+      "against kept (keep-alive) connections, 1 and 4 requests in flight, HTTP and HTTPS, side "
+      "by side. Table on stdout, last line JSON.");
+  fetch_cmd->add_option("--model-mib", fetch_options.model_mib, "Size of the generated model")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1024}));
+  fetch_cmd->add_option("--chunk-kib", fetch_options.chunk_kib, "Average chunk size (power of 2)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64}));
+  fetch_cmd->add_option("--repeats", fetch_options.repeats, "Runs per figure (best is kept)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 20));
+  fetch_cmd->add_flag("--keep-dir", fetch_options.keep_dir, "Keep the work directory");
 
   CLI11_PARSE(app, argc, argv);
   cairn::log::init(cairn::log::Level::warn);
@@ -283,6 +301,7 @@ int main(int argc, char** argv) {
     }
     return cairn::bench::run_infer_bench(infer_options);
   }
+  if (fetch_cmd->parsed()) return cairn::bench::run_model_fetch_bench(fetch_options);
 
   const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
   if (!suite.empty() || !single) {

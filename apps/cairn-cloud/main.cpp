@@ -10,6 +10,7 @@
 
 #include "cloud/authenticator.hpp"
 #include "cloud/connections.hpp"
+#include "cloud/model_store.hpp"
 #include "cloud/registry.hpp"
 #include "cloud/rest_api.hpp"
 #include "cloud/sqlite_cloud_store.hpp"
@@ -40,6 +41,7 @@ struct Options {
   // it is full, publishers get no PUBACK (they resend later) until the telemetry writer catches
   // up. 0 = no cap.
   std::uint64_t max_queue_bytes = 1024ull * 1024 * 1024;
+  cloud::ModelStoreOptions models;  // dir: HOME/models
 };
 
 // Device-to-cloud messages wait in the hub's durable queue until the sink has stored them.
@@ -192,6 +194,14 @@ int run(const Options& o) {
     }
     return out;
   };
+  cloud::ModelStoreOptions model_options = o.models;
+  model_options.dir = o.home + "/models";
+  auto model_store = cloud::ModelStore::open(model_options);
+  if (!model_store) {
+    log::error("cairn-cloud", "{}", model_store.error().to_string());
+    return 1;
+  }
+  hooks.models = model_store->get();
   cloud::RestApiConfig rest_config;
   rest_config.hostname = hostname;
   auto rest = std::make_shared<cloud::RestApi>(rest_config, registry, twins, hooks);
@@ -224,6 +234,8 @@ int run(const Options& o) {
   std::cout << "cairn-cloud ready\n"
             << "  MQTT (devices):   mqtts://" << hostname << ":" << (*hub)->tls_port() << "\n"
             << "  REST (service):   https://" << hostname << ":" << (*https)->port() << "\n"
+            << "  models:           https://" << hostname << ":" << (*https)->port()
+            << "/models/NAME-VERSION.cidx\n"
             << "  CA certificate:   " << o.home << "/certs/edge-ca.pem\n"
             << "  messages:         " << sink_options.jsonl_path << "\n"
             << "  service connection string:\n"
@@ -270,6 +282,16 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue-bytes", o.max_queue_bytes,
                  "Cap of the ingest queue (messages accepted, not yet stored); when full, "
                  "publishers get no PUBACK until it drains. 0 = no cap")
+      ->capture_default_str();
+  app.add_option("--model-max-bytes", o.models.max_model_bytes,
+                 "Largest model version `cairn cloud model push` may store")
+      ->capture_default_str();
+  app.add_option("--model-store-max-bytes", o.models.max_store_bytes,
+                 "Cap on the model store (HOME/models: chunks, deltas, indexes); pushes beyond "
+                 "it are refused")
+      ->capture_default_str();
+  app.add_option("--model-delta-versions", o.models.delta_versions,
+                 "Earlier versions of a model a pushed version gets deltas from")
       ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
       ->capture_default_str();

@@ -4,10 +4,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -17,6 +20,7 @@
 #include "modelpkg/pack.hpp"
 #include "modelpkg/signing.hpp"
 #include "net/http.hpp"
+#include "net/http_session.hpp"
 #include "net/service_client.hpp"
 
 namespace {
@@ -65,6 +69,92 @@ std::optional<nlohmann::json> call(const Context& ctx, const std::string& method
   request.target = target;
   request.body = body;
   return answer(net::unix_http_request(ctx.socket(), request));
+}
+
+// `cairn cloud model push`: packs FILE into a temporary directory, uploads the chunks the
+// cloud's model store lacks over one kept connection, then commits the index (the store adds
+// deltas from earlier versions). Prints one line of JSON; returns the exit code.
+int push_model(const net::ServiceClient& service, const std::string& file, const std::string& name,
+               const std::string& version, bool quiet) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path tmp = fs::temp_directory_path(ec) /
+                 ("cairn-push-" + crypto::sha256_hex(crypto::random_bytes(8)).substr(0, 12));
+  if (ec || !fs::create_directories(tmp, ec)) {
+    std::cerr << "cairn: cannot create a temporary directory (set TMPDIR): " << ec.message()
+              << "\n";
+    return 1;
+  }
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ignored;
+      fs::remove_all(dir, ignored);
+    }
+  } cleanup{tmp};
+  if (!quiet) std::cerr << "cairn: packing " << file << "\n";
+  modelpkg::PackOptions options;
+  options.name = name;
+  options.version = version;
+  options.out_dir = tmp.string();
+  options.delta_versions = 0;  // the store makes deltas: it holds the earlier versions
+  auto packed = modelpkg::pack_model(file, options);
+  if (!packed) {
+    std::cerr << "cairn: " << packed.error().message << "\n";
+    return packed.error().code == errc::invalid_argument ? 2 : 1;
+  }
+  net::HttpSession session(service.server, 600);
+  auto send = [&](std::string method, std::string target, std::string body,
+                  std::string content_type) -> std::optional<nlohmann::json> {
+    auto token = service.token();
+    if (!token) {
+      std::cerr << "cairn: " << token.error().message << "\n";
+      return std::nullopt;
+    }
+    net::HttpRequest r{std::move(method), std::move(target), std::move(body)};
+    r.headers = {{"Authorization", *token}, {"Content-Type", std::move(content_type)}};
+    return answer(session.request(r));
+  };
+  // The store checks the index and names the chunks it lacks.
+  std::ifstream index_in(packed->index_path, std::ios::binary);
+  std::stringstream cidx;
+  cidx << index_in.rdbuf();
+  const std::string version_path =
+      "/cairn/models/" + crypto::url_encode(name) + "/versions/" + crypto::url_encode(version);
+  auto wanted = send("POST", version_path + "/missing", cidx.str(), "application/octet-stream");
+  if (!wanted) return 1;
+  std::vector<std::string> missing;
+  for (const auto& h : (*wanted)["missing"]) missing.push_back(h.get<std::string>());
+  std::uint64_t uploaded = 0;
+  for (std::size_t i = 0; i < missing.size(); ++i) {
+    std::ifstream in(tmp / modelpkg::chunk_path(missing[i]), std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    if (!in) {
+      std::cerr << "cairn: cannot read the packed chunk " << missing[i] << "\n";
+      return 1;
+    }
+    uploaded += bytes.str().size();
+    if (!send("PUT", "/cairn/models/chunks/" + missing[i], bytes.str(),
+              "application/octet-stream")) {
+      return 1;
+    }
+    if (!quiet) {
+      std::cerr << "\rcairn: uploaded " << i + 1 << "/" << missing.size() << " chunks, " << uploaded
+                << " B" << std::flush;
+    }
+  }
+  if (!quiet && !missing.empty()) std::cerr << "\n";
+  if (!quiet) std::cerr << "cairn: committing " << name << " version " << version << "\n";
+  auto j = send("PUT", version_path, cidx.str(), "application/octet-stream");
+  if (!j) return 1;
+  const auto& server = service.server;
+  (*j)["chunksUploaded"] = missing.size();
+  (*j)["bytesUploaded"] = uploaded;
+  (*j)["url"] = "https://" + server.host + ":" + std::to_string(server.port) + "/" +
+                j->value("index", std::string());
+  std::cout << j->dump() << "\n";
+  return 0;
 }
 
 }  // namespace
@@ -188,6 +278,19 @@ int main(int argc, char** argv) {
   tail->add_option("--limit", limit, "At most this many (newest last)")->capture_default_str();
   tail->add_flag("-f,--follow", follow, "Keep printing new messages");
 
+  auto* cloud_model = cloud->add_subcommand("model", "The cloud's model store");
+  cloud_model->require_subcommand(1);
+  std::string push_file, push_name, push_version;
+  bool push_quiet = false, models_json = false;
+  auto* model_push = cloud_model->add_subcommand(
+      "push", "Store FILE as a model version; only chunks the store lacks are uploaded");
+  model_push->add_option("FILE", push_file, "Model file (ONNX, TFLite or any file)")->required();
+  model_push->add_option("--name", push_name, "Model name")->required();
+  model_push->add_option("--version", push_version, "Version label")->required();
+  model_push->add_flag("-q,--quiet", push_quiet, "No progress output");
+  auto* model_list = cloud_model->add_subcommand("list", "List the stored model versions");
+  model_list->add_flag("--json", models_json, "Print the store's listing as JSON");
+
   // Model packaging and fetching (src/modelpkg; formats in docs/modelpkg.md).
   std::string model_file, model_name, model_version, model_out, model_key, model_store;
   auto* model = app.add_subcommand("model", "Pack a model for incremental delivery, or fetch one");
@@ -221,6 +324,9 @@ int main(int argc, char** argv) {
       ->add_option("--store-max-bytes", fetch_options.store_max_bytes, "Chunk store cap (0: none)")
       ->capture_default_str();
   model_fetch->add_flag("--no-deltas", no_deltas, "Download chunks only");
+  bool no_keep_alive = false;
+  model_fetch->add_flag("--no-keep-alive", no_keep_alive,
+                        "A new connection per request (for comparison)");
   model_fetch->add_flag("-q,--quiet", quiet, "No progress line");
   std::string private_key_path, public_key_path;
   auto* model_keygen =
@@ -261,6 +367,7 @@ int main(int argc, char** argv) {
   if (model_fetch->parsed()) {
     fetch_options.verify_tls = !insecure;
     fetch_options.use_deltas = !no_deltas;
+    fetch_options.keep_alive = !no_keep_alive;
     if (model_store.empty()) model_store = ctx.home + "/chunks";
     auto last_print = std::chrono::steady_clock::time_point{};
     auto progress = [&](const modelpkg::FetchProgress& p) {
@@ -450,7 +557,21 @@ int main(int argc, char** argv) {
     auto cloud_call = [&](std::string verb, std::string target, std::string body = {}) {
       return answer(service->request(std::move(verb), std::move(target), std::move(body)));
     };
-    if (devices->parsed()) {
+    if (model_push->parsed()) {
+      return push_model(*service, push_file, push_name, push_version, push_quiet);
+    } else if (model_list->parsed()) {
+      auto j = cloud_call("GET", "/cairn/models");
+      if (!j) return 1;
+      if (models_json) {
+        std::cout << j->dump(2) << "\n";
+        return 0;
+      }
+      for (const auto& m : (*j)["models"]) {
+        std::cout << m["name"].get<std::string>() << "\t" << m["version"].get<std::string>() << "\t"
+                  << m["size"] << "\thttps://" << service->server.host << ":"
+                  << service->server.port << "/" << m["index"].get<std::string>() << "\n";
+      }
+    } else if (devices->parsed()) {
       auto j = cloud_call("GET", "/devices?api-version=2021-04-12");
       if (!j) return 1;
       for (const auto& d : *j) {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "cloud/ids.hpp"
+#include "cloud/model_store.hpp"
 #include "cloud/telemetry_sink.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
@@ -88,6 +89,23 @@ net::HttpResponse error_from(const Error& e, bool module_scope = false) {
       log::error("cloud", "rest request failed tracking={}: {}", tracking, e.to_string());
       return r;
     }
+  }
+}
+
+// Model store errors: the store's checks say what was wrong; the status says whose fault.
+net::HttpResponse model_error(const Error& e) {
+  switch (e.code) {
+    case errc::invalid_argument:
+    case errc::corruption:
+      return error_response(400, kArgumentInvalid, e.message);
+    case errc::limit_exceeded:
+      return error_response(413, "RequestEntityTooLarge", e.message);
+    case errc::not_found:
+      return error_response(404, kNotFound, e.message);
+    case errc::already_exists:
+      return error_response(409, "Conflict", e.message);
+    default:
+      return error_from(e);
   }
 }
 
@@ -194,6 +212,11 @@ void RestApi::push(const std::string& client_id, const std::optional<json>& patc
 
 void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond) {
   Call call{request, std::move(respond), {}};
+  // Published model files are public, as on any static server or CDN the layout is made for:
+  // devices fetch them without a service key (docs/cloud_api.md, "Model store").
+  if (hooks_.models && net::http_path(request.target).starts_with("/models/")) {
+    return published_model_file(call);
+  }
   // Authentication first, so an unauthenticated caller learns nothing about what exists.
   const std::string header = request.header("Authorization");
   if (header.empty()) {
@@ -454,6 +477,7 @@ void RestApi::cairn(Call& call) {
     if (!call.allow({"GET"})) return;
     return hooks_.list_dead_letters(call.respond);
   }
+  if (n >= 2 && seg[1] == "models" && hooks_.models) return models(call);
   if (n >= 3 && seg[1] == "devices") {
     if ((n == 4 && seg[3] == "regenerateKey") ||
         (n == 6 && seg[3] == "modules" && seg[5] == "regenerateKey")) {
@@ -536,6 +560,61 @@ void RestApi::regenerate(Call& call) {
   auto m = registry_.regenerate_module_key(seg[2], seg[4], *which);
   if (!m) return call.fail(m.error(), true);
   call.reply(json_response(200, module_to_json(*m, live(seg[2] + "/" + seg[4])), m->etag));
+}
+
+void RestApi::models(Call& call) {
+  const auto& seg = call.seg;
+  const std::size_t n = seg.size();
+  ModelStore& store = *hooks_.models;
+  auto reply = [&call](Result<json> r) {
+    call.reply(r ? json_response(200, *r) : model_error(r.error()));
+  };
+  if (n == 2) {
+    if (!call.allow({"GET"})) return;
+    return reply(store.list());
+  }
+  if (n == 6 && seg[3] == "versions" && seg[5] == "missing") {
+    if (!call.allow({"POST"})) return;
+    return reply(store.missing(seg[2], seg[4], call.request.body));
+  }
+  if (n == 4 && seg[2] == "chunks") {
+    if (!call.allow({"PUT"})) return;
+    return reply(store.put_chunk(seg[3], call.request.body));
+  }
+  if (n == 5 && seg[3] == "versions") {
+    if (!call.allow({"PUT"})) return;
+    // The store's thread answers: deltas take seconds, the io thread must not wait for them.
+    return store.commit(seg[2], seg[4], call.request.body,
+                        [respond = call.respond](Result<json> r) {
+                          respond(r ? json_response(200, *r) : model_error(r.error()));
+                        });
+  }
+  call.reply(error_response(
+      404, kNotFound,
+      fmt::format("no such resource: {}", net::http_path(call.request.target).substr(0, 200))));
+}
+
+void RestApi::published_model_file(Call& call) {
+  if (call.method() != "GET" && call.method() != "HEAD") {
+    auto r = error_response(405, kMethodNotAllowed,
+                            "published models are read-only here (GET); push with `cairn cloud "
+                            "model push`");
+    r.headers.emplace_back("Allow", "GET, HEAD");
+    return call.reply(std::move(r));
+  }
+  const std::string path = net::http_path(call.request.target);
+  auto relative =
+      crypto::url_decode(std::string_view(path).substr(std::string_view("/models/").size()));
+  if (!relative) {
+    return call.reply(model_error(make_error(errc::invalid_argument, "bad %-escape in the path")));
+  }
+  auto bytes = hooks_.models->read(*relative);
+  if (!bytes) return call.reply(model_error(bytes.error()));
+  net::HttpResponse r;
+  r.status = 200;
+  r.content_type = "application/octet-stream";
+  r.body = std::move(*bytes);
+  call.reply(std::move(r));
 }
 
 }  // namespace cairn::cloud

@@ -13,11 +13,17 @@
 //   GET             /cairn/deadletters
 //   POST            /cairn/devices/{id}[/modules/{mid}]/regenerateKey   {"key": "primary"|...}
 //   GET             /cairn/devices/{id}/deployment
+//   GET             /cairn/models                       the model store (model_store.hpp)
+//   POST            /cairn/models/{name}/versions/{version}/missing   the .cidx -> {"missing"}
+//   PUT             /cairn/models/chunks/{hash}         one chunk file
+//   PUT             /cairn/models/{name}/versions/{version}   the .cidx: commit a version
+//   GET|HEAD        /models/{file}                      published files, WITHOUT a token
 //
-// Every request needs `Authorization: SharedAccessSignature sr={hostname}&sig=…&se=…&skn={policy}`
-// signed with a key of a stored access policy (kOwnerPolicy is created on first start). Path
-// segments are URL-decoded (ids may contain %-escapes; "$edgeAgent" arrives as "%24edgeAgent").
-// `api-version` is accepted and not required. Errors use IoT Hub's body,
+// Every request but GET /models/... needs `Authorization: SharedAccessSignature
+// sr={hostname}&sig=…&se=…&skn={policy}` signed with a key of a stored access policy (kOwnerPolicy
+// is created on first start). Path segments are URL-decoded (ids may contain %-escapes;
+// "$edgeAgent" arrives as "%24edgeAgent"). `api-version` is accepted and not required. Errors use
+// IoT Hub's body,
 // {"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:…"}, which the SDKs parse
 // into typed errors (DeviceNotFound → DeviceNotFoundError, 412 → InvalidEtagError, ...).
 //
@@ -40,6 +46,8 @@
 #include "net/http.hpp"
 
 namespace cairn::cloud {
+
+class ModelStore;
 
 struct RestApiConfig {
   // The IoT Hub hostname clients use: the audience (sr) of service SAS tokens, compared
@@ -68,6 +76,8 @@ struct RestHooks {
   std::function<nlohmann::json()> status_extension;
   // Answers GET /cairn/deadletters: messages set aside as undeliverable (404 without it).
   std::function<void(net::HttpRespond)> list_dead_letters;
+  // The model store behind /cairn/models and /models (404 without it). Outlives the API.
+  ModelStore* models = nullptr;
 };
 
 class RestApi {
@@ -90,6 +100,8 @@ class RestApi {
   void messages(Call& call);
   void status(Call& call);
   void regenerate(Call& call);
+  void models(Call& call);
+  void published_model_file(Call& call);
   std::optional<bool> live(const std::string& client_id) const;
   void push(const std::string& client_id, const std::optional<nlohmann::json>& patch);
   std::int64_t now_ms() const;

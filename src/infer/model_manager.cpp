@@ -220,6 +220,9 @@ struct ModelManager::Model {
   std::string error;
   std::string pending_version;
   nlohmann::json delivery;  // the last download's figures (model delivery), null if none
+  // Bytes received by finished downloads of this model, every version (a metric).
+  std::uint64_t delivery_downloaded_total = 0;
+  std::uint64_t delivery_saved_total = 0;
 
   // Metrics.
   std::atomic<std::uint64_t> requests{0};
@@ -533,6 +536,10 @@ Status ModelManager::load(const ModelSpec& spec, bool keep_others) {
         {
           std::lock_guard lock(model->mu);
           model->delivery = delivery;
+          if (delivery.value("status", "") == "done") {
+            model->delivery_downloaded_total += delivery.value("bytesDownloaded", std::uint64_t{0});
+            model->delivery_saved_total += delivery.value("bytesSaved", std::uint64_t{0});
+          }
         }
         notify(name);
       });
@@ -831,6 +838,43 @@ std::string ModelManager::prometheus_text() const {
           "cairn_infer_model_version_info{{model=\"{}\",version=\"{}\",serving=\"{}\"}} 1\n",
           m->name, v, loaded == m->serving ? "true" : "false");
     }
+  }
+  // The figures reported in the twin's `delivery` object (model_delivery.hpp), as metrics.
+  out +=
+      "# HELP cairn_infer_model_delivery_bytes The last download of a model: its size (needed), "
+      "bytes the device already held (reused), bytes received (downloaded), and what a full "
+      "download would have cost more (saved).\n";
+  out += "# TYPE cairn_infer_model_delivery_bytes gauge\n";
+  for (const auto& m : models) {
+    std::lock_guard lock(m->mu);
+    if (!m->delivery.is_object()) continue;
+    const std::string version = m->delivery.value("version", "");
+    for (const auto& [figure, key] : {std::pair{"needed", "bytesNeeded"},
+                                      {"reused", "bytesReused"},
+                                      {"downloaded", "bytesDownloaded"},
+                                      {"saved", "bytesSaved"}}) {
+      out += fmt::format(
+          "cairn_infer_model_delivery_bytes{{model=\"{}\",version=\"{}\",figure=\"{}\"}} {}\n",
+          m->name, version, figure, m->delivery.value(key, std::uint64_t{0}));
+    }
+  }
+  out +=
+      "# HELP cairn_infer_model_delivery_downloaded_bytes_total Bytes received by finished "
+      "model downloads.\n";
+  out += "# TYPE cairn_infer_model_delivery_downloaded_bytes_total counter\n";
+  for (const auto& m : models) {
+    std::lock_guard lock(m->mu);
+    out += fmt::format("cairn_infer_model_delivery_downloaded_bytes_total{{model=\"{}\"}} {}\n",
+                       m->name, m->delivery_downloaded_total);
+  }
+  out +=
+      "# HELP cairn_infer_model_delivery_saved_bytes_total Bytes finished model downloads did "
+      "not need, against full downloads.\n";
+  out += "# TYPE cairn_infer_model_delivery_saved_bytes_total counter\n";
+  for (const auto& m : models) {
+    std::lock_guard lock(m->mu);
+    out += fmt::format("cairn_infer_model_delivery_saved_bytes_total{{model=\"{}\"}} {}\n", m->name,
+                       m->delivery_saved_total);
   }
   out += "# HELP cairn_infer_request_duration_seconds Time from queueing to result.\n";
   out += "# TYPE cairn_infer_request_duration_seconds histogram\n";

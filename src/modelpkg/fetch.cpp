@@ -15,17 +15,18 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <openssl/evp.h>
 
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "modelpkg/delta.hpp"
 #include "modelpkg/detail/files.hpp"
+#include "modelpkg/detail/sha256_stream.hpp"
 #include "modelpkg/detail/url.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/signing.hpp"
 #include "net/http.hpp"
+#include "net/http_session.hpp"
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -71,29 +72,9 @@ Status put_store_chunk(const std::string& store, const std::string& hash, std::s
   return detail::write_file_atomic(path, data, false);
 }
 
-// Streams the assembled file through SHA-256.
-class Sha256Stream {
- public:
-  Sha256Stream() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
-    if (ctx_) EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr);
-  }
-  void update(std::string_view data) { EVP_DigestUpdate(ctx_.get(), data.data(), data.size()); }
-  std::string hex() {
-    unsigned char md[32];
-    unsigned len = 0;
-    EVP_DigestFinal_ex(ctx_.get(), md, &len);
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 15];
-    }
-    return out;
-  }
-
- private:
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
-};
+// The kept connections of one worker: one per server (the index and its pieces usually share
+// one).
+using Sessions = std::map<std::string, net::HttpSession>;
 
 // One download: a chunk, or a delta that yields the chunks of one segment.
 struct Piece {
@@ -115,10 +96,10 @@ class Fetcher {
   Result<FetchSummary> run(const std::string& out_path);
 
  private:
-  Result<std::string> get(const std::string& url, std::size_t limit, const std::string& what,
-                          bool* not_found = nullptr);
-  Status fetch_chunk(std::size_t c);
-  Status fetch_delta(const Piece& piece);
+  Result<std::string> get(Sessions& sessions, const std::string& url, std::size_t limit,
+                          const std::string& what, bool* not_found = nullptr);
+  Status fetch_chunk(Sessions& sessions, std::size_t c);
+  Status fetch_delta(Sessions& sessions, const Piece& piece);
   void report() {
     if (!progress_cb_) return;
     progress_cb_(progress_);
@@ -136,6 +117,7 @@ class Fetcher {
   FetchOptions options_;
   FetchProgressCallback progress_cb_;
   std::atomic<std::size_t> requests_{0};
+  std::atomic<std::size_t> connections_{0};
   ModelIndex index_;
   std::vector<std::uint64_t> offsets_;
   std::vector<std::size_t> starts_;
@@ -147,8 +129,8 @@ class Fetcher {
   std::size_t deltas_applied_ = 0;
 };
 
-Result<std::string> Fetcher::get(const std::string& url, std::size_t limit, const std::string& what,
-                                 bool* not_found) {
+Result<std::string> Fetcher::get(Sessions& sessions, const std::string& url, std::size_t limit,
+                                 const std::string& what, bool* not_found) {
   auto parsed = detail::parse_http_url(url);
   if (!parsed) return std::move(parsed).error();
   parsed->target.ca_file = options_.ca_file;
@@ -156,7 +138,21 @@ Result<std::string> Fetcher::get(const std::string& url, std::size_t limit, cons
   net::HttpRequest req;
   req.method = "GET";
   req.target = parsed->target_path;
-  auto res = net::http_request(parsed->target, req, options_.timeout_secs);
+  Result<net::HttpResponse> res = make_error(errc::internal, "no request made");
+  if (options_.keep_alive) {
+    std::string server = std::string(parsed->target.tls ? "https://" : "http://") +
+                         parsed->target.host + ":" + std::to_string(parsed->target.port);
+    auto it = sessions.find(server);
+    if (it == sessions.end()) {
+      it = sessions.emplace(server, net::HttpSession(parsed->target, options_.timeout_secs)).first;
+    }
+    const std::size_t before = it->second.connections_opened();
+    res = it->second.request(req);
+    connections_ += it->second.connections_opened() - before;
+  } else {
+    res = net::http_request(parsed->target, req, options_.timeout_secs);
+    connections_ += 1;
+  }
   requests_ += 1;
   if (!res) {
     return make_error(res.error().code, what + " (" + url + "): " + res.error().message);
@@ -177,11 +173,11 @@ Result<std::string> Fetcher::get(const std::string& url, std::size_t limit, cons
   return std::move(res->body);
 }
 
-Status Fetcher::fetch_chunk(std::size_t c) {
+Status Fetcher::fetch_chunk(Sessions& sessions, std::size_t c) {
   const ChunkRef& ref = index_.chunks[c];
   if (store_has(store_, ref)) return {};  // another segment had the same chunk
   auto url = chunk_url(c);
-  auto body = get(url, kMaxChunkBytes + 1024, "chunk " + ref.hash);
+  auto body = get(sessions, url, kMaxChunkBytes + 1024, "chunk " + ref.hash);
   if (!body) return std::move(body).error();
   if (body->size() != ref.stored_size) {
     return make_error(errc::corruption,
@@ -209,7 +205,7 @@ Status Fetcher::fetch_chunk(std::size_t c) {
   return {};
 }
 
-Status Fetcher::fetch_delta(const Piece& piece) {
+Status Fetcher::fetch_delta(Sessions& sessions, const Piece& piece) {
   const ModelIndex& base = *piece.base;
   auto base_starts = base.segment_starts();
   std::string old_bytes;
@@ -219,7 +215,7 @@ Status Fetcher::fetch_delta(const Piece& piece) {
     if (!chunk) return std::move(chunk).error();
     old_bytes += *chunk;
   }
-  auto body = get(piece.url, kMaxIndexJsonBytes,
+  auto body = get(sessions, piece.url, kMaxIndexJsonBytes,
                   "delta for segment '" + index_.segments[piece.segment].key + "'");
   if (!body) return std::move(body).error();
   auto result = apply_delta(old_bytes, *body);
@@ -255,11 +251,13 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   CAIRN_TRY(detail::make_dirs(store_ + "/indexes"));
   CAIRN_TRY(detail::make_dirs(store_ + "/chunks"));
 
-  auto cidx = get(index_url_, kMaxIndexBytes, "model index");
+  // The index's connection is kept for the first worker: usually the same server.
+  Sessions first_sessions;
+  auto cidx = get(first_sessions, index_url_, kMaxIndexBytes, "model index");
   if (!cidx) return std::move(cidx).error();
   if (!options_.public_key.empty()) {
     bool missing = false;
-    auto sig = get(index_url_ + ".sig", 4096, "index signature", &missing);
+    auto sig = get(first_sessions, index_url_ + ".sig", 4096, "index signature", &missing);
     if (!sig) {
       if (missing) {
         return make_error(errc::unauthorized, "model index " + index_url_ +
@@ -374,29 +372,31 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   progress_.pieces_total = pieces.size();
   report();
 
-  // Download with `parallel` workers, each on its own keep-alive connection.
+  // Download with `parallel` workers, each on its own kept connection.
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::mutex error_mu;
   std::optional<Error> first_error;
-  auto worker = [&] {
+  auto worker = [&](Sessions* given) {
+    Sessions own;
+    Sessions& sessions = given ? *given : own;
     while (!failed) {
       std::size_t i = next++;
       if (i >= pieces.size()) break;
       const Piece& p = pieces[i];
       Status s;
       if (p.is_delta) {
-        s = fetch_delta(p);
+        s = fetch_delta(sessions, p);
         if (!s) {
           // The chunk path is always the fallback.
           log::warn(kLog, "delta not usable, downloading chunks instead: {}", s.error().message);
           s = Status{};
           for (std::size_t c = starts_[p.segment]; s && c < starts_[p.segment + 1]; ++c) {
-            s = fetch_chunk(c);
+            s = fetch_chunk(sessions, c);
           }
         }
       } else {
-        s = fetch_chunk(p.chunk);
+        s = fetch_chunk(sessions, p.chunk);
       }
       if (!s) {
         std::lock_guard lock(error_mu);
@@ -413,10 +413,13 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   workers = std::min(workers, std::max<std::size_t>(pieces.size(), 1));
   if (!pieces.empty()) {
     std::vector<std::thread> threads;
-    for (std::size_t w = 0; w < workers; ++w) threads.emplace_back(worker);
+    for (std::size_t w = 0; w < workers; ++w) {
+      threads.emplace_back(worker, w == 0 ? &first_sessions : nullptr);
+    }
     for (auto& t : threads) t.join();
   }
   summary.requests = requests_;
+  summary.connections = connections_;
   if (first_error) return *first_error;
 
   // Assemble into a temporary file beside the output, check, then rename over it.
@@ -433,7 +436,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
     ::unlink(tmp.c_str());
     return e;
   };
-  Sha256Stream hash;
+  detail::Sha256Stream hash;
   for (const auto& ref : index_.chunks) {
     auto data = read_store_chunk(store_, ref);
     if (!data) return abandon(std::move(data).error());
@@ -506,7 +509,8 @@ std::string FetchSummary::to_json() const {
                    {"chunks_reused", chunks_reused},
                    {"chunks_downloaded", chunks_downloaded},
                    {"deltas_applied", deltas_applied},
-                   {"requests", requests}};
+                   {"requests", requests},
+                   {"connections", connections}};
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

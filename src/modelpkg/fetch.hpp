@@ -11,8 +11,8 @@
 // Steps: GET the index (and its .sig when a public key is configured), check it; every chunk
 // already in the local chunk store (from any model or version fetched before) is reused; for a
 // changed segment, a delta from a version the store holds is taken when it is smaller than the
-// missing chunks; the rest is downloaded over HTTP/HTTPS, `parallel` requests in flight (one
-// connection per request for now: net's client is one-shot). Each piece is verified (chunk SHA-256;
+// missing chunks; the rest is downloaded over HTTP/HTTPS, `parallel` requests in flight, each
+// worker on a kept (keep-alive) connection per server. Each piece is verified (chunk SHA-256;
 // a delta's output must hash to the target chunks) and kept in the store as soon as it arrives, so
 // a fetch that was interrupted resumes where it stopped. The file is assembled from the store into
 // a temporary file beside `out_path`, checked against the whole-file SHA-256, fsynced and renamed
@@ -43,6 +43,9 @@ struct FetchOptions {
   bool verify_tls = true;
   // Requests in flight. More hides latency on long links and costs a thread and a socket each.
   std::size_t parallel = 4;
+  // Keep each worker's connection open between requests (net::HttpSession); off: a new
+  // connection per request (for comparison).
+  bool keep_alive = true;
   // Per-request limit; a chunk is at most 16 MiB, so this bounds a stalled link, not a slow one.
   int timeout_secs = 60;
   // Take deltas when smaller; off: chunks only (for comparison and as a last resort).
@@ -79,7 +82,8 @@ struct FetchSummary {
   std::size_t chunks_reused = 0;
   std::size_t chunks_downloaded = 0;
   std::size_t deltas_applied = 0;
-  std::size_t requests = 0;  // HTTP requests made (index, signature, chunks, deltas)
+  std::size_t requests = 0;     // HTTP requests made (index, signature, chunks, deltas)
+  std::size_t connections = 0;  // connections opened for them
 
   // One line of JSON with every field above.
   std::string to_json() const;

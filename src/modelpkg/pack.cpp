@@ -8,6 +8,7 @@
 #include "core/log.hpp"
 #include "modelpkg/delta.hpp"
 #include "modelpkg/detail/files.hpp"
+#include "modelpkg/detail/sha256_stream.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/signing.hpp"
 #include "modelpkg/tensors.hpp"
@@ -81,6 +82,79 @@ Result<std::string> read_chunk(const std::string& dir, const ChunkRef& chunk) {
   return data;
 }
 
+Status verify_model(const std::string& dir, const ModelIndex& index) {
+  detail::Sha256Stream hash;
+  for (const auto& c : index.chunks) {
+    auto data = read_chunk(dir, c);
+    if (!data) return std::move(data).error();
+    hash.update(*data);
+  }
+  if (auto got = hash.hex(); got != index.sha256) {
+    return make_error(errc::invalid_argument, "the chunks of " + index.name + " version " +
+                                                  index.version + " make a file with SHA-256 " +
+                                                  got + ", the index says " + index.sha256);
+  }
+  return {};
+}
+
+Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zstd_level,
+                                std::size_t delta_versions) {
+  DeltaSummary summary;
+  idx.deltas.clear();
+  auto previous = previous_versions(dir, idx.name, idx.version, idx.sha256);
+  if (previous.size() > delta_versions) previous.resize(delta_versions);
+  auto new_starts = idx.segment_starts();
+  auto new_offsets = idx.chunk_offsets();
+  for (const auto& prev : previous) {
+    const ModelIndex& base = prev.index;
+    auto base_starts = base.segment_starts();
+    std::map<std::string, std::size_t> base_by_key;
+    for (std::size_t s = 0; s < base.segments.size(); ++s) base_by_key[base.segments[s].key] = s;
+    auto base_offsets = base.chunk_offsets();
+    DeltaSet set;
+    set.from_version = base.version;
+    set.from_sha256 = base.sha256;
+    for (std::size_t s = 0; s < idx.segments.size(); ++s) {
+      auto it = base_by_key.find(idx.segments[s].key);
+      if (it == base_by_key.end()) continue;
+      std::size_t b = it->second;
+      std::uint64_t base_size = base_offsets[base_starts[b + 1]] - base_offsets[base_starts[b]];
+      std::uint64_t new_size = new_offsets[new_starts[s + 1]] - new_offsets[new_starts[s]];
+      if (base_size != new_size) continue;
+      // Unchanged: the same chunks, nothing to send.
+      bool same = base_starts[b + 1] - base_starts[b] == new_starts[s + 1] - new_starts[s];
+      for (std::size_t k = 0; same && k < new_starts[s + 1] - new_starts[s]; ++k) {
+        same = base.chunks[base_starts[b] + k].hash == idx.chunks[new_starts[s] + k].hash;
+      }
+      if (same) continue;
+      const std::string& key = idx.segments[s].key;
+      auto old_bytes = read_segment(dir, base, base_starts, b);
+      if (!old_bytes) {
+        log::warn("modelpkg", "no delta from version {} for segment '{}': {}", base.version, key,
+                  old_bytes.error().message);
+        continue;
+      }
+      auto new_bytes = read_segment(dir, idx, new_starts, s);
+      if (!new_bytes) return std::move(new_bytes).error();
+      auto delta = make_delta(*old_bytes, *new_bytes, idx.segments[s].element_size, zstd_level);
+      if (!delta) return std::move(delta).error();
+      std::uint64_t chunk_cost = 0;
+      for (std::size_t k = new_starts[s]; k < new_starts[s + 1]; ++k) {
+        chunk_cost += idx.chunks[k].stored_size;
+      }
+      if (delta->size() >= chunk_cost) continue;
+      auto path = dir + "/" + delta_path(idx.sha256, base.sha256, s);
+      CAIRN_TRY(detail::make_dirs(fs::path(path).parent_path().string()));
+      CAIRN_TRY(detail::write_file_atomic(path, *delta, false));
+      set.entries.push_back(DeltaEntry{s, delta->size()});
+      ++summary.written;
+      summary.bytes += delta->size();
+    }
+    if (!set.entries.empty()) idx.deltas.push_back(std::move(set));
+  }
+  return summary;
+}
+
 Result<PackSummary> pack_model(const std::string& model_path, const PackOptions& options) {
   CAIRN_TRY(check_label(options.name, "model name"));
   CAIRN_TRY(check_label(options.version, "model version"));
@@ -131,55 +205,10 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
   }
   summary.chunks = idx.chunks.size();
 
-  // Deltas from the most recent earlier versions.
-  auto previous = previous_versions(options.out_dir, options.name, options.version, idx.sha256);
-  if (previous.size() > options.delta_versions) previous.resize(options.delta_versions);
-  auto new_starts = idx.segment_starts();
-  for (const auto& prev : previous) {
-    const ModelIndex& base = prev.index;
-    auto base_starts = base.segment_starts();
-    std::map<std::string, std::size_t> base_by_key;
-    for (std::size_t s = 0; s < base.segments.size(); ++s) base_by_key[base.segments[s].key] = s;
-    auto base_offsets = base.chunk_offsets();
-    DeltaSet set;
-    set.from_version = base.version;
-    set.from_sha256 = base.sha256;
-    for (std::size_t s = 0; s < idx.segments.size(); ++s) {
-      auto it = base_by_key.find(idx.segments[s].key);
-      if (it == base_by_key.end()) continue;
-      std::size_t b = it->second;
-      std::uint64_t base_size = base_offsets[base_starts[b + 1]] - base_offsets[base_starts[b]];
-      const auto& nseg = segments[s];
-      if (base_size != nseg.size) continue;
-      // Unchanged: the same chunks, nothing to send.
-      bool same = base_starts[b + 1] - base_starts[b] == new_starts[s + 1] - new_starts[s];
-      for (std::size_t k = 0; same && k < new_starts[s + 1] - new_starts[s]; ++k) {
-        same = base.chunks[base_starts[b] + k].hash == idx.chunks[new_starts[s] + k].hash;
-      }
-      if (same) continue;
-      auto old_bytes = read_segment(options.out_dir, base, base_starts, b);
-      if (!old_bytes) {
-        log::warn("modelpkg", "no delta from version {} for segment '{}': {}", base.version,
-                  nseg.key, old_bytes.error().message);
-        continue;
-      }
-      auto delta = make_delta(*old_bytes, whole.substr(nseg.offset, nseg.size), nseg.element_size,
-                              options.zstd_level);
-      if (!delta) return std::move(delta).error();
-      std::uint64_t chunk_cost = 0;
-      for (std::size_t k = new_starts[s]; k < new_starts[s + 1]; ++k) {
-        chunk_cost += idx.chunks[k].stored_size;
-      }
-      if (delta->size() >= chunk_cost) continue;
-      auto path = options.out_dir + "/" + delta_path(idx.sha256, base.sha256, s);
-      CAIRN_TRY(detail::make_dirs(fs::path(path).parent_path().string()));
-      CAIRN_TRY(detail::write_file_atomic(path, *delta, false));
-      set.entries.push_back(DeltaEntry{s, delta->size()});
-      ++summary.deltas_written;
-      summary.delta_bytes += delta->size();
-    }
-    if (!set.entries.empty()) idx.deltas.push_back(std::move(set));
-  }
+  auto deltas = add_deltas(options.out_dir, idx, options.zstd_level, options.delta_versions);
+  if (!deltas) return std::move(deltas).error();
+  summary.deltas_written = deltas->written;
+  summary.delta_bytes = deltas->bytes;
 
   auto cidx = encode_index(idx);
   if (!cidx) return std::move(cidx).error();

@@ -52,7 +52,23 @@ struct PackSummary {
 
 Result<PackSummary> pack_model(const std::string& model_path, const PackOptions& options);
 
+struct DeltaSummary {
+  std::size_t written = 0;
+  std::uint64_t bytes = 0;
+};
+
+// Sets `index.deltas` to deltas from the `delta_versions` most recently packed other versions
+// of its name in `dir` (newest first), writing a delta file for each segment that changed when
+// it is smaller than the segment's chunks. `dir` must hold the chunks of `index` and of those
+// versions. pack_model does this; so does a model store that receives chunks and an index.
+Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& index, int zstd_level,
+                                std::size_t delta_versions);
+
 // Reads one chunk of a publish (or store) directory: decompresses and checks its hash.
 Result<std::string> read_chunk(const std::string& dir, const ChunkRef& chunk);
+
+// OK when the chunks of `index` in `dir` are all there, each matches its hash, and together
+// they make the file the index's SHA-256 names (invalid_argument otherwise).
+Status verify_model(const std::string& dir, const ModelIndex& index);
 
 }  // namespace cairn::modelpkg

@@ -17,7 +17,7 @@
 #include "core/crypto.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
-#include "net/http_connection.hpp"
+#include "net/http_session.hpp"
 #include "net/spawn.hpp"
 
 // gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
@@ -115,11 +115,14 @@ HttpResponse to_response(http::response<http::string_body>& res) {
 }
 
 // Writes the request and reads the response on a connected (and handshaken) stream.
+// `buffer` holds what was read beyond the response (kept with a kept connection); `keep_alive`,
+// when given, is set to whether the server lets the connection serve another request.
 template <class Stream>
 asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
                                                http::request<http::string_body>& req,
+                                               beast::flat_buffer& buffer,
                                                Clock::time_point deadline, std::string where,
-                                               int timeout_secs) {
+                                               int timeout_secs, bool* keep_alive = nullptr) {
   auto failed = [&](const char* what, const error_code& ec) {
     if (ec == beast::error::timeout) {
       return make_error(errc::timeout, std::string("no answer from ") + where + " within " +
@@ -131,12 +134,12 @@ asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
   beast::get_lowest_layer(stream).expires_at(deadline);
   co_await http::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return failed("sending the request to", ec);
-  beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(kMaxResponseBody);
   if (req.method() == http::verb::head) parser.skip(true);
   co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return failed("reading the response from", ec);
+  if (keep_alive) *keep_alive = parser.get().keep_alive();
   co_return to_response(parser.get());
 }
 
@@ -179,63 +182,90 @@ asio::awaitable<Status> connect_tcp(beast::tcp_stream& stream,
   co_return Status{};
 }
 
-asio::awaitable<void> tcp_call(TcpCall call) {
-  auto& out = *call.out;
-  const HttpTarget& target = *call.target;
-  std::string where = (is_ip_literal(target.host) && target.host.find(':') != std::string::npos
-                           ? "[" + target.host + "]"
-                           : target.host) +
-                      ":" + std::to_string(target.port);
-  auto deadline = Clock::now() + std::chrono::seconds(call.timeout_secs);
-  auto executor = co_await asio::this_coro::executor;
+std::string host_header_of(const HttpTarget& target, bool use_tls) {
+  std::string host = is_ip_literal(target.host) && target.host.find(':') != std::string::npos
+                         ? "[" + target.host + "]"
+                         : target.host;
+  if (target.port != (use_tls ? 443 : 80)) host += ":" + std::to_string(target.port);
+  return host;
+}
 
+std::string where_of(const HttpTarget& target) {
+  return (is_ip_literal(target.host) && target.host.find(':') != std::string::npos
+              ? "[" + target.host + "]"
+              : target.host) +
+         ":" + std::to_string(target.port);
+}
+
+Result<tcp::resolver::results_type> resolve(asio::any_io_executor executor,
+                                            const HttpTarget& target) {
   error_code ec;
   tcp::resolver resolver(executor);
   // Resolution is synchronous: IP literals resolve at once, and this is a blocking call anyway.
   auto endpoints = resolver.resolve(target.host, std::to_string(target.port),
                                     tcp::resolver::numeric_service, ec);
   if (ec) {
-    out = make_error(errc::unavailable, "cannot resolve " + target.host + ": " + ec.message());
+    return make_error(errc::unavailable, "cannot resolve " + target.host + ": " + ec.message());
+  }
+  return endpoints;
+}
+
+// Connects and completes the TLS handshake, checking the certificate against `name`.
+asio::awaitable<Status> connect_tls(ssl::stream<beast::tcp_stream>& stream,
+                                    const tcp::resolver::results_type& endpoints,
+                                    const HttpTarget& target, const std::string& name,
+                                    Clock::time_point deadline, const std::string& where) {
+  if (auto s = set_peer_name(stream.native_handle(), name, target.verify); !s) co_return s;
+  if (auto s = co_await connect_tcp(beast::get_lowest_layer(stream), endpoints, deadline, where);
+      !s) {
+    co_return s;
+  }
+  error_code ec;
+  co_await stream.async_handshake(ssl::stream_base::client,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) co_return Status{};
+  long verify_result = SSL_get_verify_result(stream.native_handle());
+  if (target.verify && verify_result != X509_V_OK) {
+    co_return make_error(errc::unauthorized,
+                         "TLS certificate of " + where + " not accepted: " +
+                             X509_verify_cert_error_string(verify_result) + " (it must chain to " +
+                             (target.ca_file.empty() ? "the system trust store" : target.ca_file) +
+                             " and name '" + name + "')");
+  }
+  if (ec == beast::error::timeout) {
+    co_return make_error(errc::timeout, "TLS handshake with " + where + " timed out");
+  }
+  co_return make_error(errc::unavailable, "TLS handshake with " + where +
+                                              " failed: " + ec.message() + " (is it a TLS port?)");
+}
+
+asio::awaitable<void> tcp_call(TcpCall call) {
+  auto& out = *call.out;
+  const HttpTarget& target = *call.target;
+  std::string where = where_of(target);
+  auto deadline = Clock::now() + std::chrono::seconds(call.timeout_secs);
+  auto executor = co_await asio::this_coro::executor;
+  auto endpoints = resolve(executor, target);
+  if (!endpoints) {
+    out = std::move(endpoints).error();
     co_return;
   }
+  beast::flat_buffer buffer;
   if (!call.tls) {
     beast::tcp_stream stream(executor);
-    if (auto s = co_await connect_tcp(stream, endpoints, deadline, where); !s) {
+    if (auto s = co_await connect_tcp(stream, *endpoints, deadline, where); !s) {
       out = std::move(s).error();
       co_return;
     }
-    out = co_await exchange(stream, *call.req, deadline, where, call.timeout_secs);
+    out = co_await exchange(stream, *call.req, buffer, deadline, where, call.timeout_secs);
     co_return;
   }
   ssl::stream<beast::tcp_stream> stream(executor, *call.tls);
-  if (auto s = set_peer_name(stream.native_handle(), call.name, target.verify); !s) {
-    out = s.error();
-    co_return;
-  }
-  if (auto s = co_await connect_tcp(beast::get_lowest_layer(stream), endpoints, deadline, where);
-      !s) {
+  if (auto s = co_await connect_tls(stream, *endpoints, target, call.name, deadline, where); !s) {
     out = std::move(s).error();
     co_return;
   }
-  co_await stream.async_handshake(ssl::stream_base::client,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) {
-    long verify_result = SSL_get_verify_result(stream.native_handle());
-    if (target.verify && verify_result != X509_V_OK) {
-      out = make_error(errc::unauthorized,
-                       "TLS certificate of " + where + " not accepted: " +
-                           X509_verify_cert_error_string(verify_result) + " (it must chain to " +
-                           (target.ca_file.empty() ? "the system trust store" : target.ca_file) +
-                           " and name '" + call.name + "')");
-    } else if (ec == beast::error::timeout) {
-      out = make_error(errc::timeout, "TLS handshake with " + where + " timed out");
-    } else {
-      out = make_error(errc::unavailable, "TLS handshake with " + where +
-                                              " failed: " + ec.message() + " (is it a TLS port?)");
-    }
-    co_return;
-  }
-  out = co_await exchange(stream, *call.req, deadline, where, call.timeout_secs);
+  out = co_await exchange(stream, *call.req, buffer, deadline, where, call.timeout_secs);
 }
 
 Result<std::unique_ptr<ssl::context>> client_tls_context(const HttpTarget& target) {
@@ -277,7 +307,8 @@ asio::awaitable<void> unix_call(std::string socket_path, http::request<http::str
                                              "): is cairnd running with this --home?");
     co_return;
   }
-  *out = co_await exchange(stream, *req, deadline, socket_path, timeout_secs);
+  beast::flat_buffer buffer;
+  *out = co_await exchange(stream, *req, buffer, deadline, socket_path, timeout_secs);
 }
 
 // What a streamed call and its watchdog share. The watchdog runs as a plain timer handler on
@@ -450,12 +481,7 @@ Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& r
   if (timeout_secs <= 0) timeout_secs = 1;
   bool use_tls = target.tls || !target.ca_file.empty();
   std::string name = target.server_name.empty() ? target.host : target.server_name;
-
-  std::string host_header = is_ip_literal(target.host) && target.host.find(':') != std::string::npos
-                                ? "[" + target.host + "]"
-                                : target.host;
-  if (target.port != (use_tls ? 443 : 80)) host_header += ":" + std::to_string(target.port);
-  auto req = build_request(request, host_header);
+  auto req = build_request(request, host_header_of(target, use_tls));
   if (!req) return std::move(req).error();
 
   std::unique_ptr<ssl::context> tls;
@@ -473,6 +499,119 @@ Result<HttpResponse> http_request(const HttpTarget& target, const HttpRequest& r
                                       "HTTP request failed: " + describe_exception(e));
                  });
   io.run();
+  if (!out) return make_error(errc::internal, "HTTP request ended without a result");
+  return std::move(*out);
+}
+
+struct HttpSession::Impl {
+  HttpTarget target;
+  int timeout_secs = 30;
+  bool use_tls = false;
+  std::string name;  // the name the certificate must carry
+  std::string where;
+  std::unique_ptr<ssl::context> tls;
+  asio::io_context io{1};
+  std::optional<beast::tcp_stream> plain;
+  std::optional<ssl::stream<beast::tcp_stream>> secure;
+  beast::flat_buffer buffer;
+  std::size_t connections = 0;
+
+  bool open() const { return plain.has_value() || secure.has_value(); }
+  void close() {
+    plain.reset();
+    secure.reset();
+    buffer.consume(buffer.size());
+  }
+
+  asio::awaitable<Status> connect(Clock::time_point deadline) {
+    auto executor = co_await asio::this_coro::executor;
+    auto endpoints = resolve(executor, target);
+    if (!endpoints) co_return std::move(endpoints).error();
+    if (!use_tls) {
+      plain.emplace(executor);
+      if (auto s = co_await connect_tcp(*plain, *endpoints, deadline, where); !s) {
+        close();
+        co_return s;
+      }
+    } else {
+      secure.emplace(executor, *tls);
+      if (auto s = co_await connect_tls(*secure, *endpoints, target, name, deadline, where); !s) {
+        close();
+        co_return s;
+      }
+    }
+    // Requests on a kept connection are small writes waiting for an answer: no Nagle delay.
+    error_code ec;
+    (plain ? plain->socket() : secure->next_layer().socket()).set_option(tcp::no_delay(true), ec);
+    ++connections;
+    co_return Status{};
+  }
+
+  // One request on the kept connection, opening one when there is none. A request sent on a
+  // kept connection that the server had closed meanwhile (idle timeout) fails before any
+  // answer; an idempotent one is sent once more on a new connection.
+  asio::awaitable<void> call(http::request<http::string_body>* req, bool idempotent,
+                             std::optional<Result<HttpResponse>>* out) {
+    auto deadline = Clock::now() + std::chrono::seconds(timeout_secs);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const bool reused = open();
+      if (!reused) {
+        if (auto s = co_await connect(deadline); !s) {
+          *out = std::move(s).error();
+          co_return;
+        }
+      }
+      bool keep = false;
+      if (plain) {
+        *out = co_await exchange(*plain, *req, buffer, deadline, where, timeout_secs, &keep);
+      } else {
+        *out = co_await exchange(*secure, *req, buffer, deadline, where, timeout_secs, &keep);
+      }
+      if (**out) {
+        if (!keep) close();
+        co_return;
+      }
+      close();
+      if (!reused || !idempotent || (*out)->error().code == errc::timeout) co_return;
+    }
+  }
+};
+
+HttpSession::HttpSession(HttpTarget target, int timeout_secs) : impl_(std::make_unique<Impl>()) {
+  impl_->use_tls = target.tls || !target.ca_file.empty();
+  impl_->name = target.server_name.empty() ? target.host : target.server_name;
+  impl_->where = where_of(target);
+  impl_->timeout_secs = timeout_secs <= 0 ? 1 : timeout_secs;
+  impl_->target = std::move(target);
+}
+
+HttpSession::~HttpSession() = default;
+HttpSession::HttpSession(HttpSession&&) noexcept = default;
+HttpSession& HttpSession::operator=(HttpSession&&) noexcept = default;
+
+std::size_t HttpSession::connections_opened() const { return impl_->connections; }
+
+Result<HttpResponse> HttpSession::request(const HttpRequest& request) {
+  Impl& s = *impl_;
+  if (s.target.host.empty()) return make_error(errc::invalid_argument, "HTTP target has no host");
+  if (s.target.port == 0) return make_error(errc::invalid_argument, "HTTP target has no port");
+  auto req = build_request(request, host_header_of(s.target, s.use_tls), true);
+  if (!req) return std::move(req).error();
+  if (s.use_tls && !s.tls) {
+    auto ctx = client_tls_context(s.target);
+    if (!ctx) return std::move(ctx).error();
+    s.tls = std::move(*ctx);
+  }
+  const bool idempotent = req->method() == http::verb::get || req->method() == http::verb::head;
+  std::optional<Result<HttpResponse>> out;
+  s.io.restart();
+  asio::co_spawn(s.io, s.call(&*req, idempotent, &out), [&out, &s](std::exception_ptr e) {
+    if (e) {
+      s.close();
+      out = make_error(errc::internal, "HTTP request failed: " + describe_exception(e));
+    }
+  });
+  s.io.run();
   if (!out) return make_error(errc::internal, "HTTP request ended without a result");
   return std::move(*out);
 }
@@ -516,115 +655,6 @@ Result<HttpResponse> unix_http_stream(const std::string& socket_path, const Http
   io.run();
   if (!out) return make_error(errc::internal, "HTTP stream ended without a result");
   return std::move(*out);
-}
-
-struct HttpConnection::Impl {
-  Impl(std::string h, std::uint16_t p) : host(std::move(h)), port(p), stream(io) {
-    const bool v6 = is_ip_literal(host) && host.find(':') != std::string::npos;
-    where = (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-    host_header = where;
-  }
-
-  // Runs the io_context until the operations started on it finish or `timeout_secs` pass (the
-  // stream's own expiry then fails them).
-  void run() {
-    io.restart();
-    io.run();
-  }
-
-  Status connect(int timeout_secs) {
-    stream.close();
-    buffer.clear();
-    error_code ec;
-    tcp::resolver resolver(io);
-    auto endpoints =
-        resolver.resolve(host, std::to_string(port), tcp::resolver::numeric_service, ec);
-    if (ec) return make_error(errc::unavailable, "cannot resolve " + host + ": " + ec.message());
-    stream.expires_after(std::chrono::seconds(timeout_secs));
-    stream.async_connect(endpoints, [&ec](const error_code& e, const tcp::endpoint&) { ec = e; });
-    run();
-    if (ec) {
-      return make_error(ec == beast::error::timeout ? errc::timeout : errc::unavailable,
-                        "cannot connect to " + where + ": " + ec.message());
-    }
-    // Requests and answers are small and follow each other: never hold a segment back.
-    stream.socket().set_option(tcp::no_delay(true), ec);
-    open = true;
-    return {};
-  }
-
-  // One exchange on the open connection. `answered` tells whether any byte of an answer came.
-  Result<HttpResponse> exchange(http::request<http::string_body>& req, int timeout_secs,
-                                bool& answered) {
-    error_code ec;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(kMaxResponseBody);
-    if (req.method() == http::verb::head) parser.skip(true);
-    stream.expires_after(std::chrono::seconds(timeout_secs));
-    http::async_write(stream, req, [&](const error_code& e, std::size_t) {
-      if (e) {
-        ec = e;
-        return;
-      }
-      http::async_read(stream, buffer, parser, [&](const error_code& r, std::size_t) { ec = r; });
-    });
-    run();
-    answered = parser.got_some();
-    if (ec) {
-      open = false;
-      stream.close();
-      if (ec == beast::error::timeout) {
-        return make_error(errc::timeout, "no answer from " + where + " within " +
-                                             std::to_string(timeout_secs) + " s");
-      }
-      return make_error(errc::io_error, "HTTP exchange with " + where + " failed: " + ec.message());
-    }
-    if (!parser.get().keep_alive()) {
-      open = false;
-      stream.close();
-    }
-    return to_response(parser.get());
-  }
-
-  std::string host;
-  std::uint16_t port;
-  std::string where;
-  std::string host_header;
-  asio::io_context io{1};
-  beast::tcp_stream stream;
-  beast::flat_buffer buffer;
-  bool open = false;
-};
-
-HttpConnection::HttpConnection(std::string host, std::uint16_t port)
-    : impl_(std::make_unique<Impl>(std::move(host), port)) {}
-
-HttpConnection::~HttpConnection() = default;
-
-Status HttpConnection::connect(int timeout_secs) {
-  return impl_->connect(timeout_secs <= 0 ? 1 : timeout_secs);
-}
-
-void HttpConnection::close() {
-  impl_->open = false;
-  impl_->stream.close();
-}
-
-Result<HttpResponse> HttpConnection::request(const HttpRequest& request, int timeout_secs) {
-  if (timeout_secs <= 0) timeout_secs = 1;
-  auto req = build_request(request, impl_->host_header, true);
-  if (!req) return std::move(req).error();
-  const bool reused = impl_->open;
-  if (!impl_->open) CAIRN_TRY(impl_->connect(timeout_secs));
-  bool answered = false;
-  auto response = impl_->exchange(*req, timeout_secs, answered);
-  // The server may have closed an idle keep-alive connection just before we wrote: nothing
-  // was answered, so the request is sent again on a fresh connection, once.
-  if (!response && reused && !answered && response.error().code == errc::io_error) {
-    CAIRN_TRY(impl_->connect(timeout_secs));
-    response = impl_->exchange(*req, timeout_secs, answered);
-  }
-  return response;
 }
 
 }  // namespace cairn::net

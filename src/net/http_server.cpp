@@ -398,6 +398,10 @@ asio::awaitable<void> serve_connection(tcp::socket socket,
                                        std::shared_ptr<HttpServer::State> state) {
   auto core = state->core;
   std::string peer = peer_name(socket);
+  // A response goes out in more than one write (TLS records, a kept connection's next answer):
+  // Nagle would hold the last one back until the client's delayed ACK, milliseconds a request.
+  error_code nodelay_ec;
+  socket.set_option(tcp::no_delay(true), nodelay_ec);
   auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
   if (!state->tls) {
     beast::tcp_stream stream(std::move(socket));

@@ -46,9 +46,13 @@ Result<ServiceClient> ServiceClient::from_connection_string(std::string_view tex
   return c;
 }
 
+Result<std::string> ServiceClient::token() const {
+  return crypto::make_sas_token(host, key, now_unix_s() + kTokenValiditySeconds, policy);
+}
+
 Result<HttpResponse> ServiceClient::request(std::string method, std::string target,
                                             std::string body, int timeout_seconds) const {
-  auto token = crypto::make_sas_token(host, key, now_unix_s() + kTokenValiditySeconds, policy);
+  auto token = this->token();
   if (!token) return std::move(token).error();
   HttpRequest r;
   r.method = std::move(method);

@@ -29,6 +29,10 @@ struct ServiceClient {
   // errc::invalid_argument naming the first missing field.
   static Result<ServiceClient> from_connection_string(std::string_view text);
 
+  // A service SAS token valid for an hour, for callers that send requests themselves (over a
+  // kept connection, net/http_session.hpp).
+  Result<std::string> token() const;
+
   // One request signed with a token valid for an hour. Transport failures are errors; any HTTP
   // status is a response.
   Result<HttpResponse> request(std::string method, std::string target, std::string body = {},

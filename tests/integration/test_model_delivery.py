@@ -122,6 +122,8 @@ def test_fetch_then_identical_republish_downloads_only_the_index(tmp_path, publi
     assert first["needed"] == len(data) and first["reused"] == 0
     assert first["chunks_downloaded"] == first["chunks"] > 1
     assert first["requests"] == len(server.requests)
+    # Kept connections: one per worker at most, not one per request.
+    assert server.connections == first["connections"] <= 4 < first["requests"], first
 
     pack(model, publish, "net", "2")  # the same file, published again
     server.reset()
@@ -130,6 +132,16 @@ def test_fetch_then_identical_republish_downloads_only_the_index(tmp_path, publi
     assert second["downloaded"] == second["index_bytes"]
     assert second["reused"] == len(data) and second["chunks_downloaded"] == 0
     assert out.read_bytes() == data
+
+
+def test_without_keep_alive_every_request_opens_a_connection(tmp_path, publish, server):
+    model = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(model, seed=1)
+    pack(model, publish, "net", "1")
+    out, store = tmp_path / "m.out", tmp_path / "store"
+    s = fetch(server.url("net-1.cidx"), out, store, "--no-keep-alive")
+    assert out.read_bytes() == data
+    assert server.connections == s["connections"] == s["requests"] > 1, s
 
 
 def test_retrained_head_travels_as_a_small_delta(tmp_path, publish, server):

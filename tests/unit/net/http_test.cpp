@@ -33,7 +33,7 @@
 
 #include "loopback.hpp"
 #include "net/certs.hpp"
-#include "net/http_connection.hpp"
+#include "net/http_session.hpp"
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -247,63 +247,65 @@ TEST_F(HttpTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   EXPECT_EQ(echo.peers[1], echo.peers[2]);
 }
 
-TEST_F(HttpTest, HttpConnectionSendsRequestsOnOneKeptConnection) {
+TEST_F(HttpTest, HttpSessionSendsRequestsOnOneKeptConnection) {
   EchoHandler echo;
   auto port = start(echo.handler(), false);
-  HttpConnection conn("127.0.0.1", port);
+  HttpSession conn(plain(port), 10);
   for (int i = 0; i < 3; ++i) {
     HttpRequest req;
     req.method = "POST";
     req.target = "/n/" + std::to_string(i);
     req.body = "b" + std::to_string(i);
     req.headers = {{"X-Test", "t"}};
-    auto res = conn.request(req, 10);
+    auto res = conn.request(req);
     ASSERT_TRUE(res) << res.error().to_string();
     EXPECT_EQ(res->status, 200);
     EXPECT_EQ(res->body, "POST /n/" + std::to_string(i) + " t b" + std::to_string(i));
   }
+  EXPECT_EQ(conn.connections_opened(), 1u);
   std::lock_guard lock(echo.mu);
   ASSERT_EQ(echo.peers.size(), 3u);
   EXPECT_EQ(echo.peers[0], echo.peers[1]);  // same client port: the same connection
   EXPECT_EQ(echo.peers[1], echo.peers[2]);
 }
 
-TEST_F(HttpTest, HttpConnectionReopensAConnectionTheServerClosed) {
+TEST_F(HttpTest, HttpSessionReopensAConnectionTheServerClosed) {
   EchoHandler echo;
   HttpLimits limits;
   limits.read_timeout = std::chrono::seconds(1);  // the server drops idle connections after 1 s
   auto port = start(echo.handler(), false, limits);
-  HttpConnection conn("127.0.0.1", port);
+  HttpSession conn(plain(port), 10);
   HttpRequest req;
   req.method = "GET";
   req.target = "/first";
-  ASSERT_TRUE(conn.request(req, 10));
+  ASSERT_TRUE(conn.request(req));
   // Wait until the server has closed the idle connection: its peer list cannot tell, but a
   // new connection shows up as a new peer on the next request.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   req.target = "/second";
-  auto res = conn.request(req, 10);
+  auto res = conn.request(req);
   ASSERT_TRUE(res) << res.error().to_string();
   EXPECT_EQ(res->body, "GET /second  ");
+  EXPECT_EQ(conn.connections_opened(), 2u);
   std::lock_guard lock(echo.mu);
   ASSERT_EQ(echo.peers.size(), 2u);
   EXPECT_NE(echo.peers[0], echo.peers[1]);
 }
 
-TEST_F(HttpTest, HttpConnectionReportsBadInputAndUnreachableServers) {
+TEST_F(HttpTest, HttpSessionReportsBadInputAndUnreachableServers) {
   EchoHandler echo;
   auto port = start(echo.handler(), false);
   servers_.back()->stop();
   sync_with_io();
-  HttpConnection conn("127.0.0.1", port);
+  HttpSession conn(plain(port), 5);
   HttpRequest req;
   req.method = "GET";
   req.target = "/";
-  auto res = conn.request(req, 5);
+  auto res = conn.request(req);
   ASSERT_FALSE(res);
   EXPECT_EQ(res.error().code, errc::unavailable);
   req.target = "no-slash";
-  res = conn.request(req, 5);
+  res = conn.request(req);
   ASSERT_FALSE(res);
   EXPECT_EQ(res.error().code, errc::invalid_argument);
   EXPECT_EQ(echo.calls, 0);

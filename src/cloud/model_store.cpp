@@ -1,0 +1,357 @@
+#include "cloud/model_store.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "core/crypto.hpp"
+#include "core/log.hpp"
+#include "modelpkg/detail/files.hpp"
+#include "modelpkg/detail/zstd.hpp"
+#include "modelpkg/index.hpp"
+#include "modelpkg/pack.hpp"
+
+namespace cairn::cloud {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr std::string_view kLog = "models";
+
+bool is_hex_hash(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// A path segment of a published file: the characters of names and versions, no leading '.'
+// (so neither ".." nor a temporary file).
+bool plain_segment(std::string_view s) {
+  return !s.empty() && s.front() != '.' && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+std::vector<std::string_view> split(std::string_view path) {
+  std::vector<std::string_view> out;
+  while (true) {
+    auto slash = path.find('/');
+    out.push_back(path.substr(0, slash));
+    if (slash == std::string_view::npos) return out;
+    path.remove_prefix(slash + 1);
+  }
+}
+
+json describe(const modelpkg::ModelIndex& idx) {
+  std::size_t deltas = 0;
+  for (const auto& set : idx.deltas) deltas += set.entries.size();
+  return {{"name", idx.name},
+          {"version", idx.version},
+          {"size", idx.size},
+          {"sha256", idx.sha256},
+          {"chunks", idx.chunks.size()},
+          {"deltas", deltas},
+          {"index", "models/" + modelpkg::index_file_name(idx.name, idx.version)}};
+}
+
+}  // namespace
+
+ModelStore::ModelStore(ModelStoreOptions options) : options_(std::move(options)) {}
+
+Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) {
+  if (options.dir.empty()) return make_error(errc::invalid_argument, "no model store directory");
+  CAIRN_TRY(modelpkg::detail::make_dirs(options.dir + "/chunks"));
+  std::unique_ptr<ModelStore> store(new ModelStore(std::move(options)));
+  std::error_code ec;
+  std::uint64_t used = 0;
+  for (auto it = fs::recursive_directory_iterator(store->options_.dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    if (it->path().filename().string().starts_with(".")) {
+      // A write a crash interrupted (modelpkg's temporary files start with '.').
+      std::error_code rec;
+      fs::remove(it->path(), rec);
+      continue;
+    }
+    std::error_code sec;
+    used += it->file_size(sec);
+  }
+  if (ec) {
+    return make_error(errc::io_error,
+                      "cannot read the model store " + store->options_.dir + ": " + ec.message());
+  }
+  store->used_bytes_ = used;
+  store->thread_ = std::thread([s = store.get()] { s->run(); });
+  log::info(kLog, "model store {}: {} bytes of {}", store->options_.dir, used,
+            store->options_.max_store_bytes);
+  return store;
+}
+
+ModelStore::~ModelStore() {
+  std::deque<Job> dropped;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    dropped.swap(jobs_);
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& job : dropped) job.done(make_error(errc::cancelled, "cairn-cloud is stopping"));
+}
+
+Status ModelStore::reserve(std::uint64_t bytes, std::string_view what) const {
+  const auto used = used_bytes_.load();
+  if (used + bytes > options_.max_store_bytes) {
+    return make_error(errc::limit_exceeded,
+                      "the model store is full (" + std::to_string(used) + " of " +
+                          std::to_string(options_.max_store_bytes) + " bytes used; " +
+                          std::string(what) + " needs " + std::to_string(bytes) +
+                          "): raise cairn-cloud's --model-store-max-bytes or remove old versions");
+  }
+  return {};
+}
+
+Result<ModelStore::Checked> ModelStore::check_new(const std::string& name,
+                                                  const std::string& version,
+                                                  std::string_view cidx) const {
+  CAIRN_TRY(modelpkg::check_label(name, "model name"));
+  CAIRN_TRY(modelpkg::check_label(version, "model version"));
+  auto decoded = modelpkg::decode_index(cidx);
+  if (!decoded) {
+    return make_error(errc::invalid_argument,
+                      "the body is not a model index (.cidx): " + decoded.error().message);
+  }
+  Checked out;
+  out.index = std::move(*decoded);
+  const auto& idx = out.index;
+  if (idx.name != name || idx.version != version) {
+    return make_error(errc::invalid_argument, "the index is of " + idx.name + " version " +
+                                                  idx.version + ", the path names " + name +
+                                                  " version " + version);
+  }
+  if (idx.size > options_.max_model_bytes) {
+    return make_error(errc::limit_exceeded, "the model is " + std::to_string(idx.size) +
+                                                " bytes, over the store's " +
+                                                std::to_string(options_.max_model_bytes) +
+                                                " (cairn-cloud --model-max-bytes)");
+  }
+  const std::string file = modelpkg::index_file_name(name, version);
+  if (auto existing =
+          modelpkg::detail::read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes)) {
+    auto old = modelpkg::decode_index(*existing);
+    if (old && old->name == name && old->version == version && old->sha256 == idx.sha256) {
+      out.existing = std::move(*old);
+      out.existing_bytes = existing->size();
+      return out;
+    }
+    if (old && (old->name != name || old->version != version)) {
+      return make_error(errc::already_exists, file + " is taken by " + old->name + " version " +
+                                                  old->version + ": choose another version");
+    }
+    return make_error(errc::already_exists,
+                      name + " version " + version +
+                          " is already in the store with other content, and versions are "
+                          "immutable: push it as a new version");
+  }
+  return out;
+}
+
+Result<json> ModelStore::missing(const std::string& name, const std::string& version,
+                                 std::string_view cidx) const {
+  auto checked = check_new(name, version, cidx);
+  if (!checked) return std::move(checked).error();
+  json out = json::array();
+  std::uint64_t bytes = 0;
+  if (!checked->existing) {
+    std::set<std::string> seen;
+    for (const auto& c : checked->index.chunks) {
+      std::error_code ec;
+      if (seen.insert(c.hash).second &&
+          !fs::exists(options_.dir + "/" + modelpkg::chunk_path(c.hash), ec)) {
+        out.push_back(c.hash);
+        bytes += c.stored_size;
+      }
+    }
+  }
+  // Refused now rather than after the upload: a push that cannot fit leaves nothing behind.
+  CAIRN_TRY(reserve(bytes, "this version's new chunks"));
+  return json{{"missing", out}, {"missingBytes", bytes}, {"unchanged", !!checked->existing}};
+}
+
+Result<json> ModelStore::put_chunk(const std::string& hash, std::string_view body) {
+  if (!is_hex_hash(hash)) {
+    return make_error(errc::invalid_argument,
+                      "a chunk is named by the SHA-256 of its bytes: 64 lowercase hex digits");
+  }
+  if (body.empty()) return make_error(errc::invalid_argument, "the chunk body is empty");
+  const std::string path = options_.dir + "/" + modelpkg::chunk_path(hash);
+  std::error_code ec;
+  if (auto size = fs::file_size(path, ec); !ec) {
+    return json{{"hash", hash}, {"storedBytes", size}, {"new", false}};
+  }
+  // Stored compressed only when that is smaller, so a chunk file is raw exactly when its size
+  // is the chunk's size (commit relies on it).
+  std::string stored;
+  if (crypto::sha256_hex(body) == hash) {
+    stored = std::string(body);
+  } else {
+    auto decoded = modelpkg::detail::zstd_decompress(body, modelpkg::kMaxChunkBytes);
+    if (!decoded || crypto::sha256_hex(*decoded) != hash) {
+      return make_error(errc::invalid_argument,
+                        "the body is not chunk " + hash +
+                            ": neither its bytes nor their zstd decoding have that SHA-256 "
+                            "(a truncated or damaged upload?)");
+    }
+    stored = body.size() < decoded->size() ? std::string(body) : std::move(*decoded);
+  }
+  CAIRN_TRY(reserve(stored.size(), "chunk " + hash));
+  CAIRN_TRY(modelpkg::detail::make_dirs(fs::path(path).parent_path().string()));
+  CAIRN_TRY(modelpkg::detail::write_file_atomic(path, stored, false));
+  used_bytes_ += stored.size();
+  return json{{"hash", hash}, {"storedBytes", stored.size()}, {"new", true}};
+}
+
+void ModelStore::commit(std::string name, std::string version, std::string cidx, CommitDone done) {
+  {
+    std::lock_guard lock(mu_);
+    if (!stopping_ && jobs_.size() < options_.max_pending_commits) {
+      jobs_.push_back(Job{std::move(name), std::move(version), std::move(cidx), std::move(done)});
+      cv_.notify_one();
+      return;
+    }
+  }
+  done(make_error(errc::unavailable, "the model store is busy with " +
+                                         std::to_string(options_.max_pending_commits) +
+                                         " pushes: retry in a moment"));
+}
+
+void ModelStore::run() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    Result<json> result = make_error(errc::internal, "commit did not run");
+    try {
+      result = commit_now(job.name, job.version, job.cidx);
+    } catch (const std::exception& e) {
+      result = make_error(errc::internal, std::string("model commit failed: ") + e.what());
+    }
+    job.done(std::move(result));
+  }
+}
+
+Result<json> ModelStore::commit_now(const std::string& name, const std::string& version,
+                                    const std::string& cidx) {
+  auto checked = check_new(name, version, cidx);
+  if (!checked) return std::move(checked).error();
+  if (checked->existing) {
+    json out = describe(*checked->existing);
+    out["indexBytes"] = checked->existing_bytes;
+    out["deltaBytes"] = 0;
+    out["unchanged"] = true;
+    return out;
+  }
+  modelpkg::ModelIndex idx = std::move(checked->index);
+  const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
+  // The chunk files as stored here decide compression and stored size (another push may have
+  // brought a chunk compressed differently); the client's deltas are never taken.
+  std::size_t absent = 0;
+  std::string first_absent;
+  for (auto& c : idx.chunks) {
+    std::error_code ec;
+    auto size = fs::file_size(options_.dir + "/" + modelpkg::chunk_path(c.hash), ec);
+    if (ec) {
+      if (absent++ == 0) first_absent = c.hash;
+      continue;
+    }
+    c.compressed = size != c.size;
+    c.stored_size = size;
+  }
+  if (absent > 0) {
+    return make_error(errc::invalid_argument,
+                      std::to_string(absent) +
+                          " chunks of the index are not in the store (first: " + first_absent +
+                          "): upload them first");
+  }
+  CAIRN_TRY(modelpkg::verify_model(options_.dir, idx));
+  CAIRN_TRY(reserve(cidx.size(), "the index"));
+  auto deltas =
+      modelpkg::add_deltas(options_.dir, idx, options_.zstd_level, options_.delta_versions);
+  if (!deltas) return std::move(deltas).error();
+  used_bytes_ += deltas->bytes;
+  auto encoded = modelpkg::encode_index(idx);
+  if (!encoded) return std::move(encoded).error();
+  // Written last and atomically: readers see no index or a complete one.
+  CAIRN_TRY(modelpkg::detail::write_file_atomic(index_path, *encoded, true));
+  used_bytes_ += encoded->size();
+  json out = describe(idx);
+  out["indexBytes"] = encoded->size();
+  out["deltaBytes"] = deltas->bytes;
+  out["unchanged"] = false;
+  log::info(kLog, "stored {} version {}: {} bytes, {} chunks, {} deltas ({} bytes)", name, version,
+            idx.size, idx.chunks.size(), deltas->written, deltas->bytes);
+  return out;
+}
+
+Result<json> ModelStore::list() const {
+  std::vector<std::tuple<std::string, fs::file_time_type, json>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
+    const auto file = entry.path().filename().string();
+    if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
+    auto bytes = modelpkg::detail::read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
+    if (!bytes) continue;
+    auto idx = modelpkg::decode_index(*bytes);
+    if (!idx) {
+      log::warn(kLog, "{} in the model store does not decode: {}", file, idx.error().message);
+      continue;
+    }
+    std::error_code tec;
+    found.emplace_back(idx->name, fs::last_write_time(entry.path(), tec), describe(*idx));
+    if (found.size() >= options_.max_listed) break;
+  }
+  if (ec) return make_error(errc::io_error, "cannot list the model store: " + ec.message());
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
+  });
+  json models = json::array();
+  for (auto& f : found) models.push_back(std::move(std::get<2>(f)));
+  return json{{"models", models},
+              {"usedBytes", used_bytes_.load()},
+              {"maxBytes", options_.max_store_bytes}};
+}
+
+Result<std::string> ModelStore::read(const std::string& relative_path) const {
+  auto parts = split(relative_path);
+  bool ok = std::all_of(parts.begin(), parts.end(), plain_segment);
+  if (ok && parts.size() == 1) {
+    ok = parts[0].ends_with(".cidx") || parts[0].ends_with(".cidx.sig");
+  } else if (ok && parts.size() == 3) {
+    ok = (parts[0] == "chunks" && is_hex_hash(parts[2]) && parts[1] == parts[2].substr(0, 2)) ||
+         parts[0] == "deltas";
+  } else {
+    ok = false;
+  }
+  auto not_found = [&] {
+    return make_error(errc::not_found, "no published file models/" + relative_path.substr(0, 200));
+  };
+  if (!ok) return not_found();
+  const std::string path = options_.dir + "/" + relative_path;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return not_found();
+  // Deltas are the largest files served; the fetcher takes at most 64 MiB of one.
+  return modelpkg::detail::read_file(path, modelpkg::kMaxIndexJsonBytes);
+}
+
+}  // namespace cairn::cloud

@@ -1,0 +1,132 @@
+// ModelStore: cairn-cloud's model store — model versions pushed by `cairn cloud model push`,
+// kept as one modelpkg publish directory (docs/modelpkg.md) under HOME/models and served from
+// it as static files, so a deployment points a model's `url` at
+// https://HOST:PORT/models/NAME-VERSION.cidx and devices fetch only what they lack.
+//
+// A push is three steps, each a REST call (rest_api.hpp, docs/cloud_api.md):
+//   1. missing(): the new version's index is checked, and the answer is which of its chunks
+//      the store lacks;
+//   2. put_chunk() for each of them (chunks are content-addressed: a chunk any model or
+//      version already brought is never uploaded again);
+//   3. commit() of the index: checked (name, version, limits, every chunk present, the
+//      chunks make the file the index's SHA-256 names), deltas from the last few versions of
+//      the same name computed here (modelpkg::add_deltas), then the index written atomically,
+//      last, so a reader never sees an index whose pieces are missing.
+// Nothing a request sends is kept unless it checked out: a chunk is verified against its
+// hash before it is written (temporary file + rename), an index that fails a check changes
+// nothing. Versions are immutable: pushing other content under an existing name and version
+// is refused.
+//
+// Thread-safety: put_chunk, missing, list and read run on the caller's thread (the io thread)
+// and only read or atomically create files. commit runs on the store's own thread, one at a
+// time, because deltas cost seconds of CPU; `done` is called from that thread. Chunks
+// uploaded but never committed stay until removed by hand (they count against the store cap).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/result.hpp"
+#include "modelpkg/index.hpp"
+
+namespace cairn::cloud {
+
+struct ModelStoreOptions {
+  std::string dir;  // HOME/models
+  // Largest model version (the index's file size) accepted; a bigger one is refused before
+  // any chunk of it is checked.
+  // 1 GiB keeps the index of the largest model (~40 bytes per 64 KiB chunk) well inside the
+  // REST API's 1 MiB request body limit.
+  std::uint64_t max_model_bytes = 1024ULL * 1024 * 1024;
+  // Cap on the store's files (chunks, deltas, indexes). A push whose new chunks, a chunk or an
+  // index that would pass it is refused with limit_exceeded; deltas, which the store makes
+  // itself, are counted but not refused.
+  std::uint64_t max_store_bytes = 20ULL * 1024 * 1024 * 1024;
+  // Earlier versions of the same name a pushed version gets deltas from.
+  std::size_t delta_versions = 3;
+  // zstd level of deltas (as `cairn model pack`).
+  int zstd_level = 19;
+  // Commits waiting for the store's thread; more are refused (unavailable) until it catches up.
+  std::size_t max_pending_commits = 4;
+  // Entries of list() at most.
+  std::size_t max_listed = 1000;
+};
+
+class ModelStore {
+ public:
+  // Creates the directory, removes temporary files a crash left and counts the bytes held.
+  static Result<std::unique_ptr<ModelStore>> open(ModelStoreOptions options);
+  ~ModelStore();  // finishes the commit in progress, drops the queued ones (done gets cancelled)
+  ModelStore(const ModelStore&) = delete;
+  ModelStore& operator=(const ModelStore&) = delete;
+
+  // Checks the .cidx bytes of version `version` of `name` as commit() will (name, version,
+  // size limit, not another version's content) and answers which of its chunks the store
+  // lacks: {"missing": [hash...], "missingBytes", "unchanged": the same version is stored}.
+  // A push that would not fit in the store is refused here, before anything is uploaded.
+  Result<nlohmann::json> missing(const std::string& name, const std::string& version,
+                                 std::string_view cidx) const;
+
+  // Stores the chunk file `body` (one zstd frame, or the raw bytes) under `hash` once it is
+  // checked to be that chunk. {"hash", "storedBytes", "new": false when it was there already}.
+  Result<nlohmann::json> put_chunk(const std::string& hash, std::string_view body);
+
+  using CommitDone = std::function<void(Result<nlohmann::json>)>;
+  // Queues the commit of version `version` of `name` with the .cidx bytes `cidx`. `done` gets
+  // {"name", "version", "size", "sha256", "chunks", "deltas", "deltaBytes", "indexBytes",
+  // "index": "models/NAME-VERSION.cidx", "unchanged"} or the reason it was refused.
+  void commit(std::string name, std::string version, std::string cidx, CommitDone done);
+
+  // {"models": [{"name", "version", "size", "sha256", "chunks", "deltas", "index"}], sorted
+  // by name then push time; "usedBytes", "maxBytes"}.
+  Result<nlohmann::json> list() const;
+
+  // The bytes of the published file at `relative_path` (NAME-VERSION.cidx[.sig],
+  // chunks/HH/HASH, deltas/TO/FROM-SEG); not_found for anything else, so no path leads
+  // outside the store or to a temporary file.
+  Result<std::string> read(const std::string& relative_path) const;
+
+  std::uint64_t used_bytes() const { return used_bytes_.load(); }
+  const ModelStoreOptions& options() const { return options_; }
+
+ private:
+  explicit ModelStore(ModelStoreOptions options);
+  struct Checked {
+    modelpkg::ModelIndex index;
+    std::optional<modelpkg::ModelIndex> existing;  // the same version, already stored
+    std::size_t existing_bytes = 0;
+  };
+  Result<Checked> check_new(const std::string& name, const std::string& version,
+                            std::string_view cidx) const;
+  Result<nlohmann::json> commit_now(const std::string& name, const std::string& version,
+                                    const std::string& cidx);
+  Status reserve(std::uint64_t bytes, std::string_view what) const;
+  void run();
+
+  struct Job {
+    std::string name, version, cidx;
+    CommitDone done;
+  };
+
+  ModelStoreOptions options_;
+  std::atomic<std::uint64_t> used_bytes_{0};
+  std::mutex mu_;  // guards jobs_ and stopping_
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace cairn::cloud

@@ -1,0 +1,226 @@
+"""cairn-cloud's model store: `cairn cloud model push` uploads only the chunks the store lacks,
+cairn-cloud computes deltas and serves the package over HTTPS, and a cairn-infer module on a
+cairnd connected to that cloud fetches it when its twin (set in the cloud) names a new version.
+Bad input to the store gets a 4xx JSON error and changes nothing on disk."""
+import hashlib
+import http.client
+import json
+import re
+import socket
+import ssl
+
+import pytest
+
+from conftest import CLOUD_HOST, HOST, edge_device, wait_for
+import model_fixtures
+from test_model_delivery import pack
+from test_infer_module import TIMEOUT, infer_module  # noqa: F401
+
+
+def push(cloud, path, name, version, check=True):
+    r = cloud.cli("model", "push", str(path), "--name", name, "--version", version, "-q",
+                  check=check, timeout=300)
+    return json.loads(r.stdout.strip().splitlines()[-1]) if check else r
+
+
+def public_get(cloud, target, token=None):
+    """GET of a published file as a device does it: TLS against the cloud's CA, no token."""
+    ctx = ssl.create_default_context(cafile=str(cloud.ca_path))
+    sock = socket.create_connection((CLOUD_HOST, cloud.https_port), 30)
+    conn = http.client.HTTPSConnection(CLOUD_HOST, cloud.https_port, context=ctx, timeout=30)
+    conn.sock = ctx.wrap_socket(sock, server_hostname=cloud.hostname)
+    try:
+        conn.request("GET", target, headers={"Authorization": token} if token else {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def store_snapshot(cloud):
+    root = cloud.home / "models"
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def cloud_reported_model(cloud, device_id, name):
+    twin = cloud.twin(device_id, "infer")
+    return (twin.get("properties", {}).get("reported", {}).get("models") or {}).get(name)
+
+
+def test_pushed_versions_reach_an_infer_module_through_cairnd_moving_only_changed_bytes(
+        cloud, cairnd_factory, infer_module, tmp_path):  # noqa: F811
+    v1, v2 = tmp_path / "net-v1.onnx", tmp_path / "net-v2.onnx"
+    model_fixtures.make_onnx(v1, seed=1)
+    model_fixtures.make_onnx(v2, seed=1, variant="head")
+
+    first_push = push(cloud, v1, "net", "1")
+    assert first_push["chunksUploaded"] == first_push["chunks"] > 1, first_push
+    assert first_push["size"] == v1.stat().st_size and first_push["deltas"] == 0
+    url1 = first_push["url"]
+    assert url1 == f"https://{cloud.hostname}:{cloud.https_port}/models/net-1.cidx"
+
+    edge = edge_device(cloud, cairnd_factory)
+    data_dir = tmp_path / "data"
+    module = infer_module(edge, data_dir, "--http", f"{HOST}:0",
+                          "--delivery-ca-file", cloud.ca_path)
+    edge.wait_link("infer", timeout=60)
+
+    def ready(version):
+        def check():
+            assert module.proc.poll() is None, f"cairn-infer exited:\n{module.log()[-4000:]}"
+            entry = cloud_reported_model(cloud, edge.device_id, "net")
+            return entry if entry and entry.get("status") == "ready" and \
+                entry.get("version") == version else None
+        return wait_for(check, timeout=TIMEOUT, interval=0.3, what=f"net v{version} serving")
+
+    cloud.set_desired(edge.device_id, "infer", {"models": {"net": {"version": "1", "url": url1}}})
+    d1 = ready("1")["delivery"]
+    assert d1["status"] == "done" and d1["source"] == "package", d1
+    assert d1["bytesNeeded"] == v1.stat().st_size and d1["bytesReused"] == 0
+    assert d1["bytesDownloaded"] > 0
+
+    # The second push uploads only the chunks of the changed head; the store adds deltas.
+    second_push = push(cloud, v2, "net", "2")
+    assert 0 < second_push["chunksUploaded"] < second_push["chunks"], second_push
+    assert second_push["bytesUploaded"] < first_push["bytesUploaded"] / 2, (first_push,
+                                                                           second_push)
+    assert second_push["deltas"] >= 1, second_push
+
+    cloud.set_desired(edge.device_id, "infer",
+                      {"models": {"net": {"version": "2", "url": second_push["url"]}}})
+    d2 = ready("2")["delivery"]
+    full = v2.stat().st_size
+    assert d2["status"] == "done" and d2["bytesNeeded"] == full, d2
+    assert d2["bytesReused"] > 0 and d2["bytesDownloaded"] < full / 4, d2
+    assert d2["bytesSaved"] > 0 and d2["deltasApplied"] >= 1, d2
+    assert (data_dir / "models" / "net" / "2.model").read_bytes() == v2.read_bytes()
+
+    # The same figures in cairn-infer's metrics.
+    line = module.proc.stdout.readline().decode()
+    port = int(line.strip().rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn.request("GET", "/metrics")
+    metrics = conn.getresponse().read().decode()
+    conn.close()
+    for figure, key in (("needed", "bytesNeeded"), ("reused", "bytesReused"),
+                        ("downloaded", "bytesDownloaded"), ("saved", "bytesSaved")):
+        m = re.search(r'^cairn_infer_model_delivery_bytes\{model="net",version="2",'
+                      rf'figure="{figure}"\}} (\d+)$', metrics, re.M)
+        assert m and int(m.group(1)) == d2[key], (figure, metrics)
+    total = re.search(r'^cairn_infer_model_delivery_downloaded_bytes_total\{model="net"\} (\d+)$',
+                      metrics, re.M)
+    assert total and int(total.group(1)) == d1["bytesDownloaded"] + d2["bytesDownloaded"]
+
+    listing = cloud.cli("model", "list").stdout.splitlines()
+    assert [ln.split("\t")[:2] for ln in listing] == [["net", "1"], ["net", "2"]], listing
+
+
+@pytest.fixture
+def stored(cloud, tmp_path):
+    """A cloud whose store holds net version 1; returns (cloud, model bytes, push summary)."""
+    m = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(m, seed=2)
+    return cloud, data, push(cloud, m, "net", "1")
+
+
+def put(cloud, target, raw, token=None):
+    return cloud.request("PUT", target, raw=raw, api_version=False, token=token,
+                         headers={"Content-Type": "application/octet-stream"})
+
+
+def test_published_files_are_served_without_a_token_and_nothing_else_is(stored):
+    cloud, data, _ = stored
+    status, body = public_get(cloud, "/models/net-1.cidx")
+    assert status == 200 and body == (cloud.home / "models" / "net-1.cidx").read_bytes()
+    chunk = next(p for p in (cloud.home / "models" / "chunks").rglob("*") if p.is_file())
+    status, body = public_get(cloud, f"/models/chunks/{chunk.parent.name}/{chunk.name}")
+    assert status == 200 and body == chunk.read_bytes()
+    for target in ("/models/%2e%2e/data/cloud.db", "/models/chunks/../../data/cloud.db",
+                   "/models/..%2fdata%2fcloud.db", "/models/certs/edge-ca.key.pem",
+                   "/models/", "/models/net-9.cidx", "/models/%ff.cidx"):
+        status, body = public_get(cloud, target)
+        assert status in (400, 404), (target, status)
+        assert json.loads(body)["Message"].startswith("ErrorCode:"), body
+    # Writing is for the service: no token, no push.
+    r = put(cloud, "/cairn/models/chunks/" + "0" * 64, b"x", token="")
+    assert r.status == 401
+
+
+@pytest.mark.parametrize("case", ["truncated chunk", "chunk of other bytes", "bad hash",
+                                  "truncated index", "index of another version",
+                                  "traversal in name", "bad version", "non-UTF-8 name",
+                                  "index with chunks the store lacks",
+                                  "missing query with a truncated index"])
+def test_bad_input_gets_a_4xx_json_error_and_changes_nothing(stored, tmp_path, case):
+    cloud, data, _ = stored
+    before = store_snapshot(cloud)
+    cidx = (cloud.home / "models" / "net-1.cidx").read_bytes()
+    chunk = next(p for p in (cloud.home / "models" / "chunks").rglob("*") if p.is_file())
+    new_hash = hashlib.sha256(b"new chunk bytes").hexdigest()
+    if case == "truncated chunk":
+        r = put(cloud, f"/cairn/models/chunks/{new_hash}", b"new chunk by")
+        expect, text = 400, "truncated or damaged"
+    elif case == "chunk of other bytes":
+        r = put(cloud, f"/cairn/models/chunks/{new_hash}", chunk.read_bytes())
+        expect, text = 400, "SHA-256"
+    elif case == "bad hash":
+        r = put(cloud, "/cairn/models/chunks/..%2F..%2Fdata%2Fcloud.db", b"x")
+        expect, text = 400, "64 lowercase hex"
+    elif case == "truncated index":
+        r = put(cloud, "/cairn/models/net/versions/3", cidx[:-20])
+        expect, text = 400, "not a model index"
+    elif case == "index of another version":
+        r = put(cloud, "/cairn/models/net/versions/3", cidx)
+        expect, text = 400, "the path names net version 3"
+    elif case == "traversal in name":
+        r = put(cloud, "/cairn/models/..%2F..%2Fdata/versions/1", cidx)
+        expect, text = 400, "model name"
+    elif case == "bad version":
+        r = put(cloud, "/cairn/models/net/versions/.hidden", cidx)
+        expect, text = 400, "model version"
+    elif case == "non-UTF-8 name":
+        r = put(cloud, "/cairn/models/n%FF%FEt/versions/1", cidx)
+        expect, text = 400, "model name"
+    elif case == "index with chunks the store lacks":
+        other, out = tmp_path / "other.onnx", tmp_path / "pub"
+        model_fixtures.make_onnx(other, seed=9)
+        pack(other, out, "tmp", "1")  # packed here, its chunks never uploaded
+        r = put(cloud, "/cairn/models/tmp/versions/1", (out / "tmp-1.cidx").read_bytes())
+        expect, text = 400, "upload them first"
+    elif case == "missing query with a truncated index":
+        r = cloud.request("POST", "/cairn/models/net/versions/3/missing", raw=cidx[:-20],
+                          api_version=False)
+        expect, text = 400, "not a model index"
+    assert r.status == expect, (case, r)
+    assert r.json and r.message.startswith("ErrorCode:") and text in r.message, (case, r.message)
+    assert store_snapshot(cloud) == before, case
+    assert cloud.status()["devices"] >= 0  # still serving
+
+
+def test_versions_are_immutable(stored, tmp_path):
+    cloud, data, summary = stored
+    again = push(cloud, tmp_path / "m.onnx", "net", "1")
+    assert again["unchanged"] is True and again["chunksUploaded"] == 0
+    other = tmp_path / "other.onnx"
+    model_fixtures.make_onnx(other, seed=7)
+    before = store_snapshot(cloud)
+    r = push(cloud, other, "net", "1", check=False)
+    assert r.returncode == 1 and "immutable" in r.stderr and "HTTP 409" in r.stderr, r.stderr
+    # Refused before any upload.
+    assert store_snapshot(cloud) == before
+
+
+def test_size_limits_refuse_a_push_with_a_clear_error(cloud_factory, tmp_path):
+    m = tmp_path / "m.onnx"
+    model_fixtures.make_onnx(m, seed=3)
+    small_models = cloud_factory(extra_args=["--model-max-bytes", "1000"])
+    r = push(small_models, m, "net", "1", check=False)
+    assert r.returncode == 1 and "--model-max-bytes" in r.stderr and "HTTP 413" in r.stderr, \
+        r.stderr
+    assert store_snapshot(small_models) == {}
+    small_store = cloud_factory(extra_args=["--model-store-max-bytes", "20000"])
+    r = push(small_store, m, "net", "1", check=False)
+    assert r.returncode == 1 and "model store is full" in r.stderr and "HTTP 413" in r.stderr, \
+        r.stderr
+    assert store_snapshot(small_store) == {}
