@@ -1,8 +1,10 @@
 #include "cloud/telemetry_sink.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -14,6 +16,8 @@
 #include "core/log.hpp"
 #include "store/failure.hpp"
 #include "twin/twin.hpp"
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace cairn::cloud {
 namespace {
@@ -69,7 +73,8 @@ Result<std::shared_ptr<TelemetrySink>> TelemetrySink::open(asio::io_context& io,
       return make_error(errc::io_error, fmt::format("cannot create the directory '{}': {}",
                                                     parent.string(), ec.message()));
     }
-    file = std::fopen(options.jsonl_path.c_str(), "ae");  // append, close-on-exec
+    // Appends; read too, to find the last line at start (catch_up_file). Close-on-exec.
+    file = std::fopen(options.jsonl_path.c_str(), "a+e");
     if (file == nullptr) {
       return make_error(errc::io_error, fmt::format("cannot open the telemetry file '{}': {}",
                                                     options.jsonl_path, std::strerror(errno)));
@@ -160,7 +165,95 @@ void TelemetrySink::write_connections(std::vector<ConnectionRecord>& records) {
   records.clear();
 }
 
+namespace {
+
+// The seq of the file's last complete line; nullopt when the file holds no complete line or the
+// line cannot be read. A torn last line (no newline: the process stopped mid-write) is cut off.
+Result<std::optional<std::int64_t>> last_line_seq(std::FILE* file) {
+  const int fd = ::fileno(file);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return make_error(errc::io_error, std::strerror(errno));
+  auto size = static_cast<std::size_t>(st.st_size);
+  if (size == 0) return std::optional<std::int64_t>{};
+  // Reads ever larger tails until one holds a whole line; a line is one message, so the
+  // largest message bounds it (kMaxTail is far above any message the hub accepts).
+  constexpr std::size_t kMaxTail = std::size_t{64} << 20;
+  std::string tail;
+  for (std::size_t want = 64 * 1024;; want *= 2) {
+    const std::size_t n = std::min(want, size);
+    tail.resize(n);
+    if (::pread(fd, tail.data(), n, static_cast<off_t>(size - n)) != static_cast<ssize_t>(n)) {
+      return make_error(errc::io_error, std::strerror(errno));
+    }
+    const auto end = tail.rfind('\n');
+    if (end != std::string::npos && end + 1 < n) {  // a torn line after the last newline
+      if (::ftruncate(fd, static_cast<off_t>(size - n + end + 1)) != 0) {
+        return make_error(errc::io_error, std::strerror(errno));
+      }
+      log::warn("cloud", "telemetry file: cut a torn last line of {} bytes", n - end - 1);
+      size -= n - end - 1;
+      tail.resize(end + 1);
+    }
+    if (end == std::string::npos) {
+      if (n == size || n >= kMaxTail) return std::optional<std::int64_t>{};
+      continue;
+    }
+    const auto start = tail.rfind('\n', end == 0 ? 0 : end - 1);
+    if (start == std::string::npos && n < size && n < kMaxTail) continue;
+    const auto from = start == std::string::npos ? 0 : start + 1;
+    auto line = json::parse(std::string_view(tail).substr(from, end - from), nullptr, false);
+    if (line.is_discarded() || !line.contains("seq") || !line["seq"].is_number_integer()) {
+      return std::optional<std::int64_t>{};
+    }
+    return std::optional<std::int64_t>{line["seq"].get<std::int64_t>()};
+  }
+}
+
+}  // namespace
+
+void TelemetrySink::catch_up_file() {
+  if (file_ == nullptr) return;
+  auto last = last_line_seq(file_);
+  if (!last) {
+    log::warn("cloud", "telemetry file '{}': cannot read its end ({}); not catching up",
+              options_.jsonl_path, last.error().message);
+    return;
+  }
+  if (!*last) return;
+  TelemetryQuery query;
+  query.after_seq = **last;
+  query.limit = 1000;
+  std::uint64_t written = 0;
+  for (;;) {
+    auto records = store_->list_telemetry(query);
+    if (!records) {
+      log::warn("cloud", "telemetry file: reading stored messages to catch up failed: {}",
+                records.error().to_string());
+      return;
+    }
+    if (records->empty()) break;
+    std::string lines;
+    for (const auto& r : *records) {
+      lines += twin::dump_json(telemetry_to_json(r));
+      lines.push_back('\n');
+    }
+    if (std::fwrite(lines.data(), 1, lines.size(), file_) != lines.size() ||
+        std::fflush(file_) != 0) {
+      log::warn("cloud", "writing the telemetry file failed: {}", std::strerror(errno));
+      std::clearerr(file_);
+      return;
+    }
+    written += records->size();
+    query.after_seq = records->back().seq;
+  }
+  if (written > 0) {
+    log::info("cloud", "telemetry file caught up with {} messages stored after its last line",
+              written);
+  }
+}
+
 void TelemetrySink::run() {
+  catch_up_file();
   Backoff backoff(options_.first_retry, options_.max_retry);
   std::vector<ConnectionRecord> connections;
   // While batch_ waits: when to retry it. A flag beside a plain time point rather than an

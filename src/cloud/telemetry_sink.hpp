@@ -10,7 +10,8 @@
 //   1. stores it in one transaction (one commit, one fsync for a burst) — each message once: a
 //      message whose non-empty messageId was already stored for the same device and module (a
 //      re-send after a lost acknowledgement) is dropped and counted as a duplicate;
-//   2. appends one JSON line per stored message to the optional file sink (telemetry_to_json);
+//   2. appends one JSON line per stored message to the optional file sink (telemetry_to_json;
+//      at start the file first catches up with messages stored after its last line);
 //   3. acknowledges the messages (on the io thread), which lets the hub delete them from its
 //      queue. Nothing is acknowledged before it is stored (or dead-lettered).
 //
@@ -130,6 +131,11 @@ class TelemetrySink final : public hub::Consumer,
   };
 
   void run();
+  // Brings the file up to the store before the first write: a stop between a commit and the
+  // write of its lines (kill -9) leaves the file behind the store, and the re-sent messages are
+  // duplicates that write no line. Appends the stored messages after the file's last line and
+  // cuts a torn last line. An empty file starts with what arrives from now on.
+  void catch_up_file();
   void write_connections(std::vector<ConnectionRecord>& records);
   // Writes `batch_`; what is left in it afterwards is retried after a back-off.
   void write_batch();

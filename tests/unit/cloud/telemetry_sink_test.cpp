@@ -1,7 +1,9 @@
 #include "cloud/telemetry_sink.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iterator>
 
 #include <gtest/gtest.h>
 
@@ -103,6 +105,39 @@ TEST_F(TelemetrySinkTest, StoresAcknowledgesAndDropsResentMessages) {
   EXPECT_EQ(lines[0]["systemProperties"]["contentType"], "application/json");
   EXPECT_EQ(lines[1]["body"], "plain");
   EXPECT_GT(lines[1]["seq"].get<std::int64_t>(), lines[0]["seq"].get<std::int64_t>());
+}
+
+// A stop between a commit and the write of its lines (kill -9) leaves the file behind the store:
+// the next start appends what the store holds after the file's last line and cuts a torn line.
+TEST_F(TelemetrySinkTest, TheFileCatchesUpWithTheStoreAtStart) {
+  make_device("d");
+  const std::string path = dir_.file("out/telemetry.jsonl");
+  auto sink = open_sink(path);
+  ASSERT_NE(sink, nullptr);
+  for (const char* id : {"id-1", "id-2", "id-3"}) {
+    EXPECT_TRUE(deliver(*sink, telemetry("d", "", id, "x", "text/plain")));
+  }
+  sink.reset();
+  auto lines = read_lines(path);
+  ASSERT_EQ(lines.size(), 3u);
+  {
+    // The file as a kill left it: the first line, then half of a second.
+    std::ofstream out(path, std::ios::trunc);
+    out << lines[0].dump() << "\n"
+        << R"({"seq":)";
+  }
+  sink = open_sink(path);
+  ASSERT_NE(sink, nullptr);
+  ASSERT_TRUE(run_until([&] {
+    std::ifstream in(path);
+    return std::count(std::istreambuf_iterator<char>(in), {}, '\n') >= 3;
+  }));
+  EXPECT_TRUE(deliver(*sink, telemetry("d", "", "id-4", "x", "text/plain")));
+  auto after = read_lines(path);
+  ASSERT_EQ(after.size(), 4u);
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    EXPECT_EQ(after[i]["messageId"], "id-" + std::to_string(i + 1));
+  }
 }
 
 TEST_F(TelemetrySinkTest, BinaryOrUntypedBodiesAreBase64) {
