@@ -277,7 +277,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
     log::error("cairnd", "{}", mgmt.error().to_string());
     return 1;
   }
-  // Module-to-module direct methods: HTTPS on the gateway address (PROTOCOL.md section 9.2).
+  // Module-to-module direct methods: HTTPS on the gateway address (docs/protocol.md §9.2).
   std::shared_ptr<net::HttpServer> gateway;
   if (config->http.port != 0) {
     auto started =

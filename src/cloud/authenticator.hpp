@@ -1,5 +1,5 @@
 // CloudAuthenticator: checks the MQTT CONNECTs that reach cairn-cloud's device endpoint against
-// the registry (PROTOCOL.md section 3.2).
+// the registry (docs/protocol.md §3.2).
 //
 // The username, client id, token expiry and audience are checked by hub::check_credentials
 // (the audience host must be cairn-cloud's hostname). Then the signature:

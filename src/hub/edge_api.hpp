@@ -9,7 +9,7 @@
 //                                      → 200 {"status", "payload"} or the IoT Hub error status
 //   GET   /check                       health checks (store, certificates, cloud link, queues)
 //   GET   /metrics                     Prometheus text format
-// On HTTPS at the gateway host name, port 443 (PROTOCOL.md section 9.2), for modules calling
+// On HTTPS at the gateway host name, port 443 (docs/protocol.md §9.2), for modules calling
 // each other's methods with ModuleClient.invokeMethod:
 //   POST  /twins/{device}/modules/{module}/methods   (headers x-ms-edge-moduleId, Authorization)
 //

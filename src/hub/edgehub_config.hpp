@@ -1,4 +1,4 @@
-// The $edgeHub desired properties of a deployment manifest (PROTOCOL.md section 1.3): the
+// The $edgeHub desired properties of a deployment manifest (docs/protocol.md §1.3): the
 // routes and the store-and-forward settings. Validated as a whole: a manifest with one bad
 // route changes nothing.
 //

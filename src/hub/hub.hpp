@@ -1,5 +1,5 @@
 // Hub: the message plane of cairnd — MQTT listeners, sessions, authentication, routing into
-// durable endpoint queues and delivery out of them (DESIGN.md "How data flows").
+// durable endpoint queues and delivery out of them (docs/architecture.md "Threads", "Delivery").
 //
 // A QoS 1 PUBLISH is acknowledged only after the message is committed to every queue its
 // routes chose (group commit in the store). Module input endpoints deliver to the module's

@@ -1,5 +1,5 @@
 // Module identities of this edge device and the authentication of MQTT CONNECTs against them
-// (PROTOCOL.md section 3.2): client id "{device}/{module}", username
+// (docs/protocol.md §3.2): client id "{device}/{module}", username
 // "{host}/{device}/{module}/?api-version=...", password a SAS token for
 // "{host}/devices/{device}/modules/{module}" signed with the module's primary or secondary key.
 //

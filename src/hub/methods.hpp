@@ -1,4 +1,4 @@
-// Direct methods (PROTOCOL.md section 9): the request a caller makes, the answer it gets, and
+// Direct methods (docs/protocol.md §9): the request a caller makes, the answer it gets, and
 // the rules IoT Hub and edgeHub apply to both. The hub delivers a call to the target client's
 // $iothub/methods/POST/{name}/?$rid={rid} subscription and relays its
 // $iothub/methods/res/{status}/?$rid={rid} answer (Hub::invoke_method).

@@ -26,7 +26,7 @@ class Authenticator {
   virtual Result<Principal> authenticate(const AuthRequest& request, std::int64_t now_unix_s) = 0;
 };
 
-// Serves the twin requests a client publishes on $iothub/twin/... (PROTOCOL.md section 3.4).
+// Serves the twin requests a client publishes on $iothub/twin/... (docs/protocol.md §3.4).
 // `reply(status, body)`: 200 with {"desired":…,"reported":…} for GET, 204 with an empty body
 // for a reported patch, 400 with {"message":…} for a patch that breaks the rules (nothing is
 // stored then), 500 for other failures.

@@ -1,4 +1,4 @@
-// Session: one MQTT connection from a module (PROTOCOL.md section 3): CONNECT and
+// Session: one MQTT connection from a module (docs/protocol.md §3): CONNECT and
 // authentication, publish into the hub, subscriptions, delivery of module input messages,
 // keep-alive, wills, takeover by a newer connection of the same client id.
 //

@@ -1,4 +1,4 @@
-// TwinCache: the edge role's twin provider (PROTOCOL.md section 8.3). Every module twin is kept
+// TwinCache: the edge role's twin provider (docs/protocol.md §8.3). Every module twin is kept
 // durably in the store and served from there, online or not.
 //
 // - GET: with the cloud reachable for that identity the twin is fetched from the cloud first

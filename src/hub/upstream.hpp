@@ -1,4 +1,4 @@
-// Upstream: cairnd's link to the cloud (PROTOCOL.md sections 8.2, 8.3, 9.1). One MQTT/TLS
+// Upstream: cairnd's link to the cloud (docs/protocol.md §8.2, §8.3, §9.1). One MQTT/TLS
 // connection per identity, as IoT Edge keeps over MQTT: a module's telemetry, twin traffic and
 // direct methods travel on the connection of that module's identity. Tokens are SAS tokens
 // for "{host}/devices/{d}/modules/{m}" signed with the edge device's key (the cloud accepts

@@ -31,7 +31,7 @@ struct WireName {
   bool outbound;  // edgeHub never sends $.on or $.ifid back to a client
 };
 
-// PROTOCOL.md section 3.4 (edgeHub SystemProperties.cs).
+// docs/protocol.md §3.4 (edgeHub SystemProperties.cs).
 constexpr WireName kWireNames[] = {
     {"$.mid", sysprop::kMessageId, true},
     {"$.cid", sysprop::kCorrelationId, true},

@@ -1,5 +1,5 @@
 // WHERE conditions: the IoT Hub routing query language subset that edgeHub evaluates
-// (PROTOCOL.md section 2.4). A condition is compiled once to a tree and evaluated per message
+// (docs/protocol.md §2.4). A condition is compiled once to a tree and evaluated per message
 // with three-valued logic: a result of null or undefined means "no match".
 //
 // Property references: `name` is an application property; `$name` is an application property

@@ -1,7 +1,7 @@
 // IoT Edge routes: "[SELECT *] FROM <source> [WHERE <condition>] INTO <sink>", parsed once
 // into an immutable Route that matches messages quickly.
 //
-// Grammar and semantics follow edgeHub (PROTOCOL.md section 2): keywords case-insensitive;
+// Grammar and semantics follow edgeHub (docs/protocol.md §2): keywords case-insensitive;
 // FROM is a case-insensitive prefix match on the message source after trimming trailing '*'
 // and '/' and appending one '/'; INTO is `$upstream` or
 // `BrokeredEndpoint("/modules/{m}/inputs/{i}")`.

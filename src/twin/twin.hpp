@@ -3,7 +3,7 @@
 //
 // A change is a JSON merge patch (RFC 7386): members present are added or replaced (objects
 // merge recursively), a null member deletes, absent members stay. Every patch that comes from
-// outside is checked against IoT Hub's limits first (PROTOCOL.md section 4):
+// outside is checked against IoT Hub's limits first (docs/protocol.md §4):
 //
 //   nesting depth       10 levels of objects/arrays below the section root (IoT Hub's own
 //                       example: "one" ... "ten" nested objects holding "property": "value")

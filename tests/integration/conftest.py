@@ -98,7 +98,7 @@ def port_accepts(port, host=HOST):
 
 
 def sas_token(resource, key_b64, expiry):
-    """SAS token as IoT Hub SDKs build it (PROTOCOL.md 3.2)."""
+    """SAS token as IoT Hub SDKs build it (docs/protocol.md §3.2)."""
     sr = urllib.parse.quote(resource, safe="")
     to_sign = f"{sr}\n{expiry}".encode()
     sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), to_sign, hashlib.sha256).digest())
@@ -1079,7 +1079,7 @@ class ModuleClient:
             assert self.connack == expect_rc, f"CONNACK {self.connack}, expected {expect_rc}"
         return self
 
-    # -- twin and direct methods (PROTOCOL.md 3.4), as the device SDKs do them
+    # -- twin and direct methods (docs/protocol.md §3.4), as the device SDKs do them
 
     def _on_iothub(self, msg):
         topic = msg.topic

@@ -94,7 +94,7 @@ class NodeModule:
         fields = parse_connection_string(connection_string)
         gateway = fields.get("GatewayHostName") or fields["HostName"]
         ports = {(gateway, MQTT_PORT): (HOST, cairnd.tls_port)}
-        # cairnd's HTTPS head (module-to-module methods, PROTOCOL.md 9.2) is not there yet; when
+        # cairnd's HTTPS head (module-to-module methods, docs/protocol.md §9.2) is not there yet; when
         # the fixture grows a port for it, calls to the gateway's 443 are sent there.
         https_port = https_port or getattr(cairnd, "https_port", None)
         if https_port:

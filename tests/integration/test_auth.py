@@ -1,4 +1,4 @@
-"""Authentication and authorization on the MQTT surface (PROTOCOL.md 3.2, 3.3)."""
+"""Authentication and authorization on the MQTT surface (docs/protocol.md §3.2, §3.3)."""
 import base64
 import time
 

@@ -1,4 +1,4 @@
-"""Direct methods (PROTOCOL.md section 9): from the command line (`cairn method`, cairnd's
+"""Direct methods (docs/protocol.md §9): from the command line (`cairn method`, cairnd's
 management socket), module to module (ModuleClient.invokeMethod over cairnd's HTTPS head) and
 cloud to module (cairn-cloud's REST API, the official service SDK, cairnd's upstream link).
 
@@ -126,7 +126,7 @@ def test_cli_bad_method_request_is_400(cairnd, module_client, args, why):
 
 
 def test_oversize_method_payload_is_400(cairnd, module_client):
-    # 128 KB is the limit each way (PROTOCOL.md 9.1); too big for a command-line argument, so
+    # 128 KB is the limit each way (docs/protocol.md §9.1); too big for a command-line argument, so
     # through the gateway.
     target = module_client(cairnd, "filter")
     target.serve_methods()
@@ -364,7 +364,7 @@ def test_cloud_method_while_device_offline_is_404(cloud, cairnd_factory, tcp_pro
     "whether or not the module listens for methods (hub/upstream.cpp Upstream::run), and "
     "relays the local 404 as the module's own answer: the service gets HTTP 200 "
     "{\"status\": 404, ...} instead of IoT Hub's 404 DeviceNotOnline (edgeHub listens "
-    "upstream only after the module's methods subscription, PROTOCOL.md 9.1)"))
+    "upstream only after the module's methods subscription, docs/protocol.md §9.1)"))
 def test_cloud_method_to_module_not_listening_for_methods_is_404(cloud, edge, module_client):
     m = module_client(edge, "filter")
     m.subscribe_inputs()

@@ -1,5 +1,5 @@
 """The official Azure IoT Node SDKs against cairnd: ModuleClient.fromEnvironment(Mqtt) with the
-connection string `cairn identity create` prints and the edge CA (PROTOCOL.md 6.2 step 1).
+connection string `cairn identity create` prints and the edge CA (docs/protocol.md §6.2 step 1).
 
 Each NodeModule is a real `node tests/node/module.js` process using azure-iot-device and
 azure-iot-device-mqtt unmodified; see node_sdk.py for how it is driven.
@@ -45,8 +45,8 @@ def hub(cairnd_factory):
 
 def require_node_input_subscription(hub, module_client):
     """The Node SDK subscribes to its inputs with devices/{d}/modules/{m}/inputs/#, which
-    edgeHub takes as a module-messages subscription (^devices/.+/modules/.+/#$, PROTOCOL.md
-    3.4). The SDK ignores a refused SUBACK, so where cairnd refuses that filter a Node module
+    edgeHub takes as a module-messages subscription (^devices/.+/modules/.+/#$, docs/protocol.md
+    §3.4). The SDK ignores a refused SUBACK, so where cairnd refuses that filter a Node module
     never gets an input and the test would only time out: probe once with paho instead."""
     probe = module_client(hub, "inputsprobe")
     granted = probe.subscribe(f"devices/{hub.device_id}/modules/inputsprobe/inputs/#")
@@ -238,7 +238,7 @@ def test_desired_properties_from_the_deployment(cairnd_factory, node_module):
 
 
 # --------------------------------------------------------------------------------------------
-# direct methods, module to module over cairnd's HTTPS head (PROTOCOL.md 9.2; more in
+# direct methods, module to module over cairnd's HTTPS head (docs/protocol.md §9.2; more in
 # test_methods.py)
 
 

@@ -33,7 +33,7 @@ def test_sensor_to_filter_with_property_bag(cairnd, module_client):
     assert p["$.cid"] == "c-1"
     assert p["$.cdid"] == "edge1"
     assert p["$.cmid"] == "sensor"
-    # $.on is inbound only (PROTOCOL.md 3.4); the output name is not echoed back.
+    # $.on is inbound only (docs/protocol.md §3.4); the output name is not echoed back.
     assert "$.on" not in p
     # Counted as received, not unrouted.
     st = cairnd.status()
@@ -297,7 +297,7 @@ def test_persistent_session_without_restart(cairnd, module_client):
     assert m.payload == b"while-away"
 
 
-@pytest.mark.xfail(strict=True, reason="deliveries always use QoS 1; PROTOCOL.md 3.3 caps them "
+@pytest.mark.xfail(strict=True, reason="all deliveries are QoS 1; docs/protocol.md §3.3 caps them "
                    "at the subscription's granted QoS (QoS 0 subscription -> QoS 0 PUBLISH)")
 def test_qos0_subscription_gets_qos0_deliveries(cairnd, module_client):
     filt = module_client(cairnd, "filter")

@@ -1,4 +1,4 @@
-"""Store and forward (PROTOCOL.md section 8.2): telemetry routed INTO $upstream waits on disk
+"""Store and forward (docs/protocol.md §8.2): telemetry routed INTO $upstream waits on disk
 while the cloud is away, survives kill -9 of cairnd (and of cairn-cloud), and arrives when the
 cloud is back: every message, in order per sender, stored once (cairn-cloud drops re-sends by
 messageId). Messages older than their route's TTL are dropped and counted instead.

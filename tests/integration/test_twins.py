@@ -1,4 +1,4 @@
-"""Module twins through cairnd (PROTOCOL.md sections 3.4, 4 and 8.3).
+"""Module twins through cairnd (docs/protocol.md §3.4, §4 and §8.3).
 
 Standalone: no cloud, desired properties come from `cairn twin update-desired` (or the
 deployment manifest) and everything is cached on the device.

@@ -33,7 +33,7 @@
 //
 // Environment:
 //   EdgeHubConnectionString, EdgeModuleCACertificateFile   what ModuleClient.fromEnvironment
-//                                                          reads (PROTOCOL.md 6.2 step 1)
+//                                                          reads (docs/protocol.md §6.2 step 1)
 //   CAIRN_TEST_METHODS    method names to register with onMethod (default "echo,fail,slow").
 //                         Every one answers 200 {"echo": payload, "module": moduleId}, except
 //                         "fail" (500 {"error":"asked to fail"}) and "slow" (answers after 10 s)

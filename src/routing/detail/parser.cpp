@@ -13,7 +13,7 @@ namespace {
 
 constexpr std::uint32_t kFail = std::numeric_limits<std::uint32_t>::max();
 
-// Binding strength of binary operators (PROTOCOL.md 2.4): higher binds tighter; 0 = not binary.
+// Binary operators' binding strength (docs/protocol.md §2.4): higher binds tighter; 0 = not binary.
 int precedence(Tok t) {
   switch (t) {
     case Tok::kCoalesce:

@@ -1,5 +1,5 @@
 // Route grammar: every accepted form, error columns and messages, FROM matching (the table in
-// PROTOCOL.md section 2.2), message_source() and endpoints.
+// docs/protocol.md §2.2), message_source() and endpoints.
 #include "routing/route.hpp"
 
 #include <string>

@@ -1,4 +1,4 @@
-// validate_patch: every rule of PROTOCOL.md section 4 at its exact boundary, and parse_json.
+// validate_patch: every rule of docs/protocol.md §4 at its exact boundary, and parse_json.
 #include <cmath>
 #include <cstdint>
 #include <limits>
