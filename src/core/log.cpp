@@ -1,8 +1,15 @@
 #include "core/log.hpp"
 
 #include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 namespace cairn::log {
+
+namespace {
+spdlog::level::level_enum to_spd(Level l) {
+  return l == Level::off ? spdlog::level::off : static_cast<spdlog::level::level_enum>(l);
+}
+}  // namespace
 
 void init(Level level) {
   auto logger = spdlog::stderr_logger_mt("cairn");
@@ -11,10 +18,14 @@ void init(Level level) {
   set_level(level);
 }
 
-void set_level(Level level) { spdlog::set_level(detail::to_spd(level)); }
+void set_level(Level level) { spdlog::set_level(to_spd(level)); }
 
-bool enabled(Level level) {
-  return spdlog::default_logger_raw()->should_log(detail::to_spd(level));
+bool enabled(Level level) { return spdlog::default_logger_raw()->should_log(to_spd(level)); }
+
+void flush() { spdlog::default_logger_raw()->flush(); }
+
+void detail::emit(Level level, std::string_view component, std::string_view text) {
+  spdlog::default_logger_raw()->log(to_spd(level), "[{}] {}", component, text);
 }
 
 Result<Level> parse_level(std::string_view name) {

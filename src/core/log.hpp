@@ -1,5 +1,7 @@
 // cairn::log — a thin facade over spdlog. Every line carries a component tag ("[hub]",
 // "[store]") and key=value context. Payloads and secrets never go above debug level.
+// spdlog itself stays inside log.cpp: callers format with fmt and hand over one string, so
+// no other translation unit compiles spdlog's headers.
 //
 // Thread-safety: safe from any thread (spdlog's default logger is thread-safe).
 #pragma once
@@ -7,7 +9,6 @@
 #include <string_view>
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "core/result.hpp"
 
@@ -20,16 +21,17 @@ void init(Level level);
 void set_level(Level level);
 Result<Level> parse_level(std::string_view name);
 bool enabled(Level level);
+// Writes out what is buffered; for a process about to exit.
+void flush();
 
 namespace detail {
-inline spdlog::level::level_enum to_spd(Level l) {
-  return static_cast<spdlog::level::level_enum>(static_cast<int>(l) == 5 ? 6 : static_cast<int>(l));
-}
+// One formatted line, already filtered by level.
+void emit(Level level, std::string_view component, std::string_view text);
+
 template <class... A>
 void write(Level l, std::string_view component, fmt::format_string<A...> f, A&&... args) {
-  auto* logger = spdlog::default_logger_raw();
-  if (!logger->should_log(to_spd(l))) return;
-  logger->log(to_spd(l), "[{}] {}", component, fmt::format(f, std::forward<A>(args)...));
+  if (!enabled(l)) return;
+  emit(l, component, fmt::format(f, std::forward<A>(args)...));
 }
 }  // namespace detail
 

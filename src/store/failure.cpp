@@ -23,7 +23,7 @@ void exit_for_clean_reopen(std::string_view what, std::string_view why) {
              "FATAL: {} cannot be trusted after this failure ({}); exiting so that a supervisor "
              "restarts the process on a clean reopen",
              what, why);
-  spdlog::default_logger_raw()->flush();
+  log::flush();
   std::_Exit(1);
 }
 
