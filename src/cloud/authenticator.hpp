@@ -15,8 +15,9 @@
 //
 // Limits (CloudAuthLimits), so that one device, or one leaked edge device key, cannot take
 // what all devices share: a token valid for longer than max_token_lifetime_secs is refused;
-// an edge device registers at most max_modules_per_device modules by connecting them (the
-// registration beyond is refused, logged and counted); a device and its modules hold at most
+// an edge device registers a module by connecting it only while it has fewer than
+// max_modules_per_device modules, however they were created (the registration beyond is
+// refused, logged and counted); a device and its modules hold at most
 // max_connections_per_device connections at once (a reconnection of a connected client id
 // replaces its session and does not count twice). Both refusals are errc::limit_exceeded
 // (CONNACK 5).

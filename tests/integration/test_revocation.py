@@ -278,7 +278,8 @@ def test_edge_device_deletes_only_its_own_modules(cloud, module_client):
 # cairnd and cairn-cloud: the agent removes a module
 
 
-def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factory):
+def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factory,
+                                                           module_client):
     edge = edge_device(cloud, cairnd_factory, manifest=False)
     dev = edge.device_id
     edge.wait_link("$edgeAgent", timeout=SLOW)
@@ -295,7 +296,11 @@ def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factor
         edge.wait_link(m, timeout=SLOW)
         assert cloud.call("GET", f"/devices/{dev}/modules/{m}")["connectionState"] == "Connected"
 
+    # A client of the module's identity on the hub (what the module would run).
+    local = module_client(edge, "gone", keepalive=KEEPALIVE,
+                          password=edge.cli("identity", "token", "gone").stdout.strip())
     apply(manifest({"keep": sleeper(1)}))
+    assert_dropped(local, "the module's local session")
     wait_for(lambda: "gone" not in modules(edge), timeout=SLOW, interval=0.2, what="gone removed")
     wait_for(lambda: cloud.request("GET", f"/devices/{dev}/modules/gone").status == 404,
              timeout=SLOW, interval=0.2, what="the cloud identity of 'gone' deleted")
