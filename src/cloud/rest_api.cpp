@@ -315,8 +315,9 @@ void RestApi::device_scoped(Call& call, const crypto::SasToken& token,
                     "(DELETE /devices/{}/modules/{{moduleId}})",
                     device_id, device_id));
   }
-  if (auto s = registry_.delete_module(device_id, seg[3], "*"); !s)
+  if (auto s = registry_.delete_module(device_id, seg[3], "*"); !s) {
     return call.fail(s.error(), true);
+  }
   log::info("cloud", "edge device {} deleted its module {}", device_id, seg[3]);
   revoke_client(device_id + "/" + seg[3], "module identity deleted by its edge device");
   call.reply(no_content());

@@ -204,7 +204,10 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
     } else {
       l->last_error = client.error().message;
     }
-    if (stopping_ || l->retired) break;
+    if (stopping_ || l->retired) {
+      if (up) (*client)->close();  // connected meanwhile, and nobody else would close it
+      break;
+    }
     if (!up) {
       ++l->attempt;
       auto delay = backoff(l->attempt);
