@@ -10,7 +10,6 @@ cairnd's agent does when a deployment drops a module.
 "At once" is checked as "within a generous timeout far shorter than the keep-alive (600 s) and
 the token's expiry (an hour)": no time is asserted.
 """
-import json
 import time
 
 import pytest
