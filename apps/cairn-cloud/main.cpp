@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include "cloud/authenticator.hpp"
 #include "cloud/connections.hpp"
@@ -42,6 +43,7 @@ struct Options {
   // up. 0 = no cap.
   std::uint64_t max_queue_bytes = 1024ull * 1024 * 1024;
   cloud::ModelStoreOptions models;  // dir: HOME/models
+  cloud::CloudAuthLimits auth;
 };
 
 // Device-to-cloud messages wait in the hub's durable queue until the sink has stored them.
@@ -119,7 +121,12 @@ int run(const Options& o) {
     return 1;
   }
   cloud::Registry registry(**db);
-  cloud::CloudAuthenticator authenticator(registry, hostname);
+  cloud::CloudAuthenticator authenticator(registry, hostname, o.auth);
+  authenticator.set_connection_count(
+      [weak_hub](const std::string& device_id, const std::string& except_client) {
+        auto h = weak_hub.lock();
+        return h ? h->device_connections(device_id, except_client) : std::size_t{0};
+      });
   cloud::CloudTwins twins(**db);
   // Connection state is written on the telemetry writer's thread, never on the io thread.
   cloud::ConnectionTracker connections(
@@ -154,6 +161,18 @@ int run(const Options& o) {
       done(make_error(errc::unavailable, "cairn-cloud is stopping"));
     }
   };
+  hooks.disconnect_client = [weak_hub](const std::string& client_id, const std::string& reason) {
+    if (auto h = weak_hub.lock(); h && h->disconnect_client(client_id, reason) > 0) {
+      log::info("cairn-cloud", "client={} disconnected: {}", client_id, reason);
+    }
+  };
+  hooks.disconnect_device = [weak_hub](const std::string& device_id, const std::string& reason) {
+    if (auto h = weak_hub.lock()) {
+      if (auto n = h->disconnect_device(device_id, reason); n > 0) {
+        log::info("cairn-cloud", "device={}: {} connections closed: {}", device_id, n, reason);
+      }
+    }
+  };
   hooks.is_connected = [weak_hub](const std::string& client_id) {
     auto h = weak_hub.lock();
     return h && h->is_connected(client_id);
@@ -166,8 +185,16 @@ int run(const Options& o) {
     }
   };
   hooks.status_extension = [weak_hub, weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink),
-                            &queue = **queue, max_queue_bytes = o.max_queue_bytes] {
+                            &queue = **queue, max_queue_bytes = o.max_queue_bytes, &authenticator] {
     nlohmann::json out = nlohmann::json::object();
+    const auto& limits = authenticator.limits();
+    out["auth"] = {
+        {"maxTokenLifetimeSecs", limits.max_token_lifetime_secs},
+        {"maxModulesPerDevice", limits.max_modules_per_device},
+        {"maxConnectionsPerDevice", limits.max_connections_per_device},
+        {"modulesRegistered", authenticator.modules_registered()},
+        {"modulesRefusedQuota", authenticator.modules_refused_quota()},
+        {"connectionsRefusedDeviceLimit", authenticator.connections_refused_device_limit()}};
     const auto st = queue.stats();
     out["ingestQueue"] = {{"healthy", st.healthy},
                           {"refusing", st.refusing},
@@ -194,6 +221,31 @@ int run(const Options& o) {
     }
     return out;
   };
+  hooks.metrics = [weak_hub, &authenticator] {
+    std::string out;
+    auto metric = [&out](const char* name, const char* type, const char* help,
+                         std::uint64_t value) {
+      out += fmt::format("# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, value);
+    };
+    metric("cairn_cloud_modules_registered_total", "counter",
+           "Modules registered because their edge device connected them",
+           authenticator.modules_registered());
+    metric("cairn_cloud_modules_refused_quota_total", "counter",
+           "Module registrations refused by --max-modules-per-device",
+           authenticator.modules_refused_quota());
+    metric("cairn_cloud_connections_refused_device_limit_total", "counter",
+           "Connections refused by --max-connections-per-device",
+           authenticator.connections_refused_device_limit());
+    if (auto h = weak_hub.lock()) {
+      const auto& c = h->counters();
+      metric("cairn_cloud_connections_refused_total", "counter",
+             "MQTT connections refused (credentials, limits, malformed CONNECT)",
+             c.connections_refused);
+      metric("cairn_cloud_connected_clients", "gauge", "MQTT connections open",
+             h->status()["mqtt"]["connections"].get<std::uint64_t>());
+    }
+    return out;
+  };
   cloud::ModelStoreOptions model_options = o.models;
   model_options.dir = o.home + "/models";
   auto model_store = cloud::ModelStore::open(model_options);
@@ -204,6 +256,7 @@ int run(const Options& o) {
   hooks.models = model_store->get();
   cloud::RestApiConfig rest_config;
   rest_config.hostname = hostname;
+  rest_config.max_token_lifetime_secs = o.auth.max_token_lifetime_secs;
   auto rest = std::make_shared<cloud::RestApi>(rest_config, registry, twins, hooks);
   auto https =
       net::HttpServer::start(io, o.listen, o.https_port, (*hub)->tls_context(),
@@ -292,6 +345,17 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--model-delta-versions", o.models.delta_versions,
                  "Earlier versions of a model a pushed version gets deltas from")
+      ->capture_default_str();
+  app.add_option("--max-token-lifetime-secs", o.auth.max_token_lifetime_secs,
+                 "Refuse SAS tokens (MQTT and REST) valid for longer than this from the moment "
+                 "they are presented. 0 = no maximum")
+      ->capture_default_str();
+  app.add_option("--max-modules-per-device", o.auth.max_modules_per_device,
+                 "Modules an edge device may register by connecting them with its key; beyond "
+                 "it the connection is refused")
+      ->capture_default_str();
+  app.add_option("--max-connections-per-device", o.auth.max_connections_per_device,
+                 "MQTT connections one device and its modules may hold at once. 0 = no limit")
       ->capture_default_str();
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
       ->capture_default_str();

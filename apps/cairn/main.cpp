@@ -255,6 +255,24 @@ int main(int argc, char** argv) {
   device_create->add_option("DEVICE", device_id, "Device id")->required();
   bool edge = false;
   device_create->add_flag("--edge", edge, "The device runs cairnd (an edge device)");
+  // Revocation: each closes the identity's live connections at once.
+  std::string identity_id;
+  auto* cloud_delete = cloud->add_subcommand(
+      "delete", "Delete DEVICE (with its modules) or DEVICE/MODULE; its connections are closed");
+  cloud_delete->add_option("ID", identity_id, "DEVICE or DEVICE/MODULE")->required();
+  auto* cloud_disable = cloud->add_subcommand(
+      "disable", "Disable DEVICE: it and its modules are disconnected and refused");
+  cloud_disable->add_option("DEVICE", identity_id, "Device id")->required();
+  auto* cloud_enable = cloud->add_subcommand("enable", "Enable a disabled DEVICE again");
+  cloud_enable->add_option("DEVICE", identity_id, "Device id")->required();
+  std::string which_key = "primary";
+  auto* cloud_regenerate = cloud->add_subcommand(
+      "regenerate-key",
+      "New primary or secondary key (or swap them) for DEVICE or DEVICE/MODULE; connections "
+      "made with the old keys are closed");
+  cloud_regenerate->add_option("ID", identity_id, "DEVICE or DEVICE/MODULE")->required();
+  cloud_regenerate->add_option("--key", which_key, "primary, secondary or swap")
+      ->capture_default_str();
   std::string twin_id;
   auto* cloud_twin = cloud->add_subcommand("twin", "Print the twin of DEVICE or DEVICE/MODULE");
   cloud_twin->add_option("ID", twin_id, "DEVICE or DEVICE/MODULE")->required();
@@ -583,6 +601,39 @@ int main(int argc, char** argv) {
       auto j =
           cloud_call("PUT", "/devices/" + crypto::url_encode(device_id) + "?api-version=2021-04-12",
                      body.dump());
+      if (!j) return 1;
+      std::cout << j->dump(2) << "\n";
+    } else if (cloud_delete->parsed() || cloud_regenerate->parsed()) {
+      // "d/m" → /devices/d/modules/m; "d" → /devices/d
+      auto slash = identity_id.find('/');
+      std::string path = "/devices/" + crypto::url_encode(identity_id.substr(0, slash));
+      if (slash != std::string::npos) {
+        path += "/modules/" + crypto::url_encode(identity_id.substr(slash + 1));
+      }
+      if (cloud_delete->parsed()) {
+        if (!cloud_call("DELETE", path + "?api-version=2021-04-12")) return 1;
+        std::cout << "deleted " << identity_id << "\n";
+        return 0;
+      }
+      auto j = cloud_call("POST", "/cairn" + path + "/regenerateKey",
+                          nlohmann::json{{"key", which_key}}.dump());
+      if (!j) return 1;
+      std::cout << j->dump(2) << "\n";
+    } else if (cloud_disable->parsed() || cloud_enable->parsed()) {
+      // If-Match "*": an update of whatever version is stored; keys and the rest are kept.
+      net::HttpRequest request;
+      request.method = "PUT";
+      request.target = "/devices/" + crypto::url_encode(identity_id) + "?api-version=2021-04-12";
+      request.body = nlohmann::json{{"deviceId", identity_id},
+                                    {"status", cloud_disable->parsed() ? "disabled" : "enabled"}}
+                         .dump();
+      auto service_token = service->token();
+      if (!service_token) {
+        std::cerr << "cairn: " << service_token.error().message << "\n";
+        return 1;
+      }
+      request.headers = {{"Authorization", *service_token}, {"If-Match", "*"}};
+      auto j = answer(net::http_request(service->server, request));
       if (!j) return 1;
       std::cout << j->dump(2) << "\n";
     } else if (cloud_twin->parsed() || cloud_desired->parsed() || cloud_method->parsed()) {

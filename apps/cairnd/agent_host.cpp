@@ -3,8 +3,11 @@
 #include <chrono>
 #include <future>
 
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "hub/edgehub_config.hpp"
+#include "net/http.hpp"
 
 namespace cairn::cairnd {
 
@@ -49,13 +52,54 @@ Result<agent::ModuleIdentity> HubAgentHost::ensure_identity(const std::string& m
 
 Status HubAgentHost::remove_identity(const std::string& module) {
   auto r = on_hub<Unit>(hub_, [this, module](auto set) {
-    hub_.identities().remove(module, [set](Status s) {
+    hub_.remove_identity(module, [set](Status s) {
       if (!s) return set(std::move(s).error());
       set(Unit{});
     });
   });
+  if (upstream_) {
+    // The link goes first: while it lived it would reconnect, and the cloud registers a module
+    // the edge device connects. Then the cloud identity, even if the local one was already gone
+    // (a removal cut short before).
+    const std::string client_id = hub_.config().device_id + "/" + module;
+    (void)on_hub<Unit>(hub_, [upstream = upstream_, client_id](auto set) {
+      upstream->forget(client_id);
+      set(Unit{});
+    });
+    if (auto s = delete_cloud_identity(module); !s) {
+      log::warn("agent", "module {}: its cloud identity was not deleted: {}", module,
+                s.error().message);
+    }
+  }
   if (!r) return std::move(r).error();
   return {};
+}
+
+Status HubAgentHost::delete_cloud_identity(const std::string& module) const {
+  const auto& u = hub_.config().upstream;
+  const std::string& device = hub_.config().device_id;
+  auto token = crypto::make_sas_token(u.audience_host() + "/devices/" + device, u.device_key,
+                                      now_unix_s() + kCloudRequestTokenSecs);
+  if (!token) return std::move(token).error();
+  net::HttpTarget target;
+  target.host = u.hostname;
+  target.port = u.https_port;
+  target.ca_file = u.ca_file;
+  net::HttpRequest request;
+  request.method = "DELETE";
+  request.target = "/devices/" + crypto::url_encode(device) + "/modules/" +
+                   crypto::url_encode(module) + "?api-version=2021-04-12";
+  request.headers = {{"Authorization", *token}};
+  auto response = net::http_request(target, request, kCloudRequestTimeoutSecs);
+  if (!response) return std::move(response).error();
+  // 404: already gone, which is what was asked for.
+  if (response->status == 204 || response->status == 200 || response->status == 404) {
+    log::info("agent", "module {}: cloud identity deleted", module);
+    return {};
+  }
+  return make_error(errc::unavailable, "DELETE " + request.target + " answered " +
+                                           std::to_string(response->status) + ": " +
+                                           response->body.substr(0, 300));
 }
 
 std::string HubAgentHost::validate_edgehub(const nlohmann::json& desired) {

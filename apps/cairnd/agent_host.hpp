@@ -29,6 +29,10 @@ class HubAgentHost : public agent::AgentHost {
   // (docs/agent.md "Identities"), so a deployed module has its cloud identity and twin before it
   // ever connects, whichever source deployed it.
   Result<agent::ModuleIdentity> ensure_identity(const std::string& module) override;
+  // The local identity (its session closed at once) and, with a cloud link, the module's link
+  // and its cloud identity: DELETE /devices/{device}/modules/{module} on the cloud's HTTPS port
+  // (upstream.https_port), signed with the device key. A cloud that cannot be reached is logged;
+  // the local removal stands.
   Status remove_identity(const std::string& module) override;
   std::string validate_edgehub(const nlohmann::json& desired) override;
   Status apply_edgehub(const nlohmann::json& desired) override;
@@ -36,6 +40,11 @@ class HubAgentHost : public agent::AgentHost {
   void report(const std::string& system_module, const nlohmann::json& patch) override;
 
  private:
+  // The cloud answers within this, or the agent goes on (it waits for the answer).
+  static constexpr int kCloudRequestTimeoutSecs = 15;
+  static constexpr std::int64_t kCloudRequestTokenSecs = 300;
+  Status delete_cloud_identity(const std::string& module) const;
+
   hub::Hub& hub_;
   std::shared_ptr<hub::TwinCache> twins_;
   std::shared_ptr<hub::Upstream> upstream_;

@@ -24,12 +24,30 @@ Error store_failure(const hub::Principal& p, const Error& e) {
 
 }  // namespace
 
-CloudAuthenticator::CloudAuthenticator(Registry& registry, std::string hostname)
-    : registry_(registry), hostname_(std::move(hostname)) {}
+CloudAuthenticator::CloudAuthenticator(Registry& registry, std::string hostname,
+                                       CloudAuthLimits limits)
+    : registry_(registry), hostname_(std::move(hostname)), limits_(limits) {}
+
+Status CloudAuthenticator::check_connection_limit(const hub::Principal& p) {
+  const std::size_t max = limits_.max_connections_per_device;
+  if (max == 0 || !connection_count_) return {};
+  const std::size_t live = connection_count_(p.device_id, p.client_id());
+  if (live < max) return {};
+  ++connections_refused_device_limit_;
+  log::warn("cloud",
+            "client={} refused: device {} already holds {} connections "
+            "(--max-connections-per-device={})",
+            p.client_id(), p.device_id, live, max);
+  return make_error(errc::limit_exceeded,
+                    fmt::format("'{}': device '{}' already holds the most connections allowed "
+                                "({}): close one first",
+                                p.client_id(), p.device_id, max));
+}
 
 Result<hub::Principal> CloudAuthenticator::authenticate(const hub::AuthRequest& request,
                                                         std::int64_t now_unix_s) {
-  auto creds = hub::check_credentials(request, hostname_, hostname_, now_unix_s);
+  auto creds = hub::check_credentials(request, hostname_, hostname_, now_unix_s,
+                                      limits_.max_token_lifetime_secs);
   if (!creds) return std::move(creds).error();
   const hub::Principal& p = creds->principal;
   const crypto::SasToken& token = creds->token;
@@ -44,12 +62,14 @@ Result<hub::Principal> CloudAuthenticator::authenticate(const hub::AuthRequest& 
     if (!hub::signed_by(token, d.primary_key, d.secondary_key)) {
       return refused(p, "the SAS token is not signed with the device's key");
     }
+    CAIRN_TRY(check_connection_limit(p));
     return p;
   }
 
   auto module = registry_.store().find_module(p.device_id, p.module_id);
   if (!module) return store_failure(p, module.error());
   if (*module && hub::signed_by(token, (*module)->primary_key, (*module)->secondary_key)) {
+    CAIRN_TRY(check_connection_limit(p));
     return p;
   }
   const bool edge_signed = d.iot_edge && hub::signed_by(token, d.primary_key, d.secondary_key);
@@ -58,9 +78,22 @@ Result<hub::Principal> CloudAuthenticator::authenticate(const hub::AuthRequest& 
                               : "unknown module (and the token is not signed by an edge "
                                 "device's key)");
   }
+  CAIRN_TRY(check_connection_limit(p));
   if (!*module) {
     if (!valid_identity_id(p.module_id)) {
       return refused(p, invalid_id_message("module id", p.module_id));
+    }
+    auto existing = registry_.list_modules(p.device_id);
+    if (!existing) return store_failure(p, existing.error());
+    if (existing->size() >= limits_.max_modules_per_device) {
+      ++modules_refused_quota_;
+      log::warn("cloud",
+                "client={} refused: edge device {} already has {} modules "
+                "(--max-modules-per-device={}); delete unused ones or raise the quota",
+                p.client_id(), p.device_id, existing->size(), limits_.max_modules_per_device);
+      return make_error(errc::limit_exceeded,
+                        fmt::format("'{}': device '{}' has reached its quota of {} modules",
+                                    p.client_id(), p.device_id, limits_.max_modules_per_device));
     }
     auto created = registry_.ensure_module(p.device_id, p.module_id, kManagedByEdge);
     if (!created) return store_failure(p, created.error());

@@ -13,6 +13,7 @@
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "hub/identities.hpp"
 #include "twin/twin.hpp"
 
 namespace cairn::cloud {
@@ -231,16 +232,33 @@ void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond) 
                               "the Authorization header is not a SharedAccessSignature token"));
     return;
   }
-  std::string_view audience = token->resource;
-  if (audience.ends_with('/')) audience.remove_suffix(1);
-  if (!iequals(audience, config_.hostname)) {
-    call.reply(
-        error_response(401, kUnauthorized,
-                       fmt::format("the token's audience (sr) must be '{}'", config_.hostname)));
+  const std::int64_t now_s = now_ms() / 1000;
+  if (token->expiry <= now_s) {
+    call.reply(error_response(401, kUnauthorized, "the SAS token has expired"));
     return;
   }
-  if (token->expiry <= now_ms() / 1000) {
-    call.reply(error_response(401, kUnauthorized, "the SAS token has expired"));
+  if (auto s = hub::check_token_lifetime(token->expiry, now_s, config_.max_token_lifetime_secs,
+                                         "--max-token-lifetime-secs");
+      !s) {
+    call.reply(error_response(401, kUnauthorized, s.error().message));
+    return;
+  }
+  std::string_view audience = token->resource;
+  if (audience.ends_with('/')) audience.remove_suffix(1);
+  const std::string device_prefix = config_.hostname + "/devices/";
+  if (audience.size() > device_prefix.size() &&
+      iequals(audience.substr(0, device_prefix.size()), device_prefix)) {
+    auto seg = path_segments(request.target);
+    if (!seg) return call.fail(seg.error());
+    call.seg = std::move(*seg);
+    return device_scoped(call, *token, std::string(audience.substr(device_prefix.size())));
+  }
+  if (!iequals(audience, config_.hostname)) {
+    call.reply(error_response(
+        401, kUnauthorized,
+        fmt::format("the token's audience (sr) must be '{}' (a service token) or '{}{{deviceId}}' "
+                    "(an edge device's own token)",
+                    config_.hostname, device_prefix)));
     return;
   }
   if (token->key_name.empty()) {
@@ -269,6 +287,68 @@ void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond) 
                net::http_path(request.target), e.what());
     call.reply(error_response(500, kServerError, "internal error"));
   }
+}
+
+void RestApi::device_scoped(Call& call, const crypto::SasToken& token,
+                            const std::string& device_id) {
+  auto refuse = [&call](std::string_view why) {
+    call.reply(error_response(401, kUnauthorized, why));
+  };
+  if (device_id.find('/') != std::string::npos) {
+    return refuse("a device-scoped token's audience is {hostname}/devices/{deviceId}");
+  }
+  auto device = registry_.store().find_device(device_id);
+  if (!device) return call.fail(device.error());
+  // One message for unknown, disabled, not an edge device and a bad signature: which devices
+  // exist is not the caller's business.
+  if (!*device || !(*device)->enabled || !(*device)->iot_edge ||
+      !hub::signed_by(token, (*device)->primary_key, (*device)->secondary_key)) {
+    return refuse(
+        "the SAS token is not signed by an enabled edge device's key (device tokens serve "
+        "only DELETE /devices/{deviceId}/modules/{moduleId})");
+  }
+  const auto& seg = call.seg;
+  if (seg.size() != 4 || seg[0] != "devices" || seg[2] != "modules" || seg[1] != device_id ||
+      seg[3].empty() || call.method() != "DELETE") {
+    return refuse(
+        fmt::format("a token of device '{}' may only delete that device's modules "
+                    "(DELETE /devices/{}/modules/{{moduleId}})",
+                    device_id, device_id));
+  }
+  if (auto s = registry_.delete_module(device_id, seg[3], "*"); !s) {
+    return call.fail(s.error(), true);
+  }
+  log::info("cloud", "edge device {} deleted its module {}", device_id, seg[3]);
+  revoke_client(device_id + "/" + seg[3], "module identity deleted by its edge device");
+  call.reply(no_content());
+}
+
+void RestApi::revoke_client(const std::string& client_id, const std::string& reason) {
+  if (hooks_.disconnect_client) hooks_.disconnect_client(client_id, reason);
+}
+
+void RestApi::revoke_device(const DeviceRecord& before, const DeviceRecord* after) {
+  if (!hooks_.disconnect_device || !hooks_.disconnect_client) return;
+  if (after == nullptr) return hooks_.disconnect_device(before.device_id, "device deleted");
+  if (!after->enabled && before.enabled) {
+    return hooks_.disconnect_device(before.device_id, "device disabled");
+  }
+  if (after->primary_key == before.primary_key && after->secondary_key == before.secondary_key) {
+    return;
+  }
+  // An edge device signs its modules' connections with its own key, so they go too (and
+  // reconnect with the new key); other devices' modules have keys of their own.
+  if (before.iot_edge) return hooks_.disconnect_device(before.device_id, "device keys changed");
+  hooks_.disconnect_client(before.device_id, "device keys changed");
+}
+
+void RestApi::revoke_module(const ModuleRecord& before, const ModuleRecord* after) {
+  if (after != nullptr && after->primary_key == before.primary_key &&
+      after->secondary_key == before.secondary_key) {
+    return;
+  }
+  revoke_client(before.device_id + "/" + before.module_id,
+                after == nullptr ? "module deleted" : "module keys changed");
 }
 
 void RestApi::dispatch(Call& call) {
@@ -324,7 +404,9 @@ void RestApi::devices(Call& call) {
     return call.reply(json_response(200, device_to_json(*d, live(id)), d->etag));
   }
   if (call.method() == "DELETE") {
+    auto before = registry_.get_device(id);
     if (auto s = registry_.delete_device(id, if_match); !s) return call.fail(s.error());
+    if (before) revoke_device(*before, nullptr);
     return call.reply(no_content());
   }
   auto body = parse_body(call.request);
@@ -339,9 +421,16 @@ void RestApi::devices(Call& call) {
                                             spec->device_id, id)));
   }
   // IoT Hub: no If-Match creates (409 if the device exists), an If-Match updates.
-  auto d =
-      if_match.empty() ? registry_.create_device(*spec) : registry_.update_device(*spec, if_match);
+  if (if_match.empty()) {
+    auto d = registry_.create_device(*spec);
+    if (!d) return call.fail(d.error());
+    return call.reply(json_response(200, device_to_json(*d, live(id)), d->etag));
+  }
+  auto before = registry_.get_device(id);
+  if (!before) return call.fail(before.error());
+  auto d = registry_.update_device(*spec, if_match);
   if (!d) return call.fail(d.error());
+  revoke_device(*before, &*d);
   call.reply(json_response(200, device_to_json(*d, live(id)), d->etag));
 }
 
@@ -371,6 +460,7 @@ void RestApi::modules(Call& call) {
     if (auto s = registry_.delete_module(device_id, module_id, if_match); !s) {
       return call.fail(s.error(), true);
     }
+    revoke_client(client_id, "module deleted");
     return call.reply(no_content());
   }
   auto body = parse_body(call.request);
@@ -386,8 +476,15 @@ void RestApi::modules(Call& call) {
                                             spec->device_id, spec->module_id, client_id)));
   }
   const bool create = if_match.empty();
+  std::optional<ModuleRecord> before;
+  if (!create) {
+    auto found = registry_.get_module(device_id, module_id);
+    if (!found) return call.fail(found.error(), true);
+    before = std::move(*found);
+  }
   auto m = create ? registry_.create_module(*spec) : registry_.update_module(*spec, if_match);
   if (!m) return call.fail(m.error(), true);
+  if (before) revoke_module(*before, &*m);
   call.reply(json_response(create ? 201 : 200, module_to_json(*m, live(client_id)), m->etag));
 }
 
@@ -473,6 +570,10 @@ void RestApi::cairn(Call& call) {
   const std::size_t n = seg.size();
   if (n == 2 && seg[1] == "messages") return messages(call);
   if (n == 2 && seg[1] == "status") return status(call);
+  if (n == 2 && seg[1] == "metrics" && hooks_.metrics) {
+    if (!call.allow({"GET"})) return;
+    return call.reply(net::HttpResponse{200, hooks_.metrics(), "text/plain; version=0.0.4", {}});
+  }
   if (n == 2 && seg[1] == "deadletters" && hooks_.list_dead_letters) {
     if (!call.allow({"GET"})) return;
     return hooks_.list_dead_letters(call.respond);
@@ -553,12 +654,18 @@ void RestApi::regenerate(Call& call) {
   auto which = parse_key_kind(key->get<std::string>());
   if (!which) return call.fail(which.error());
   if (seg.size() == 4) {
+    auto before = registry_.get_device(seg[2]);
+    if (!before) return call.fail(before.error());
     auto d = registry_.regenerate_device_key(seg[2], *which);
     if (!d) return call.fail(d.error());
+    revoke_device(*before, &*d);
     return call.reply(json_response(200, device_to_json(*d, live(seg[2])), d->etag));
   }
+  auto before = registry_.get_module(seg[2], seg[4]);
+  if (!before) return call.fail(before.error(), true);
   auto m = registry_.regenerate_module_key(seg[2], seg[4], *which);
   if (!m) return call.fail(m.error(), true);
+  revoke_module(*before, &*m);
   call.reply(json_response(200, module_to_json(*m, live(seg[2] + "/" + seg[4])), m->etag));
 }
 

@@ -4,12 +4,14 @@
 // for users; in short:
 //
 //   PUT|GET|DELETE  /devices/{id}                     Device identity (GET /devices lists)
-//   PUT|GET|DELETE  /devices/{id}/modules/{mid}       Module identity (GET .../modules lists)
+//   PUT|GET|DELETE  /devices/{id}/modules/{mid}       Module identity (GET .../modules lists);
+//                                                     DELETE also with the edge device's token
 //   POST            /devices/{id}/applyConfigurationContent   edge deployment (204)
 //   GET|PATCH|PUT   /twins/{id}[/modules/{mid}]       twin of record (If-Match etags)
 //   POST            /twins/{id}[/modules/{mid}]/methods       direct method
 //   GET             /cairn/messages?deviceId=&moduleId=&after=&limit=   stored telemetry
 //   GET             /cairn/status
+//   GET             /cairn/metrics                      Prometheus text
 //   GET             /cairn/deadletters
 //   POST            /cairn/devices/{id}[/modules/{mid}]/regenerateKey   {"key": "primary"|...}
 //   GET             /cairn/devices/{id}/deployment
@@ -21,7 +23,11 @@
 //
 // Every request but GET /models/... needs `Authorization: SharedAccessSignature
 // sr={hostname}&sig=…&se=…&skn={policy}` signed with a key of a stored access policy (kOwnerPolicy
-// is created on first start). Path segments are URL-decoded (ids may contain %-escapes;
+// is created on first start), except that an edge device deletes modules of its own with a
+// token for sr={hostname}/devices/{id} signed with its key. A token valid for longer than
+// max_token_lifetime_secs is refused (401). Deleting, disabling or re-keying an identity closes
+// its live MQTT sessions (RestHooks::disconnect_*). Path segments are URL-decoded (ids may contain
+// %-escapes;
 // "$edgeAgent" arrives as "%24edgeAgent"). `api-version` is accepted and not required. Errors use
 // IoT Hub's body,
 // {"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:…"}, which the SDKs parse
@@ -42,6 +48,8 @@
 #include "cloud/deployments.hpp"
 #include "cloud/registry.hpp"
 #include "cloud/twins.hpp"
+#include "core/crypto.hpp"
+#include "hub/config.hpp"
 #include "hub/methods.hpp"
 #include "net/http.hpp"
 
@@ -59,6 +67,8 @@ struct RestApiConfig {
   // Upper bound of GET /cairn/messages?limit=: bodies are up to 256 KB each, so a page of 1000
   // may be large; clients tail with `after`.
   std::size_t max_messages_listed = 1000;
+  // Longest validity a presented SAS token may have left (0 = no maximum): 401 beyond it.
+  std::int64_t max_token_lifetime_secs = hub::kDefaultMaxTokenLifetimeSecs;
 };
 
 // What the API needs from the hub it sits next to. Any hook may be empty: without
@@ -74,8 +84,14 @@ struct RestHooks {
   std::function<bool(const std::string& client_id)> is_connected;
   // Extra members of GET /cairn/status (the ingest queue, the telemetry writer), merged in.
   std::function<nlohmann::json()> status_extension;
+  // Answers GET /cairn/metrics: Prometheus text (404 without it).
+  std::function<std::string()> metrics;
   // Answers GET /cairn/deadletters: messages set aside as undeliverable (404 without it).
   std::function<void(net::HttpRespond)> list_dead_letters;
+  // Revocation: close at once the live sessions of a client "d" or "d/m", or of a device and
+  // all its modules, whose identity was deleted, disabled or given new keys.
+  std::function<void(const std::string& client_id, const std::string& reason)> disconnect_client;
+  std::function<void(const std::string& device_id, const std::string& reason)> disconnect_device;
   // The model store behind /cairn/models and /models (404 without it). Outlives the API.
   ModelStore* models = nullptr;
 };
@@ -102,6 +118,13 @@ class RestApi {
   void regenerate(Call& call);
   void models(Call& call);
   void published_model_file(Call& call);
+  // A request signed by an edge device's own key (audience {hostname}/devices/{id}): it may
+  // delete modules of that device only.
+  void device_scoped(Call& call, const crypto::SasToken& token, const std::string& device_id);
+  // Closes the sessions whose credentials a change took away (after == nullptr: deleted).
+  void revoke_client(const std::string& client_id, const std::string& reason);
+  void revoke_device(const DeviceRecord& before, const DeviceRecord* after);
+  void revoke_module(const ModuleRecord& before, const ModuleRecord* after);
   std::optional<bool> live(const std::string& client_id) const;
   void push(const std::string& client_id, const std::optional<nlohmann::json>& patch);
   std::int64_t now_ms() const;

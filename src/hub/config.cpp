@@ -91,7 +91,12 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
   std::uint32_t ttl = static_cast<std::uint32_t>(config.default_ttl_secs);
   CAIRN_TRY(top.read("default_ttl_secs", ttl));
   config.default_ttl_secs = ttl;
-  CAIRN_TRY(top.reject_unknown({"mqtt", "store", "upstream", "http", "agent"}));
+  CAIRN_TRY(top.reject_unknown({"mqtt", "store", "upstream", "http", "agent", "auth"}));
+  if (const auto* auth = root.get_as<toml::table>("auth")) {
+    TableReader t(path, *auth, "auth.");
+    CAIRN_TRY(t.read("max_token_lifetime_secs", config.auth.max_token_lifetime_secs));
+    CAIRN_TRY(t.reject_unknown());
+  }
   if (const auto* agent = root.get_as<toml::table>("agent")) {
     TableReader t(path, *agent, "agent.");
     CAIRN_TRY(t.read("docker_uri", config.agent.docker_uri));
@@ -145,6 +150,7 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     auto& u = config.upstream;
     CAIRN_TRY(t.read("hostname", u.hostname));
     CAIRN_TRY(t.read("port", u.port));
+    CAIRN_TRY(t.read("https_port", u.https_port));
     CAIRN_TRY(t.read("ca_file", u.ca_file));
     CAIRN_TRY(t.read("iothub_hostname", u.iothub_hostname));
     CAIRN_TRY(t.read("device_key", u.device_key));

@@ -12,6 +12,11 @@
 
 namespace cairn::hub {
 
+// The longest a SAS token may still be valid when it is presented, by default: a day. The SDKs
+// ask for one-hour tokens and renew them; a token that lives for months is, once leaked, a key
+// that cannot be taken back short of regenerating the identity's keys.
+inline constexpr std::int64_t kDefaultMaxTokenLifetimeSecs = 24 * 3600;
+
 struct HubConfig {
   std::string home;  // data, sockets and certificates live here
 
@@ -43,6 +48,12 @@ struct HubConfig {
     std::size_t max_connections = 1000;
   } mqtt;
 
+  struct Auth {
+    // A SAS token (MQTT CONNECT, the gateway's HTTPS API) may be valid for at most this long
+    // from the moment it is presented; one valid for longer is refused. 0 = no maximum.
+    std::int64_t max_token_lifetime_secs = kDefaultMaxTokenLifetimeSecs;
+  } auth;
+
   // HTTPS for module-to-module direct methods (ModuleClient.invokeMethod), on mqtt.listen.
   struct Http {
     std::uint16_t port = 443;  // 0 disables it
@@ -59,6 +70,9 @@ struct HubConfig {
   struct Upstream {
     std::string hostname;  // cloud MQTT host; empty = no cloud
     std::uint16_t port = 8883;
+    // The cloud's HTTPS (service API) port: the agent deletes a removed module's cloud
+    // identity there.
+    std::uint16_t https_port = 443;
     std::string ca_file;  // PEM that verifies the cloud; empty = the system store
     // Host name in SAS token audiences ("{host}/devices/..."); empty = `hostname`.
     std::string iothub_hostname;

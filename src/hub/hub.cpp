@@ -62,7 +62,7 @@ class EdgeAuthenticator : public Authenticator {
       : registry_(registry), config_(config) {}
   Result<Principal> authenticate(const AuthRequest& request, std::int64_t now_unix_s) override {
     return hub::authenticate(request, registry_, config_.iothub_hostname, config_.hostname,
-                             now_unix_s);
+                             now_unix_s, config_.auth.max_token_lifetime_secs);
   }
 
  private:
@@ -127,6 +127,53 @@ bool Hub::notify_desired(const std::string& client_id, const nlohmann::json& pat
 bool Hub::is_connected(const std::string& client_id) const {
   auto it = sessions_.find(client_id);
   return it != sessions_.end() && !it->second.expired();
+}
+
+void Hub::remove_identity(const std::string& module_id, std::function<void(Status)> done) {
+  const bool known = identities_.find(module_id).has_value();
+  identities_.remove(module_id, std::move(done));
+  // The identity is gone from memory now, so a reconnection is refused from here on; its live
+  // session goes at once rather than when its token expires.
+  const std::string client_id = config_.device_id + "/" + module_id;
+  if (known && disconnect_client(client_id, "identity deleted") > 0) {
+    log::info("hub", "identity {} deleted: its connection was closed", client_id);
+  }
+}
+
+std::size_t Hub::disconnect_client(const std::string& client_id, const std::string& reason) {
+  auto it = sessions_.find(client_id);
+  if (it == sessions_.end()) return 0;
+  auto session = it->second.lock();
+  if (!session) return 0;
+  session->close(reason, true);
+  return 1;
+}
+
+namespace {
+bool of_device(const std::string& client_id, const std::string& device_id) {
+  return client_id.starts_with(device_id) &&
+         (client_id.size() == device_id.size() || client_id[device_id.size()] == '/');
+}
+}  // namespace
+
+std::size_t Hub::disconnect_device(const std::string& device_id, const std::string& reason) {
+  // Copy first: closing a session unregisters it from the map.
+  std::vector<std::shared_ptr<Session>> live;
+  for (auto& [id, weak] : sessions_) {
+    if (!of_device(id, device_id)) continue;
+    if (auto s = weak.lock()) live.push_back(std::move(s));
+  }
+  for (auto& s : live) s->close(reason, true);
+  return live.size();
+}
+
+std::size_t Hub::device_connections(const std::string& device_id,
+                                    const std::string& except_client_id) const {
+  std::size_t n = 0;
+  for (const auto& [id, weak] : sessions_) {
+    if (id != except_client_id && of_device(id, device_id) && !weak.expired()) ++n;
+  }
+  return n;
 }
 
 void Hub::attach_upstream(const std::shared_ptr<Consumer>& consumer) {
@@ -671,6 +718,13 @@ void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond re
           respond(json_response(400, {{"error", "ttl must be a positive number of seconds"}}));
           return;
         }
+        if (const auto max = config_.auth.max_token_lifetime_secs; max > 0 && ttl > max) {
+          respond(json_response(
+              400, {{"error", "ttl may be at most " + std::to_string(max) +
+                                  " seconds (auth.max_token_lifetime_secs): a longer-lived "
+                                  "token would be refused"}}));
+          return;
+        }
       }
       auto resource =
           config_.iothub_hostname + "/devices/" + config_.device_id + "/modules/" + module;
@@ -683,7 +737,7 @@ void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond re
       return;
     }
     if (!token && request.method == "DELETE") {
-      identities_.remove(module, [this, respond, weak = weak_from_this()](Status s) {
+      remove_identity(module, [this, respond, weak = weak_from_this()](Status s) {
         asio::post(io_, [weak, respond, s = std::move(s)] {
           if (!weak.lock()) return;
           respond(s ? net::HttpResponse{204, "", "application/json"} : error_response(s.error()));

@@ -85,11 +85,23 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // and subscribed to desired updates. Returns whether it was sent.
   bool notify_desired(const std::string& client_id, const nlohmann::json& patch);
   bool is_connected(const std::string& client_id) const;
+  // Revocation: closes at once the live session of `client_id` ("d" or "d/m"), or of a device
+  // and every module of it, whose credentials were deleted, disabled or replaced. No will is
+  // published. Returns how many sessions were closed.
+  std::size_t disconnect_client(const std::string& client_id, const std::string& reason);
+  std::size_t disconnect_device(const std::string& device_id, const std::string& reason);
+  // Live sessions of `device_id` and its modules, not counting `except_client_id` (a
+  // reconnection that will take that session's place).
+  std::size_t device_connections(const std::string& device_id,
+                                 const std::string& except_client_id) const;
   // The consumer of the $upstream endpoint (the upstream link, or cairn-cloud's telemetry sink).
   void attach_upstream(const std::shared_ptr<Consumer>& consumer);
   void detach_upstream(const Consumer* consumer);
 
   IdentityRegistry& identities() { return identities_; }
+  // Deletes a module identity of this device and closes its live session at once. `done` as
+  // IdentityRegistry::remove (errc::not_found for an unknown module).
+  void remove_identity(const std::string& module_id, std::function<void(Status)> done);
   const HubConfig& config() const { return config_; }
   asio::io_context& io() { return io_; }
   // Ports actually bound (useful with port 0 in tests).

@@ -106,10 +106,19 @@ std::vector<Identity> IdentityRegistry::list() const {
   return out;
 }
 
+Status check_token_lifetime(std::int64_t expiry_unix_s, std::int64_t now_unix_s,
+                            std::int64_t max_lifetime_secs, std::string_view setting) {
+  if (max_lifetime_secs <= 0 || expiry_unix_s - now_unix_s <= max_lifetime_secs) return {};
+  return make_error(errc::unauthorized,
+                    "SAS token is valid for " + std::to_string(expiry_unix_s - now_unix_s) +
+                        "s, longer than the maximum of " + std::to_string(max_lifetime_secs) +
+                        "s (" + std::string(setting) + "): use a shorter-lived token");
+}
+
 Result<Credentials> check_credentials(const AuthRequest& request,
                                       const std::string& iothub_hostname,
-                                      const std::string& gateway_hostname,
-                                      std::int64_t now_unix_s) {
+                                      const std::string& gateway_hostname, std::int64_t now_unix_s,
+                                      std::int64_t max_lifetime_secs) {
   // Username: {host}/{device}/{module}/?{props} (or without '?' when the last segment holds
   // api-version=). The host part is not checked here; the token audience is.
   std::string_view user = request.username;
@@ -145,6 +154,8 @@ Result<Credentials> check_credentials(const AuthRequest& request,
   auto token = crypto::parse_sas_token(*request.password);
   if (!token) return make_error(errc::unauthorized, "password is not a SAS token");
   if (token->expiry <= now_unix_s) return make_error(errc::unauthorized, "SAS token expired");
+  CAIRN_TRY(check_token_lifetime(token->expiry, now_unix_s, max_lifetime_secs,
+                                 "max_token_lifetime_secs"));
 
   auto aud = split(token->resource, '/');
   // {host}/devices/{device}[/modules/{module}]
@@ -171,8 +182,10 @@ bool signed_by(const crypto::SasToken& token, std::string_view primary_key,
 
 Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
                                const std::string& iothub_hostname,
-                               const std::string& gateway_hostname, std::int64_t now_unix_s) {
-  auto creds = check_credentials(request, iothub_hostname, gateway_hostname, now_unix_s);
+                               const std::string& gateway_hostname, std::int64_t now_unix_s,
+                               std::int64_t max_lifetime_secs) {
+  auto creds =
+      check_credentials(request, iothub_hostname, gateway_hostname, now_unix_s, max_lifetime_secs);
   if (!creds) return creds.error();
   const Principal& p = creds->principal;
   if (p.device_id != registry.device_id() || p.module_id.empty()) {

@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/crypto.hpp"
@@ -71,16 +72,23 @@ struct AuthRequest {
   std::optional<std::string> password;
 };
 
+// errc::unauthorized if the token expires more than `max_lifetime_secs` after `now_unix_s`
+// (0 = no maximum). `setting` names the option that sets the maximum, for the message.
+Status check_token_lifetime(std::int64_t expiry_unix_s, std::int64_t now_unix_s,
+                            std::int64_t max_lifetime_secs, std::string_view setting);
+
 // The role-independent part of checking a CONNECT: username and client id shape, the SAS token's
-// expiry and audience ({host}/devices/{d}[/modules/{m}] for the identity the username names).
-// The caller then checks the signature against the keys it knows (signed_by).
+// expiry, lifetime (at most `max_lifetime_secs` ahead; 0 = any) and audience
+// ({host}/devices/{d}[/modules/{m}] for the identity the username names). The caller then checks
+// the signature against the keys it knows (signed_by).
 struct Credentials {
   Principal principal;
   crypto::SasToken token;
 };
 Result<Credentials> check_credentials(const AuthRequest& request,
                                       const std::string& iothub_hostname,
-                                      const std::string& gateway_hostname, std::int64_t now_unix_s);
+                                      const std::string& gateway_hostname, std::int64_t now_unix_s,
+                                      std::int64_t max_lifetime_secs);
 // True if `token` was signed with either key (base64).
 bool signed_by(const crypto::SasToken& token, std::string_view primary_key,
                std::string_view secondary_key);
@@ -90,7 +98,8 @@ bool signed_by(const crypto::SasToken& token, std::string_view primary_key,
 // credential (CONNACK 5).
 Result<Principal> authenticate(const AuthRequest& request, const IdentityRegistry& registry,
                                const std::string& iothub_hostname,
-                               const std::string& gateway_hostname, std::int64_t now_unix_s);
+                               const std::string& gateway_hostname, std::int64_t now_unix_s,
+                               std::int64_t max_lifetime_secs);
 
 // "HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...;GatewayHostName=..."
 std::string connection_string(const Identity& id, const std::string& device_id,

@@ -58,6 +58,7 @@ struct Upstream::Link {
   std::map<std::string, std::function<void(int, std::string)>> requests;  // twin, by $rid
   std::uint64_t next_rid = 0;
   bool sending_reported = false;
+  bool retired = false;  // the identity is gone: close and never reconnect
 
   void set_state(State s) {
     if (s != state) since = iso_now();
@@ -95,9 +96,9 @@ void Upstream::stop() {
 
 Upstream::Link& Upstream::link(const std::string& client_id) {
   auto it = links_.find(client_id);
-  if (it != links_.end()) return *it->second;
+  if (it != links_.end() && !it->second->retired) return *it->second;
   auto l = std::make_shared<Link>(io_, client_id);
-  links_.emplace(client_id, l);
+  links_.insert_or_assign(client_id, l);
   if (!stopping_) spawn_run(l);
   return *l;
 }
@@ -115,7 +116,7 @@ void Upstream::spawn_run(const std::shared_ptr<Link>& l) {
           client->close();
           self->on_link_down(*l, l->last_error);
         }
-        if (self->stopping_) {
+        if (self->stopping_ || l->retired) {
           l->set_state(Link::State::idle);
           return;
         }
@@ -143,7 +144,7 @@ std::chrono::milliseconds Upstream::backoff(int attempt) {
 asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
   auto self = shared_from_this();
   const auto& u = config_.upstream;
-  while (!stopping_) {
+  while (!stopping_ && !l->retired) {
     l->set_state(Link::State::connecting);
     const auto ttl = std::chrono::seconds(u.token_ttl_secs);
     std::string resource = u.audience_host() + "/devices/" + config_.device_id;
@@ -203,7 +204,10 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
     } else {
       l->last_error = client.error().message;
     }
-    if (stopping_) break;
+    if (stopping_ || l->retired) {
+      if (up) (*client)->close();  // connected meanwhile, and nobody else would close it
+      break;
+    }
     if (!up) {
       ++l->attempt;
       auto delay = backoff(l->attempt);
@@ -235,19 +239,21 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
 
     // Online until the connection drops or the token is due for renewal.
     const auto renew_at = std::chrono::steady_clock::now() + ttl * 8 / 10;
-    while (!l->closed && !stopping_ && std::chrono::steady_clock::now() < renew_at) {
+    while (!l->closed && !stopping_ && !l->retired && std::chrono::steady_clock::now() < renew_at) {
       l->wake.expires_at(renew_at);
       error_code ec;
       co_await l->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    const bool renewing = !l->closed && !stopping_;
-    if (renewing) {
+    const bool renewing = !l->closed && !stopping_ && !l->retired;
+    if (l->retired && !l->closed) {
+      (void)co_await (*client)->disconnect(kRenewalDrain);
+    } else if (renewing) {
       log::info("upstream", "[{}] renewing the SAS token (reconnect)", l->client_id);
       (void)co_await (*client)->disconnect(kRenewalDrain);
     }
     l->client.reset();
-    on_link_down(*l, renewing ? "token renewal" : l->last_error);
-    if (stopping_) break;
+    on_link_down(*l, renewing ? "token renewal" : l->retired ? "identity removed" : l->last_error);
+    if (stopping_ || l->retired) break;
     if (!renewing) {
       ++reconnects_;
       ++l->attempt;
@@ -405,7 +411,7 @@ double Upstream::offline_total_seconds() const {
 
 void Upstream::request(Link& l, const std::string& topic_prefix, std::string body,
                        std::function<void(int status, std::string body)> done) {
-  if (!l.client || l.closed) {
+  if (!l.client || l.closed || !current(l)) {
     done(503, "");
     return;
   }
@@ -499,6 +505,7 @@ void Upstream::send_reported(Link& l) {
 }
 
 void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
+  if (!current(l)) return;  // a removed identity's connection, closing
   auto what = parse_cloud_topic(p.topic);
   if (!what) {
     log::debug("upstream", "[{}] ignoring cloud publish on '{}'", l.client_id, p.topic);
@@ -556,6 +563,24 @@ void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
 }
 
 void Upstream::connected(const Principal& who) { link(who.client_id()); }
+
+void Upstream::forget(const std::string& client_id) {
+  auto it = links_.find(client_id);
+  if (it == links_.end()) return;
+  auto l = it->second;
+  links_.erase(it);
+  l->retired = true;
+  l->outbox.clear();
+  l->wake.cancel();
+  l->outbox_signal.cancel();
+  l->reported_retry.cancel();
+  log::info("upstream", "[{}] identity removed: its cloud connection closes", client_id);
+}
+
+bool Upstream::current(const Link& l) const {
+  auto it = links_.find(l.client_id);
+  return it != links_.end() && it->second.get() == &l;
+}
 
 void Upstream::disconnected(const Principal& /*who*/) {}
 

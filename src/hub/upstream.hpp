@@ -58,6 +58,9 @@ class Upstream : public Consumer,
   // ConnectionObserver: a local module connected; its cloud identity connects too.
   void connected(const Principal& who) override;
   void disconnected(const Principal& who) override;
+  // The identity was removed: its cloud connection closes (gracefully) and is not reopened,
+  // and messages queued for it here are dropped (the endpoint keeps them until acknowledged).
+  void forget(const std::string& client_id);
 
   // Link state for `cairn check`, `cairn status` and metrics.
   nlohmann::json status() const;
@@ -77,6 +80,8 @@ class Upstream : public Consumer,
   };
 
   Link& link(const std::string& client_id);
+  // False for a link forget() retired (it may still be closing).
+  bool current(const Link& l) const;
   asio::awaitable<void> run(std::shared_ptr<Link> link);
   // Starts run(link) with a completion handler: a link loop that throws is logged, its
   // connection closed, and the loop started again after a back-off.

@@ -196,12 +196,13 @@ class Cairnd(_Daemon):
         self.http_config = {"port": free_port()}
         # The cloud link: empty unless a test connects this device to a cairn-cloud.
         self.upstream_config = {}
+        self.auth_config = {}  # [auth]: the built-in defaults unless a test sets some
         self.top_config = {"device_id": device_id, "hostname": "localhost",
                            "iothub_hostname": IOTHUB_HOSTNAME, "default_ttl_secs": 7200}
         for key, value in (config or {}).items():
             section, _, name = key.partition(".")
             {"mqtt": self.mqtt_config, "store": self.store_config, "http": self.http_config,
-             "upstream": self.upstream_config}[section][name] = value
+             "upstream": self.upstream_config, "auth": self.auth_config}[section][name] = value
         self.top_config.update(top or {})
         self.ttl_secs = ttl_secs
         self.extra_desired = extra_desired or {}
@@ -256,6 +257,9 @@ class Cairnd(_Daemon):
         lines += [f"{k} = {value(v)}" for k, v in self.store_config.items()]
         lines.append("[http]")
         lines += [f"{k} = {value(v)}" for k, v in self.http_config.items()]
+        if self.auth_config:
+            lines.append("[auth]")
+            lines += [f"{k} = {value(v)}" for k, v in self.auth_config.items()]
         if self.upstream_config:
             lines.append("[upstream]")
             lines += [f"{k} = {value(v)}" for k, v in self.upstream_config.items()]
@@ -758,6 +762,7 @@ class CairnCloud(_Daemon):
         """cairnd config keys for an edge device of this cloud (fast back-off for tests)."""
         cfg = {"upstream.hostname": CLOUD_HOST,
                "upstream.port": port or self.mqtt_port,
+               "upstream.https_port": self.https_port,
                "upstream.iothub_hostname": self.hostname,
                "upstream.ca_file": str(self.ca_path),
                "upstream.device_key": device_key,

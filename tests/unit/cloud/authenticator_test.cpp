@@ -126,5 +126,51 @@ TEST_F(AuthenticatorTest, EdgeDeviceSignsForItsModulesAndRegistersNewOnes) {
   EXPECT_FALSE(store_->find_module("edge", "intruder")->has_value());
 }
 
+TEST_F(AuthenticatorTest, EdgeDeviceRegistersModulesUpToItsQuota) {
+  DeviceRecord d = make_device("edge", true);
+  CloudAuthLimits limits;
+  limits.max_modules_per_device = 2;
+  auth_ = std::make_unique<CloudAuthenticator>(*registry_, kHost, limits);
+  EXPECT_TRUE(auth(request("edge", "a", d.primary_key)).ok());
+  EXPECT_TRUE(auth(request("edge", "b", d.primary_key)).ok());
+  auto third = auth(request("edge", "c", d.primary_key));
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.error().code, errc::limit_exceeded);
+  EXPECT_FALSE(registry_->get_module("edge", "c").ok());
+  EXPECT_EQ(auth_->modules_registered(), 2u);
+  EXPECT_EQ(auth_->modules_refused_quota(), 1u);
+  // Known modules still connect.
+  EXPECT_TRUE(auth(request("edge", "a", d.primary_key)).ok());
+}
+
+TEST_F(AuthenticatorTest, ConnectionsPerDeviceAreLimitedButAReconnectionFits) {
+  DeviceRecord d = make_device("leaf");
+  CloudAuthLimits limits;
+  limits.max_connections_per_device = 1;
+  auth_ = std::make_unique<CloudAuthenticator>(*registry_, kHost, limits);
+  std::size_t live = 0;
+  std::string live_client;
+  auth_->set_connection_count([&](const std::string&, const std::string& except) {
+    return except == live_client ? live - 1 : live;
+  });
+  live = 1;
+  live_client = "leaf";
+  EXPECT_TRUE(auth(request("leaf", "", d.primary_key)).ok());  // replaces its own session
+  ModuleRecord m = make_module("leaf", "m");
+  auto refused = auth(request("leaf", "m", m.primary_key));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, errc::limit_exceeded);
+  EXPECT_EQ(auth_->connections_refused_device_limit(), 1u);
+}
+
+TEST_F(AuthenticatorTest, TokensValidLongerThanTheMaximumAreRefused) {
+  DeviceRecord d = make_device("leaf");
+  const auto max = CloudAuthLimits{}.max_token_lifetime_secs;
+  EXPECT_TRUE(auth(request("leaf", "", d.primary_key, kNowS + max)).ok());
+  auto r = auth(request("leaf", "", d.primary_key, kNowS + max + 1));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, errc::unauthorized);
+}
+
 }  // namespace
 }  // namespace cairn::cloud

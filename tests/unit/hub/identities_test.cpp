@@ -11,6 +11,7 @@ namespace cairn::hub {
 namespace {
 
 constexpr std::int64_t kNow = 1'800'000'000;
+constexpr std::int64_t kMaxLifetime = 24 * 3600;
 
 class AuthTest : public ::testing::Test {
  protected:
@@ -41,7 +42,7 @@ class AuthTest : public ::testing::Test {
                        *crypto::make_sas_token(resource, key, expiry)};
   }
   Result<Principal> auth(const AuthRequest& r) const {
-    return authenticate(r, *registry_, "cairn.local", "gateway.host", kNow);
+    return authenticate(r, *registry_, "cairn.local", "gateway.host", kNow, kMaxLifetime);
   }
 
   std::filesystem::path dir_;
@@ -71,6 +72,19 @@ TEST_F(AuthTest, RejectsExpiredToken) {
   auto p = auth(request("cairn.local/devices/edge1/modules/sensor", kNow, key_));
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().code, errc::unauthorized);
+}
+
+TEST_F(AuthTest, RejectsTokenValidLongerThanTheMaximumLifetime) {
+  const std::string resource = "cairn.local/devices/edge1/modules/sensor";
+  EXPECT_TRUE(auth(request(resource, kNow + kMaxLifetime, key_)).ok());
+  auto p = auth(request(resource, kNow + kMaxLifetime + 1, key_));
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code, errc::unauthorized);
+  EXPECT_NE(p.error().message.find("maximum"), std::string::npos) << p.error().message;
+  // 0: no maximum.
+  EXPECT_TRUE(authenticate(request(resource, kNow + 10 * kMaxLifetime, key_), *registry_,
+                           "cairn.local", "gateway.host", kNow, 0)
+                  .ok());
 }
 
 TEST_F(AuthTest, RejectsWrongKey) {
