@@ -285,70 +285,24 @@ class EnvelopeParser {
     return !out.is_discarded() && out.is_number();
   }
 
-  // Skips one value (an array kept as text), checking its syntax as the parser would.
+  // Skips an array kept as text: to its matching ']', strings and nesting (bounded by
+  // max_depth) respected. Its contents are checked by the tensor reader, which refuses
+  // malformed text with nlohmann's verdict; checking them here too cost more than reading them.
   bool skip() {
-    space();
-    if (pos_ >= text_.size()) return false;
-    const char c = text_[pos_];
-    if (c == '[' || c == '{') {
-      if (!enter()) return false;
-      const char close = c == '[' ? ']' : '}';
-      ++pos_;
-      space();
-      if (pos_ < text_.size() && text_[pos_] == close) {
-        ++pos_;
-        return leave();
-      }
-      for (;;) {
-        if (c == '{') {
-          space();
-          if (pos_ >= text_.size() || text_[pos_] != '"' || !string(nullptr)) return false;
-          space();
-          if (pos_ >= text_.size() || text_[pos_] != ':') return false;
-          ++pos_;
-        }
-        if (!skip()) return false;
-        space();
-        if (pos_ >= text_.size()) return false;
-        if (text_[pos_] == close) {
-          ++pos_;
-          return leave();
-        }
-        if (text_[pos_] != ',') return false;
-        ++pos_;
+    std::size_t open = 0;
+    while (pos_ < text_.size()) {
+      const char c = text_[pos_++];
+      if (c == '"') {
+        while (pos_ < text_.size() && text_[pos_] != '"') pos_ += text_[pos_] == '\\' ? 2 : 1;
+        if (pos_++ >= text_.size()) return false;
+      } else if (c == '[' || c == '{') {
+        if (open++ && !enter()) return false;  // the outer '[' was counted by value()
+      } else if (c == ']' || c == '}') {
+        if (--open == 0) return leave();
+        leave();
       }
     }
-    if (c == '"') return string(nullptr);
-    const std::size_t start = pos_;
-    if (!scalar()) return false;
-    return valid_scalar(text_.substr(start, pos_ - start));
-  }
-
-  // JSON's number grammar, or a literal.
-  static bool valid_scalar(std::string_view t) {
-    if (t == "true" || t == "false" || t == "null") return true;
-    std::size_t i = 0;
-    auto digits = [&] {
-      const std::size_t from = i;
-      while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
-      return i > from;
-    };
-    if (i < t.size() && t[i] == '-') ++i;
-    if (i < t.size() && t[i] == '0') {
-      ++i;
-    } else if (!digits()) {
-      return false;
-    }
-    if (i < t.size() && t[i] == '.') {
-      ++i;
-      if (!digits()) return false;
-    }
-    if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
-      ++i;
-      if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
-      if (!digits()) return false;
-    }
-    return i == t.size();
+    return false;
   }
 
   std::string_view text_;
