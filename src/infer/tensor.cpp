@@ -1,6 +1,7 @@
 #include "infer/tensor.hpp"
 
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -315,6 +316,369 @@ nlohmann::json tensor_to_json(const Tensor& t, bool nested) {
     level = std::move(grouped);
   }
   return level;
+}
+
+namespace {
+
+bool json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool digit(char c) { return c >= '0' && c <= '9'; }
+
+// The fast reader of tensor_from_json_text. Every method returns false when the text needs
+// the general path (which then gives the verdict), never an error of its own.
+class TensorTextReader {
+ public:
+  TensorTextReader(std::string_view text, Tensor& out)
+      : p_(text.data()), end_(text.data() + text.size()), out_(out) {}
+
+  bool read(bool infer_shape) {
+    space();
+    if (p_ == end_) return false;
+    if (*p_ != '[') {
+      if (!infer_shape || !element()) return false;
+      shape_.clear();
+    } else if (!arrays()) {
+      return false;
+    }
+    space();
+    if (p_ != end_) return false;
+    if (infer_shape) out_.shape = std::move(shape_);
+    return true;
+  }
+
+ private:
+  void space() {
+    while (p_ != end_ && json_space(*p_)) ++p_;
+  }
+
+  // Nested arrays, rectangular, elements all at the same depth.
+  bool arrays() {
+    std::vector<std::int64_t> counts;  // values so far in each open array
+    std::size_t leaf_depth = 0;        // open arrays around an element; 0: none seen yet
+    for (;;) {
+      // A value: an array or an element.
+      space();
+      if (p_ == end_) return false;
+      if (*p_ == '[') {
+        if (leaf_depth && counts.size() >= leaf_depth) return false;
+        if (!counts.empty()) ++counts.back();
+        ++p_;
+        counts.push_back(0);
+        if (shape_.size() < counts.size()) shape_.push_back(-1);
+        space();
+        if (p_ == end_) return false;
+        if (*p_ != ']') continue;  // on to the array's first value
+      } else {
+        if (counts.empty()) return false;
+        if (!leaf_depth) leaf_depth = counts.size();
+        if (counts.size() != leaf_depth || !element()) return false;
+        ++counts.back();
+        space();
+        if (p_ == end_) return false;
+      }
+      // After a value: ']'s closing arrays, then ',' and the next value.
+      while (*p_ == ']') {
+        ++p_;
+        auto& dim = shape_[counts.size() - 1];
+        if (dim < 0) {
+          dim = counts.back();
+        } else if (dim != counts.back()) {
+          return false;
+        }
+        counts.pop_back();
+        if (counts.empty()) return true;
+        space();
+        if (p_ == end_) return false;
+      }
+      if (*p_ != ',') return false;
+      ++p_;
+    }
+  }
+
+  // One number, literal or string element, converted to the tensor's type.
+  bool element() {
+    if (*p_ == '"') return string_element();
+    if (*p_ == 't' || *p_ == 'f') {
+      const bool value = *p_ == 't';
+      const std::string_view word = value ? "true" : "false";
+      if (static_cast<std::size_t>(end_ - p_) < word.size() ||
+          std::string_view(p_, word.size()) != word) {
+        return false;
+      }
+      p_ += word.size();
+      return boolean(value);
+    }
+    return number();
+  }
+
+  bool boolean(bool value) {
+    switch (out_.dtype) {
+      case DataType::kBool:
+        out_.data.push_back(value ? char{1} : char{0});
+        return true;
+      case DataType::kUint8:
+        return put<std::uint8_t>(value);
+      case DataType::kUint16:
+        return put<std::uint16_t>(value);
+      case DataType::kUint32:
+        return put<std::uint32_t>(value);
+      case DataType::kUint64:
+        return put<std::uint64_t>(value);
+      case DataType::kInt8:
+        return put<std::int8_t>(value);
+      case DataType::kInt16:
+        return put<std::int16_t>(value);
+      case DataType::kInt32:
+        return put<std::int32_t>(value);
+      case DataType::kInt64:
+        return put<std::int64_t>(value);
+      default:
+        return false;  // floating types do not take booleans
+    }
+  }
+
+  template <class T>
+  bool put(T value) {
+    append_raw(out_.data, value);
+    return true;
+  }
+
+  // A JSON number token, classified as JSON's grammar and nlohmann (integer when it has no
+  // fraction or exponent and fits 64 bits) classify it.
+  bool number() {
+    const char* start = p_;
+    const char* q = p_;
+    if (q != end_ && *q == '-') ++q;
+    if (q == end_ || !digit(*q)) return false;
+    if (*q == '0') {
+      ++q;
+    } else {
+      while (q != end_ && digit(*q)) ++q;
+    }
+    bool integer = true;
+    if (q != end_ && *q == '.') {
+      integer = false;
+      ++q;
+      if (q == end_ || !digit(*q)) return false;
+      while (q != end_ && digit(*q)) ++q;
+    }
+    if (q != end_ && (*q == 'e' || *q == 'E')) {
+      integer = false;
+      ++q;
+      if (q != end_ && (*q == '+' || *q == '-')) ++q;
+      if (q == end_ || !digit(*q)) return false;
+      while (q != end_ && digit(*q)) ++q;
+    }
+    p_ = q;
+    const bool negative = *start == '-';
+    std::uint64_t u = 0;
+    std::int64_t i = 0;
+    if (integer) {
+      const auto r = negative ? std::from_chars(start, q, i) : std::from_chars(start, q, u);
+      if (r.ec != std::errc()) integer = false;  // beyond 64 bits: a floating number
+    }
+    switch (out_.dtype) {
+      case DataType::kBool: {
+        const bool one = integer && !negative && u == 1;
+        const bool zero = integer && (negative ? i == 0 : u == 0);
+        if (!one && !zero) return false;
+        out_.data.push_back(one ? char{1} : char{0});
+        return true;
+      }
+#define CAIRN_FAST_INT_CASE(K, T) \
+  case DataType::K:               \
+    return integer && fits<T>(negative, u, i);
+        CAIRN_FAST_INT_CASE(kUint8, std::uint8_t)
+        CAIRN_FAST_INT_CASE(kUint16, std::uint16_t)
+        CAIRN_FAST_INT_CASE(kUint32, std::uint32_t)
+        CAIRN_FAST_INT_CASE(kUint64, std::uint64_t)
+        CAIRN_FAST_INT_CASE(kInt8, std::int8_t)
+        CAIRN_FAST_INT_CASE(kInt16, std::int16_t)
+        CAIRN_FAST_INT_CASE(kInt32, std::int32_t)
+        CAIRN_FAST_INT_CASE(kInt64, std::int64_t)
+#undef CAIRN_FAST_INT_CASE
+      case DataType::kFp16:
+      case DataType::kBf16:
+      case DataType::kFp32:
+      case DataType::kFp64: {
+        double d = 0;
+        if (integer) {
+          // As nlohmann reads it: "-0" is the integer 0.
+          d = negative ? static_cast<double>(i) : static_cast<double>(u);
+        } else {
+          const auto r = std::from_chars(start, q, d);
+          if (r.ec != std::errc() || r.ptr != q) return false;  // out of range: general path
+        }
+        floating(d);
+        return true;
+      }
+      case DataType::kBytes:
+        return false;
+    }
+    return false;
+  }
+
+  template <class T>
+  bool fits(bool negative, std::uint64_t u, std::int64_t i) {
+    if (negative) {
+      if constexpr (std::is_unsigned_v<T>) {
+        if (i != 0) return false;
+      } else {
+        if (i < std::numeric_limits<T>::min()) return false;
+      }
+      return put(static_cast<T>(i));
+    }
+    if (u > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return false;
+    return put(static_cast<T>(u));
+  }
+
+  void floating(double d) {
+    switch (out_.dtype) {
+      case DataType::kFp64:
+        append_raw(out_.data, d);
+        return;
+      case DataType::kFp32:
+        append_raw(out_.data, static_cast<float>(d));
+        return;
+      case DataType::kFp16:
+        append_raw(out_.data, float_to_fp16(static_cast<float>(d)));
+        return;
+      case DataType::kBf16:
+        append_raw(out_.data, float_to_bf16(static_cast<float>(d)));
+        return;
+      default:
+        return;
+    }
+  }
+
+  // "NaN", "Infinity" and their kin for floating types, written without escapes.
+  bool string_element() {
+    const char* q = p_ + 1;
+    while (q != end_ && *q != '"' && *q != '\\') ++q;
+    if (q == end_ || *q != '"') return false;
+    const std::string_view s(p_ + 1, static_cast<std::size_t>(q - p_ - 1));
+    p_ = q + 1;
+    if (out_.dtype != DataType::kFp16 && out_.dtype != DataType::kBf16 &&
+        out_.dtype != DataType::kFp32 && out_.dtype != DataType::kFp64) {
+      return false;
+    }
+    if (s == "NaN" || s == "nan") {
+      floating(std::numeric_limits<double>::quiet_NaN());
+    } else if (s == "Infinity" || s == "inf") {
+      floating(std::numeric_limits<double>::infinity());
+    } else if (s == "-Infinity" || s == "-inf") {
+      floating(-std::numeric_limits<double>::infinity());
+    } else {
+      return false;
+    }
+    return true;
+  }
+
+  const char* p_;
+  const char* end_;
+  Tensor& out_;
+  std::vector<std::int64_t> shape_;
+};
+
+// One element as JSON text, as element_json would give it (floats in their own precision).
+void append_element_text(std::string& out, const Tensor& t, std::size_t i) {
+  char buf[64];
+  auto integer = [&](auto v) {
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    out.append(buf, r.ptr);
+  };
+  auto floating = [&](auto v) {
+    if (std::isnan(v)) {
+      out += "\"NaN\"";
+    } else if (std::isinf(v)) {
+      out += v > 0 ? "\"Infinity\"" : "\"-Infinity\"";
+    } else {
+      const auto r = std::to_chars(buf, buf + sizeof buf, v);
+      out.append(buf, r.ptr);
+      // "1.0", not "1": a floating value stays a floating number for the reader.
+      if (std::string_view(buf, r.ptr).find_first_of(".e") == std::string_view::npos) {
+        out += ".0";
+      }
+    }
+  };
+  switch (t.dtype) {
+    case DataType::kBool:
+      out += t.data[i] != 0 ? "true" : "false";
+      return;
+    case DataType::kUint8:
+      return integer(read_raw<std::uint8_t>(t.data, i));
+    case DataType::kUint16:
+      return integer(read_raw<std::uint16_t>(t.data, i));
+    case DataType::kUint32:
+      return integer(read_raw<std::uint32_t>(t.data, i));
+    case DataType::kUint64:
+      return integer(read_raw<std::uint64_t>(t.data, i));
+    case DataType::kInt8:
+      return integer(read_raw<std::int8_t>(t.data, i));
+    case DataType::kInt16:
+      return integer(read_raw<std::int16_t>(t.data, i));
+    case DataType::kInt32:
+      return integer(read_raw<std::int32_t>(t.data, i));
+    case DataType::kInt64:
+      return integer(read_raw<std::int64_t>(t.data, i));
+    case DataType::kFp16:
+      return floating(fp16_to_float(read_raw<std::uint16_t>(t.data, i)));
+    case DataType::kBf16:
+      return floating(bf16_to_float(read_raw<std::uint16_t>(t.data, i)));
+    case DataType::kFp32:
+      return floating(read_raw<float>(t.data, i));
+    case DataType::kFp64:
+      return floating(read_raw<double>(t.data, i));
+    case DataType::kBytes:
+      return;  // not written here
+  }
+}
+
+}  // namespace
+
+Status tensor_from_json_text(std::string_view text, bool infer_shape, Tensor& out) {
+  out.data.clear();
+  out.strings.clear();
+  if (out.dtype != DataType::kBytes) {
+    if (!infer_shape) {
+      if (auto n = out.element_count()) out.data.reserve(*n * element_size(out.dtype));
+    }
+    if (TensorTextReader(text, out).read(infer_shape)) return out.check_consistent();
+  }
+  auto parsed = nlohmann::json::parse(text, nullptr, false);
+  if (parsed.is_discarded()) return bad("tensor '" + out.name + "': the data is not valid JSON");
+  return tensor_from_json(parsed, infer_shape, out);
+}
+
+void append_tensor_json(std::string& out, const Tensor& t, bool nested) {
+  if (t.dtype == DataType::kBytes) {
+    out += tensor_to_json(t, nested).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return;
+  }
+  const std::size_t n = t.element_count().value_or(0);
+  if (nested && t.shape.empty() && n == 1) {
+    append_element_text(out, t, 0);
+    return;
+  }
+  // Nested by the shape: a '[' opens at each boundary of a dimension, a ']' closes it. A tensor
+  // with no elements is "[]" either way, as tensor_to_json gives it.
+  const std::size_t dims = nested && n > 0 && t.shape.size() > 1 ? t.shape.size() : 1;
+  std::vector<std::size_t> strides(dims, 1);  // elements per group of each dimension
+  for (std::size_t d = dims - 1; d > 0; --d) {
+    strides[d - 1] = strides[d] * static_cast<std::size_t>(t.shape[d]);
+  }
+  out.reserve(out.size() + n * 12 + 2 * dims);
+  out.append(dims, '[');
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i) {
+      std::size_t closes = 0;
+      while (closes + 1 < dims && i % strides[dims - 2 - closes] == 0) ++closes;
+      out.append(closes, ']');
+      out += ',';
+      out.append(closes, '[');
+    }
+    append_element_text(out, t, i);
+  }
+  out.append(dims, ']');
 }
 
 std::string bytes_to_binary(const std::vector<std::string>& strings) {

@@ -75,8 +75,21 @@ std::string shape_text(const std::vector<std::int64_t>& shape);
 // out.shape. Errors are invalid_argument and name the first bad element.
 Status tensor_from_json(const nlohmann::json& data, bool infer_shape, Tensor& out);
 
+// tensor_from_json on the JSON text of the value (a megabyte-sized tensor has hundreds of
+// thousands of numbers: no JSON document is built for them). Numbers go straight into
+// out.data with std::from_chars, following the same rules. Whatever this reader does not take
+// on its own -- BYTES, escaped strings, an element of the wrong kind, arrays that are not
+// rectangular, anything malformed -- goes through tensor_from_json, so the values accepted and
+// the errors given are the same either way. `text` must be one JSON value.
+Status tensor_from_json_text(std::string_view text, bool infer_shape, Tensor& out);
+
 // The elements as a flat JSON array, or nested by the shape when `nested`.
 nlohmann::json tensor_to_json(const Tensor& t, bool nested);
+
+// Appends tensor_to_json(t, nested) as JSON text, written straight from the packed elements
+// with std::to_chars. Floating elements are written as the shortest text that reads back as
+// the same value of their own type (FP32 "0.1", not the double "0.10000000149011612").
+void append_tensor_json(std::string& out, const Tensor& t, bool nested);
 
 // KServe v2 binary form of BYTES tensors: each element as a 4-byte little-endian length and
 // the bytes. Numeric tensors are their `data` as is.

@@ -160,5 +160,140 @@ TEST(JsonDepthTest, CountsOnlyStructure) {
   EXPECT_GT(json_depth(bomb, 64), 64u);
 }
 
+// The text reader must agree with the JSON-document reader on every input: the same bytes and
+// shape when both accept, the same error when either refuses.
+TEST(TensorJsonTextTest, AgreesWithTheDocumentReader) {
+  const DataType types[] = {
+      DataType::kBool, DataType::kUint8, DataType::kUint16, DataType::kUint32, DataType::kUint64,
+      DataType::kInt8, DataType::kInt16, DataType::kInt32,  DataType::kInt64,  DataType::kFp16,
+      DataType::kBf16, DataType::kFp32,  DataType::kFp64,   DataType::kBytes};
+  const char* texts[] = {"[1,2,3,4]",
+                         "[[1,2],[3,4]]",
+                         " [ [ 1 , 2 ] , [ 3 , 4 ] ] ",
+                         "[[1,2],[3]]",
+                         "[[1,2],3]",
+                         "[1,[2]]",
+                         "[]",
+                         "[[],[]]",
+                         "[[],[1]]",
+                         "[[[1]],[[2]]]",
+                         "[0,1,0,1]",
+                         "[true,false]",
+                         "[-0,0]",
+                         "[-0.0,0.5]",
+                         "[1.5,2]",
+                         "[1e3,-2E-2]",
+                         "[255,256]",
+                         "[-1,-128,-129]",
+                         "[127,128]",
+                         "[65535,65536]",
+                         "[4294967295,4294967296]",
+                         "[9223372036854775807,-9223372036854775808]",
+                         "[18446744073709551615]",
+                         "[18446744073709551616]",
+                         "[123456789012345678901234567890]",
+                         "[1e999]",
+                         "[1e-999]",
+                         "[\"NaN\",\"Infinity\",\"-Infinity\",\"nan\"]",
+                         "[\"inf\",\"-inf\"]",
+                         "[\"a\",\"b\"]",
+                         "[\"N\\u0061N\"]",
+                         "[null]",
+                         "[{}]",
+                         "[01]",
+                         "[1.]",
+                         "[.5]",
+                         "[1,]",
+                         "[1 2]",
+                         "[-]",
+                         "[1e]",
+                         "[tru]",
+                         "[truex]",
+                         "[1,2",
+                         "5",
+                         "true",
+                         "\"NaN\"",
+                         "[3.4028235e38,3.5e38]",
+                         "[1e-46,65504,65520]",
+                         "[0.1,0.2,0.30000000000000004]",
+                         "[2,2]"};
+  for (auto dtype : types) {
+    for (const char* text : texts) {
+      for (bool infer : {true, false}) {
+        Tensor a;
+        a.name = "x";
+        a.dtype = dtype;
+        a.shape = {2, 2};
+        Tensor b = a;
+        auto parsed = nlohmann::json::parse(text, nullptr, false);
+        Status expected = parsed.is_discarded()
+                              ? Status(make_error(errc::invalid_argument, "invalid"))
+                              : tensor_from_json(parsed, infer, a);
+        Status got = tensor_from_json_text(text, infer, b);
+        const std::string what =
+            std::string(to_string(dtype)) + " " + text + (infer ? " (infer shape)" : "");
+        ASSERT_EQ(static_cast<bool>(got), static_cast<bool>(expected)) << what;
+        if (!got) {
+          if (!parsed.is_discarded()) {
+            EXPECT_EQ(got.error().message, expected.error().message) << what;
+          }
+          continue;
+        }
+        EXPECT_EQ(b.shape, a.shape) << what;
+        EXPECT_EQ(b.data, a.data) << what;
+        EXPECT_EQ(b.strings, a.strings) << what;
+      }
+    }
+  }
+}
+
+// The text writer gives what the JSON-document writer gives, numbers read back as the same
+// values of the tensor's type.
+TEST(TensorJsonTextTest, WriterMatchesTheDocumentWriter) {
+  const char* texts[] = {"[[1,2,3],[4,5,6]]",
+                         "[[[0.1,-2.5]],[[1e-7,3e38]]]",
+                         "[[\"NaN\",\"Infinity\"],[\"-Infinity\",-0.0]]",
+                         "[]",
+                         "[[],[]]",
+                         "7",
+                         "[true,false]",
+                         "[0.3333333333333333]"};
+  for (auto dtype : {DataType::kFp32, DataType::kFp64, DataType::kFp16, DataType::kBf16,
+                     DataType::kInt32, DataType::kBool, DataType::kUint8}) {
+    for (const char* text : texts) {
+      Tensor t;
+      t.name = "x";
+      t.dtype = dtype;
+      if (!tensor_from_json_text(text, true, t)) continue;
+      for (bool nested : {false, true}) {
+        std::string written;
+        append_tensor_json(written, t, nested);
+        auto doc = tensor_to_json(t, nested);
+        auto back = nlohmann::json::parse(written, nullptr, false);
+        ASSERT_FALSE(back.is_discarded()) << written;
+        // Same structure and same values once read back into the tensor's type.
+        Tensor from_text = t, from_doc = t;
+        ASSERT_TRUE(tensor_from_json(back, nested, from_text)) << written;
+        ASSERT_TRUE(tensor_from_json(doc, nested, from_doc));
+        EXPECT_EQ(from_text.shape, from_doc.shape) << written;
+        EXPECT_EQ(from_text.data, t.data) << to_string(dtype) << " " << written;
+      }
+    }
+  }
+  Tensor f;
+  f.dtype = DataType::kFp32;
+  ASSERT_TRUE(tensor_from_json_text("[[0.1,1],[2.5,\"NaN\"]]", true, f));
+  std::string written;
+  append_tensor_json(written, f, true);
+  EXPECT_EQ(written, R"([[0.1,1.0],[2.5,"NaN"]])");
+  Tensor s;
+  s.dtype = DataType::kBytes;
+  s.shape = {2};
+  s.strings = {"a\"b", "c"};
+  written.clear();
+  append_tensor_json(written, s, false);
+  EXPECT_EQ(written, R"(["a\"b","c"])");
+}
+
 }  // namespace
 }  // namespace cairn::infer
