@@ -1,6 +1,7 @@
 #include "core/message.hpp"
 
 #include <algorithm>
+#include <unordered_map>
 
 namespace cairn {
 namespace {
@@ -60,11 +61,14 @@ struct Reader {
     Properties p;
     auto n = varint();
     if (n > in.size()) failed = true;  // each entry needs at least two bytes
+    std::vector<Properties::Entry> entries;
+    if (!failed) entries.reserve(n);
     for (std::uint64_t i = 0; i < n && !failed; ++i) {
       auto k = bytes();
       auto v = bytes();
-      p.set(std::move(k), std::move(v));
+      entries.emplace_back(std::move(k), std::move(v));
     }
+    p.set_all(std::move(entries));
     return p;
   }
 };
@@ -97,6 +101,25 @@ void Properties::set(std::string key, std::string value) {
     }
   }
   entries_.emplace_back(std::move(key), std::move(value));
+}
+
+void Properties::set_all(std::vector<Entry> more) {
+  if (entries_.empty() && more.size() == 1) {  // the common tiny case: no index to build
+    entries_.push_back(std::move(more.front()));
+    return;
+  }
+  // Index by lower-cased key; the first entry of a key is the one get() and set() see.
+  std::unordered_map<std::string, std::size_t> index;
+  index.reserve(entries_.size() + more.size());
+  for (std::size_t i = 0; i < entries_.size(); ++i) index.emplace(to_lower(entries_[i].first), i);
+  for (auto& [key, value] : more) {
+    auto [it, added] = index.emplace(to_lower(key), entries_.size());
+    if (added) {
+      entries_.emplace_back(std::move(key), std::move(value));
+    } else {
+      entries_[it->second].second = std::move(value);
+    }
+  }
 }
 
 bool Properties::erase(std::string_view key) {

@@ -30,6 +30,9 @@ class Properties {
   std::optional<std::string_view> get(std::string_view key) const;
   // Replaces the value of an existing key (ignoring case) or appends a new entry.
   void set(std::string key, std::string value);
+  // set() for each of `more` in order, in time linear in the size of both bags (a bag from a
+  // client may be large; set() alone is quadratic).
+  void set_all(std::vector<Entry> more);
   bool erase(std::string_view key);
 
   const std::vector<Entry>& entries() const { return entries_; }

@@ -129,11 +129,26 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("max_keepalive_secs", m.max_keepalive_secs));
     CAIRN_TRY(t.read("connect_timeout_secs", m.connect_timeout_secs));
     CAIRN_TRY(t.read("max_connections", m.max_connections));
+    CAIRN_TRY(t.read("max_connect_bytes", m.max_connect_bytes));
+    CAIRN_TRY(t.read("max_unauthenticated_connections", m.max_unauthenticated_connections));
+    CAIRN_TRY(t.read("max_unauthenticated_per_address", m.max_unauthenticated_per_address));
+    CAIRN_TRY(t.read("max_subscriptions", m.max_subscriptions));
+    CAIRN_TRY(t.read("max_properties", m.max_properties));
+    CAIRN_TRY(t.read("max_property_bytes", m.max_property_bytes));
     CAIRN_TRY(t.reject_unknown());
     if (m.max_inflight_in == 0 || m.max_inflight_out == 0 || m.max_inflight_out > 65535) {
       return make_error(
           errc::invalid_argument,
           path + ": mqtt.max_inflight_in must be > 0 and mqtt.max_inflight_out 1..65535");
+    }
+    // A CONNECT carries a client id, a user name and a SAS token: a few hundred bytes.
+    if (m.max_connect_bytes < 1024 || m.max_unauthenticated_connections == 0 ||
+        m.max_unauthenticated_per_address == 0 || m.connect_timeout_secs == 0) {
+      return make_error(errc::invalid_argument, path +
+                                                    ": mqtt.max_connect_bytes must be >= 1024 and "
+                                                    "mqtt.max_unauthenticated_connections, "
+                                                    "mqtt.max_unauthenticated_per_address and "
+                                                    "mqtt.connect_timeout_secs > 0");
     }
   }
   if (const auto* store = root.get_as<toml::table>("store")) {

@@ -43,9 +43,24 @@ struct HubConfig {
     // (the module disconnected while it was the oldest one unacknowledged), so one poison
     // message cannot wedge the module's queue. 0 = retry forever.
     std::uint32_t max_delivery_attempts = 10;
-    std::uint32_t max_keepalive_secs = 600;   // server side cap (1.5 x client value)
-    std::uint32_t connect_timeout_secs = 30;  // CONNECT must arrive within this
-    std::size_t max_connections = 1000;
+    std::uint32_t max_keepalive_secs = 600;  // server side cap (1.5 x client value)
+    // CONNECT must arrive within this. Short: until then the socket is an unauthenticated
+    // slot any peer can hold.
+    std::uint32_t connect_timeout_secs = 10;
+    std::size_t max_connections = 1000;  // every socket, authenticated or not
+    // Before CONNECT is accepted a peer is anonymous: its packet (the CONNECT, with its will)
+    // must fit in this, and only this many such sockets may be open at once, in total and
+    // per source address, so one peer reconnecting in a loop cannot hold every slot.
+    std::size_t max_connect_bytes = 8 * 1024;
+    std::size_t max_unauthenticated_connections = 100;
+    std::size_t max_unauthenticated_per_address = 16;
+    // Subscriptions one session may hold; a SUBSCRIBE beyond it gets the failure code 0x80
+    // for each new filter. Bounds the session's memory and its stored row.
+    std::size_t max_subscriptions = 50;
+    // Properties (system and application) of one message, and their total bytes (keys and
+    // values, decoded). A PUBLISH beyond either is refused: no PUBACK, the connection closes.
+    std::size_t max_properties = 128;
+    std::size_t max_property_bytes = 32 * 1024;
   } mqtt;
 
   struct Auth {

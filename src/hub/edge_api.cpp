@@ -155,6 +155,7 @@ nlohmann::json EdgeApi::status() const {
         {"getsFromCache", c.gets_served_from_cache},
         {"reportedPatches", c.reported_patches},
         {"reportedRejected", c.reported_rejected},
+        {"reportedOverLimit", c.reported_over_limit},
         {"desiredForwarded", c.desired_forwarded},
         {"resyncs", c.resyncs}}},
       {"upstream", upstream_ ? upstream_->status() : nlohmann::json{{"enabled", false}}}};
@@ -255,6 +256,15 @@ void EdgeApi::metrics(net::HttpRespond respond) {
       metric("cairn_ack_failures_total", "counter",
              "Deletions of acknowledged messages the store did not commit (redelivered later)");
       out << "cairn_ack_failures_total " << ack_failures << '\n';
+      metric("cairn_limit_reached_total", "counter",
+             "Times a client reached a named limit, by setting (docs/architecture.md#limits)");
+      for (const auto& [setting, n] : (*hub_status)["limitsReached"].items()) {
+        out << "cairn_limit_reached_total{limit=\"" << setting << "\"} " << n << '\n';
+      }
+      if (const auto& t = (*extra)["twins"]; t.contains("reportedOverLimit")) {
+        out << "cairn_limit_reached_total{limit=\"twin.pending_reported_bytes\"} "
+            << t["reportedOverLimit"] << '\n';
+      }
       metric("cairn_sessions_failed_total", "counter", "MQTT sessions ended by an internal error");
       out << "cairn_sessions_failed_total " << c["sessionsFailed"] << '\n';
       const auto& st = (*hub_status)["store"];

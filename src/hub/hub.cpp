@@ -301,20 +301,16 @@ asio::awaitable<void> Hub::accept_loop(tcp::acceptor* acceptor, bool tls) {
       log::warn("hub", "accept failed: {}", aec.message());
       continue;
     }
-    if (!accept_connection()) {
-      ++counters_.connections_refused;
-      log::warn("hub", "connection refused: max_connections={} reached",
-                config_.mqtt.max_connections);
-      continue;
-    }
     error_code ignored;
-    socket.set_option(tcp::no_delay(true), ignored);
-    std::string peer;
     auto remote = socket.remote_endpoint(ignored);
-    peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    std::string address = remote.address().to_string();
+    if (!accept_connection(address)) continue;
+    socket.set_option(tcp::no_delay(true), ignored);
+    std::string peer = address + ":" + std::to_string(remote.port());
     Session::Stream stream = tls ? Session::Stream(std::in_place_index<1>, std::move(socket), *tls_)
                                  : Session::Stream(std::in_place_index<0>, std::move(socket));
-    std::make_shared<Session>(self, std::move(stream), std::move(peer))->start();
+    std::make_shared<Session>(self, std::move(stream), std::move(peer), std::move(address))
+        ->start();
   }
 }
 
@@ -518,13 +514,46 @@ void Hub::detach_module(const std::string& module_id, const Consumer* consumer) 
   for (auto& [id, ep] : endpoints_) ep->detach(consumer);
 }
 
-bool Hub::accept_connection() {
-  if (connections_ >= config_.mqtt.max_connections) return false;
+bool Hub::accept_connection(const std::string& address) {
+  const auto& m = config_.mqtt;
+  auto refuse = [&](std::uint64_t& counter, const char* setting, std::size_t limit) {
+    ++counters_.connections_refused;
+    ++counter;
+    log::warn("hub", "connection from {} refused: mqtt.{}={} reached", address, setting, limit);
+    return false;
+  };
+  if (connections_ >= m.max_connections) {
+    return refuse(counters_.limits.max_connections, "max_connections", m.max_connections);
+  }
+  if (unauthenticated_ >= m.max_unauthenticated_connections) {
+    return refuse(counters_.limits.max_unauthenticated_connections,
+                  "max_unauthenticated_connections", m.max_unauthenticated_connections);
+  }
+  auto& from_address = unauthenticated_by_address_[address];
+  if (from_address >= m.max_unauthenticated_per_address) {
+    return refuse(counters_.limits.max_unauthenticated_per_address,
+                  "max_unauthenticated_per_address", m.max_unauthenticated_per_address);
+  }
+  ++from_address;
+  ++unauthenticated_;
   ++connections_;
   return true;
 }
 
-void Hub::connection_closed() {
+void Hub::connection_authenticated(const std::string& address) {
+  release_unauthenticated_slot(address);
+}
+
+void Hub::release_unauthenticated_slot(const std::string& address) {
+  if (unauthenticated_ > 0) --unauthenticated_;
+  auto it = unauthenticated_by_address_.find(address);
+  if (it != unauthenticated_by_address_.end() && --it->second == 0) {
+    unauthenticated_by_address_.erase(it);
+  }
+}
+
+void Hub::connection_closed(const std::string& address, bool authenticated) {
+  if (!authenticated) release_unauthenticated_slot(address);
   if (connections_ > 0) --connections_;
 }
 
@@ -552,10 +581,19 @@ void Hub::load_session(const std::string& client_id,
   });
 }
 
-void Hub::save_session(const std::string& client_id, std::string subscriptions_json) {
-  store_.put(kSessionsTable, client_id, std::move(subscriptions_json), [client_id](Status s) {
-    if (!s) log::error("hub", "cannot save session {}: {}", client_id, s.error().to_string());
-  });
+void Hub::save_session(const std::string& client_id, std::string subscriptions_json,
+                       std::function<void(Status)> done) {
+  std::weak_ptr<Hub> weak = weak_from_this();
+  store_.put(kSessionsTable, client_id, std::move(subscriptions_json),
+             [weak, &io = io_, client_id, done = std::move(done)](Status s) mutable {
+               if (!s) {
+                 log::error("hub", "cannot save session {}: {}", client_id, s.error().to_string());
+               }
+               if (!done) return;
+               asio::post(io, [weak, done = std::move(done), s = std::move(s)] {
+                 if (weak.lock()) done(s);
+               });
+             });
 }
 
 void Hub::erase_session(const std::string& client_id) {
@@ -617,6 +655,18 @@ nlohmann::json Hub::status() const {
         {"messagesDeadLettered", dead_lettered},
         // The store drops expired entries (periodically and when reading) and counts each once.
         {"messagesExpired", st.expired_total}}},
+      // Times a client reached each named limit, by setting.
+      {"limitsReached",
+       {{"mqtt.max_connections", counters_.limits.max_connections},
+        {"mqtt.max_unauthenticated_connections", counters_.limits.max_unauthenticated_connections},
+        {"mqtt.max_unauthenticated_per_address", counters_.limits.max_unauthenticated_per_address},
+        {"mqtt.max_connect_bytes", counters_.limits.max_connect_bytes},
+        {"mqtt.connect_timeout_secs", counters_.limits.connect_timeout_secs},
+        {"mqtt.max_subscriptions", counters_.limits.max_subscriptions},
+        {"mqtt.max_properties", counters_.limits.max_properties},
+        {"mqtt.max_property_bytes", counters_.limits.max_property_bytes},
+        {"mqtt.max_inflight_in", counters_.limits.max_inflight_in}}},
+      {"unauthenticatedConnections", unauthenticated_},
       {"store",
        {{"healthy", st.healthy},
         {"refusing", st.refusing},

@@ -50,6 +50,18 @@ struct HubCounters {
   // Refused at ingest: a delivery topic would exceed MQTT's 65,535 bytes after re-encoding.
   std::uint64_t messages_undeliverable = 0;
   std::uint64_t messages_dead_lettered = 0;  // taken out of a queue they would block
+  // A client reached one of the named limits (config.hpp), by setting.
+  struct Limits {
+    std::uint64_t max_connections = 0;  // sockets refused at accept
+    std::uint64_t max_unauthenticated_connections = 0;
+    std::uint64_t max_unauthenticated_per_address = 0;
+    std::uint64_t max_connect_bytes = 0;     // a packet before CONNECT was accepted
+    std::uint64_t connect_timeout_secs = 0;  // no CONNECT in time
+    std::uint64_t max_subscriptions = 0;     // filters refused with 0x80
+    std::uint64_t max_properties = 0;        // publishes refused
+    std::uint64_t max_property_bytes = 0;    // publishes refused
+    std::uint64_t max_inflight_in = 0;       // times reading from a client was paused
+  } limits;
 };
 
 // What the hub's role supplies (services.hpp). Not owned: each must outlive the hub. Without
@@ -144,15 +156,22 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void unregister_session(const std::string& client_id, const Session* session);
   void attach_module(const std::string& module_id, const std::shared_ptr<Consumer>& consumer);
   void detach_module(const std::string& module_id, const Consumer* consumer);
-  bool accept_connection();  // false when max_connections is reached
-  void connection_closed();
+  // A new socket from `address` (an IP address): false, counted and logged when
+  // max_connections or a bound on unauthenticated sockets is reached. Until
+  // connection_authenticated() the socket holds an unauthenticated slot.
+  bool accept_connection(const std::string& address);
+  void connection_authenticated(const std::string& address);
+  // `authenticated`: whether connection_authenticated() was called for it.
+  void connection_closed(const std::string& address, bool authenticated);
   HubCounters& counters() { return counters_; }
   // The stored subscriptions of `client_id` (nullopt: none), read once the writes submitted
   // before (the previous connection's SUBSCRIBE) are committed. `done` runs on the hub
   // thread; the event loop never waits for the disk.
   void load_session(const std::string& client_id,
                     std::function<void(std::optional<std::string>)> done);
-  void save_session(const std::string& client_id, std::string subscriptions_json);
+  // `done` (optional) runs on the hub thread once the write is committed (or failed).
+  void save_session(const std::string& client_id, std::string subscriptions_json,
+                    std::function<void(Status)> done = {});
   void erase_session(const std::string& client_id);
 
  private:
@@ -163,6 +182,7 @@ class Hub : public std::enable_shared_from_this<Hub> {
   asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, bool tls);
   std::shared_ptr<Endpoint> endpoint(const routing::Endpoint& e);
   void schedule_expiry(bool more_waiting = false);
+  void release_unauthenticated_slot(const std::string& address);
 
   asio::io_context& io_;
   HubConfig config_;
@@ -183,6 +203,8 @@ class Hub : public std::enable_shared_from_this<Hub> {
   std::multimap<std::string, std::weak_ptr<Consumer>> module_consumers_;
   asio::steady_timer expiry_timer_;
   std::size_t connections_ = 0;
+  std::size_t unauthenticated_ = 0;
+  std::unordered_map<std::string, std::size_t> unauthenticated_by_address_;
   std::uint64_t store_expired_total_ = 0;
   bool stopping_ = false;
   HubCounters counters_;

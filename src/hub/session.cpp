@@ -52,16 +52,17 @@ mqtt::ConnectReturn refusal_code(errc code) {
 
 }  // namespace
 
-Session::Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer)
+Session::Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer, std::string address)
     : hub_(std::move(hub)),
       stream_(std::move(stream)),
       peer_(std::move(peer)),
+      address_(std::move(address)),
       log_id_(peer_),
       keepalive_timer_(lowest(stream_).get_executor()),
       resume_timer_(lowest(stream_).get_executor()),
       token_timer_(lowest(stream_).get_executor()) {}
 
-Session::~Session() { hub_->connection_closed(); }
+Session::~Session() { hub_->connection_closed(address_, authenticated_slot_); }
 
 void Session::start() {
   // A throw anywhere in the session (its handlers run inside run()) closes it like a dropped
@@ -87,10 +88,13 @@ asio::awaitable<void> Session::run() {
       co_return;
     }
   }
-  const std::size_t max_packet = hub_->config().mqtt.max_message_bytes + kPacketOverhead;
+  const auto& cfg = hub_->config().mqtt;
+  const std::size_t max_packet = cfg.max_message_bytes + kPacketOverhead;
   std::size_t offset = 0;
   while (!closed_) {
-    auto decoded = mqtt::decode(std::string_view(in_).substr(offset), max_packet);
+    // An anonymous peer gets only what a CONNECT needs.
+    auto decoded = mqtt::decode(std::string_view(in_).substr(offset),
+                                connected_ ? max_packet : cfg.max_connect_bytes);
     if (!decoded) {
       // An MQTT 5 (or other) CONNECT does not decode as 3.1.1; it still deserves CONNACK 1.
       if (!connected_ &&
@@ -101,7 +105,13 @@ asio::awaitable<void> Session::run() {
         break;
       }
       ++hub_->counters().protocol_errors;
-      if (decoded.error().code == errc::limit_exceeded) ++hub_->counters().messages_oversize;
+      if (decoded.error().code == errc::limit_exceeded && !connected_) {
+        ++hub_->counters().limits.max_connect_bytes;
+        log::warn("hub", "[{}] refused before CONNECT: {} (mqtt.max_connect_bytes={})", log_id_,
+                  decoded.error().message, cfg.max_connect_bytes);
+      } else if (decoded.error().code == errc::limit_exceeded) {
+        ++hub_->counters().messages_oversize;
+      }
       close("malformed packet: " + decoded.error().message);
       break;
     }
@@ -150,25 +160,20 @@ asio::awaitable<bool> Session::handle(mqtt::Packet packet) {
   switch (mqtt::type_of(packet)) {
     case mqtt::PacketType::publish: {
       auto& p = std::get<mqtt::Publish>(packet);
-      // Flow control: wait for the store to catch up before reading more from this client.
-      // QoS 0 counts too: without acknowledgements, only this keeps a flooding publisher from
-      // queueing appends faster than the store commits them.
-      while (inbound_.size() + qos0_pending_ >= hub_->config().mqtt.max_inflight_in && !closed_) {
-        resume_timer_.expires_at(asio::steady_timer::time_point::max());
-        error_code ec;
-        co_await resume_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      }
+      co_await wait_for_inflight_room();
       co_return !closed_ && on_publish(p);
     }
     case mqtt::PacketType::puback:
       on_puback(std::get<mqtt::Puback>(packet).packet_id);
       co_return true;
     case mqtt::PacketType::subscribe:
-      on_subscribe(std::get<mqtt::Subscribe>(packet));
-      co_return true;
+      co_await wait_for_inflight_room();
+      if (!closed_) on_subscribe(std::get<mqtt::Subscribe>(packet));
+      co_return !closed_;
     case mqtt::PacketType::unsubscribe:
-      on_unsubscribe(std::get<mqtt::Unsubscribe>(packet));
-      co_return true;
+      co_await wait_for_inflight_room();
+      if (!closed_) on_unsubscribe(std::get<mqtt::Unsubscribe>(packet));
+      co_return !closed_;
     case mqtt::PacketType::pingreq:
       send(mqtt::Pingresp{});
       co_return true;
@@ -184,6 +189,27 @@ asio::awaitable<bool> Session::handle(mqtt::Packet packet) {
       close("unexpected " + std::string(mqtt::to_string(mqtt::type_of(packet))) + " from a client");
       co_return false;
   }
+}
+
+asio::awaitable<void> Session::wait_for_inflight_room() {
+  // Flow control: wait for the store (or the cloud) to catch up before reading more from this
+  // client. QoS 0 counts too: without acknowledgements, only this keeps a flooding publisher
+  // from queueing appends faster than the store commits them. Twin requests and persistent
+  // SUBSCRIBEs queue store writes or cloud requests just the same.
+  const std::size_t limit = hub_->config().mqtt.max_inflight_in;
+  if (inbound_.size() + qos0_pending_ + requests_pending_ >= limit && !closed_) {
+    ++hub_->counters().limits.max_inflight_in;
+  }
+  while (inbound_.size() + qos0_pending_ + requests_pending_ >= limit && !closed_) {
+    resume_timer_.expires_at(asio::steady_timer::time_point::max());
+    error_code ec;
+    co_await resume_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+void Session::request_done() {
+  if (requests_pending_ > 0) --requests_pending_;
+  resume_timer_.cancel();
 }
 
 asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
@@ -207,6 +233,8 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   principal_ = std::move(*principal);
   log_id_ = principal_.client_id() + "@" + peer_;
   connected_ = true;
+  hub_->connection_authenticated(address_);
+  authenticated_slot_ = true;
   clean_session_ = c.clean_session;
   will_ = std::move(c.will);
   hub_->register_session(principal_.client_id(), shared_from_this());
@@ -287,7 +315,7 @@ bool Session::on_publish(mqtt::Publish& p) {
   }
   switch (topic->kind) {
     case InboundTopic::Kind::telemetry:
-      return ingest_telemetry(p, *topic);
+      return check_property_limits(*topic) && ingest_telemetry(p, *topic);
     case InboundTopic::Kind::twin_get:
     case InboundTopic::Kind::twin_patch_reported:
       if (p.qos == 1) send(mqtt::Puback{p.packet_id});
@@ -308,14 +336,47 @@ void Session::handle_twin_request(mqtt::Publish& p, const InboundTopic& topic) {
     return;
   }
   std::weak_ptr<Session> weak = shared_from_this();
+  // In flight until answered: a store write (PATCH) or a cloud request (GET).
+  ++requests_pending_;
   auto reply = [weak, rid = topic.rid](int status, std::string body) {
-    if (auto self = weak.lock()) self->publish(twin_response_topic(status, rid), std::move(body));
+    if (auto self = weak.lock()) {
+      self->request_done();
+      self->publish(twin_response_topic(status, rid), std::move(body));
+    }
   };
   if (topic.kind == InboundTopic::Kind::twin_get) {
     twins->get_twin(principal_, std::move(reply));
   } else {
     twins->patch_reported(principal_, p.payload, std::move(reply));
   }
+}
+
+bool Session::check_property_limits(const InboundTopic& topic) {
+  const auto& cfg = hub_->config().mqtt;
+  std::size_t bytes = 0;
+  for (const auto* bag : {&topic.system, &topic.app}) {
+    for (const auto& [k, v] : bag->entries()) bytes += k.size() + v.size();
+  }
+  const std::size_t count = topic.system.size() + topic.app.size();
+  const char* setting = nullptr;
+  std::size_t limit = 0;
+  if (count > cfg.max_properties) {
+    ++hub_->counters().limits.max_properties;
+    setting = "max_properties";
+    limit = cfg.max_properties;
+  } else if (bytes > cfg.max_property_bytes) {
+    ++hub_->counters().limits.max_property_bytes;
+    setting = "max_property_bytes";
+    limit = cfg.max_property_bytes;
+  } else {
+    return true;
+  }
+  // Refused like any other bad publish: no PUBACK, and the connection closes.
+  ++hub_->counters().protocol_errors;
+  log::warn("hub", "[{}] publish with {} properties of {} bytes refused: mqtt.{}={}", log_id_,
+            count, bytes, setting, limit);
+  close("message properties over mqtt." + std::string(setting));
+  return false;
 }
 
 bool Session::publish(const std::string& topic, std::string payload) {
@@ -385,7 +446,10 @@ void Session::complete_inbound(std::uint64_t ticket, bool ok) {
 }
 
 void Session::on_subscribe(const mqtt::Subscribe& s) {
+  const std::size_t max_subscriptions = hub_->config().mqtt.max_subscriptions;
   mqtt::Suback ack{s.packet_id, {}};
+  bool changed = false;
+  std::size_t over_limit = 0;
   for (const auto& sub : s.subscriptions) {
     std::uint8_t granted = mqtt::kSubackFailure;
     if (mqtt::validate_topic_filter(sub.filter)) {
@@ -411,33 +475,67 @@ void Session::on_subscribe(const mqtt::Subscribe& s) {
         case K::unsupported:
           break;
       }
+      auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
+                             [&](const mqtt::Subscription& x) { return x.filter == sub.filter; });
+      if (allowed && it == subscriptions_.end() && subscriptions_.size() >= max_subscriptions) {
+        allowed = false;
+        ++over_limit;
+      } else if (!allowed) {
+        log::warn("hub", "[{}] subscription to '{}' refused", log_id_, sub.filter);
+      }
       if (allowed) {
         granted = std::min<std::uint8_t>(sub.qos, 1);
-        auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
-                               [&](const mqtt::Subscription& x) { return x.filter == sub.filter; });
-        if (it != subscriptions_.end()) {
-          it->qos = granted;
-        } else {
+        if (it == subscriptions_.end()) {
           subscriptions_.push_back(mqtt::Subscription{sub.filter, granted});
+          changed = true;
+        } else if (it->qos != granted) {
+          it->qos = granted;
+          changed = true;
         }
-      } else {
-        log::warn("hub", "[{}] subscription to '{}' refused", log_id_, sub.filter);
       }
     }
     ack.return_codes.push_back(granted);
   }
-  send(ack);
-  persist_subscriptions();
+  if (over_limit > 0) {
+    hub_->counters().limits.max_subscriptions += over_limit;
+    log::warn("hub", "[{}] {} subscription(s) refused: mqtt.max_subscriptions={} reached", log_id_,
+              over_limit, max_subscriptions);
+  }
+  persist_then_ack(ack, changed);
   update_subscription_flags();
 }
 
 void Session::on_unsubscribe(const mqtt::Unsubscribe& u) {
+  const std::size_t before = subscriptions_.size();
   for (const auto& f : u.filters) {
     std::erase_if(subscriptions_, [&](const mqtt::Subscription& s) { return s.filter == f; });
   }
-  send(mqtt::Unsuback{u.packet_id});
-  persist_subscriptions();
+  persist_then_ack(mqtt::Unsuback{u.packet_id}, subscriptions_.size() != before);
   update_subscription_flags();
+}
+
+void Session::persist_then_ack(mqtt::Packet ack, bool changed) {
+  // An unchanged list (a repeated or refused SUBSCRIBE) costs no write, unless an earlier
+  // acknowledgement still waits for its write: acknowledgements keep the order of requests.
+  if (clean_session_ || (!changed && subscription_writes_ == 0)) {
+    send(ack);
+    return;
+  }
+  ++requests_pending_;
+  ++subscription_writes_;
+  std::weak_ptr<Session> weak = shared_from_this();
+  persist_subscriptions([weak, ack = std::move(ack)](Status stored) {
+    auto self = weak.lock();
+    if (!self) return;
+    --self->subscription_writes_;
+    self->request_done();
+    if (!stored) {
+      // Not stored: acknowledging would promise a session the store does not hold.
+      self->close("subscriptions not stored: " + stored.error().message);
+      return;
+    }
+    self->send(ack);
+  });
 }
 
 void Session::update_subscription_flags() {
@@ -466,11 +564,11 @@ void Session::update_subscription_flags() {
   }
 }
 
-void Session::persist_subscriptions() {
-  if (clean_session_) return;
+void Session::persist_subscriptions(std::function<void(Status)> done) {
+  // The whole list in one row: bounded by max_subscriptions, and written only when it changes.
   nlohmann::json j = nlohmann::json::array();
   for (const auto& s : subscriptions_) j.push_back({{"filter", s.filter}, {"qos", s.qos}});
-  hub_->save_session(principal_.client_id(), dump_json(j));
+  hub_->save_session(principal_.client_id(), dump_json(j), std::move(done));
 }
 
 bool Session::deliver(const std::string& input, const Message& m, bool dup,
@@ -581,6 +679,9 @@ void Session::arm_keepalive_wait() {
     auto self = weak.lock();
     if (!self || ec || self->closed_) return;
     if (!self->connected_) {
+      ++self->hub_->counters().limits.connect_timeout_secs;
+      log::warn("hub", "[{}] no CONNECT within mqtt.connect_timeout_secs={}", self->log_id_,
+                self->keepalive_secs_);
       self->close("no CONNECT within " + std::to_string(self->keepalive_secs_) + "s");
       return;
     }

@@ -35,7 +35,9 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
  public:
   using Stream = std::variant<tcp::socket, ssl::stream<tcp::socket>>;
 
-  Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer);
+  // `address`: the peer's IP address, which holds an unauthenticated slot until CONNECT is
+  // accepted (Hub::accept_connection).
+  Session(std::shared_ptr<Hub> hub, Stream stream, std::string peer, std::string address);
   ~Session() override;
 
   void start();
@@ -61,6 +63,17 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   bool on_publish(mqtt::Publish& p);
   void on_subscribe(const mqtt::Subscribe& s);
   void on_unsubscribe(const mqtt::Unsubscribe& u);
+  // Sends `ack` (SUBACK, UNSUBACK) once the subscriptions are stored: at once for a clean
+  // session, after the commit for a persistent one [MQTT-3.8.4-1]. Counts as a request in
+  // flight meanwhile.
+  void persist_then_ack(mqtt::Packet ack, bool changed);
+  // Waits while max_inflight_in publishes and requests of this client are unfinished.
+  asio::awaitable<void> wait_for_inflight_room();
+  // A request (twin GET/PATCH, SUBSCRIBE of a persistent session) is no longer in flight.
+  void request_done();
+  // The properties of a publish against max_properties and max_property_bytes; false after
+  // closing the connection.
+  bool check_property_limits(const InboundTopic& topic);
   void on_puback(std::uint16_t packet_id);
   bool ingest_telemetry(mqtt::Publish& p, InboundTopic& topic);
   void handle_twin_request(mqtt::Publish& p, const InboundTopic& topic);
@@ -71,7 +84,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void arm_keepalive();
   void arm_keepalive_wait();
   void complete_inbound(std::uint64_t ticket, bool ok);
-  void persist_subscriptions();
+  void persist_subscriptions(std::function<void(Status)> done);
   Message stamped_message(std::string body, InboundTopic& topic) const;
   void publish_will();
   std::uint16_t next_packet_id();
@@ -79,6 +92,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   std::shared_ptr<Hub> hub_;
   Stream stream_;
   std::string peer_;
+  std::string address_;
+  bool authenticated_slot_ = false;  // the hub counts this socket as authenticated
   std::string log_id_;
   Principal principal_;
   bool connected_ = false;
@@ -107,6 +122,9 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   std::deque<InboundAck> inbound_;
   std::uint64_t next_ticket_ = 0;
   std::size_t qos0_pending_ = 0;  // QoS 0 publishes not yet committed (no ack to send)
+  // Twin requests and persistent SUBSCRIBE/UNSUBSCRIBE awaiting the store or the cloud.
+  std::size_t requests_pending_ = 0;
+  std::size_t subscription_writes_ = 0;  // persistent SUBSCRIBE/UNSUBSCRIBE not yet committed
 
   // Outbound QoS 1 deliveries awaiting PUBACK.
   std::unordered_map<std::uint16_t, std::function<void()>> outbound_;

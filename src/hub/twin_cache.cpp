@@ -107,8 +107,29 @@ void TwinCache::patch_reported(const Principal& who, std::string_view body, Repl
     reply(400, error_body(s.error()));
     return;
   }
+  // Fold into the last waiting patch unless the upstream link is already sending it.
+  const bool fold = !e.pending.empty() && !(e.pending.size() == 1 && e.front_sent);
+  nlohmann::json waiting = fold ? e.pending.back() : nlohmann::json::object();
+  twin::compose_patches(waiting, without_version(std::move(*patch)));
+  if (const auto bytes = twin::dump_json(waiting).size(); bytes > twin::kMaxPatchBytes) {
+    // Changes the cloud has not seen yet (deleted names included) must fit in one patch.
+    ++counters_.reported_rejected;
+    ++counters_.reported_over_limit;
+    log::warn("twin",
+              "[{}] reported patch refused: the changes waiting for the cloud would be "
+              "{} bytes, over the limit of {}",
+              id, bytes, twin::kMaxPatchBytes);
+    reply(400, dump_json(nlohmann::json{
+                   {"message", "reported changes waiting for the cloud would exceed " +
+                                   std::to_string(twin::kMaxPatchBytes) + " bytes"}}));
+    return;
+  }
   e.twin = std::move(updated);
-  e.pending.push_back(without_version(std::move(*patch)));
+  if (fold) {
+    e.pending.back() = std::move(waiting);
+  } else {
+    e.pending.push_back(std::move(waiting));
+  }
   ++counters_.reported_patches;
   std::weak_ptr<TwinCache> weak = weak_from_this();
   persist(id, [weak, id, reply = std::move(reply)](Status s) {
@@ -209,6 +230,7 @@ void TwinCache::patch_desired_local(const std::string& client_id, const nlohmann
 std::optional<nlohmann::json> TwinCache::pending_reported(const std::string& client_id) {
   Entry& e = entry(client_id);
   if (e.pending.empty()) return std::nullopt;
+  e.front_sent = true;
   return e.pending.front();
 }
 
@@ -216,6 +238,7 @@ void TwinCache::reported_sent(const std::string& client_id) {
   Entry& e = entry(client_id);
   if (e.pending.empty()) return;
   e.pending.erase(e.pending.begin());
+  e.front_sent = false;
   persist(client_id, {});
 }
 

@@ -4,9 +4,12 @@
 // - GET: with the cloud reachable for that identity the twin is fetched from the cloud first
 //   (and cached); otherwise, or if the fetch fails, the cached twin is served.
 // - Reported patch: validated (400 and nothing stored on a violation), merged into the cached
-//   twin and appended to that client's queue of patches still to send; answered 204 once both
-//   are on disk. The upstream link sends the queue in order when it can (pending_reported /
-//   reported_sent).
+//   twin and folded into the patch still to send to the cloud (twin::compose_patches, as
+//   edgeHub collapses them); answered 204 once both are on disk. At most two patches wait:
+//   the one the upstream link is sending and the one collecting what came since, each within
+//   twin::kMaxPatchBytes (beyond it the client's patch is refused with 400), so the pending
+//   state stays bounded however long the device is offline. The upstream link sends them in
+//   order when it can (pending_reported / reported_sent).
 // - Desired patch from the cloud: applied and forwarded when its $version follows the cached
 //   one; otherwise the full twin is fetched and the client gets one patch with exactly what it
 //   missed (resync). The upstream link calls resync() after every (re)connection.
@@ -80,6 +83,8 @@ class TwinCache : public TwinProvider, public std::enable_shared_from_this<TwinC
     std::uint64_t gets_served_from_cache = 0;
     std::uint64_t reported_patches = 0;
     std::uint64_t reported_rejected = 0;
+    // Refused because the patch waiting for the cloud would outgrow twin::kMaxPatchBytes.
+    std::uint64_t reported_over_limit = 0;
     std::uint64_t desired_forwarded = 0;
     std::uint64_t resyncs = 0;
   };
@@ -89,6 +94,8 @@ class TwinCache : public TwinProvider, public std::enable_shared_from_this<TwinC
   struct Entry {
     twin::Twin twin;
     std::vector<nlohmann::json> pending;  // reported patches not yet accepted by the cloud
+    // pending.front() went to the upstream link: later patches must not fold into it.
+    bool front_sent = false;
   };
   Entry& entry(const std::string& client_id);
   void persist(const std::string& client_id, std::function<void(Status)> done);

@@ -182,6 +182,8 @@ Result<InboundTopic> parse_inbound_topic(std::string_view topic) {
 }
 
 Status decode_property_bag(std::string_view bag, Properties& system, Properties& app) {
+  // Collected first and added in one linear pass each: the bag comes from the client.
+  std::vector<Properties::Entry> system_entries, app_entries;
   while (!bag.empty()) {
     const auto amp = bag.find('&');
     const std::string_view pair = bag.substr(0, amp);
@@ -201,11 +203,13 @@ Status decode_property_bag(std::string_view bag, Properties& system, Properties&
       value = std::move(*v);
     }
     if (const WireName* w = find_by_wire(*key)) {
-      system.set(std::string(w->internal), std::move(value));
+      system_entries.emplace_back(std::string(w->internal), std::move(value));
     } else {
-      app.set(std::move(*key), std::move(value));
+      app_entries.emplace_back(std::move(*key), std::move(value));
     }
   }
+  if (!system_entries.empty()) system.set_all(std::move(system_entries));
+  if (!app_entries.empty()) app.set_all(std::move(app_entries));
   return {};
 }
 

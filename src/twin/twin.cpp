@@ -414,6 +414,21 @@ Status validate_patch(const json& patch, std::string_view section) {
 
 void merge_patch(json& target, const json& patch) { target.merge_patch(patch); }
 
+void compose_patches(json& earlier, const json& later) {
+  if (!earlier.is_object() || !later.is_object()) {
+    earlier = later;
+    return;
+  }
+  for (auto it = later.begin(); it != later.end(); ++it) {
+    auto mine = earlier.find(it.key());
+    if (mine != earlier.end() && mine->is_object() && it->is_object()) {
+      compose_patches(*mine, *it);
+    } else {
+      earlier[it.key()] = *it;
+    }
+  }
+}
+
 json diff(const json& from, const json& to) {
   if (!from.is_object() || !to.is_object()) return to;
   json patch = json::object();

@@ -67,6 +67,13 @@ Status validate_patch(const json& patch, std::string_view section);
 // is not an object replaces the target whole. Does not treat '$' names specially.
 void merge_patch(json& target, const json& patch);
 
+// Folds `later` into `earlier` so that one patch does the work of both, as edgeHub collapses
+// the reported patches waiting for the cloud: members of `later` replace those of `earlier`,
+// objects in both merge recursively, and null is kept as a value (it must still delete in the
+// target). Exact except where `earlier` deletes or replaces an object that `later` then sets
+// to an object: the result merges into the target's object instead of replacing it.
+void compose_patches(json& earlier, const json& later);
+
 // The merge patch that turns `from` into `to`: members missing from `to` become null, changed
 // objects are diffed recursively, arrays and scalars are replaced whole. Returns an empty object
 // when both are equal objects. When either side is not an object the result is `to` itself.

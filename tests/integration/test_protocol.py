@@ -218,7 +218,10 @@ def test_disconnect_closes(cairnd, raw_mqtt):
     wait_for(lambda: cairnd.status()["mqtt"]["connections"] == 0, what="connection count 0")
 
 
-def test_many_connections_and_counts(cairnd, raw_mqtt):
+def test_many_connections_and_counts(cairnd_factory, raw_mqtt):
+    # 20 sockets that never log in, all from one address: more than the default
+    # mqtt.max_unauthenticated_per_address (test_limits.py).
+    cairnd = cairnd_factory(config={"mqtt.max_unauthenticated_per_address": 20})
     cairnd.create_identity("sensor")
     conns = [raw_mqtt(cairnd) for _ in range(20)]
     wait_for(lambda: cairnd.status()["mqtt"]["connections"] == 20, what="20 connections")

@@ -397,6 +397,40 @@ def test_reported_changes_made_offline_arrive_in_cloud(cloud, offline_edge, modu
     assert m.twin_get()["reported"] == {**expected, "$version": cloud_version}
 
 
+def waiting_reported_patches(edge, module):
+    """The reported patches the hub keeps for the cloud, read from its store."""
+    import sqlite3
+    db = sqlite3.connect(str(edge.home / "data" / "hub.db"), timeout=30)
+    try:
+        row = db.execute("SELECT value FROM kv WHERE tbl = 'twins' AND key = ?",
+                         (f"{edge.device_id}/{module}",)).fetchone()
+    finally:
+        db.close()
+    return json.loads(row[0])["pending"]
+
+
+def test_many_offline_reported_patches_wait_as_one(cloud, offline_edge, module_client):
+    # Each offline patch used to be queued and rewritten with all the others: the pending
+    # state grew without a bound. They are folded into one patch, as edgeHub does.
+    edge = offline_edge
+    m = connect_twin_client(edge, module_client, "filter")
+    other = connect_twin_client(edge, module_client, "other")
+    go_offline(edge, "filter")
+    for i in range(300):
+        assert m.patch_reported({"count": i, f"k{i % 7}": i, "gone": None if i % 2 else i}) == 204
+    expected = {"count": 299, "gone": None, **{f"k{i}": 294 + i for i in range(6)}, "k6": 293}
+    expected = {k: v for k, v in expected.items() if v is not None}
+    assert without_meta(m.twin_get()["reported"]) == expected
+    assert len(waiting_reported_patches(edge, "filter")) == 1
+    # Another module's twin is served meanwhile.
+    assert other.patch_reported({"fine": True}) == 204
+    edge.proxy.restore()
+    wait_for(lambda: cloud_reported(cloud, edge.device_id, "filter") == expected,
+             CLOUD_TIMEOUT, what="the folded reported patch in the cloud")
+    cloud_version = cloud.twin(edge.device_id, "filter")["properties"]["reported"]["$version"]
+    assert m.twin_get()["reported"] == {**expected, "$version": cloud_version}
+
+
 def test_offline_reported_patches_survive_kill9(cloud, offline_edge, module_client):
     edge = offline_edge
     m = connect_twin_client(edge, module_client, "filter")

@@ -18,6 +18,26 @@ TEST(Properties, CaseInsensitiveAndOrdered) {
   EXPECT_EQ(p.size(), 1u);
 }
 
+TEST(Properties, SetAllIsSetInOrder) {
+  Properties one_by_one, at_once;
+  one_by_one.set("Temp", "0");
+  at_once.set("Temp", "0");
+  std::vector<Properties::Entry> more{{"a", "1"}, {"TEMP", "2"}, {"A", "3"}, {"b", "4"}};
+  for (const auto& [k, v] : more) one_by_one.set(k, v);
+  at_once.set_all(more);
+  EXPECT_EQ(at_once, one_by_one);
+  EXPECT_EQ(at_once.entries(),
+            (std::vector<Properties::Entry>{{"Temp", "2"}, {"a", "3"}, {"b", "4"}}));
+  // A large bag with every key repeated in another case keeps one entry per key.
+  std::vector<Properties::Entry> big;
+  for (int i = 0; i < 20000; ++i) big.emplace_back("key" + std::to_string(i % 10000), "x");
+  for (int i = 0; i < 10000; ++i) big.emplace_back("KEY" + std::to_string(i), "y");
+  Properties p;
+  p.set_all(std::move(big));
+  ASSERT_EQ(p.size(), 10000u);
+  EXPECT_EQ(*p.get("key9999"), "y");
+}
+
 TEST(MessageCodec, RoundTrip) {
   Message m;
   m.body = std::string("\0binary\xff", 8);

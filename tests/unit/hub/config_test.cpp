@@ -23,6 +23,36 @@ TEST(HubConfig, MissingFileGivesDefaults) {
   EXPECT_EQ(c->mqtt.plain_port, 0);
   EXPECT_EQ(c->mgmt_socket(), "/h/run/mgmt.sock");
   EXPECT_EQ(c->mqtt.max_delivery_attempts, 10u);
+  EXPECT_EQ(c->mqtt.connect_timeout_secs, 10u);
+  EXPECT_EQ(c->mqtt.max_connect_bytes, 8192u);
+  EXPECT_EQ(c->mqtt.max_unauthenticated_connections, 100u);
+  EXPECT_EQ(c->mqtt.max_unauthenticated_per_address, 16u);
+  EXPECT_EQ(c->mqtt.max_subscriptions, 50u);
+  EXPECT_EQ(c->mqtt.max_properties, 128u);
+  EXPECT_EQ(c->mqtt.max_property_bytes, 32768u);
+}
+
+TEST(HubConfig, ReadsTheClientLimits) {
+  auto c = load_config("/h", write_temp("limits.toml", R"([mqtt]
+max_connect_bytes = 2048
+max_unauthenticated_connections = 5
+max_unauthenticated_per_address = 2
+max_subscriptions = 3
+max_properties = 4
+max_property_bytes = 100
+)"));
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(c->mqtt.max_connect_bytes, 2048u);
+  EXPECT_EQ(c->mqtt.max_unauthenticated_connections, 5u);
+  EXPECT_EQ(c->mqtt.max_unauthenticated_per_address, 2u);
+  EXPECT_EQ(c->mqtt.max_subscriptions, 3u);
+  EXPECT_EQ(c->mqtt.max_properties, 4u);
+  EXPECT_EQ(c->mqtt.max_property_bytes, 100u);
+  // A CONNECT needs room for its credentials; a peer needs at least one slot.
+  EXPECT_FALSE(load_config("/h", write_temp("l1.toml", "[mqtt]\nmax_connect_bytes = 100\n")).ok());
+  EXPECT_FALSE(
+      load_config("/h", write_temp("l2.toml", "[mqtt]\nmax_unauthenticated_per_address = 0\n"))
+          .ok());
 }
 
 TEST(HubConfig, ReadsEverySection) {

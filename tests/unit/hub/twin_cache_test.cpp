@@ -64,22 +64,55 @@ TEST_F(TwinCacheTest, NewTwinHasBothSectionsAtVersionOne) {
 }
 
 TEST_F(TwinCacheTest, ReportedPatchesMergeQueueAndSurviveARestart) {
-  EXPECT_EQ(patch(R"({"temp": 21, "fw": {"v": "1.0"}})"), 204);
+  EXPECT_EQ(patch(R"({"temp": 21, "fw": {"v": "1.0", "by": "a"}})"), 204);
   EXPECT_EQ(patch(R"({"fw": {"v": "1.1"}, "temp": null})"), 204);
-  EXPECT_EQ(get()["reported"], (json{{"$version", 3}, {"fw", {{"v", "1.1"}}}}));
+  const json reported{{"$version", 3}, {"fw", {{"v", "1.1"}, {"by", "a"}}}};
+  EXPECT_EQ(get()["reported"], reported);
   ASSERT_TRUE(store->flush());
-  open();  // a restart: the twin and both queued patches are still there, in order
-  EXPECT_EQ(get()["reported"], (json{{"$version", 3}, {"fw", {{"v", "1.1"}}}}));
-  auto first = cache->pending_reported("edge1/m1");
-  ASSERT_TRUE(first);
-  EXPECT_EQ((*first)["temp"], 21);
+  open();  // a restart: the twin and the waiting changes are still there
+  EXPECT_EQ(get()["reported"], reported);
+  // Both patches wait as one, which still deletes what the second deleted.
+  auto waiting = cache->pending_reported("edge1/m1");
+  ASSERT_TRUE(waiting);
+  EXPECT_EQ(*waiting, (json{{"temp", nullptr}, {"fw", {{"v", "1.1"}, {"by", "a"}}}}));
+  // That one is being sent: a patch arriving meanwhile waits behind it, not inside it.
+  EXPECT_EQ(patch(R"({"temp": 22})"), 204);
+  EXPECT_EQ(patch(R"({"fw": {"by": null}})"), 204);
+  EXPECT_EQ(*cache->pending_reported("edge1/m1"), *waiting);
   cache->reported_sent("edge1/m1");
   auto second = cache->pending_reported("edge1/m1");
   ASSERT_TRUE(second);
-  EXPECT_TRUE((*second)["temp"].is_null());
+  EXPECT_EQ(*second, (json{{"temp", 22}, {"fw", {{"by", nullptr}}}}));
   cache->reported_sent("edge1/m1");
   EXPECT_FALSE(cache->pending_reported("edge1/m1"));
   EXPECT_EQ(cache->clients_with_pending(), std::vector<std::string>{});
+}
+
+TEST_F(TwinCacheTest, WaitingChangesStayWithinOnePatchOrThePatchIsRefused) {
+  // Names set and deleted again leave their deletions waiting for the cloud; past
+  // twin::kMaxPatchBytes of them the client's patch is refused and nothing changes.
+  const std::string name(1000, 'n');
+  std::optional<std::string> refused;
+  bool refused_deletion = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    const std::string key = name + std::to_string(i);
+    if (patch(json{{key, i}}.dump()) == 400) {
+      refused = key;
+    } else if (patch(json{{key, nullptr}}.dump()) == 400) {
+      refused = key;
+      refused_deletion = true;
+    }
+  }
+  ASSERT_TRUE(refused) << "the waiting changes grew without a bound";
+  EXPECT_EQ(cache->counters().reported_over_limit, 1u);
+  // The refused patch changed nothing: a refused deletion leaves its name reported, a
+  // refused addition leaves it out.
+  EXPECT_EQ(get()["reported"].contains(*refused), refused_deletion);
+  auto waiting = cache->pending_reported("edge1/m1");
+  ASSERT_TRUE(waiting);
+  EXPECT_LE(waiting->dump().size(), twin::kMaxPatchBytes);
+  cache->reported_sent("edge1/m1");
+  EXPECT_FALSE(cache->pending_reported("edge1/m1"));
 }
 
 TEST_F(TwinCacheTest, BadPatchesAreRefusedWith400AndChangeNothing) {

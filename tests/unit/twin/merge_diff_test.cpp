@@ -18,6 +18,17 @@ json merged(json target, const json& patch) {
   return target;
 }
 
+TEST(ComposePatches, OnePatchDoesTheWorkOfBoth) {
+  const json target = j(R"({"a":1,"b":{"c":2,"d":3},"e":[1],"f":"x"})");
+  const json first = j(R"({"a":null,"b":{"c":5},"g":1})");
+  const json second = j(R"({"a":7,"b":{"d":null},"e":[2],"g":null})");
+  json both = first;
+  compose_patches(both, second);
+  // Nulls stay in the composed patch: they still delete in the target.
+  EXPECT_EQ(both, j(R"({"a":7,"b":{"c":5,"d":null},"e":[2],"g":null})"));
+  EXPECT_EQ(merged(target, both), merged(merged(target, first), second));
+}
+
 // The test cases of RFC 7386 Appendix A.
 TEST(MergePatch, Rfc7386AppendixA) {
   struct Case {
