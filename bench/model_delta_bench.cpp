@@ -113,7 +113,12 @@ Status Bench::prepare_models(std::vector<Scenario>& out) {
   };
   auto base = gen("base");
   if (!base) return base.error();
-  out.push_back({"identical (generated ONNX)", *base, *base});
+  // A copy, not the same path: zstd --patch-from refuses a file as its own base.
+  fs::path same = models / "net-identical.onnx";
+  std::error_code ec;
+  fs::copy_file(*base, same, fs::copy_options::overwrite_existing, ec);
+  if (ec) return make_error(errc::io_error, "cannot copy " + base->string() + ": " + ec.message());
+  out.push_back({"identical (generated ONNX)", *base, same});
   for (auto [variant, label] : std::vector<std::pair<std::string, std::string>>{
            {"head", "last layer retrained (generated ONNX)"},
            {"scale", "every weight x1.001 (generated ONNX)"},
