@@ -304,6 +304,38 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   return out;
 }
 
+Result<json> ModelStore::put_signature(const std::string& name, const std::string& version,
+                                       std::string_view signature) {
+  CAIRN_TRY(modelpkg::check_label(name, "model name"));
+  CAIRN_TRY(modelpkg::check_label(version, "model version"));
+  std::string_view text = signature;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+    text.remove_suffix(1);
+  }
+  auto raw = crypto::base64_decode(text);
+  if (!raw || raw->size() != 64) {
+    return make_error(errc::invalid_argument,
+                      "the body is not a signature: base64 of the 64 bytes of an Ed25519 "
+                      "signature, as `cairn model pack --sign-key` writes it");
+  }
+  const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
+  std::error_code ec;
+  if (!fs::is_regular_file(index_path, ec)) {
+    return make_error(errc::not_found,
+                      name + " version " + version + " is not in the store: push it first");
+  }
+  const std::string sig_path = index_path + ".sig";
+  std::error_code sec;
+  const auto old_size = fs::file_size(sig_path, sec);
+  const std::string stored = std::string(text) + "\n";
+  CAIRN_TRY(reserve(stored.size(), "the signature"));
+  CAIRN_TRY(modelpkg::detail::write_file_atomic(sig_path, stored, true));
+  used_bytes_ += stored.size();
+  if (!sec) used_bytes_ -= old_size;
+  log::info(kLog, "signature stored for {} version {}", name, version);
+  return json{{"name", name}, {"version", version}, {"signatureBytes", stored.size()}};
+}
+
 Result<json> ModelStore::list() const {
   std::vector<std::tuple<std::string, fs::file_time_type, json>> found;
   std::error_code ec;

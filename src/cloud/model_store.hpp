@@ -89,6 +89,14 @@ class ModelStore {
   // "index": "models/NAME-VERSION.cidx", "unchanged"} or the reason it was refused.
   void commit(std::string name, std::string version, std::string cidx, CommitDone done);
 
+  // Stores `signature` (base64 of a 64-byte Ed25519 signature, as `cairn model pack
+  // --sign-key` writes it) as NAME-VERSION.cidx.sig beside the stored index of that version.
+  // The store holds no publisher key and does not check the signature: the publisher signs the
+  // index bytes the store committed, and devices configured with the publisher's public key
+  // check it. {"name", "version", "signatureBytes"}; not_found without that version.
+  Result<nlohmann::json> put_signature(const std::string& name, const std::string& version,
+                                       std::string_view signature);
+
   // {"models": [{"name", "version", "size", "sha256", "chunks", "deltas", "index"}], sorted
   // by name then push time; "usedBytes", "maxBytes"}.
   Result<nlohmann::json> list() const;

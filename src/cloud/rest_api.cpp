@@ -581,6 +581,10 @@ void RestApi::models(Call& call) {
     if (!call.allow({"PUT"})) return;
     return reply(store.put_chunk(seg[3], call.request.body));
   }
+  if (n == 6 && seg[3] == "versions" && seg[5] == "signature") {
+    if (!call.allow({"PUT"})) return;
+    return reply(store.put_signature(seg[2], seg[4], call.request.body));
+  }
   if (n == 5 && seg[3] == "versions") {
     if (!call.allow({"PUT"})) return;
     // The store's thread answers: deltas take seconds, the io thread must not wait for them.

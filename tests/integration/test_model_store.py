@@ -8,18 +8,19 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 
 import pytest
 
 from conftest import CLOUD_HOST, HOST, edge_device, wait_for
 import model_fixtures
-from test_model_delivery import pack
+from test_model_delivery import CAIRN, fetch, pack, zstd
 from test_infer_module import TIMEOUT, infer_module  # noqa: F401
 
 
-def push(cloud, path, name, version, check=True):
+def push(cloud, path, name, version, *extra, check=True):
     r = cloud.cli("model", "push", str(path), "--name", name, "--version", version, "-q",
-                  check=check, timeout=300)
+                  *extra, check=check, timeout=300)
     return json.loads(r.stdout.strip().splitlines()[-1]) if check else r
 
 
@@ -224,3 +225,57 @@ def test_size_limits_refuse_a_push_with_a_clear_error(cloud_factory, tmp_path):
     assert r.returncode == 1 and "model store is full" in r.stderr and "HTTP 413" in r.stderr, \
         r.stderr
     assert store_snapshot(small_store) == {}
+
+
+def test_a_signed_push_is_accepted_by_a_device_with_the_key_and_a_tampered_one_is_not(
+        cloud, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("pub", "other"):
+        subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / name),
+                        "--public", str(keys / f"{name}.pem")], check=True, timeout=30)
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    data1 = model_fixtures.make_onnx(v1, seed=4)
+    data2 = model_fixtures.make_onnx(v2, seed=4, variant="head")
+    signed = push(cloud, v1, "net", "1", "--sign-key", str(keys / "pub"))
+    assert signed["signed"] is True, signed
+    # v2 gets deltas from v1: the store rewrote the index after the push packed it.
+    signed2 = push(cloud, v2, "net", "2", "--sign-key", str(keys / "pub"))
+    assert signed2["deltas"] > 0 and signed2["signed"] is True, signed2
+    unsigned = push(cloud, v1, "net", "1u")
+    assert "signed" not in unsigned
+
+    out, store = tmp_path / "device" / "m.onnx", tmp_path / "device" / "store"
+    out.parent.mkdir()
+    key = ("--public-key", str(keys / "pub.pem"), "--ca", str(cloud.ca_path))
+    fetch(signed["url"], out, store, *key)
+    assert out.read_bytes() == data1
+    summary = fetch(signed2["url"], out, store, *key)
+    assert out.read_bytes() == data2 and summary["deltas_applied"] > 0, summary
+
+    out.write_bytes(b"old")
+    err = fetch(unsigned["url"], out, store, *key, expect_rc=1)
+    assert "not signed" in err, err
+    err = fetch(signed["url"], out, store, "--public-key", str(keys / "other.pem"), "--ca",
+                str(cloud.ca_path), expect_rc=1)
+    assert "signature does not match" in err, err
+    # The stored index changed after signing (here: its format field), as a compromised store
+    # or a mirror could: refused, the old model stays.
+    models = cloud.home / "models"
+    text = json.loads(zstd(["-dc"], (models / "net-1.cidx").read_bytes()))
+    text["model_format"] = "opaque"
+    (models / "net-1.cidx").write_bytes(zstd(["-19", "-c"], json.dumps(text).encode()))
+    err = fetch(signed["url"], out, store, *key, expect_rc=1)
+    assert "signature does not match" in err, err
+    assert out.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("body", [b"", b"not base64!", b"c2hvcnQ=\n"])
+def test_a_signature_that_is_not_one_is_refused(stored, body):
+    cloud, _, _ = stored
+    before = store_snapshot(cloud)
+    r = put(cloud, "/cairn/models/net/versions/1/signature", body)
+    assert r.status == 400 and "not a signature" in r.message, r
+    r = put(cloud, "/cairn/models/net/versions/9/signature", b"A" * 86 + b"==\n")
+    assert r.status == 404 and "push it first" in r.message, r
+    assert store_snapshot(cloud) == before
