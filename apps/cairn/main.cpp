@@ -337,6 +337,11 @@ int main(int argc, char** argv) {
   model_push->add_flag("-q,--quiet", push_quiet, "No progress output");
   auto* model_list = cloud_model->add_subcommand("list", "List the stored model versions");
   model_list->add_flag("--json", models_json, "Print the store's listing as JSON");
+  std::string delete_name, delete_version;
+  auto* model_delete = cloud_model->add_subcommand(
+      "delete", "Remove a stored model version, and the chunks and deltas no other version uses");
+  model_delete->add_option("--name", delete_name, "Model name")->required();
+  model_delete->add_option("--version", delete_version, "Version label")->required();
 
   // Model packaging and fetching (src/modelpkg; formats in docs/modelpkg.md).
   std::string model_file, model_name, model_version, model_out, model_key, model_store;
@@ -606,6 +611,11 @@ int main(int argc, char** argv) {
     };
     if (model_push->parsed()) {
       return push_model(*service, push_file, push_name, push_version, push_key, push_quiet);
+    } else if (model_delete->parsed()) {
+      auto j = cloud_call("DELETE", "/cairn/models/" + crypto::url_encode(delete_name) +
+                                        "/versions/" + crypto::url_encode(delete_version));
+      if (!j) return 1;
+      std::cout << j->dump() << "\n";
     } else if (model_list->parsed()) {
       auto j = cloud_call("GET", "/cairn/models");
       if (!j) return 1;
