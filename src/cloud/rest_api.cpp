@@ -688,8 +688,17 @@ void RestApi::models(Call& call) {
     if (!call.allow({"PUT"})) return;
     return reply(store.put_chunk(seg[3], call.request.body));
   }
-  if (n == 5 && seg[3] == "versions") {
+  if (n == 6 && seg[3] == "versions" && seg[5] == "signature") {
     if (!call.allow({"PUT"})) return;
+    return reply(store.put_signature(seg[2], seg[4], call.request.body));
+  }
+  if (n == 5 && seg[3] == "versions" && call.method() == "DELETE") {
+    return store.remove(seg[2], seg[4], [respond = call.respond](Result<json> r) {
+      respond(r ? json_response(200, *r) : model_error(r.error()));
+    });
+  }
+  if (n == 5 && seg[3] == "versions") {
+    if (!call.allow({"PUT", "DELETE"})) return;
     // The store's thread answers: deltas take seconds, the io thread must not wait for them.
     return store.commit(seg[2], seg[4], call.request.body,
                         [respond = call.respond](Result<json> r) {

@@ -140,8 +140,9 @@ Result<std::string> Fetcher::get(Sessions& sessions, const std::string& url, std
   req.target = parsed->target_path;
   Result<net::HttpResponse> res = make_error(errc::internal, "no request made");
   if (options_.keep_alive) {
-    std::string server = std::string(parsed->target.tls ? "https://" : "http://") +
-                         parsed->target.host + ":" + std::to_string(parsed->target.port);
+    // One session per scheme, host and port ("[::1]:80" and "::1" + ":80" must not meet).
+    std::string server = std::string(parsed->target.tls ? "https://" : "http://") + "[" +
+                         parsed->target.host + "]:" + std::to_string(parsed->target.port);
     auto it = sessions.find(server);
     if (it == sessions.end()) {
       it = sessions.emplace(server, net::HttpSession(parsed->target, options_.timeout_secs)).first;

@@ -98,7 +98,8 @@ Status verify_model(const std::string& dir, const ModelIndex& index) {
 }
 
 Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zstd_level,
-                                std::size_t delta_versions) {
+                                std::size_t delta_versions, std::uint64_t max_input_bytes) {
+  std::uint64_t input_bytes = 0;
   DeltaSummary summary;
   idx.deltas.clear();
   auto previous = previous_versions(dir, idx.name, idx.version, idx.sha256);
@@ -127,6 +128,11 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
         same = base.chunks[base_starts[b] + k].hash == idx.chunks[new_starts[s] + k].hash;
       }
       if (same) continue;
+      if (max_input_bytes != 0 && input_bytes + new_size > max_input_bytes) {
+        ++summary.skipped;
+        continue;
+      }
+      input_bytes += new_size;
       const std::string& key = idx.segments[s].key;
       auto old_bytes = read_segment(dir, base, base_starts, b);
       if (!old_bytes) {

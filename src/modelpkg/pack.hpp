@@ -55,14 +55,18 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
 struct DeltaSummary {
   std::size_t written = 0;
   std::uint64_t bytes = 0;
+  std::size_t skipped = 0;  // changed segments left without a delta by max_input_bytes
 };
 
 // Sets `index.deltas` to deltas from the `delta_versions` most recently packed other versions
 // of its name in `dir` (newest first), writing a delta file for each segment that changed when
 // it is smaller than the segment's chunks. `dir` must hold the chunks of `index` and of those
 // versions. pack_model does this; so does a model store that receives chunks and an index.
+// `max_input_bytes` (0: no cap) bounds the segment bytes compressed into deltas, summed over
+// the versions: the CPU one call may spend. Segments past it get no delta (devices fetch
+// their chunks), newest base version first.
 Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& index, int zstd_level,
-                                std::size_t delta_versions);
+                                std::size_t delta_versions, std::uint64_t max_input_bytes = 0);
 
 // Reads one chunk of a publish (or store) directory: decompresses and checks its hash.
 Result<std::string> read_chunk(const std::string& dir, const ChunkRef& chunk);

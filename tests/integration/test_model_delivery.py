@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -24,8 +25,9 @@ class StaticServer:
     """Serves a directory over HTTP/1.1 and records every request path. `fail_after` makes
     chunk requests beyond that many answer 503, as a link that dropped would."""
 
-    def __init__(self, root):
+    def __init__(self, root, host=HOST):
         self.root = Path(root)
+        self.host = host
         self.requests = []
         self.connections = 0
         self.fail_after = None
@@ -55,14 +57,17 @@ class StaticServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            (HOST, 0), functools.partial(Handler, directory=str(self.root)))
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.httpd = Server((host, 0), functools.partial(Handler, directory=str(self.root)))
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, name):
-        return f"http://{HOST}:{self.port}/{name}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/{name}"
 
     def reset(self):
         with self.lock:
@@ -356,3 +361,35 @@ def test_tflite_one_layer_change_moves_only_that_layer(tmp_path, publish, server
     s = fetch(server.url("pd-2.cidx"), out, store)
     assert out.read_bytes() == changed.read_bytes()
     assert s["reused"] > 0.5 * s["needed"], s
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_fetch_from_an_ipv6_url_in_brackets(tmp_path, publish):
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=3)
+    data2 = model_fixtures.make_onnx(v2, seed=3, variant="head")
+    pack(v1, publish, "net", "1")
+    pack(v2, publish, "net", "2")
+    server = StaticServer(publish, host="::1")
+    try:
+        assert server.url("net-1.cidx").startswith("http://[::1]:")
+        out, store = tmp_path / "m.onnx", tmp_path / "store"
+        fetch(server.url("net-1.cidx"), out, store)
+        server.reset()
+        s = fetch(server.url("net-2.cidx"), out, store)
+        assert out.read_bytes() == data2 and s["deltas_applied"] > 0, s
+        # Kept connections over IPv6 too, and every request reached the ::1 server.
+        assert s["connections"] <= 4 and len(server.requests) == s["requests"], s
+    finally:
+        server.close()
+    err = fetch("http://[::1:80/net-1.cidx", out, store, expect_rc=2)
+    assert "unclosed '['" in err, err

@@ -8,18 +8,19 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 
 import pytest
 
 from conftest import CLOUD_HOST, HOST, edge_device, wait_for
 import model_fixtures
-from test_model_delivery import pack
+from test_model_delivery import CAIRN, fetch, pack, zstd
 from test_infer_module import TIMEOUT, infer_module  # noqa: F401
 
 
-def push(cloud, path, name, version, check=True):
+def push(cloud, path, name, version, *extra, check=True):
     r = cloud.cli("model", "push", str(path), "--name", name, "--version", version, "-q",
-                  check=check, timeout=300)
+                  *extra, check=check, timeout=300)
     return json.loads(r.stdout.strip().splitlines()[-1]) if check else r
 
 
@@ -224,3 +225,127 @@ def test_size_limits_refuse_a_push_with_a_clear_error(cloud_factory, tmp_path):
     assert r.returncode == 1 and "model store is full" in r.stderr and "HTTP 413" in r.stderr, \
         r.stderr
     assert store_snapshot(small_store) == {}
+
+
+def test_a_signed_push_is_accepted_by_a_device_with_the_key_and_a_tampered_one_is_not(
+        cloud, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("pub", "other"):
+        subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / name),
+                        "--public", str(keys / f"{name}.pem")], check=True, timeout=30)
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    data1 = model_fixtures.make_onnx(v1, seed=4)
+    data2 = model_fixtures.make_onnx(v2, seed=4, variant="head")
+    signed = push(cloud, v1, "net", "1", "--sign-key", str(keys / "pub"))
+    assert signed["signed"] is True, signed
+    # v2 gets deltas from v1: the store rewrote the index after the push packed it.
+    signed2 = push(cloud, v2, "net", "2", "--sign-key", str(keys / "pub"))
+    assert signed2["deltas"] > 0 and signed2["signed"] is True, signed2
+    unsigned = push(cloud, v1, "net", "1u")
+    assert "signed" not in unsigned
+
+    out, store = tmp_path / "device" / "m.onnx", tmp_path / "device" / "store"
+    out.parent.mkdir()
+    key = ("--public-key", str(keys / "pub.pem"), "--ca", str(cloud.ca_path))
+    fetch(signed["url"], out, store, *key)
+    assert out.read_bytes() == data1
+    summary = fetch(signed2["url"], out, store, *key)
+    assert out.read_bytes() == data2 and summary["deltas_applied"] > 0, summary
+
+    out.write_bytes(b"old")
+    err = fetch(unsigned["url"], out, store, *key, expect_rc=1)
+    assert "not signed" in err, err
+    err = fetch(signed["url"], out, store, "--public-key", str(keys / "other.pem"), "--ca",
+                str(cloud.ca_path), expect_rc=1)
+    assert "signature does not match" in err, err
+    # The stored index changed after signing (here: its format field), as a compromised store
+    # or a mirror could: refused, the old model stays.
+    models = cloud.home / "models"
+    text = json.loads(zstd(["-dc"], (models / "net-1.cidx").read_bytes()))
+    text["model_format"] = "opaque"
+    (models / "net-1.cidx").write_bytes(zstd(["-19", "-c"], json.dumps(text).encode()))
+    err = fetch(signed["url"], out, store, *key, expect_rc=1)
+    assert "signature does not match" in err, err
+    assert out.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("body", [b"", b"not base64!", b"c2hvcnQ=\n"])
+def test_a_signature_that_is_not_one_is_refused(stored, body):
+    cloud, _, _ = stored
+    before = store_snapshot(cloud)
+    r = put(cloud, "/cairn/models/net/versions/1/signature", body)
+    assert r.status == 400 and "not a signature" in r.message, r
+    r = put(cloud, "/cairn/models/net/versions/9/signature", b"A" * 86 + b"==\n")
+    assert r.status == 404 and "push it first" in r.message, r
+    assert store_snapshot(cloud) == before
+
+
+def stored_files(cloud, top):
+    root = cloud.home / "models" / top
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} \
+        if root.exists() else set()
+
+
+def test_removing_versions_sweeps_the_chunks_and_deltas_no_other_version_uses(
+        cloud_factory, tmp_path):
+    cloud = cloud_factory(extra_args=["--model-orphan-grace", "0"])
+    v1, v2, other = tmp_path / "v1.onnx", tmp_path / "v2.onnx", tmp_path / "other.onnx"
+    model_fixtures.make_onnx(v1, seed=5)
+    data2 = model_fixtures.make_onnx(v2, seed=5, variant="head")
+    data_other = model_fixtures.make_onnx(other, seed=6)
+    push(cloud, v1, "net", "1")
+    chunks_v1 = stored_files(cloud, "chunks")
+    second = push(cloud, v2, "net", "2")
+    assert second["deltas"] > 0, second
+    push(cloud, other, "other", "1")
+    chunks_all, deltas_all = stored_files(cloud, "chunks"), stored_files(cloud, "deltas")
+    used_before = json.loads(cloud.cli("model", "list", "--json").stdout)["usedBytes"]
+
+    r = json.loads(cloud.cli("model", "delete", "--name", "net", "--version", "1").stdout)
+    left = stored_files(cloud, "chunks")
+    # Only chunks of v1 alone went; v2's deltas from v1 stay (v2's index references them, and a
+    # device holding v1 still uses them).
+    assert r["removedChunks"] == len(chunks_all - left) > 0, r
+    assert chunks_all - left <= chunks_v1 and stored_files(cloud, "deltas") == deltas_all
+    assert not (cloud.home / "models" / "net-1.cidx").exists()
+    used_after = json.loads(cloud.cli("model", "list", "--json").stdout)["usedBytes"]
+    assert used_before - used_after == r["freedBytes"] > 0, (used_before, used_after, r)
+    for url, data in ((second["url"], data2),
+                      (f"https://{cloud.hostname}:{cloud.https_port}/models/other-1.cidx",
+                       data_other)):
+        out, store = tmp_path / "dev" / "m", tmp_path / "dev" / "store"
+        fetch(url, out, store, "--ca", str(cloud.ca_path))
+        assert out.read_bytes() == data
+
+    r = json.loads(cloud.cli("model", "delete", "--name", "net", "--version", "2").stdout)
+    assert r["removedDeltas"] == len(deltas_all) and stored_files(cloud, "deltas") == set(), r
+    other_index = modelpkg_chunks(cloud, "other-1.cidx")
+    assert stored_files(cloud, "chunks") == other_index
+    r = cloud.cli("model", "delete", "--name", "net", "--version", "2", check=False)
+    assert r.returncode == 1 and "HTTP 404" in r.stderr, r.stderr
+
+
+def modelpkg_chunks(cloud, index_file):
+    text = json.loads(zstd(["-dc"], (cloud.home / "models" / index_file).read_bytes()))
+    return {f"{h[:2]}/{h}" for h, *_ in text["chunks"]}
+
+
+def test_young_orphans_are_kept_for_pushes_in_progress_and_deltas_have_a_cap(
+        cloud_factory, tmp_path):
+    cloud = cloud_factory(extra_args=["--model-delta-max-bytes", "1"])
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=8)
+    model_fixtures.make_onnx(v2, seed=8, variant="head")
+    push(cloud, v1, "net", "1")
+    # Changed segments exist, but each is over the 1-byte cap: no delta is made.
+    assert push(cloud, v2, "net", "2")["deltas"] == 0
+    # A chunk uploaded by a push that has not committed yet (default grace: an hour).
+    pending = tmp_path / "pending"
+    model_fixtures.make_onnx(pending, seed=9)
+    pack(pending, tmp_path / "pub", "p", "1")
+    chunk = next(p for p in (tmp_path / "pub" / "chunks").rglob("*") if p.is_file())
+    assert put(cloud, f"/cairn/models/chunks/{chunk.name}", chunk.read_bytes()).status == 200
+    before = stored_files(cloud, "chunks")
+    r = json.loads(cloud.cli("model", "delete", "--name", "net", "--version", "1").stdout)
+    assert r["removedChunks"] == 0 and stored_files(cloud, "chunks") == before, r

@@ -1,5 +1,7 @@
 #include "modelpkg/detail/url.hpp"
 
+#include <arpa/inet.h>
+
 namespace cairn::modelpkg::detail {
 
 Result<HttpUrl> parse_http_url(std::string_view url) {
@@ -34,6 +36,12 @@ Result<HttpUrl> parse_http_url(std::string_view url) {
     auto close = authority.find(']');
     if (close == std::string_view::npos) return bad("has an unclosed '['");
     out.target.host = std::string(authority.substr(1, close - 1));
+    // Brackets hold an IPv6 address (RFC 3986), kept without them: the connector takes the
+    // bare address, and the Host header gets its brackets back.
+    in6_addr ignored{};
+    if (::inet_pton(AF_INET6, out.target.host.c_str(), &ignored) != 1) {
+      return bad("has '[" + out.target.host + "]', which is not an IPv6 address");
+    }
     auto after = authority.substr(close + 1);
     if (!after.empty()) {
       if (after.front() != ':') return bad("has a bad port");

@@ -17,8 +17,9 @@ struct HttpUrl {
   std::string target_path;  // path and query, at least "/"
 };
 
-// Parses "http[s]://host[:port][/path]" (IPv6 literals in brackets). No user info; a fragment
-// is dropped.
+// Parses "http[s]://host[:port][/path]". An IPv6 address is written in brackets
+// ("http://[::1]:8080/m.cidx") and comes out as target.host without them ("::1"); zone ids
+// are not accepted. No user info; a fragment is dropped.
 Result<HttpUrl> parse_http_url(std::string_view url);
 
 // Resolves `reference` (absolute URL, absolute path or relative path) against `base`.
