@@ -4,6 +4,7 @@
 
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
+SOAK_MINUTES ?= 30
 export CCACHE_DIR ?= $(HOME)/.cache/ccache
 # Relative paths in the cache keys: a fresh clone elsewhere (as CI makes) still hits the cache.
 export CCACHE_BASEDIR ?= $(CURDIR)
@@ -42,7 +43,8 @@ demo: setup
 	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-sensor
 	@bash scripts/demo
 
-# Side-by-side benchmarks; docs/benchmarks.md records their latest output.
+# Side-by-side benchmarks; docs/benchmarks.md records their latest output. The last step is the
+# soak (bench/soak.py): SOAK_MINUTES of chaos at half the measured capacity.
 bench: setup
 	cmake --preset release >/dev/null
 	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-bench
@@ -53,6 +55,7 @@ bench: setup
 	build/bin/cairn-bench infer
 	build/bin/cairn-bench model-fetch
 	build/bin/cairn-bench model-delta
+	SOAK_MINUTES=$(SOAK_MINUTES) CAIRN_BIN_DIR=$(CURDIR)/build/bin /usr/bin/python3 bench/soak.py
 
 clean:
 	rm -rf build build-asan build-debug build-tsan build-fuzz build-times build-times-fuzz

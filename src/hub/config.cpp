@@ -157,6 +157,7 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("fsync", s.fsync));
     CAIRN_TRY(t.read("max_bytes", s.max_bytes));
     CAIRN_TRY(t.read("expire_interval_secs", s.expire_interval_secs));
+    CAIRN_TRY(t.read("max_dead_letters", s.max_dead_letters));
     CAIRN_TRY(t.reject_unknown());
     if (s.expire_interval_secs == 0) s.expire_interval_secs = 1;
   }

@@ -78,6 +78,9 @@ struct HubConfig {
     bool fsync = true;  // false: survives a crash of cairnd, not a power cut; faster on slow disks
     std::uint64_t max_bytes = 1024ull * 1024 * 1024;  // 1 GiB of queued messages; 0 = no cap
     std::uint32_t expire_interval_secs = 30;          // how often expired messages are deleted
+    // Dead letters kept (docs/failure_policy.md); beyond it the oldest is dropped and counted.
+    // Each holds one message (up to mqtt.max_message_bytes). 0 = no cap.
+    std::uint32_t max_dead_letters = 1000;
   } store;
 
   // The link to the cloud (cairn-cloud or an IoT Hub-compatible service). Without a host the

@@ -243,6 +243,11 @@ void EdgeApi::metrics(net::HttpRespond respond) {
       metric("cairn_messages_dead_lettered_total", "counter",
              "Messages moved out of their queue because they can never be delivered");
       out << "cairn_messages_dead_lettered_total " << c["messagesDeadLettered"] << '\n';
+      metric("cairn_dead_letters", "gauge", "Dead letters kept (at most store.max_dead_letters)");
+      out << "cairn_dead_letters " << c["deadLetters"] << '\n';
+      metric("cairn_dead_letters_dropped_total", "counter",
+             "Oldest dead letters deleted to keep the table at store.max_dead_letters");
+      out << "cairn_dead_letters_dropped_total " << c["deadLettersDropped"] << '\n';
       std::uint64_t failed_deliveries = 0;
       std::uint64_t ack_failures = 0;
       for (const auto& [id, e] : (*hub_status)["endpoints"].items()) {

@@ -1,10 +1,6 @@
 #include "hub/endpoint.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include "core/clock.hpp"
-#include "core/crypto.hpp"
-#include "core/json.hpp"
 #include "core/log.hpp"
 
 namespace cairn::hub {
@@ -226,14 +222,8 @@ void Endpoint::dead_letter(Lane& l, Pending& p, const std::string& reason) {
                           std::to_string(l.key.priority) + "-" + std::to_string(p.seq);
   log::error("hub", "endpoint={} seq={} dead-lettered as {}/{}: {}", id(), p.seq, kDeadLetterTable,
              key, reason);
-  nlohmann::json record{
-      {"endpoint", l.key.endpoint},
-      {"reason", reason},
-      {"atMs", now},
-      {"message", crypto::base64_encode(p.message ? encode_message(*p.message) : p.undecodable)}};
-  store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
-    if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
-  });
+  dead_letter_sink_(key, l.key.endpoint, reason,
+                    p.message ? encode_message(*p.message) : p.undecodable);
   // In sequence: every entry before it was sent already, so settling stays cumulative.
   l.sent.push_back(Sent{p.seq, true});
   l.delivered_through = std::max(l.delivered_through, p.seq);

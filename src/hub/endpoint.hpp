@@ -42,6 +42,11 @@ namespace cairn::hub {
 // "reason", "atMs", "message" (the stored bytes, base64)}, key "{endpoint}/{unix ms}-{n}".
 inline constexpr const char* kDeadLetterTable = "deadletter";
 
+// Keeps a dead letter: (key, endpoint id, reason, the stored bytes). The hub's, which also
+// holds the table to store.max_dead_letters.
+using DeadLetterSink = std::function<void(const std::string& key, const std::string& endpoint,
+                                          const std::string& reason, const std::string& bytes)>;
+
 // What an endpoint needs from a connected consumer.
 class Consumer {
  public:
@@ -67,6 +72,9 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   // (module inputs only); 0 = never.
   Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
            std::size_t max_inflight, std::uint32_t max_delivery_attempts = 0);
+
+  // Where dead letters go. REQUIRES: set before the first message is appended or loaded.
+  void set_dead_letter_sink(DeadLetterSink sink) { dead_letter_sink_ = std::move(sink); }
 
   const routing::Endpoint& endpoint() const { return endpoint_; }
   std::string id() const { return endpoint_.id(); }
@@ -125,6 +133,7 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   routing::Endpoint endpoint_;
   std::size_t max_inflight_;
   std::uint32_t max_delivery_attempts_;
+  DeadLetterSink dead_letter_sink_;
   std::map<std::int32_t, Lane> lanes_;  // ordered: highest priority (lowest number) first
   std::weak_ptr<Consumer> consumer_;
   const Consumer* consumer_raw_ = nullptr;

@@ -224,6 +224,7 @@ Status Hub::start() {
   if (config_.mqtt.tls_port != 0) CAIRN_TRY(listen(config_.mqtt.tls_port, true, tls_port_));
   if (config_.mqtt.plain_port != 0) CAIRN_TRY(listen(config_.mqtt.plain_port, false, plain_port_));
 
+  load_dead_letters();
   // Queues left by an earlier run: their endpoints must read them back from disk.
   std::weak_ptr<Hub> weak = weak_from_this();
   store_.queues([weak, &io = io_](Result<std::vector<store::QueueInfo>> r) {
@@ -353,6 +354,11 @@ std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
   if (it != endpoints_.end()) return it->second;
   auto ep = std::make_shared<Endpoint>(io_, store_, e, config_.mqtt.max_inflight_out,
                                        config_.mqtt.max_delivery_attempts);
+  ep->set_dead_letter_sink(
+      [weak = weak_from_this()](const std::string& key, const std::string& endpoint_id,
+                                const std::string& reason, const std::string& bytes) {
+        if (auto self = weak.lock()) self->keep_dead_letter(key, endpoint_id, reason, bytes);
+      });
   endpoints_.emplace(id, ep);
   if (e.kind == routing::Endpoint::Kind::module_input) {
     auto range = module_consumers_.equal_range(e.module);
@@ -422,17 +428,50 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
 
 void Hub::dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason) {
   const std::uint64_t n = ++counters_.messages_dead_lettered;
-  const std::int64_t now = now_unix_ms();
-  const std::string key = endpoint_id + "/" + std::to_string(now) + "-" + std::to_string(n);
+  const std::string key =
+      endpoint_id + "/" + std::to_string(now_unix_ms()) + "-" + std::to_string(n);
   log::error("hub", "endpoint={} message dead-lettered as {}/{}: {}", endpoint_id, kDeadLetterTable,
              key, reason);
+  keep_dead_letter(key, endpoint_id, reason, encode_message(m));
+}
+
+void Hub::keep_dead_letter(const std::string& key, const std::string& endpoint_id,
+                           const std::string& reason, const std::string& bytes) {
+  const std::int64_t now = now_unix_ms();
   nlohmann::json record{{"endpoint", endpoint_id},
                         {"reason", reason},
                         {"atMs", now},
-                        {"message", crypto::base64_encode(encode_message(m))}};
+                        {"message", crypto::base64_encode(bytes)}};
   store_.put(kDeadLetterTable, key, dump_json(record), [key](Status s) {
     if (!s) log::error("hub", "dead letter {} not stored: {}", key, s.error().to_string());
   });
+  dead_letters_.emplace(now, key);
+  const std::uint32_t cap = config_.store.max_dead_letters;
+  while (cap != 0 && dead_letters_.size() > cap) {
+    const auto oldest = dead_letters_.begin();
+    log::warn("hub", "dead letter {} dropped: more than store.max_dead_letters ({}) are kept",
+              oldest->second, cap);
+    store_.erase(kDeadLetterTable, oldest->second, [key = oldest->second](Status s) {
+      if (!s) log::error("hub", "dead letter {} not dropped: {}", key, s.error().to_string());
+    });
+    dead_letters_.erase(oldest);
+    ++counters_.dead_letters_dropped;
+  }
+}
+
+void Hub::load_dead_letters() {
+  // At start only (a synchronous read of at most store.max_dead_letters small records, unless
+  // the cap was lowered): the next dead letter trims the table to the cap.
+  auto rows = store_.list(kDeadLetterTable);
+  if (!rows) {
+    log::error("hub", "cannot list dead letters: {}", rows.error().to_string());
+    return;
+  }
+  for (const auto& [key, value] : *rows) {
+    auto record = nlohmann::json::parse(value, nullptr, false);
+    const std::int64_t at_ms = record.is_object() ? record.value("atMs", std::int64_t{0}) : 0;
+    dead_letters_.emplace(at_ms, key);
+  }
 }
 
 void Hub::list_dead_letters(net::HttpRespond respond) {
@@ -653,6 +692,9 @@ nlohmann::json Hub::status() const {
         {"sessionsFailed", counters_.sessions_failed},
         {"messagesUndeliverable", counters_.messages_undeliverable},
         {"messagesDeadLettered", dead_lettered},
+        // In the dead-letter table now, and the oldest dropped to keep it under the cap.
+        {"deadLetters", dead_letters_.size()},
+        {"deadLettersDropped", counters_.dead_letters_dropped},
         // The store drops expired entries (periodically and when reading) and counts each once.
         {"messagesExpired", st.expired_total}}},
       // Times a client reached each named limit, by setting.

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -62,6 +63,8 @@ struct HubCounters {
     std::uint64_t max_property_bytes = 0;    // publishes refused
     std::uint64_t max_inflight_in = 0;       // times reading from a client was paused
   } limits;
+  // Oldest dead letters dropped to keep the table at store.max_dead_letters.
+  std::uint64_t dead_letters_dropped = 0;
 };
 
 // What the hub's role supplies (services.hpp). Not owned: each must outlive the hub. Without
@@ -145,6 +148,8 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // A stored message its endpoint can never deliver (a poison message): kept in the store's
   // dead-letter table (kDeadLetterTable, key "{endpoint}/{unix ms}-{n}") with the reason,
   // counted, and logged. The caller then settles the entry so the queue behind it moves on.
+  // The table holds at most store.max_dead_letters: beyond it the oldest one is deleted,
+  // logged and counted (dead_letters_dropped).
   void dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason);
   // GET /deadletters lists at most this many (the oldest first per endpoint), with the total.
   static constexpr std::size_t kMaxDeadLettersListed = 1000;
@@ -183,6 +188,10 @@ class Hub : public std::enable_shared_from_this<Hub> {
   std::shared_ptr<Endpoint> endpoint(const routing::Endpoint& e);
   void schedule_expiry(bool more_waiting = false);
   void release_unauthenticated_slot(const std::string& address);
+  // Stores a dead letter and drops the oldest ones beyond store.max_dead_letters.
+  void keep_dead_letter(const std::string& key, const std::string& endpoint_id,
+                        const std::string& reason, const std::string& bytes);
+  void load_dead_letters();
 
   asio::io_context& io_;
   HubConfig config_;
@@ -208,6 +217,8 @@ class Hub : public std::enable_shared_from_this<Hub> {
   std::uint64_t store_expired_total_ = 0;
   bool stopping_ = false;
   HubCounters counters_;
+  // The dead letters in the store, oldest first: (atMs, key).
+  std::set<std::pair<std::int64_t, std::string>> dead_letters_;
 };
 
 }  // namespace cairn::hub

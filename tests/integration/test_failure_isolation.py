@@ -301,6 +301,60 @@ def test_message_failing_delivery_n_times_is_dead_lettered_and_the_queue_moves_o
     filt.close()
 
 
+def test_dead_letters_are_capped_the_oldest_dropped_and_counted(cairnd_factory, module_client):
+    cairnd = cairnd_factory(config={"mqtt.max_delivery_attempts": 1, "store.max_dead_letters": 2})
+    sensor = module_client(cairnd, "sensor")
+    poison = [f"poison-{i}".encode() for i in range(3)]
+    for payload in poison + [b"after"]:
+        sensor.publish_acked(payload, output="temp")
+    # One failed delivery each: the module takes the message and goes away unacknowledged; on
+    # its next connection that message is dead-lettered and the next one is sent.
+    for i, payload in enumerate(poison):
+        filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+        assert next_publish(filt)[2] == payload
+        filt.close()
+        wait_for(lambda: cairnd.status()["endpoints"]["filter/in"]["failedDeliveries"] == i + 1,
+                 what=f"failed delivery {i + 1} counted")
+    filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+    _, packet_id, payload, _ = next_publish(filt)
+    assert payload == b"after"
+    filt.send(puback_packet(packet_id))
+    filt.close()
+
+    # Three dead letters, the table holds two: the oldest went, counted.
+    counters = cairnd.status()["counters"]
+    assert counters["messagesDeadLettered"] == 3, counters
+    assert counters["deadLetters"] == 2 and counters["deadLettersDropped"] == 1, counters
+    text = metrics(cairnd)
+    assert "cairn_dead_letters 2" in text and "cairn_dead_letters_dropped_total 1" in text
+    listed = json.loads(cairnd.cli("deadletters").stdout)
+    assert listed["total"] == 2, listed
+    assert "delivery failed 1 times" in listed["deadLetters"][0]["reason"]
+
+    # After a restart the cap still holds: the table is read back at start.
+    cairnd.restart()
+    assert cairnd.status()["counters"]["deadLetters"] == 2
+    sensor = module_client(cairnd, "sensor")
+    sensor.publish_acked(b"poison-3", output="temp")
+    filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+    assert next_publish(filt)[2] == b"poison-3"
+    filt.close()
+    wait_for(lambda: cairnd.status()["endpoints"]["filter/in"]["failedDeliveries"] == 1,
+             what="failed delivery counted after the restart")
+    filt = raw_module(cairnd, "filter", [(cairnd.inputs_filter("filter"), 1)])
+    wait_for(lambda: cairnd.status()["counters"]["deadLettersDropped"] == 1
+             and cairnd.status()["counters"]["deadLetters"] == 2
+             and cairnd.status()["counters"]["messagesDeadLettered"] == 1,
+             what="the fourth dead letter to replace the oldest")
+    filt.close()
+    listed = json.loads(cairnd.cli("deadletters").stdout)
+    assert listed["total"] == 2, listed
+    # Keys end in "-{priority}-{seq}": poison-2 (seq 3) and poison-3 (seq 5) are kept.
+    seqs = sorted(int(d["key"].rsplit("-", 1)[1]) for d in listed["deadLetters"])
+    assert seqs == [3, 5], listed
+    cairnd.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Finding 5: cairn-cloud's telemetry ingestion and store errors
 
