@@ -98,14 +98,20 @@ def test_packet_split_byte_by_byte(cairnd, raw_mqtt, module_client):
     assert m.props["k"] == "v"
 
 
-def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
+def subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client):
+    """A "filter" module subscribed to its inputs, a raw connection for module "sensor", the
+    sensor's CONNECT packet (not sent yet) and its telemetry topic."""
     filt = module_client(cairnd, "filter")
     filt.subscribe_inputs()
     cairnd.create_identity("sensor")
     c = raw_mqtt(cairnd)
     data = connect_packet(cairnd.client_id("sensor"), cairnd.username("sensor"),
                           cairnd.token("sensor"))
-    topic = cairnd.events_topic("sensor", {"$.on": "temp"})
+    return filt, c, data, cairnd.events_topic("sensor", {"$.on": "temp"})
+
+
+def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
+    filt, c, data, topic = subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client)
     n = 200
     for i in range(1, n + 1):
         data += publish_packet(topic, f"m{i}".encode(), qos=1, packet_id=i)
@@ -121,13 +127,7 @@ def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
 def test_puback_order_includes_twin_and_method_publishes(cairnd, raw_mqtt, module_client):
     # Twin requests and method responses are answered at once, telemetry after its store
     # commit: their PUBACKs must still leave in the order the PUBLISHes came [MQTT-4.6.0-2].
-    filt = module_client(cairnd, "filter")
-    filt.subscribe_inputs()
-    cairnd.create_identity("sensor")
-    c = raw_mqtt(cairnd)
-    data = connect_packet(cairnd.client_id("sensor"), cairnd.username("sensor"),
-                          cairnd.token("sensor"))
-    topic = cairnd.events_topic("sensor", {"$.on": "temp"})
+    filt, c, data, topic = subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client)
     n = 120
     for i in range(1, n + 1):
         if i % 3 == 1:
