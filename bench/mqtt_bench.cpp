@@ -16,6 +16,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <fmt/format.h>
@@ -112,11 +114,25 @@ awaitable<Status> connect_client(std::shared_ptr<net::MqttClient> client, std::s
   co_return Status{};
 }
 
+// `rate`: publishes per second of this publisher; 0 = as fast as the in-flight window allows.
 awaitable<void> publish_loop(Publisher* publisher, RunShared* shared, std::size_t payload_bytes,
-                             std::uint8_t qos) {
+                             std::uint8_t qos, double rate) {
   auto client = publisher->client;
   std::string payload(payload_bytes, 'x');
+  asio::steady_timer pace(client->get_executor());
+  const auto paced_start = Clock::now();
+  std::uint64_t count = 0;
   while (!shared->stop.load(std::memory_order_relaxed)) {
+    if (rate > 0) {
+      // On a fixed schedule (not "interval after the last one"), so a late wake-up does not
+      // lower the rate; the stamp is taken after the wait, when the message really leaves.
+      pace.expires_at(paced_start +
+                      std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double>(static_cast<double>(count) / rate)));
+      boost::system::error_code ignored;
+      co_await pace.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      ++count;
+    }
     // Stamp only once the client can take the packet, so the latency does not include our
     // own wait for an in-flight slot.
     auto ready = co_await client->wait_until_ready(qos);
@@ -155,8 +171,10 @@ struct RunResult {
   std::optional<std::uint64_t> rss_idle_kib;
   std::optional<std::uint64_t> rss_max_kib;
   std::optional<double> broker_cpu_percent;
+  std::optional<double> broker_cpu_s;  // in the measured window
   double bench_cpu_percent = 0;
   double startup_ms = 0;
+  double paced_rate = 0;  // total publishes per second asked for; 0: saturated
 };
 
 struct StartupFigures {
@@ -247,8 +265,9 @@ std::future<Status> spawn_status(const asio::any_io_executor& executor, awaitabl
   return future;
 }
 
+// `rate`: total publishes per second for a paced workload, 0 when saturated.
 RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOptions& options,
-                       const std::string& dir) {
+                       const std::string& dir, double rate) {
   RunResult result;
   const std::string label = fmt::format("{} {}", to_string(kind), w.name);
   auto port = free_loopback_port();
@@ -257,7 +276,7 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
     return result;
   }
   auto prepared =
-      prepare_broker(kind, programs_of(options), dir, *port, w.publishers, w.subscribers);
+      prepare_broker(kind, programs_of(options), dir, *port, w.publishers, w.subscribers, w.tls);
   if (!prepared) {
     result.error = prepared.error().message;
     return result;
@@ -293,6 +312,8 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
     o.password = setup.password;
     o.keep_alive_s = 60;
     o.connect_timeout = 10s;
+    o.tls = w.tls;
+    o.tls_verify_peer = false;  // loopback, the broker's own certificate: costs are what count
     return o;
   };
 
@@ -356,7 +377,8 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
   if (error.empty()) {
     for (auto& pub : publishers) {
       asio::co_spawn(pub->client->get_executor(),
-                     publish_loop(pub.get(), &shared, w.payload_bytes, w.qos),
+                     publish_loop(pub.get(), &shared, w.payload_bytes, w.qos,
+                                  rate / static_cast<double>(w.publishers)),
                      [](std::exception_ptr e) {
                        if (e) std::rethrow_exception(e);
                      });
@@ -392,11 +414,11 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
       if (now - last_report >= 1s) {
         std::uint64_t received = 0;
         for (auto& s : subscribers) received += s->received_total.load(std::memory_order_relaxed);
-        const double rate =
+        const double delivered_rate =
             static_cast<double>(received - last_received) / seconds_between(last_report, now);
         progress(fmt::format("{}: {} t={:.0f}s delivered {} ({:.0f} msg/s)", label,
                              shared.phase.load() == kWarmup ? "warm-up" : "measure",
-                             seconds_between(t_start, now), received, rate));
+                             seconds_between(t_start, now), received, delivered_rate));
         last_report = now;
         last_received = received;
       }
@@ -412,7 +434,8 @@ RunResult run_workload(TargetKind kind, const Workload& w, const MqttBenchOption
     if (error.empty()) {
       result.window_s = seconds_between(measure_began, measure_ended);
       if (broker_cpu_begin && broker_cpu_end) {
-        result.broker_cpu_percent = 100.0 * (*broker_cpu_end - *broker_cpu_begin) / result.window_s;
+        result.broker_cpu_s = *broker_cpu_end - *broker_cpu_begin;
+        result.broker_cpu_percent = 100.0 * *result.broker_cpu_s / result.window_s;
       }
       result.bench_cpu_percent = 100.0 * (own_cpu_end - own_cpu_begin) / result.window_s;
     }
@@ -479,6 +502,12 @@ std::string one_line(std::string text) {
 }
 
 double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
+
+// The broker's CPU time (user + system, all threads) per delivered message.
+double cpu_us_per_msg(const RunResult& r) {
+  return r.broker_cpu_s && r.received > 0 ? 1e6 * *r.broker_cpu_s / static_cast<double>(r.received)
+                                          : 0.0;
+}
 double mib(std::uint64_t kib) { return static_cast<double>(kib) / 1024.0; }
 
 nlohmann::json run_json(const RunResult& r, const Workload& w) {
@@ -506,24 +535,57 @@ nlohmann::json run_json(const RunResult& r, const Workload& w) {
                                 ? nlohmann::json(std::round(*r.broker_cpu_percent * 10) / 10)
                                 : nlohmann::json();
   j["bench_cpu_percent"] = std::round(r.bench_cpu_percent * 10) / 10;
+  j["broker_cpu_us_per_msg"] = r.broker_cpu_s && r.received > 0
+                                   ? nlohmann::json(std::round(cpu_us_per_msg(r) * 100) / 100)
+                                   : nlohmann::json();
+  j["paced_msgs_per_s"] = r.paced_rate > 0 ? nlohmann::json(r.paced_rate) : nlohmann::json();
   j["startup_ms"] = r.startup_ms;
   j["error"] = nullptr;
   return j;
+}
+
+Workload workload(std::string name, int publishers, int subscribers, std::uint8_t qos,
+                  std::size_t inflight, bool tls = false, std::string paced_of = {}) {
+  Workload w;
+  w.name = std::move(name);
+  w.publishers = publishers;
+  w.subscribers = subscribers;
+  w.qos = qos;
+  w.inflight = inflight;
+  w.tls = tls;
+  w.paced_of = std::move(paced_of);
+  return w;
 }
 
 }  // namespace
 
 std::vector<Workload> default_suite(std::size_t inflight) {
   return {
-      {"1to1-q1-256B", 1, 1, 1, 256, inflight},
-      {"4to1-q1-256B", 4, 1, 1, 256, inflight},
-      {"1to4-q1-256B", 1, 4, 1, 256, inflight},
-      {"1to1-q0-256B", 1, 1, 0, 256, inflight},
+      workload("1to1-q1-256B", 1, 1, 1, inflight),
+      workload("4to1-q1-256B", 4, 1, 1, inflight),
+      workload("1to4-q1-256B", 1, 4, 1, inflight),
+      workload("1to1-q0-256B", 1, 1, 0, inflight),
   };
+}
+
+std::vector<Workload> full_suite(std::size_t inflight) {
+  auto suite = default_suite(inflight);
+  const std::vector<Workload> more = {
+      workload("1to1-q1-tls-100", 1, 1, 1, 100, true),
+      workload("10to1-q1-256B", 10, 1, 1, inflight),
+      workload("100to1-q1-256B", 100, 1, 1, inflight),
+      workload("1to10-q1-256B", 1, 10, 1, inflight),
+      workload("1to100-q1-256B", 1, 100, 1, inflight),
+      workload("1to1-q1-half", 1, 1, 1, inflight, false, "1to1-q1-256B"),
+      workload("1to1-q1-tls-100-half", 1, 1, 1, 100, true, "1to1-q1-tls-100"),
+  };
+  suite.insert(suite.end(), more.begin(), more.end());
+  return suite;
 }
 
 std::optional<std::vector<Workload>> suite_by_name(const std::string& name, std::size_t inflight) {
   if (name == "default") return default_suite(inflight);
+  if (name == "full") return full_suite(inflight);
   return std::nullopt;
 }
 
@@ -560,13 +622,34 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
         results[i][kind].error = "not run: broker does not start: " + startup[kind].error;
         continue;
       }
-      progress(
-          fmt::format("{} {}: {} pub -> {} sub, QoS {}, {} B, in-flight {}; warm-up {} s, "
-                      "measure {} s",
-                      to_string(kind), w.name, w.publishers, w.subscribers, w.qos, w.payload_bytes,
-                      w.inflight, options.warmup_s, options.duration_s));
+      double rate = 0;
+      if (!w.paced_of.empty()) {
+        // The same rate for both brokers: a fraction of what mosquitto delivered saturated.
+        const RunResult* saturated = nullptr;
+        int saturated_subscribers = 1;
+        for (std::size_t k = 0; k < i; ++k) {
+          if (options.workloads[k].name == w.paced_of && results[k].count(TargetKind::kMosquitto)) {
+            saturated = &results[k][TargetKind::kMosquitto];
+            saturated_subscribers = options.workloads[k].subscribers;
+          }
+        }
+        if (saturated == nullptr || !saturated->error.empty() || saturated->received == 0) {
+          results[i][kind].error = "not run: needs mosquitto's saturated result of " + w.paced_of;
+          all_ok = false;
+          continue;
+        }
+        rate = w.pace_fraction * static_cast<double>(saturated->received) / saturated->window_s /
+               static_cast<double>(saturated_subscribers);
+      }
+      progress(fmt::format(
+          "{} {}: {} pub -> {} sub, QoS {}, {} B, in-flight {}{}{}; warm-up {} s, "
+          "measure {} s",
+          to_string(kind), w.name, w.publishers, w.subscribers, w.qos, w.payload_bytes, w.inflight,
+          w.tls ? ", TLS" : "", rate > 0 ? fmt::format(", paced at {:.0f} msg/s", rate) : "",
+          options.warmup_s, options.duration_s));
       results[i][kind] = run_workload(
-          kind, w, options, (work / fmt::format("{}-{}", to_string(kind), w.name)).string());
+          kind, w, options, (work / fmt::format("{}-{}", to_string(kind), w.name)).string(), rate);
+      results[i][kind].paced_rate = rate;
       if (!results[i][kind].error.empty()) {
         all_ok = false;
         progress(fmt::format("{} {}: FAILED: {}", to_string(kind), w.name, results[i][kind].error));
@@ -594,16 +677,16 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
     std::printf("%-10s %12.1f %22s %13.1f\n", std::string(to_string(kind)).c_str(), f.best_ms(),
                 all.c_str(), f.idle_rss_kib ? mib(*f.idle_rss_kib) : 0.0);
   }
-  std::printf("\n%-14s %-10s %12s %12s %7s %9s %9s %10s %9s %8s %8s\n", "workload", "target",
+  std::printf("\n%-20s %-10s %12s %12s %7s %9s %9s %10s %9s %8s %10s %8s\n", "workload", "target",
               "delivered/s", "sent/s", "deliv%", "p50 us", "p99 us", "max us", "RSS MiB",
-              "brk CPU%", "cli CPU%");
+              "brk CPU%", "CPU us/msg", "cli CPU%");
   for (std::size_t i = 0; i < options.workloads.size(); ++i) {
     const auto& w = options.workloads[i];
     for (auto kind : targets) {
       const auto& r = results[i][kind];
       const std::string name = std::string(to_string(kind));
       if (!r.error.empty()) {
-        std::printf("%-14s %-10s FAILED: %s\n", w.name.c_str(), name.c_str(),
+        std::printf("%-20s %-10s FAILED: %s\n", w.name.c_str(), name.c_str(),
                     one_line(r.error).c_str());
         continue;
       }
@@ -612,18 +695,18 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
       const double ratio = r.sent == 0 ? 0
                                        : 100.0 * static_cast<double>(r.received) /
                                              (static_cast<double>(r.sent) * w.subscribers);
-      std::printf("%-14s %-10s %12s %12s %7.1f %9.0f %9.0f %10.0f %9.1f %8.0f %8.0f\n",
+      std::printf("%-20s %-10s %12s %12s %7.1f %9.0f %9.0f %10.0f %9.1f %8.0f %10.2f %8.0f\n",
                   w.name.c_str(), name.c_str(), with_commas(delivered).c_str(),
                   with_commas(sent).c_str(), ratio, us(r.latency.quantile(0.5)),
                   us(r.latency.quantile(0.99)), us(r.latency.max()),
                   r.rss_max_kib ? mib(*r.rss_max_kib) : 0.0, r.broker_cpu_percent.value_or(0),
-                  r.bench_cpu_percent);
+                  cpu_us_per_msg(r), r.bench_cpu_percent);
     }
     if (results[i].count(TargetKind::kCairn) && results[i].count(TargetKind::kMosquitto)) {
       const auto& c = results[i][TargetKind::kCairn];
       const auto& m = results[i][TargetKind::kMosquitto];
       if (c.error.empty() && m.error.empty() && m.received > 0) {
-        std::printf("%-14s %-10s %11.2fx\n", "", "ratio c/m",
+        std::printf("%-20s %-10s %11.2fx\n", "", "ratio c/m",
                     (static_cast<double>(c.received) / c.window_s) /
                         (static_cast<double>(m.received) / m.window_s));
       }
@@ -659,7 +742,8 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
     const auto& w = options.workloads[i];
     nlohmann::json j = {
         {"name", w.name}, {"publishers", w.publishers},       {"subscribers", w.subscribers},
-        {"qos", w.qos},   {"payload_bytes", w.payload_bytes}, {"inflight", w.inflight}};
+        {"qos", w.qos},   {"payload_bytes", w.payload_bytes}, {"inflight", w.inflight},
+        {"tls", w.tls}};
     nlohmann::json per_target = nlohmann::json::object();
     for (auto kind : targets)
       per_target[std::string(to_string(kind))] = run_json(results[i][kind], w);

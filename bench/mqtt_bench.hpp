@@ -23,6 +23,12 @@ struct Workload {
   std::uint8_t qos = 1;
   std::size_t payload_bytes = 256;  // >= 16: the send timestamp lives in the first 16 bytes
   std::size_t inflight = 16;        // per publisher: QoS 1 awaiting PUBACK / QoS 0 unwritten
+  bool tls = false;                 // MQTT over TLS (both brokers; the client does not verify)
+  // Paced instead of saturated: the publishers together send `pace_fraction` of the rate
+  // mosquitto delivered per subscriber in workload `paced_of` of the same run (which must come
+  // earlier in the suite). Empty: as fast as the in-flight window allows.
+  std::string paced_of;
+  double pace_fraction = 0.5;
 };
 
 struct MqttBenchOptions {
@@ -42,7 +48,11 @@ struct MqttBenchOptions {
 
 // The default suite: 1->1, 4->1 and 1->4 at QoS 1, and 1->1 at QoS 0; 256-byte payloads.
 std::vector<Workload> default_suite(std::size_t inflight);
-// Suite names accepted by suite_by_name(); "default" is the only one today.
+// The "full" suite: the default one plus 1->1 with 100 in flight over TLS (the shape of an
+// outside libmosquitto load generator), fan-in and fan-out at 10 and 100 clients, and the
+// latency of 1->1 (plain and TLS) paced at half of mosquitto's saturated rate.
+std::vector<Workload> full_suite(std::size_t inflight);
+// Suite names accepted by suite_by_name(): "default" and "full".
 std::optional<std::vector<Workload>> suite_by_name(const std::string& name, std::size_t inflight);
 
 // Runs everything and prints the report. Returns the process exit code: 0 if every

@@ -10,7 +10,9 @@
 #include "bench/process.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "net/certs.hpp"
 #include "net/service_client.hpp"
+#include <unistd.h>
 
 namespace cairn::bench {
 
@@ -78,7 +80,8 @@ std::string cairn_manifest(int subscribers) {
 }
 
 Result<PreparedBroker> prepare_mosquitto(const Programs& programs, const std::filesystem::path& dir,
-                                         std::uint16_t port, int publishers, int subscribers) {
+                                         std::uint16_t port, int publishers, int subscribers,
+                                         bool tls) {
   PreparedBroker b;
   b.kind = TargetKind::kMosquitto;
   b.port = port;
@@ -87,8 +90,23 @@ Result<PreparedBroker> prepare_mosquitto(const Programs& programs, const std::fi
   // Defaults otherwise (max_inflight_messages 20, max_queued_messages 1000). TCP_NODELAY
   // because cairnd and the bench clients set it too; without it Nagle adds delay to small
   // packets and the latency comparison would measure that instead.
-  auto written = write_file(conf, "listener " + std::to_string(port) +
-                                      " 127.0.0.1\nallow_anonymous true\npersistence false\n"
+  std::string tls_lines;
+  if (tls) {
+    // A certificate like cairnd's (same key type, same chain length), so both brokers pay
+    // the same handshake and record costs.
+    net::CertificateOptions options;
+    options.dns_names = {"localhost"};
+    options.ip_addresses = {"127.0.0.1"};
+    auto certs = net::ensure_edge_certificates((dir / "tls").string(), options);
+    if (!certs) return std::move(certs).error();
+    tls_lines =
+        "certfile " + certs->server_cert_path + "\nkeyfile " + certs->server_key_path + "\n";
+    // Started as root, mosquitto drops to user "mosquitto", which cannot read the key in our
+    // private work directory; stay the user that started it, like cairnd.
+    if (::geteuid() == 0) tls_lines += "user root\n";
+  }
+  auto written = write_file(conf, "listener " + std::to_string(port) + " 127.0.0.1\n" + tls_lines +
+                                      "allow_anonymous true\npersistence false\n"
                                       "set_tcp_nodelay true\nlog_dest stderr\n"
                                       "log_type error\nlog_type warning\n");
   if (!written) return std::move(written).error();
@@ -103,7 +121,8 @@ Result<PreparedBroker> prepare_mosquitto(const Programs& programs, const std::fi
 }
 
 Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesystem::path& dir,
-                                     std::uint16_t port, int publishers, int subscribers) {
+                                     std::uint16_t port, int publishers, int subscribers,
+                                     bool tls) {
   PreparedBroker b;
   b.kind = TargetKind::kCairn;
   b.port = port;
@@ -112,12 +131,13 @@ Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesy
   std::error_code ec;
   std::filesystem::create_directories(home, ec);
   if (ec) return make_error(errc::io_error, "mkdir " + home.string() + ": " + ec.message());
-  auto written = write_file(home / "config.toml",
-                            "device_id = \"" + std::string(kDeviceId) +
-                                "\"\nhostname = \"localhost\"\n[mqtt]\nlisten = \"127.0.0.1\"\n"
-                                "tls_port = 0\nplain_port = " +
-                                std::to_string(port) + "\n[store]\nfsync = " +
-                                (programs.cairn_fsync ? "true" : "false") + "\n");
+  auto written = write_file(
+      home / "config.toml",
+      "device_id = \"" + std::string(kDeviceId) +
+          "\"\nhostname = \"localhost\"\n[mqtt]\nlisten = \"127.0.0.1\"\n" +
+          std::string(tls ? "plain_port = 0\ntls_port = " : "tls_port = 0\nplain_port = ") +
+          std::to_string(port) + "\n[store]\nfsync = " + (programs.cairn_fsync ? "true" : "false") +
+          "\n");
   if (!written) return std::move(written).error();
   const auto manifest = dir / "manifest.json";
   written = write_file(manifest, cairn_manifest(subscribers));
@@ -153,14 +173,17 @@ std::string_view to_string(TargetKind kind) noexcept {
 
 Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
                                       const std::string& dir, std::uint16_t port, int publishers,
-                                      int subscribers) {
+                                      int subscribers, bool tls) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return make_error(errc::io_error, "mkdir " + dir + ": " + ec.message());
   auto prepared = kind == TargetKind::kCairn
-                      ? prepare_cairn(programs, dir, port, publishers, subscribers)
-                      : prepare_mosquitto(programs, dir, port, publishers, subscribers);
-  if (prepared) prepared->dir = dir;
+                      ? prepare_cairn(programs, dir, port, publishers, subscribers, tls)
+                      : prepare_mosquitto(programs, dir, port, publishers, subscribers, tls);
+  if (prepared) {
+    prepared->dir = dir;
+    prepared->tls = tls;
+  }
   return prepared;
 }
 

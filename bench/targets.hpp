@@ -46,15 +46,19 @@ struct PreparedBroker {
   std::string log_path;           // its stdout/stderr
   std::string home;               // cairn: cairnd's --home
   std::string dir;                // work directory of this broker
+  bool tls = false;               // the listener speaks MQTT over TLS
   std::vector<ClientSetup> publishers;
   std::vector<ClientSetup> subscribers;
 };
 
 // Writes the broker's configuration under `dir` (created if missing) and returns how to start
 // it. The client lists get ids and topics; credentials come from provision_clients().
+// `tls`: the one listener is MQTT over TLS (cairnd's own edge certificate; for mosquitto one
+// made the same way under `dir`).
 [[nodiscard]] Result<PreparedBroker> prepare_broker(TargetKind kind, const Programs& programs,
                                                     const std::string& dir, std::uint16_t port,
-                                                    int publishers, int subscribers);
+                                                    int publishers, int subscribers,
+                                                    bool tls = false);
 
 // Fills in the clients' credentials. REQUIRES: the broker started from `prepared` runs. For
 // cairn this runs `cairn --home H identity create MODULE` per module (the CLI talks to cairnd

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   std::size_t inflight = 16;
   std::string target = "both";
   std::string suite;
+  bool tls = false;
 
   auto* mqtt = app.add_subcommand(
       "mqtt",
@@ -88,8 +89,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   mqtt->add_option("--mosquitto", options.mosquitto_path, "mosquitto binary")
       ->capture_default_str();
-  mqtt->add_option("--suite", suite, "Named workload suite: default")
-      ->check(CLI::IsMember({"default"}));
+  mqtt->add_option("--suite", suite,
+                   "Named workload suite: default, or full (adds 100 in flight over TLS, fan-in "
+                   "and fan-out at 10 and 100 clients, and latency at half of mosquitto's rate)")
+      ->check(CLI::IsMember({"default", "full"}));
+  mqtt->add_flag("--tls", tls, "Single workload: MQTT over TLS on both brokers");
   mqtt->add_option("--threads", options.threads, "Client I/O threads (each client has a strand)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
@@ -321,8 +325,9 @@ int main(int argc, char** argv) {
     w.qos = static_cast<std::uint8_t>(qos);
     w.payload_bytes = payload;
     w.inflight = inflight;
+    w.tls = tls;
     w.name = std::to_string(publishers) + "to" + std::to_string(subscribers) + "-q" +
-             std::to_string(qos) + "-" + std::to_string(payload) + "B";
+             std::to_string(qos) + "-" + std::to_string(payload) + "B" + (tls ? "-tls" : "");
     options.workloads.push_back(w);
   }
   options.run_cairn = target != "mosquitto";

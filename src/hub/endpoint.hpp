@@ -51,8 +51,9 @@ using DeadLetterSink = std::function<void(const std::string& key, const std::str
 class Consumer {
  public:
   virtual ~Consumer() = default;
-  // Queues a QoS 1 PUBLISH of `m` for input `input`; `on_ack` runs when the consumer's PUBACK
-  // arrives. Returns false if the consumer is closing (the message is then not sent).
+  // Queues a PUBLISH of `m` for input `input`; `on_ack` runs when the consumer's PUBACK
+  // arrives (QoS 1), or once the socket took it (a QoS 0 subscription). Returns false if the
+  // consumer is closing (the message is then not sent).
   virtual bool deliver(const std::string& input, const Message& m, bool dup,
                        std::function<void()> on_ack) = 0;
 };

@@ -1,6 +1,7 @@
 #include "hub/hub.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
@@ -86,7 +87,8 @@ Hub::Hub(asio::io_context& io, HubConfig config, store::MessageStore& store)
       store_(store),
       identities_(store, config_.device_id),
       default_ttl_secs_(config_.default_ttl_secs),
-      expiry_timer_(io) {}
+      expiry_timer_(io),
+      commits_(std::make_shared<CommitInbox>(io)) {}
 
 Hub::~Hub() = default;
 
@@ -405,25 +407,54 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
   }
   auto message = std::make_shared<const Message>(std::move(m));
   std::weak_ptr<Hub> weak = weak_from_this();
-  store_.append(
-      encode_message(*message), targets,
-      [weak, &io = io_, message, matches = std::move(matches), targets,
-       done = std::move(done)](Result<std::vector<std::uint64_t>> r) mutable {
-        asio::post(io, [weak, message = std::move(message), matches = std::move(matches),
-                        targets = std::move(targets), done = std::move(done), r = std::move(r)] {
-          auto self = weak.lock();
-          if (!self) return;
-          if (!r) {
-            done(std::move(r).error());
-            return;
-          }
-          for (std::size_t i = 0; i < matches.size(); ++i) {
-            self->endpoint(matches[i].endpoint)
-                ->appended(matches[i].priority, (*r)[i], targets[i].expires_at_ms, message);
-          }
-          done({});
-        });
-      });
+  std::string bytes = encode_message(*message);
+  auto on_commit = [weak, inbox = commits_, message, matches = std::move(matches), targets,
+                    done = std::move(done)](Result<std::vector<std::uint64_t>> r) mutable {
+    inbox->post([weak, message = std::move(message), matches = std::move(matches),
+                 targets = std::move(targets), done = std::move(done), r = std::move(r)] {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!r) {
+        done(std::move(r).error());
+        return;
+      }
+      for (std::size_t i = 0; i < matches.size(); ++i) {
+        self->endpoint(matches[i].endpoint)
+            ->appended(matches[i].priority, (*r)[i], targets[i].expires_at_ms, message);
+      }
+      done({});
+    });
+  };
+  // Handed to the store together once this turn of the event loop is over: every publish read
+  // in it (from every client) goes into one group commit, and the writer wakes once, instead
+  // of waking at the first publish and committing it alone.
+  if (appends_.empty()) {
+    asio::post(io_, [weak] {
+      if (auto self = weak.lock()) self->store_.append_all(std::exchange(self->appends_, {}));
+    });
+  }
+  appends_.push_back(store::MessageStore::AppendRequest{std::move(bytes), std::move(targets),
+                                                        std::move(on_commit)});
+}
+
+void Hub::CommitInbox::post(std::function<void()> handler) {
+  bool first = false;
+  {
+    std::lock_guard lock(mu_);
+    first = ready_.empty();
+    ready_.push_back(std::move(handler));
+  }
+  // One hand-off to the hub thread per group commit, not one per message.
+  if (first) {
+    asio::post(io_, [self = shared_from_this()] {
+      std::vector<std::function<void()>> ready;
+      {
+        std::lock_guard lock(self->mu_);
+        ready.swap(self->ready_);
+      }
+      for (auto& committed : ready) committed();
+    });
+  }
 }
 
 void Hub::dead_letter(const std::string& endpoint_id, const Message& m, const std::string& reason) {

@@ -17,8 +17,10 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -219,6 +221,23 @@ class Hub : public std::enable_shared_from_this<Hub> {
   HubCounters counters_;
   // The dead letters in the store, oldest first: (atMs, key).
   std::set<std::pair<std::int64_t, std::string>> dead_letters_;
+
+  // Appends from this turn of the event loop, handed to the store together.
+  std::vector<store::MessageStore::AppendRequest> appends_;
+  // Append results come back from the store's thread: queued here and run on the hub thread
+  // in one posted handler per group commit. Shared with the store callbacks, which may
+  // outlive the hub.
+  class CommitInbox : public std::enable_shared_from_this<CommitInbox> {
+   public:
+    explicit CommitInbox(asio::io_context& io) : io_(io) {}
+    void post(std::function<void()> handler);
+
+   private:
+    asio::io_context& io_;
+    std::mutex mu_;
+    std::vector<std::function<void()>> ready_;  // guarded by mu_
+  };
+  std::shared_ptr<CommitInbox> commits_;
 };
 
 }  // namespace cairn::hub

@@ -318,11 +318,11 @@ bool Session::on_publish(mqtt::Publish& p) {
       return check_property_limits(*topic) && ingest_telemetry(p, *topic);
     case InboundTopic::Kind::twin_get:
     case InboundTopic::Kind::twin_patch_reported:
-      if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      if (p.qos == 1) acknowledge_in_turn(p.packet_id);
       handle_twin_request(p, *topic);
       return true;
     case InboundTopic::Kind::method_response:
-      if (p.qos == 1) send(mqtt::Puback{p.packet_id});
+      if (p.qos == 1) acknowledge_in_turn(p.packet_id);
       hub_->method_response(principal_, topic->rid, topic->status, p.payload);
       return true;
   }
@@ -423,6 +423,13 @@ bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
   return true;
 }
 
+void Session::acknowledge_in_turn(std::uint16_t packet_id) {
+  // Settled already, but its PUBACK must not overtake those of earlier telemetry publishes
+  // still waiting for their commit [MQTT-4.6.0-2].
+  inbound_.push_back(InboundAck{next_ticket_++, packet_id, true, true});
+  send_ready_pubacks();
+}
+
 void Session::complete_inbound(std::uint64_t ticket, bool ok) {
   for (auto& a : inbound_) {
     if (a.ticket == ticket) {
@@ -431,6 +438,10 @@ void Session::complete_inbound(std::uint64_t ticket, bool ok) {
       break;
     }
   }
+  send_ready_pubacks();
+}
+
+void Session::send_ready_pubacks() {
   while (!inbound_.empty() && inbound_.front().done) {
     if (!inbound_.front().ok) {
       // MQTT 3.1.1 has no negative PUBACK: withholding it and closing makes the client
@@ -580,6 +591,7 @@ bool Session::deliver(const std::string& input, const Message& m, bool dup,
                        false,
                        dup,
                        0};
+  packet.qos = delivery_qos(packet.topic);
   if (auto encodable = mqtt::check_encodable(packet); !encodable) {
     // A poison message (stored before ingest refused such topics): sent, it would be a
     // malformed PUBLISH redelivered on every reconnect. Take it out of the queue instead.
@@ -589,12 +601,30 @@ bool Session::deliver(const std::string& input, const Message& m, bool dup,
     asio::post(lowest(stream_).get_executor(), std::move(on_ack));
     return true;
   }
+  if (packet.qos == 0) {
+    // No PUBACK will come: the message counts as delivered once the socket took it, which
+    // also keeps the endpoint's window the bound on what waits in our buffer.
+    packet.dup = false;
+    send(packet);
+    if (closed_) return false;
+    written_pending_.push_back(std::move(on_ack));
+    return true;
+  }
   std::uint16_t id = next_packet_id();
   if (id == 0) return false;  // 65535 deliveries in flight: cannot happen with sane windows
   packet.packet_id = id;
   outbound_.emplace(id, std::move(on_ack));
   send(packet);
   return !closed_;
+}
+
+std::uint8_t Session::delivery_qos(std::string_view topic) const {
+  // min(publish QoS 1, granted QoS); overlapping subscriptions give the highest [MQTT-3.3.5-1].
+  std::uint8_t qos = 0;
+  for (const auto& s : subscriptions_) {
+    if (s.qos > qos && mqtt::topic_matches(s.filter, topic)) qos = s.qos;
+  }
+  return std::min<std::uint8_t>(qos, 1);
 }
 
 void Session::on_puback(std::uint16_t packet_id) {
@@ -644,12 +674,21 @@ void Session::write_some() {
   if (writing_ || out_pending_.empty()) return;
   writing_ = true;
   std::swap(out_pending_, out_writing_);
+  std::swap(written_pending_, written_writing_);
   auto handler = [self = shared_from_this()](error_code ec, std::size_t) {
     self->writing_ = false;
     self->out_writing_.clear();
     if (ec) {
       self->close("write failed: " + ec.message());
       self->out_pending_.clear();
+    }
+    // Moved out first: a callback delivers more, which may start the next write.
+    auto written = std::move(self->written_writing_);
+    self->written_writing_.clear();
+    if (!self->closed_) {
+      for (auto& done : written) {
+        if (done) done();
+      }
     }
     if (self->closed_ && self->out_pending_.empty()) {
       error_code ignored;
@@ -715,6 +754,7 @@ void Session::close(std::string_view reason, bool graceful) {
     hub_->client_disconnected(principal_);
   }
   outbound_.clear();
+  written_pending_.clear();
   if (!writing_ && out_pending_.empty()) {
     error_code ignored;
     lowest(stream_).shutdown(tcp::socket::shutdown_both, ignored);

@@ -84,6 +84,11 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void arm_keepalive();
   void arm_keepalive_wait();
   void complete_inbound(std::uint64_t ticket, bool ok);
+  // Queues the PUBACK of a publish handled at once behind those still awaiting a commit.
+  void acknowledge_in_turn(std::uint16_t packet_id);
+  void send_ready_pubacks();
+  // QoS of a delivery on `topic`: capped by the best matching subscription's granted QoS.
+  std::uint8_t delivery_qos(std::string_view topic) const;
   void persist_subscriptions(std::function<void(Status)> done);
   Message stamped_message(std::string body, InboundTopic& topic) const;
   void publish_will();
@@ -112,7 +117,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   asio::steady_timer resume_timer_;  // wakes the reader when inbound acks drain
   asio::steady_timer token_timer_;   // closes the connection when its SAS token expires
 
-  // Inbound QoS 1 publishes awaiting commit, in arrival order: (ticket, packet id, done, ok).
+  // Inbound QoS 1 publishes awaiting their PUBACK, in arrival order: (ticket, packet id, done,
+  // ok). Twin and method publishes enter settled, so their PUBACKs keep their turn.
   struct InboundAck {
     std::uint64_t ticket;
     std::uint16_t packet_id;
@@ -128,6 +134,9 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
 
   // Outbound QoS 1 deliveries awaiting PUBACK.
   std::unordered_map<std::uint16_t, std::function<void()>> outbound_;
+  // Outbound QoS 0 deliveries, settled when the write holding them completes.
+  std::vector<std::function<void()>> written_pending_;
+  std::vector<std::function<void()>> written_writing_;
   std::uint16_t last_packet_id_ = 0;
 
   std::vector<mqtt::Subscription> subscriptions_;

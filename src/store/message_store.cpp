@@ -200,6 +200,7 @@ class MessageStore::Impl {
 
   Status open();
   void submit(Op op);
+  void submit_all(std::vector<MessageStore::AppendRequest> requests);
   Stats stats() const;
   Status flush();
   Result<std::optional<std::string>> get(std::string_view table, std::string_view key) const;
@@ -237,6 +238,9 @@ class MessageStore::Impl {
   Status release_body(std::int64_t msg_id);
   Result<QueueState*> queue_for_append(const QueueKey& key);
   Status save_sequences();
+  // With Options::Sync::full: fsync the commit only when the batch holds writes that are
+  // reported durable (appends, key-value writes), not for acks and expiry alone.
+  Status sync_for_batch();
   Status commit();
   void fail_batch(const Error& cause);
   void fail_batch_transiently(const Error& cause);
@@ -276,8 +280,9 @@ class MessageStore::Impl {
   std::int64_t commits_ok_ = 0;
   bool healthy_ = true;
   std::string failure_;
-  bool needs_reload_ = false;  // a transient failure rolled back a batch: reload queues_
-  int wal_pages_ = 0;          // set by the WAL hook during COMMIT, on this thread
+  bool needs_reload_ = false;    // a transient failure rolled back a batch: reload queues_
+  int wal_pages_ = 0;            // set by the WAL hook during COMMIT, on this thread
+  bool fsync_on_commit_ = true;  // the connection's synchronous setting (full: FULL)
   bool checkpoint_failing_ = false;
 };
 
@@ -443,6 +448,20 @@ void MessageStore::Impl::submit(Op op) {
   if (wake) cv_.notify_one();
 }
 
+void MessageStore::Impl::submit_all(std::vector<MessageStore::AppendRequest> requests) {
+  if (requests.empty()) return;
+  bool wake = false;
+  {
+    std::lock_guard lock(mu_);
+    wake = pending_.empty();
+    for (auto& r : requests) {
+      pending_.emplace_back(
+          AppendOp{std::move(r.message), std::move(r.targets), std::move(r.done), {}, {}});
+    }
+  }
+  if (wake) cv_.notify_one();
+}
+
 void MessageStore::Impl::take_pending_locked() {
   if (pending_.size() <= options_.max_batch) {
     // Swapping hands the (empty, already sized) batch buffer back to producers: no allocation
@@ -507,7 +526,8 @@ void MessageStore::Impl::run_batch() {
   });
   if (needs_transaction) {
     delta_ = {};
-    Status s = Query(*writer_db_, Sql::kBegin).run("BEGIN IMMEDIATE");
+    Status s = sync_for_batch();
+    if (s) s = Query(*writer_db_, Sql::kBegin).run("BEGIN IMMEDIATE");
     for (auto it = batch_.begin(); s && it != batch_.end(); ++it) s = execute(*it, now);
     if (s) s = save_sequences();
     if (s) s = commit();
@@ -564,6 +584,27 @@ Status MessageStore::Impl::execute(Op& op, std::int64_t now) {
                         [](FlushOp&) { return Status{}; },
                     },
                     op);
+}
+
+Status MessageStore::Impl::sync_for_batch() {
+  if (options_.sync != Options::Sync::full) return {};
+  // Appends and key-value writes are reported durable, so their commit is fsynced. A batch
+  // of deletions only (acks, expiry) is not: committed to the WAL it survives a crash of the
+  // process at once, and the next fsynced commit makes it power-cut safe as well (the WAL is
+  // written and synced in order). A power cut before that can only bring acknowledged entries
+  // back for another delivery, which the contract allows for any ack; it saves an fsync per
+  // batch of acknowledgements, which otherwise delays the next batch of appends.
+  const bool needs_fsync = std::any_of(batch_.begin(), batch_.end(), [](const Op& op) {
+    return std::holds_alternative<AppendOp>(op) || std::holds_alternative<PutOp>(op) ||
+           std::holds_alternative<EraseOp>(op);
+  });
+  if (needs_fsync == fsync_on_commit_) return {};
+  // Fails the batch if it cannot be set: appends must never commit without their fsync.
+  CAIRN_TRY(
+      writer_db_->exec(needs_fsync ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+                       "set synchronous for the batch"));
+  fsync_on_commit_ = needs_fsync;
+  return {};
 }
 
 Status MessageStore::Impl::commit() {
@@ -1046,6 +1087,10 @@ MessageStore::~MessageStore() = default;
 
 void MessageStore::append(std::string message, std::vector<Target> targets, AppendDone done) {
   impl_->submit(AppendOp{std::move(message), std::move(targets), std::move(done), {}, {}});
+}
+
+void MessageStore::append_all(std::vector<AppendRequest> requests) {
+  impl_->submit_all(std::move(requests));
 }
 
 void MessageStore::ack(QueueKey queue, std::uint64_t seq, Done done) {

@@ -9,7 +9,9 @@
 // Durability contract: append() calls `done` only after the transaction holding the message
 // has committed (group commit: every append waiting when the writer wakes goes into one
 // transaction). With Options::sync = full the commit is fsynced and survives power loss; with
-// normal it survives a crash of the process (kill -9) but not of the machine.
+// normal it survives a crash of the process (kill -9) but not of the machine. A batch of acks
+// (and expiry) alone is committed without an fsync in both modes: a power cut before the next
+// fsynced commit may bring those entries back, to be delivered again, never lose a message.
 //
 // Failure policy (docs/failure_policy.md): a transient write failure (disk full, database
 // locked by another process: errc::unavailable) fails the batch — the writers get
@@ -122,6 +124,15 @@ class MessageStore {
   // Stores `message` once and appends a reference to it to every target queue, atomically.
   // REQUIRES: targets is not empty and names each queue at most once.
   void append(std::string message, std::vector<Target> targets, AppendDone done);
+
+  struct AppendRequest {
+    std::string message;
+    std::vector<Target> targets;
+    AppendDone done;
+  };
+  // append() for each request, in order, handed over at once: they go into the same group
+  // commit (up to max_batch) and cost the caller one lock and the writer one wake-up.
+  void append_all(std::vector<AppendRequest> requests);
 
   // Removes entry `seq` of `queue` (and every earlier entry of that queue). Idempotent. The
   // removal is committed with the next group commit; `done` (optional) runs after it.

@@ -98,14 +98,20 @@ def test_packet_split_byte_by_byte(cairnd, raw_mqtt, module_client):
     assert m.props["k"] == "v"
 
 
-def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
+def subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client):
+    """A "filter" module subscribed to its inputs, a raw connection for module "sensor", the
+    sensor's CONNECT packet (not sent yet) and its telemetry topic."""
     filt = module_client(cairnd, "filter")
     filt.subscribe_inputs()
     cairnd.create_identity("sensor")
     c = raw_mqtt(cairnd)
     data = connect_packet(cairnd.client_id("sensor"), cairnd.username("sensor"),
                           cairnd.token("sensor"))
-    topic = cairnd.events_topic("sensor", {"$.on": "temp"})
+    return filt, c, data, cairnd.events_topic("sensor", {"$.on": "temp"})
+
+
+def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
+    filt, c, data, topic = subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client)
     n = 200
     for i in range(1, n + 1):
         data += publish_packet(topic, f"m{i}".encode(), qos=1, packet_id=i)
@@ -116,6 +122,32 @@ def test_many_packets_in_one_write(cairnd, raw_mqtt, module_client):
     assert acks == [(0x40, i.to_bytes(2, "big")) for i in range(1, n + 1)]
     got = filt.expect(n)
     assert [m.payload for m in got] == [f"m{i}".encode() for i in range(1, n + 1)]
+
+
+def test_puback_order_includes_twin_and_method_publishes(cairnd, raw_mqtt, module_client):
+    # Twin requests and method responses are answered at once, telemetry after its store
+    # commit: their PUBACKs must still leave in the order the PUBLISHes came [MQTT-4.6.0-2].
+    filt, c, data, topic = subscribed_filter_and_raw_sensor(cairnd, raw_mqtt, module_client)
+    n = 120
+    for i in range(1, n + 1):
+        if i % 3 == 1:
+            data += publish_packet(topic, f"m{i}".encode(), qos=1, packet_id=i)
+        elif i % 3 == 2:
+            data += publish_packet(f"$iothub/twin/GET/?$rid={i}", b"", qos=1, packet_id=i)
+        else:
+            data += publish_packet(f"$iothub/methods/res/200/?$rid={i}", b"{}", qos=1,
+                                   packet_id=i)
+    c.send(data)
+    assert c.expect_connack() == (0, 0)
+    acks = []
+    while len(acks) < n:
+        p = c.recv_packet()
+        assert p is not None, "connection closed"
+        if p[0] == 0x40:
+            acks.append(int.from_bytes(p[1], "big"))
+    assert acks == list(range(1, n + 1))
+    got = filt.expect(n // 3 + (1 if n % 3 else 0))
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(1, n + 1, 3)]
 
 
 def test_keepalive_expiry(cairnd, raw_mqtt):

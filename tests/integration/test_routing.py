@@ -297,8 +297,6 @@ def test_persistent_session_without_restart(cairnd, module_client):
     assert m.payload == b"while-away"
 
 
-@pytest.mark.xfail(strict=True, reason="all deliveries are QoS 1; docs/protocol.md §3.3 caps them "
-                   "at the subscription's granted QoS (QoS 0 subscription -> QoS 0 PUBLISH)")
 def test_qos0_subscription_gets_qos0_deliveries(cairnd, module_client):
     filt = module_client(cairnd, "filter")
     assert filt.subscribe_inputs(qos=0) == [0]
