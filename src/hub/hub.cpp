@@ -589,7 +589,19 @@ bool Hub::accept_connection(const std::string& address) {
   auto refuse = [&](std::uint64_t& counter, const char* setting, std::size_t limit) {
     ++counters_.connections_refused;
     ++counter;
-    log::warn("hub", "connection from {} refused: mqtt.{}={} reached", address, setting, limit);
+    constexpr auto kRefusalLogInterval = std::chrono::seconds(10);
+    auto& entry = refusal_log_[setting];
+    const auto now = std::chrono::steady_clock::now();
+    if (entry.last != std::chrono::steady_clock::time_point{} &&
+        now - entry.last < kRefusalLogInterval) {
+      ++entry.unlogged;
+      return false;
+    }
+    log::warn(
+        "hub",
+        "connection from {} refused: mqtt.{}={} reached ({} more refused since the last line)",
+        address, setting, limit, entry.unlogged);
+    entry = RefusalLog{now, 0};
     return false;
   };
   if (connections_ >= m.max_connections) {

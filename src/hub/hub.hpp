@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -216,6 +217,14 @@ class Hub : public std::enable_shared_from_this<Hub> {
   std::size_t connections_ = 0;
   std::size_t unauthenticated_ = 0;
   std::unordered_map<std::string, std::size_t> unauthenticated_by_address_;
+  // Refused connections are logged at most once per setting every kRefusalLogInterval, with
+  // how many were refused unlogged meanwhile: a peer reconnecting in a loop must not flood
+  // the log. Key: the setting's name.
+  struct RefusalLog {
+    std::chrono::steady_clock::time_point last{};
+    std::uint64_t unlogged = 0;
+  };
+  std::map<std::string, RefusalLog, std::less<>> refusal_log_;
   std::uint64_t store_expired_total_ = 0;
   bool stopping_ = false;
   HubCounters counters_;

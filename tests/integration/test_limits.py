@@ -178,6 +178,13 @@ def test_unauthenticated_connections_per_address_leave_room_for_others(cairnd_fa
     assert limit_count(d, "mqtt.max_unauthenticated_per_address") == 1
     assert "connection from 127.0.0.2 refused: mqtt.max_unauthenticated_per_address=3" in \
         d.log_text()
+    # A peer reconnecting in a loop is counted every time but logged once per interval.
+    for _ in range(5):
+        again = flood_socket(d, "127.0.0.2")
+        assert closed_by_peer(again)
+        again.close()
+    assert limit_count(d, "mqtt.max_unauthenticated_per_address") == 6
+    assert d.log_text().count("refused: mqtt.max_unauthenticated_per_address") == 1
     # A client from another address connects, logs in and is served meanwhile.
     still_serves(d, module_client)
     assert d.status()["unauthenticatedConnections"] == 3
