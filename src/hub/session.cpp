@@ -605,10 +605,11 @@ bool Session::deliver(const std::string& input, const Message& m, bool dup,
     // No PUBACK will come: the message counts as delivered once the socket took it, which
     // also keeps the endpoint's window the bound on what waits in our buffer.
     packet.dup = false;
-    send(packet);
-    if (closed_) return false;
+    // Queued before send(): send() may start the write at once, and the acknowledgement must
+    // ride with the write that carries its packet, not the next one.
     written_pending_.push_back(std::move(on_ack));
-    return true;
+    send(packet);
+    return !closed_;
   }
   std::uint16_t id = next_packet_id();
   if (id == 0) return false;  // 65535 deliveries in flight: cannot happen with sane windows
@@ -620,11 +621,16 @@ bool Session::deliver(const std::string& input, const Message& m, bool dup,
 
 std::uint8_t Session::delivery_qos(std::string_view topic) const {
   // min(publish QoS 1, granted QoS); overlapping subscriptions give the highest [MQTT-3.3.5-1].
+  // A delivery no filter matches literally (the hub takes any inputs filter as a subscription
+  // to all of the module's inputs) keeps QoS 1: only a QoS 0 grant gives up the PUBACK.
+  bool matched = false;
   std::uint8_t qos = 0;
   for (const auto& s : subscriptions_) {
-    if (s.qos > qos && mqtt::topic_matches(s.filter, topic)) qos = s.qos;
+    if (!mqtt::topic_matches(s.filter, topic)) continue;
+    matched = true;
+    qos = std::max(qos, s.qos);
   }
-  return std::min<std::uint8_t>(qos, 1);
+  return matched ? std::min<std::uint8_t>(qos, 1) : 1;
 }
 
 void Session::on_puback(std::uint16_t packet_id) {
@@ -658,9 +664,11 @@ void Session::send(const mqtt::Packet& p) {
   // max_message_bytes each), and each stays in outbound_ until acknowledged. A full window of
   // large messages is queued at once, so it must not count as "not reading": only bytes beyond
   // what the unacknowledged deliveries may legitimately occupy do.
+  // QoS 0 deliveries wait in written_pending_/written_writing_ instead of outbound_.
+  const std::size_t deliveries =
+      outbound_.size() + written_pending_.size() + written_writing_.size();
   const std::size_t allowance =
-      kMaxOutboundBytes +
-      outbound_.size() * (hub_->config().mqtt.max_message_bytes + kPacketOverhead);
+      kMaxOutboundBytes + deliveries * (hub_->config().mqtt.max_message_bytes + kPacketOverhead);
   if (out_pending_.size() > allowance) {
     ++hub_->counters().slow_consumers_closed;
     out_pending_.clear();

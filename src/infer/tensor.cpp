@@ -1,5 +1,6 @@
 #include "infer/tensor.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cmath>
@@ -640,7 +641,12 @@ Status tensor_from_json_text(std::string_view text, bool infer_shape, Tensor& ou
   out.strings.clear();
   if (out.dtype != DataType::kBytes) {
     if (!infer_shape) {
-      if (auto n = out.element_count()) out.data.reserve(*n * element_size(out.dtype));
+      // The declared shape is the client's word: reserve no more than the text can hold (each
+      // element takes at least two characters), so a huge shape with little data is refused
+      // as inconsistent rather than allocated.
+      if (auto n = out.element_count()) {
+        out.data.reserve(std::min<std::size_t>(*n, text.size() / 2 + 1) * element_size(out.dtype));
+      }
     }
     if (TensorTextReader(text, out).read(infer_shape)) return out.check_consistent();
   }

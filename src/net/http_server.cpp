@@ -312,7 +312,7 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
       if (large) buffer.reserve(kBodyReadChunk);
       co_await http::async_read(stream, buffer, parser,
                                 asio::redirect_error(asio::use_awaitable, ec));
-      if (large && buffer.size() == 0) buffer.shrink_to_fit();
+      if (large) buffer.shrink_to_fit();  // keeps what a pipelined request left, no more
     }
     if (ec) {
       auto answer = answer_for_read_error(ec, limits);
