@@ -325,6 +325,12 @@ bool Upstream::deliver(const std::string& /*input*/, const Message& m, bool /*du
   std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(config_.device_id));
   std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
   const std::string client_id = module.empty() ? device : device + "/" + module;
+  if (forgotten_.contains(client_id)) {
+    log::warn("upstream", "[{}] identity removed: a message waiting for the cloud dropped",
+              client_id);
+    asio::post(io_, std::move(on_ack));
+    return true;
+  }
   // The cloud stamps the sender and enqueue time from its own connection.
   std::string topic = upstream_events_topic(m, config_.device_id);
   Link& l = link(client_id);
@@ -464,6 +470,7 @@ void Upstream::fetch_twin(const std::string& client_id,
 }
 
 void Upstream::reported_pending(const std::string& client_id) {
+  if (forgotten_.contains(client_id)) return;
   Link& l = link(client_id);
   send_reported(l);
 }
@@ -562,14 +569,26 @@ void Upstream::on_cloud_message(Link& l, mqtt::Publish p) {
       });
 }
 
-void Upstream::connected(const Principal& who) { link(who.client_id()); }
+void Upstream::connected(const Principal& who) {
+  forgotten_.erase(who.client_id());
+  link(who.client_id());
+}
 
 void Upstream::forget(const std::string& client_id) {
+  forgotten_.insert(client_id);
   auto it = links_.find(client_id);
   if (it == links_.end()) return;
   auto l = it->second;
   links_.erase(it);
   l->retired = true;
+  // Settled, not just dropped: the $upstream endpoint counts them in its window until then.
+  if (!l->outbox.empty()) {
+    log::warn("upstream", "[{}] identity removed: {} message(s) waiting for the cloud dropped",
+              client_id, l->outbox.size());
+  }
+  for (auto& item : l->outbox) {
+    if (item.on_ack) asio::post(io_, std::move(item.on_ack));
+  }
   l->outbox.clear();
   l->wake.cancel();
   l->outbox_signal.cancel();

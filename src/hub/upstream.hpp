@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -58,8 +59,9 @@ class Upstream : public Consumer,
   // ConnectionObserver: a local module connected; its cloud identity connects too.
   void connected(const Principal& who) override;
   void disconnected(const Principal& who) override;
-  // The identity was removed: its cloud connection closes (gracefully) and is not reopened,
-  // and messages queued for it here are dropped (the endpoint keeps them until acknowledged).
+  // The identity was removed: its cloud connection closes (gracefully) and is not reopened
+  // until the identity connects again; its messages still waiting for the cloud are settled
+  // and dropped (logged), so they neither hold the $upstream window nor reopen the link.
   void forget(const std::string& client_id);
 
   // Link state for `cairn check`, `cairn status` and metrics.
@@ -104,6 +106,10 @@ class Upstream : public Consumer,
   Hub& hub_;
   TwinCache& twins_;
   std::map<std::string, std::shared_ptr<Link>> links_;
+  // Identities forget() removed: what still comes for them from the $upstream queue is
+  // settled and dropped, never a reason to open their link again (which would register the
+  // removed module in the cloud anew). A new connection of the identity ends this.
+  std::set<std::string, std::less<>> forgotten_;
   std::uint64_t generation_ = 0;  // bumped when the endpoint is asked to deliver again
   bool stopping_ = false;
   bool was_online_ = false;
