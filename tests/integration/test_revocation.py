@@ -24,6 +24,12 @@ DAY = 24 * 3600
 SLOW = max(DEFAULT_TIMEOUT, 60.0)
 
 
+def wait_logged(daemon, text):
+    """Waits for `text` in the daemon's log: the line is written as the answer goes out and may
+    reach the file a moment after the client has the answer."""
+    wait_for(lambda: text in daemon.log_text(), what=f"{text!r} in the log")
+
+
 def assert_dropped(client, what):
     assert client.disconnected.wait(DEFAULT_TIMEOUT), f"{what}: the client is still connected"
 
@@ -54,13 +60,13 @@ def test_cairnd_deleted_identity_is_disconnected_at_once(cairnd, module_client):
                 token=caller_token)
     assert r.status == 401 and "message" in r.json, r
     assert_alive(other)
-    assert "identity deleted" in cairnd.log_text()
+    wait_logged(cairnd, "identity deleted")
 
 
 def test_cairnd_refuses_tokens_valid_longer_than_the_maximum(cairnd, module_client):
     long_lived = cairnd.token("sensor", expiry=int(time.time()) + 2 * DAY)
     module_client(cairnd, "sensor", expect_rc=5, password=long_lived)
-    assert "longer than the maximum" in cairnd.log_text()
+    wait_logged(cairnd, "longer than the maximum")
     target = module_client(cairnd, "target")
     target.serve_methods()
     r = gateway(cairnd, "sensor", "target", {"methodName": "ping", "responseTimeoutInSeconds": 5},
@@ -182,7 +188,7 @@ def test_cloud_refuses_tokens_valid_longer_than_the_maximum(cloud, module_client
     dev1 = CloudDevice(cloud, "dev1")
     module_client(dev1, None, expect_rc=5,
                   password=dev1.token(None, expiry=int(time.time()) + 2 * DAY))
-    assert "longer than the maximum" in cloud.log_text()
+    wait_logged(cloud, "longer than the maximum")
     module_client(dev1, None, password=dev1.token(None, expiry=int(time.time()) + DAY - 60))
     r = cloud.request("GET", "/devices", token=cloud.service_token(
         expiry=int(time.time()) + 2 * DAY))
@@ -206,7 +212,7 @@ def test_cloud_module_quota_and_connection_limit(cloud_factory, module_client):
     assert r.status == 404, r
     auth = cloud.status()["auth"]
     assert auth["modulesRefusedQuota"] == 1 and auth["maxModulesPerDevice"] == 3
-    assert "quota" in cloud.log_text()
+    wait_logged(cloud, "quota")
     metrics = cloud.request("GET", "/cairn/metrics")
     assert metrics.status == 200, metrics
     assert "cairn_cloud_modules_refused_quota_total 1" in metrics.text
@@ -221,7 +227,7 @@ def test_cloud_module_quota_and_connection_limit(cloud_factory, module_client):
     edge.module_keys["own"] = created["authentication"]["symmetricKey"]["primaryKey"]
     module_client(edge, "own", expect_rc=5)  # a fifth connection
     assert cloud.status()["auth"]["connectionsRefusedDeviceLimit"] == 1
-    assert "already holds" in cloud.log_text()
+    wait_logged(cloud, "already holds")
     # Other devices still get in.
     assert_alive(module_client(CloudDevice(cloud, "dev2"), None))
 
@@ -304,7 +310,7 @@ def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factor
     wait_for(lambda: cloud.request("GET", f"/devices/{dev}/modules/gone").status == 404,
              timeout=SLOW, interval=0.2, what="the cloud identity of 'gone' deleted")
     assert edge.link_state("gone") is None
-    assert "edge device edge1 deleted its module gone" in cloud.log_text()
+    wait_logged(cloud, "edge device edge1 deleted its module gone")
     # Its session went with it and nothing registers it again; the kept module is untouched.
     assert not cloud_connected(cloud, f"{dev}/gone")
     assert edge.link_state("keep") == "online"
