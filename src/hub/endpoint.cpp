@@ -34,8 +34,10 @@ Endpoint::Lane& Endpoint::lane(std::int32_t priority) {
 void Endpoint::appended(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
                         std::shared_ptr<const Message> message) {
   Lane& l = lane(priority);
-  // While a read is running it will return this entry too (the store runs the read after the
-  // commit that produced this notification), so the notification carries no news.
+  l.appended_through = std::max(l.appended_through, seq);
+  // A running read may or may not return this entry: the store can run the read before the
+  // append in one group commit, and the notification can still reach us first. The read's
+  // completion compares what it got with appended_through and reads again if it fell short.
   if (l.loading) return;
   // Cache only while a consumer is attached, the cache is contiguous and small; otherwise the
   // entry waits on disk and is read back when the consumer gets to it.
@@ -173,7 +175,7 @@ void Endpoint::load(Lane& l) {
                 e.seq, e.expires_at_ms, std::make_shared<const Message>(std::move(*m)), {}, {}});
             lane.loaded_through = e.seq;
           }
-          lane.backlog = r->size() == kReadBatch;
+          lane.backlog = r->size() == kReadBatch || lane.appended_through > lane.loaded_through;
           self->settle(lane);
           self->pump();
         });

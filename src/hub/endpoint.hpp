@@ -113,6 +113,7 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
     std::uint64_t loaded_through = 0;     // highest seq ever put in the cache this generation
     std::uint64_t acked_through = 0;      // every entry <= this is deleted from the store
     std::uint64_t delivered_through = 0;  // highest seq ever sent: later sends of it are DUPs
+    std::uint64_t appended_through = 0;   // highest seq the hub was told was committed
     bool backlog = true;                  // entries past loaded_through may be on disk only
     bool loading = false;
     // The message whose deliveries failed last, and how many times in a row (poison detection).

@@ -1,0 +1,101 @@
+// Endpoint against a real message store: the orders in which store results and append
+// notifications can reach the hub thread.
+#include "hub/endpoint.hpp"
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "../store/store_test_util.hpp"
+
+namespace cairn::hub {
+namespace {
+
+using store::testing::append_one;
+using store::testing::open_or_die;
+using store::testing::options_for;
+using store::testing::target;
+using store::testing::TempDir;
+
+// Acknowledges every delivery on the next turn of the event loop, as a PUBACK would come
+// back, and keeps the payloads.
+class AckingConsumer : public Consumer {
+ public:
+  explicit AckingConsumer(asio::io_context& io) : io_(io) {}
+  bool deliver(const std::string&, const Message& m, bool, std::function<void()> on_ack) override {
+    payloads.push_back(m.body);
+    asio::post(io_, std::move(on_ack));
+    return true;
+  }
+  std::vector<std::string> payloads;
+
+ private:
+  asio::io_context& io_;
+};
+
+routing::Endpoint filter_input() {
+  return routing::Endpoint{routing::Endpoint::Kind::module_input, "filter", "in"};
+}
+
+Message message(std::string body) {
+  Message m;
+  m.body = std::move(body);
+  return m;
+}
+
+// Runs the hub thread's work and the store's until both are idle.
+void settle(asio::io_context& io, store::MessageStore& store) {
+  for (int quiet_rounds = 0; quiet_rounds < 3;) {
+    ASSERT_TRUE(store.flush());
+    io.restart();
+    quiet_rounds = io.poll() == 0 ? quiet_rounds + 1 : 0;
+  }
+}
+
+TEST(Endpoint, AnAppendNotifiedDuringAReadThatMissedItIsStillDelivered) {
+  // A group commit can run a read before an append in the same transaction, and the append's
+  // notification can reach the hub thread before the read's result: the read then returns
+  // without the entry the notification announced, and the entry must still go out.
+  TempDir dir;
+  auto store = open_or_die(options_for(dir));
+  ASSERT_TRUE(store);
+  asio::io_context io;
+  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
+  auto consumer = std::make_shared<AckingConsumer>(io);
+  endpoint->attach(consumer);
+  endpoint->has_backlog(0);     // starts a read of the (empty) queue
+  ASSERT_TRUE(store->flush());  // the read ran; its result waits for the hub thread
+
+  const std::string bytes = encode_message(message("late"));
+  const std::uint64_t seq = append_one(*store, bytes, target("filter/in"));
+  ASSERT_NE(seq, 0u);
+  endpoint->appended(0, seq, 0, std::make_shared<const Message>(message("late")));
+
+  settle(io, *store);
+  EXPECT_EQ(consumer->payloads, std::vector<std::string>{"late"});
+}
+
+TEST(Endpoint, DeliversAppendsInOrderWhileTheConsumerKeepsUp) {
+  TempDir dir;
+  auto store = open_or_die(options_for(dir));
+  ASSERT_TRUE(store);
+  asio::io_context io;
+  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 4);
+  auto consumer = std::make_shared<AckingConsumer>(io);
+  endpoint->attach(consumer);
+  std::vector<std::string> sent;
+  for (int i = 0; i < 20; ++i) {
+    sent.push_back("m" + std::to_string(i));
+    const std::uint64_t seq =
+        append_one(*store, encode_message(message(sent.back())), target("filter/in"));
+    endpoint->appended(0, seq, 0, std::make_shared<const Message>(message(sent.back())));
+  }
+  settle(io, *store);
+  EXPECT_EQ(consumer->payloads, sent);
+  EXPECT_TRUE(store::testing::messages_of(*store, store::testing::queue("filter/in")).empty());
+}
+
+}  // namespace
+}  // namespace cairn::hub
