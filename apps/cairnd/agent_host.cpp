@@ -32,7 +32,22 @@ struct Unit {};
 
 }  // namespace
 
+HubAgentHost::HubAgentHost(hub::Hub& hub, store::MessageStore& store,
+                           std::shared_ptr<hub::TwinCache> twins,
+                           std::shared_ptr<hub::Upstream> upstream, std::int64_t default_ttl_secs)
+    : hub_(hub),
+      twins_(std::move(twins)),
+      upstream_(std::move(upstream)),
+      default_ttl_secs_(default_ttl_secs) {
+  if (upstream_) {
+    cloud_deletions_ = std::make_unique<CloudDeletions>(
+        store, [this](const std::string& module) { return delete_cloud_identity(module); });
+    cloud_deletions_->start();
+  }
+}
+
 Result<agent::ModuleIdentity> HubAgentHost::ensure_identity(const std::string& module) {
+  if (cloud_deletions_) cloud_deletions_->cancel(module);
   auto identity = on_hub<agent::ModuleIdentity>(hub_, [this, module](auto set) {
     hub_.identities().create(module, [set](Result<hub::Identity> id) {
       if (!id) return set(std::move(id).error());
@@ -66,10 +81,7 @@ Status HubAgentHost::remove_identity(const std::string& module) {
       upstream->forget(client_id);
       set(Unit{});
     });
-    if (auto s = delete_cloud_identity(module); !s) {
-      log::warn("agent", "module {}: its cloud identity was not deleted: {}", module,
-                s.error().message);
-    }
+    cloud_deletions_->add(module);
   }
   if (!r) return std::move(r).error();
   return {};

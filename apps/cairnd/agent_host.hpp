@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "agent/agent.hpp"
+#include "cloud_deletions.hpp"
 #include "hub/config.hpp"
 #include "hub/hub.hpp"
 #include "hub/twin_cache.hpp"
@@ -16,23 +17,21 @@ namespace cairn::cairnd {
 
 class HubAgentHost : public agent::AgentHost {
  public:
-  // `upstream` is null when the device has no cloud link.
-  HubAgentHost(hub::Hub& hub, std::shared_ptr<hub::TwinCache> twins,
-               std::shared_ptr<hub::Upstream> upstream, std::int64_t default_ttl_secs)
-      : hub_(hub),
-        twins_(std::move(twins)),
-        upstream_(std::move(upstream)),
-        default_ttl_secs_(default_ttl_secs) {}
+  // `upstream` is null when the device has no cloud link. `store` keeps the cloud identity
+  // deletions still to be made.
+  HubAgentHost(hub::Hub& hub, store::MessageStore& store, std::shared_ptr<hub::TwinCache> twins,
+               std::shared_ptr<hub::Upstream> upstream, std::int64_t default_ttl_secs);
 
   // The local identity, and with a cloud link the module's cloud link opened at once: the cloud
   // registers a module of an edge device on its first connection signed with the device's key
   // (docs/agent.md "Identities"), so a deployed module has its cloud identity and twin before it
-  // ever connects, whichever source deployed it.
+  // ever connects, whichever source deployed it. A deletion of its cloud identity still pending
+  // from an earlier removal is called off.
   Result<agent::ModuleIdentity> ensure_identity(const std::string& module) override;
   // The local identity (its session closed at once) and, with a cloud link, the module's link
   // and its cloud identity: DELETE /devices/{device}/modules/{module} on the cloud's HTTPS port
-  // (upstream.https_port), signed with the device key. A cloud that cannot be reached is logged;
-  // the local removal stands.
+  // (upstream.https_port), signed with the device key, made in the background and retried until
+  // the cloud confirms (CloudDeletions). The local removal does not wait for the cloud.
   Status remove_identity(const std::string& module) override;
   std::string validate_edgehub(const nlohmann::json& desired) override;
   Status apply_edgehub(const nlohmann::json& desired) override;
@@ -40,7 +39,7 @@ class HubAgentHost : public agent::AgentHost {
   void report(const std::string& system_module, const nlohmann::json& patch) override;
 
  private:
-  // The cloud answers within this, or the agent goes on (it waits for the answer).
+  // One deletion attempt waits this long for the cloud's answer.
   static constexpr int kCloudRequestTimeoutSecs = 15;
   static constexpr std::int64_t kCloudRequestTokenSecs = 300;
   Status delete_cloud_identity(const std::string& module) const;
@@ -49,6 +48,7 @@ class HubAgentHost : public agent::AgentHost {
   std::shared_ptr<hub::TwinCache> twins_;
   std::shared_ptr<hub::Upstream> upstream_;
   std::int64_t default_ttl_secs_;
+  std::unique_ptr<CloudDeletions> cloud_deletions_;  // with a cloud link only
 };
 
 }  // namespace cairn::cairnd

@@ -187,7 +187,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   if (upstream) upstream->start();
   // The agent: deployments, module runtimes, identities and the workload API, on threads of its
   // own. The hub and the agent meet only through HubAgentHost.
-  cairnd::HubAgentHost agent_host(**hub, twins, upstream, config->default_ttl_secs);
+  cairnd::HubAgentHost agent_host(**hub, **store, twins, upstream, config->default_ttl_secs);
   agent::AgentOptions agent_options;
   agent_options.state_dir = config->data_dir() + "/agent";
   agent_options.mnt_dir = config->run_dir() + "/mnt";

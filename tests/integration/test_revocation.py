@@ -328,3 +328,109 @@ def cloud_connected(cloud, client_id):
             elif "] closed" in line:
                 last = False
     return bool(last)
+
+
+def test_a_module_removed_while_the_cloud_is_unreachable_loses_its_cloud_identity_later(
+        cloud, cairnd_factory, module_client, tcp_proxy):
+    """The removal reaches the device while the cloud's HTTPS port is cut off: the deletion is
+    retried in the background (the agent goes on) and made once the cloud answers. The removed
+    module's telemetry still waiting for the cloud neither holds up the other modules' nor brings
+    its cloud identity back."""
+    mqtt_proxy = tcp_proxy(cloud.mqtt_port)
+    https_proxy = tcp_proxy(cloud.https_port)
+    edge = edge_device(cloud, cairnd_factory, proxy=mqtt_proxy, manifest=False,
+                       upstream={"https_port": https_proxy.port})
+    dev = edge.device_id
+    edge.wait_link("$edgeAgent", timeout=SLOW)
+    routes = {"up": "FROM /messages/* INTO $upstream"}
+
+    def sleeper(tag):
+        return process_module("/bin/sleep", [f"{310000 + tag}"])
+
+    def apply(doc):
+        cloud.call("POST", f"/devices/{dev}/applyConfigurationContent", doc, expect=204)
+    apply(manifest({"keep": sleeper(1), "gone": sleeper(2)}, routes=routes))
+    wait_running(edge, ["keep", "gone"])
+    for m in ("keep", "gone"):
+        edge.wait_link(m, timeout=SLOW)
+
+    def local(module):
+        return module_client(edge, module, keepalive=KEEPALIVE, tls=False, max_inflight=100,
+                             password=edge.cli("identity", "token", module).stdout.strip())
+    keep, gone = local("keep"), local("gone")
+
+    # Offline: the cloud's MQTT and HTTPS ports are cut off; both modules' telemetry waits.
+    mqtt_proxy.cut()
+    https_proxy.cut()
+    wait_for(lambda: edge.link_state("$edgeAgent") != "online", timeout=SLOW,
+             what="the $edgeAgent link to drop")
+    for i in range(200):
+        gone.publish(f"gone-{i}".encode(), props={"$.mid": f"gone-{i}"})
+    gone.publish_acked(b"gone-last", props={"$.mid": "gone-last"})
+    for i in range(5):
+        keep.publish_acked(f"keep-{i}".encode(), props={"$.mid": f"keep-{i}"})
+    apply(manifest({"keep": sleeper(1)}, routes=routes))
+
+    # MQTT back, HTTPS still cut: the deployment arrives, the module goes, the deletion waits.
+    mqtt_proxy.restore()
+    wait_for(lambda: "gone" not in modules(edge), timeout=SLOW, interval=0.2, what="gone removed")
+    assert_dropped(gone, "the removed module's local session")
+    wait_logged(edge, "module gone: its cloud identity was not deleted")
+    assert cloud.request("GET", f"/devices/{dev}/modules/gone").status == 200
+    # The kept module's telemetry reaches the cloud past the removed one's.
+    wait_for(lambda: {m["messageId"] for m in cloud.all_messages(device_id=dev, module_id="keep")}
+             >= {f"keep-{i}" for i in range(5)}, timeout=SLOW, interval=0.5,
+             what="keep's messages in the cloud")
+    assert edge.link_state("keep") == "online"
+
+    # HTTPS back: the next attempt deletes the identity, and nothing registers it again.
+    https_proxy.restore()
+    wait_for(lambda: cloud.request("GET", f"/devices/{dev}/modules/gone").status == 404,
+             timeout=SLOW, interval=0.2, what="the cloud identity of 'gone' deleted")
+    wait_logged(edge, "module gone: cloud identity deleted")
+    keep.publish_acked(b"keep-after", props={"$.mid": "keep-after"})
+    wait_for(lambda: "keep-after" in {m["messageId"] for m in cloud.all_messages(
+        device_id=dev, module_id="keep")}, timeout=SLOW, interval=0.5, what="keep-after stored")
+    assert cloud.request("GET", f"/devices/{dev}/modules/gone").status == 404
+    assert edge.link_state("gone") is None
+    assert not cloud_connected(cloud, f"{dev}/gone")
+
+
+def test_a_pending_cloud_identity_deletion_survives_a_restart_and_a_redeploy_cancels_it(
+        cloud, cairnd_factory, tcp_proxy):
+    https_proxy = tcp_proxy(cloud.https_port)
+    edge = edge_device(cloud, cairnd_factory, manifest=False,
+                       upstream={"https_port": https_proxy.port})
+    dev = edge.device_id
+    edge.wait_link("$edgeAgent", timeout=SLOW)
+
+    def sleeper(tag):
+        return process_module("/bin/sleep", [f"{320000 + tag}"])
+
+    def apply(doc):
+        cloud.call("POST", f"/devices/{dev}/applyConfigurationContent", doc, expect=204)
+
+    def registered(module):
+        return cloud.request("GET", f"/devices/{dev}/modules/{module}").status == 200
+    apply(manifest({"a": sleeper(1), "b": sleeper(2)}))
+    wait_running(edge, ["a", "b"])
+    for m in ("a", "b"):
+        edge.wait_link(m, timeout=SLOW)
+    https_proxy.cut()
+    apply(manifest({}))
+    wait_for(lambda: not modules(edge), timeout=SLOW, interval=0.2, what="a and b removed")
+    for m in ("a", "b"):
+        wait_logged(edge, f"module {m}: its cloud identity was not deleted")
+    # Restarted with both deletions pending; b is deployed again before the cloud answers.
+    edge.stop()
+    edge.start()
+    wait_logged(edge, "module a: its cloud identity is still to be deleted")
+    apply(manifest({"b": sleeper(2)}))
+    wait_running(edge, ["b"])
+    wait_logged(edge, "module b is deployed again: its cloud identity is kept")
+    https_proxy.restore()
+    wait_for(lambda: not registered("a"), timeout=SLOW, interval=0.2,
+             what="the cloud identity of 'a' deleted")
+    edge.wait_link("b", timeout=SLOW)
+    assert registered("b")
+    assert "module b: cloud identity deleted" not in edge.log_text()
