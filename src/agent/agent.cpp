@@ -179,6 +179,7 @@ Status Agent::start() {
       }
     }
   };
+  if (docker_) pulls_.emplace(kPullThreads);
   thread_ = std::thread([this, run] { run(io_, "agent"); });
   api_thread_ = std::thread([this, run] { run(api_io_, "workload API"); });
   asio::post(io_, [this] {
@@ -239,6 +240,11 @@ void Agent::stop() {
   work_.reset();
   io_.stop();
   thread_.join();
+  if (pulls_) {
+    // A pull under way is waited for; what it posts back is never run.
+    pulls_->stop();
+    pulls_->join();
+  }
   std::promise<void> closed;
   asio::post(api_io_, [this, &closed] {
     for (auto& [name, server] : workload_servers_) server->stop();
@@ -535,6 +541,12 @@ void Agent::reconcile() {
   std::stable_sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
     return a->startup_order < b->startup_order;
   });
+  for (auto it = preparations_.begin(); it != preparations_.end();) {
+    // A module no longer deployed: a preparation that ended is forgotten (one still running
+    // reports back and is forgotten then).
+    it = it->second.done && !deployment_->find(it->first) ? preparations_.erase(it) : std::next(it);
+  }
+  std::optional<std::uint32_t> waiting_for_order;  // a module of this order is being prepared
   for (const auto* m : order) {
     auto& t = tracked_[m->name];
     auto* rt = runtime_for(*m);
@@ -570,9 +582,20 @@ void Agent::reconcile() {
       state = make_error(errc::not_found, "recreating");
     }
     if (!state) {
-      if (auto s = rt->prepare(spec); !s) {
+      // Modules later in the startup order wait for the images of earlier ones.
+      if (waiting_for_order && m->startup_order > *waiting_for_order) {
+        t.note = "waiting for modules earlier in the startup order";
+        continue;
+      }
+      auto ready = prepared(*rt, spec);
+      if (!ready) {
+        t.note = "preparing: image " + spec.image;
+        waiting_for_order = m->startup_order;
+        continue;
+      }
+      if (!*ready) {
         t.status = RuntimeStatus::failed;
-        t.note = s.error().message;
+        t.note = ready->error().message;
         continue;
       }
       auto created = rt->create(spec);
@@ -643,6 +666,37 @@ void Agent::reconcile() {
     }
   }
   report_state();
+}
+
+std::optional<Status> Agent::prepared(ModuleRuntime& runtime, const ModuleSpec& spec) {
+  auto it = preparations_.find(spec.name);
+  if (it != preparations_.end() && it->second.config_hash == spec.config_hash) {
+    if (!it->second.done) return std::nullopt;
+    // Used once: the next creation of the module (a failed one retried, a container removed
+    // behind our back) prepares again, as a pull policy of on-create asks.
+    Status result = std::move(it->second.result);
+    preparations_.erase(it);
+    return result;
+  }
+  if (&runtime == process_.get() || !pulls_) return runtime.prepare(spec);
+  preparations_[spec.name] = Preparation{spec.config_hash, false, {}};
+  asio::post(*pulls_, [this, &runtime, spec] {
+    Status result;
+    try {
+      result = runtime.prepare(spec);
+    } catch (const std::exception& e) {
+      result = make_error(errc::internal, "module " + spec.name + ": " + e.what());
+    }
+    asio::post(io_, [this, name = spec.name, hash = spec.config_hash,
+                     result = std::move(result)]() mutable {
+      auto entry = preparations_.find(name);
+      if (entry == preparations_.end() || entry->second.config_hash != hash) return;  // superseded
+      entry->second.done = true;
+      entry->second.result = std::move(result);
+      reconcile();
+    });
+  });
+  return std::nullopt;
 }
 
 json Agent::module_json(const std::string& name) {

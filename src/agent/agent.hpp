@@ -133,6 +133,11 @@ class Agent {
   ModuleSpec spec_for(const ModuleDesired& m, const ModuleIdentity& id) const;
   Status ensure_workload(const std::string& name, const ModuleIdentity& id);
   void drop_module(ModuleRuntime& runtime, const std::string& name);
+  // Whether the module's image is ready for `spec`; if not, its preparation is started (or
+  // still runs) on pulls_, and reconcile() runs again when it ends. The process runtime's
+  // (a file check) answers at once. An outcome is returned
+  // once; the next call starts another preparation.
+  std::optional<Status> prepared(ModuleRuntime& runtime, const ModuleSpec& spec);
   void report_state();
   void report_edgehub(std::int64_t version, int code, const std::string& description);
   void refused(const std::vector<ManifestProblem>& problems, const std::string& text);
@@ -151,6 +156,11 @@ class Agent {
   asio::io_context api_io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_, api_work_;
   std::thread thread_, api_thread_;
+  // Image pulls (the docker runtime's prepare), kPullThreads at a time: a pull can take minutes
+  // (or hang on a registry that does not answer), and meanwhile the agent's thread answers
+  // management requests and looks after the other modules. Only with a docker runtime.
+  static constexpr std::size_t kPullThreads = 3;
+  std::optional<asio::thread_pool> pulls_;
   std::atomic<bool> stopping_{false};  // set by stop(): reconcile starts nothing more
   asio::steady_timer poll_timer_;
 
@@ -163,6 +173,13 @@ class Agent {
   nlohmann::json last_hub_reported_;
   std::string reported_detail_ = "full";
   std::map<std::string, Tracked> tracked_;
+  // A module's image being made available (or made available) for this configuration.
+  struct Preparation {
+    std::string config_hash;
+    bool done = false;
+    Status result;
+  };
+  std::map<std::string, Preparation> preparations_;             // agent thread
   std::map<const ModuleRuntime*, std::string> runtime_errors_;  // the last list() failure
   std::map<std::string, ModuleIdentity> identities_;
   std::map<std::string, std::shared_ptr<net::UnixHttpServer>> workload_servers_;  // api_io_

@@ -5,6 +5,7 @@ engine and registries through CAIRN_TEST_* variables; a skipped case is a failur
 import json
 import os
 import re
+import socket
 import subprocess
 
 import pytest
@@ -151,3 +152,66 @@ def test_unreachable_engine_fails_docker_modules_only(cairnd_factory, tmp_path):
                                  listed()), timeout=60, interval=0.2, what="sleeper running, boxed failed")
     assert "nobody.sock" in mods["boxed"]["statusDescription"], mods["boxed"]
     edge.stop()
+
+
+def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
+        container_engine, cairnd_factory, tmp_path):
+    """A registry that accepts connections and never answers: the pull waits in the
+    background. Meanwhile `cairn list` answers (the module shows what it waits for) and the
+    process module deployed with it starts; when the registry goes away the module fails with
+    the pull's error."""
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    port = stalled.getsockname()[1]
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
+    edge.start()
+    stuck = {"version": "1.0", "type": "docker", "restartPolicy": "always",
+             "settings": {"image": f"127.0.0.1:{port}/cairn-test/stalled:1", "createOptions": ""}}
+    sleeper = {"version": "1.0", "type": "docker", "restartPolicy": "always",
+               "settings": {"image": "/bin/sleep", "createOptions": json.dumps(
+                   {"Cmd": [f"{330000 + os.getpid() % 1000}"]})}}
+    # "astuck" comes first in the deployment: the agent reaches it before "zsleeper".
+    doc = {"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1",
+                                              "modules": {"astuck": stuck, "zsleeper": sleeper}}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(doc))
+    try:
+        edge.cli("deploy", str(path))
+        wait_for(lambda: stalled_connection(stalled), timeout=60, interval=0.1,
+                 what="the engine to connect to the stalled registry")
+
+        def listed():
+            return {m["name"]: m
+                    for m in json.loads(edge.cli("list", "--json", timeout=10).stdout)}
+        mods = wait_for(lambda: (lambda m: m if m.get("zsleeper", {}).get("runtimeStatus")
+                                 == "running" else None)(listed()),
+                        timeout=60, interval=0.2, what="zsleeper running")
+        assert "preparing" in mods["astuck"]["statusDescription"], mods["astuck"]
+        assert mods["astuck"]["runtimeStatus"] != "running"
+    finally:
+        stalled.close()
+        for conn in stalled_connection.accepted:
+            conn.close()
+    mods = wait_for(lambda: (lambda m: m if m.get("astuck", {}).get("runtimeStatus") == "failed"
+                             else None)(listed()), timeout=120, interval=0.5,
+                    what="astuck failed once the registry is gone")
+    assert "preparing" not in mods["astuck"]["statusDescription"], mods["astuck"]
+    edge.stop()
+
+
+def stalled_connection(listener):
+    """Accepts (and keeps, never answering) a connection waiting on `listener`, if any."""
+    listener.settimeout(0.05)
+    try:
+        conn, _ = listener.accept()
+    except (socket.timeout, OSError):
+        return bool(stalled_connection.accepted)
+    stalled_connection.accepted.append(conn)
+    return True
+
+
+stalled_connection.accepted = []
