@@ -736,7 +736,10 @@ int main(int argc, char** argv) {
         const auto& batch = j->is_array() ? *j : (*j)["messages"];
         for (const auto& m : batch) {
           std::cout << m.dump() << "\n";
-          if (m.contains("sequence")) after = m["sequence"].dump();
+          // The cursor: GET /cairn/messages?after=SEQ returns what was stored after it.
+          if (auto seq = m.find("seq"); seq != m.end() && seq->is_number_integer()) {
+            after = seq->dump();
+          }
         }
         std::cout.flush();
         if (!follow) break;

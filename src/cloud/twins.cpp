@@ -10,10 +10,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string message_body(std::string_view message) {
-  return twin::dump_json(json{{"message", message}});
-}
-
 // Only a desired patch with content is worth a message to the device; a bare "$version" means
 // the section was rewritten unchanged.
 bool has_changes(const json& patch) {
@@ -47,7 +43,7 @@ void CloudTwins::get_twin(const hub::Principal& who, Reply reply) {
       log::error("cloud", "twin GET client={} failed: {}", who.client_id(),
                  rec.error().to_string());
     }
-    reply(status, message_body(rec.error().message));
+    reply(status, twin::error_body(status, rec.error().message));
     return;
   }
   reply(200, twin::dump_json(rec->twin.device_view()));
@@ -56,7 +52,7 @@ void CloudTwins::get_twin(const hub::Principal& who, Reply reply) {
 void CloudTwins::patch_reported(const hub::Principal& who, std::string_view body, Reply reply) {
   auto reject = [&](const Error& e) {
     ++counters_.reported_rejected;
-    reply(400, message_body(e.message));
+    reply(400, twin::error_body(400, e.message));
   };
   auto patch = twin::parse_json(body);
   if (!patch) return reject(patch.error());
@@ -65,7 +61,8 @@ void CloudTwins::patch_reported(const hub::Principal& who, std::string_view body
   }
   auto rec = find(TwinKey{who.device_id, who.module_id});
   if (!rec) {
-    reply(rec.error().code == errc::not_found ? 404 : 500, message_body(rec.error().message));
+    const int status = rec.error().code == errc::not_found ? 404 : 500;
+    reply(status, twin::error_body(status, rec.error().message));
     return;
   }
   twin::Twin after = rec->twin;
@@ -74,7 +71,7 @@ void CloudTwins::patch_reported(const hub::Principal& who, std::string_view body
   if (!written) {
     log::error("cloud", "storing the reported patch of client={} failed: {}", who.client_id(),
                written.error().to_string());
-    reply(500, message_body(written.error().message));
+    reply(500, twin::error_body(500, written.error().message));
     return;
   }
   ++counters_.reported_patches;

@@ -132,7 +132,9 @@ void MethodCalls::invoke(const std::string& client_id, MethodRequest request, Me
 
 void MethodCalls::dispatch(const std::shared_ptr<Call>& call) {
   const std::string rid = call->rid;
-  auto payload = call->request.payload.is_null() ? std::string() : dump_json(call->request.payload);
+  // A null payload goes out as "null", as IoT Hub sends it: the SDKs parse the body as JSON and
+  // an empty one fails the call before the module's handler sees it.
+  auto payload = dump_json(call->request.payload);
   if (!send_(call->client_id, method_request_topic(call->request.method_name, rid),
              std::move(payload))) {
     return;

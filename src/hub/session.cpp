@@ -11,6 +11,7 @@
 #include "hub/iothub_topics.hpp"
 #include "mqtt/topic.hpp"
 #include "net/spawn.hpp"
+#include "twin/twin.hpp"
 
 namespace cairn::hub {
 namespace {
@@ -332,7 +333,8 @@ bool Session::on_publish(mqtt::Publish& p) {
 void Session::handle_twin_request(mqtt::Publish& p, const InboundTopic& topic) {
   auto* twins = hub_->twins();
   if (twins == nullptr) {
-    publish(twin_response_topic(503, topic.rid), R"({"message":"twins are not served here"})");
+    publish(twin_response_topic(503, topic.rid),
+            twin::error_body(503, "twins are not served here"));
     return;
   }
   std::weak_ptr<Session> weak = shared_from_this();

@@ -8,8 +8,6 @@ namespace {
 
 constexpr const char* kTwinsTable = "twins";
 
-std::string error_body(const Error& e) { return dump_json(nlohmann::json{{"message", e.message}}); }
-
 nlohmann::json without_version(nlohmann::json patch) {
   if (patch.is_object()) patch.erase("$version");
   return patch;
@@ -96,7 +94,7 @@ void TwinCache::patch_reported(const Principal& who, std::string_view body, Repl
   auto patch = twin::parse_json(body);
   if (!patch) {
     ++counters_.reported_rejected;
-    reply(400, error_body(patch.error()));
+    reply(400, twin::error_body(400, patch.error().message));
     return;
   }
   Entry& e = entry(id);
@@ -104,7 +102,7 @@ void TwinCache::patch_reported(const Principal& who, std::string_view body, Repl
   if (auto s = updated.patch_reported(*patch); !s) {
     ++counters_.reported_rejected;
     log::warn("twin", "[{}] reported patch refused: {}", id, s.error().message);
-    reply(400, error_body(s.error()));
+    reply(400, twin::error_body(400, s.error().message));
     return;
   }
   // Fold into the last waiting patch unless the upstream link is already sending it.
@@ -119,9 +117,8 @@ void TwinCache::patch_reported(const Principal& who, std::string_view body, Repl
               "[{}] reported patch refused: the changes waiting for the cloud would be "
               "{} bytes, over the limit of {}",
               id, bytes, twin::kMaxPatchBytes);
-    reply(400, dump_json(nlohmann::json{
-                   {"message", "reported changes waiting for the cloud would exceed " +
-                                   std::to_string(twin::kMaxPatchBytes) + " bytes"}}));
+    reply(400, twin::error_body(400, "reported changes waiting for the cloud would exceed " +
+                                         std::to_string(twin::kMaxPatchBytes) + " bytes"));
     return;
   }
   e.twin = std::move(updated);
@@ -134,7 +131,7 @@ void TwinCache::patch_reported(const Principal& who, std::string_view body, Repl
   std::weak_ptr<TwinCache> weak = weak_from_this();
   persist(id, [weak, id, reply = std::move(reply)](Status s) {
     if (!s) {
-      reply(500, error_body(s.error()));
+      reply(500, twin::error_body(500, s.error().message));
       return;
     }
     reply(204, "");

@@ -505,6 +505,12 @@ Result<json> parse_json(std::string_view text, int max_depth) {
 
 std::string dump_json(const json& value) { return cairn::dump_json(value); }
 
+std::string error_body(int status, std::string_view message) {
+  int detail = 1;
+  if (status == 400) detail = 4;  // ArgumentInvalid: what a refused patch is
+  return dump_json(json{{"errorCode", status * 1000 + detail}, {"message", message}});
+}
+
 json Twin::device_view() const {
   return json{{"desired", with_version(strip_dollar_members(desired), desired_version)},
               {"reported", with_version(strip_dollar_members(reported), reported_version)}};

@@ -96,6 +96,12 @@ Result<json> parse_json(std::string_view text, int max_depth = kMaxParseDepth);
 // code, never in parsed ones) is replaced by U+FFFD.
 std::string dump_json(const json& value);
 
+// The body of a refused twin request (the status goes in the response topic), in IoT Hub's
+// shape: {"errorCode": N, "message": ...}. The SDKs fail a request only when the body carries
+// an errorCode (the Node SDK ignores the status), so every error answer must have one.
+// errorCode is IoT Hub's six-digit code for the status (docs/protocol.md §4).
+std::string error_body(int status, std::string_view message);
+
 struct Twin {
   json desired = json::object();  // without "$version"/"$metadata"
   json reported = json::object();

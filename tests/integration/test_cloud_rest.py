@@ -421,11 +421,6 @@ def test_cli_refuses_bad_connection_string_and_wrong_ca(cloud, tmp_path):
     assert r.returncode == 1 and r.stderr.strip(), r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`cairn cloud messages tail --follow` never advances: apps/cairn/main.cpp reads the "
-    "cursor from a \"sequence\" member, but GET /cairn/messages names it \"seq\" "
-    "(cloud/telemetry_sink.cpp telemetry_to_json), so every poll prints the same messages "
-    "again"))
 def test_cli_tail_follow_prints_each_message_once(cloud, module_client):
     cloud.create_device("d1")
     c = module_client(CloudDevice(cloud, "d1"), None)

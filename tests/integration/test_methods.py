@@ -231,12 +231,6 @@ def test_node_module_to_node_module(cairnd, node_module):
 
 
 @skip_without_node_sdk
-@pytest.mark.xfail(strict=True, reason=(
-    "a method call whose payload is null reaches the module with an empty MQTT body "
-    "(hub/methods.cpp MethodCalls::dispatch sends \"\" for a null payload instead of "
-    "\"null\"); the Node SDK's DeviceMethodRequest JSON.parse()s any body buffer, even an "
-    "empty one, and answers 400 'Invalid request format: Unexpected end of JSON input' "
-    "without calling the handler"))
 def test_node_method_with_null_payload(cairnd, node_module):
     target = node_module(cairnd, "receiver")
     target.open()

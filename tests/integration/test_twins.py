@@ -246,11 +246,6 @@ def test_node_gets_local_desired_updates(cairnd, node_module):
 
 
 @skip_without_node_sdk
-@pytest.mark.xfail(strict=True, reason=(
-    "cairnd answers a refused reported patch 400 with body {\"message\": ...} only; the Node "
-    "SDK (azure-iot-device-mqtt mqtt_twin_client.js _onResponseMessage) ignores the status and "
-    "fails a twin request only when the body carries \"errorCode\" (as IoT Hub's error bodies "
-    "do), so the module is told its refused patch was accepted"))
 def test_node_bad_reported_patch_fails_and_changes_nothing(cairnd, node_module):
     m = node_module(cairnd, "sender")
     m.open()
