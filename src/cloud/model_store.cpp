@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cloud/ids.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "modelpkg/detail/files.hpp"
@@ -325,8 +326,7 @@ void ModelStore::remove(std::string name, std::string version, CommitDone done) 
 }
 
 void ModelStore::put_signature(const std::string& name, const std::string& version,
-                               std::string_view signature, std::string index_sha256,
-                               CommitDone done) {
+                               std::string_view signature, std::string if_match, CommitDone done) {
   // Checked here, so a bad request takes no place in the queue.
   auto stored = [&]() -> Result<std::string> {
     CAIRN_TRY(modelpkg::check_label(name, "model name"));
@@ -341,15 +341,11 @@ void ModelStore::put_signature(const std::string& name, const std::string& versi
                         "the body is not a signature: base64 of the 64 bytes of an Ed25519 "
                         "signature, as `cairn model pack --sign-key` writes it");
     }
-    if (!index_sha256.empty() && !is_hex_hash(index_sha256)) {
-      return make_error(errc::invalid_argument,
-                        "If-Match names the signed index by its SHA-256: 64 lowercase hex digits");
-    }
     return std::string(text) + "\n";
   }();
   if (!stored) return done(std::move(stored).error());
-  queue(Job{JobKind::sign, name, version, std::move(*stored), std::move(index_sha256),
-            std::move(done)});
+  queue(
+      Job{JobKind::sign, name, version, std::move(*stored), std::move(if_match), std::move(done)});
 }
 
 void ModelStore::queue(Job job) {
@@ -386,7 +382,7 @@ void ModelStore::run() {
           result = remove_now(job.name, job.version);
           break;
         case JobKind::sign:
-          result = sign_now(job.name, job.version, job.body, job.index_sha256);
+          result = sign_now(job.name, job.version, job.body, job.if_match);
           break;
       }
     } catch (const std::exception& e) {
@@ -487,7 +483,7 @@ Result<std::string> ModelStore::read_index(const std::string& name,
 }
 
 Result<json> ModelStore::sign_now(const std::string& name, const std::string& version,
-                                  const std::string& signature, const std::string& index_sha256) {
+                                  const std::string& signature, const std::string& if_match) {
   auto index = read_index(name, version);
   if (!index) {
     if (index.error().code == errc::not_found) {
@@ -495,7 +491,7 @@ Result<json> ModelStore::sign_now(const std::string& name, const std::string& ve
     }
     return std::move(index).error();
   }
-  if (!index_sha256.empty() && crypto::sha256_hex(*index) != index_sha256) {
+  if (!etag_matches(if_match, crypto::sha256_hex(*index))) {
     return make_error(errc::cancelled,
                       "the stored index of " + name + " version " + version +
                           " is not the one signed (removed and pushed again since?): read it "

@@ -35,7 +35,7 @@
 // Concurrent pushes of one name and version: commits are serialized, the first to commit wins;
 // a later commit of other content is refused (already_exists, HTTP 409; versions are
 // immutable), of the same content answers "unchanged". Its uploaded chunks are orphans the
-// sweep takes later. A signature names the index bytes it signs (`index_sha256`), so a
+// sweep takes later. A signature names the index bytes it signs (If-Match), so a
 // signature made for an index that has since been removed and pushed again is refused.
 #pragma once
 
@@ -118,12 +118,13 @@ class ModelStore {
   // --sign-key` writes it) as INDEX.cidx.sig beside the stored index of that version. The
   // store holds no publisher key and does not check the signature: the publisher signs the
   // index bytes the store committed, and devices configured with the publisher's public key
-  // check it. `index_sha256`, when not empty, is the SHA-256 (hex) of the index bytes that were
-  // signed: another stored index is refused (cancelled, HTTP 412). Runs on the store's thread,
-  // after the commits and removals queued before it. `done` gets {"name", "version",
-  // "signatureBytes"}; not_found without that version; a bad signature is refused at once.
+  // check it. `if_match` (HTTP If-Match: empty, "*", or entity tags) names the SHA-256 (hex) of
+  // the index bytes that were signed: another stored index is refused (cancelled, HTTP 412).
+  // Runs on the store's thread, after the commits and removals queued before it. `done` gets
+  // {"name", "version", "signatureBytes"}; not_found without that version; a bad signature is
+  // refused at once.
   void put_signature(const std::string& name, const std::string& version,
-                     std::string_view signature, std::string index_sha256, CommitDone done);
+                     std::string_view signature, std::string if_match, CommitDone done);
 
   // Queues the removal of version `version` of `name`: its index and signature go, then the
   // orphan sweep deletes the chunks and deltas no remaining index references. Runs on the
@@ -157,7 +158,7 @@ class ModelStore {
                                     const std::string& cidx);
   Result<nlohmann::json> remove_now(const std::string& name, const std::string& version);
   Result<nlohmann::json> sign_now(const std::string& name, const std::string& version,
-                                  const std::string& signature, const std::string& index_sha256);
+                                  const std::string& signature, const std::string& if_match);
   // The stored index of `name` `version`, checked to be of that name and version.
   Result<std::string> read_index(const std::string& name, const std::string& version) const;
   // Renames indexes written under legacy_index_file_name to index_file_name and deletes
@@ -175,8 +176,8 @@ class ModelStore {
   struct Job {
     JobKind kind = JobKind::commit;
     std::string name, version;
-    std::string body;          // the index (commit) or the signature text (sign)
-    std::string index_sha256;  // sign: the SHA-256 of the index signed, or empty
+    std::string body;      // the index (commit) or the signature text (sign)
+    std::string if_match;  // sign: the SHA-256 of the index signed, as an If-Match value
     CommitDone done;
   };
   void queue(Job job);

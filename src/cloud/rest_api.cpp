@@ -697,15 +697,8 @@ void RestApi::models(Call& call) {
   };
   if (n == 6 && seg[3] == "versions" && seg[5] == "signature") {
     if (!call.allow({"PUT"})) return;
-    // If-Match: "SHA256" of the index bytes that were signed (an etag, quoted or not).
-    const std::string if_match = call.request.header("If-Match");
-    std::string_view signed_index = if_match;
-    if (signed_index.starts_with("W/")) signed_index.remove_prefix(2);
-    if (signed_index.size() >= 2 && signed_index.front() == '"' && signed_index.back() == '"') {
-      signed_index = signed_index.substr(1, signed_index.size() - 2);
-    }
-    if (signed_index == "*") signed_index = {};
-    return store.put_signature(seg[2], seg[4], call.request.body, std::string(signed_index),
+    // If-Match: "SHA256" of the index bytes that were signed.
+    return store.put_signature(seg[2], seg[4], call.request.body, call.request.header("If-Match"),
                                respond_later);
   }
   if (n == 5 && seg[3] == "versions" && call.method() == "DELETE") {

@@ -103,9 +103,9 @@ class ModelStoreTest : public ::testing::Test {
   }
 
   Result<json> sign(const std::string& name, const std::string& version,
-                    const std::string& index_sha256 = {}) {
+                    const std::string& if_match = {}) {
     return wait_for(
-        [&](auto done) { store_->put_signature(name, version, signature_, index_sha256, done); });
+        [&](auto done) { store_->put_signature(name, version, signature_, if_match, done); });
   }
 
   PackedVersion make_version(const std::string& name, const std::string& label, unsigned seed) {
@@ -180,7 +180,7 @@ TEST_F(ModelStoreTest, ASignatureOfAnIndexNoLongerStoredIsRefused) {
   ASSERT_FALSE(late);
   EXPECT_EQ(late.error().code, errc::cancelled) << late.error().to_string();
   EXPECT_FALSE(fs::exists(stored("net-1.cidx.sig")));
-  auto current = sign("net", "1", crypto::sha256_hex(*store_->read("net-1.cidx")));
+  auto current = sign("net", "1", "\"" + crypto::sha256_hex(*store_->read("net-1.cidx")) + "\"");
   ASSERT_TRUE(current) << current.error().to_string();
   EXPECT_TRUE(store_->read("net-1.cidx.sig"));
 }
