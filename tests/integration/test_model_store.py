@@ -480,3 +480,27 @@ def test_of_two_concurrent_pushes_of_one_version_the_first_commit_wins(cloud, tm
         lost.stderr
     stored = json.loads(zstd(["-dc"], (cloud.home / "models" / "net-1.cidx").read_bytes()))
     assert stored["sha256"] == hashes[won[0]]
+
+
+def test_a_store_from_before_the_tilde_names_is_renamed_and_old_urls_still_work(cloud, tmp_path):
+    m = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(m, seed=22)
+    summary = push(cloud, m, "ppocr-det", "4")
+    assert summary["url"].endswith("/models/ppocr-det~4.cidx"), summary
+    models = cloud.home / "models"
+    index = (models / "ppocr-det~4.cidx").read_bytes()
+    cloud.stop()
+    # The names an earlier release gave the index and its signature.
+    (models / "ppocr-det~4.cidx").rename(models / "ppocr-det-4.cidx")
+    (models / "ppocr-det-4.cidx.sig").write_text("A" * 86 + "==\n")
+    cloud.start()
+    assert (models / "ppocr-det~4.cidx").read_bytes() == index
+    assert (models / "ppocr-det~4.cidx.sig").exists()
+    assert not (models / "ppocr-det-4.cidx").exists()
+    assert public_get(cloud, "/models/ppocr-det-4.cidx") == (200, index)
+    out, store = tmp_path / "dev" / "m", tmp_path / "dev" / "store"
+    legacy_url = summary["url"].replace("~", "-")
+    fetch(legacy_url, out, store, "--ca", str(cloud.ca_path))
+    assert out.read_bytes() == data
+    listing = json.loads(cloud.cli("model", "list", "--json").stdout)["models"]
+    assert [m["index"] for m in listing] == ["models/ppocr-det~4.cidx"], listing
