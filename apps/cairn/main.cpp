@@ -115,7 +115,8 @@ int push_model(const net::ServiceClient& service, const std::string& file, const
   }
   net::HttpSession session(service.server, 600);
   auto send = [&](std::string method, std::string target, std::string body,
-                  std::string content_type) -> std::optional<nlohmann::json> {
+                  std::string content_type,
+                  std::string if_match = {}) -> std::optional<nlohmann::json> {
     auto token = service.token();
     if (!token) {
       std::cerr << "cairn: " << token.error().message << "\n";
@@ -123,6 +124,7 @@ int push_model(const net::ServiceClient& service, const std::string& file, const
     }
     net::HttpRequest r{std::move(method), std::move(target), std::move(body)};
     r.headers = {{"Authorization", *token}, {"Content-Type", std::move(content_type)}};
+    if (!if_match.empty()) r.headers.emplace_back("If-Match", std::move(if_match));
     return answer(session.request(r));
   };
   // The store checks the index and names the chunks it lacks.
@@ -188,7 +190,12 @@ int push_model(const net::ServiceClient& service, const std::string& file, const
       std::cerr << "cairn: " << signature.error().message << "\n";
       return 1;
     }
-    if (!send("PUT", version_path + "/signature", *signature, "text/plain")) return 1;
+    // Names the bytes signed: if the version was removed and pushed again meanwhile, the
+    // store refuses (412) rather than put this signature beside another index.
+    if (!send("PUT", version_path + "/signature", *signature, "text/plain",
+              "\"" + crypto::sha256_hex(stored->body) + "\"")) {
+      return 1;
+    }
     (*j)["signed"] = true;
   }
   const auto& server = service.server;

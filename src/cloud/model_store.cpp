@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cloud/ids.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "modelpkg/detail/files.hpp"
@@ -29,13 +30,32 @@ bool is_hex_hash(std::string_view s) {
          });
 }
 
-// A path segment of a published file: the characters of names and versions, no leading '.'
-// (so neither ".." nor a temporary file).
+// A path segment of a published file: the characters of names and versions (and '~', which
+// index file names use as a separator), no leading '.' (so neither ".." nor a temporary file).
 bool plain_segment(std::string_view s) {
   return !s.empty() && s.front() != '.' && std::all_of(s.begin(), s.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
+           c == '_' || c == '-' || c == '~';
   });
+}
+
+// Calls f(root, entry) for each regular file below DIR/chunks and DIR/deltas. Either root may
+// be a symlink (to another disk): the roots are followed, links below them are not.
+template <typename F>
+std::error_code for_each_stored_file(const std::string& dir, const F& f) {
+  std::error_code first_error;
+  for (const char* top : {"chunks", "deltas"}) {
+    const fs::path root = fs::path(dir) / top;
+    std::error_code ec;
+    if (!fs::exists(root, ec)) continue;
+    for (auto it = fs::recursive_directory_iterator(root, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      std::error_code fec;
+      if (it->is_regular_file(fec)) f(top, root, it->path());
+    }
+    if (ec && !first_error) first_error = ec;
+  }
+  return first_error;
 }
 
 std::vector<std::string_view> split(std::string_view path) {
@@ -68,19 +88,26 @@ Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) 
   if (options.dir.empty()) return make_error(errc::invalid_argument, "no model store directory");
   CAIRN_TRY(modelpkg::detail::make_dirs(options.dir + "/chunks"));
   std::unique_ptr<ModelStore> store(new ModelStore(std::move(options)));
-  std::error_code ec;
+  store->migrate_names();
   std::uint64_t used = 0;
-  for (auto it = fs::recursive_directory_iterator(store->options_.dir, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (!it->is_regular_file()) continue;
-    if (it->path().filename().string().starts_with(".")) {
+  auto count = [&used](const fs::path& path) {
+    std::error_code ec;
+    if (path.filename().string().starts_with(".")) {
       // A write a crash interrupted (modelpkg's temporary files start with '.').
-      std::error_code rec;
-      fs::remove(it->path(), rec);
-      continue;
+      fs::remove(path, ec);
+      return;
     }
-    std::error_code sec;
-    used += it->file_size(sec);
+    const auto size = fs::file_size(path, ec);
+    if (!ec) used += size;
+  };
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(store->options_.dir, ec)) {
+    std::error_code fec;
+    if (entry.is_regular_file(fec)) count(entry.path());
+  }
+  if (!ec) {
+    ec = for_each_stored_file(store->options_.dir, [&](std::string_view, const fs::path&,
+                                                       const fs::path& path) { count(path); });
   }
   if (ec) {
     return make_error(errc::io_error,
@@ -100,6 +127,56 @@ Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) 
   return store;
 }
 
+void ModelStore::migrate_names() {
+  std::vector<fs::path> indexes, signatures;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
+    const auto file = entry.path().filename().string();
+    if (file.starts_with(".")) continue;
+    if (file.ends_with(".cidx")) indexes.push_back(entry.path());
+    if (file.ends_with(".cidx.sig")) signatures.push_back(entry.path());
+  }
+  for (const auto& path : indexes) {
+    auto bytes = modelpkg::detail::read_file(path.string(), modelpkg::kMaxIndexBytes);
+    auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
+    if (!idx) continue;
+    const auto file = path.filename().string();
+    const auto wanted = modelpkg::index_file_name(idx->name, idx->version);
+    if (file == wanted || file != modelpkg::legacy_index_file_name(idx->name, idx->version)) {
+      continue;
+    }
+    const fs::path target = fs::path(options_.dir) / wanted;
+    std::error_code eec, sec, iec;
+    if (fs::exists(target, eec)) {
+      log::warn(kLog, "{} holds {} version {}, whose index is {}: both kept, rename by hand", file,
+                idx->name, idx->version, wanted);
+      continue;
+    }
+    // The signature first: a crash between the two renames leaves the index under its old name
+    // (renamed at the next start) rather than a signature beside no index (deleted below).
+    fs::path old_sig = path;
+    old_sig += ".sig";
+    fs::path new_sig = target;
+    new_sig += ".sig";
+    if (fs::exists(old_sig, sec)) fs::rename(old_sig, new_sig, sec);
+    fs::rename(path, target, iec);
+    if (sec || iec) {
+      log::warn(kLog, "cannot rename {} to {}: {}", file, wanted, (iec ? iec : sec).message());
+    } else {
+      log::info(kLog, "renamed {} to {} ({} version {})", file, wanted, idx->name, idx->version);
+    }
+  }
+  // A signature whose index is gone would be inherited by a re-push of that version.
+  for (const auto& sig : signatures) {
+    fs::path index = sig;
+    index.replace_extension();
+    std::error_code iec, rec;
+    if (fs::exists(sig, iec) && !fs::exists(index, iec) && !iec && fs::remove(sig, rec)) {
+      log::info(kLog, "removed {}: its index is gone", sig.filename().string());
+    }
+  }
+}
+
 ModelStore::~ModelStore() {
   std::deque<Job> dropped;
   {
@@ -109,7 +186,7 @@ ModelStore::~ModelStore() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  for (auto& job : dropped) job.done(make_error(errc::cancelled, "cairn-cloud is stopping"));
+  for (auto& job : dropped) job.done(make_error(errc::unavailable, "cairn-cloud is stopping"));
 }
 
 Status ModelStore::reserve(std::uint64_t bytes, std::string_view what) const {
@@ -177,14 +254,12 @@ Result<json> ModelStore::missing(const std::string& name, const std::string& ver
   std::uint64_t bytes = 0;
   if (!checked->existing) {
     std::set<std::string> seen;
+    // A chunk the store holds is touched, so the orphan sweep (which spares young files) does
+    // not take it from under this push before its commit references it.
+    std::lock_guard lock(chunk_mu_);
     for (const auto& c : checked->index.chunks) {
       if (!seen.insert(c.hash).second) continue;
-      // A chunk the store holds is touched, so the orphan sweep (which spares young files)
-      // does not take it from under this push before its commit references it.
-      std::error_code ec;
-      fs::last_write_time(options_.dir + "/" + modelpkg::chunk_path(c.hash),
-                          fs::file_time_type::clock::now(), ec);
-      if (ec) {
+      if (!touch_chunk(c.hash)) {
         out.push_back(c.hash);
         bytes += c.stored_size;
       }
@@ -202,9 +277,15 @@ Result<json> ModelStore::put_chunk(const std::string& hash, std::string_view bod
   }
   if (body.empty()) return make_error(errc::invalid_argument, "the chunk body is empty");
   const std::string path = options_.dir + "/" + modelpkg::chunk_path(hash);
-  std::error_code ec;
-  if (auto size = fs::file_size(path, ec); !ec) {
-    return json{{"hash", hash}, {"storedBytes", size}, {"new", false}};
+  {
+    std::lock_guard lock(chunk_mu_);
+    std::error_code ec;
+    if (auto size = fs::file_size(path, ec); !ec) {
+      // Stored already (by another version, or by this push before `missing` was asked): it is
+      // touched as `missing` does, so the sweep spares it until this push commits.
+      if (!touch_chunk(hash)) log::warn(kLog, "cannot refresh the time of chunk {}", hash);
+      return json{{"hash", hash}, {"storedBytes", size}, {"new", false}};
+    }
   }
   // Stored compressed only when that is smaller, so a chunk file is raw exactly when its size
   // is the chunk's size (commit relies on it).
@@ -228,28 +309,57 @@ Result<json> ModelStore::put_chunk(const std::string& hash, std::string_view bod
   return json{{"hash", hash}, {"storedBytes", stored.size()}, {"new", true}};
 }
 
+bool ModelStore::touch_chunk(const std::string& hash) const {
+  std::error_code ec;
+  fs::last_write_time(options_.dir + "/" + modelpkg::chunk_path(hash),
+                      fs::file_time_type::clock::now(), ec);
+  return !ec;
+}
+
 void ModelStore::commit(std::string name, std::string version, std::string cidx, CommitDone done) {
-  queue(std::move(name), std::move(version), std::move(cidx), false, std::move(done));
+  queue(Job{
+      JobKind::commit, std::move(name), std::move(version), std::move(cidx), {}, std::move(done)});
 }
 
 void ModelStore::remove(std::string name, std::string version, CommitDone done) {
-  queue(std::move(name), std::move(version), {}, true, std::move(done));
+  queue(Job{JobKind::remove, std::move(name), std::move(version), {}, {}, std::move(done)});
 }
 
-void ModelStore::queue(std::string name, std::string version, std::string cidx, bool removal,
-                       CommitDone done) {
+void ModelStore::put_signature(const std::string& name, const std::string& version,
+                               std::string_view signature, std::string if_match, CommitDone done) {
+  // Checked here, so a bad request takes no place in the queue.
+  auto stored = [&]() -> Result<std::string> {
+    CAIRN_TRY(modelpkg::check_label(name, "model name"));
+    CAIRN_TRY(modelpkg::check_label(version, "model version"));
+    std::string_view text = signature;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+      text.remove_suffix(1);
+    }
+    auto raw = crypto::base64_decode(text);
+    if (!raw || raw->size() != 64) {
+      return make_error(errc::invalid_argument,
+                        "the body is not a signature: base64 of the 64 bytes of an Ed25519 "
+                        "signature, as `cairn model pack --sign-key` writes it");
+    }
+    return std::string(text) + "\n";
+  }();
+  if (!stored) return done(std::move(stored).error());
+  queue(
+      Job{JobKind::sign, name, version, std::move(*stored), std::move(if_match), std::move(done)});
+}
+
+void ModelStore::queue(Job job) {
   {
     std::lock_guard lock(mu_);
     if (!stopping_ && jobs_.size() < options_.max_pending_commits) {
-      jobs_.push_back(
-          Job{std::move(name), std::move(version), std::move(cidx), removal, std::move(done)});
+      jobs_.push_back(std::move(job));
       cv_.notify_one();
       return;
     }
   }
-  done(make_error(errc::unavailable, "the model store is busy with " +
-                                         std::to_string(options_.max_pending_commits) +
-                                         " pushes: retry in a moment"));
+  job.done(make_error(errc::unavailable, "the model store is busy with " +
+                                             std::to_string(options_.max_pending_commits) +
+                                             " pushes: retry in a moment"));
 }
 
 void ModelStore::run() {
@@ -264,8 +374,17 @@ void ModelStore::run() {
     }
     Result<json> result = make_error(errc::internal, "commit did not run");
     try {
-      result = job.removal ? remove_now(job.name, job.version)
-                           : commit_now(job.name, job.version, job.cidx);
+      switch (job.kind) {
+        case JobKind::commit:
+          result = commit_now(job.name, job.version, job.body);
+          break;
+        case JobKind::remove:
+          result = remove_now(job.name, job.version);
+          break;
+        case JobKind::sign:
+          result = sign_now(job.name, job.version, job.body, job.if_match);
+          break;
+      }
     } catch (const std::exception& e) {
       result = make_error(errc::internal, std::string("model commit failed: ") + e.what());
     }
@@ -320,6 +439,16 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   used_bytes_ += deltas->bytes;
   auto encoded = modelpkg::encode_index(idx);
   if (!encoded) return std::move(encoded).error();
+  // A signature already beside this file name signed other bytes (left by a crash, or by an
+  // earlier release that wrote signatures outside the queue): the new version starts unsigned.
+  {
+    std::error_code sec, rec;
+    const auto stale = fs::file_size(index_path + ".sig", sec);
+    if (!sec && fs::remove(index_path + ".sig", rec)) {
+      used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), stale);
+    }
+    if (rec) return make_error(errc::io_error, "cannot remove a stale signature: " + rec.message());
+  }
   // Written last and atomically: readers see no index or a complete one.
   CAIRN_TRY(modelpkg::detail::write_file_atomic(index_path, *encoded, true));
   used_bytes_ += encoded->size();
@@ -332,45 +461,61 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   return out;
 }
 
-Result<json> ModelStore::put_signature(const std::string& name, const std::string& version,
-                                       std::string_view signature) {
-  CAIRN_TRY(modelpkg::check_label(name, "model name"));
-  CAIRN_TRY(modelpkg::check_label(version, "model version"));
-  std::string_view text = signature;
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
-    text.remove_suffix(1);
+Result<std::string> ModelStore::read_index(const std::string& name,
+                                           const std::string& version) const {
+  const std::string file = modelpkg::index_file_name(name, version);
+  auto bytes = modelpkg::detail::read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes);
+  if (!bytes) {
+    if (bytes.error().code == errc::not_found) {
+      return make_error(errc::not_found, name + " version " + version + " is not in the store");
+    }
+    return std::move(bytes).error();
   }
-  auto raw = crypto::base64_decode(text);
-  if (!raw || raw->size() != 64) {
-    return make_error(errc::invalid_argument,
-                      "the body is not a signature: base64 of the 64 bytes of an Ed25519 "
-                      "signature, as `cairn model pack --sign-key` writes it");
+  // Only a file put there by hand can hold another pair (names are injective): it is left
+  // alone. One that does not decode is this pair's, damaged, and may still be removed.
+  if (auto idx = modelpkg::decode_index(*bytes);
+      idx && (idx->name != name || idx->version != version)) {
+    return make_error(errc::already_exists, file + " holds " + idx->name + " version " +
+                                                idx->version + ", not " + name + " version " +
+                                                version + ": left alone");
   }
-  const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
-  std::error_code ec;
-  if (!fs::is_regular_file(index_path, ec)) {
-    return make_error(errc::not_found,
-                      name + " version " + version + " is not in the store: push it first");
+  return bytes;
+}
+
+Result<json> ModelStore::sign_now(const std::string& name, const std::string& version,
+                                  const std::string& signature, const std::string& if_match) {
+  auto index = read_index(name, version);
+  if (!index) {
+    if (index.error().code == errc::not_found) {
+      return make_error(errc::not_found, index.error().message + ": push it first");
+    }
+    return std::move(index).error();
   }
-  const std::string sig_path = index_path + ".sig";
+  if (!etag_matches(if_match, crypto::sha256_hex(*index))) {
+    return make_error(errc::cancelled,
+                      "the stored index of " + name + " version " + version +
+                          " is not the one signed (removed and pushed again since?): read it "
+                          "back and sign it again");
+  }
+  const std::string sig_path =
+      options_.dir + "/" + modelpkg::index_file_name(name, version) + ".sig";
   std::error_code sec;
   const auto old_size = fs::file_size(sig_path, sec);
-  const std::string stored = std::string(text) + "\n";
-  CAIRN_TRY(reserve(stored.size(), "the signature"));
-  CAIRN_TRY(modelpkg::detail::write_file_atomic(sig_path, stored, true));
-  used_bytes_ += stored.size();
-  if (!sec) used_bytes_ -= old_size;
+  CAIRN_TRY(reserve(signature.size(), "the signature"));
+  CAIRN_TRY(modelpkg::detail::write_file_atomic(sig_path, signature, true));
+  used_bytes_ += signature.size();
+  if (!sec) used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), old_size);
   log::info(kLog, "signature stored for {} version {}", name, version);
-  return json{{"name", name}, {"version", version}, {"signatureBytes", stored.size()}};
+  return json{{"name", name}, {"version", version}, {"signatureBytes", signature.size()}};
 }
 
 Result<json> ModelStore::remove_now(const std::string& name, const std::string& version) {
   CAIRN_TRY(modelpkg::check_label(name, "model name"));
   CAIRN_TRY(modelpkg::check_label(version, "model version"));
   const std::string index_path = options_.dir + "/" + modelpkg::index_file_name(name, version);
-  std::error_code ec;
-  const auto index_size = fs::file_size(index_path, ec);
-  if (ec) return make_error(errc::not_found, name + " version " + version + " is not in the store");
+  auto index = read_index(name, version);
+  if (!index) return std::move(index).error();
+  const std::uint64_t index_size = index->size();
   std::uint64_t freed = 0;
   for (const auto& path : {index_path + ".sig", index_path}) {
     std::error_code sec, rec;
@@ -417,24 +562,25 @@ json ModelStore::sweep_orphans() {
   const auto cutoff = fs::file_time_type::clock::now() - options_.orphan_grace;
   std::size_t removed_chunks = 0, removed_deltas = 0;
   std::uint64_t freed = 0;
-  for (const char* top : {"chunks", "deltas"}) {
-    const bool is_chunks = std::string_view(top) == "chunks";
-    const auto& referenced = is_chunks ? chunks : deltas;
-    std::error_code wec;
-    for (auto it = fs::recursive_directory_iterator(options_.dir + "/" + top, wec);
-         !wec && it != fs::recursive_directory_iterator(); it.increment(wec)) {
-      if (!it->is_regular_file()) continue;
-      const auto relative = fs::relative(it->path(), options_.dir).generic_string();
-      if (referenced.count(relative)) continue;
-      std::error_code tec, sec, rec;
-      if (it->last_write_time(tec) > cutoff || tec) continue;
-      const auto size = it->file_size(sec);
-      if (fs::remove(it->path(), rec) && !sec) {
-        freed += size;
-        ++(is_chunks ? removed_chunks : removed_deltas);
-      }
-    }
-  }
+  auto walk_error = for_each_stored_file(
+      options_.dir, [&](std::string_view top, const fs::path& root, const fs::path& path) {
+        const bool is_chunks = top == "chunks";
+        // The name the indexes use, made lexically: std::filesystem::relative resolves symlinks,
+        // and every file of a symlinked chunks/ would then look unreferenced.
+        const auto relative = (fs::path(top) / path.lexically_relative(root)).generic_string();
+        if ((is_chunks ? chunks : deltas).count(relative)) return;
+        // Under the lock missing/put_chunk touch chunks with, and with the time read now, not as
+        // the directory listing cached it.
+        std::lock_guard lock(chunk_mu_);
+        std::error_code tec, sec, rec;
+        if (fs::last_write_time(path, tec) > cutoff || tec) return;
+        const auto size = fs::file_size(path, sec);
+        if (fs::remove(path, rec) && !sec) {
+          freed += size;
+          ++(is_chunks ? removed_chunks : removed_deltas);
+        }
+      });
+  if (walk_error) log::warn(kLog, "orphan sweep incomplete: {}", walk_error.message());
   used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), freed);
   return json{
       {"removedChunks", removed_chunks}, {"removedDeltas", removed_deltas}, {"freedBytes", freed}};
@@ -468,6 +614,31 @@ Result<json> ModelStore::list() const {
               {"maxBytes", options_.max_store_bytes}};
 }
 
+std::optional<std::string> ModelStore::current_index_name(std::string_view legacy_file) const {
+  const bool signature = legacy_file.ends_with(".cidx.sig");
+  std::string_view base = legacy_file.substr(0, legacy_file.rfind(".cidx"));
+  // Only names with a '-' changed file names (NAME~VERSION.cidx); the first '-' of a legacy
+  // name is inside NAME, the version starts after one of the later ones.
+  const auto first = base.find('-');
+  if (base.find('~') != std::string_view::npos || first == std::string_view::npos) {
+    return std::nullopt;
+  }
+  std::optional<std::string> found;
+  for (auto dash = base.find('-', first + 1); dash != std::string_view::npos;
+       dash = base.find('-', dash + 1)) {
+    const auto name = base.substr(0, dash), version = base.substr(dash + 1);
+    if (!modelpkg::check_label(name, "name") || !modelpkg::check_label(version, "version")) {
+      continue;
+    }
+    const std::string file = modelpkg::index_file_name(name, version);
+    std::error_code ec;
+    if (!fs::is_regular_file(options_.dir + "/" + file, ec)) continue;
+    if (found) return std::nullopt;  // two versions had this name: it names neither
+    found = file + (signature ? ".sig" : "");
+  }
+  return found;
+}
+
 Result<std::string> ModelStore::read(const std::string& relative_path) const {
   auto parts = split(relative_path);
   bool ok = std::all_of(parts.begin(), parts.end(), plain_segment);
@@ -483,8 +654,13 @@ Result<std::string> ModelStore::read(const std::string& relative_path) const {
     return make_error(errc::not_found, "no published file models/" + relative_path.substr(0, 200));
   };
   if (!ok) return not_found();
-  const std::string path = options_.dir + "/" + relative_path;
+  std::string path = options_.dir + "/" + relative_path;
   std::error_code ec;
+  if (parts.size() == 1 && !fs::is_regular_file(path, ec)) {
+    auto current = current_index_name(parts[0]);
+    if (!current) return not_found();
+    path = options_.dir + "/" + *current;
+  }
   if (!fs::is_regular_file(path, ec)) return not_found();
   // Deltas are the largest files served; the fetcher takes at most 64 MiB of one.
   return modelpkg::detail::read_file(path, modelpkg::kMaxIndexJsonBytes);

@@ -105,6 +105,8 @@ net::HttpResponse model_error(const Error& e) {
       return error_response(404, kNotFound, e.message);
     case errc::already_exists:
       return error_response(409, "Conflict", e.message);
+    case errc::cancelled:  // a signature of an index that is no longer the stored one
+      return error_response(412, kPreconditionFailed, e.message);
     default:
       return error_from(e);
   }
@@ -688,22 +690,23 @@ void RestApi::models(Call& call) {
     if (!call.allow({"PUT"})) return;
     return reply(store.put_chunk(seg[3], call.request.body));
   }
+  // Signatures, removals and commits are answered by the store's thread, in the order asked
+  // (deltas take seconds; the io thread must not wait for them).
+  auto respond_later = [respond = call.respond](Result<json> r) {
+    respond(r ? json_response(200, *r) : model_error(r.error()));
+  };
   if (n == 6 && seg[3] == "versions" && seg[5] == "signature") {
     if (!call.allow({"PUT"})) return;
-    return reply(store.put_signature(seg[2], seg[4], call.request.body));
+    // If-Match: "SHA256" of the index bytes that were signed.
+    return store.put_signature(seg[2], seg[4], call.request.body, call.request.header("If-Match"),
+                               respond_later);
   }
   if (n == 5 && seg[3] == "versions" && call.method() == "DELETE") {
-    return store.remove(seg[2], seg[4], [respond = call.respond](Result<json> r) {
-      respond(r ? json_response(200, *r) : model_error(r.error()));
-    });
+    return store.remove(seg[2], seg[4], respond_later);
   }
   if (n == 5 && seg[3] == "versions") {
     if (!call.allow({"PUT", "DELETE"})) return;
-    // The store's thread answers: deltas take seconds, the io thread must not wait for them.
-    return store.commit(seg[2], seg[4], call.request.body,
-                        [respond = call.respond](Result<json> r) {
-                          respond(r ? json_response(200, *r) : model_error(r.error()));
-                        });
+    return store.commit(seg[2], seg[4], call.request.body, respond_later);
   }
   call.reply(error_response(
       404, kNotFound,

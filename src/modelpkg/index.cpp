@@ -183,6 +183,11 @@ Status check_label(std::string_view value, std::string_view what) {
 }
 
 std::string index_file_name(std::string_view name, std::string_view version) {
+  const char separator = name.find('-') == std::string_view::npos ? '-' : '~';
+  return std::string(name) + separator + std::string(version) + ".cidx";
+}
+
+std::string legacy_index_file_name(std::string_view name, std::string_view version) {
   return std::string(name) + "-" + std::string(version) + ".cidx";
 }
 

@@ -79,7 +79,14 @@ Result<ModelIndex> decode_index(std::string_view cidx);
 // Names and versions are [A-Za-z0-9._-]{1,128}, not starting with '.' (they become file names).
 Status check_label(std::string_view value, std::string_view what);
 
+// The index file of a version: NAME-VERSION.cidx when NAME has no '-', NAME~VERSION.cidx when it
+// has one. '~' is in no name or version, and a NAME-VERSION file name splits at its first '-',
+// so no two (name, version) pairs share a file ("a-b" version "c" is a-b~c.cidx, "a" version
+// "b-c" is a-b-c.cidx), while the names of models without '-' keep their NAME-VERSION URLs.
 std::string index_file_name(std::string_view name, std::string_view version);
+// The file name every index had before: NAME-VERSION.cidx, which two pairs can share. Only read
+// to find and rename (or serve) indexes written by earlier releases.
+std::string legacy_index_file_name(std::string_view name, std::string_view version);
 std::string chunk_path(std::string_view hash);
 std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,
                        std::size_t segment);

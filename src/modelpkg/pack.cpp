@@ -32,8 +32,9 @@ std::vector<PreviousVersion> previous_versions(const std::string& dir, const std
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     auto file = entry.path().filename().string();
-    if (file.size() < 5 || file.substr(file.size() - 5) != ".cidx" ||
-        file.rfind(name + "-", 0) != 0) {
+    // Both NAME-VERSION.cidx and NAME~VERSION.cidx (index_file_name) start with NAME; the
+    // decoded name decides.
+    if (file.size() < 5 || file.substr(file.size() - 5) != ".cidx" || !file.starts_with(name)) {
       continue;
     }
     auto bytes = detail::read_file(entry.path().string(), kMaxIndexBytes);

@@ -5,10 +5,13 @@ Bad input to the store gets a 4xx JSON error and changes nothing on disk."""
 import hashlib
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -349,3 +352,155 @@ def test_young_orphans_are_kept_for_pushes_in_progress_and_deltas_have_a_cap(
     before = stored_files(cloud, "chunks")
     r = json.loads(cloud.cli("model", "delete", "--name", "net", "--version", "1").stdout)
     assert r["removedChunks"] == 0 and stored_files(cloud, "chunks") == before, r
+
+
+def pushed_over_http(cloud, tmp_path, model, name, version):
+    """The steps of a push, one REST call each: returns (index bytes, chunk paths) of the pack."""
+    out = tmp_path / f"pub-{name}-{version}-{model.stem}"
+    pack(model, out, name, version)
+    cidx = next(out.glob("*.cidx")).read_bytes()
+    chunks = [p for p in (out / "chunks").rglob("*") if p.is_file()]
+    return cidx, chunks
+
+
+def age(paths, seconds=7200):
+    """Sets files' modification time `seconds` back, as a push slower than the grace leaves."""
+    when = time.time() - seconds
+    for p in paths:
+        os.utime(p, (when, when))
+
+
+def test_chunks_sent_again_survive_a_sweep_until_their_push_commits(cloud, tmp_path):
+    m, other = tmp_path / "m.onnx", tmp_path / "other.onnx"
+    model_fixtures.make_onnx(m, seed=11)
+    model_fixtures.make_onnx(other, seed=12)
+    cidx, chunks = pushed_over_http(cloud, tmp_path, m, "net", "1")
+    r = cloud.request("POST", "/cairn/models/net/versions/1/missing", raw=cidx, api_version=False)
+    assert r.status == 200 and len(r.json["missing"]) == len(chunks), r
+    for c in chunks:
+        assert put(cloud, f"/cairn/models/chunks/{c.name}", c.read_bytes()).json["new"] is True
+    # The push is slow: its chunks are older than the grace (an hour) when it sends them again.
+    age(p for p in (cloud.home / "models" / "chunks").rglob("*") if p.is_file())
+    for c in chunks:
+        assert put(cloud, f"/cairn/models/chunks/{c.name}", c.read_bytes()).json["new"] is False
+    # A removal sweeps the store meanwhile.
+    push(cloud, other, "other", "1")
+    cloud.cli("model", "delete", "--name", "other", "--version", "1")
+    r = put(cloud, "/cairn/models/net/versions/1", cidx)
+    assert r.status == 200, r
+
+
+def test_a_symlinked_store_and_chunks_directory_keep_referenced_chunks_when_swept(
+        cloud_factory, tmp_path):
+    cloud = cloud_factory(start=False, extra_args=["--model-orphan-grace", "0"])
+    real, disk = tmp_path / "real-models", tmp_path / "disk-chunks"
+    real.mkdir()
+    disk.mkdir()
+    (real / "chunks").symlink_to(disk)
+    (cloud.home / "models").symlink_to(real)
+    cloud.start()
+    kept, gone = tmp_path / "kept.onnx", tmp_path / "gone.onnx"
+    data = model_fixtures.make_onnx(kept, seed=13)
+    model_fixtures.make_onnx(gone, seed=14)
+    summary = push(cloud, kept, "kept", "1")
+    push(cloud, gone, "gone", "1")
+    r = json.loads(cloud.cli("model", "delete", "--name", "gone", "--version", "1").stdout)
+    assert r["removedChunks"] > 0, r
+    assert {f"{p.parent.name}/{p.name}" for p in disk.rglob("*") if p.is_file()} == \
+        modelpkg_chunks(cloud, "kept-1.cidx")
+    out, store = tmp_path / "dev" / "m", tmp_path / "dev" / "store"
+    fetch(summary["url"], out, store, "--ca", str(cloud.ca_path))
+    assert out.read_bytes() == data
+
+
+def test_names_that_join_to_the_same_text_are_separate_versions(cloud, tmp_path):
+    first, second = tmp_path / "first.onnx", tmp_path / "second.onnx"
+    data1 = model_fixtures.make_onnx(first, seed=15)
+    data2 = model_fixtures.make_onnx(second, seed=16)
+    dashed_name = push(cloud, first, "a-b", "c")
+    dashed_version = push(cloud, second, "a", "b-c")
+    assert dashed_name["url"].endswith("/models/a-b~c.cidx"), dashed_name
+    assert dashed_version["url"].endswith("/models/a-b-c.cidx"), dashed_version
+    r = json.loads(cloud.cli("model", "delete", "--name", "a", "--version", "b-c").stdout)
+    assert r["name"] == "a" and r["version"] == "b-c", r
+    listing = json.loads(cloud.cli("model", "list", "--json").stdout)["models"]
+    assert [(m["name"], m["version"]) for m in listing] == [("a-b", "c")], listing
+    out, store = tmp_path / "dev" / "m", tmp_path / "dev" / "store"
+    fetch(dashed_name["url"], out, store, "--ca", str(cloud.ca_path))
+    assert out.read_bytes() == data1
+    again = push(cloud, second, "a", "b-c")
+    fetch(again["url"], out, store, "--ca", str(cloud.ca_path))
+    assert out.read_bytes() == data2
+
+
+def test_a_re_push_never_serves_an_old_signature(cloud, tmp_path):
+    m = tmp_path / "m.onnx"
+    model_fixtures.make_onnx(m, seed=17)
+    push(cloud, m, "net", "1")
+    cloud.cli("model", "delete", "--name", "net", "--version", "1")
+    # A signature left beside no index, as a signature write racing the removal left it.
+    (cloud.home / "models" / "net-1.cidx.sig").write_text("A" * 86 + "==\n")
+    push(cloud, m, "net", "1")
+    status, _ = public_get(cloud, "/models/net-1.cidx.sig")
+    assert status == 404
+
+
+def test_a_signature_of_an_index_no_longer_stored_is_refused(cloud, tmp_path):
+    first, second = tmp_path / "first.onnx", tmp_path / "second.onnx"
+    model_fixtures.make_onnx(first, seed=18)
+    model_fixtures.make_onnx(second, seed=19)
+    push(cloud, first, "net", "1")
+    signed_sha = hashlib.sha256((cloud.home / "models" / "net-1.cidx").read_bytes()).hexdigest()
+    # Removed and pushed again with other content between reading the index and signing it.
+    cloud.cli("model", "delete", "--name", "net", "--version", "1")
+    push(cloud, second, "net", "1")
+    signature = b"A" * 86 + b"==\n"
+    r = cloud.request("PUT", "/cairn/models/net/versions/1/signature", raw=signature,
+                      api_version=False, headers={"If-Match": f'"{signed_sha}"'})
+    assert r.status == 412 and "sign it again" in r.message, r
+    assert not (cloud.home / "models" / "net-1.cidx.sig").exists()
+    stored_sha = hashlib.sha256((cloud.home / "models" / "net-1.cidx").read_bytes()).hexdigest()
+    r = cloud.request("PUT", "/cairn/models/net/versions/1/signature", raw=signature,
+                      api_version=False, headers={"If-Match": f'"{stored_sha}"'})
+    assert r.status == 200, r
+
+
+def test_of_two_concurrent_pushes_of_one_version_the_first_commit_wins(cloud, tmp_path):
+    models = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    hashes = []
+    for i, m in enumerate(models):
+        model_fixtures.make_onnx(m, seed=20 + i, variant="head" if i else "base")
+        hashes.append(hashlib.sha256(m.read_bytes()).hexdigest())
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda m: push(cloud, m, "net", "1", check=False), models))
+    won = [i for i, r in enumerate(results) if r.returncode == 0]
+    assert len(won) == 1, [(r.returncode, r.stderr) for r in results]
+    lost = results[1 - won[0]]
+    assert lost.returncode == 1 and "HTTP 409" in lost.stderr and "immutable" in lost.stderr, \
+        lost.stderr
+    stored = json.loads(zstd(["-dc"], (cloud.home / "models" / "net-1.cidx").read_bytes()))
+    assert stored["sha256"] == hashes[won[0]]
+
+
+def test_a_store_from_before_the_tilde_names_is_renamed_and_old_urls_still_work(cloud, tmp_path):
+    m = tmp_path / "m.onnx"
+    data = model_fixtures.make_onnx(m, seed=22)
+    summary = push(cloud, m, "ppocr-det", "4")
+    assert summary["url"].endswith("/models/ppocr-det~4.cidx"), summary
+    models = cloud.home / "models"
+    index = (models / "ppocr-det~4.cidx").read_bytes()
+    cloud.stop()
+    # The names an earlier release gave the index and its signature.
+    (models / "ppocr-det~4.cidx").rename(models / "ppocr-det-4.cidx")
+    (models / "ppocr-det-4.cidx.sig").write_text("A" * 86 + "==\n")
+    cloud.start()
+    assert (models / "ppocr-det~4.cidx").read_bytes() == index
+    assert (models / "ppocr-det~4.cidx.sig").exists()
+    assert not (models / "ppocr-det-4.cidx").exists()
+    assert public_get(cloud, "/models/ppocr-det-4.cidx") == (200, index)
+    out, store = tmp_path / "dev" / "m", tmp_path / "dev" / "store"
+    legacy_url = summary["url"].replace("~", "-")
+    fetch(legacy_url, out, store, "--ca", str(cloud.ca_path))
+    assert out.read_bytes() == data
+    listing = json.loads(cloud.cli("model", "list", "--json").stdout)["models"]
+    assert [m["index"] for m in listing] == ["models/ppocr-det~4.cidx"], listing

@@ -1,5 +1,7 @@
 #include "modelpkg/index.hpp"
 
+#include <set>
+
 #include <gtest/gtest.h>
 
 #include "core/crypto.hpp"
@@ -71,6 +73,28 @@ TEST(IndexTest, LabelsAreFileNameSafe) {
   EXPECT_FALSE(check_label(".hidden", "name"));
   EXPECT_FALSE(check_label("a/b", "name"));
   EXPECT_FALSE(check_label(std::string(129, 'a'), "name"));
+}
+
+TEST(IndexTest, NoTwoNameVersionPairsShareAnIndexFile) {
+  EXPECT_EQ(index_file_name("net", "1"), "net-1.cidx");  // URLs of names without '-' stay
+  EXPECT_EQ(index_file_name("a-b", "c"), "a-b~c.cidx");
+  EXPECT_EQ(index_file_name("a", "b-c"), "a-b-c.cidx");
+  EXPECT_EQ(legacy_index_file_name("a-b", "c"), "a-b-c.cidx");
+  // Every split of a few dashed and dotted texts into (name, version).
+  std::set<std::string> files;
+  std::size_t pairs = 0;
+  for (const std::string text : {"a-b-c-d", "a--b", "-a-b", "a-.b-c", "a-b.c-d-"}) {
+    for (std::size_t cut = 1; cut + 1 < text.size(); ++cut) {
+      const auto name = text.substr(0, cut), version = text.substr(cut + 1);
+      if (text[cut] != '-' || !check_label(name, "name") || !check_label(version, "version")) {
+        continue;
+      }
+      ++pairs;
+      files.insert(index_file_name(name, version));
+    }
+  }
+  EXPECT_GT(pairs, 8u);
+  EXPECT_EQ(files.size(), pairs);
 }
 
 }  // namespace
