@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from podman_engine import (ContainerEngine, build_node_module_image, busybox_links,
-                           cannot_run_containers, ensure_host_config, wait_until)
+                           cannot_run_containers, ensure_host_config, terminate, wait_until)
 
 REGISTRY_HOST = "127.0.0.1"
 # scripts/containers.sh marks exactly these ports insecure (plain HTTP) for podman.
@@ -103,12 +103,7 @@ class Registry:
         return name
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, grace=10)
         self.log.close()
 
 

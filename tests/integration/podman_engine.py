@@ -41,6 +41,16 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.05)
 
 
+def terminate(proc, grace):
+    """SIGTERM, then SIGKILL if `proc` has not exited after `grace` seconds; waits for it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _unix_socket_accepts(path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
@@ -123,12 +133,7 @@ class ContainerEngine:
             return
         # Containers first (they hold mounts in the storage directory), then the service.
         self.podman("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, grace=30)
         self.proc = None
         self.log.close()
         # Overlay layers stay mounted until podman itself unmounts them.
