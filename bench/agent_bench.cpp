@@ -41,7 +41,6 @@ json process_module(const std::string& image, const std::vector<std::string>& ar
           {"env", env}};
 }
 
-// One JSON request over a unix socket: cairnd's management API, or the container engine's.
 // The same Node SDK module as a container on the host's network (it reaches cairnd's MQTT port
 // on loopback, as a process module does); the image is in the engine's storage already.
 json container_module(const std::string& image, const std::vector<std::string>& cmd,
@@ -62,8 +61,8 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// "first 1.234 s, median 1.100 s (1.050-1.300) over 5 rounds": the first round apart (nothing of
-// it was warm yet), the median and spread over all rounds.
+// "first 1.234 s, median 1.100 s (1.050-1.300) over 5 rounds": the first round apart (the run's
+// first deployment of its kind), the median and the spread over all rounds.
 std::string rounds_summary(const std::vector<double>& v) {
   if (v.empty()) return "no rounds";
   auto [lo, hi] = std::minmax_element(v.begin(), v.end());
@@ -71,6 +70,7 @@ std::string rounds_summary(const std::vector<double>& v) {
                      median(v), *lo, *hi, v.size());
 }
 
+// One JSON request over a unix socket: cairnd's management API, or the container engine's.
 Result<json> unix_json(const std::string& socket, const std::string& method,
                        const std::string& target, const std::string& body = {}) {
   net::HttpRequest req;
