@@ -43,8 +43,10 @@ demo: setup
 	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-sensor
 	@bash scripts/demo
 
-# Side-by-side benchmarks; docs/benchmarks.md records their latest output. The last step is the
-# soak (bench/soak.py): SOAK_MINUTES of chaos at half the measured capacity.
+# Side-by-side benchmarks; docs/benchmarks.md records their latest output. bench/agent_containers.py
+# repeats the agent's deployment figures with container modules (Podman's service) beside process
+# modules; it says why and skips where containers cannot run. The last step is the soak
+# (bench/soak.py): SOAK_MINUTES of chaos at half the measured capacity.
 bench: setup
 	cmake --preset release >/dev/null
 	cmake --build --preset release -j $(JOBS) --target cairnd cairn cairn-cloud cairn-infer cairn-bench
@@ -52,6 +54,7 @@ bench: setup
 	build/bin/cairn-bench mqtt --suite default --cairn-fsync false
 	build/bin/cairn-bench link
 	build/bin/cairn-bench agent
+	/usr/bin/python3 bench/agent_containers.py --bin-dir build/bin
 	build/bin/cairn-bench infer
 	build/bin/cairn-bench model-fetch
 	build/bin/cairn-bench model-delta

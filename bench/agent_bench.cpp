@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -40,8 +41,38 @@ json process_module(const std::string& image, const std::vector<std::string>& ar
           {"env", env}};
 }
 
-Result<json> mgmt(const std::string& socket, const std::string& method, const std::string& target,
-                  const std::string& body = {}) {
+// The same Node SDK module as a container on the host's network (it reaches cairnd's MQTT port
+// on loopback, as a process module does); the image is in the engine's storage already.
+json container_module(const std::string& image, const std::vector<std::string>& cmd,
+                      const json& env) {
+  json create = {{"Cmd", cmd}, {"HostConfig", {{"NetworkMode", "host"}}}};
+  return {{"version", "1.0"},
+          {"type", "docker"},
+          {"status", "running"},
+          {"restartPolicy", "always"},
+          {"imagePullPolicy", "never"},
+          {"settings", {{"image", image}, {"createOptions", create.dump()}}},
+          {"env", env}};
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// "first 1.234 s, median 1.100 s (1.050-1.300) over 5 rounds": the first round apart (the run's
+// first deployment of its kind), the median and the spread over all rounds.
+std::string rounds_summary(const std::vector<double>& v) {
+  if (v.empty()) return "no rounds";
+  auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+  return fmt::format("first {:.3f} s, median {:.3f} s ({:.3f}-{:.3f}) over {} rounds", v.front(),
+                     median(v), *lo, *hi, v.size());
+}
+
+// One JSON request over a unix socket: cairnd's management API, or the container engine's.
+Result<json> unix_json(const std::string& socket, const std::string& method,
+                       const std::string& target, const std::string& body = {}) {
   net::HttpRequest req;
   req.method = method;
   req.target = target;
@@ -97,8 +128,11 @@ int run_agent_bench(const AgentBenchOptions& o) {
       "tls_port = {}\n[http]\nport = 0\n[store]\nfsync = false\n",
       *tls);
   if (auto s = write_file(home / "config.toml", config); !s) return 1;
-  auto cairnd = ChildProcess::spawn({o.cairnd_path, "--home", home.string(), "--log-level", "warn"},
-                                    (*work / "cairnd.log").string());
+  std::vector<std::string> argv = {o.cairnd_path, "--home", home.string(), "--log-level", "warn"};
+  // Without an engine cairnd is told there is none, so it never picks up the host's.
+  argv.insert(argv.end(), {"--docker-uri", o.docker_socket.empty() ? std::string("none")
+                                                                   : "unix://" + o.docker_socket});
+  auto cairnd = ChildProcess::spawn(argv, (*work / "cairnd.log").string());
   if (!cairnd) {
     std::cerr << cairnd.error().message << "\n";
     return 1;
@@ -123,7 +157,7 @@ int run_agent_bench(const AgentBenchOptions& o) {
     }
   };
   auto connections = [&]() -> Result<std::size_t> {
-    auto st = mgmt(sock, "GET", "/status");
+    auto st = unix_json(sock, "GET", "/status");
     if (!st) return std::move(st).error();
     return (*st)["mqtt"].value("connections", std::size_t{0});
   };
@@ -134,56 +168,127 @@ int run_agent_bench(const AgentBenchOptions& o) {
   std::this_thread::sleep_for(std::chrono::seconds(2));
   const auto [rss0, pss0] = rss_pss_kib(cairnd->pid());
 
-  std::vector<double> to_running, to_connected;
+  // Phase 1: the same Node SDK module deployed N at a time, as processes and (with an engine) as
+  // containers, interleaved round by round so both see the same machine load.
+  struct Timings {
+    std::vector<double> running, connected;
+  };
+  Timings processes, containers;
+  std::vector<double> engine_alone;  // create+start of N containers through the engine's API
+  const bool with_containers = !o.docker_socket.empty() && !o.container_image.empty();
+  const json connect_env = {
+      {"CAIRN_TEST_CONNECT_MAP", {{"value", fmt::format("localhost:8883=127.0.0.1:{}", *tls)}}}};
+  auto engine_containers = [&]() -> Result<std::size_t> {
+    auto list = unix_json(o.docker_socket, "GET", "/containers/json?all=true");
+    if (!list) return std::move(list).error();
+    return list->size();
+  };
+  // POSTs `modules` as the whole deployment, times it into `into`, then clears the deployment
+  // and waits until `gone` (and no MQTT connection is left).
+  auto time_deployment = [&](const json& modules, Timings& into, const char* kind, int round,
+                             const std::function<Result<bool>()>& gone) -> bool {
+    auto t0 = Clock::now();
+    if (auto r = unix_json(sock, "POST", "/deployment", manifest(modules).dump()); !r) {
+      std::cerr << r.error().message << "\n";
+      return false;
+    }
+    bool running_seen = false;
+    auto done = wait(
+        [&]() -> Result<bool> {
+          if (!running_seen) {
+            auto list = unix_json(sock, "GET", "/modules");
+            if (!list) return std::move(list).error();
+            if (running_modules(*list) == modules.size()) {
+              running_seen = true;
+              into.running.push_back(seconds_between(t0, Clock::now()));
+            }
+          }
+          auto c = connections();
+          if (!c) return std::move(c).error();
+          return running_seen && *c >= modules.size();
+        },
+        "modules running and connected");
+    if (!done) {
+      std::cerr << kind << " round " << round << ": " << done.error().message << "\n";
+      return false;
+    }
+    into.connected.push_back(seconds_between(t0, Clock::now()));
+    progress(fmt::format("round {}: {} modules running after {:.3f} s, connected after {:.3f} s",
+                         round, kind, into.running.back(), into.connected.back()));
+    (void)unix_json(sock, "POST", "/deployment", manifest(json::object()).dump());
+    auto removed = wait(
+        [&]() -> Result<bool> {
+          auto c = connections();
+          if (!c) return std::move(c).error();
+          if (*c != 0) return false;
+          return gone();
+        },
+        "modules removed");
+    if (!removed) {
+      std::cerr << kind << " round " << round << ": " << removed.error().message << "\n";
+      return false;
+    }
+    return true;
+  };
+  // The engine alone: create and start N containers of the image through its API, one after
+  // the other, then remove them. What any agent on this engine pays at least.
+  auto time_engine_alone = [&](int round) -> bool {
+    json body = {{"Image", o.container_image},
+                 {"Cmd", {"node", "-e", "setInterval(() => {}, 1 << 30)"}},
+                 {"HostConfig", {{"NetworkMode", "host"}}}};
+    std::vector<std::string> ids;
+    auto t0 = Clock::now();
+    for (std::size_t i = 0; i < o.connected_modules; ++i) {
+      auto made = unix_json(o.docker_socket, "POST",
+                            fmt::format("/containers/create?name=bench-engine-r{}c{}", round, i),
+                            body.dump());
+      if (!made) {
+        std::cerr << made.error().message << "\n";
+        return false;
+      }
+      ids.push_back(made->value("Id", ""));
+      if (auto st = unix_json(o.docker_socket, "POST", "/containers/" + ids.back() + "/start");
+          !st) {
+        std::cerr << st.error().message << "\n";
+        return false;
+      }
+    }
+    engine_alone.push_back(seconds_between(t0, Clock::now()));
+    progress(fmt::format("round {}: engine API alone, {} containers started after {:.3f} s", round,
+                         o.connected_modules, engine_alone.back()));
+    for (const auto& id : ids) {
+      (void)unix_json(o.docker_socket, "DELETE", "/containers/" + id + "?force=true&v=true");
+    }
+    return true;
+  };
   if (!o.node_module.empty()) {
     for (int round = 0; round < o.rounds && rc == 0; ++round) {
       json modules = json::object();
-      json env = {{"CAIRN_TEST_CONNECT_MAP",
-                   {{"value", fmt::format("localhost:8883=127.0.0.1:{}", *tls)}}}};
       for (std::size_t i = 0; i < o.connected_modules; ++i) {
         modules[fmt::format("r{}m{}", round, i)] =
-            process_module(o.node_path, {o.node_module}, env);
+            process_module(o.node_path, {o.node_module}, connect_env);
       }
-      auto t0 = Clock::now();
-      if (auto r = mgmt(sock, "POST", "/deployment", manifest(modules).dump()); !r) {
-        std::cerr << r.error().message << "\n";
+      const auto first_dir = home / "modules" / fmt::format("r{}m0", round);
+      if (!time_deployment(modules, processes, "process", round,
+                           [&]() -> Result<bool> { return !std::filesystem::exists(first_dir); })) {
         rc = 1;
         break;
       }
-      bool running_seen = false;
-      auto done = wait(
-          [&]() -> Result<bool> {
-            if (!running_seen) {
-              auto list = mgmt(sock, "GET", "/modules");
-              if (!list) return std::move(list).error();
-              if (running_modules(*list) == o.connected_modules) {
-                running_seen = true;
-                to_running.push_back(seconds_between(t0, Clock::now()));
-              }
-            }
-            auto c = connections();
-            if (!c) return std::move(c).error();
-            return running_seen && *c >= o.connected_modules;
-          },
-          "modules running and connected");
-      if (!done) {
-        std::cerr << done.error().message << "\n";
+      if (!with_containers) continue;
+      modules = json::object();
+      for (std::size_t i = 0; i < o.connected_modules; ++i) {
+        modules[fmt::format("r{}c{}", round, i)] =
+            container_module(o.container_image, {"node", o.container_node_module}, connect_env);
+      }
+      if (!time_deployment(modules, containers, "container", round, [&]() -> Result<bool> {
+            auto n = engine_containers();
+            if (!n) return std::move(n).error();
+            return *n == 0;
+          })) {
         rc = 1;
         break;
       }
-      to_connected.push_back(seconds_between(t0, Clock::now()));
-      progress(fmt::format("round {}: running after {:.3f} s, connected after {:.3f} s", round,
-                           to_running.back(), to_connected.back()));
-      // Clear the deployment and wait until every module is gone.
-      (void)mgmt(sock, "POST", "/deployment", manifest(json::object()).dump());
-      (void)wait(
-          [&]() -> Result<bool> {
-            auto c = connections();
-            if (!c) return std::move(c).error();
-            return *c == 0 &&
-                   !std::filesystem::exists(home / "modules" / fmt::format("r{}m0", round));
-          },
-          "modules removed");
+      if (!time_engine_alone(round)) rc = 1;
     }
   }
 
@@ -192,13 +297,13 @@ int run_agent_bench(const AgentBenchOptions& o) {
   for (std::size_t i = 0; i < o.idle_modules; ++i) {
     sleepers[fmt::format("idle{}", i)] = process_module("/bin/sleep", {"1000000"}, json::object());
   }
-  if (auto r = mgmt(sock, "POST", "/deployment", manifest(sleepers).dump()); !r) {
+  if (auto r = unix_json(sock, "POST", "/deployment", manifest(sleepers).dump()); !r) {
     std::cerr << r.error().message << "\n";
     rc = 1;
   }
   auto all = wait(
       [&]() -> Result<bool> {
-        auto list = mgmt(sock, "GET", "/modules");
+        auto list = unix_json(sock, "GET", "/modules");
         if (!list) return std::move(list).error();
         return running_modules(*list) == o.idle_modules;
       },
@@ -209,23 +314,35 @@ int run_agent_bench(const AgentBenchOptions& o) {
   }
   std::this_thread::sleep_for(std::chrono::seconds(3));
   auto [rss1, pss1] = rss_pss_kib(cairnd->pid());
-  (void)mgmt(sock, "POST", "/deployment", manifest(json::object()).dump());
+  (void)unix_json(sock, "POST", "/deployment", manifest(json::object()).dump());
   std::this_thread::sleep_for(std::chrono::seconds(1));
   cairnd->stop();
 
-  auto median = [](std::vector<double> v) {
-    if (v.empty()) return 0.0;
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   auto mb = [](std::uint64_t kib) { return static_cast<double>(kib) / 1024.0; };
-  std::cout << "cairn-bench agent (process runtime)\n";
-  if (!to_connected.empty()) {
+  std::cout << "cairn-bench agent (process runtime"
+            << (with_containers
+                    ? "; docker runtime: " + o.docker_socket + ", image " + o.container_image
+                    : std::string())
+            << ")\n";
+  const auto n = o.connected_modules;
+  if (!processes.connected.empty()) {
     std::cout << fmt::format(
-        "  deploy -> {} Node SDK modules running:   median {:.3f} s over {} rounds (target 0.5 s)\n"
-        "  deploy -> {} Node SDK modules connected: median {:.3f} s\n",
-        o.connected_modules, median(to_running), to_running.size(), o.connected_modules,
-        median(to_connected));
+        "  deploy -> {} Node SDK process modules running:     {} (target 0.5 s)\n"
+        "  deploy -> {} Node SDK process modules connected:   {}\n",
+        n, rounds_summary(processes.running), n, rounds_summary(processes.connected));
+  }
+  if (!containers.connected.empty()) {
+    auto ratio = [](const std::vector<double>& a, const std::vector<double>& b) {
+      return median(b) > 0 ? median(a) / median(b) : 0.0;
+    };
+    std::cout << fmt::format(
+        "  deploy -> {} Node SDK container modules running:   {}\n"
+        "  deploy -> {} Node SDK container modules connected: {}\n"
+        "  engine API alone, {} containers created+started:   {}\n"
+        "  container / process (medians): running x{:.1f}, connected x{:.2f}\n",
+        n, rounds_summary(containers.running), n, rounds_summary(containers.connected), n,
+        rounds_summary(engine_alone), ratio(containers.running, processes.running),
+        ratio(containers.connected, processes.connected));
   }
   std::cout << fmt::format(
       "  cairnd idle, no modules:        RSS {:.1f} MB  PSS {:.1f} MB\n"
@@ -234,9 +351,11 @@ int run_agent_bench(const AgentBenchOptions& o) {
       mb(rss0), mb(pss0), o.idle_modules, mb(rss1), mb(pss1),
       rss0 ? static_cast<double>(rss1) / static_cast<double>(rss0) : 0.0);
   report = {{"bench", "agent"},
-            {"deployToRunningSecondsMedian", median(to_running)},
-            {"deployToConnectedSecondsMedian", median(to_connected)},
-            {"rounds", to_running.size()},
+            {"deployToRunningSecondsMedian", median(processes.running)},
+            {"deployToConnectedSecondsMedian", median(processes.connected)},
+            {"deployToRunningSeconds", processes.running},
+            {"deployToConnectedSeconds", processes.connected},
+            {"rounds", processes.running.size()},
             {"modulesConnected", o.connected_modules},
             {"idleModules", o.idle_modules},
             {"rssKiBIdle", rss0},
@@ -244,6 +363,14 @@ int run_agent_bench(const AgentBenchOptions& o) {
             {"rssKiBWithModules", rss1},
             {"pssKiBWithModules", pss1},
             {"ok", rc == 0}};
+  if (with_containers) {
+    report["containerDeployToRunningSecondsMedian"] = median(containers.running);
+    report["containerDeployToConnectedSecondsMedian"] = median(containers.connected);
+    report["containerDeployToRunningSeconds"] = containers.running;
+    report["containerDeployToConnectedSeconds"] = containers.connected;
+    report["engineCreateStartSeconds"] = engine_alone;
+    report["containerImage"] = o.container_image;
+  }
   std::cout << report.dump() << "\n";
   finish_work_dir(*work, o.keep_dir || rc != 0);
   return rc;

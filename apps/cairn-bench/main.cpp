@@ -182,6 +182,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   agent_cmd->add_option("--cairnd", agent_options.cairnd_path, "cairnd binary")
       ->capture_default_str();
+  auto* docker_socket_opt = agent_cmd->add_option(
+      "--docker-socket", agent_options.docker_socket,
+      "Docker Engine API unix socket (Podman's service) for the container rounds; "
+      "bench/agent_containers.py starts one");
+  auto* image_opt = agent_cmd->add_option("--image", agent_options.container_image,
+                                          "Image with node and tests/node at /opt/cairn-node");
+  docker_socket_opt->needs(image_opt);
+  image_opt->needs(docker_socket_opt);
+  agent_cmd
+      ->add_option("--container-module", agent_options.container_node_module,
+                   "The Node SDK module script inside the image")
+      ->capture_default_str();
   agent_cmd->add_flag("--keep-dir", agent_options.keep_dir, "Keep the work directory");
   cairn::bench::ModelDeltaBenchOptions delta_options;
   delta_options.cairn_path = sibling_program("cairn");
