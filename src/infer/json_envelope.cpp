@@ -497,8 +497,9 @@ class EnvelopeParser {
       }
       return true;
     }
-    // nlohmann's lexer takes a NUL byte for the end of the input ("1\0x" would be 1).
-    if (t.find('\0') != std::string_view::npos) return false;
+    // nlohmann reads the token as a whole input: it would skip a byte order mark before it
+    // and stop at a NUL byte ("\xEF\xBB\xBF1" and "1\0x" would both be 1).
+    if (!(negative || digit(t.front())) || t.find('\0') != std::string_view::npos) return false;
     out = nlohmann::json::parse(t, nullptr, false);
     return !out.is_discarded() && out.is_number();
   }

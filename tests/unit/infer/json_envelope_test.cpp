@@ -105,6 +105,10 @@ const std::vector<std::string> kInvalid = {
     "{\"x\":[\"\xf4\x90\x80\x80\"]}",
     "{\"x\":[\"\xf5\x80\x80\x80\"]}",
     std::string("{\"x\":[1,\0]}", 11),
+    "{\"shape\":[\xEF\xBB\xBF"
+    "1]}",  // a byte order mark only starts the body
+    "{\"shape\":\xEF\xBB\xBF"
+    "1}",
     "{\"x\":[1] /* comment */}",
 };
 
