@@ -1,39 +1,24 @@
 // The REST API's request bodies must be valid JSON in full, whichever parts of them it reads:
 // requests through RestApi::handle to a real ONNX model (affine_v1: x FP32 [N, 4] -> y).
-#include <cstdlib>
-#include <filesystem>
 #include <future>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "generated_models.hpp"
 #include "infer/model_manager.hpp"
 #include "infer/rest_api.hpp"
-#include <unistd.h>
 
 namespace cairn::infer {
 namespace {
 
-namespace fs = std::filesystem;
-
-class RestJsonTest : public ::testing::Test {
+class RestJsonTest : public testing::GeneratedModels {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("cairn-infer-rest-json-" + std::to_string(::getpid()));
-    const std::string cmd = std::string("/usr/bin/python3 ") + CAIRN_SOURCE_DIR +
-                            "/tests/models/make_onnx_models.py " + dir_.string();
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-  static void TearDownTestSuite() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
   void SetUp() override {
     ModelSpec spec;
     spec.name = "affine";
     spec.version = "1";
-    spec.path = (dir_ / "affine_v1.onnx").string();
+    spec.path = model("affine_v1.onnx");
     ASSERT_TRUE(models_.load(spec, false));
   }
 
@@ -69,7 +54,6 @@ class RestJsonTest : public ::testing::Test {
     EXPECT_EQ(runs(), runs_before);
   }
 
-  static inline fs::path dir_;
   ModelManager models_;
   RestApi api_{models_, RestOptions{}};
 };
