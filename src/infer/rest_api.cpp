@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/log.hpp"
+#include "infer/json_envelope.hpp"
 
 namespace cairn::infer {
 
@@ -66,269 +67,35 @@ Error too_deep(std::size_t max_depth) {
 Result<nlohmann::json> parse_json(std::string_view text, std::size_t max_depth) {
   if (json_depth(text, max_depth) > max_depth) return too_deep(max_depth);
   auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) return make_error(errc::invalid_argument, "the body is not valid JSON");
+  // nlohmann stops at a NUL byte, which is never valid JSON: "{...}\0junk" is refused too.
+  if (j.is_discarded() || text.find('\0') != std::string_view::npos) {
+    if (auto error = find_json_syntax_error(text, max_depth))
+      return json_syntax_error(text, *error);
+    return make_error(errc::invalid_argument, "the body is not valid JSON");
+  }
   return j;
 }
 
-// A request body whose tensor arrays stay text. The rest (names, shapes, parameters: a few
-// hundred bytes) becomes a JSON document in which each array kept as text is a binary value
-// whose subtype indexes `arrays`; tensor_from_json_text reads those straight into tensors, so
-// no JSON document is built for hundreds of thousands of numbers.
-struct Envelope {
-  nlohmann::json doc;
-  std::vector<std::string_view> arrays;
-};
-
-// Which arrays stay text: given the nesting depth of the value (1: a member of the top-level
-// object) and its member name ("" inside an array).
-using KeepAsText = bool (*)(std::size_t depth, std::string_view key);
-
-bool v2_tensor_data(std::size_t depth, std::string_view key) {
-  return depth == 3 && key == "data";  // {"inputs": [{"data": [...]}]}
-}
-bool score_tensor(std::size_t depth, std::string_view) { return depth == 1; }
-
-// Recursive descent over the body (nesting bounded by max_depth), as strict as nlohmann's
-// parser: anything it does not read itself -- a string with escapes or non-ASCII bytes, a
-// number that is not a plain integer -- it hands to nlohmann token by token.
-class EnvelopeParser {
- public:
-  EnvelopeParser(std::string_view text, std::size_t max_depth, KeepAsText keep)
-      : text_(text), max_depth_(max_depth), keep_(keep) {}
-
-  // After parse() failed: because the body nests deeper than max_depth.
-  bool too_deep() const { return too_deep_; }
-
-  std::optional<Envelope> parse() {
-    Envelope e;
-    envelope_ = &e;
-    if (text_.starts_with("\xEF\xBB\xBF")) pos_ = 3;  // a UTF-8 byte order mark, as nlohmann
-    if (!value(e.doc, 0, "") || (space(), pos_ != text_.size())) return std::nullopt;
-    return e;
-  }
-
- private:
-  void space() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t' ||
-                                   text_[pos_] == '\n' || text_[pos_] == '\r')) {
-      ++pos_;
+// A tensor's data: an array the envelope kept as text (read straight into the tensor and, when
+// read in full, marked as checked JSON), or a JSON value.
+Status read_tensor(const nlohmann::json& data, JsonEnvelope* envelope, bool infer_shape,
+                   Tensor& t) {
+  if (envelope) {
+    if (auto text = envelope->kept_text(data)) {
+      CAIRN_TRY(tensor_from_json_text(*text, infer_shape, t));
+      envelope->mark_read(data);
+      return {};
     }
-  }
-
-  bool value(nlohmann::json& out, std::size_t depth, std::string_view key) {
-    space();
-    if (pos_ >= text_.size()) return false;
-    const char c = text_[pos_];
-    if ((c == '{' || c == '[') && !enter()) return false;
-    if (c == '{') return object(out, depth);
-    if (c == '[') {
-      if (keep_(depth, key)) {
-        const std::size_t start = pos_;
-        if (!skip()) return false;
-        out = nlohmann::json::binary({}, envelope_->arrays.size());
-        envelope_->arrays.push_back(text_.substr(start, pos_ - start));
-        return true;
-      }
-      return array(out, depth);
-    }
-    if (c == '"') {
-      std::string s;
-      if (!string(&s)) return false;
-      out = std::move(s);
-      return true;
-    }
-    const std::size_t start = pos_;
-    if (!scalar()) return false;
-    return token(text_.substr(start, pos_ - start), out);
-  }
-
-  // Opens an array or object: refused beyond max_depth (a JSON bomb), before any recursion.
-  bool enter() {
-    if (++open_ > max_depth_) {
-      too_deep_ = true;
-      return false;
-    }
-    return true;
-  }
-  bool leave() {
-    --open_;
-    return true;
-  }
-
-  bool object(nlohmann::json& out, std::size_t depth) {
-    out = nlohmann::json::object();
-    ++pos_;
-    space();
-    if (pos_ < text_.size() && text_[pos_] == '}') {
-      ++pos_;
-      return leave();
-    }
-    for (;;) {
-      space();
-      std::string key;
-      if (pos_ >= text_.size() || text_[pos_] != '"' || !string(&key)) return false;
-      space();
-      if (pos_ >= text_.size() || text_[pos_] != ':') return false;
-      ++pos_;
-      nlohmann::json member;
-      if (!value(member, depth + 1, key)) return false;
-      out[key] = std::move(member);  // a repeated name keeps the last value, as nlohmann does
-      space();
-      if (pos_ >= text_.size()) return false;
-      if (text_[pos_] == '}') {
-        ++pos_;
-        return leave();
-      }
-      if (text_[pos_] != ',') return false;
-      ++pos_;
-    }
-  }
-
-  bool array(nlohmann::json& out, std::size_t depth) {
-    out = nlohmann::json::array();
-    ++pos_;
-    space();
-    if (pos_ < text_.size() && text_[pos_] == ']') {
-      ++pos_;
-      return leave();
-    }
-    for (;;) {
-      nlohmann::json element;
-      if (!value(element, depth + 1, "")) return false;
-      out.push_back(std::move(element));
-      space();
-      if (pos_ >= text_.size()) return false;
-      if (text_[pos_] == ']') {
-        ++pos_;
-        return leave();
-      }
-      if (text_[pos_] != ',') return false;
-      ++pos_;
-    }
-  }
-
-  // A string token; its value into `out` unless null. Plain ASCII is taken as is; escapes,
-  // control characters and UTF-8 are nlohmann's to check and decode.
-  bool string(std::string* out) {
-    const std::size_t start = pos_++;
-    bool plain = true;
-    while (pos_ < text_.size() && text_[pos_] != '"') {
-      const auto c = static_cast<unsigned char>(text_[pos_]);
-      if (c == '\\') {
-        plain = false;
-        ++pos_;  // the escaped character cannot end the string
-      } else if (c < 0x20 || c >= 0x80) {
-        plain = false;
-      }
-      ++pos_;
-    }
-    if (pos_ >= text_.size()) return false;
-    ++pos_;
-    const auto token_text = text_.substr(start, pos_ - start);
-    if (plain) {
-      if (out) out->assign(token_text.substr(1, token_text.size() - 2));
-      return true;
-    }
-    auto j = nlohmann::json::parse(token_text, nullptr, false);
-    if (!j.is_string()) return false;
-    if (out) *out = j.get<std::string>();
-    return true;
-  }
-
-  static bool delimiter(char c) {
-    switch (c) {
-      case ',':
-      case ']':
-      case '}':
-      case ' ':
-      case '\t':
-      case '\n':
-      case '\r':
-        return true;
-      default:
-        return false;
-    }
-  }
-
-  // A number or literal token, up to the next delimiter; its syntax is checked by token().
-  bool scalar() {
-    const std::size_t start = pos_;
-    while (pos_ < text_.size() && !delimiter(text_[pos_])) ++pos_;
-    return pos_ > start;
-  }
-
-  static bool token(std::string_view t, nlohmann::json& out) {
-    if (t == "true" || t == "false") {
-      out = t == "true";
-      return true;
-    }
-    if (t == "null") {
-      out = nullptr;
-      return true;
-    }
-    // Plain integers (shapes, sizes) here; anything else as nlohmann reads it.
-    const bool negative = t.front() == '-';
-    const auto digits = t.substr(negative ? 1 : 0);
-    if (!digits.empty() && digits.size() <= 18 &&
-        digits.find_first_not_of("0123456789") == std::string_view::npos &&
-        (digits.size() == 1 || digits.front() != '0')) {
-      std::int64_t v = 0;
-      std::from_chars(digits.data(), digits.data() + digits.size(), v);
-      if (negative) {
-        out = -v;
-      } else {
-        out = static_cast<std::uint64_t>(v);
-      }
-      return true;
-    }
-    out = nlohmann::json::parse(t, nullptr, false);
-    return !out.is_discarded() && out.is_number();
-  }
-
-  // Skips an array kept as text: to its matching ']', strings and nesting (bounded by
-  // max_depth) respected. Its contents are checked by the tensor reader, which refuses
-  // malformed text with nlohmann's verdict; checking them here too cost more than reading them.
-  bool skip() {
-    std::size_t open = 0;
-    while (pos_ < text_.size()) {
-      const char c = text_[pos_++];
-      if (c == '"') {
-        while (pos_ < text_.size() && text_[pos_] != '"') pos_ += text_[pos_] == '\\' ? 2 : 1;
-        if (pos_++ >= text_.size()) return false;
-      } else if (c == '[' || c == '{') {
-        if (open++ && !enter()) return false;  // the outer '[' was counted by value()
-      } else if (c == ']' || c == '}') {
-        if (--open == 0) return leave();
-        leave();
-      }
-    }
-    return false;
-  }
-
-  std::string_view text_;
-  std::size_t max_depth_;
-  KeepAsText keep_;
-  std::size_t pos_ = 0;
-  std::size_t open_ = 0;  // arrays and objects open at pos_
-  bool too_deep_ = false;
-  Envelope* envelope_ = nullptr;
-};
-
-Result<Envelope> parse_envelope(std::string_view text, std::size_t max_depth, KeepAsText keep) {
-  EnvelopeParser parser(text, max_depth, keep);
-  auto e = parser.parse();
-  if (!e && parser.too_deep()) return too_deep(max_depth);
-  if (!e) return make_error(errc::invalid_argument, "the body is not valid JSON");
-  return std::move(*e);
-}
-
-// A tensor's data: text kept by the envelope parser, or a JSON value.
-Status read_tensor(const nlohmann::json& data, const std::vector<std::string_view>& arrays,
-                   bool infer_shape, Tensor& t) {
-  if (data.is_binary() && data.get_binary().subtype() < arrays.size()) {
-    return tensor_from_json_text(arrays[data.get_binary().subtype()], infer_shape, t);
   }
   return tensor_from_json(data, infer_shape, t);
+}
+
+// Ends the decoding of an envelope: a body that is not JSON in full is refused as such, whatever
+// the decoder made of the parts it read.
+template <class T>
+Result<T> checked(Result<T> decoded, const JsonEnvelope& envelope) {
+  CAIRN_TRY(envelope.check_unread());
+  return decoded;
 }
 
 const char* platform_of(std::string_view engine) {
@@ -370,9 +137,8 @@ struct OutputChoice {
   bool all_binary = false;
 };
 
-Result<InferRequest> decode_v2_json(const nlohmann::json& j,
-                                    const std::vector<std::string_view>& arrays, const Shared& s,
-                                    OutputChoice& choice, std::string& id) {
+Result<InferRequest> decode_v2_json(const nlohmann::json& j, JsonEnvelope* envelope,
+                                    const Shared& s, OutputChoice& choice, std::string& id) {
   auto bad = [](const std::string& m) { return make_error(errc::invalid_argument, m); };
   if (!j.is_object()) return bad("the request must be a JSON object");
   if (j.contains("id") && j["id"].is_string()) id = j["id"].get<std::string>();
@@ -433,7 +199,7 @@ Result<InferRequest> decode_v2_json(const nlohmann::json& j,
       CAIRN_TRY(t.check_consistent());
     } else {
       if (!in.contains("data")) return bad("input '" + t.name + "' has no \"data\"");
-      CAIRN_TRY(read_tensor(in["data"], arrays, false, t));
+      CAIRN_TRY(read_tensor(in["data"], envelope, false, t));
     }
     req.inputs.push_back(std::move(t));
   }
@@ -460,10 +226,10 @@ Result<InferRequest> decode_v2_json(const nlohmann::json& j,
 
 Result<InferRequest> decode_v2(const Shared& s, std::size_t max_depth, OutputChoice& choice,
                                std::string& id) {
-  auto parsed = parse_envelope(std::string_view(s.body).substr(0, s.binary_offset), max_depth,
-                               v2_tensor_data);
-  if (!parsed) return parsed.error();
-  return decode_v2_json(parsed->doc, parsed->arrays, s, choice, id);
+  auto envelope = JsonEnvelope::parse(std::string_view(s.body).substr(0, s.binary_offset),
+                                      max_depth, keep_v2_tensor_data);
+  if (!envelope) return envelope.error();
+  return checked(decode_v2_json(envelope->doc(), &*envelope, s, choice, id), *envelope);
 }
 
 // A JSON string as the rest of the API writes one (invalid UTF-8 replaced).
@@ -539,8 +305,7 @@ net::HttpResponse encode_v2(const InferResult& result, const OutputChoice& choic
   return response;
 }
 
-Result<InferRequest> decode_score(const nlohmann::json& j,
-                                  const std::vector<std::string_view>& arrays,
+Result<InferRequest> decode_score(const nlohmann::json& j, JsonEnvelope* envelope,
                                   const std::vector<TensorInfo>& sig) {
   auto bad = [](const std::string& m) { return make_error(errc::invalid_argument, m); };
   if (!j.is_object()) return bad("the body must be a JSON object: {\"data\": ...} or named inputs");
@@ -556,7 +321,7 @@ Result<InferRequest> decode_score(const nlohmann::json& j,
       Tensor t;
       t.name = sig[0].name;
       t.dtype = sig[0].dtype;
-      CAIRN_TRY(read_tensor(j["data"], arrays, true, t));
+      CAIRN_TRY(read_tensor(j["data"], envelope, true, t));
       req.inputs.push_back(std::move(t));
       return req;
     }
@@ -570,7 +335,7 @@ Result<InferRequest> decode_score(const nlohmann::json& j,
     Tensor t;
     t.name = key;
     t.dtype = info->dtype;
-    CAIRN_TRY(read_tensor(value, arrays, true, t));
+    CAIRN_TRY(read_tensor(value, envelope, true, t));
     req.inputs.push_back(std::move(t));
   }
   return req;
@@ -619,13 +384,13 @@ void score_json_request(ModelManager& models, std::string body, const std::strin
     if (v2) {
       call->v2 = true;
       call->shared.binary_offset = call->shared.body.size();  // JSON tensors only
-      auto req = decode_v2_json(*parsed, {}, call->shared, call->choice, call->id);
+      auto req = decode_v2_json(*parsed, nullptr, call->shared, call->choice, call->id);
       // A message answer is one JSON document: binary outputs are not available.
       call->choice.all_binary = false;
       call->choice.binary.assign(call->choice.binary.size(), false);
       return req;
     }
-    return decode_score(*parsed, {}, sig);
+    return decode_score(*parsed, nullptr, sig);
   };
   auto on_result = [call, done](Result<InferResult> result) {
     if (!result) {
@@ -838,9 +603,9 @@ void RestApi::score(const net::HttpRequest& request, const std::string& model,
       model, "",
       [body, depth](const std::vector<TensorInfo>& sig,
                     const InputMapping*) -> Result<InferRequest> {
-        auto parsed = parse_envelope(*body, depth, score_tensor);
-        if (!parsed) return parsed.error();
-        return decode_score(parsed->doc, parsed->arrays, sig);
+        auto envelope = JsonEnvelope::parse(*body, depth, keep_score_tensors);
+        if (!envelope) return envelope.error();
+        return checked(decode_score(envelope->doc(), &*envelope, sig), *envelope);
       },
       [respond](Result<InferResult> result) {
         if (!result) return respond(error_response(result.error()));

@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "generated_models.hpp"
 #include <unistd.h>
 
 namespace cairn::infer {
@@ -17,21 +18,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Real ONNX models, written once per run by the project's generator script.
-class ModelManagerTest : public ::testing::Test {
+class ModelManagerTest : public testing::GeneratedModels {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("cairn-infer-unit-" + std::to_string(::getpid()));
-    const std::string cmd = std::string("/usr/bin/python3 ") + CAIRN_SOURCE_DIR +
-                            "/tests/models/make_onnx_models.py " + dir_.string();
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-  static void TearDownTestSuite() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  static std::string model(const std::string& file) { return (dir_ / file).string(); }
-
   static ModelSpec affine(int version) {
     ModelSpec s;
     s.name = "affine";
@@ -67,11 +55,7 @@ class ModelManagerTest : public ::testing::Test {
     std::memcpy(&y, r->outputs.at(0).data.data(), sizeof(float));
     return std::make_pair(y, r->version);
   }
-
-  static fs::path dir_;
 };
-
-fs::path ModelManagerTest::dir_;
 
 TEST_F(ModelManagerTest, LoadsAndScoresWithKnownOutput) {
   ModelManager m;

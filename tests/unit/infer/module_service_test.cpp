@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "generated_models.hpp"
 #include "infer/model_delivery.hpp"
 #include "modelpkg/index.hpp"
 #include <unistd.h>
@@ -75,21 +76,7 @@ TEST(ModelSpecParse, FullEntry) {
 // ---------------------------------------------------------------------------------------------
 // Content detection
 
-class ModelFiles : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("cairn-infer-module-unit-" + std::to_string(::getpid()));
-    const std::string cmd = std::string("/usr/bin/python3 ") + CAIRN_SOURCE_DIR +
-                            "/tests/models/make_onnx_models.py " + dir_.string();
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-  static void TearDownTestSuite() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  static std::string model(const std::string& file) { return (dir_ / file).string(); }
-  static inline fs::path dir_;
-};
+using ModelFiles = testing::GeneratedModels;
 
 TEST_F(ModelFiles, UrlContentIsJudgedByBytes) {
   EXPECT_EQ(classify_url_content(read_all(model("affine_v1.onnx"))), UrlContent::kModelFile);
