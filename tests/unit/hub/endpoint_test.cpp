@@ -2,8 +2,10 @@
 // notifications can reach the hub thread.
 #include "hub/endpoint.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -24,12 +26,16 @@ using store::testing::TempDir;
 class AckingConsumer : public Consumer {
  public:
   explicit AckingConsumer(asio::io_context& io) : io_(io) {}
-  bool deliver(const std::string&, const Message& m, bool, std::function<void()> on_ack) override {
+  bool deliver(const std::string&, const Message& m, QueuePosition at, bool,
+               std::function<void()> on_ack) override {
     payloads.push_back(m.body);
-    asio::post(io_, std::move(on_ack));
+    positions.push_back(at);
+    if (acks) asio::post(io_, std::move(on_ack));
     return true;
   }
+  bool acks = true;  // false: nothing is ever acknowledged (a link that never answers)
   std::vector<std::string> payloads;
+  std::vector<QueuePosition> positions;
 
  private:
   asio::io_context& io_;
@@ -95,6 +101,54 @@ TEST(Endpoint, DeliversAppendsInOrderWhileTheConsumerKeepsUp) {
   settle(io, *store);
   EXPECT_EQ(consumer->payloads, sent);
   EXPECT_TRUE(store::testing::messages_of(*store, store::testing::queue("filter/in")).empty());
+}
+
+TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
+  // The upstream link makes its dedupe keys from this position: a message delivered again
+  // after a restart must come with the position it had before.
+  TempDir dir;
+  std::vector<std::uint64_t> seqs;
+  std::vector<std::int32_t> priorities;
+  std::vector<std::pair<std::int32_t, std::uint64_t>> before;
+  {
+    auto store = open_or_die(options_for(dir));
+    ASSERT_TRUE(store);
+    asio::io_context io;
+    auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
+    auto consumer = std::make_shared<AckingConsumer>(io);
+    consumer->acks = false;
+    endpoint->attach(consumer);
+    for (std::int32_t priority : {3, 3, 1}) {
+      const std::string body = "p" + std::to_string(priority) + "-" + std::to_string(seqs.size());
+      const std::uint64_t seq =
+          append_one(*store, encode_message(message(body)), target("filter/in", priority));
+      ASSERT_NE(seq, 0u);
+      seqs.push_back(seq);
+      priorities.push_back(priority);
+      endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
+    }
+    settle(io, *store);
+    ASSERT_EQ(consumer->positions.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(consumer->positions[i].priority, priorities[i]);
+      EXPECT_EQ(consumer->positions[i].seq, seqs[i]);
+      before.emplace_back(consumer->positions[i].priority, consumer->positions[i].seq);
+    }
+  }
+  auto store = open_or_die(options_for(dir));
+  ASSERT_TRUE(store);
+  asio::io_context io;
+  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
+  auto consumer = std::make_shared<AckingConsumer>(io);
+  endpoint->attach(consumer);
+  endpoint->has_backlog(1);
+  endpoint->has_backlog(3);
+  settle(io, *store);
+  std::vector<std::pair<std::int32_t, std::uint64_t>> after;
+  for (const auto& at : consumer->positions) after.emplace_back(at.priority, at.seq);
+  std::sort(before.begin(), before.end());
+  std::sort(after.begin(), after.end());
+  EXPECT_EQ(after, before);
 }
 
 }  // namespace
