@@ -106,10 +106,15 @@ TEST(Endpoint, DeliversAppendsInOrderWhileTheConsumerKeepsUp) {
 TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
   // The upstream link makes its dedupe keys from this position: a message delivered again
   // after a restart must come with the position it had before.
+  using Position = std::pair<std::int32_t, std::uint64_t>;
+  auto sorted_positions = [](const AckingConsumer& consumer) {
+    std::vector<Position> out;
+    for (const auto& at : consumer.positions) out.emplace_back(at.priority, at.seq);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
   TempDir dir;
-  std::vector<std::uint64_t> seqs;
-  std::vector<std::int32_t> priorities;
-  std::vector<std::pair<std::int32_t, std::uint64_t>> before;
+  std::vector<Position> stored;
   {
     auto store = open_or_die(options_for(dir));
     ASSERT_TRUE(store);
@@ -119,21 +124,16 @@ TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
     consumer->acks = false;
     endpoint->attach(consumer);
     for (std::int32_t priority : {3, 3, 1}) {
-      const std::string body = "p" + std::to_string(priority) + "-" + std::to_string(seqs.size());
+      const std::string body = "p" + std::to_string(priority) + "-" + std::to_string(stored.size());
       const std::uint64_t seq =
           append_one(*store, encode_message(message(body)), target("filter/in", priority));
       ASSERT_NE(seq, 0u);
-      seqs.push_back(seq);
-      priorities.push_back(priority);
+      stored.emplace_back(priority, seq);
       endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
     }
+    std::sort(stored.begin(), stored.end());
     settle(io, *store);
-    ASSERT_EQ(consumer->positions.size(), 3u);
-    for (std::size_t i = 0; i < 3; ++i) {
-      EXPECT_EQ(consumer->positions[i].priority, priorities[i]);
-      EXPECT_EQ(consumer->positions[i].seq, seqs[i]);
-      before.emplace_back(consumer->positions[i].priority, consumer->positions[i].seq);
-    }
+    EXPECT_EQ(sorted_positions(*consumer), stored);
   }
   auto store = open_or_die(options_for(dir));
   ASSERT_TRUE(store);
@@ -144,11 +144,7 @@ TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
   endpoint->has_backlog(1);
   endpoint->has_backlog(3);
   settle(io, *store);
-  std::vector<std::pair<std::int32_t, std::uint64_t>> after;
-  for (const auto& at : consumer->positions) after.emplace_back(at.priority, at.seq);
-  std::sort(before.begin(), before.end());
-  std::sort(after.begin(), after.end());
-  EXPECT_EQ(after, before);
+  EXPECT_EQ(sorted_positions(*consumer), stored);
 }
 
 }  // namespace
