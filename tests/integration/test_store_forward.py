@@ -159,20 +159,23 @@ def test_kill9_of_cloud_while_draining_loses_nothing(cloud_factory, cairnd_facto
     check_arrived(cloud, edge.device_id, {"sensorA": n + 100})
 
 
-def proxied_edge(cloud_factory, cairnd_factory, tcp_proxy):
-    """A running cloud, and a running cairnd whose cloud link goes through a TcpProxy."""
+def sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy, module_client):
+    """A cairnd whose cloud link goes through a TcpProxy, and a module "sensorA" that sends
+    messages 0..399 without message ids: 0..199 arrive normally; for 200..399 the cloud
+    stores what cairnd sends, but cairnd hears no PUBACK, so when the link then drops those
+    messages are in the cloud and still unacknowledged at the edge. Returns (cloud, proxy,
+    edge, the module's client) once the cloud has stored some of them."""
     cloud = cloud_factory()
     proxy = tcp_proxy(cloud.mqtt_port)
     edge = edge_device(cloud, cairnd_factory, proxy=proxy, routes=ROUTES)
-    return cloud, proxy, edge
-
-
-def lose_pubacks(cloud, proxy, stored_before):
-    """From now on the cloud stores what cairnd sends, but cairnd hears no PUBACK: when the
-    link then drops, those messages are in the cloud and still unacknowledged at the edge."""
+    a = sender(edge, module_client, "sensorA")
+    publish(a, "sensorA", range(200), with_ids=False)
+    wait_stored(cloud, 200)
     proxy.drop_replies()
-    return lambda: wait_for(lambda: cloud.stored_count() > stored_before, DRAIN_TIMEOUT,
-                            what="the cloud to store messages whose PUBACKs are lost")
+    publish(a, "sensorA", range(200, 400), with_ids=False)
+    wait_for(lambda: cloud.stored_count() > 200, DRAIN_TIMEOUT,
+             what="the cloud to store messages whose PUBACKs are lost")
+    return cloud, proxy, edge, a
 
 
 def wait_all_in(cloud, edge, n):
@@ -213,14 +216,9 @@ def check_stored_once_without_ids(cloud, device_id, module, n):
 def test_resends_after_a_cut_link_are_stored_once_without_message_ids(cloud_factory,
                                                                       cairnd_factory,
                                                                       tcp_proxy, module_client):
-    cloud, proxy, edge = proxied_edge(cloud_factory, cairnd_factory, tcp_proxy)
+    cloud, proxy, edge, a = sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy,
+                                                      module_client)
     n = 600
-    a = sender(edge, module_client, "sensorA")
-    publish(a, "sensorA", range(200), with_ids=False)
-    wait_stored(cloud, 200)
-    stored_some = lose_pubacks(cloud, proxy, 200)
-    publish(a, "sensorA", range(200, 400), with_ids=False)
-    stored_some()
     proxy.cut()
     wait_for(lambda: not edge.upstream_status()["online"], what="cairnd to see its link drop")
     publish(a, "sensorA", range(400, n), with_ids=False)  # queued while the link is down
@@ -231,14 +229,9 @@ def test_resends_after_a_cut_link_are_stored_once_without_message_ids(cloud_fact
 
 def test_resends_after_a_restart_of_cairnd_are_stored_once_without_message_ids(
         cloud_factory, cairnd_factory, tcp_proxy, module_client):
-    cloud, proxy, edge = proxied_edge(cloud_factory, cairnd_factory, tcp_proxy)
+    cloud, proxy, edge, a = sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy,
+                                                      module_client)
     n = 600
-    a = sender(edge, module_client, "sensorA")
-    publish(a, "sensorA", range(200), with_ids=False)
-    wait_stored(cloud, 200)
-    stored_some = lose_pubacks(cloud, proxy, 200)
-    publish(a, "sensorA", range(200, 400), with_ids=False)
-    stored_some()
     # cairnd dies with messages the cloud has stored still in its queue: after the restart
     # they are sent again from disk, and must carry the keys they had.
     a.drop()
