@@ -27,8 +27,9 @@ Checks, printed as a summary (exit code 1 if one fails):
 - cairnd and cairn-cloud ran throughout.
 
 Every message carries its id in the body and as its message id ($.mid); SOAK_NO_MID_PERCENT
-(default 0) sends that share of the messages without a message id, which cairn-cloud then
-cannot tell apart when the link resends them.
+(default 0) sends that share of the messages without a message id: cairn-cloud then tells the
+link's resends of those apart by the dedupe key cairnd adds (docs/protocol.md §8.2), and the
+summary counts them as resends dropped by key.
 """
 import collections
 import json
@@ -382,8 +383,10 @@ def main():
         print(f"  drops: sensors {sum(s.drops for s in sensors)}, sink {sink.drops}, "
               f"cloud link cut {counts['link_cuts']} times; drain after the soak "
               f"{drain_secs:.0f} s")
+        telemetry = status["telemetry"]
         print(f"  cloud: stored {len(by_body)} distinct, {sum(by_body.values())} rows; resends "
-              f"dropped by message id {status['telemetry']['duplicates']}")
+              f"dropped {telemetry['duplicates']} (by dedupe key alone, no message id: "
+              f"{telemetry['duplicatesByKey']}); {NO_MID_PERCENT:g} % sent without a message id")
         print(f"  sink: {len(sink.received)} distinct received in {sink_deliveries} deliveries")
         print(f"  lost (acknowledged, not in the cloud): {len(lost_cloud)}; "
               f"(acknowledged, never at the sink): {len(lost_sink)}")

@@ -173,7 +173,14 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   hub::HubServices services;
   services.twins = twins.get();
   if (config->upstream.enabled()) {
-    upstream = std::make_shared<hub::Upstream>(io, (*hub)->config(), **hub, *twins);
+    auto store_id = hub::Upstream::load_store_id(**store);
+    if (!store_id) {
+      log::error("cairnd", "cannot read or keep the store id for the cloud link: {}",
+                 store_id.error().to_string());
+      return 1;
+    }
+    upstream =
+        std::make_shared<hub::Upstream>(io, (*hub)->config(), **hub, *twins, std::move(*store_id));
     twins->set_upstream(upstream.get());
     services.observer = upstream.get();
   }

@@ -92,7 +92,11 @@ struct TelemetryRecord {
   std::int64_t seq = 0;  // assigned by the store, increasing: a tailing cursor
   std::string device_id;
   std::string module_id;
-  std::string message_id;     // "" when the sender set none (such messages are never deduped)
+  std::string message_id;  // "" when the sender set none
+  // The sender's dedupe key (iothub::kDedupeKeyProperty: what cairnd's cloud link adds to
+  // every message); "" when it sent none. Messages with neither a message id nor a dedupe key
+  // are never deduped.
+  std::string dedupe_key;
   std::string enqueued_time;  // ISO 8601 UTC with milliseconds
   std::int64_t stored_ms = 0;
   Properties system;
@@ -134,6 +138,8 @@ struct StoreCounts {
   std::int64_t modules = 0;
   std::int64_t telemetry = 0;   // messages stored
   std::int64_t duplicates = 0;  // re-sent messages dropped since the store was created
+  // Of those, messages without a message id, recognised by their dedupe key alone.
+  std::int64_t duplicates_by_key = 0;
 };
 
 // The name of the policy created on first start with every right.
@@ -217,8 +223,8 @@ class CloudStore {
   // Stores messages in one transaction (one commit, one fsync, however many there are) and
   // sets each stored record's `seq`, also moving the sender's last activity to its
   // `stored_ms`. stored[i] is false, and a duplicate is counted, when a message with the same
-  // non-empty message id from the same device and module is already stored (or comes earlier
-  // in `records`). On error nothing is stored.
+  // non-empty message id, or the same non-empty dedupe key, from the same device and module is
+  // already stored (or comes earlier in `records`). On error nothing is stored.
   virtual Result<std::vector<bool>> insert_telemetry(std::span<TelemetryRecord> records) = 0;
   // One message: true if stored, false if a duplicate.
   Result<bool> insert_telemetry(TelemetryRecord& record) {

@@ -636,7 +636,10 @@ void RestApi::status(Call& call) {
       {"hostname", config_.hostname},
       {"devices", counts->devices},
       {"modules", counts->modules},
-      {"telemetry", {{"stored", counts->telemetry}, {"duplicates", counts->duplicates}}},
+      {"telemetry",
+       {{"stored", counts->telemetry},
+        {"duplicates", counts->duplicates},
+        {"duplicatesByKey", counts->duplicates_by_key}}},
       {"twins",
        {{"reportedPatches", tc.reported_patches}, {"reportedRejected", tc.reported_rejected}}}};
   if (hooks_.status_extension) out.merge_patch(hooks_.status_extension());

@@ -19,7 +19,7 @@ namespace {
 using detail::Database;
 using detail::Query;
 
-// Version 1. Times are Unix milliseconds; booleans 0/1; keys base64 text.
+// Version 2 (kSchemaVersion). Times are Unix milliseconds; booleans 0/1; keys base64 text.
 constexpr const char* kSchema = R"sql(
 CREATE TABLE schema_version(version INTEGER NOT NULL);
 CREATE TABLE devices(
@@ -64,12 +64,16 @@ CREATE TABLE telemetry(
   stored_ms INTEGER NOT NULL,
   system_properties TEXT NOT NULL,
   app_properties TEXT NOT NULL,
-  body BLOB NOT NULL);
+  body BLOB NOT NULL,
+  dedupe_key TEXT NOT NULL DEFAULT '');
 CREATE UNIQUE INDEX telemetry_message_id ON telemetry(device_id, module_id, message_id)
   WHERE message_id <> '';
+CREATE UNIQUE INDEX telemetry_dedupe_key ON telemetry(device_id, module_id, dedupe_key)
+  WHERE dedupe_key <> '';
 CREATE INDEX telemetry_sender ON telemetry(device_id, module_id, seq);
 CREATE TABLE counters(name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-INSERT INTO counters(name, value) VALUES('telemetry_stored', 0), ('telemetry_duplicates', 0);
+INSERT INTO counters(name, value) VALUES('telemetry_stored', 0), ('telemetry_duplicates', 0),
+  ('telemetry_duplicates_by_key', 0);
 CREATE TABLE policies(
   name TEXT PRIMARY KEY NOT NULL,
   primary_key TEXT NOT NULL,
@@ -80,6 +84,15 @@ CREATE TABLE deployments(
   version INTEGER NOT NULL,
   content TEXT NOT NULL,
   applied_ms INTEGER NOT NULL);
+)sql";
+
+// Version 1 to 2: the dedupe key of cairnd's cloud link. Rows stored before have none.
+constexpr const char* kMigrateTo2 = R"sql(
+ALTER TABLE telemetry ADD COLUMN dedupe_key TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX telemetry_dedupe_key ON telemetry(device_id, module_id, dedupe_key)
+  WHERE dedupe_key <> '';
+INSERT INTO counters(name, value) VALUES('telemetry_duplicates_by_key', 0);
+UPDATE schema_version SET version = 2;
 )sql";
 
 constexpr const char* kOwnerRights = "RegistryWrite, ServiceConnect, DeviceConnect";
@@ -165,19 +178,22 @@ constexpr const char* kPutPolicy =
     "INSERT OR REPLACE INTO policies(name, primary_key, secondary_key, rights) "
     "VALUES(?1, ?2, ?3, ?4)";
 
+// A conflict on either unique index (message id, dedupe key) is a duplicate: DO NOTHING without
+// a target covers both.
 constexpr const char* kInsertTelemetry =
     "INSERT INTO telemetry(device_id, module_id, message_id, enqueued_time, stored_ms, "
-    "system_properties, app_properties, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
-    "ON CONFLICT(device_id, module_id, message_id) WHERE message_id <> '' DO NOTHING";
+    "system_properties, app_properties, body, dedupe_key) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING";
 constexpr const char* kListTelemetry =
     "SELECT seq, device_id, module_id, message_id, enqueued_time, stored_ms, system_properties, "
-    "app_properties, body FROM telemetry WHERE seq > ?1 AND (?2 IS NULL OR device_id = ?2) "
-    "AND (?3 IS NULL OR module_id = ?3) ORDER BY seq LIMIT ?4";
+    "app_properties, body, dedupe_key FROM telemetry WHERE seq > ?1 AND (?2 IS NULL OR "
+    "device_id = ?2) AND (?3 IS NULL OR module_id = ?3) ORDER BY seq LIMIT ?4";
 constexpr const char* kAddToCounter = "UPDATE counters SET value = value + ?2 WHERE name = ?1";
 constexpr const char* kCounts =
     "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM modules), "
     "(SELECT value FROM counters WHERE name = 'telemetry_stored'), "
-    "(SELECT value FROM counters WHERE name = 'telemetry_duplicates')";
+    "(SELECT value FROM counters WHERE name = 'telemetry_duplicates'), "
+    "(SELECT value FROM counters WHERE name = 'telemetry_duplicates_by_key')";
 
 std::string client_name(std::string_view device_id, std::string_view module_id) {
   return module_id.empty() ? std::string(device_id)
@@ -338,6 +354,10 @@ Status SqliteCloudStore::migrate() {
     if (version < 1) {
       return make_error(errc::corruption,
                         fmt::format("the cloud store has an invalid schema version {}", version));
+    }
+    if (version == 1) {
+      CAIRN_TRY(d.exec(kMigrateTo2, "migrate the cloud store to schema version 2"));
+      log::info("cloud", "migrated the cloud store to schema_version=2 (telemetry dedupe keys)");
     }
     return {};
   });
@@ -584,6 +604,7 @@ Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<Telemetry
   std::vector<bool> stored(records.size(), false);
   Status s = db_->transaction([&]() -> Status {
     std::int64_t inserted = 0;
+    std::int64_t duplicates_by_key = 0;
     std::map<std::pair<std::string, std::string>, std::int64_t> last_activity;
     for (std::size_t i = 0; i < records.size(); ++i) {
       TelemetryRecord& record = records[i];
@@ -592,9 +613,12 @@ Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<Telemetry
       Query q(*db_, kInsertTelemetry);
       q.bind(1, record.device_id).bind(2, record.module_id).bind(3, record.message_id);
       q.bind(4, record.enqueued_time).bind(5, record.stored_ms).bind(6, system).bind(7, app);
-      q.bind_blob(8, record.body);
+      q.bind_blob(8, record.body).bind(9, record.dedupe_key);
       CAIRN_TRY(q.run("store a message"));
-      if (db_->changes() == 0) continue;
+      if (db_->changes() == 0) {
+        if (record.message_id.empty()) ++duplicates_by_key;
+        continue;
+      }
       stored[i] = true;
       ++inserted;
       record.seq = db_->last_insert_rowid();
@@ -616,7 +640,8 @@ Result<std::vector<bool>> SqliteCloudStore::insert_telemetry(std::span<Telemetry
     }
     const auto duplicates = static_cast<std::int64_t>(records.size()) - inserted;
     for (const auto& [counter, n] :
-         {std::pair{"telemetry_stored", inserted}, std::pair{"telemetry_duplicates", duplicates}}) {
+         {std::pair{"telemetry_stored", inserted}, std::pair{"telemetry_duplicates", duplicates},
+          std::pair{"telemetry_duplicates_by_key", duplicates_by_key}}) {
       if (n == 0) continue;
       Query c(*db_, kAddToCounter);
       c.bind(1, std::string_view(counter)).bind(2, n);
@@ -653,6 +678,7 @@ Result<std::vector<TelemetryRecord>> SqliteCloudStore::list_telemetry(const Tele
     r.system = std::move(*system);
     r.app = std::move(*app);
     r.body = q.column_blob(8);
+    r.dedupe_key = q.column_text(9);
     out.push_back(std::move(r));
   }
 }
@@ -662,7 +688,8 @@ Result<StoreCounts> SqliteCloudStore::counts() {
   auto row = q.step("count the cloud store");
   if (!row) return std::move(row).error();
   if (!*row) return make_error(errc::internal, "count query returned no row");
-  return StoreCounts{q.column_int(0), q.column_int(1), q.column_int(2), q.column_int(3)};
+  return StoreCounts{q.column_int(0), q.column_int(1), q.column_int(2), q.column_int(3),
+                     q.column_int(4)};
 }
 
 Status SqliteCloudStore::exec_for_test(const char* sql) { return db_->exec(sql, "test SQL"); }

@@ -30,7 +30,9 @@ struct SqliteCloudStoreOptions {
 
 class SqliteCloudStore final : public CloudStore {
  public:
-  static constexpr std::int64_t kSchemaVersion = 1;
+  // 2: telemetry.dedupe_key (unique per device and module when not empty) and the
+  // telemetry_duplicates_by_key counter. A version 1 store is migrated at open.
+  static constexpr std::int64_t kSchemaVersion = 2;
 
   static Result<std::unique_ptr<SqliteCloudStore>> open(const SqliteCloudStoreOptions& options);
   ~SqliteCloudStore() override;

@@ -14,6 +14,7 @@
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "mqtt/iothub_topics.hpp"
 #include "store/failure.hpp"
 #include "twin/twin.hpp"
 #include <sys/stat.h>
@@ -43,6 +44,7 @@ json telemetry_to_json(const TelemetryRecord& r) {
   out["deviceId"] = r.device_id;
   out["moduleId"] = r.module_id;
   out["messageId"] = r.message_id;
+  if (!r.dedupe_key.empty()) out["dedupeKey"] = r.dedupe_key;
   out["enqueuedTime"] = r.enqueued_time;
   out["properties"] = properties_json(r.app);
   out["systemProperties"] = properties_json(r.system);
@@ -109,10 +111,10 @@ TelemetryCounters TelemetrySink::counters() const {
   return counters_;
 }
 
-bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool /*dup*/,
-                            std::function<void()> on_ack) {
-  // Duplicates are recognised by message id whether or not the hub flagged the delivery as a
-  // re-send: a device may itself re-send a message after a lost PUBACK.
+bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m,
+                            hub::QueuePosition /*at*/, bool /*dup*/, std::function<void()> on_ack) {
+  // Duplicates are recognised by message id or dedupe key whether or not the hub flagged the
+  // delivery as a re-send: a device may itself re-send a message after a lost PUBACK.
   const std::int64_t now = clock_ ? clock_() : now_unix_ms();
   Item item;
   TelemetryRecord& r = item.record;
@@ -125,6 +127,13 @@ bool TelemetrySink::deliver(const std::string& /*input*/, const Message& m, bool
   r.stored_ms = now;
   r.system = m.system;
   r.app = m.app;
+  // The dedupe key is the cloud link's, not an application property of the module: it is kept
+  // beside the message. A key longer than any cairnd makes stays a property, unused.
+  if (auto key = r.app.get(iothub::kDedupeKeyProperty);
+      key && !key->empty() && key->size() <= iothub::kMaxDedupeKeyBytes) {
+    r.dedupe_key = std::string(*key);
+    r.app.erase(iothub::kDedupeKeyProperty);
+  }
   r.body = m.body;
   item.ack = std::move(on_ack);
   bool wake = false;
@@ -402,8 +411,9 @@ void TelemetrySink::finish(std::vector<Item>& items, const std::vector<bool>& st
       ++n_stored;
       continue;
     }
-    log::debug("cloud", "duplicate message device={} module={} message_id={} dropped",
-               items[i].record.device_id, items[i].record.module_id, items[i].record.message_id);
+    log::debug("cloud", "duplicate message device={} module={} message_id={} dedupe_key={} dropped",
+               items[i].record.device_id, items[i].record.module_id, items[i].record.message_id,
+               items[i].record.dedupe_key);
   }
   bool recovered = false;
   {

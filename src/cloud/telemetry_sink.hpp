@@ -8,8 +8,9 @@
 // process delays the writer, never the io thread. The writer takes everything handed over
 // since its last write and
 //   1. stores it in one transaction (one commit, one fsync for a burst) — each message once: a
-//      message whose non-empty messageId was already stored for the same device and module (a
-//      re-send after a lost acknowledgement) is dropped and counted as a duplicate;
+//      message whose non-empty messageId, or dedupe key (iothub::kDedupeKeyProperty, which
+//      cairnd's cloud link adds), was already stored for the same device and module (a re-send
+//      after a lost acknowledgement or a dropped link) is dropped and counted as a duplicate;
 //   2. appends one JSON line per stored message to the optional file sink (telemetry_to_json;
 //      at start the file first catches up with messages stored after its last line);
 //   3. acknowledges the messages (on the io thread), which lets the hub delete them from its
@@ -87,7 +88,7 @@ struct TelemetryCounters {
 };
 
 // The JSON form of a stored message, used by the file sink and GET /cairn/messages:
-// {"seq", "deviceId", "moduleId", "messageId", "enqueuedTime", "properties": {app},
+// {"seq", "deviceId", "moduleId", "messageId", ["dedupeKey",] "enqueuedTime", "properties": {app},
 //  "systemProperties": {system}, "body"} where body is the text itself when it is valid UTF-8
 // and the content type is JSON or text/*, else base64 with "bodyEncoding": "base64".
 nlohmann::json telemetry_to_json(const TelemetryRecord& record);
@@ -105,7 +106,7 @@ class TelemetrySink final : public hub::Consumer,
   TelemetrySink(const TelemetrySink&) = delete;
   TelemetrySink& operator=(const TelemetrySink&) = delete;
 
-  bool deliver(const std::string& input, const Message& m, bool dup,
+  bool deliver(const std::string& input, const Message& m, hub::QueuePosition at, bool dup,
                std::function<void()> on_ack) override;
 
   TelemetryCounters counters() const;

@@ -54,17 +54,18 @@ std::string sha256(std::string_view data) {
   return out;
 }
 
-std::string sha256_hex(std::string_view data) {
-  auto raw = sha256(data);
+std::string hex_encode(std::string_view bytes) {
   std::string out;
-  out.reserve(raw.size() * 2);
-  for (char ch : raw) {
+  out.reserve(bytes.size() * 2);
+  for (char ch : bytes) {
     auto c = static_cast<unsigned char>(ch);
     out.push_back(kHex[c >> 4]);
     out.push_back(kHex[c & 15]);
   }
   return out;
 }
+
+std::string sha256_hex(std::string_view data) { return hex_encode(sha256(data)); }
 
 std::string hmac_sha256(std::string_view key, std::string_view data) {
   std::string out(EVP_MAX_MD_SIZE, '\0');

@@ -17,6 +17,8 @@ namespace cairn::crypto {
 
 std::string sha256(std::string_view data);  // 32 raw bytes
 std::string sha256_hex(std::string_view data);
+// Lower-case hex digits, two per byte.
+std::string hex_encode(std::string_view bytes);
 std::string hmac_sha256(std::string_view key, std::string_view data);  // 32 raw bytes
 
 std::string base64_encode(std::string_view data);

@@ -131,10 +131,11 @@ void Endpoint::pump() {
     std::weak_ptr<Endpoint> weak = weak_from_this();
     bool dup = seq <= next->delivered_through;
     next->delivered_through = std::max(next->delivered_through, seq);
-    bool ok =
-        consumer->deliver(endpoint_.input, *p.message, dup, [weak, priority, seq, generation] {
-          if (auto self = weak.lock()) self->on_ack(priority, seq, generation);
-        });
+    bool ok = consumer->deliver(endpoint_.input, *p.message, QueuePosition{priority, seq}, dup,
+                                [weak, priority, seq, generation] {
+                                  if (auto self = weak.lock())
+                                    self->on_ack(priority, seq, generation);
+                                });
     if (!ok) return;  // closing: detach() follows and resets the lanes
   }
 }

@@ -47,14 +47,23 @@ inline constexpr const char* kDeadLetterTable = "deadletter";
 using DeadLetterSink = std::function<void(const std::string& key, const std::string& endpoint,
                                           const std::string& reason, const std::string& bytes)>;
 
+// Where a delivered message is stored: its entry in the endpoint's durable queue (the queue of
+// its priority, and its sequence number there). The same for every delivery of that message,
+// also after a restart; another message of the endpoint gets another position (sequence
+// numbers only grow, docs/queue_format.md, except after a power cut without fsync).
+struct QueuePosition {
+  std::int32_t priority = 0;
+  std::uint64_t seq = 0;
+};
+
 // What an endpoint needs from a connected consumer.
 class Consumer {
  public:
   virtual ~Consumer() = default;
-  // Queues a PUBLISH of `m` for input `input`; `on_ack` runs when the consumer's PUBACK
-  // arrives (QoS 1), or once the socket took it (a QoS 0 subscription). Returns false if the
-  // consumer is closing (the message is then not sent).
-  virtual bool deliver(const std::string& input, const Message& m, bool dup,
+  // Queues a PUBLISH of `m`, stored at `at`, for input `input`; `on_ack` runs when the
+  // consumer's PUBACK arrives (QoS 1), or once the socket took it (a QoS 0 subscription).
+  // Returns false if the consumer is closing (the message is then not sent).
+  virtual bool deliver(const std::string& input, const Message& m, QueuePosition at, bool dup,
                        std::function<void()> on_ack) = 0;
 };
 

@@ -17,6 +17,10 @@ namespace cairn::hub {
 namespace {
 
 constexpr const char* kSessionsTable = "sessions";
+// At most what the cloud link adds to a message's upstream topic: "&cairn-dedupe-key=" and
+// the key (its digits, letters, dots and '-' are left as they are by URL-encoding).
+constexpr std::size_t kDedupeKeyPairBytes =
+    1 + iothub::kDedupeKeyProperty.size() + 1 + iothub::kMaxDedupeKeyBytes;
 
 // Endpoint ids are "$upstream" or "{module}/{input}" (routing::Endpoint::id()).
 std::optional<routing::Endpoint> endpoint_from_id(const std::string& id) {
@@ -385,7 +389,7 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
     const std::size_t topic_bytes =
         e.kind == routing::Endpoint::Kind::module_input
             ? module_input_topic(config_.device_id, e.module, e.input, m).size()
-            : upstream_events_topic(m, config_.device_id).size();
+            : upstream_events_topic(m, config_.device_id).size() + kDedupeKeyPairBytes;
     if (topic_bytes > mqtt::kMaxStringBytes) {
       ++counters_.messages_undeliverable;
       done(make_error(errc::limit_exceeded, "the delivery topic for endpoint " + e.id() +

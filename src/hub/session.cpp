@@ -584,7 +584,7 @@ void Session::persist_subscriptions(std::function<void(Status)> done) {
   hub_->save_session(principal_.client_id(), dump_json(j), std::move(done));
 }
 
-bool Session::deliver(const std::string& input, const Message& m, bool dup,
+bool Session::deliver(const std::string& input, const Message& m, QueuePosition /*at*/, bool dup,
                       std::function<void()> on_ack) {
   if (closed_) return false;
   mqtt::Publish packet{module_input_topic(principal_.device_id, principal_.module_id, input, m),

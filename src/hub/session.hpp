@@ -44,7 +44,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   // Closes the connection. `graceful`: the client said DISCONNECT (no will).
   void close(std::string_view reason, bool graceful = false);
 
-  bool deliver(const std::string& input, const Message& m, bool dup,
+  bool deliver(const std::string& input, const Message& m, QueuePosition at, bool dup,
                std::function<void()> on_ack) override;
 
   const Principal& principal() const { return principal_; }

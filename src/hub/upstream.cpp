@@ -1,7 +1,10 @@
 #include "hub/upstream.hpp"
 
 #include <random>
+#include <string_view>
 #include <utility>
+
+#include <fmt/format.h>
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
@@ -14,6 +17,13 @@ namespace cairn::hub {
 namespace {
 
 constexpr const char* kApiVersion = "2021-04-12";
+// The store's key-value table of the upstream link, and the row holding the store's id.
+constexpr const char* kUpstreamTable = "upstream";
+constexpr const char* kStoreIdKey = "storeId";
+// 64 random bits: two stores (two installs) pick the same id with a chance of about n²/2^65.
+constexpr std::size_t kStoreIdBytes = 8;
+// "YYYYMMDDhhmmssmmm", the digits of an enqueuedTime as the hub stamps it.
+constexpr std::size_t kEnqueuedDigits = 17;
 constexpr auto kRenewalDrain = std::chrono::seconds(5);
 constexpr auto kReportedRetry = std::chrono::seconds(5);
 
@@ -66,12 +76,43 @@ struct Upstream::Link {
   }
 };
 
-Upstream::Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins)
+Upstream::Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins,
+                   std::string store_id)
     : io_(io),
       config_(config),
       hub_(hub),
       twins_(twins),
+      store_id_(std::move(store_id)),
       offline_since_(std::chrono::steady_clock::now()) {}
+
+Result<std::string> Upstream::load_store_id(store::MessageStore& store) {
+  auto stored = store.get(kUpstreamTable, kStoreIdKey);
+  if (!stored) return std::move(stored).error();
+  if (*stored && (*stored)->size() == 2 * kStoreIdBytes) return std::move(**stored);
+  std::string id = crypto::hex_encode(crypto::random_bytes(kStoreIdBytes));
+  // Committed before any key is made from it: a key sent with an id that a crash then lost
+  // would not match the key of its re-send.
+  Status put;
+  store.put(kUpstreamTable, kStoreIdKey, id, [&put](Status s) { put = std::move(s); });
+  if (auto flushed = store.flush(); !flushed) return std::move(flushed).error();
+  if (!put) return std::move(put).error();
+  log::info("upstream", "new store id {} for the dedupe keys of messages to the cloud", id);
+  return id;
+}
+
+std::string Upstream::dedupe_key(std::string_view store_id, QueuePosition at, const Message& m) {
+  std::string key = fmt::format("{}.{}.{}", store_id, at.priority, at.seq);
+  if (auto enqueued = m.system.get(sysprop::kEnqueuedTime)) {
+    key.push_back('.');
+    std::size_t digits = 0;
+    for (char c : *enqueued) {
+      if (c < '0' || c > '9') continue;
+      if (++digits > kEnqueuedDigits) break;
+      key.push_back(c);
+    }
+  }
+  return key;
+}
 
 Upstream::~Upstream() = default;
 
@@ -319,8 +360,8 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
   }
 }
 
-bool Upstream::deliver(const std::string& /*input*/, const Message& m, bool /*dup*/,
-                       std::function<void()> on_ack) {
+bool Upstream::deliver(const std::string& /*input*/, const Message& m, QueuePosition at,
+                       bool /*dup*/, std::function<void()> on_ack) {
   if (stopping_) return false;
   std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(config_.device_id));
   std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
@@ -332,7 +373,7 @@ bool Upstream::deliver(const std::string& /*input*/, const Message& m, bool /*du
     return true;
   }
   // The cloud stamps the sender and enqueue time from its own connection.
-  std::string topic = upstream_events_topic(m, config_.device_id);
+  std::string topic = upstream_events_topic(m, config_.device_id, dedupe_key(store_id_, at, m));
   Link& l = link(client_id);
   l.outbox.push_back(Outgoing{std::move(topic), m.body, std::move(on_ack), generation_});
   l.outbox_signal.cancel();

@@ -8,6 +8,10 @@
 //   on its sender's connection at QoS 1 and is acknowledged to the endpoint (deleted from disk)
 //   only on the cloud's PUBACK. While a connection is down its messages wait; when it drops
 //   with messages unacknowledged, the endpoint delivers them again (DUP) once it is back.
+//   Every message carries a dedupe key (iothub::kDedupeKeyProperty) made from where it is
+//   stored: the store's id, its $upstream queue position and its enqueue time. A re-send, also
+//   after a restart of cairnd, carries the same key, so the cloud can store it once even when
+//   the module set no message id; the module's own message id goes up unchanged.
 // - Twins: GET and reported patches go to the cloud; desired patches come back to the twin
 //   cache. After every (re)connection the cache resyncs and queued reported patches are sent
 //   in order.
@@ -24,6 +28,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -33,6 +38,7 @@
 #include "hub/twin_cache.hpp"
 #include "net/asio.hpp"
 #include "net/mqtt_client.hpp"
+#include "store/message_store.hpp"
 
 namespace cairn::hub {
 
@@ -41,15 +47,30 @@ class Upstream : public Consumer,
                  public ConnectionObserver,
                  public std::enable_shared_from_this<Upstream> {
  public:
-  Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins);
+  // `store_id`: the store's id (load_store_id), the first part of every dedupe key.
+  Upstream(asio::io_context& io, const HubConfig& config, Hub& hub, TwinCache& twins,
+           std::string store_id);
   ~Upstream() override;
+
+  // The id of `store` for dedupe keys: kStoreIdBytes random bytes in hex, made when a store
+  // first serves a cloud link and kept in it (kv table kUpstreamTable), so it stays the same
+  // across restarts and is new when the store is (a reinstall): keys of a reinstalled device
+  // cannot be taken for those it sent before. Blocks until a new id is committed.
+  // Errors: the store's, when it cannot be read or written.
+  static Result<std::string> load_store_id(store::MessageStore& store);
+  // The dedupe key of the message `m` stored at `at` in the $upstream queues of the store
+  // `store_id`: "{store_id}.{priority}.{seq}.{enqueue time digits}". The enqueue time guards
+  // against a sequence number handed out again after a power cut with store.fsync off
+  // (docs/queue_format.md): the same position is then a different message, stored later.
+  // At most iothub::kMaxDedupeKeyBytes long.
+  static std::string dedupe_key(std::string_view store_id, QueuePosition at, const Message& m);
 
   // Attaches to the $upstream endpoint and opens the links that have work waiting.
   void start();
   void stop();
 
   // Consumer ($upstream endpoint).
-  bool deliver(const std::string& input, const Message& m, bool dup,
+  bool deliver(const std::string& input, const Message& m, QueuePosition at, bool dup,
                std::function<void()> on_ack) override;
   // TwinUpstream.
   bool online(const std::string& client_id) const override;
@@ -105,6 +126,7 @@ class Upstream : public Consumer,
   const HubConfig& config_;
   Hub& hub_;
   TwinCache& twins_;
+  const std::string store_id_;
   std::map<std::string, std::shared_ptr<Link>> links_;
   // Identities forget() removed: what still comes for them from the $upstream queue is
   // settled and dropped, never a reason to open their link again (which would register the

@@ -222,15 +222,27 @@ std::string encode_property_bag(const Properties& system, const Properties& app)
   return out;
 }
 
-std::string upstream_events_topic(const Message& m, std::string_view default_device) {
+std::string upstream_events_topic(const Message& m, std::string_view default_device,
+                                  std::string_view dedupe_key) {
   std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(default_device));
   std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
   Properties system = m.system;
   system.erase(sysprop::kConnectionDeviceId);
   system.erase(sysprop::kConnectionModuleId);
   system.erase(sysprop::kEnqueuedTime);
+  std::string bag;
+  if (dedupe_key.empty()) {
+    bag = encode_property_bag(system, m.app);
+  } else {
+    // The key is the link's, not the module's: a module property of that name must not reach
+    // the cloud as the key (it would make the cloud drop other messages as its duplicates).
+    Properties app = m.app;
+    app.erase(kDedupeKeyProperty);
+    bag = encode_property_bag(system, app);
+    append_pair(bag, kDedupeKeyProperty, dedupe_key);
+  }
   return "devices/" + device + (module.empty() ? "" : "/modules/" + module) + "/messages/events/" +
-         encode_property_bag(system, m.app);
+         bag;
 }
 
 std::string module_input_topic(std::string_view device_id, std::string_view module_id,

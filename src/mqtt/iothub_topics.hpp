@@ -6,6 +6,7 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -51,10 +52,24 @@ std::string encode_property_bag(const Properties& system, const Properties& app)
 // devices/{d}/modules/{m}/inputs/{input}/{bag}  (the bag may be empty: ".../inputs/{input}/")
 std::string module_input_topic(std::string_view device_id, std::string_view module_id,
                                std::string_view input, const Message& m);
+// The application property in which cairnd's cloud link carries its dedupe key: the same
+// for every send of one message, including a re-send after a dropped link or a restart of
+// cairnd, and different for every other message the device sent (docs/protocol.md, "Dedupe
+// key"). cairn-cloud stores a message once per (device, module, key); IoT Hub passes it on to
+// its consumers as an ordinary application property. The module's own messageId ($.mid) is
+// left as it is.
+inline constexpr std::string_view kDedupeKeyProperty = "cairn-dedupe-key";
+// The longest dedupe key cairn-cloud de-duplicates on; a longer value stays an ordinary
+// application property. cairnd's keys are at most kMaxDedupeKeyBytes long.
+inline constexpr std::size_t kMaxDedupeKeyBytes = 80;
+
 // devices/{d}[/modules/{m}]/messages/events/{bag}: how the cloud link sends `m` upstream, as
 // its sender (the connection device/module ids, `default_device` when absent). The sender
-// ids and enqueue time are the cloud's to stamp and are not in the bag.
-std::string upstream_events_topic(const Message& m, std::string_view default_device);
+// ids and enqueue time are the cloud's to stamp and are not in the bag. A non-empty
+// `dedupe_key` goes last in the bag as kDedupeKeyProperty, replacing a module's own property
+// of that name.
+std::string upstream_events_topic(const Message& m, std::string_view default_device,
+                                  std::string_view dedupe_key = {});
 // devices/{d}/modules/{m}/messages/events/{bag}/ with "$.on={output}" first in the bag, then the
 // message's system properties (outbound wire names) and application properties: what a module
 // publishes to send on an output. The trailing '/' is the Node SDK's form.

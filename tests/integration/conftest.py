@@ -859,7 +859,9 @@ def edge_device(cloud, cairnd_factory, device_id="edge1", proxy=None, upstream=N
 class TcpProxy:
     """A TCP relay on CLOUD_HOST to a cairn-cloud port: takes a device offline while the cloud
     stays up. cut() closes every relayed connection and refuses new ones (accepted, then
-    closed at once) until restore()."""
+    closed at once) until restore(). drop_replies() throws away what the cloud sends while
+    the device's bytes still pass (the cloud stores messages whose PUBACKs never arrive, as
+    when a link dies with acknowledgements in flight), until cut()."""
 
     def __init__(self, target_port, target_host=CLOUD_HOST):
         self.target = (target_host, target_port)
@@ -872,6 +874,8 @@ class TcpProxy:
         self.relayed = 0   # connections passed on
         self.refused = 0   # connections closed because the proxy was cut
         self._cut = False
+        self._drop_replies = False
+        self.replies_dropped = 0  # bytes from the cloud thrown away by drop_replies()
         self._closed = False
         self._lock = threading.Lock()
         self._pairs = []
@@ -902,16 +906,23 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((conn, upstream))
                 self.relayed += 1
-            for src, dst in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, replies in ((conn, upstream, False), (upstream, conn, True)):
+                threading.Thread(target=self._pump, args=(src, dst, replies),
+                                 daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _pump(self, src, dst, replies):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if replies:
+                    with self._lock:
+                        dropping = self._drop_replies
+                        if dropping:
+                            self.replies_dropped += len(data)
+                    if dropping:
+                        continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -925,9 +936,14 @@ class TcpProxy:
         with self._lock:
             return len(self._pairs)
 
+    def drop_replies(self):
+        with self._lock:
+            self._drop_replies = True
+
     def cut(self):
         with self._lock:
             self._cut = True
+            self._drop_replies = False
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
             for s in pair:

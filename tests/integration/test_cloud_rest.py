@@ -314,7 +314,8 @@ def test_device_telemetry_is_stored_and_listed(cloud, module_client):
     c.publish_acked(b"\xff\xfe", props={"$.mid": "bin"})
     # A re-send with a known messageId is stored once.
     c.publish_acked(b'{"i": 0}', props={"$.mid": "m0", "$.ct": "application/json"})
-    wait_for(lambda: cloud.status()["telemetry"] == {"stored": 6, "duplicates": 1},
+    wait_for(lambda: cloud.status()["telemetry"] == {"stored": 6, "duplicates": 1,
+                                                     "duplicatesByKey": 0},
              what="6 stored and 1 duplicate")
     stored = cloud.all_messages(device_id="dev1")
     assert [m["messageId"] for m in stored] == ["m0", "m1", "m2", "m3", "m4", "bin"]
@@ -331,6 +332,30 @@ def test_device_telemetry_is_stored_and_listed(cloud, module_client):
     # The JSON-lines file has the same messages.
     assert [m["messageId"] for m in cloud.messages_file()] == [m["messageId"] for m in stored]
     assert cloud.call("GET", "/devices/dev1")["connectionState"] == "Connected"
+
+
+def test_device_telemetry_with_a_dedupe_key_is_stored_once(cloud, module_client):
+    # What cairnd's cloud link sends: no messageId, the key as an application property.
+    cloud.create_device("dev1")
+    c = module_client(CloudDevice(cloud, "dev1"), None)
+    TEXT = {"$.ct": "text/plain"}
+    c.publish_acked(b"first", props={"cairn-dedupe-key": "s.0.1.2027", "k": "1", **TEXT})
+    c.publish_acked(b"first again", props={"cairn-dedupe-key": "s.0.1.2027", **TEXT})
+    c.publish_acked(b"second", props={"cairn-dedupe-key": "s.0.2.2027", **TEXT})
+    # A value no cairnd makes is not a key: an ordinary property, stored every time.
+    too_long = "x" * 81
+    c.publish_acked(b"long", props={"cairn-dedupe-key": too_long, **TEXT})
+    c.publish_acked(b"long", props={"cairn-dedupe-key": too_long, **TEXT})
+    wait_for(lambda: cloud.status()["telemetry"] == {"stored": 4, "duplicates": 1,
+                                                     "duplicatesByKey": 1},
+             what="4 stored and 1 duplicate by key")
+    stored = cloud.all_messages(device_id="dev1")
+    assert [m["body"] for m in stored] == ["first", "second", "long", "long"]
+    assert [m.get("dedupeKey") for m in stored] == ["s.0.1.2027", "s.0.2.2027", None, None]
+    assert stored[0]["properties"] == {"k": "1"}
+    assert stored[2]["properties"] == {"cairn-dedupe-key": too_long}
+    assert all(m["messageId"] == "" for m in stored)
+    assert [m["body"] for m in cloud.messages_file()] == ["first", "second", "long", "long"]
 
 
 def test_device_twin_over_mqtt_and_rest(cloud, module_client):

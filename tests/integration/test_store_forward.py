@@ -1,7 +1,8 @@
 """Store and forward (docs/protocol.md §8.2): telemetry routed INTO $upstream waits on disk
 while the cloud is away, survives kill -9 of cairnd (and of cairn-cloud), and arrives when the
 cloud is back: every message, in order per sender, stored once (cairn-cloud drops re-sends by
-messageId). Messages older than their route's TTL are dropped and counted instead.
+messageId, and by the dedupe key cairnd adds to every message, so also those of modules that
+set no messageId). Messages older than their route's TTL are dropped and counted instead.
 
 Publishers are paho clients on cairnd's plain port, QoS 1 with many publishes in flight.
 """
@@ -13,6 +14,7 @@ import pytest
 from conftest import edge_device, wait_for
 
 UPSTREAM = "$upstream"
+DEDUPE_KEY = "cairn-dedupe-key"  # the application property of cairnd's dedupe key
 ROUTES = {"toCloud": "FROM /messages/* INTO $upstream"}
 # Generous: 10 000 messages through a debug cairnd and cairn-cloud on a shared 2-core box.
 DRAIN_TIMEOUT = 120.0
@@ -31,13 +33,15 @@ def sender(edge, module_client, module):
     return module_client(edge, module, tls=False, max_inflight=200)
 
 
-def publish(client, module, seqs, output="out"):
-    """Publishes {"seq": i} with messageId "{module}-{i}" for each i, all in flight at once,
-    and waits until every one is acknowledged (on disk)."""
+def publish(client, module, seqs, output="out", with_ids=True):
+    """Publishes {"seq": i} with messageId "{module}-{i}" (none without `with_ids`) for each i,
+    all in flight at once, and waits until every one is acknowledged (on disk)."""
     mids = set()
     for i in seqs:
-        info = client.publish(json.dumps({"seq": i}).encode(), output=output,
-                              props={"$.mid": f"{module}-{i}", "$.ct": "application/json"})
+        props = {"$.ct": "application/json"}
+        if with_ids:
+            props["$.mid"] = f"{module}-{i}"
+        info = client.publish(json.dumps({"seq": i}).encode(), output=output, props=props)
         mids.add(info.mid)
 
     def all_acked():
@@ -104,7 +108,8 @@ def test_10000_messages_while_cloud_down_with_kill9(cloud_factory, cairnd_factor
     wait_for(lambda: edge.queue_length(UPSTREAM) == 0, DRAIN_TIMEOUT,
              what="cairnd's $upstream queue to drain")
     check_arrived(cloud, edge.device_id, {"sensorA": 2 * half, "sensorB": 2 * half})
-    assert cloud.status()["telemetry"] == {"stored": 4 * half, "duplicates": 0}
+    assert cloud.status()["telemetry"] == {"stored": 4 * half, "duplicates": 0,
+                                           "duplicatesByKey": 0}
     assert edge.upstream_status()["messagesSent"] == 4 * half
     assert edge.counter("messagesExpired") == 0
 
@@ -152,6 +157,92 @@ def test_kill9_of_cloud_while_draining_loses_nothing(cloud_factory, cairnd_facto
     wait_for(lambda: edge.queue_length(UPSTREAM) == 0, DRAIN_TIMEOUT,
              what="cairnd's $upstream queue to drain")
     check_arrived(cloud, edge.device_id, {"sensorA": n + 100})
+
+
+def sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy, module_client):
+    """A cairnd whose cloud link goes through a TcpProxy, and a module "sensorA" that sends
+    messages 0..399 without message ids: 0..199 arrive normally; for 200..399 the cloud
+    stores what cairnd sends, but cairnd hears no PUBACK, so when the link then drops those
+    messages are in the cloud and still unacknowledged at the edge. Returns (cloud, proxy,
+    edge, the module's client) once the cloud has stored some of them."""
+    cloud = cloud_factory()
+    proxy = tcp_proxy(cloud.mqtt_port)
+    edge = edge_device(cloud, cairnd_factory, proxy=proxy, routes=ROUTES)
+    a = sender(edge, module_client, "sensorA")
+    publish(a, "sensorA", range(200), with_ids=False)
+    wait_stored(cloud, 200)
+    proxy.drop_replies()
+    publish(a, "sensorA", range(200, 400), with_ids=False)
+    wait_for(lambda: cloud.stored_count() > 200, DRAIN_TIMEOUT,
+             what="the cloud to store messages whose PUBACKs are lost")
+    return cloud, proxy, edge, a
+
+
+def wait_all_in(cloud, edge, n):
+    """Everything sent reached the cloud's store, and nothing more is on its way there."""
+    wait_stored(cloud, n)
+    wait_for(lambda: edge.queue_length(UPSTREAM) == 0, DRAIN_TIMEOUT,
+             what="cairnd's $upstream queue to drain")
+
+    def cloud_idle():
+        status = cloud.status()
+        return (status["ingestQueue"]["storedMessages"] == 0
+                and status["telemetryWriter"]["waiting"] == 0)
+
+    wait_for(cloud_idle, DRAIN_TIMEOUT, what="cairn-cloud to store everything it took")
+
+
+def check_stored_once_without_ids(cloud, device_id, module, n):
+    """Each of the n messages (no messageId) stored once, in order, with a dedupe key of its
+    own, in the store and in the JSON-lines file; the re-sends were recognised by their key."""
+    stored = cloud.all_messages(device_id=device_id)
+    assert [m["moduleId"] for m in stored] == [module] * len(stored)
+    seqs = [json.loads(m["body"])["seq"] for m in stored]
+    twice = [s for s, c in collections.Counter(seqs).items() if c > 1]
+    assert not twice, f"stored twice: {twice[:10]} ({len(stored)} stored for {n} sent)"
+    assert seqs == list(range(n)), "messages missing or out of order"
+    assert all(m["messageId"] == "" for m in stored)
+    assert all(DEDUPE_KEY not in m["properties"] for m in stored)
+    assert len({m["dedupeKey"] for m in stored}) == n
+    assert sorted(json.loads(m["body"])["seq"] for m in cloud.messages_file()) == list(range(n))
+    telemetry = cloud.status()["telemetry"]
+    assert telemetry["stored"] == n
+    # The link really dropped with messages the cloud had: their re-sends came and were
+    # recognised by key alone.
+    assert telemetry["duplicatesByKey"] >= 1, telemetry
+    assert telemetry["duplicates"] == telemetry["duplicatesByKey"]
+
+
+def test_resends_after_a_cut_link_are_stored_once_without_message_ids(cloud_factory,
+                                                                      cairnd_factory,
+                                                                      tcp_proxy, module_client):
+    cloud, proxy, edge, a = sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy,
+                                                      module_client)
+    n = 600
+    proxy.cut()
+    wait_for(lambda: not edge.upstream_status()["online"], what="cairnd to see its link drop")
+    publish(a, "sensorA", range(400, n), with_ids=False)  # queued while the link is down
+    proxy.restore()
+    wait_all_in(cloud, edge, n)
+    check_stored_once_without_ids(cloud, edge.device_id, "sensorA", n)
+
+
+def test_resends_after_a_restart_of_cairnd_are_stored_once_without_message_ids(
+        cloud_factory, cairnd_factory, tcp_proxy, module_client):
+    cloud, proxy, edge, a = sending_with_pubacks_lost(cloud_factory, cairnd_factory, tcp_proxy,
+                                                      module_client)
+    n = 600
+    # cairnd dies with messages the cloud has stored still in its queue: after the restart
+    # they are sent again from disk, and must carry the keys they had.
+    a.drop()
+    edge.kill9()
+    proxy.cut()
+    proxy.restore()
+    edge.start()
+    a = sender(edge, module_client, "sensorA")
+    publish(a, "sensorA", range(400, n), with_ids=False)
+    wait_all_in(cloud, edge, n)
+    check_stored_once_without_ids(cloud, edge.device_id, "sensorA", n)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -210,6 +301,9 @@ def test_messages_flow_while_online_and_properties_arrive(cloud_factory, cairnd_
     assert first["systemProperties"]["contentEncoding"] == "utf-8"
     assert second["bodyEncoding"] == "base64"
     assert second["messageId"] == "m-2"
+    # The link's dedupe key is kept beside the message, not among the module's properties.
+    assert DEDUPE_KEY not in first["properties"]
+    assert first["dedupeKey"] and second["dedupeKey"] and first["dedupeKey"] != second["dedupeKey"]
     # The module filter of the cloud's query works on what the edge sent.
     assert [x["messageId"] for x in cloud.messages(edge.device_id, "sensorA")] == ["m-1", "m-2"]
     assert cloud.messages(edge.device_id, "other") == []

@@ -1,3 +1,6 @@
+#include <span>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 #include "cloud/sqlite_cloud_store.hpp"
@@ -270,6 +273,87 @@ TEST(SqliteCloudStore, TelemetryIsStoredOncePerMessageIdAndSurvivesReopen) {
   ASSERT_TRUE(mod.ok());
   ASSERT_EQ(mod->size(), 1u);
   EXPECT_EQ((*mod)[0].module_id, "m");
+}
+
+TEST(SqliteCloudStore, TelemetryIsStoredOncePerDedupeKeyAndCountedApart) {
+  TempDir dir;
+  auto store = open_store(dir.file("cloud.db"));
+  ASSERT_NE(store, nullptr);
+  TelemetryRecord r;
+  r.device_id = "d1";
+  r.module_id = "sensor";
+  r.dedupe_key = "00112233aabbccdd.0.1.20270115080000000";
+  r.enqueued_time = "2027-01-15T08:00:00.000Z";
+  r.body = "a";
+  ASSERT_TRUE(*store->insert_telemetry(r));
+  TelemetryRecord resent = r;
+  EXPECT_FALSE(*store->insert_telemetry(resent));
+  // The key is the sender's: the same key from another module or device is another message.
+  TelemetryRecord other_module = r;
+  other_module.module_id = "other";
+  EXPECT_TRUE(*store->insert_telemetry(other_module));
+  TelemetryRecord other_device = r;
+  other_device.device_id = "d2";
+  EXPECT_TRUE(*store->insert_telemetry(other_device));
+  // A message id and a key: a re-send is recognised by either; the id is counted as before.
+  TelemetryRecord with_id = r;
+  with_id.dedupe_key = "00112233aabbccdd.0.2.20270115080000001";
+  with_id.message_id = "own-1";
+  EXPECT_TRUE(*store->insert_telemetry(with_id));
+  TelemetryRecord with_id_again = with_id;
+  EXPECT_FALSE(*store->insert_telemetry(with_id_again));
+  // Within one batch too.
+  std::vector<TelemetryRecord> batch(2, r);
+  batch[0].dedupe_key = batch[1].dedupe_key = "00112233aabbccdd.0.3.20270115080000002";
+  auto stored = store->insert_telemetry(std::span<TelemetryRecord>(batch));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(*stored, (std::vector<bool>{true, false}));
+  auto counts = store->counts();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->telemetry, 5);
+  EXPECT_EQ(counts->duplicates, 3);
+  EXPECT_EQ(counts->duplicates_by_key, 2);
+  auto list = store->list_telemetry(TelemetryQuery{});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 5u);
+  EXPECT_EQ((*list)[0].dedupe_key, r.dedupe_key);
+}
+
+TEST(SqliteCloudStore, AVersion1StoreIsMigratedAndKeepsItsTelemetry) {
+  TempDir dir;
+  const auto path = dir.file("cloud.db");
+  {
+    auto store = open_store(path);
+    ASSERT_NE(store, nullptr);
+    TelemetryRecord r;
+    r.device_id = "d1";
+    r.message_id = "m-1";
+    r.body = "old";
+    ASSERT_TRUE(*store->insert_telemetry(r));
+    // Back to the version 1 layout.
+    ASSERT_TRUE(store
+                    ->exec_for_test("DROP INDEX telemetry_dedupe_key; "
+                                    "ALTER TABLE telemetry DROP COLUMN dedupe_key; "
+                                    "DELETE FROM counters WHERE name = "
+                                    "'telemetry_duplicates_by_key'; "
+                                    "UPDATE schema_version SET version = 1")
+                    .ok());
+  }
+  auto store = open_store(path);
+  ASSERT_NE(store, nullptr);
+  auto list = store->list_telemetry(TelemetryQuery{});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].body, "old");
+  EXPECT_EQ((*list)[0].dedupe_key, "");
+  TelemetryRecord keyed;
+  keyed.device_id = "d1";
+  keyed.dedupe_key = "k";
+  ASSERT_TRUE(*store->insert_telemetry(keyed));
+  EXPECT_FALSE(*store->insert_telemetry(keyed));
+  auto counts = store->counts();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->duplicates_by_key, 1);
 }
 
 TEST(SqliteCloudStore, ConnectionStateIsRecorded) {

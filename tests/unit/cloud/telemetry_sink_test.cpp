@@ -67,7 +67,7 @@ class TelemetrySinkTest : public CloudTest {
   // Delivers and waits for the acknowledgement; returns whether it came.
   bool deliver(TelemetrySink& sink, const Message& m, bool dup = false) {
     bool acked = false;
-    EXPECT_TRUE(sink.deliver("", m, dup, [&] { acked = true; }));
+    EXPECT_TRUE(sink.deliver("", m, {}, dup, [&] { acked = true; }));
     EXPECT_FALSE(acked);  // never inside deliver: the endpoint's pump must not re-enter
     return run_until([&] { return acked; });
   }
@@ -183,7 +183,7 @@ TEST_F(TelemetrySinkTest, ALockedStoreIsRetriedUntilTheMessageIsStored) {
   // used to drop the batch unacknowledged and never try again.
   ASSERT_TRUE(store_->exec_for_test("BEGIN IMMEDIATE").ok());
   bool acked = false;
-  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "id", "x"), false, [&] { acked = true; }));
+  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "id", "x"), {}, false, [&] { acked = true; }));
   ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 1; }));
   EXPECT_FALSE(acked);  // nothing is acknowledged before it is stored
   auto c = sink->counters();
@@ -219,7 +219,7 @@ TEST_F(TelemetrySinkTest, AMessageTheStoreRefusesIsDeadLetteredAndTheRestFlows) 
   ASSERT_NE(sink, nullptr);
   bool poison_acked = false;
   const Message poison = telemetry("d", "", "poison", "p");
-  EXPECT_TRUE(sink->deliver("", poison, false, [&] { poison_acked = true; }));
+  EXPECT_TRUE(sink->deliver("", poison, {}, false, [&] { poison_acked = true; }));
   // Failing on its own, it may as well be the store: retried, not blamed.
   ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 3; }));
   EXPECT_FALSE(poison_acked);
@@ -227,14 +227,14 @@ TEST_F(TelemetrySinkTest, AMessageTheStoreRefusesIsDeadLetteredAndTheRestFlows) 
   // Each message after it is stored (the queue behind it flows) while it fails again.
   int acked = 0;
   for (const char* id : {"a", "b"}) {
-    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), {}, false, [&] { ++acked; }));
     const int want = acked + 1;
     ASSERT_TRUE(run_until([&] { return acked == want; })) << id;
   }
   EXPECT_FALSE(poison_acked);
   EXPECT_TRUE(dead.empty());
   // The third time it fails while others are stored, it is set aside and acknowledged.
-  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "c", "x"), false, [&] { ++acked; }));
+  EXPECT_TRUE(sink->deliver("", telemetry("d", "", "c", "x"), {}, false, [&] { ++acked; }));
   ASSERT_TRUE(run_until([&] { return poison_acked && acked == 3; }));
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].first, poison);
@@ -253,7 +253,7 @@ TEST_F(TelemetrySinkTest, ABurstIsStoredTogetherWithDuplicatesInsideItDropped) {
   ASSERT_NE(sink, nullptr);
   int acked = 0;
   for (const char* id : {"a", "b", "a", "c"}) {
-    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), {}, false, [&] { ++acked; }));
   }
   EXPECT_EQ(acked, 0);  // acknowledgements run on the io_context, never inside deliver
   ASSERT_TRUE(run_until([&] { return acked == 4; }));
@@ -281,7 +281,7 @@ TEST_F(TelemetrySinkTest, WhenEveryMessageFailsAlikeNoneIsBlamed) {
   ASSERT_TRUE(store_->exec_for_test("DROP TABLE telemetry").ok());
   int acked = 0;
   for (const char* id : {"a", "b"}) {
-    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), false, [&] { ++acked; }));
+    EXPECT_TRUE(sink->deliver("", telemetry("d", "", id, "x"), {}, false, [&] { ++acked; }));
   }
   ASSERT_TRUE(run_until([&] { return sink->counters().store_failures >= 5; }));
   EXPECT_EQ(acked, 0);

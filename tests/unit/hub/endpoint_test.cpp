@@ -2,8 +2,10 @@
 // notifications can reach the hub thread.
 #include "hub/endpoint.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -24,12 +26,16 @@ using store::testing::TempDir;
 class AckingConsumer : public Consumer {
  public:
   explicit AckingConsumer(asio::io_context& io) : io_(io) {}
-  bool deliver(const std::string&, const Message& m, bool, std::function<void()> on_ack) override {
+  bool deliver(const std::string&, const Message& m, QueuePosition at, bool,
+               std::function<void()> on_ack) override {
     payloads.push_back(m.body);
-    asio::post(io_, std::move(on_ack));
+    positions.push_back(at);
+    if (acks) asio::post(io_, std::move(on_ack));
     return true;
   }
+  bool acks = true;  // false: nothing is ever acknowledged (a link that never answers)
   std::vector<std::string> payloads;
+  std::vector<QueuePosition> positions;
 
  private:
   asio::io_context& io_;
@@ -95,6 +101,50 @@ TEST(Endpoint, DeliversAppendsInOrderWhileTheConsumerKeepsUp) {
   settle(io, *store);
   EXPECT_EQ(consumer->payloads, sent);
   EXPECT_TRUE(store::testing::messages_of(*store, store::testing::queue("filter/in")).empty());
+}
+
+TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
+  // The upstream link makes its dedupe keys from this position: a message delivered again
+  // after a restart must come with the position it had before.
+  using Position = std::pair<std::int32_t, std::uint64_t>;
+  auto sorted_positions = [](const AckingConsumer& consumer) {
+    std::vector<Position> out;
+    for (const auto& at : consumer.positions) out.emplace_back(at.priority, at.seq);
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  TempDir dir;
+  std::vector<Position> stored;
+  {
+    auto store = open_or_die(options_for(dir));
+    ASSERT_TRUE(store);
+    asio::io_context io;
+    auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
+    auto consumer = std::make_shared<AckingConsumer>(io);
+    consumer->acks = false;
+    endpoint->attach(consumer);
+    for (std::int32_t priority : {3, 3, 1}) {
+      const std::string body = "p" + std::to_string(priority) + "-" + std::to_string(stored.size());
+      const std::uint64_t seq =
+          append_one(*store, encode_message(message(body)), target("filter/in", priority));
+      ASSERT_NE(seq, 0u);
+      stored.emplace_back(priority, seq);
+      endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
+    }
+    std::sort(stored.begin(), stored.end());
+    settle(io, *store);
+    EXPECT_EQ(sorted_positions(*consumer), stored);
+  }
+  auto store = open_or_die(options_for(dir));
+  ASSERT_TRUE(store);
+  asio::io_context io;
+  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
+  auto consumer = std::make_shared<AckingConsumer>(io);
+  endpoint->attach(consumer);
+  endpoint->has_backlog(1);
+  endpoint->has_backlog(3);
+  settle(io, *store);
+  EXPECT_EQ(sorted_positions(*consumer), stored);
 }
 
 }  // namespace

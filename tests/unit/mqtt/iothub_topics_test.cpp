@@ -390,6 +390,31 @@ TEST(ModuleOutputTopic, OutputFirstThenSystemThenAppProperties) {
   EXPECT_EQ(app(*parsed, "anomaly"), "true");
 }
 
+TEST(UpstreamEventsTopic, TheDedupeKeyGoesLastAndReplacesTheModulesOwn) {
+  Message m;
+  m.system.set("connectionDeviceId", "edge1");
+  m.system.set("connectionModuleId", "sensor");
+  m.system.set("enqueuedTime", "2026-12-03T07:26:08.123Z");
+  m.system.set("messageId", "own-1");
+  m.app.set("cairn-dedupe-key", "forged");
+  m.app.set("alert", "high");
+  const std::string topic = upstream_events_topic(m, "edge1", "0a1b.0.7.20261203072608123");
+  EXPECT_EQ(topic,
+            "devices/edge1/modules/sensor/messages/events/%24.mid=own-1&alert=high&"
+            "cairn-dedupe-key=0a1b.0.7.20261203072608123");
+  // What the cloud reads back: the module's message id unchanged, the link's key.
+  auto parsed = parse_ok(topic);
+  EXPECT_EQ(sys(parsed, "messageId"), "own-1");
+  EXPECT_EQ(app(parsed, kDedupeKeyProperty), "0a1b.0.7.20261203072608123");
+  // Without a key the bag is the message's own.
+  EXPECT_EQ(upstream_events_topic(m, "edge1"),
+            "devices/edge1/modules/sensor/messages/events/%24.mid=own-1&"
+            "cairn-dedupe-key=forged&alert=high");
+  Message bare;
+  EXPECT_EQ(upstream_events_topic(bare, "edge1", "k"),
+            "devices/edge1/messages/events/cairn-dedupe-key=k");
+}
+
 TEST(ModuleInputTopic, ParsesWhatTheHubSends) {
   Message m;
   m.system.set(std::string(sysprop::kConnectionDeviceId), "edge1");
