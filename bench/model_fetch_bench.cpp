@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/process.hpp"
-#include "modelpkg/detail/files.hpp"
+#include "core/files.hpp"
 #include "modelpkg/fetch.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/pack.hpp"
@@ -48,7 +48,7 @@ class Server {
       net::HttpResponse r;
       auto path = net::http_path(req.target);
       auto data = path.find("..") == std::string::npos
-                      ? modelpkg::detail::read_file(root_.string() + path, 64 << 20)
+                      ? read_file(root_.string() + path, 64 << 20)
                       : Result<std::string>(make_error(errc::not_found, "no"));
       r.status = data ? 200 : 404;
       r.content_type = "application/octet-stream";

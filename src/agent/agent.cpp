@@ -3,14 +3,13 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
-#include <fstream>
 #include <future>
-#include <sstream>
 
 #include <fmt/format.h>
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "twin/twin.hpp"
 #include <sys/stat.h>
@@ -23,28 +22,6 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kLog = "agent";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return {};
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-Status write_file_atomic(const std::string& path, const std::string& text) {
-  auto tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) return make_error(errc::io_error, "cannot write " + tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return make_error(errc::io_error, "cannot rename " + tmp + ": " + ec.message());
-  return {};
-}
 
 std::string iso_or_epoch(std::int64_t ms) { return format_iso8601(ms > 0 ? ms : 0); }
 
@@ -165,7 +142,7 @@ Status Agent::start() {
   fs::create_directories(options_.mnt_dir, ec);
   if (ec)
     return make_error(errc::io_error, "cannot create " + options_.mnt_dir + ": " + ec.message());
-  trust_bundle_ = read_file(options_.trust_bundle_path);
+  trust_bundle_ = read_file(options_.trust_bundle_path).value_or("");
   work_.emplace(io_.get_executor());
   api_work_.emplace(api_io_.get_executor());
   auto run = [](asio::io_context& io, const char* what) {
@@ -185,7 +162,8 @@ Status Agent::start() {
   asio::post(io_, [this] {
     // What the last deployment was reported as (lastDesiredVersion/Status, and the twin
     // versions last handled from the cloud) survives a restart with it.
-    if (auto text = read_file(options_.state_dir + "/desired-status.json"); !text.empty()) {
+    if (auto text = read_file(options_.state_dir + "/desired-status.json").value_or("");
+        !text.empty()) {
       auto j = json::parse(text, nullptr, false);
       if (j.is_object()) {
         deployment_version_ = j.value("lastDesiredVersion", std::int64_t{0});
@@ -317,7 +295,8 @@ void Agent::save_desired_status() {
   json state = {{"lastDesiredVersion", deployment_version_},
                 {"lastDesiredStatus", last_desired_status_}};
   if (cloud_versions_) state["cloudVersions"] = {cloud_versions_->first, cloud_versions_->second};
-  if (auto s = write_file_atomic(options_.state_dir + "/desired-status.json", state.dump()); !s) {
+  if (auto s = write_file_atomic(options_.state_dir + "/desired-status.json", state.dump(), true);
+      !s) {
     log::warn(kLog, "{}", s.error().message);
   }
 }
@@ -341,7 +320,7 @@ void Agent::apply(Deployment deployment, const std::string& source,
   DeployResult result;
   if (source != "disk") {
     json doc = {{"modulesContent", deployment.document}};
-    if (auto s = write_file_atomic(options_.state_dir + "/deployment.json", doc.dump()); !s) {
+    if (auto s = write_file_atomic(options_.state_dir + "/deployment.json", doc.dump(), true); !s) {
       result.error = s.error().message;
       log::error(kLog, "deployment from {} not applied: {}", source, result.error);
       if (done) done(std::move(result));

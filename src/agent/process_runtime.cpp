@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "core/clock.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include <fcntl.h>
 #include <signal.h>
@@ -28,16 +29,8 @@ namespace {
 
 constexpr const char* kLog = "process";
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return {};
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::optional<json> read_json(const std::string& path) {
-  auto text = read_file(path);
+  auto text = read_file(path).value_or("");
   if (text.empty()) return std::nullopt;
   try {
     return json::parse(text);
@@ -48,20 +41,11 @@ std::optional<json> read_json(const std::string& path) {
 
 // Written to a temporary file and renamed: a crash leaves the old or the new file, never half.
 Status write_json(const std::string& path, const json& doc) {
-  auto tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << doc.dump();
-    if (!out) return make_error(errc::io_error, "cannot write " + tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return make_error(errc::io_error, "cannot rename " + tmp + ": " + ec.message());
-  return {};
+  return write_file_atomic(path, doc.dump(), false);
 }
 
 std::string boot_id() {
-  auto id = read_file("/proc/sys/kernel/random/boot_id");
+  auto id = read_file("/proc/sys/kernel/random/boot_id").value_or("");
   while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
   return id;
 }
@@ -75,7 +59,7 @@ struct ProcStat {
 // /proc/PID/stat: "pid (comm) state ppid pgrp session ... starttime(22)". comm may hold spaces
 // and parentheses, so fields are counted from the last ')'.
 std::optional<ProcStat> proc_stat(std::int64_t pid) {
-  auto text = read_file(fmt::format("/proc/{}/stat", pid));
+  auto text = read_file(fmt::format("/proc/{}/stat", pid)).value_or("");
   auto close = text.rfind(')');
   if (close == std::string::npos) return std::nullopt;
   std::istringstream in(text.substr(close + 2));
@@ -109,7 +93,7 @@ std::vector<std::string> strings_of(const json& v) {
 // The cgroup v2 directory cairnd runs in, if the unified hierarchy is mounted.
 std::optional<std::string> own_cgroup_v2() {
   if (!fs::exists("/sys/fs/cgroup/cgroup.controllers")) return std::nullopt;
-  std::istringstream in(read_file("/proc/self/cgroup"));
+  std::istringstream in(read_file("/proc/self/cgroup").value_or(""));
   for (std::string line; std::getline(in, line);) {
     if (line.starts_with("0::")) return "/sys/fs/cgroup" + line.substr(3);
   }
@@ -128,7 +112,7 @@ Result<std::string> make_cgroup(const std::string& name, std::int64_t memory,
                                 std::int64_t nano_cpus) {
   auto own = own_cgroup_v2();
   if (!own) return make_error(errc::unavailable, "no cgroup v2 hierarchy on this system");
-  auto controllers = read_file(*own + "/cgroup.subtree_control");
+  auto controllers = read_file(*own + "/cgroup.subtree_control").value_or("");
   std::string want;
   if (memory > 0 && controllers.find("memory") == std::string::npos) want += "+memory ";
   if (nano_cpus > 0 && controllers.find("cpu") == std::string::npos) want += "+cpu ";
@@ -548,7 +532,7 @@ Result<std::string> ProcessRuntime::logs(const std::string& name, const LogOptio
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(sys.time_since_epoch());
       if (ms.count() < options.since_ms) continue;
     }
-    text += read_file(path);
+    text += read_file(path).value_or("");
   }
   if (options.tail) {
     std::size_t n = *options.tail, pos = text.size();

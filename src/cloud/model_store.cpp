@@ -9,8 +9,8 @@
 
 #include "cloud/ids.hpp"
 #include "core/crypto.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
-#include "modelpkg/detail/files.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/pack.hpp"
@@ -86,7 +86,7 @@ ModelStore::ModelStore(ModelStoreOptions options) : options_(std::move(options))
 
 Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) {
   if (options.dir.empty()) return make_error(errc::invalid_argument, "no model store directory");
-  CAIRN_TRY(modelpkg::detail::make_dirs(options.dir + "/chunks"));
+  CAIRN_TRY(make_dirs(options.dir + "/chunks"));
   std::unique_ptr<ModelStore> store(new ModelStore(std::move(options)));
   store->migrate_names();
   std::uint64_t used = 0;
@@ -137,7 +137,7 @@ void ModelStore::migrate_names() {
     if (file.ends_with(".cidx.sig")) signatures.push_back(entry.path());
   }
   for (const auto& path : indexes) {
-    auto bytes = modelpkg::detail::read_file(path.string(), modelpkg::kMaxIndexBytes);
+    auto bytes = read_file(path.string(), modelpkg::kMaxIndexBytes);
     auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
     if (!idx) continue;
     const auto file = path.filename().string();
@@ -226,8 +226,7 @@ Result<ModelStore::Checked> ModelStore::check_new(const std::string& name,
                                                 " (cairn-cloud --model-max-bytes)");
   }
   const std::string file = modelpkg::index_file_name(name, version);
-  if (auto existing =
-          modelpkg::detail::read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes)) {
+  if (auto existing = read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes)) {
     auto old = modelpkg::decode_index(*existing);
     if (old && old->name == name && old->version == version && old->sha256 == idx.sha256) {
       out.existing = std::move(*old);
@@ -303,8 +302,8 @@ Result<json> ModelStore::put_chunk(const std::string& hash, std::string_view bod
     stored = body.size() < decoded->size() ? std::string(body) : std::move(*decoded);
   }
   CAIRN_TRY(reserve(stored.size(), "chunk " + hash));
-  CAIRN_TRY(modelpkg::detail::make_dirs(fs::path(path).parent_path().string()));
-  CAIRN_TRY(modelpkg::detail::write_file_atomic(path, stored, false));
+  CAIRN_TRY(make_dirs(fs::path(path).parent_path().string()));
+  CAIRN_TRY(write_file_atomic(path, stored, false));
   used_bytes_ += stored.size();
   return json{{"hash", hash}, {"storedBytes", stored.size()}, {"new", true}};
 }
@@ -450,7 +449,7 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
     if (rec) return make_error(errc::io_error, "cannot remove a stale signature: " + rec.message());
   }
   // Written last and atomically: readers see no index or a complete one.
-  CAIRN_TRY(modelpkg::detail::write_file_atomic(index_path, *encoded, true));
+  CAIRN_TRY(write_file_atomic(index_path, *encoded, true));
   used_bytes_ += encoded->size();
   json out = describe(idx);
   out["indexBytes"] = encoded->size();
@@ -464,7 +463,7 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
 Result<std::string> ModelStore::read_index(const std::string& name,
                                            const std::string& version) const {
   const std::string file = modelpkg::index_file_name(name, version);
-  auto bytes = modelpkg::detail::read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes);
+  auto bytes = read_file(options_.dir + "/" + file, modelpkg::kMaxIndexBytes);
   if (!bytes) {
     if (bytes.error().code == errc::not_found) {
       return make_error(errc::not_found, name + " version " + version + " is not in the store");
@@ -502,7 +501,7 @@ Result<json> ModelStore::sign_now(const std::string& name, const std::string& ve
   std::error_code sec;
   const auto old_size = fs::file_size(sig_path, sec);
   CAIRN_TRY(reserve(signature.size(), "the signature"));
-  CAIRN_TRY(modelpkg::detail::write_file_atomic(sig_path, signature, true));
+  CAIRN_TRY(write_file_atomic(sig_path, signature, true));
   used_bytes_ += signature.size();
   if (!sec) used_bytes_ -= std::min<std::uint64_t>(used_bytes_.load(), old_size);
   log::info(kLog, "signature stored for {} version {}", name, version);
@@ -542,7 +541,7 @@ json ModelStore::sweep_orphans() {
   for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
     const auto file = entry.path().filename().string();
     if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
-    auto bytes = modelpkg::detail::read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
+    auto bytes = read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
     auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
     if (!idx) {
       log::warn(kLog, "orphan sweep skipped: {} does not decode", file);
@@ -592,7 +591,7 @@ Result<json> ModelStore::list() const {
   for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
     const auto file = entry.path().filename().string();
     if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
-    auto bytes = modelpkg::detail::read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
+    auto bytes = read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
     if (!bytes) continue;
     auto idx = modelpkg::decode_index(*bytes);
     if (!idx) {
@@ -663,7 +662,7 @@ Result<std::string> ModelStore::read(const std::string& relative_path) const {
   }
   if (!fs::is_regular_file(path, ec)) return not_found();
   // Deltas are the largest files served; the fetcher takes at most 64 MiB of one.
-  return modelpkg::detail::read_file(path, modelpkg::kMaxIndexJsonBytes);
+  return read_file(path, modelpkg::kMaxIndexJsonBytes);
 }
 
 }  // namespace cairn::cloud

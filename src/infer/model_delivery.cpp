@@ -2,9 +2,9 @@
 
 #include <chrono>
 
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "infer/engine.hpp"
-#include "modelpkg/detail/files.hpp"
 #include "modelpkg/detail/url.hpp"
 #include "modelpkg/fetch.hpp"
 #include "modelpkg/index.hpp"
@@ -95,7 +95,7 @@ Result<std::string> ModelDelivery::fetch(const ModelSpec& spec, const DeliveryPr
                 "unknown");
   }
   const UrlContent content = classify_url_content(response->body);
-  if (auto s = modelpkg::detail::make_dirs(model_dir); !s) return fail(s.error(), "unknown");
+  if (auto s = make_dirs(model_dir); !s) return fail(s.error(), "unknown");
 
   if (content == UrlContent::kModelFile) {
     if (!public_key.empty()) {
@@ -108,7 +108,7 @@ Result<std::string> ModelDelivery::fetch(const ModelSpec& spec, const DeliveryPr
     auto d = delivery_json(spec.version, "file", "done");
     d["bytesNeeded"] = response->body.size();
     d["bytesDownloaded"] = response->body.size();
-    if (auto s = modelpkg::detail::write_file_atomic(out_path, response->body, true); !s) {
+    if (auto s = write_file_atomic(out_path, response->body, true); !s) {
       return fail(s.error(), "file");
     }
     if (progress) progress(d);

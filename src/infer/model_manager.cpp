@@ -6,13 +6,12 @@
 #include <cctype>
 #include <condition_variable>
 #include <deque>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "core/crypto.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
 
 namespace cairn::infer {
@@ -72,15 +71,6 @@ struct Job {
   InferDone done;
   Clock::time_point enqueued;
 };
-
-Result<std::string> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(errc::not_found, path + ": cannot open");
-  std::ostringstream content;
-  content << in.rdbuf();
-  if (in.bad()) return make_error(errc::io_error, path + ": read failed");
-  return content.str();
-}
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -7,10 +7,10 @@
 #include <optional>
 #include <thread>
 
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "core/message.hpp"
 #include "infer/rest_api.hpp"
-#include "modelpkg/detail/files.hpp"
 
 namespace cairn::infer {
 
@@ -194,11 +194,10 @@ void ModuleService::on_desired(const nlohmann::json& desired, long long version,
     }
   } else if (key && delivery_ && !options_.twin_public_key_path.empty()) {
     if (key->is_string() && !key->get<std::string>().empty()) {
-      auto s = modelpkg::detail::make_dirs(
-          std::filesystem::path(options_.twin_public_key_path).parent_path().string());
+      auto s =
+          make_dirs(std::filesystem::path(options_.twin_public_key_path).parent_path().string());
       if (s) {
-        s = modelpkg::detail::write_file_atomic(options_.twin_public_key_path,
-                                                key->get<std::string>(), true);
+        s = write_file_atomic(options_.twin_public_key_path, key->get<std::string>(), true);
       }
       if (!s) {
         // Fail closed: the key path is set anyway, so every package fails its signature check

@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/crypto.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "modelpkg/delta.hpp"
-#include "modelpkg/detail/files.hpp"
 #include "modelpkg/detail/sha256_stream.hpp"
 #include "modelpkg/detail/url.hpp"
 #include "modelpkg/detail/zstd.hpp"
@@ -55,7 +55,7 @@ bool store_has(const std::string& store, const ChunkRef& c) {
 // downloads it again.
 Result<std::string> read_store_chunk(const std::string& store, const ChunkRef& c) {
   auto path = store_chunk_path(store, c.hash);
-  auto data = detail::read_file(path, kMaxChunkBytes);
+  auto data = read_file(path, kMaxChunkBytes);
   if (!data) return std::move(data).error();
   if (data->size() != c.size || crypto::sha256_hex(*data) != c.hash) {
     std::error_code ec;
@@ -68,8 +68,8 @@ Result<std::string> read_store_chunk(const std::string& store, const ChunkRef& c
 
 Status put_store_chunk(const std::string& store, const std::string& hash, std::string_view data) {
   auto path = store_chunk_path(store, hash);
-  CAIRN_TRY(detail::make_dirs(fs::path(path).parent_path().string()));
-  return detail::write_file_atomic(path, data, false);
+  CAIRN_TRY(make_dirs(fs::path(path).parent_path().string()));
+  return write_file_atomic(path, data, false);
 }
 
 // The kept connections of one worker: one per server (the index and its pieces usually share
@@ -249,8 +249,8 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   if (auto endpoint = detail::parse_http_url(index_url_); !endpoint) {
     return std::move(endpoint).error();
   }
-  CAIRN_TRY(detail::make_dirs(store_ + "/indexes"));
-  CAIRN_TRY(detail::make_dirs(store_ + "/chunks"));
+  CAIRN_TRY(make_dirs(store_ + "/indexes"));
+  CAIRN_TRY(make_dirs(store_ + "/chunks"));
 
   // The index's connection is kept for the first worker: usually the same server.
   Sessions first_sessions;
@@ -309,8 +309,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   std::map<std::size_t, Piece> delta_for;
   if (options_.use_deltas) {
     for (const auto& set : index_.deltas) {
-      auto base_bytes =
-          detail::read_file(store_index_path(store_, set.from_sha256), kMaxIndexBytes);
+      auto base_bytes = read_file(store_index_path(store_, set.from_sha256), kMaxIndexBytes);
       if (!base_bytes) continue;
       auto base = decode_index(*base_bytes);
       if (!base) continue;
@@ -475,7 +474,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   }
 
   // Keep the index: later versions can send deltas against this one.
-  CAIRN_TRY(detail::write_file_atomic(store_index_path(store_, index_.sha256), *cidx, false));
+  CAIRN_TRY(write_file_atomic(store_index_path(store_, index_.sha256), *cidx, false));
   if (auto s = trim_chunk_store(store_, options_.store_max_bytes, options_.keep_indexes); !s) {
     log::warn(kLog, "chunk store not trimmed: {}", s.error().message);
   }
@@ -543,7 +542,7 @@ Status trim_chunk_store(const std::string& store_dir, std::uint64_t max_bytes,
       fs::remove(indexes[i].second, ec);
       continue;
     }
-    auto bytes = detail::read_file(indexes[i].second.string(), kMaxIndexBytes);
+    auto bytes = read_file(indexes[i].second.string(), kMaxIndexBytes);
     if (!bytes) continue;
     auto idx = decode_index(*bytes);
     if (!idx) continue;

@@ -5,9 +5,9 @@
 #include <map>
 
 #include "core/crypto.hpp"
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "modelpkg/delta.hpp"
-#include "modelpkg/detail/files.hpp"
 #include "modelpkg/detail/sha256_stream.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/signing.hpp"
@@ -37,7 +37,7 @@ std::vector<PreviousVersion> previous_versions(const std::string& dir, const std
     if (file.size() < 5 || file.substr(file.size() - 5) != ".cidx" || !file.starts_with(name)) {
       continue;
     }
-    auto bytes = detail::read_file(entry.path().string(), kMaxIndexBytes);
+    auto bytes = read_file(entry.path().string(), kMaxIndexBytes);
     if (!bytes) continue;
     auto idx = decode_index(*bytes);
     if (!idx || idx->name != name || idx->version == version || idx->sha256 == sha256) continue;
@@ -67,7 +67,7 @@ Result<std::string> read_segment(const std::string& dir, const ModelIndex& idx,
 
 Result<std::string> read_chunk(const std::string& dir, const ChunkRef& chunk) {
   auto path = dir + "/" + chunk_path(chunk.hash);
-  auto stored = detail::read_file(path, kMaxChunkBytes + 1024);
+  auto stored = read_file(path, kMaxChunkBytes + 1024);
   if (!stored) return std::move(stored).error();
   std::string data;
   if (chunk.compressed) {
@@ -151,8 +151,8 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
       }
       if (delta->size() >= chunk_cost) continue;
       auto path = dir + "/" + delta_path(idx.sha256, base.sha256, s);
-      CAIRN_TRY(detail::make_dirs(fs::path(path).parent_path().string()));
-      CAIRN_TRY(detail::write_file_atomic(path, *delta, false));
+      CAIRN_TRY(make_dirs(fs::path(path).parent_path().string()));
+      CAIRN_TRY(write_file_atomic(path, *delta, false));
       set.entries.push_back(DeltaEntry{s, delta->size()});
       ++summary.written;
       summary.bytes += delta->size();
@@ -166,10 +166,10 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
   CAIRN_TRY(check_label(options.name, "model name"));
   CAIRN_TRY(check_label(options.version, "model version"));
   if (options.out_dir.empty()) return make_error(errc::invalid_argument, "no output directory");
-  auto file = detail::read_file(model_path, static_cast<std::size_t>(kMaxModelBytes));
+  auto file = read_file(model_path, static_cast<std::size_t>(kMaxModelBytes));
   if (!file) return std::move(file).error();
   if (file->empty()) return make_error(errc::invalid_argument, model_path + " is empty");
-  CAIRN_TRY(detail::make_dirs(options.out_dir));
+  CAIRN_TRY(make_dirs(options.out_dir));
 
   PackSummary summary;
   auto layout = find_tensors(*file);
@@ -201,9 +201,8 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
       ref.compressed = packed->size() < data.size();
       ref.stored_size = ref.compressed ? packed->size() : data.size();
       if (ec || existing != ref.stored_size) {
-        CAIRN_TRY(detail::make_dirs(fs::path(path).parent_path().string()));
-        CAIRN_TRY(
-            detail::write_file_atomic(path, ref.compressed ? *packed : std::string(data), false));
+        CAIRN_TRY(make_dirs(fs::path(path).parent_path().string()));
+        CAIRN_TRY(write_file_atomic(path, ref.compressed ? *packed : std::string(data), false));
         ++summary.chunks_written;
       }
       summary.chunk_bytes += ref.stored_size;
@@ -224,13 +223,13 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
   if (!options.signing_key.empty()) {
     auto sig = sign_bytes(options.signing_key, *cidx);
     if (!sig) return std::move(sig).error();
-    CAIRN_TRY(detail::write_file_atomic(summary.index_path + ".sig", *sig, true));
+    CAIRN_TRY(write_file_atomic(summary.index_path + ".sig", *sig, true));
   } else {
     // A stale signature of an earlier pack of this version would not match: remove it.
     std::error_code ec;
     fs::remove(summary.index_path + ".sig", ec);
   }
-  CAIRN_TRY(detail::write_file_atomic(summary.index_path, *cidx, true));
+  CAIRN_TRY(write_file_atomic(summary.index_path, *cidx, true));
   return summary;
 }
 

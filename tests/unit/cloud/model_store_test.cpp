@@ -12,7 +12,7 @@
 
 #include "cloud_test_util.hpp"
 #include "core/crypto.hpp"
-#include "modelpkg/detail/files.hpp"
+#include "core/files.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/pack.hpp"
 
@@ -50,7 +50,7 @@ PackedVersion pack_version(const std::string& staging, const std::string& name,
   EXPECT_TRUE(packed) << packed.error().to_string();
   if (!packed) return p;
   p.index = packed->index;
-  p.cidx = *modelpkg::detail::read_file(packed->index_path, modelpkg::kMaxIndexBytes);
+  p.cidx = *read_file(packed->index_path, modelpkg::kMaxIndexBytes);
   return p;
 }
 
@@ -79,8 +79,8 @@ class ModelStoreTest : public ::testing::Test {
 
   void upload_chunks(const PackedVersion& p) {
     for (const auto& c : p.index.chunks) {
-      auto body = modelpkg::detail::read_file(p.dir + "/pub/" + modelpkg::chunk_path(c.hash),
-                                              modelpkg::kMaxChunkBytes + 1024);
+      auto body = read_file(p.dir + "/pub/" + modelpkg::chunk_path(c.hash),
+                            modelpkg::kMaxChunkBytes + 1024);
       ASSERT_TRUE(body);
       auto put = store_->put_chunk(c.hash, *body);
       ASSERT_TRUE(put) << put.error().to_string();
@@ -155,16 +155,14 @@ TEST_F(ModelStoreTest, ARePushNeverInheritsASignatureLeftBeside) {
   ASSERT_TRUE(sign("net", "1"));
   ASSERT_TRUE(remove("net", "1"));
   // What a signature write racing a removal left behind.
-  ASSERT_TRUE(
-      modelpkg::detail::write_file_atomic(stored("net-1.cidx.sig"), signature_ + "\n", false));
+  ASSERT_TRUE(write_file_atomic(stored("net-1.cidx.sig"), signature_ + "\n", false));
   ASSERT_TRUE(push(v1));
   EXPECT_FALSE(store_->read("net-1.cidx.sig"));
   EXPECT_FALSE(fs::exists(stored("net-1.cidx.sig")));
 
   // And at start: a signature whose index is gone is deleted.
   ASSERT_TRUE(remove("net", "1"));
-  ASSERT_TRUE(
-      modelpkg::detail::write_file_atomic(stored("net-1.cidx.sig"), signature_ + "\n", false));
+  ASSERT_TRUE(write_file_atomic(stored("net-1.cidx.sig"), signature_ + "\n", false));
   open();
   EXPECT_FALSE(fs::exists(stored("net-1.cidx.sig")));
 }

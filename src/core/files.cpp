@@ -1,4 +1,4 @@
-#include "modelpkg/detail/files.hpp"
+#include "core/files.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-namespace cairn::modelpkg::detail {
+namespace cairn {
 
 namespace fs = std::filesystem;
 
@@ -100,4 +100,4 @@ Status make_dirs(const std::string& path) {
   return {};
 }
 
-}  // namespace cairn::modelpkg::detail
+}  // namespace cairn
