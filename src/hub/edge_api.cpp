@@ -299,6 +299,10 @@ void EdgeApi::metrics(net::HttpRespond respond) {
         metric("cairn_upstream_messages_sent_total", "counter",
                "Messages acknowledged by the cloud");
         out << "cairn_upstream_messages_sent_total " << u["messagesSent"] << '\n';
+        metric("cairn_upstream_messages_expired_unsent_total", "counter",
+               "Messages whose time to live ran out while they waited for a cloud link");
+        out << "cairn_upstream_messages_expired_unsent_total " << u["messagesExpiredUnsent"]
+            << '\n';
         metric("cairn_upstream_reconnects_total", "counter", "Cloud connections lost");
         out << "cairn_upstream_reconnects_total " << u["reconnects"] << '\n';
       }

@@ -131,7 +131,8 @@ void Endpoint::pump() {
     std::weak_ptr<Endpoint> weak = weak_from_this();
     bool dup = seq <= next->delivered_through;
     next->delivered_through = std::max(next->delivered_through, seq);
-    bool ok = consumer->deliver(endpoint_.input, *p.message, QueuePosition{priority, seq}, dup,
+    bool ok = consumer->deliver(endpoint_.input, *p.message,
+                                QueuePosition{priority, seq, p.expires_at_ms}, dup,
                                 [weak, priority, seq, generation] {
                                   if (auto self = weak.lock())
                                     self->on_ack(priority, seq, generation);

@@ -50,10 +50,13 @@ using DeadLetterSink = std::function<void(const std::string& key, const std::str
 // Where a delivered message is stored: its entry in the endpoint's durable queue (the queue of
 // its priority, and its sequence number there). The same for every delivery of that message,
 // also after a restart; another message of the endpoint gets another position (sequence
-// numbers only grow, docs/queue_format.md, except after a power cut without fsync).
+// numbers only grow, docs/queue_format.md, except after a power cut without fsync). With it,
+// when the entry expires: a consumer that holds a delivery before sending it (the upstream
+// link while the cloud is away) must not send it after that.
 struct QueuePosition {
   std::int32_t priority = 0;
   std::uint64_t seq = 0;
+  std::int64_t expires_at_ms = 0;  // unix ms; 0 = never
 };
 
 // What an endpoint needs from a connected consumer.

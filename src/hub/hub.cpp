@@ -201,7 +201,10 @@ void Hub::client_disconnected(const Principal& who) {
   if (services_.observer) services_.observer->disconnected(who);
 }
 
-void Hub::methods_subscribed(const Principal& who) { methods_.target_ready(who.client_id()); }
+void Hub::methods_subscribed(const Principal& who) {
+  methods_.target_ready(who.client_id());
+  if (services_.observer) services_.observer->methods_subscribed(who);
+}
 
 void Hub::method_response(const Principal& from, const std::string& rid, int status,
                           std::string_view body) {

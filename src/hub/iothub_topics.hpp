@@ -11,6 +11,7 @@ using iothub::CloudTopic;
 using iothub::decode_property_bag;
 using iothub::encode_property_bag;
 using iothub::InboundTopic;
+using iothub::kCloudMethodsFilter;
 using iothub::kCloudTopicFilters;
 using iothub::method_request_topic;
 using iothub::module_input_topic;

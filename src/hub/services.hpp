@@ -46,6 +46,8 @@ class ConnectionObserver {
   virtual ~ConnectionObserver() = default;
   virtual void connected(const Principal& who) = 0;
   virtual void disconnected(const Principal& who) = 0;
+  // The client subscribed to direct method requests.
+  virtual void methods_subscribed(const Principal& /*who*/) {}
 };
 
 }  // namespace cairn::hub

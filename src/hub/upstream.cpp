@@ -69,6 +69,7 @@ struct Upstream::Link {
   std::uint64_t next_rid = 0;
   bool sending_reported = false;
   bool retired = false;  // the identity is gone: close and never reconnect
+  bool methods = false;  // subscribed to method requests on the current connection
 
   void set_state(State s) {
     if (s != state) since = iso_now();
@@ -232,9 +233,14 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
       if (connack) {
         std::vector<mqtt::Subscription> subs;
         for (auto filter : kCloudTopicFilters) subs.push_back({std::string(filter), 0});
+        // Method requests only for an identity whose module listens for them (as edgeHub):
+        // the cloud answers a call to any other 404 DeviceNotOnline.
+        const bool methods = method_listeners_.contains(l->client_id);
+        if (methods) subs.push_back({std::string(kCloudMethodsFilter), 0});
         auto granted = co_await (*client)->subscribe(std::move(subs));
         if (granted) {
           up = true;
+          l->methods = methods;
         } else {
           l->last_error = "subscribe failed: " + granted.error().message;
           (*client)->close();
@@ -268,6 +274,8 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
     l->last_error.clear();
     l->set_state(Link::State::online);
     on_link_up(*l);
+    // A module that subscribed to methods while this connection was being set up.
+    update_methods_subscription(l->client_id);
     l->unacked = 0;
     l->connection = l->connects;
     asio::co_spawn(io_, pump(l, *client),
@@ -293,6 +301,7 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
       (void)co_await (*client)->disconnect(kRenewalDrain);
     }
     l->client.reset();
+    l->methods = false;
     on_link_down(*l, renewing ? "token renewal" : l->retired ? "identity removed" : l->last_error);
     if (stopping_ || l->retired) break;
     if (!renewing) {
@@ -320,6 +329,13 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
     Outgoing item = std::move(l->outbox.front());
     l->outbox.pop_front();
     if (item.generation != generation_) continue;  // the endpoint delivers it again
+    if (item.expires_at_ms != 0 && item.expires_at_ms <= now_unix_ms()) {
+      // Its TTL ran out while it waited here for the link: the store drops it (and counts it
+      // as expired, once) if it has not already; it must not reach the cloud.
+      ++expired_unsent_;
+      item.on_ack();
+      continue;
+    }
     if (auto encodable = mqtt::check_encodable(mqtt::Publish{item.topic, {}, 1, false, false, 1});
         !encodable) {
       // A poison message (stored before ingest refused such topics): it can never be sent,
@@ -375,7 +391,8 @@ bool Upstream::deliver(const std::string& /*input*/, const Message& m, QueuePosi
   // The cloud stamps the sender and enqueue time from its own connection.
   std::string topic = upstream_events_topic(m, config_.device_id, dedupe_key(store_id_, at, m));
   Link& l = link(client_id);
-  l.outbox.push_back(Outgoing{std::move(topic), m.body, std::move(on_ack), generation_});
+  l.outbox.push_back(
+      Outgoing{std::move(topic), m.body, std::move(on_ack), generation_, at.expires_at_ms});
   l.outbox_signal.cancel();
   return true;
 }
@@ -642,7 +659,44 @@ bool Upstream::current(const Link& l) const {
   return it != links_.end() && it->second.get() == &l;
 }
 
-void Upstream::disconnected(const Principal& /*who*/) {}
+void Upstream::disconnected(const Principal& who) {
+  method_listeners_.erase(who.client_id());
+  update_methods_subscription(who.client_id());
+}
+
+void Upstream::methods_subscribed(const Principal& who) {
+  method_listeners_.insert(who.client_id());
+  update_methods_subscription(who.client_id());
+}
+
+void Upstream::update_methods_subscription(const std::string& client_id) {
+  auto it = links_.find(client_id);
+  if (it == links_.end()) return;  // a link that connects later subscribes as it connects
+  auto l = it->second;
+  const bool wanted = method_listeners_.contains(client_id);
+  if (l->state != Link::State::online || !l->client || l->methods == wanted) return;
+  l->methods = wanted;
+  asio::co_spawn(io_, change_methods_subscription(l, l->client, wanted),
+                 net::on_coroutine_exit("upstream methods subscription " + client_id));
+}
+
+asio::awaitable<void> Upstream::change_methods_subscription(std::weak_ptr<Link> weak,
+                                                            std::shared_ptr<net::MqttClient> client,
+                                                            bool wanted) {
+  Status s;
+  if (wanted) {
+    auto granted = co_await client->subscribe(std::string(kCloudMethodsFilter), 0);
+    if (!granted) s = std::move(granted).error();
+  } else {
+    std::vector<std::string> filters{std::string(kCloudMethodsFilter)};
+    s = co_await client->unsubscribe(std::move(filters));
+  }
+  if (s) co_return;
+  // The connection is failing; the next one subscribes from method_listeners_.
+  if (auto link = weak.lock(); link && link->client == client) link->methods = !wanted;
+  log::warn("upstream", "[{}] method requests {}: {}", client->options().client_id,
+            wanted ? "not subscribed" : "not unsubscribed", s.error().message);
+}
 
 nlohmann::json Upstream::status() const {
   nlohmann::json links = nlohmann::json::object();
@@ -662,6 +716,7 @@ nlohmann::json Upstream::status() const {
           {"offlineSeconds", offline_seconds()},
           {"offlineTotalSeconds", offline_total_seconds()},
           {"messagesSent", messages_sent_},
+          {"messagesExpiredUnsent", expired_unsent_},
           {"reconnects", reconnects_},
           {"links", links}};
 }

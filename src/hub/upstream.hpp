@@ -80,6 +80,9 @@ class Upstream : public Consumer,
   // ConnectionObserver: a local module connected; its cloud identity connects too.
   void connected(const Principal& who) override;
   void disconnected(const Principal& who) override;
+  // The module serves direct methods: its cloud link subscribes to method requests (and
+  // unsubscribes when the module disconnects).
+  void methods_subscribed(const Principal& who) override;
   // The identity was removed: its cloud connection closes (gracefully) and is not reopened
   // until the identity connects again; its messages still waiting for the cloud are settled
   // and dropped (logged), so they neither hold the $upstream window nor reopen the link.
@@ -100,6 +103,7 @@ class Upstream : public Consumer,
     std::string payload;
     std::function<void()> on_ack;
     std::uint64_t generation = 0;
+    std::int64_t expires_at_ms = 0;  // unix ms; 0 = never
   };
 
   Link& link(const std::string& client_id);
@@ -118,6 +122,11 @@ class Upstream : public Consumer,
                std::function<void(int status, std::string body)> done);
   void redeliver();
   void update_offline_clock();
+  // Brings the link's method-request subscription in line with method_listeners_.
+  void update_methods_subscription(const std::string& client_id);
+  static asio::awaitable<void> change_methods_subscription(std::weak_ptr<Link> link,
+                                                           std::shared_ptr<net::MqttClient> client,
+                                                           bool wanted);
   // The wait before connection attempt `attempt` (1-based): the minimum doubled per attempt,
   // at most max_backoff_secs, with jitter in [half, all] of that.
   std::chrono::milliseconds backoff(int attempt);
@@ -128,6 +137,8 @@ class Upstream : public Consumer,
   TwinCache& twins_;
   const std::string store_id_;
   std::map<std::string, std::shared_ptr<Link>> links_;
+  // Local clients subscribed to method requests, by client id.
+  std::set<std::string> method_listeners_;
   // Identities forget() removed: what still comes for them from the $upstream queue is
   // settled and dropped, never a reason to open their link again (which would register the
   // removed module in the cloud anew). A new connection of the identity ends this.
@@ -138,6 +149,8 @@ class Upstream : public Consumer,
   std::chrono::steady_clock::time_point offline_since_;
   std::chrono::steady_clock::duration offline_total_{};
   std::uint64_t messages_sent_ = 0;
+  // Messages whose TTL ran out while they waited for a link: settled without being sent.
+  std::uint64_t expired_unsent_ = 0;
   std::uint64_t reconnects_ = 0;
 };
 

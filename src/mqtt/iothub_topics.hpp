@@ -119,9 +119,12 @@ struct CloudTopic {
 // errc::invalid_argument for any other topic and for a status that is not an integer.
 Result<CloudTopic> parse_cloud_topic(std::string_view topic);
 
-// The filters a device subscribes to for twin responses, desired patches and method requests.
+// The filters a device subscribes to for twin responses and desired patches, and the one for
+// method requests (subscribed only by a client that serves methods: IoT Hub answers a call to
+// a device without it 404 DeviceNotOnline).
 inline constexpr std::string_view kCloudTopicFilters[] = {
-    "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"};
+    "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"};
+inline constexpr std::string_view kCloudMethodsFilter = "$iothub/methods/POST/#";
 
 // What a SUBSCRIBE topic filter means to the hub (edgeHub SessionStateParser rules).
 struct SubscriptionKind {

@@ -353,12 +353,6 @@ def test_cloud_method_while_device_offline_is_404(cloud, cairnd_factory, tcp_pro
              CLOUD_TIMEOUT, what="a method call after reconnection")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cairnd's upstream link subscribes to $iothub/methods/POST/# for every module it connects, "
-    "whether or not the module listens for methods (hub/upstream.cpp Upstream::run), and "
-    "relays the local 404 as the module's own answer: the service gets HTTP 200 "
-    "{\"status\": 404, ...} instead of IoT Hub's 404 DeviceNotOnline (edgeHub listens "
-    "upstream only after the module's methods subscription, docs/protocol.md §9.1)"))
 def test_cloud_method_to_module_not_listening_for_methods_is_404(cloud, edge, module_client):
     m = module_client(edge, "filter")
     m.subscribe_inputs()
