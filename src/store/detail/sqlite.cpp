@@ -49,7 +49,8 @@ namespace {
 // and threads a free list through them, so all 87 KiB (4 KiB pages) are resident from the
 // open on, however few pages the store has read. Without that first allocation pages are
 // allocated as they are read, up to the same cache_size. sqlite3_config only works before
-// SQLite initialises; if something in the process opened a database first, the default stays.
+// SQLite initialises (the programs open their stores at start-up, before other threads use
+// SQLite); if something in the process opened a database first, the default stays.
 void skip_initial_page_cache_allocation() noexcept {
   static const int rc = sqlite3_config(SQLITE_CONFIG_PAGECACHE, nullptr, 0, 0);
   (void)rc;
