@@ -133,6 +133,7 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("max_unauthenticated_connections", m.max_unauthenticated_connections));
     CAIRN_TRY(t.read("max_unauthenticated_per_address", m.max_unauthenticated_per_address));
     CAIRN_TRY(t.read("max_subscriptions", m.max_subscriptions));
+    CAIRN_TRY(t.read("max_topic_filter_bytes", m.max_topic_filter_bytes));
     CAIRN_TRY(t.read("max_properties", m.max_properties));
     CAIRN_TRY(t.read("max_property_bytes", m.max_property_bytes));
     CAIRN_TRY(t.reject_unknown());
@@ -149,6 +150,9 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
                                                     "mqtt.max_unauthenticated_connections, "
                                                     "mqtt.max_unauthenticated_per_address and "
                                                     "mqtt.connect_timeout_secs > 0");
+    }
+    if (m.max_topic_filter_bytes == 0) {
+      return make_error(errc::invalid_argument, path + ": mqtt.max_topic_filter_bytes must be > 0");
     }
   }
   if (const auto* store = root.get_as<toml::table>("store")) {

@@ -57,6 +57,10 @@ struct HubConfig {
     // Subscriptions one session may hold; a SUBSCRIBE beyond it gets the failure code 0x80
     // for each new filter. Bounds the session's memory and its stored row.
     std::size_t max_subscriptions = 50;
+    // Bytes of one topic filter in a SUBSCRIBE; a longer one gets the failure code 0x80. The
+    // longest filter the SDKs use, a module's inputs with 128-character device and module ids,
+    // is under 300 bytes. Bounds, with max_subscriptions, the session's stored row.
+    std::size_t max_topic_filter_bytes = 1024;
     // Properties (system and application) of one message, and their total bytes (keys and
     // values, decoded). A PUBLISH beyond either is refused: no PUBACK, the connection closes.
     std::size_t max_properties = 128;

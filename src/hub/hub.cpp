@@ -755,6 +755,7 @@ nlohmann::json Hub::status() const {
         {"mqtt.max_connect_bytes", counters_.limits.max_connect_bytes},
         {"mqtt.connect_timeout_secs", counters_.limits.connect_timeout_secs},
         {"mqtt.max_subscriptions", counters_.limits.max_subscriptions},
+        {"mqtt.max_topic_filter_bytes", counters_.limits.max_topic_filter_bytes},
         {"mqtt.max_properties", counters_.limits.max_properties},
         {"mqtt.max_property_bytes", counters_.limits.max_property_bytes},
         {"mqtt.max_inflight_in", counters_.limits.max_inflight_in}}},

@@ -59,12 +59,13 @@ struct HubCounters {
     std::uint64_t max_connections = 0;  // sockets refused at accept
     std::uint64_t max_unauthenticated_connections = 0;
     std::uint64_t max_unauthenticated_per_address = 0;
-    std::uint64_t max_connect_bytes = 0;     // a packet before CONNECT was accepted
-    std::uint64_t connect_timeout_secs = 0;  // no CONNECT in time
-    std::uint64_t max_subscriptions = 0;     // filters refused with 0x80
-    std::uint64_t max_properties = 0;        // publishes refused
-    std::uint64_t max_property_bytes = 0;    // publishes refused
-    std::uint64_t max_inflight_in = 0;       // times reading from a client was paused
+    std::uint64_t max_connect_bytes = 0;       // a packet before CONNECT was accepted
+    std::uint64_t connect_timeout_secs = 0;    // no CONNECT in time
+    std::uint64_t max_subscriptions = 0;       // filters refused with 0x80
+    std::uint64_t max_topic_filter_bytes = 0;  // filters refused with 0x80
+    std::uint64_t max_properties = 0;          // publishes refused
+    std::uint64_t max_property_bytes = 0;      // publishes refused
+    std::uint64_t max_inflight_in = 0;         // times reading from a client was paused
   } limits;
   // Oldest dead letters dropped to keep the table at store.max_dead_letters.
   std::uint64_t dead_letters_dropped = 0;

@@ -460,12 +460,18 @@ void Session::send_ready_pubacks() {
 
 void Session::on_subscribe(const mqtt::Subscribe& s) {
   const std::size_t max_subscriptions = hub_->config().mqtt.max_subscriptions;
+  const std::size_t max_filter_bytes = hub_->config().mqtt.max_topic_filter_bytes;
   mqtt::Suback ack{s.packet_id, {}};
   bool changed = false;
   std::size_t over_limit = 0;
+  std::size_t too_long = 0, longest = 0;
   for (const auto& sub : s.subscriptions) {
     std::uint8_t granted = mqtt::kSubackFailure;
-    if (mqtt::validate_topic_filter(sub.filter)) {
+    if (sub.filter.size() > max_filter_bytes) {
+      // Refused before anything looks at it (or logs it): it is never compared or stored.
+      ++too_long;
+      longest = std::max(longest, sub.filter.size());
+    } else if (mqtt::validate_topic_filter(sub.filter)) {
       auto kind = classify_subscription(sub.filter);
       using K = SubscriptionKind::Kind;
       bool allowed = false;
@@ -508,6 +514,13 @@ void Session::on_subscribe(const mqtt::Subscribe& s) {
       }
     }
     ack.return_codes.push_back(granted);
+  }
+  if (too_long > 0) {
+    hub_->counters().limits.max_topic_filter_bytes += too_long;
+    log::warn("hub",
+              "[{}] {} subscription(s) refused: mqtt.max_topic_filter_bytes={} exceeded "
+              "(longest {} bytes)",
+              log_id_, too_long, max_filter_bytes, longest);
   }
   if (over_limit > 0) {
     hub_->counters().limits.max_subscriptions += over_limit;

@@ -66,6 +66,44 @@ def test_subscriptions_beyond_the_limit_are_refused_with_0x80(cairnd_factory, ra
     still_serves(d, module_client)
 
 
+# --------------------------------------------------------------------------------------------
+# mqtt.max_topic_filter_bytes
+
+
+def method_filter_of(length):
+    """A methods filter (granted to any module) of exactly `length` bytes."""
+    head, tail = "$iothub/methods/POST/", "/#"
+    return head + "m" * (length - len(head) - len(tail)) + tail
+
+
+def test_topic_filter_longer_than_the_limit_is_refused_with_0x80(cairnd, raw_mqtt,
+                                                                  module_client):
+    cairnd.create_identity("filter")
+    bystander = module_client(cairnd, "bystander")
+    bystander.enable_twin()
+    c = raw_mqtt(cairnd)
+    c.login("filter", clean=False)
+    at_limit, over, huge = method_filter_of(1024), method_filter_of(1025), method_filter_of(60000)
+    # Each filter is answered on its own: the one at the limit is granted, the longer ones not.
+    c.send(subscribe_packet(1, [(over, 1), (at_limit, 1), (huge, 0)]))
+    assert c.recv_packet() == (0x90, b"\x00\x01\x80\x01\x80")
+    c.send(PINGREQ)
+    assert c.recv_packet() == (0xD0, b"")
+    assert limit_count(cairnd, "mqtt.max_topic_filter_bytes") == 2
+    log = cairnd.log_text()
+    assert "mqtt.max_topic_filter_bytes=1024" in log and "longest 60000 bytes" in log
+    assert over not in log
+    # The stored session (it holds the filter at the limit) refuses the long one again.
+    c.close()
+    c = raw_mqtt(cairnd)
+    assert c.login("filter", clean=False) == 1
+    c.send(subscribe_packet(2, [(at_limit, 1), (over, 1)]))
+    assert c.recv_packet() == (0x90, b"\x00\x02\x01\x80")
+    assert limit_count(cairnd, "mqtt.max_topic_filter_bytes") == 3
+    assert bystander.twin_get()["reported"] == {"$version": 1}
+    still_serves(cairnd, module_client)
+
+
 def test_persistent_subscription_is_stored_before_its_suback(cairnd, raw_mqtt, module_client):
     cairnd.create_identity("filter")
     c = raw_mqtt(cairnd)

@@ -28,6 +28,7 @@ TEST(HubConfig, MissingFileGivesDefaults) {
   EXPECT_EQ(c->mqtt.max_unauthenticated_connections, 100u);
   EXPECT_EQ(c->mqtt.max_unauthenticated_per_address, 16u);
   EXPECT_EQ(c->mqtt.max_subscriptions, 50u);
+  EXPECT_EQ(c->mqtt.max_topic_filter_bytes, 1024u);
   EXPECT_EQ(c->mqtt.max_properties, 128u);
   EXPECT_EQ(c->mqtt.max_property_bytes, 32768u);
 }
@@ -38,6 +39,7 @@ max_connect_bytes = 2048
 max_unauthenticated_connections = 5
 max_unauthenticated_per_address = 2
 max_subscriptions = 3
+max_topic_filter_bytes = 64
 max_properties = 4
 max_property_bytes = 100
 )"));
@@ -46,6 +48,7 @@ max_property_bytes = 100
   EXPECT_EQ(c->mqtt.max_unauthenticated_connections, 5u);
   EXPECT_EQ(c->mqtt.max_unauthenticated_per_address, 2u);
   EXPECT_EQ(c->mqtt.max_subscriptions, 3u);
+  EXPECT_EQ(c->mqtt.max_topic_filter_bytes, 64u);
   EXPECT_EQ(c->mqtt.max_properties, 4u);
   EXPECT_EQ(c->mqtt.max_property_bytes, 100u);
   // A CONNECT needs room for its credentials; a peer needs at least one slot.
@@ -53,6 +56,8 @@ max_property_bytes = 100
   EXPECT_FALSE(
       load_config("/h", write_temp("l2.toml", "[mqtt]\nmax_unauthenticated_per_address = 0\n"))
           .ok());
+  EXPECT_FALSE(
+      load_config("/h", write_temp("l3.toml", "[mqtt]\nmax_topic_filter_bytes = 0\n")).ok());
 }
 
 TEST(HubConfig, ReadsEverySection) {
