@@ -215,3 +215,50 @@ def stalled_connection(listener):
 
 
 stalled_connection.accepted = []
+
+
+def test_node_sdk_module_as_a_container(container_engine, node_module_image, cairnd_factory):
+    """The official Node SDK module (tests/node/edge_module.js) deployed twice as container
+    modules through the Docker API: a's output reaches b's input through a route, b reports in
+    its twin, sees its desired properties from the manifest and answers a direct method. Their
+    only configuration is the IoT Edge environment and the workload socket the agent mounts."""
+    from test_agent import manifest, twin, wait_running
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
+    edge.start()
+    # The module dials the gateway host on 8883 (the SDK's fixed port): on the host's network
+    # the test's connect map points that at this cairnd's TLS port.
+    env = {"CAIRN_TEST_CONNECT_MAP": {"value": f"localhost:8883=127.0.0.1:{edge.tls_port}"}}
+
+    def container(extra_env=None):
+        return {"version": "1.0", "type": "docker", "status": "running",
+                "restartPolicy": "always", "imagePullPolicy": "never",
+                "settings": {"image": node_module_image, "createOptions": json.dumps(
+                    {"Cmd": ["node", "/opt/cairn-node/edge_module.js"],
+                     "HostConfig": {"NetworkMode": "host"}})},
+                "env": {**env, **(extra_env or {})}}
+    doc = manifest({"a": container({"CAIRN_TEST_HELLO_MS": {"value": "1000"}}), "b": container()},
+                   routes={"aToB": 'FROM /messages/modules/a/outputs/hello '
+                                   'INTO BrokeredEndpoint("/modules/b/inputs/in")'},
+                   twins={"b": {"threshold": 30}})
+    path = edge.home / "deployment.json"
+    path.write_text(json.dumps(doc))
+    try:
+        edge.cli("deploy", str(path))
+        wait_running(edge, ["a", "b"], timeout=300)
+
+        def reported_b():
+            rep = twin(edge, "b")["reported"]
+            return rep if "lastInput" in rep and "started" in rep else None
+        rep = wait_for(reported_b, timeout=120, interval=0.2, what="b to report a's message")
+        assert json.loads(rep["lastInput"]["body"]) == {"hello": "a"}
+        assert rep["started"]["moduleId"] == "b"
+        wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold")
+                 == 30, timeout=60, interval=0.2, what="b to see the manifest's desired properties")
+        r = json.loads(edge.cli("method", "b", "echo", json.dumps({"x": 1})).stdout)
+        assert r == {"status": 200, "payload": {"echo": {"x": 1}, "module": "b"}}
+        ps = container_engine.podman("ps", "--filter", "label=net.cairn.module=b",
+                                     "--format", "{{.Names}}").stdout
+        assert ps.strip(), "b does not run as a container"
+    finally:
+        edge.stop()  # a clean stop stops (and keeps) the containers
