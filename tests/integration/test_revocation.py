@@ -283,18 +283,22 @@ def test_edge_device_deletes_only_its_own_modules(cloud, module_client):
 # cairnd and cairn-cloud: the agent removes a module
 
 
+def sleeper(tag):
+    return process_module("/bin/sleep", [f"{300000 + tag}"])
+
+
+def apply(cloud, device_id, doc):
+    """A deployment through cairn-cloud's applyConfigurationContent."""
+    cloud.call("POST", f"/devices/{device_id}/applyConfigurationContent", doc, expect=204)
+
+
 def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factory,
                                                            module_client):
     edge = edge_device(cloud, cairnd_factory, manifest=False)
     dev = edge.device_id
     edge.wait_link("$edgeAgent", timeout=SLOW)
 
-    def sleeper(tag):
-        return process_module("/bin/sleep", [f"{300000 + tag}"])
-
-    def apply(doc):
-        cloud.call("POST", f"/devices/{dev}/applyConfigurationContent", doc, expect=204)
-    apply(manifest({"keep": sleeper(1), "gone": sleeper(2)}))
+    apply(cloud, dev, manifest({"keep": sleeper(1), "gone": sleeper(2)}))
     wait_running(edge, ["keep", "gone"])
     # The agent opened both modules' cloud links: registered and connected in the cloud.
     for m in ("keep", "gone"):
@@ -304,7 +308,7 @@ def test_agent_removing_a_module_deletes_its_cloud_identity(cloud, cairnd_factor
     # A client of the module's identity on the hub (what the module would run).
     local = module_client(edge, "gone", keepalive=KEEPALIVE,
                           password=edge.cli("identity", "token", "gone").stdout.strip())
-    apply(manifest({"keep": sleeper(1)}))
+    apply(cloud, dev, manifest({"keep": sleeper(1)}))
     assert_dropped(local, "the module's local session")
     wait_for(lambda: "gone" not in modules(edge), timeout=SLOW, interval=0.2, what="gone removed")
     wait_for(lambda: cloud.request("GET", f"/devices/{dev}/modules/gone").status == 404,
@@ -344,12 +348,7 @@ def test_a_module_removed_while_the_cloud_is_unreachable_loses_its_cloud_identit
     edge.wait_link("$edgeAgent", timeout=SLOW)
     routes = {"up": "FROM /messages/* INTO $upstream"}
 
-    def sleeper(tag):
-        return process_module("/bin/sleep", [f"{310000 + tag}"])
-
-    def apply(doc):
-        cloud.call("POST", f"/devices/{dev}/applyConfigurationContent", doc, expect=204)
-    apply(manifest({"keep": sleeper(1), "gone": sleeper(2)}, routes=routes))
+    apply(cloud, dev, manifest({"keep": sleeper(1), "gone": sleeper(2)}, routes=routes))
     wait_running(edge, ["keep", "gone"])
     for m in ("keep", "gone"):
         edge.wait_link(m, timeout=SLOW)
@@ -369,7 +368,7 @@ def test_a_module_removed_while_the_cloud_is_unreachable_loses_its_cloud_identit
     gone.publish_acked(b"gone-last", props={"$.mid": "gone-last"})
     for i in range(5):
         keep.publish_acked(f"keep-{i}".encode(), props={"$.mid": f"keep-{i}"})
-    apply(manifest({"keep": sleeper(1)}, routes=routes))
+    apply(cloud, dev, manifest({"keep": sleeper(1)}, routes=routes))
 
     # MQTT back, HTTPS still cut: the deployment arrives, the module goes, the deletion waits.
     mqtt_proxy.restore()
@@ -404,20 +403,15 @@ def test_a_pending_cloud_identity_deletion_survives_a_restart_and_a_redeploy_can
     dev = edge.device_id
     edge.wait_link("$edgeAgent", timeout=SLOW)
 
-    def sleeper(tag):
-        return process_module("/bin/sleep", [f"{320000 + tag}"])
-
-    def apply(doc):
-        cloud.call("POST", f"/devices/{dev}/applyConfigurationContent", doc, expect=204)
 
     def registered(module):
         return cloud.request("GET", f"/devices/{dev}/modules/{module}").status == 200
-    apply(manifest({"a": sleeper(1), "b": sleeper(2)}))
+    apply(cloud, dev, manifest({"a": sleeper(1), "b": sleeper(2)}))
     wait_running(edge, ["a", "b"])
     for m in ("a", "b"):
         edge.wait_link(m, timeout=SLOW)
     https_proxy.cut()
-    apply(manifest({}))
+    apply(cloud, dev, manifest({}))
     wait_for(lambda: not modules(edge), timeout=SLOW, interval=0.2, what="a and b removed")
     for m in ("a", "b"):
         wait_logged(edge, f"module {m}: its cloud identity was not deleted")
@@ -425,7 +419,7 @@ def test_a_pending_cloud_identity_deletion_survives_a_restart_and_a_redeploy_can
     edge.stop()
     edge.start()
     wait_logged(edge, "module a: its cloud identity is still to be deleted")
-    apply(manifest({"b": sleeper(2)}))
+    apply(cloud, dev, manifest({"b": sleeper(2)}))
     wait_running(edge, ["b"])
     wait_logged(edge, "module b is deployed again: its cloud identity is kept")
     https_proxy.restore()

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,56 +52,65 @@ Message message(std::string body) {
   return m;
 }
 
-// Runs the hub thread's work and the store's until both are idle.
-void settle(asio::io_context& io, store::MessageStore& store) {
-  for (int quiet_rounds = 0; quiet_rounds < 3;) {
-    ASSERT_TRUE(store.flush());
-    io.restart();
-    quiet_rounds = io.poll() == 0 ? quiet_rounds + 1 : 0;
+// A real store and an endpoint for the module input filter/in with an acknowledging consumer
+// attached; `io` runs what the hub thread would.
+struct Harness {
+  Harness(const TempDir& dir, std::size_t window) : store(open_or_die(options_for(dir))) {
+    if (!store) throw std::runtime_error("the store did not open");
+    endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), window);
+    endpoint->attach(consumer);
   }
-}
+
+  // Stores a message for filter/in, as the hub does, and returns its sequence number; with
+  // `notify`, the endpoint is told at once.
+  std::uint64_t append(const std::string& body, std::int32_t priority = 0, bool notify = true) {
+    const std::uint64_t seq =
+        append_one(*store, encode_message(message(body)), target("filter/in", priority));
+    if (seq != 0 && notify) {
+      endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
+    }
+    return seq;
+  }
+
+  // Runs the hub thread's work and the store's until both are idle.
+  void settle() {
+    for (int quiet_rounds = 0; quiet_rounds < 3;) {
+      ASSERT_TRUE(store->flush());
+      io.restart();
+      quiet_rounds = io.poll() == 0 ? quiet_rounds + 1 : 0;
+    }
+  }
+
+  std::unique_ptr<store::MessageStore> store;
+  asio::io_context io;
+  std::shared_ptr<AckingConsumer> consumer = std::make_shared<AckingConsumer>(io);
+  std::shared_ptr<Endpoint> endpoint;
+};
 
 TEST(Endpoint, AnAppendNotifiedDuringAReadThatMissedItIsStillDelivered) {
   // A group commit can run a read before an append in the same transaction, and the append's
   // notification can reach the hub thread before the read's result: the read then returns
   // without the entry the notification announced, and the entry must still go out.
   TempDir dir;
-  auto store = open_or_die(options_for(dir));
-  ASSERT_TRUE(store);
-  asio::io_context io;
-  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
-  auto consumer = std::make_shared<AckingConsumer>(io);
-  endpoint->attach(consumer);
-  endpoint->has_backlog(0);     // starts a read of the (empty) queue
-  ASSERT_TRUE(store->flush());  // the read ran; its result waits for the hub thread
-
-  const std::string bytes = encode_message(message("late"));
-  const std::uint64_t seq = append_one(*store, bytes, target("filter/in"));
-  ASSERT_NE(seq, 0u);
-  endpoint->appended(0, seq, 0, std::make_shared<const Message>(message("late")));
-
-  settle(io, *store);
-  EXPECT_EQ(consumer->payloads, std::vector<std::string>{"late"});
+  Harness h(dir, 16);
+  h.endpoint->has_backlog(0);     // starts a read of the (empty) queue
+  ASSERT_TRUE(h.store->flush());  // the read ran; its result waits for the hub thread
+  ASSERT_NE(h.append("late"), 0u);
+  h.settle();
+  EXPECT_EQ(h.consumer->payloads, std::vector<std::string>{"late"});
 }
 
 TEST(Endpoint, DeliversAppendsInOrderWhileTheConsumerKeepsUp) {
   TempDir dir;
-  auto store = open_or_die(options_for(dir));
-  ASSERT_TRUE(store);
-  asio::io_context io;
-  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 4);
-  auto consumer = std::make_shared<AckingConsumer>(io);
-  endpoint->attach(consumer);
+  Harness h(dir, 4);
   std::vector<std::string> sent;
   for (int i = 0; i < 20; ++i) {
     sent.push_back("m" + std::to_string(i));
-    const std::uint64_t seq =
-        append_one(*store, encode_message(message(sent.back())), target("filter/in"));
-    endpoint->appended(0, seq, 0, std::make_shared<const Message>(message(sent.back())));
+    h.append(sent.back());
   }
-  settle(io, *store);
-  EXPECT_EQ(consumer->payloads, sent);
-  EXPECT_TRUE(store::testing::messages_of(*store, store::testing::queue("filter/in")).empty());
+  h.settle();
+  EXPECT_EQ(h.consumer->payloads, sent);
+  EXPECT_TRUE(store::testing::messages_of(*h.store, store::testing::queue("filter/in")).empty());
 }
 
 TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
@@ -116,35 +126,23 @@ TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
   TempDir dir;
   std::vector<Position> stored;
   {
-    auto store = open_or_die(options_for(dir));
-    ASSERT_TRUE(store);
-    asio::io_context io;
-    auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
-    auto consumer = std::make_shared<AckingConsumer>(io);
-    consumer->acks = false;
-    endpoint->attach(consumer);
+    Harness h(dir, 16);
+    h.consumer->acks = false;
     for (std::int32_t priority : {3, 3, 1}) {
-      const std::string body = "p" + std::to_string(priority) + "-" + std::to_string(stored.size());
       const std::uint64_t seq =
-          append_one(*store, encode_message(message(body)), target("filter/in", priority));
+          h.append("p" + std::to_string(priority) + "-" + std::to_string(stored.size()), priority);
       ASSERT_NE(seq, 0u);
       stored.emplace_back(priority, seq);
-      endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
     }
     std::sort(stored.begin(), stored.end());
-    settle(io, *store);
-    EXPECT_EQ(sorted_positions(*consumer), stored);
+    h.settle();
+    EXPECT_EQ(sorted_positions(*h.consumer), stored);
   }
-  auto store = open_or_die(options_for(dir));
-  ASSERT_TRUE(store);
-  asio::io_context io;
-  auto endpoint = std::make_shared<Endpoint>(io, *store, filter_input(), 16);
-  auto consumer = std::make_shared<AckingConsumer>(io);
-  endpoint->attach(consumer);
-  endpoint->has_backlog(1);
-  endpoint->has_backlog(3);
-  settle(io, *store);
-  EXPECT_EQ(sorted_positions(*consumer), stored);
+  Harness h(dir, 16);
+  h.endpoint->has_backlog(1);
+  h.endpoint->has_backlog(3);
+  h.settle();
+  EXPECT_EQ(sorted_positions(*h.consumer), stored);
 }
 
 }  // namespace
