@@ -568,7 +568,8 @@ void Agent::reconcile() {
       }
       auto ready = prepared(*rt, spec);
       if (!ready) {
-        t.note = "preparing: image " + spec.image;
+        // A pull tried again after a failure leaves the failure in view until it succeeds.
+        if (t.status != RuntimeStatus::failed) t.note = "preparing: image " + spec.image;
         waiting_for_order = m->startup_order;
         continue;
       }
