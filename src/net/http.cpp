@@ -20,11 +20,8 @@
 #include "net/http_session.hpp"
 #include "net/spawn.hpp"
 
-// gcc 12 with -fsanitize=address reports a false -Wmismatched-new-delete when it inlines a
-// coroutine's ramp into its caller (Asio's awaitable frames have class-specific new/delete).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
+// Last: it holds for the code below.
+#include "net/coroutine_warnings.hpp"
 
 namespace cairn::net {
 namespace {
