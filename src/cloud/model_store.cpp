@@ -58,6 +58,25 @@ std::error_code for_each_stored_file(const std::string& dir, const F& f) {
   return first_error;
 }
 
+// Calls f(path, index) for each index file in DIR (NAME-VERSION.cidx, not a temporary file),
+// with the read or decode error when it has none, until f returns false. Returns the listing's
+// error; an I/O error part way through ends the walk instead of throwing.
+template <typename F>
+std::error_code for_each_index_file(const std::string& dir, const F& f) {
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    const auto file = it->path().filename().string();
+    if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
+    auto bytes = read_file(it->path().string(), modelpkg::kMaxIndexBytes);
+    if (!f(it->path(), bytes ? modelpkg::decode_index(*bytes)
+                             : Result<modelpkg::ModelIndex>(std::move(bytes).error()))) {
+      break;
+    }
+  }
+  return ec;
+}
+
 std::vector<std::string_view> split(std::string_view path) {
   std::vector<std::string_view> out;
   while (true) {
@@ -101,9 +120,10 @@ Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) 
     if (!ec) used += size;
   };
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(store->options_.dir, ec)) {
+  for (auto it = fs::directory_iterator(store->options_.dir, ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec)) {
     std::error_code fec;
-    if (entry.is_regular_file(fec)) count(entry.path());
+    if (it->is_regular_file(fec)) count(it->path());
   }
   if (!ec) {
     ec = for_each_stored_file(store->options_.dir, [&](std::string_view, const fs::path&,
@@ -128,28 +148,31 @@ Result<std::unique_ptr<ModelStore>> ModelStore::open(ModelStoreOptions options) 
 }
 
 void ModelStore::migrate_names() {
-  std::vector<fs::path> indexes, signatures;
+  // Collected first: files are renamed below, which a directory walk must not see midway.
+  std::vector<std::pair<fs::path, modelpkg::ModelIndex>> indexes;
+  (void)for_each_index_file(options_.dir,
+                            [&](const fs::path& path, Result<modelpkg::ModelIndex> idx) {
+                              if (idx) indexes.emplace_back(path, std::move(*idx));
+                              return true;
+                            });
+  std::vector<fs::path> signatures;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
-    const auto file = entry.path().filename().string();
-    if (file.starts_with(".")) continue;
-    if (file.ends_with(".cidx")) indexes.push_back(entry.path());
-    if (file.ends_with(".cidx.sig")) signatures.push_back(entry.path());
+  for (auto it = fs::directory_iterator(options_.dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    const auto file = it->path().filename().string();
+    if (!file.starts_with(".") && file.ends_with(".cidx.sig")) signatures.push_back(it->path());
   }
-  for (const auto& path : indexes) {
-    auto bytes = read_file(path.string(), modelpkg::kMaxIndexBytes);
-    auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
-    if (!idx) continue;
+  for (const auto& [path, idx] : indexes) {
     const auto file = path.filename().string();
-    const auto wanted = modelpkg::index_file_name(idx->name, idx->version);
-    if (file == wanted || file != modelpkg::legacy_index_file_name(idx->name, idx->version)) {
+    const auto wanted = modelpkg::index_file_name(idx.name, idx.version);
+    if (file == wanted || file != modelpkg::legacy_index_file_name(idx.name, idx.version)) {
       continue;
     }
     const fs::path target = fs::path(options_.dir) / wanted;
     std::error_code eec, sec, iec;
     if (fs::exists(target, eec)) {
       log::warn(kLog, "{} holds {} version {}, whose index is {}: both kept, rename by hand", file,
-                idx->name, idx->version, wanted);
+                idx.name, idx.version, wanted);
       continue;
     }
     // The signature first: a crash between the two renames leaves the index under its old name
@@ -163,7 +186,7 @@ void ModelStore::migrate_names() {
     if (sec || iec) {
       log::warn(kLog, "cannot rename {} to {}: {}", file, wanted, (iec ? iec : sec).message());
     } else {
-      log::info(kLog, "renamed {} to {} ({} version {})", file, wanted, idx->name, idx->version);
+      log::info(kLog, "renamed {} to {} ({} version {})", file, wanted, idx.name, idx.version);
     }
   }
   // A signature whose index is gone would be inherited by a re-push of that version.
@@ -537,25 +560,24 @@ json ModelStore::sweep_orphans() {
   // What the indexes in the store reference. An index that does not decode keeps everything:
   // nothing is deleted on a guess.
   std::set<std::string> chunks, deltas;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
-    const auto file = entry.path().filename().string();
-    if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
-    auto bytes = read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
-    auto idx = bytes ? modelpkg::decode_index(*bytes) : Result<modelpkg::ModelIndex>(bytes.error());
-    if (!idx) {
-      log::warn(kLog, "orphan sweep skipped: {} does not decode", file);
-      return json{{"removedChunks", 0}, {"removedDeltas", 0}, {"freedBytes", 0}};
-    }
-    for (const auto& c : idx->chunks) chunks.insert(modelpkg::chunk_path(c.hash));
-    for (const auto& set : idx->deltas) {
-      for (const auto& e : set.entries) {
-        deltas.insert(modelpkg::delta_path(idx->sha256, set.from_sha256, e.segment));
-      }
-    }
-  }
-  if (ec) {
-    log::warn(kLog, "orphan sweep skipped: {}", ec.message());
+  std::string undecodable;
+  const auto ec = for_each_index_file(
+      options_.dir, [&](const fs::path& path, Result<modelpkg::ModelIndex> idx) {
+        if (!idx) {
+          undecodable = path.filename().string();
+          return false;
+        }
+        for (const auto& c : idx->chunks) chunks.insert(modelpkg::chunk_path(c.hash));
+        for (const auto& set : idx->deltas) {
+          for (const auto& e : set.entries) {
+            deltas.insert(modelpkg::delta_path(idx->sha256, set.from_sha256, e.segment));
+          }
+        }
+        return true;
+      });
+  if (!undecodable.empty() || ec) {
+    log::warn(kLog, "orphan sweep skipped: {}",
+              ec ? ec.message() : undecodable + " does not decode");
     return json{{"removedChunks", 0}, {"removedDeltas", 0}, {"freedBytes", 0}};
   }
   const auto cutoff = fs::file_time_type::clock::now() - options_.orphan_grace;
@@ -587,21 +609,17 @@ json ModelStore::sweep_orphans() {
 
 Result<json> ModelStore::list() const {
   std::vector<std::tuple<std::string, fs::file_time_type, json>> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
-    const auto file = entry.path().filename().string();
-    if (!file.ends_with(".cidx") || file.starts_with(".")) continue;
-    auto bytes = read_file(entry.path().string(), modelpkg::kMaxIndexBytes);
-    if (!bytes) continue;
-    auto idx = modelpkg::decode_index(*bytes);
-    if (!idx) {
-      log::warn(kLog, "{} in the model store does not decode: {}", file, idx.error().message);
-      continue;
-    }
-    std::error_code tec;
-    found.emplace_back(idx->name, fs::last_write_time(entry.path(), tec), describe(*idx));
-    if (found.size() >= options_.max_listed) break;
-  }
+  const auto ec = for_each_index_file(
+      options_.dir, [&](const fs::path& path, Result<modelpkg::ModelIndex> idx) {
+        if (!idx) {
+          log::warn(kLog, "{} in the model store does not decode: {}", path.filename().string(),
+                    idx.error().message);
+          return true;
+        }
+        std::error_code tec;
+        found.emplace_back(idx->name, fs::last_write_time(path, tec), describe(*idx));
+        return found.size() < options_.max_listed;
+      });
   if (ec) return make_error(errc::io_error, "cannot list the model store: " + ec.message());
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
     return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
