@@ -197,6 +197,8 @@ Status Agent::start() {
 void Agent::stop() {
   if (!thread_.joinable()) return;
   stopping_ = true;  // no reconcile pass starts a module from here on
+  // A pull can take minutes; a supervisor stopping cairnd should not wait for it.
+  if (docker_) docker_->abandon_preparations();
   std::promise<void> done;
   asio::post(io_, [this, &done] {
     poll_timer_.cancel();
@@ -219,7 +221,8 @@ void Agent::stop() {
   io_.stop();
   thread_.join();
   if (pulls_) {
-    // A pull under way is waited for; what it posts back is never run.
+    // A pull under way ends within its poll interval (abandoned above); what it posts back is
+    // never run.
     pulls_->stop();
     pulls_->join();
   }

@@ -639,7 +639,8 @@ Result<DockerVersion> DockerClient::version() {
   return v;
 }
 
-Status DockerClient::pull_image(const std::string& image, const std::optional<DockerAuth>& auth) {
+Status DockerClient::pull_image(const std::string& image, const std::optional<DockerAuth>& auth,
+                                const std::function<bool()>& stop) {
   auto [from, tag] = split_image_reference(image);
   std::string target = path("/images/create?fromImage=" + crypto::url_encode(from) +
                             "&tag=" + crypto::url_encode(tag));
@@ -651,6 +652,7 @@ Status DockerClient::pull_image(const std::string& image, const std::optional<Do
   net::HttpStreamOptions stream_options;
   stream_options.header_timeout_secs = options_.pull_timeout_secs;
   stream_options.idle_timeout_secs = options_.pull_timeout_secs;
+  stream_options.stop = stop;
   auto res = net::unix_http_stream(
       options_.socket_path, req,
       [&](std::string_view bytes) {

@@ -223,8 +223,10 @@ class DockerClient {
   // POST /images/create, reading the progress stream to its end. `auth`, when given, goes in
   // X-Registry-Auth. errc::unauthorized when the registry refuses the credentials (or wants
   // some), errc::not_found for an unknown image, errc::unavailable when the registry or engine
-  // is unreachable; the message carries the engine's words.
-  Status pull_image(const std::string& image, const std::optional<DockerAuth>& auth);
+  // is unreachable; the message carries the engine's words. `stop`, polled while waiting, ends
+  // the pull with errc::cancelled when it returns true (the engine may finish it on its own).
+  Status pull_image(const std::string& image, const std::optional<DockerAuth>& auth,
+                    const std::function<bool()>& stop = {});
   // GET /images/{name}/json; errc::not_found when the engine does not have it.
   Result<ImageInfo> inspect_image(const std::string& image);
 

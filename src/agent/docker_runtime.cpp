@@ -93,7 +93,7 @@ Status DockerRuntime::prepare(const ModuleSpec& spec) {
     auth = DockerAuth{spec.credentials->address, spec.credentials->username,
                       spec.credentials->password};
   }
-  auto pulled = client_.pull_image(image, auth);
+  auto pulled = client_.pull_image(image, auth, [this] { return preparations_abandoned_.load(); });
   if (pulled) return {};
   if (pulled.error().code == errc::unavailable && client_.inspect_image(image).ok()) {
     log::warn(kLog, "module={} pull of {} failed, using the image already present: {}", spec.name,
@@ -104,6 +104,8 @@ Status DockerRuntime::prepare(const ModuleSpec& spec) {
   e.message = "module " + spec.name + ": " + e.message;
   return e;
 }
+
+void DockerRuntime::abandon_preparations() { preparations_abandoned_ = true; }
 
 Result<json> DockerRuntime::container_body(const ModuleSpec& spec) const {
   ContainerAdditions add;

@@ -62,6 +62,7 @@ class DockerRuntime final : public ModuleRuntime {
   // unreachable but the engine already has the image, that is a success: an edge device must
   // be able to recreate its modules offline. imagePullPolicy never: the image must be present.
   Status prepare(const ModuleSpec& spec) override;
+  void abandon_preparations() override;
   Status image_present(const std::string& image) override;
   // The spec's workload socket must exist on the host (it is bind-mounted). Notes report a
   // createOptions RestartPolicy that was replaced.
@@ -97,6 +98,7 @@ class DockerRuntime final : public ModuleRuntime {
   std::mutex changed_mutex_;
   std::function<void(const std::string&)> changed_;  // guarded by changed_mutex_
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> preparations_abandoned_{false};
   std::thread watcher_;
 };
 

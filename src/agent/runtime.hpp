@@ -132,6 +132,9 @@ class ModuleRuntime {
   // or check the executable exists (process). errc::not_found for a missing image or file,
   // errc::unauthorized for a refused credential, errc::unavailable for an unreachable engine.
   virtual Status prepare(const ModuleSpec& spec) = 0;
+  // For shutdown, from any thread: prepare() calls under way end as soon as they can (a pull
+  // stops within a fraction of a second) with errc::cancelled, and so do later ones.
+  virtual void abandon_preparations() {}
   // Whether the image is here without fetching it (`cairn check`): the engine has the image
   // (docker), or the executable exists (process). errc::not_found when it is not,
   // errc::unavailable for an unreachable engine.

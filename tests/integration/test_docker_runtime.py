@@ -160,6 +160,7 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
     background. Meanwhile `cairn list` answers (the module shows what it waits for) and the
     process module deployed with it starts; when the registry goes away the module fails with
     the pull's error."""
+    stalled_connection.accepted = []
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stalled.bind(("127.0.0.1", 0))
     stalled.listen(16)
@@ -201,6 +202,39 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
                     what="astuck failed once the registry is gone")
     assert "preparing" not in mods["astuck"]["statusDescription"], mods["astuck"]
     edge.stop()
+
+
+def test_stopping_cairnd_ends_a_stalled_image_pull(container_engine, cairnd_factory, tmp_path):
+    """SIGTERM while a pull waits on a registry that never answers: cairnd exits at once
+    (cleanly) instead of waiting out the pull's 600 s limit."""
+    stalled_connection.accepted = []
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    port = stalled.getsockname()[1]
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
+    edge.start()
+    stuck = {"version": "1.0", "type": "docker", "restartPolicy": "always",
+             "settings": {"image": f"127.0.0.1:{port}/cairn-test/stalled:2", "createOptions": ""}}
+    doc = {"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"stuck": stuck}}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(doc))
+    try:
+        edge.cli("deploy", str(path))
+        wait_for(lambda: stalled_connection(stalled), timeout=60, interval=0.1,
+                 what="the engine to connect to the stalled registry")
+        wait_for(lambda: "preparing" in {m["name"]: m for m in json.loads(
+                     edge.cli("list", "--json", timeout=10).stdout)}
+                 .get("stuck", {}).get("statusDescription", ""),
+                 timeout=30, interval=0.2, what="stuck preparing")
+        edge.stop(timeout=30)
+    finally:
+        stalled.close()
+        for conn in stalled_connection.accepted:
+            conn.close()
 
 
 def stalled_connection(listener):
