@@ -389,10 +389,16 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
     auto queued = co_await client->async_publish(std::move(item.topic), std::move(item.payload), 1,
                                                  false, std::move(on_puback));
     if (!queued) {
-      // Not sent, and its handler is never called: it counts as lost on this connection.
+      // Not sent, and its handler is never called: it counts as lost on this connection, whose
+      // end delivers it again. If the connection already ended without counting it, its queue
+      // must deliver it again now, or it would hold a place in the window for good.
       if (connection == l->connection) {
         if (l->unacked > 0) --l->unacked;
         l->lost_messages = true;
+      } else if (shared && generation == shared_generation_) {
+        redeliver_shared();
+      } else if (!shared && generation == l->generation) {
+        redeliver(*l);
       }
       break;
     }
