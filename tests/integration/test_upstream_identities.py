@@ -9,6 +9,7 @@ cairnd talks to a real cairn-cloud; modules are paho clients on cairnd's plain p
 import collections
 import json
 import sqlite3
+import time
 
 from conftest import CloudDevice, edge_device, wait_for
 from test_store_forward import (DRAIN_TIMEOUT, ROUTES, check_arrived, offline_edge,
@@ -184,4 +185,32 @@ def test_messages_of_the_shared_queue_are_delivered_after_an_upgrade(cloud_facto
         assert all(keys[s].split(".")[0].isalnum() for s in range(15)), keys
         assert all(keys[s].split(".")[0].endswith("-i") for s in range(15, total)), keys
         assert len(set(keys.values())) == total
+    assert cloud.status()["telemetry"]["duplicates"] == 0
+
+
+def test_token_renewals_while_sending_resend_nothing(cloud_factory, cairnd_factory,
+                                                     module_client):
+    """Each link reconnects at 80% of its token's life (48 s of 60 s) while its module keeps
+    sending: the renewal waits for the outstanding PUBACKs, so nothing goes up twice, and the
+    acknowledgements of the ended connection leave the next one's count alone."""
+    cloud = cloud_factory()
+    edge = edge_device(cloud, cairnd_factory, routes=ROUTES, upstream={"token_ttl_secs": 60})
+    senders = {name: sender(edge, module_client, name) for name in ("one", "two")}
+    for name in senders:
+        edge.wait_link(name)
+    sent = 0
+    deadline = time.monotonic() + 56
+    while time.monotonic() < deadline:
+        for name, client in senders.items():
+            publish(client, name, range(sent, sent + 5), with_ids=False)
+        sent += 5
+        time.sleep(0.1)
+    wait_stored(cloud, 2 * sent)
+    wait_for(lambda: edge.queue_length("$upstream") == 0, DRAIN_TIMEOUT, what="empty queues")
+    links = edge.upstream_status()["links"]
+    for name in senders:
+        link = links[f"{DEVICE}/{name}"]
+        assert link["connects"] >= 2, link  # renewed at least once
+        assert link["unacked"] == 0 and link["published"] == sent, link
+    assert bodies_by_module(cloud) == {name: list(range(sent)) for name in senders}
     assert cloud.status()["telemetry"]["duplicates"] == 0
