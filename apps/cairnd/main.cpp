@@ -172,6 +172,9 @@ int run(const std::string& home, const std::string& config_path, const std::stri
   std::shared_ptr<hub::Upstream> upstream;
   hub::HubServices services;
   services.twins = twins.get();
+  // Each module's telemetry waits in a queue of its own: one cloud link that is refused or
+  // backing off holds back nothing of the others' (docs/protocol.md §8.2).
+  services.upstream_per_identity = true;
   if (config->upstream.enabled()) {
     auto store_id = hub::Upstream::load_store_id(**store);
     if (!store_id) {

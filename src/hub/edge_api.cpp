@@ -208,7 +208,7 @@ void EdgeApi::check(net::HttpRespond respond) {
       std::uint64_t upstream_waiting = 0;
       if (r) {
         for (const auto& q : *r) {
-          if (q.queue.endpoint == "$upstream") upstream_waiting += q.length;
+          if (queue_status(q)["endpoint"] == "$upstream") upstream_waiting += q.length;
         }
       }
       add("upstream-queue", upstream_waiting > 0 ? "warning" : "ok",
@@ -286,8 +286,13 @@ void EdgeApi::metrics(net::HttpRespond respond) {
       metric("cairn_queue_length", "gauge", "Messages stored per endpoint and priority");
       if (r) {
         for (const auto& q : *r) {
-          out << "cairn_queue_length{endpoint=\"" << q.queue.endpoint << "\",priority=\""
-              << q.queue.priority << "\"} " << q.length << '\n';
+          // A per-identity $upstream queue: endpoint "$upstream" and the sender's identity.
+          const auto listed = queue_status(q);
+          out << "cairn_queue_length{endpoint=\"" << listed["endpoint"].get<std::string>() << '"';
+          if (listed.contains("identity")) {
+            out << ",identity=\"" << listed["identity"].get<std::string>() << '"';
+          }
+          out << ",priority=\"" << q.queue.priority << "\"} " << q.length << '\n';
         }
       }
       const auto& u = (*extra)["upstream"];

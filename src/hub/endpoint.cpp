@@ -14,6 +14,15 @@ constexpr std::chrono::milliseconds kMaxReadRetry{10'000};
 
 }  // namespace
 
+std::string upstream_sender(const Message& m, std::string_view default_device) {
+  std::string id(m.system.get(sysprop::kConnectionDeviceId).value_or(default_device));
+  if (auto module = m.system.get(sysprop::kConnectionModuleId); module && !module->empty()) {
+    id.push_back('/');
+    id.append(*module);
+  }
+  return id;
+}
+
 Endpoint::Endpoint(asio::io_context& io, store::MessageStore& store, routing::Endpoint endpoint,
                    std::size_t max_inflight, std::uint32_t max_delivery_attempts)
     : io_(io),

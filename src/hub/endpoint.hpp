@@ -59,11 +59,16 @@ struct QueuePosition {
   std::int64_t expires_at_ms = 0;  // unix ms; 0 = never
 };
 
+// The identity a message bound for the cloud is sent as: "{device}" or "{device}/{module}",
+// from its connection ids (a message without them is the edge device's own).
+std::string upstream_sender(const Message& m, std::string_view default_device);
+
 // What an endpoint needs from a connected consumer.
 class Consumer {
  public:
   virtual ~Consumer() = default;
-  // Queues a PUBLISH of `m`, stored at `at`, for input `input`; `on_ack` runs when the
+  // Queues a PUBLISH of `m`, stored at `at`, for input `input` (routing::Endpoint::input: for
+  // $upstream, the sender of a per-identity queue, "" for the shared one); `on_ack` runs when the
   // consumer's PUBACK arrives (QoS 1), or once the socket took it (a QoS 0 subscription).
   // Returns false if the consumer is closing (the message is then not sent).
   virtual bool deliver(const std::string& input, const Message& m, QueuePosition at, bool dup,

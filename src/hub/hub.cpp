@@ -22,16 +22,22 @@ constexpr const char* kSessionsTable = "sessions";
 constexpr std::size_t kDedupeKeyPairBytes =
     1 + iothub::kDedupeKeyProperty.size() + 1 + iothub::kMaxDedupeKeyBytes;
 
-// Endpoint ids are "$upstream" or "{module}/{input}" (routing::Endpoint::id()).
-std::optional<routing::Endpoint> endpoint_from_id(const std::string& id) {
-  if (id == "$upstream") return routing::Endpoint{routing::Endpoint::Kind::upstream, "", ""};
-  auto slash = id.find('/');
-  if (slash == std::string::npos || slash == 0 || slash + 1 == id.size()) return std::nullopt;
-  return routing::Endpoint{routing::Endpoint::Kind::module_input, id.substr(0, slash),
-                           id.substr(slash + 1)};
+using net::json_response;
+
+}  // namespace
+
+nlohmann::json queue_status(const store::QueueInfo& q) {
+  nlohmann::json out{
+      {"endpoint", q.queue.endpoint}, {"priority", q.queue.priority}, {"length", q.length}};
+  if (auto e = routing::Endpoint::from_id(q.queue.endpoint);
+      e && e->kind == routing::Endpoint::Kind::upstream && !e->input.empty()) {
+    out["endpoint"] = "$upstream";
+    out["identity"] = e->input;
+  }
+  return out;
 }
 
-using net::json_response;
+namespace {
 
 net::HttpResponse error_response(const Error& e) {
   int status = 500;
@@ -184,12 +190,37 @@ std::size_t Hub::device_connections(const std::string& device_id,
 
 void Hub::attach_upstream(const std::shared_ptr<Consumer>& consumer) {
   upstream_consumer_ = consumer;
-  endpoint(routing::Endpoint{routing::Endpoint::Kind::upstream, "", ""})->attach(consumer);
+  endpoint(routing::Endpoint{routing::Endpoint::Kind::upstream, "", ""});
+  for (auto& [id, ep] : endpoints_) {
+    if (ep->endpoint().kind == routing::Endpoint::Kind::upstream) ep->attach(consumer);
+  }
 }
 
 void Hub::detach_upstream(const Consumer* consumer) {
   if (upstream_consumer_.lock().get() == consumer) upstream_consumer_.reset();
-  if (auto it = endpoints_.find("$upstream"); it != endpoints_.end()) it->second->detach(consumer);
+  for (auto& [id, ep] : endpoints_) {
+    if (ep->endpoint().kind == routing::Endpoint::Kind::upstream) ep->detach(consumer);
+  }
+}
+
+void Hub::redeliver_upstream(const Consumer* consumer, const std::string& endpoint_id) {
+  auto current = upstream_consumer_.lock();
+  auto it = endpoints_.find(endpoint_id);
+  if (!current || current.get() != consumer || it == endpoints_.end()) return;
+  it->second->detach(consumer);
+  it->second->attach(current);
+}
+
+std::vector<routing::RouteMatch> Hub::route(const Message& m) const {
+  auto matches = router_.route(m);
+  if (services_.upstream_per_identity) {
+    for (auto& match : matches) {
+      if (match.endpoint.kind == routing::Endpoint::Kind::upstream) {
+        match.endpoint.input = upstream_sender(m, config_.device_id);
+      }
+    }
+  }
+  return matches;
 }
 
 void Hub::client_connected(const Principal& who) {
@@ -246,7 +277,7 @@ Status Hub::start() {
       }
       for (const auto& q : *r) {
         if (q.length == 0) continue;
-        auto e = endpoint_from_id(q.queue.endpoint);
+        auto e = routing::Endpoint::from_id(q.queue.endpoint);
         if (!e) {
           log::warn("hub", "stored queue '{}' names no endpoint; left untouched", q.queue.endpoint);
           continue;
@@ -379,7 +410,7 @@ std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
 }
 
 void Hub::ingest(Message m, std::function<void(Status)> done) {
-  auto matches = router_.route(m);
+  auto matches = route(m);
   if (matches.empty()) {
     ++counters_.messages_unrouted;
     done({});
@@ -790,11 +821,7 @@ void Hub::handle_management(const net::HttpRequest& request, net::HttpRespond re
       asio::post(io, [snapshot, respond, r = std::move(r)] {
         nlohmann::json queues = nlohmann::json::array();
         if (r) {
-          for (const auto& q : *r) {
-            queues.push_back({{"endpoint", q.queue.endpoint},
-                              {"priority", q.queue.priority},
-                              {"length", q.length}});
-          }
+          for (const auto& q : *r) queues.push_back(queue_status(q));
         }
         (*snapshot)["queues"] = queues;
         respond(json_response(200, *snapshot));

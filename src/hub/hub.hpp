@@ -78,7 +78,15 @@ struct HubServices {
   Authenticator* authenticator = nullptr;
   TwinProvider* twins = nullptr;
   ConnectionObserver* observer = nullptr;
+  // One $upstream queue per sending identity ("$upstream//{d or d/m}", the edge role), so a
+  // cloud link that is down holds back only its own identity's messages. Without it (the
+  // cloud role, whose consumer stores everything alike) $upstream is one shared queue.
+  bool upstream_per_identity = false;
 };
+
+// A stored queue as GET /status lists it: {"endpoint", "priority", "length"}; a per-identity
+// $upstream queue is listed as endpoint "$upstream" with the sender's "identity".
+nlohmann::json queue_status(const store::QueueInfo& q);
 
 class Hub : public std::enable_shared_from_this<Hub> {
  public:
@@ -113,9 +121,15 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // reconnection that will take that session's place).
   std::size_t device_connections(const std::string& device_id,
                                  const std::string& except_client_id) const;
-  // The consumer of the $upstream endpoint (the upstream link, or cairn-cloud's telemetry sink).
+  // The consumer of the $upstream endpoint (the upstream link, or cairn-cloud's telemetry sink):
+  // of the shared queue and of every per-identity queue, present and future.
   void attach_upstream(const std::shared_ptr<Consumer>& consumer);
   void detach_upstream(const Consumer* consumer);
+  // Everything the upstream queue `endpoint_id` ("$upstream" or "$upstream//{identity}") has
+  // delivered to `consumer` and not seen acknowledged is delivered again, in order; the other
+  // upstream queues carry on undisturbed. Acknowledgements of the earlier deliveries are
+  // ignored from now on.
+  void redeliver_upstream(const Consumer* consumer, const std::string& endpoint_id);
 
   IdentityRegistry& identities() { return identities_; }
   // Deletes a module identity of this device and closes its live session at once. `done` as
@@ -190,6 +204,9 @@ class Hub : public std::enable_shared_from_this<Hub> {
   void spawn_accept_loop(tcp::acceptor* acceptor, bool tls);
   asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, bool tls);
   std::shared_ptr<Endpoint> endpoint(const routing::Endpoint& e);
+  // The routes' endpoints for `m`, with $upstream made the sender's own queue when the hub
+  // keeps one per identity.
+  std::vector<routing::RouteMatch> route(const Message& m) const;
   void schedule_expiry(bool more_waiting = false);
   void release_unauthenticated_slot(const std::string& address);
   // Stores a dead letter and drops the oldest ones beyond store.max_dead_letters.

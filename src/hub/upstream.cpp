@@ -61,10 +61,21 @@ struct Upstream::Link {
   asio::steady_timer wake;                  // back-off, renewal deadline, close notification
   asio::steady_timer outbox_signal;         // the pump sleeps on it while the outbox is empty
   asio::steady_timer reported_retry;
-  std::deque<Outgoing> outbox;   // messages waiting for the connection or a publish slot
-  std::size_t unacked = 0;       // published on the current connection, PUBACK outstanding
-  std::uint64_t connection = 0;  // which connection `unacked` counts (connects at the time)
-  bool lost_messages = false;    // a message was dropped by a failing connection
+  std::deque<Outgoing> outbox;  // messages waiting for the connection or a publish slot
+  // The delivery round of this identity's queue: bumped when the queue is asked to deliver
+  // again, so what the earlier round handed over is neither sent nor acknowledged.
+  std::uint64_t generation = 0;
+  // The connection whose publishes `unacked`, `lost_messages` and `shared_sent` count:
+  // `connects` while it is up, 0 once it is down. PUBACKs and failures of an earlier
+  // connection, which can arrive after it went down (a token renewal drains with a deadline,
+  // a close fails what is left), count for nothing: that connection's messages were already
+  // delivered again, or acknowledged, when it went down.
+  std::uint64_t connection = 0;
+  std::size_t unacked = 0;      // published on `connection`, PUBACK outstanding
+  bool lost_messages = false;   // a publish on `connection` failed
+  bool shared_sent = false;     // a message of the shared queue was published on `connection`
+  std::uint64_t published = 0;  // PUBLISH packets of messages, re-sends included
+  std::uint64_t acked = 0;      // messages the cloud acknowledged
   std::map<std::string, std::function<void(int, std::string)>> requests;  // twin, by $rid
   std::uint64_t next_rid = 0;
   bool sending_reported = false;
@@ -101,8 +112,12 @@ Result<std::string> Upstream::load_store_id(store::MessageStore& store) {
   return id;
 }
 
-std::string Upstream::dedupe_key(std::string_view store_id, QueuePosition at, const Message& m) {
-  std::string key = fmt::format("{}.{}.{}", store_id, at.priority, at.seq);
+std::string Upstream::dedupe_key(std::string_view store_id, QueueKind queue, QueuePosition at,
+                                 const Message& m) {
+  // "-i": keys of per-identity queues never equal those of the shared queue (which every key
+  // sent before per-identity queues came from), whose store id is followed by '.'.
+  std::string key = fmt::format("{}{}.{}.{}", store_id, queue == QueueKind::shared ? "" : "-i",
+                                at.priority, at.seq);
   if (auto enqueued = m.system.get(sysprop::kEnqueuedTime)) {
     key.push_back('.');
     std::size_t digits = 0;
@@ -277,6 +292,8 @@ asio::awaitable<void> Upstream::run(std::shared_ptr<Link> l) {
     // A module that subscribed to methods while this connection was being set up.
     update_methods_subscription(l->client_id);
     l->unacked = 0;
+    l->lost_messages = false;
+    l->shared_sent = false;
     l->connection = l->connects;
     asio::co_spawn(io_, pump(l, *client),
                    net::on_coroutine_exit("upstream pump " + l->client_id,
@@ -328,7 +345,7 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
     }
     Outgoing item = std::move(l->outbox.front());
     l->outbox.pop_front();
-    if (item.generation != generation_) continue;  // the endpoint delivers it again
+    if (!current_round(*l, item)) continue;  // its queue delivers it again
     if (item.expires_at_ms != 0 && item.expires_at_ms <= now_unix_ms()) {
       // Its TTL ran out while it waited here for the link: the store drops it (and counts it
       // as expired, once) if it has not already; it must not reach the cloud.
@@ -347,41 +364,53 @@ asio::awaitable<void> Upstream::pump(std::shared_ptr<Link> l,
       item.on_ack();
       continue;
     }
+    const std::uint64_t connection = l->connection;
     ++l->unacked;
+    ++l->published;
+    if (item.shared) l->shared_sent = true;
     std::weak_ptr<Upstream> weak_self = self;
     std::weak_ptr<Link> weak_link = l;
+    const bool shared = item.shared;
+    const std::uint64_t generation = item.generation;
     net::MqttClient::AckHandler on_puback = [weak_self, weak_link, on_ack = std::move(item.on_ack),
-                                             generation = item.generation,
-                                             connection = l->connection](Status s) {
+                                             shared, generation, connection](Status s) {
       auto me = weak_self.lock();
       auto link = weak_link.lock();
-      if (!me || !link) return;
-      // An ack (or failure) of an earlier connection arrives after on_link_down reset the
-      // count (a token renewal drains with a deadline): it must not count against this one.
-      if (connection == link->connection && link->unacked > 0) --link->unacked;
+      if (!me || !link || connection != link->connection) return;
+      if (link->unacked > 0) --link->unacked;
       if (!s) {
         link->lost_messages = true;
         return;
       }
       ++me->messages_sent_;
-      if (generation == me->generation_) on_ack();
+      ++link->acked;
+      if (generation == (shared ? me->shared_generation_ : link->generation)) on_ack();
     };
     auto queued = co_await client->async_publish(std::move(item.topic), std::move(item.payload), 1,
                                                  false, std::move(on_puback));
     if (!queued) {
-      if (l->unacked > 0) --l->unacked;
-      l->lost_messages = true;
+      // Not sent, and its handler is never called: it counts as lost on this connection, whose
+      // end delivers it again. If the connection already ended without counting it, its queue
+      // must deliver it again now, or it would hold a place in the window for good.
+      if (connection == l->connection) {
+        if (l->unacked > 0) --l->unacked;
+        l->lost_messages = true;
+      } else if (shared && generation == shared_generation_) {
+        redeliver_shared();
+      } else if (!shared && generation == l->generation) {
+        redeliver(*l);
+      }
       break;
     }
   }
 }
 
-bool Upstream::deliver(const std::string& /*input*/, const Message& m, QueuePosition at,
-                       bool /*dup*/, std::function<void()> on_ack) {
+bool Upstream::deliver(const std::string& input, const Message& m, QueuePosition at, bool /*dup*/,
+                       std::function<void()> on_ack) {
   if (stopping_) return false;
-  std::string device(m.system.get(sysprop::kConnectionDeviceId).value_or(config_.device_id));
-  std::string module(m.system.get(sysprop::kConnectionModuleId).value_or(""));
-  const std::string client_id = module.empty() ? device : device + "/" + module;
+  // A per-identity queue holds its sender's messages only; the shared one anybody's.
+  const bool shared = input.empty();
+  const std::string client_id = shared ? upstream_sender(m, config_.device_id) : input;
   if (forgotten_.contains(client_id)) {
     log::warn("upstream", "[{}] identity removed: a message waiting for the cloud dropped",
               client_id);
@@ -389,25 +418,41 @@ bool Upstream::deliver(const std::string& /*input*/, const Message& m, QueuePosi
     return true;
   }
   // The cloud stamps the sender and enqueue time from its own connection.
-  std::string topic = upstream_events_topic(m, config_.device_id, dedupe_key(store_id_, at, m));
+  std::string topic = upstream_events_topic(
+      m, config_.device_id,
+      dedupe_key(store_id_, shared ? QueueKind::shared : QueueKind::per_identity, at, m));
   Link& l = link(client_id);
-  l.outbox.push_back(
-      Outgoing{std::move(topic), m.body, std::move(on_ack), generation_, at.expires_at_ms});
+  l.outbox.push_back(Outgoing{std::move(topic), m.body, std::move(on_ack),
+                              shared ? shared_generation_ : l.generation, at.expires_at_ms,
+                              shared});
   l.outbox_signal.cancel();
   return true;
 }
 
-void Upstream::redeliver() {
-  // Everything not acknowledged comes again from the endpoint, in order: drop what is queued
-  // here so nothing is sent twice on a healthy link.
-  ++generation_;
-  for (auto& [id, l] : links_) {
-    l->outbox.clear();
-    l->lost_messages = false;
+bool Upstream::current_round(const Link& l, const Outgoing& item) const {
+  return item.generation == (item.shared ? shared_generation_ : l.generation);
+}
+
+void Upstream::redeliver(Link& l) {
+  // Everything of this identity not acknowledged comes again from its queue, in order: drop
+  // what is waiting here so nothing is sent twice. The other identities' queues and links
+  // are not touched.
+  ++l.generation;
+  std::erase_if(l.outbox, [](const Outgoing& item) { return !item.shared; });
+  hub_.redeliver_upstream(
+      this, routing::Endpoint{routing::Endpoint::Kind::upstream, "", l.client_id}.id());
+}
+
+void Upstream::redeliver_shared() {
+  // The shared queue (of a store from before per-identity queues) has one window for every
+  // identity: all its unacknowledged messages come again, on whichever link is theirs. Those
+  // still waiting here are dropped; those in flight on a healthy link may reach the cloud twice,
+  // which the dedupe key lets it recognise.
+  ++shared_generation_;
+  for (auto& [id, link] : links_) {
+    std::erase_if(link->outbox, [](const Outgoing& item) { return item.shared; });
   }
-  auto me = shared_from_this();
-  hub_.detach_upstream(this);
-  hub_.attach_upstream(me);
+  hub_.redeliver_upstream(this, "$upstream");
 }
 
 void Upstream::on_link_up(Link& l) {
@@ -433,9 +478,16 @@ void Upstream::on_link_down(Link& l, const std::string& why) {
   l.reported_retry.cancel();
   for (auto& [rid, done] : requests) done(503, "");
   update_offline_clock();
-  if (l.unacked > 0 || l.lost_messages) {
-    l.unacked = 0;
-    redeliver();
+  const bool in_doubt = l.unacked > 0 || l.lost_messages;
+  const bool shared = in_doubt && l.shared_sent;
+  // What the ended connection still reports from here on counts for nothing.
+  l.connection = 0;
+  l.unacked = 0;
+  l.lost_messages = false;
+  l.shared_sent = false;
+  if (in_doubt) {
+    redeliver(l);
+    if (shared) redeliver_shared();
   }
 }
 
@@ -707,6 +759,8 @@ nlohmann::json Upstream::status() const {
                  {"connects", l->connects},
                  {"queued", l->outbox.size()},
                  {"unacked", l->unacked},
+                 {"published", l->published},
+                 {"acked", l->acked},
                  {"pendingReported", l->sending_reported}};
   }
   return {{"enabled", true},

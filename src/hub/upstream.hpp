@@ -4,14 +4,20 @@
 // for "{host}/devices/{d}/modules/{m}" signed with the edge device's key (the cloud accepts
 // them on behalf of the edge device's modules), renewed by reconnecting at 80% of their life.
 //
-// - $upstream: the upstream link is the consumer of the $upstream endpoint. A message goes out
-//   on its sender's connection at QoS 1 and is acknowledged to the endpoint (deleted from disk)
+// - $upstream: the upstream link is the consumer of the $upstream queues: one per sending
+//   identity ("$upstream//{d or d/m}", HubServices::upstream_per_identity), each with its own
+//   position and in-flight window (mqtt.max_inflight_out), so a link that is refused, backing
+//   off or slow to acknowledge holds back only its own identity's messages. A message goes out
+//   on its sender's connection at QoS 1 and is acknowledged to its queue (deleted from disk)
 //   only on the cloud's PUBACK. While a connection is down its messages wait; when it drops
-//   with messages unacknowledged, the endpoint delivers them again (DUP) once it is back.
+//   with messages unacknowledged, that identity's queue alone delivers them again (DUP) once
+//   it is back. The shared "$upstream" queue of a store from before per-identity queues is
+//   drained too, with its single window, until it is empty (docs/protocol.md §8.2).
 //   Every message carries a dedupe key (iothub::kDedupeKeyProperty) made from where it is
-//   stored: the store's id, its $upstream queue position and its enqueue time. A re-send, also
-//   after a restart of cairnd, carries the same key, so the cloud can store it once even when
-//   the module set no message id; the module's own message id goes up unchanged.
+//   stored: the store's id, which kind of queue, its queue position and its enqueue time. A
+//   re-send, also after a restart of cairnd, carries the same key, so the cloud can store it
+//   once even when the module set no message id; the module's own message id goes up
+//   unchanged.
 // - Twins: GET and reported patches go to the cloud; desired patches come back to the twin
 //   cache. After every (re)connection the cache resyncs and queued reported patches are sent
 //   in order.
@@ -58,18 +64,28 @@ class Upstream : public Consumer,
   // cannot be taken for those it sent before. Blocks until a new id is committed.
   // Errors: the store's, when it cannot be read or written.
   static Result<std::string> load_store_id(store::MessageStore& store);
-  // The dedupe key of the message `m` stored at `at` in the $upstream queues of the store
-  // `store_id`: "{store_id}.{priority}.{seq}.{enqueue time digits}". The enqueue time guards
+  // Which $upstream queue a message is stored in: its sender's own, or the shared one (stores
+  // from before per-identity queues).
+  enum class QueueKind { per_identity, shared };
+  // The dedupe key of the message `m` stored at `at` in an $upstream queue of the store
+  // `store_id`: "{store_id}-i.{priority}.{seq}.{enqueue time digits}" in a per-identity queue,
+  // "{store_id}.{priority}.{seq}.{enqueue time digits}" in the shared one (the keys sent
+  // before per-identity queues existed: a message left there by an upgrade keeps its key, and
+  // no key of a per-identity queue, whose sequence numbers start again at 1, can be one of
+  // them). The cloud de-duplicates per (device, module), and a sender's messages are in one
+  // per-identity queue, so positions there are unique per identity. The enqueue time guards
   // against a sequence number handed out again after a power cut with store.fsync off
   // (docs/queue_format.md): the same position is then a different message, stored later.
   // At most iothub::kMaxDedupeKeyBytes long.
-  static std::string dedupe_key(std::string_view store_id, QueuePosition at, const Message& m);
+  static std::string dedupe_key(std::string_view store_id, QueueKind queue, QueuePosition at,
+                                const Message& m);
 
   // Attaches to the $upstream endpoint and opens the links that have work waiting.
   void start();
   void stop();
 
-  // Consumer ($upstream endpoint).
+  // Consumer (the $upstream queues). `input`: the identity of a per-identity queue, "" for
+  // the shared one.
   bool deliver(const std::string& input, const Message& m, QueuePosition at, bool dup,
                std::function<void()> on_ack) override;
   // TwinUpstream.
@@ -102,8 +118,11 @@ class Upstream : public Consumer,
     std::string topic;
     std::string payload;
     std::function<void()> on_ack;
+    // The delivery round of its queue it came in: a message of an earlier round is delivered
+    // again by its queue and is not sent from here.
     std::uint64_t generation = 0;
     std::int64_t expires_at_ms = 0;  // unix ms; 0 = never
+    bool shared = false;             // from the shared $upstream queue
   };
 
   Link& link(const std::string& client_id);
@@ -120,7 +139,12 @@ class Upstream : public Consumer,
   void send_reported(Link& link);
   void request(Link& link, const std::string& topic_prefix, std::string body,
                std::function<void(int status, std::string body)> done);
-  void redeliver();
+  // The link dropped with messages unacknowledged: its identity's queue (and the shared queue,
+  // if the link carried any of its messages) delivers them again.
+  void redeliver(Link& link);
+  void redeliver_shared();
+  // Whether `item` is of its queue's current delivery round.
+  bool current_round(const Link& link, const Outgoing& item) const;
   void update_offline_clock();
   // Brings the link's method-request subscription in line with method_listeners_.
   void update_methods_subscription(const std::string& client_id);
@@ -143,7 +167,9 @@ class Upstream : public Consumer,
   // settled and dropped, never a reason to open their link again (which would register the
   // removed module in the cloud anew). A new connection of the identity ends this.
   std::set<std::string, std::less<>> forgotten_;
-  std::uint64_t generation_ = 0;  // bumped when the endpoint is asked to deliver again
+  // Bumped when the shared $upstream queue is asked to deliver again (per-identity queues have
+  // theirs in Link::generation).
+  std::uint64_t shared_generation_ = 0;
   bool stopping_ = false;
   bool was_online_ = false;
   std::chrono::steady_clock::time_point offline_since_;

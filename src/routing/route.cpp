@@ -273,8 +273,23 @@ class RouteParser {
 }  // namespace
 
 std::string Endpoint::id() const {
-  if (kind == Kind::upstream) return "$upstream";
+  if (kind == Kind::upstream) {
+    return input.empty() ? std::string("$upstream") : std::string(kUpstreamIdentityPrefix) + input;
+  }
   return module + "/" + input;
+}
+
+std::optional<Endpoint> Endpoint::from_id(std::string_view id) {
+  if (id == "$upstream") return Endpoint{Kind::upstream, "", ""};
+  if (id.starts_with(kUpstreamIdentityPrefix)) {
+    std::string_view identity = id.substr(kUpstreamIdentityPrefix.size());
+    if (identity.empty()) return std::nullopt;
+    return Endpoint{Kind::upstream, "", std::string(identity)};
+  }
+  auto slash = id.find('/');
+  if (slash == std::string_view::npos || slash == 0 || slash + 1 == id.size()) return std::nullopt;
+  return Endpoint{Kind::module_input, std::string(id.substr(0, slash)),
+                  std::string(id.substr(slash + 1))};
 }
 
 Result<Route> Route::parse(const RouteSpec& spec) {

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,14 +35,24 @@ inline constexpr std::size_t kMaxRouteTextBytes = 64 * 1024;
 // gives such messages the source /twinChangeNotifications.
 inline constexpr std::string_view kTwinChangeNotificationType = "twinChangeNotification";
 
+// The queue names of an upstream endpoint that keeps one queue per sending identity start with
+// it: "$upstream//{identity}". A module input's name never holds "//" (neither its module nor
+// its input may be empty), so the two cannot meet.
+inline constexpr std::string_view kUpstreamIdentityPrefix = "$upstream//";
+
 struct Endpoint {
   enum class Kind { upstream, module_input };
   Kind kind = Kind::upstream;
   std::string module;  // module_input only
-  std::string input;   // module_input only
+  // module_input: the input's name. upstream: the sending identity ("d" or "d/m") whose
+  // messages the queue holds when the hub keeps one queue per identity; "" for the one shared
+  // queue (routes always name that one; the hub picks the queue at ingest).
+  std::string input;
 
-  // Stable queue name: "$upstream" or "{module}/{input}".
+  // Stable queue name: "$upstream", "$upstream//{identity}" or "{module}/{input}".
   std::string id() const;
+  // The endpoint whose id() is `id`; nullopt for a name no endpoint has.
+  static std::optional<Endpoint> from_id(std::string_view id);
   bool operator==(const Endpoint&) const = default;
 };
 

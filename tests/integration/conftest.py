@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import ssl
@@ -861,7 +862,9 @@ class TcpProxy:
     stays up. cut() closes every relayed connection and refuses new ones (accepted, then
     closed at once) until restore(). drop_replies() throws away what the cloud sends while
     the device's bytes still pass (the cloud stores messages whose PUBACKs never arrive, as
-    when a link dies with acknowledgements in flight), until cut()."""
+    when a link dies with acknowledgements in flight), until cut(). hold_replies() keeps what
+    the cloud sends, per connection, and release_replies() passes it on in order: a cloud
+    that is slow to acknowledge."""
 
     def __init__(self, target_port, target_host=CLOUD_HOST):
         self.target = (target_host, target_port)
@@ -875,6 +878,7 @@ class TcpProxy:
         self.refused = 0   # connections closed because the proxy was cut
         self._cut = False
         self._drop_replies = False
+        self._hold_replies = False
         self.replies_dropped = 0  # bytes from the cloud thrown away by drop_replies()
         self._closed = False
         self._lock = threading.Lock()
@@ -911,20 +915,36 @@ class TcpProxy:
                                  daemon=True).start()
 
     def _pump(self, src, dst, replies):
+        held = []  # replies kept by hold_replies(), in order
         try:
             while True:
+                if replies:
+                    with self._lock:
+                        holding = self._hold_replies
+                    if held and not holding:
+                        for chunk in held:
+                            dst.sendall(chunk)
+                        held = []
+                    # Wakes up now and then to pass on what was held once it is released.
+                    ready, _, _ = select.select([src], [], [], 0.05)
+                    if not ready:
+                        continue
                 data = src.recv(65536)
                 if not data:
                     break
                 if replies:
                     with self._lock:
                         dropping = self._drop_replies
+                        holding = self._hold_replies
                         if dropping:
                             self.replies_dropped += len(data)
                     if dropping:
                         continue
+                    if holding or held:
+                        held.append(data)
+                        continue
                 dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket cut() closed
             pass
         for s in (src, dst):
             try:
@@ -940,10 +960,19 @@ class TcpProxy:
         with self._lock:
             self._drop_replies = True
 
+    def hold_replies(self):
+        with self._lock:
+            self._hold_replies = True
+
+    def release_replies(self):
+        with self._lock:
+            self._hold_replies = False
+
     def cut(self):
         with self._lock:
             self._cut = True
             self._drop_replies = False
+            self._hold_replies = False
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
             for s in pair:

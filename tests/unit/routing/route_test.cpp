@@ -195,6 +195,24 @@ TEST(Endpoint, Ids) {
   EXPECT_EQ(in.id(), "filter/input1");
   EXPECT_NE(up, in);
   EXPECT_EQ(in, (Endpoint{Endpoint::Kind::module_input, "filter", "input1"}));
+  Endpoint own{Endpoint::Kind::upstream, "", "edge1/sensor"};
+  EXPECT_EQ(own.id(), "$upstream//edge1/sensor");
+  EXPECT_NE(own, up);
+}
+
+TEST(Endpoint, FromIdGivesBackEveryId) {
+  for (const Endpoint& e : {Endpoint{}, Endpoint{Endpoint::Kind::upstream, "", "edge1"},
+                            Endpoint{Endpoint::Kind::upstream, "", "edge1/sensor"},
+                            Endpoint{Endpoint::Kind::module_input, "filter", "input1"},
+                            // A module named like the shared queue: still a module input.
+                            Endpoint{Endpoint::Kind::module_input, "$upstream", "edge1"}}) {
+    auto back = Endpoint::from_id(e.id());
+    ASSERT_TRUE(back.has_value()) << e.id();
+    EXPECT_EQ(*back, e) << e.id();
+  }
+  for (std::string_view bad : {"", "filter", "/input1", "filter/", "$upstream//"}) {
+    EXPECT_FALSE(Endpoint::from_id(bad).has_value()) << bad;
+  }
 }
 
 Message from(std::string_view module, std::string_view output = {}) {
