@@ -108,17 +108,22 @@ TEST_F(StoreWorkerTest, AWriteBlockedByAnotherConnectionsLockFailsWithinItsLimit
   ASSERT_TRUE(other->exec_for_test("BEGIN IMMEDIATE").ok());
   std::optional<Status> written;
   std::optional<bool> read_ok;
+  std::promise<void> done;
   worker_->submit(
       "write under a lock", 50ms,
-      [this, &written, &read_ok] {
+      [this, &written, &read_ok, &done] {
         Registry registry(worker_->store());
         read_ok = registry.list_devices(10).ok();  // WAL: readers are not blocked
         DeviceSpec spec;
         spec.device_id = "d";
         auto d = registry.create_device(spec);
         written = d ? Status{} : Status(d.error());
+        done.set_value();
       },
       [](const Error& e) { ADD_FAILURE() << e.to_string(); });
+  // The job's limit passes while it runs (its timer then has nothing to do): wait for the job
+  // itself, then let the io side release it.
+  done.get_future().wait();
   io_.run();
   ASSERT_TRUE(written.has_value());
   EXPECT_TRUE(*read_ok);
