@@ -444,14 +444,14 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-message-bytes", o.max_message_bytes,
                  "Largest device-to-cloud message (body plus properties); a bigger PUBLISH "
-                 "closes the connection")
+                 "closes the connection (at most 16 MiB)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(std::size_t{1}, std::size_t{16} << 20));
   app.add_option("--max-inflight", o.max_inflight,
                  "QoS 1 publishes and twin requests of one connection waiting for their answer "
                  "before the broker stops reading from it")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(std::size_t{1}, std::size_t{65535}));
   app.add_option("--model-delta-max-bytes", o.models.max_delta_input_bytes,
                  "Segment bytes one push compresses into deltas at most (0: no cap); changed "
                  "segments past it are fetched as chunks")

@@ -1,5 +1,6 @@
-"""cairn-cloud while another process holds its database (docs/cloud_api.md, "Threading and
-limits"): cloud.db locked with `BEGIN IMMEDIATE` by a python sqlite3 process for seconds.
+"""cairn-cloud's limits (docs/cloud_api.md, "Threading and limits"): the broker's, and how it
+serves while another process holds its database: cloud.db locked with `BEGIN IMMEDIATE` by a
+python sqlite3 process for seconds.
 
 Clients that do not need the database right now keep being served (keep-alive answered,
 telemetry PUBACKed: a PUBACK means stored in queue.db, not cloud.db); requests that need it
@@ -194,3 +195,22 @@ def test_a_full_store_queue_refuses_at_once(cloud_factory, locker):
     cloud.create_device("q9")
     store = cloud.status()["store"]
     assert store["refusedFull"] == 2 and store["maxQueued"] == 2, store
+
+
+def test_broker_limits_are_set_from_the_command_line(cloud_factory, module_client):
+    cloud = cloud_factory(extra_args=["--max-connections", "2", "--max-message-bytes", "1024"])
+    for d in ("a", "b", "c"):
+        cloud.create_device(d)
+    a = module_client(CloudDevice(cloud, "a"), None)
+    b = module_client(CloudDevice(cloud, "b"), None)
+    # A third socket is closed on accept: no TLS handshake, no CONNACK.
+    with pytest.raises(OSError):
+        module_client(CloudDevice(cloud, "c"), None)
+    b.publish_acked(b"x" * 500)
+    a.publish_expect_disconnect(b"x" * 2000)
+    assert "exceeds the limit of 1024" in cloud.log_text()
+    # Its slot is free again.
+    wait_for(lambda: "cairn_cloud_connected_clients 1\n" in
+             cloud.request("GET", "/cairn/metrics").text, what="the closed connection released")
+    c = module_client(CloudDevice(cloud, "c"), None)
+    c.publish_acked(b"y")
