@@ -423,25 +423,21 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections-per-device", o.auth.max_connections_per_device,
                  "MQTT connections one device and its modules may hold at once. 0 = no limit")
       ->capture_default_str();
-  app.add_option("--max-store-queue", o.store.max_queued,
-                 "Requests (REST, twin, CONNECT lookups) that may wait for the database thread; "
-                 "beyond it they are refused at once (HTTP 503, CONNACK server unavailable)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--store-timeout-ms", o.store_timeout_ms,
-                 "How long a REST or twin request may wait for the database (queued or locked "
-                 "by another process) before it is answered 503 with nothing changed")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--auth-timeout-ms", o.auth_timeout_ms,
-                 "How long a CONNECT may wait for its identity lookup before it is refused with "
-                 "server unavailable")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--max-connections", o.max_connections,
-                 "MQTT connections open at once (every socket, authenticated or not)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  // A limit that must be at least 1, its default shown in --help.
+  auto positive = [&app](const char* name, auto& value, const char* help) {
+    return app.add_option(name, value, help)->capture_default_str()->check(CLI::PositiveNumber);
+  };
+  positive("--max-store-queue", o.store.max_queued,
+           "Requests (REST, twin, CONNECT lookups) that may wait for the database thread; beyond "
+           "it they are refused at once (HTTP 503, CONNACK server unavailable)");
+  positive("--store-timeout-ms", o.store_timeout_ms,
+           "How long a REST or twin request may wait for the database (queued or locked by "
+           "another process) before it is answered 503 with nothing changed");
+  positive("--auth-timeout-ms", o.auth_timeout_ms,
+           "How long a CONNECT may wait for its identity lookup before it is refused with server "
+           "unavailable");
+  positive("--max-connections", o.max_connections,
+           "MQTT connections open at once (every socket, authenticated or not)");
   app.add_option("--max-message-bytes", o.max_message_bytes,
                  "Largest device-to-cloud message (body plus properties); a bigger PUBLISH "
                  "closes the connection (at most 16 MiB)")
