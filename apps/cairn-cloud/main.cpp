@@ -6,7 +6,9 @@
 #include <csignal>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 
 #include <CLI/CLI.hpp>
@@ -425,7 +427,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   // A limit that must be at least 1, its default shown in --help.
   auto positive = [&app](const char* name, auto& value, const char* help) {
-    return app.add_option(name, value, help)->capture_default_str()->check(CLI::PositiveNumber);
+    using T = std::remove_reference_t<decltype(value)>;
+    return app.add_option(name, value, help)
+        ->capture_default_str()
+        ->check(CLI::Range(T{1}, std::numeric_limits<T>::max()));
   };
   positive("--max-store-queue", o.store.max_queued,
            "Requests (REST, twin, CONNECT lookups) that may wait for the database thread; beyond "
