@@ -2,9 +2,14 @@
 // MQTT/TLS (the same broker code as cairnd's hub, in its cloud role: every registered device
 // and module, twins of record, telemetry into a durable queue drained by the sink) and the
 // IoT Hub service REST API over HTTPS, on one address.
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
+#include <limits>
+#include <mutex>
+#include <type_traits>
+#include <unordered_map>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -15,6 +20,7 @@
 #include "cloud/registry.hpp"
 #include "cloud/rest_api.hpp"
 #include "cloud/sqlite_cloud_store.hpp"
+#include "cloud/store_worker.hpp"
 #include "cloud/telemetry_sink.hpp"
 #include "cloud/twins.hpp"
 #include "core/log.hpp"
@@ -44,6 +50,38 @@ struct Options {
   std::uint64_t max_queue_bytes = 1024ull * 1024 * 1024;
   cloud::ModelStoreOptions models;  // dir: HOME/models
   cloud::CloudAuthLimits auth;
+  cloud::StoreWorkerOptions store;
+  // How long a REST request or a device's twin request may wait for the database (queued, and
+  // then locked by another process) before it is answered 503.
+  std::uint32_t store_timeout_ms = 10'000;
+  // How long a CONNECT may wait for its identity lookup before it is refused with "server
+  // unavailable". Below the hub's CONNECT timeout (10 s), which would close it silently.
+  std::uint32_t auth_timeout_ms = 5'000;
+  // The broker's limits (hub::HubConfig::Mqtt), for the cloud role.
+  std::size_t max_connections = hub::HubConfig{}.mqtt.max_connections;
+  std::size_t max_message_bytes = hub::HubConfig{}.mqtt.max_message_bytes;
+  std::size_t max_inflight = hub::HubConfig{}.mqtt.max_inflight_in;
+};
+
+// Which clients are connected, as the hub reports them: read by REST requests on the store
+// worker's thread (the hub itself belongs to the io thread). Counted, because a client that
+// reconnects may be reported connected before its old session is reported gone.
+class LiveClients {
+ public:
+  void set(const std::string& client_id, bool connected) {
+    std::lock_guard lock(mu_);
+    auto& n = connected_[client_id];
+    n += connected ? 1 : -1;
+    if (n <= 0) connected_.erase(client_id);
+  }
+  bool connected(const std::string& client_id) const {
+    std::lock_guard lock(mu_);
+    return connected_.contains(client_id);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, int> connected_;  // bounded by the hub's connections
 };
 
 // Device-to-cloud messages wait in the hub's durable queue until the sink has stored them.
@@ -67,6 +105,12 @@ int run(const Options& o) {
     log::error("cairn-cloud", "cannot open {}: {}", db_options.path, db.error().to_string());
     return 1;
   }
+  auto policy = (*db)->find_policy(cloud::kOwnerPolicy);
+  if (!policy || !*policy) {
+    log::error("cairn-cloud", "the {} access policy is missing from {}", cloud::kOwnerPolicy,
+               db_options.path);
+    return 1;
+  }
   store::Options queue_options;
   queue_options.path = o.home + "/data/queue.db";
   queue_options.sync = o.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
@@ -88,6 +132,9 @@ int run(const Options& o) {
   config.mqtt.plain_port = 0;
   config.store.fsync = o.fsync;
   config.store.max_bytes = o.max_queue_bytes;
+  config.mqtt.max_connections = o.max_connections;
+  config.mqtt.max_message_bytes = o.max_message_bytes;
+  config.mqtt.max_inflight_in = o.max_inflight;
 
   asio::io_context io(1);
   auto hub = hub::Hub::make(io, config, **queue);
@@ -120,18 +167,30 @@ int run(const Options& o) {
     log::error("cairn-cloud", "{}", sink.error().to_string());
     return 1;
   }
-  cloud::Registry registry(**db);
-  cloud::CloudAuthenticator authenticator(registry, hostname, o.auth);
+  // Registry, twin and REST work runs on the store worker's thread, on the connection opened
+  // above: a slow or locked database delays the clients that need it, not the io thread.
+  auto started = cloud::StoreWorker::start(io, std::move(*db), o.store);
+  if (!started) {
+    log::error("cairn-cloud", "{}", started.error().to_string());
+    return 1;
+  }
+  std::unique_ptr<cloud::StoreWorker> worker = std::move(*started);
+  const auto store_timeout = std::chrono::milliseconds(o.store_timeout_ms);
+  cloud::Registry registry(worker->store());
+  cloud::CloudAuthenticator authenticator(
+      registry, hostname, o.auth, worker->runner(std::chrono::milliseconds(o.auth_timeout_ms)));
   authenticator.set_connection_count(
       [weak_hub](const std::string& device_id, const std::string& except_client) {
         auto h = weak_hub.lock();
         return h ? h->device_connections(device_id, except_client) : std::size_t{0};
       });
-  cloud::CloudTwins twins(**db);
+  cloud::CloudTwins twins(worker->store(), worker->runner(store_timeout));
+  LiveClients live;
   // Connection state is written on the telemetry writer's thread, never on the io thread.
   cloud::ConnectionTracker connections(
-      [weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink)](const cloud::TwinKey& who,
-                                                               bool connected, std::int64_t at_ms) {
+      [weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink), &live](
+          const cloud::TwinKey& who, bool connected, std::int64_t at_ms) {
+        live.set(who.client_id(), connected);
         if (auto w = weak_sink.lock()) w->record_connection(who, connected, at_ms);
       });
   hub::HubServices services;
@@ -173,10 +232,7 @@ int run(const Options& o) {
       }
     }
   };
-  hooks.is_connected = [weak_hub](const std::string& client_id) {
-    auto h = weak_hub.lock();
-    return h && h->is_connected(client_id);
-  };
+  hooks.is_connected = [&live](const std::string& client_id) { return live.connected(client_id); };
   hooks.list_dead_letters = [weak_hub](net::HttpRespond respond) {
     if (auto h = weak_hub.lock()) {
       h->list_dead_letters(std::move(respond));
@@ -185,8 +241,17 @@ int run(const Options& o) {
     }
   };
   hooks.status_extension = [weak_hub, weak_sink = std::weak_ptr<cloud::TelemetrySink>(*sink),
-                            &queue = **queue, max_queue_bytes = o.max_queue_bytes, &authenticator] {
+                            &queue = **queue, max_queue_bytes = o.max_queue_bytes, &authenticator,
+                            &worker = *worker, &o] {
     nlohmann::json out = nlohmann::json::object();
+    const auto sc = worker.counters();
+    out["store"] = {{"queued", sc.queued},
+                    {"maxQueued", worker.options().max_queued},
+                    {"timeoutMs", o.store_timeout_ms},
+                    {"authTimeoutMs", o.auth_timeout_ms},
+                    {"refusedFull", sc.refused_full},
+                    {"refusedTimeout", sc.refused_timeout},
+                    {"failedException", sc.failed_exception}};
     const auto& limits = authenticator.limits();
     out["auth"] = {
         {"maxTokenLifetimeSecs", limits.max_token_lifetime_secs},
@@ -221,7 +286,7 @@ int run(const Options& o) {
     }
     return out;
   };
-  hooks.metrics = [weak_hub, &authenticator] {
+  hooks.metrics = [weak_hub, &authenticator, &worker = *worker] {
     std::string out;
     auto metric = [&out](const char* name, const char* type, const char* help,
                          std::uint64_t value) {
@@ -236,6 +301,13 @@ int run(const Options& o) {
     metric("cairn_cloud_connections_refused_device_limit_total", "counter",
            "Connections refused by --max-connections-per-device",
            authenticator.connections_refused_device_limit());
+    const auto sc = worker.counters();
+    metric("cairn_cloud_store_queued", "gauge", "Requests waiting for the database thread",
+           sc.queued);
+    metric("cairn_cloud_store_refused_total", "counter",
+           "Requests refused because the database did not take them in time or the store "
+           "queue was full",
+           sc.refused_full + sc.refused_timeout);
     if (auto h = weak_hub.lock()) {
       const auto& c = h->counters();
       metric("cairn_cloud_connections_refused_total", "counter",
@@ -254,6 +326,7 @@ int run(const Options& o) {
     return 1;
   }
   hooks.models = model_store->get();
+  hooks.store = worker->runner(store_timeout);
   cloud::RestApiConfig rest_config;
   rest_config.hostname = hostname;
   rest_config.max_token_lifetime_secs = o.auth.max_token_lifetime_secs;
@@ -269,12 +342,6 @@ int run(const Options& o) {
     return 1;
   }
 
-  auto policy = (*db)->find_policy(cloud::kOwnerPolicy);
-  if (!policy || !*policy) {
-    log::error("cairn-cloud", "the {} access policy is missing from {}", cloud::kOwnerPolicy,
-               db_options.path);
-    return 1;
-  }
   // Signals are caught before "ready" is said: a SIGTERM right after it stops cleanly.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](net::error_code, int sig) {
@@ -298,6 +365,7 @@ int run(const Options& o) {
   log::info("cairn-cloud", "ready: home={} mqtt={}:{} https={}:{}", o.home, o.listen,
             (*hub)->tls_port(), o.listen, (*https)->port());
   net::run_contained(io);  // a handler that throws is logged; the daemon goes on
+  worker.reset();          // after the job in progress: jobs use what is destroyed below
   rest.reset();
   hub->reset();
   if (auto s = (*queue)->flush(); !s) {
@@ -357,6 +425,34 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections-per-device", o.auth.max_connections_per_device,
                  "MQTT connections one device and its modules may hold at once. 0 = no limit")
       ->capture_default_str();
+  // A limit that must be at least 1, its default shown in --help.
+  auto positive = [&app](const char* name, auto& value, const char* help) {
+    using T = std::remove_reference_t<decltype(value)>;
+    return app.add_option(name, value, help)
+        ->capture_default_str()
+        ->check(CLI::Range(T{1}, std::numeric_limits<T>::max()));
+  };
+  positive("--max-store-queue", o.store.max_queued,
+           "Requests (REST, twin, CONNECT lookups) that may wait for the database thread; beyond "
+           "it they are refused at once (HTTP 503, CONNACK server unavailable)");
+  positive("--store-timeout-ms", o.store_timeout_ms,
+           "How long a REST or twin request may wait for the database (queued or locked by "
+           "another process) before it is answered 503 with nothing changed");
+  positive("--auth-timeout-ms", o.auth_timeout_ms,
+           "How long a CONNECT may wait for its identity lookup before it is refused with server "
+           "unavailable");
+  positive("--max-connections", o.max_connections,
+           "MQTT connections open at once (every socket, authenticated or not)");
+  app.add_option("--max-message-bytes", o.max_message_bytes,
+                 "Largest device-to-cloud message (body plus properties); a bigger PUBLISH "
+                 "closes the connection (at most 16 MiB)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{16} << 20));
+  app.add_option("--max-inflight", o.max_inflight,
+                 "QoS 1 publishes and twin requests of one connection waiting for their answer "
+                 "before the broker stops reading from it")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{65535}));
   app.add_option("--model-delta-max-bytes", o.models.max_delta_input_bytes,
                  "Segment bytes one push compresses into deltas at most (0: no cap); changed "
                  "segments past it are fetched as chunks")

@@ -22,15 +22,26 @@
 // replaces its session and does not count twice). Both refusals are errc::limit_exceeded
 // (CONNACK 5).
 //
-// Thread-safety: as the Registry (one thread: the hub's io thread).
+// Where the lookups run: without a StoreRunner, on the caller's thread (authenticate()). With
+// one (cairn-cloud: its store worker, store_worker.hpp), authenticate_async() checks the token's
+// form on the io thread, reads the identities on the store's thread, counts the device's
+// connections back on the io thread, and registers a module on the store's thread again (after
+// checking the credentials once more there: a key changed in between is not missed). A
+// CONNECT that cannot be checked in time (the database is locked, the store queue is full) is
+// errc::unavailable (CONNACK 3, "server unavailable").
+//
+// Thread-safety: authenticate() on the thread of the Registry's store; authenticate_async()
+// on the io thread (its reply too). The counters may be read from any thread.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
 
 #include "cloud/registry.hpp"
+#include "cloud/store_worker.hpp"
 #include "hub/config.hpp"
 #include "hub/services.hpp"
 
@@ -58,8 +69,10 @@ class CloudAuthenticator final : public hub::Authenticator {
       std::function<std::size_t(const std::string& device_id, const std::string& except_client)>;
 
   // `registry` must outlive the authenticator. `hostname`: the IoT Hub hostname devices put in
-  // their token audience (compared case-insensitively).
-  CloudAuthenticator(Registry& registry, std::string hostname, CloudAuthLimits limits = {});
+  // their token audience (compared case-insensitively). `runner`: where the registry's store
+  // lives (empty: here).
+  CloudAuthenticator(Registry& registry, std::string hostname, CloudAuthLimits limits = {},
+                     StoreRunner runner = {});
 
   // Where max_connections_per_device counts from (the hub, once made); without it the limit
   // is not applied.
@@ -67,6 +80,8 @@ class CloudAuthenticator final : public hub::Authenticator {
 
   Result<hub::Principal> authenticate(const hub::AuthRequest& request,
                                       std::int64_t now_unix_s) override;
+  void authenticate_async(const hub::AuthRequest& request, std::int64_t now_unix_s,
+                          AuthReply reply) override;
 
   const CloudAuthLimits& limits() const { return limits_; }
   // Modules registered because their edge device connected them.
@@ -79,15 +94,22 @@ class CloudAuthenticator final : public hub::Authenticator {
   }
 
  private:
+  // The store half: are the credentials good? true: yes, but the module is new and must be
+  // registered (an edge device signed for it). Reads only.
+  Result<bool> verify(const hub::Credentials& creds);
+  // Registers the module an edge device signed for, within max_modules_per_device.
+  Status register_module(const hub::Principal& p);
+  // The io half: the device's live connections (the hub's).
   Status check_connection_limit(const hub::Principal& p);
 
   Registry& registry_;
   std::string hostname_;
   CloudAuthLimits limits_;
+  StoreRunner runner_;
   ConnectionCount connection_count_;
-  std::uint64_t modules_registered_ = 0;
-  std::uint64_t modules_refused_quota_ = 0;
-  std::uint64_t connections_refused_device_limit_ = 0;
+  std::atomic<std::uint64_t> modules_registered_ = 0;
+  std::atomic<std::uint64_t> modules_refused_quota_ = 0;
+  std::atomic<std::uint64_t> connections_refused_device_limit_ = 0;
 };
 
 }  // namespace cairn::cloud

@@ -14,7 +14,8 @@
 // database fails. A failed batch changes nothing.
 //
 // Thread-safety: implementations are used from one thread at a time (cairn-cloud calls them on
-// its io thread); they do no locking of their own.
+// its store worker's and its telemetry writer's threads, each with a connection of its own,
+// never on its io thread); they do no locking of their own.
 #pragma once
 
 #include <cstdint>

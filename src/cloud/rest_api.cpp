@@ -36,6 +36,9 @@ constexpr const char* kGatewayTimeout = "GatewayTimeout";
 constexpr const char* kServiceUnavailable = "ServiceUnavailable";
 constexpr const char* kServerError = "ServerError";
 
+// Retry-After of a 503 answered because the database could not serve the request in time.
+constexpr int kRetryAfterSecs = 2;
+
 std::string tracking_id() { return crypto::sha256_hex(crypto::random_bytes(16)).substr(0, 32); }
 
 // IoT Hub's error body. The SDKs split Message at the first ';' (code before it, text after)
@@ -76,8 +79,12 @@ net::HttpResponse error_from(const Error& e, bool module_scope = false) {
                             e.message);
     case errc::cancelled:
       return error_response(412, kPreconditionFailed, e.message);
-    case errc::unavailable:
-      return error_response(503, kServiceUnavailable, e.message);
+    case errc::unavailable: {
+      // The database is locked or busy, the store queue is full: worth trying again soon.
+      auto r = error_response(503, kServiceUnavailable, e.message);
+      r.headers.emplace_back("Retry-After", std::to_string(kRetryAfterSecs));
+      return r;
+    }
     case errc::timeout:
       return error_response(504, kGatewayTimeout, e.message);
     default: {
@@ -168,13 +175,20 @@ Result<std::int64_t> int_param(const std::string& target, const char* name, std:
 
 }  // namespace
 
-struct RestApi::Call {
-  const net::HttpRequest& request;
-  net::HttpRespond respond;
+struct RestApi::Call : std::enable_shared_from_this<Call> {
+  Call(const net::HttpRequest& r, net::HttpRespond done, const StoreRunner& on)
+      : request(r), respond(std::move(done)), runner(on) {}
+
+  const net::HttpRequest request;  // a copy: the call may outlive handle()
+  net::HttpRespond respond;        // on the io thread
+  const StoreRunner& runner;
   std::vector<std::string> seg;
 
   const std::string& method() const { return request.method; }
-  void reply(net::HttpResponse r) { respond(std::move(r)); }
+  // From any thread: the answer goes out on the io thread.
+  void reply(net::HttpResponse r) {
+    runner.io([respond = respond, r = std::move(r)]() mutable { respond(std::move(r)); });
+  }
   void fail(const Error& e, bool module_scope = false) { reply(error_from(e, module_scope)); }
   // 405 unless the request's method is one of `allowed`.
   bool allow(std::initializer_list<std::string_view> allowed) {
@@ -200,7 +214,32 @@ RestApi::RestApi(RestApiConfig config, Registry& registry, CloudTwins& twins, Re
       twins_(twins),
       deployments_(registry, twins),
       hooks_(std::move(hooks)),
-      clock_(std::move(clock)) {}
+      clock_(std::move(clock)) {
+  // Requests are served on the store's thread; what they ask of the hub happens on the io
+  // thread, in the order asked (a revocation before the reply that reports the change).
+  if (!hooks_.store) return;
+  const StoreRunner& runner = hooks_.store;
+  if (auto push = std::move(hooks_.push_desired)) {
+    hooks_.push_desired = [&runner, push](const std::string& client_id, const json& patch) {
+      runner.io([push, client_id, patch] { push(client_id, patch); });
+    };
+  }
+  if (auto invoke = std::move(hooks_.invoke_method)) {
+    hooks_.invoke_method = [&runner, invoke](const std::string& client_id,
+                                             hub::MethodRequest request, hub::MethodCallback done) {
+      runner.io([invoke, client_id, request = std::move(request), done = std::move(done)] {
+        invoke(client_id, request, done);
+      });
+    };
+  }
+  for (auto* hook : {&hooks_.disconnect_client, &hooks_.disconnect_device}) {
+    if (auto disconnect = std::move(*hook)) {
+      *hook = [&runner, disconnect](const std::string& id, const std::string& reason) {
+        runner.io([disconnect, id, reason] { disconnect(id, reason); });
+      };
+    }
+  }
+}
 
 std::int64_t RestApi::now_ms() const { return clock_ ? clock_() : now_unix_ms(); }
 
@@ -214,12 +253,21 @@ void RestApi::push(const std::string& client_id, const std::optional<json>& patc
 }
 
 void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond) {
-  Call call{request, std::move(respond), {}};
+  auto call = std::make_shared<Call>(request, std::move(respond), hooks_.store);
   // Published model files are public, as on any static server or CDN the layout is made for:
   // devices fetch them without a service key (docs/cloud_api.md, "Model store").
   if (hooks_.models && net::http_path(request.target).starts_with("/models/")) {
-    return published_model_file(call);
+    return published_model_file(*call);
   }
+  // Everything else starts with a policy or identity lookup: on the store's thread.
+  hooks_.store.store(
+      fmt::format("REST {} {}", request.method.substr(0, 16),
+                  net::http_path(request.target).substr(0, 200)),
+      [this, call] { authorize(*call); }, [call](const Error& e) { call->respond(error_from(e)); });
+}
+
+void RestApi::authorize(Call& call) {
+  const net::HttpRequest& request = call.request;
   // Authentication first, so an unauthenticated caller learns nothing about what exists.
   const std::string header = request.header("Authorization");
   if (header.empty()) {
@@ -572,15 +620,21 @@ void RestApi::cairn(Call& call) {
   const std::size_t n = seg.size();
   if (n == 2 && seg[1] == "messages") return messages(call);
   if (n == 2 && seg[1] == "status") return status(call);
+  // The hub's counters, its dead letters and the model store live on the io thread.
   if (n == 2 && seg[1] == "metrics" && hooks_.metrics) {
     if (!call.allow({"GET"})) return;
-    return call.reply(net::HttpResponse{200, hooks_.metrics(), "text/plain; version=0.0.4", {}});
+    return hooks_.store.io([this, c = call.shared_from_this()] {
+      c->respond(net::HttpResponse{200, hooks_.metrics(), "text/plain; version=0.0.4", {}});
+    });
   }
   if (n == 2 && seg[1] == "deadletters" && hooks_.list_dead_letters) {
     if (!call.allow({"GET"})) return;
-    return hooks_.list_dead_letters(call.respond);
+    return hooks_.store.io(
+        [this, c = call.shared_from_this()] { hooks_.list_dead_letters(c->respond); });
   }
-  if (n >= 2 && seg[1] == "models" && hooks_.models) return models(call);
+  if (n >= 2 && seg[1] == "models" && hooks_.models) {
+    return hooks_.store.io([this, c = call.shared_from_this()] { models(*c); });
+  }
   if (n >= 3 && seg[1] == "devices") {
     if ((n == 4 && seg[3] == "regenerateKey") ||
         (n == 6 && seg[3] == "modules" && seg[5] == "regenerateKey")) {
@@ -642,8 +696,10 @@ void RestApi::status(Call& call) {
         {"duplicatesByKey", counts->duplicates_by_key}}},
       {"twins",
        {{"reportedPatches", tc.reported_patches}, {"reportedRejected", tc.reported_rejected}}}};
-  if (hooks_.status_extension) out.merge_patch(hooks_.status_extension());
-  call.reply(json_response(200, out));
+  hooks_.store.io([this, c = call.shared_from_this(), out = std::move(out)]() mutable {
+    if (hooks_.status_extension) out.merge_patch(hooks_.status_extension());
+    c->respond(json_response(200, out));
+  });
 }
 
 void RestApi::regenerate(Call& call) {

@@ -33,9 +33,16 @@
 // {"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:…"}, which the SDKs parse
 // into typed errors (DeviceNotFound → DeviceNotFoundError, 412 → InvalidEtagError, ...).
 //
-// Thread-safety: handle() runs on the io thread that owns the store. Direct-method answers come
-// back through the invoke_method hook's callback, on that same thread; `respond` may be called
-// after handle() returned.
+// Thread-safety: handle() runs on the io thread. Without RestHooks::store every request is
+// served there, at once. With it (cairn-cloud: its store worker, store_worker.hpp) everything
+// but the public model files is served on the store's thread: the policy check, the registry
+// and twin work. The hooks that reach the hub (push_desired, invoke_method, disconnect_*,
+// metrics, list_dead_letters, status_extension) and the model store are then called on the io
+// thread, in the order the request made them (so an identity's sessions are closed before the
+// change is answered); is_connected is called on the store's thread and must be thread-safe.
+// A request the store cannot take in time (the database is locked by another process, the
+// store queue is full) is answered 503 ServiceUnavailable with Retry-After, having changed
+// nothing. `respond` is always called on the io thread, possibly after handle() returned.
 #pragma once
 
 #include <cstddef>
@@ -47,6 +54,7 @@
 
 #include "cloud/deployments.hpp"
 #include "cloud/registry.hpp"
+#include "cloud/store_worker.hpp"
 #include "cloud/twins.hpp"
 #include "core/crypto.hpp"
 #include "hub/config.hpp"
@@ -94,6 +102,8 @@ struct RestHooks {
   std::function<void(const std::string& device_id, const std::string& reason)> disconnect_device;
   // The model store behind /cairn/models and /models (404 without it). Outlives the API.
   ModelStore* models = nullptr;
+  // Where the store behind `registry` and `twins` lives (see Thread-safety above).
+  StoreRunner store;
 };
 
 class RestApi {
@@ -106,6 +116,8 @@ class RestApi {
 
  private:
   struct Call;
+  // Checks the caller's token (a policy's, or an edge device's own), then dispatches.
+  void authorize(Call& call);
   void dispatch(Call& call);
   void devices(Call& call);
   void modules(Call& call);

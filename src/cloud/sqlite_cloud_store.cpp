@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <system_error>
 #include <utility>
@@ -690,6 +691,11 @@ Result<StoreCounts> SqliteCloudStore::counts() {
   if (!*row) return make_error(errc::internal, "count query returned no row");
   return StoreCounts{q.column_int(0), q.column_int(1), q.column_int(2), q.column_int(3),
                      q.column_int(4)};
+}
+
+Status SqliteCloudStore::set_busy_timeout(std::chrono::milliseconds timeout) {
+  constexpr auto kMax = std::chrono::milliseconds(std::numeric_limits<int>::max());
+  return db_->set_busy_timeout(static_cast<int>(std::min(timeout, kMax).count()));
 }
 
 Status SqliteCloudStore::exec_for_test(const char* sql) { return db_->exec(sql, "test SQL"); }

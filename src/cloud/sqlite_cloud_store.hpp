@@ -1,6 +1,7 @@
 // SqliteCloudStore: the CloudStore in one SQLite file (WAL mode), by default HOME/data/cloud.db.
 //
-// Calls are synchronous: cairn-cloud serves one machine from one io thread, and each call is a
+// Calls are synchronous (cairn-cloud makes them on its store worker thread, store_worker.hpp,
+// and its telemetry writer thread, each on a connection of its own); each call is a
 // few indexed statements (plus an fsync per commit with the default `full_sync`). Every
 // statement is prepared once and reused. The schema carries a version; a file written by a
 // newer cairn-cloud is refused rather than misread. On first creation the owner policy
@@ -9,6 +10,7 @@
 // Thread-safety: one thread at a time (see CloudStore).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -52,6 +54,11 @@ class SqliteCloudStore final : public CloudStore {
   using CloudStore::insert_telemetry;
   Result<std::vector<TelemetryRecord>> list_telemetry(const TelemetryQuery& query) override;
   Result<StoreCounts> counts() override;
+
+  // How long a call waits for a lock another connection or process holds before failing with
+  // errc::unavailable (5 s after open). The store worker bounds each job by what is left of
+  // its time limit.
+  Status set_busy_timeout(std::chrono::milliseconds timeout);
 
   // Runs raw SQL on the connection: tests use it to damage rows on purpose.
   Status exec_for_test(const char* sql);

@@ -21,7 +21,33 @@ bool has_changes(const json& patch) {
 
 }  // namespace
 
-CloudTwins::CloudTwins(CloudStore& store) : store_(store) {}
+CloudTwins::CloudTwins(CloudStore& store, StoreRunner runner)
+    : store_(store), runner_(std::move(runner)) {}
+
+void CloudTwins::on_store(std::string what, Reply reply, std::function<void(const Reply&)> work) {
+  if (!runner_) return work(reply);
+  Reply answer_on_io = [this, reply](int status, std::string body) {
+    runner_.io(
+        [reply, status, body = std::move(body)]() mutable { reply(status, std::move(body)); });
+  };
+  runner_.store(
+      std::move(what), [work = std::move(work), answer_on_io] { work(answer_on_io); },
+      [reply](const Error& e) {
+        const int status = e.code == errc::unavailable ? 503 : 500;
+        reply(status, twin::error_body(status, e.message));
+      });
+}
+
+void CloudTwins::get_twin(const hub::Principal& who, Reply reply) {
+  on_store("twin GET client=" + who.client_id(), std::move(reply),
+           [this, who](const Reply& r) { get_twin_here(who, r); });
+}
+
+void CloudTwins::patch_reported(const hub::Principal& who, std::string_view body, Reply reply) {
+  on_store(
+      "twin reported patch client=" + who.client_id(), std::move(reply),
+      [this, who, body = std::string(body)](const Reply& r) { patch_reported_here(who, body, r); });
+}
 
 Result<TwinRecord> CloudTwins::find(const TwinKey& key) {
   auto rec = store_.find_twin(key);
@@ -35,7 +61,7 @@ Result<TwinRecord> CloudTwins::find(const TwinKey& key) {
   return std::move(**rec);
 }
 
-void CloudTwins::get_twin(const hub::Principal& who, Reply reply) {
+void CloudTwins::get_twin_here(const hub::Principal& who, const Reply& reply) {
   auto rec = find(TwinKey{who.device_id, who.module_id});
   if (!rec) {
     const int status = rec.error().code == errc::not_found ? 404 : 500;
@@ -49,7 +75,8 @@ void CloudTwins::get_twin(const hub::Principal& who, Reply reply) {
   reply(200, twin::dump_json(rec->twin.device_view()));
 }
 
-void CloudTwins::patch_reported(const hub::Principal& who, std::string_view body, Reply reply) {
+void CloudTwins::patch_reported_here(const hub::Principal& who, std::string_view body,
+                                     const Reply& reply) {
   auto reject = [&](const Error& e) {
     ++counters_.reported_rejected;
     reply(400, twin::error_body(400, e.message));

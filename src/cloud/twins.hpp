@@ -15,7 +15,10 @@
 // nothing stored), errc::not_found (404), errc::cancelled for an If-Match mismatch (412), store
 // errors (500).
 //
-// Thread-safety: one thread (the io thread), like the store.
+// Thread-safety: one thread at a time, the store's. With a StoreRunner (cairn-cloud: its store
+// worker), get_twin and patch_reported are called on the io thread, do their store work on the
+// store's thread and reply on the io thread; a request that cannot be served in time (the
+// database is locked, the store queue is full) is answered 503.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cloud/cloud_store.hpp"
+#include "cloud/store_worker.hpp"
 #include "hub/services.hpp"
 
 namespace cairn::cloud {
@@ -43,8 +47,9 @@ struct TwinCounters {
 
 class CloudTwins final : public hub::TwinProvider {
  public:
-  // `store` must outlive this object.
-  explicit CloudTwins(CloudStore& store);
+  // `store` must outlive this object. `runner`: where the store lives for the device side
+  // (empty: here).
+  explicit CloudTwins(CloudStore& store, StoreRunner runner = {});
 
   // --- hub::TwinProvider (device side) ---
   void get_twin(const hub::Principal& who, Reply reply) override;
@@ -76,8 +81,13 @@ class CloudTwins final : public hub::TwinProvider {
  private:
   Result<TwinWrite> commit(const TwinRecord& before, twin::Twin after,
                            std::optional<nlohmann::json> desired_patch);
+  void get_twin_here(const hub::Principal& who, const Reply& reply);
+  void patch_reported_here(const hub::Principal& who, std::string_view body, const Reply& reply);
+  // Runs `work` with a reply that answers on the io thread, on the store's thread.
+  void on_store(std::string what, Reply reply, std::function<void(const Reply&)> work);
 
   CloudStore& store_;
+  StoreRunner runner_;
   TwinCounters counters_;
 };
 

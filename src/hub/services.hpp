@@ -24,6 +24,14 @@ class Authenticator {
  public:
   virtual ~Authenticator() = default;
   virtual Result<Principal> authenticate(const AuthRequest& request, std::int64_t now_unix_s) = 0;
+  // The same check for a CONNECT, answered later: a role whose identities live in a database
+  // looks them up off the io thread. `reply` runs once, on the io thread. By default it runs
+  // at once with authenticate()'s answer.
+  using AuthReply = std::function<void(Result<Principal>)>;
+  virtual void authenticate_async(const AuthRequest& request, std::int64_t now_unix_s,
+                                  AuthReply reply) {
+    reply(authenticate(request, now_unix_s));
+  }
 };
 
 // Serves the twin requests a client publishes on $iothub/twin/... (docs/protocol.md §3.4).

@@ -46,6 +46,12 @@ mqtt::ConnectReturn refusal_code(errc code) {
   switch (code) {
     case errc::invalid_argument:
       return mqtt::ConnectReturn::bad_username_or_password;
+    // The credentials could not be checked (the registry is busy or failing): not the
+    // client's fault, it may retry.
+    case errc::unavailable:
+    case errc::timeout:
+    case errc::internal:
+      return mqtt::ConnectReturn::server_unavailable;
     default:
       return mqtt::ConnectReturn::not_authorized;
   }
@@ -222,7 +228,8 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   }
   AuthRequest request{c.client_id, c.username.value_or(""), c.password};
   const auto& cfg = hub_->config();
-  auto principal = hub_->authenticator().authenticate(request, now_unix_s());
+  auto principal = co_await authenticate(request);
+  if (closed_) co_return false;  // dropped while the credentials were checked
   if (!principal) {
     send(mqtt::Connack{false, refusal_code(principal.error().code)});
     ++hub_->counters().connections_refused;
@@ -279,6 +286,33 @@ asio::awaitable<bool> Session::on_connect(mqtt::Connect& c) {
   hub_->client_connected(principal_);
   update_subscription_flags();
   co_return true;
+}
+
+asio::awaitable<Result<Principal>> Session::authenticate(const AuthRequest& request) {
+  // An answer given at once is used at once. A later one resumes this coroutine inside the
+  // reply, in the same io handler: nothing (a revocation of the identity just checked) runs
+  // between the answer and the session's registration.
+  struct Pending {
+    std::optional<Result<Principal>> answer;
+    std::function<void(Result<Principal>)> resume;
+  };
+  auto pending = std::make_shared<Pending>();
+  hub_->authenticator().authenticate_async(request, now_unix_s(), [pending](Result<Principal> r) {
+    if (auto resume = std::move(pending->resume)) {
+      resume(std::move(r));
+    } else {
+      pending->answer = std::move(r);
+    }
+  });
+  if (pending->answer) co_return std::move(*pending->answer);
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(Result<Principal>)>(
+      // A raw pointer (`pending` outlives the wait): gcc 12 may destroy a lambda temporary of
+      // a co_await expression twice, so it must not own anything.
+      [p = pending.get()](auto handler) {
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        p->resume = [shared](Result<Principal> r) { std::move (*shared)(std::move(r)); };
+      },
+      asio::use_awaitable);
 }
 
 asio::awaitable<std::optional<std::string>> Session::load_stored_session() {

@@ -59,6 +59,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   asio::awaitable<bool> handle(mqtt::Packet packet);
   asio::awaitable<bool> on_connect(mqtt::Connect& c);
   // The subscriptions stored for this client id (clean_session=0), read off the event loop.
+  // The authenticator's answer for this CONNECT (which may come later: cairn-cloud).
+  asio::awaitable<Result<Principal>> authenticate(const AuthRequest& request);
   asio::awaitable<std::optional<std::string>> load_stored_session();
   bool on_publish(mqtt::Publish& p);
   void on_subscribe(const mqtt::Subscribe& s);

@@ -47,6 +47,13 @@ std::int64_t Database::changes() const noexcept { return sqlite3_changes64(db_);
 
 std::int64_t Database::last_insert_rowid() const noexcept { return sqlite3_last_insert_rowid(db_); }
 
+Status Database::set_busy_timeout(int ms) {
+  if (const int rc = sqlite3_busy_timeout(db_, ms); rc != SQLITE_OK) {
+    return error(rc, "set busy timeout");
+  }
+  return {};
+}
+
 Status Database::transaction(const std::function<Status()>& body) {
   CAIRN_TRY(exec("BEGIN IMMEDIATE", "begin transaction"));
   Status s = body();

@@ -42,6 +42,10 @@ class Database {
   // Rowid of the last successful INSERT.
   std::int64_t last_insert_rowid() const noexcept;
 
+  // How long a statement waits for a lock held by another connection before failing with
+  // SQLITE_BUSY (errc::unavailable).
+  Status set_busy_timeout(int ms);
+
   // Runs `body` between BEGIN IMMEDIATE and COMMIT; rolls back if body or COMMIT fails.
   Status transaction(const std::function<Status()>& body);
 
