@@ -30,6 +30,60 @@ std::string header(char format, std::size_t planes, std::uint16_t mask, std::uin
 
 bool xored(std::uint16_t mask, std::size_t plane) { return (mask >> plane) & 1U; }
 
+// Format 2 rotates each element of 2, 4 or 8 bytes (a little-endian integer) left by one bit:
+// the sign bit of a float32, float64, float16 or bfloat16 goes to bit 0, and the top byte holds
+// exponent bits only (float32, bfloat16: all eight), so one plane is the exponents alone.
+bool rotates(std::size_t planes) { return planes == 2 || planes == 4 || planes == 8; }
+
+std::string rotate_left(std::string_view bytes, std::size_t planes) {
+  std::string out(bytes);
+  const std::size_t elements = bytes.size() / planes;
+  for (std::size_t e = 0; e < elements; ++e) {
+    auto* b = reinterpret_cast<unsigned char*>(out.data() + e * planes);
+    const unsigned char top = static_cast<unsigned char>(b[planes - 1] >> 7);
+    for (std::size_t i = planes - 1; i > 0; --i) {
+      b[i] = static_cast<unsigned char>((b[i] << 1) | (b[i - 1] >> 7));
+    }
+    b[0] = static_cast<unsigned char>((b[0] << 1) | top);
+  }
+  return out;
+}
+
+void rotate_right(std::string& bytes, std::size_t planes) {
+  const std::size_t elements = bytes.size() / planes;
+  for (std::size_t e = 0; e < elements; ++e) {
+    auto* b = reinterpret_cast<unsigned char*>(bytes.data() + e * planes);
+    const unsigned char low = static_cast<unsigned char>(b[0] & 1U);
+    for (std::size_t i = 0; i + 1 < planes; ++i) {
+      b[i] = static_cast<unsigned char>((b[i] >> 1) | (b[i + 1] << 7));
+    }
+    b[planes - 1] = static_cast<unsigned char>((b[planes - 1] >> 1) | (low << 7));
+  }
+}
+
+// The planar bytes as zstd frames: one per plane (the last one with the trailing bytes), so
+// each plane gets its own entropy tables (one frame would code a random mantissa plane and a
+// near-constant exponent plane with the same Huffman table whenever they share a 128 KiB
+// block); a small segment, where frame headers weigh, as one frame if that is smaller.
+// Decoders read concatenated frames as one stream, so the format does not change.
+Result<std::string> compress_planes(std::string_view planar, std::size_t planes, int level) {
+  const std::size_t elements = planar.size() / planes;
+  std::string out;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const std::size_t begin = p * elements;
+    const std::size_t end = p + 1 == planes ? planar.size() : begin + elements;
+    auto frame = detail::zstd_compress(planar.substr(begin, end - begin), level);
+    if (!frame) return std::move(frame).error();
+    out += *frame;
+  }
+  if (planes > 1 && planar.size() < 64 * 1024) {
+    auto one = detail::zstd_compress(planar, level);
+    if (!one) return std::move(one).error();
+    if (one->size() < out.size()) return one;
+  }
+  return out;
+}
+
 // Byte planes of new_bytes, plane p XORed with old_bytes where the mask says so; the n % planes
 // trailing bytes follow plane 0's rule.
 std::string to_planes(std::string_view old_bytes, std::string_view new_bytes, std::size_t planes,
@@ -85,7 +139,14 @@ Result<std::string> plane_delta(char format, std::string_view old_bytes, std::st
   if (mask != 0 && old_bytes.size() != new_bytes.size()) {
     return make_error(errc::invalid_argument, "a delta needs old and new data of the same size");
   }
-  auto packed = detail::zstd_compress(to_planes(old_bytes, new_bytes, planes, mask), zstd_level);
+  Result<std::string> packed = make_error(errc::internal, "not coded");
+  if (format == kMaskedPlanes && rotates(planes)) {
+    const std::string rotated_old = mask != 0 ? rotate_left(old_bytes, planes) : std::string();
+    packed = compress_planes(to_planes(rotated_old, rotate_left(new_bytes, planes), planes, mask),
+                             planes, zstd_level);
+  } else {
+    packed = compress_planes(to_planes(old_bytes, new_bytes, planes, mask), planes, zstd_level);
+  }
   if (!packed) return std::move(packed).error();
   return header(format, planes, format == kXorPlanes ? 0 : mask, new_bytes.size()) + *packed;
 }
@@ -110,6 +171,14 @@ std::uint16_t choose_plane_mask(std::string_view old_bytes, std::string_view new
   if (planes < 1 || planes > 16 || old_bytes.size() != new_bytes.size()) return 0;
   const std::size_t elements = new_bytes.size() / planes;
   std::uint16_t mask = 0;
+  // The planes format 2 codes: of rotated elements where it rotates.
+  std::string rotated_old, rotated_new;
+  if (rotates(planes)) {
+    rotated_old = rotate_left(old_bytes, planes);
+    rotated_new = rotate_left(new_bytes, planes);
+    old_bytes = rotated_old;
+    new_bytes = rotated_new;
+  }
   std::string xor_plane(elements, '\0'), new_plane(elements, '\0');
   for (std::size_t p = 0; p < planes; ++p) {
     for (std::size_t e = 0; e < elements; ++e) {
@@ -168,6 +237,12 @@ Result<std::string> apply_delta(std::string_view base, std::string_view delta,
   if (decoded->size() != size)
     return make_error(errc::corruption, "delta decodes to the wrong size");
   if (format == kPrefix) return decoded;
+  if (format == kMaskedPlanes && rotates(planes)) {
+    auto out =
+        from_planes(mask != 0 ? rotate_left(base, planes) : std::string(), *decoded, planes, mask);
+    rotate_right(out, planes);
+    return out;
+  }
   return from_planes(base, *decoded, planes, mask);
 }
 

@@ -111,7 +111,8 @@ std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,
 //                               FROM16 the first 16 hex digits of the SHA-256 of the held
 //                               index's .cidx bytes
 // Format: "CIXD", format byte 1, three zero bytes, the SHA-256 of the new .cidx bytes (32
-// bytes), then one zstd frame of the new index's JSON referring back into the old one's. The
+// bytes), then one zstd frame of the new index's JSON referring back into the old one's, both
+// with every quoted hash as byte 0x01 and its 32 bytes (docs/modelpkg.md). The
 // device re-encodes that JSON as encode_index() does and keeps the result only when it hashes
 // to the header: the exact bytes the publisher wrote (and signed).
 std::string index_delta_path(std::string_view index_file, std::string_view from_cidx_sha256);

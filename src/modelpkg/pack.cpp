@@ -184,11 +184,9 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
         const std::size_t planes = idx.segments[s].element_size;
         CAIRN_TRY(consider(make_delta(*old_bytes, *new_bytes, planes, zstd_level),
                            DeltaKind::xor_planes));
-        const std::uint16_t all = static_cast<std::uint16_t>((1U << planes) - 1);
-        if (auto mask = choose_plane_mask(*old_bytes, *new_bytes, planes); mask != all) {
-          CAIRN_TRY(consider(make_plane_delta(*old_bytes, *new_bytes, planes, mask, zstd_level),
-                             DeltaKind::masked_planes));
-        }
+        const auto mask = choose_plane_mask(*old_bytes, *new_bytes, planes);
+        CAIRN_TRY(consider(make_plane_delta(*old_bytes, *new_bytes, planes, mask, zstd_level),
+                           DeltaKind::masked_planes));
       }
       if (!prefix_segs.empty()) {
         std::string prefix;
