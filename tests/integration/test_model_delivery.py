@@ -178,10 +178,12 @@ def test_retrained_head_travels_as_a_small_delta(tmp_path, publish, server):
     assert s["downloaded"] < s["full_download"] / 10, s
 
 
-def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publish, server):
+def update_with_and_without_deltas(tmp_path, publish, server, variant):
+    """Publishes the generated model and its `variant` as versions 1 and 2, and updates two
+    devices holding version 1: one with --no-deltas, one without. Returns both summaries."""
     v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
     model_fixtures.make_onnx(v1, seed=1)
-    new = model_fixtures.make_onnx(v2, seed=1, variant="scale")
+    new = model_fixtures.make_onnx(v2, seed=1, variant=variant)
     pack(v1, publish, "net", "1")
     pack(v2, publish, "net", "2")
     results = {}
@@ -190,6 +192,11 @@ def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publis
         fetch(server.url("net-1.cidx"), out, store)
         results[mode] = fetch(server.url("net-2.cidx"), out, store, *extra)
         assert out.read_bytes() == new
+    return results
+
+
+def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publish, server):
+    results = update_with_and_without_deltas(tmp_path, publish, server, "scale")
     assert results["chunks"]["deltas_applied"] == 0
     assert results["deltas"]["deltas_applied"] > 0
     assert results["deltas"]["downloaded"] < results["chunks"]["downloaded"] * 0.8, results
@@ -425,17 +432,7 @@ def test_index_delta_that_fails_the_signature_is_not_trusted(tmp_path, publish, 
 
 
 def test_reordered_onnx_sends_the_bytes_between_tensors_as_deltas(tmp_path, publish, server):
-    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
-    model_fixtures.make_onnx(v1, seed=1)
-    new = model_fixtures.make_onnx(v2, seed=1, variant="reorder")
-    pack(v1, publish, "net", "1")
-    pack(v2, publish, "net", "2")
-    results = {}
-    for mode, extra in (("chunks", ["--no-deltas"]), ("deltas", [])):
-        out, store = tmp_path / f"{mode}.onnx", tmp_path / f"store-{mode}"
-        fetch(server.url("net-1.cidx"), out, store)
-        results[mode] = fetch(server.url("net-2.cidx"), out, store, *extra)
-        assert out.read_bytes() == new
+    results = update_with_and_without_deltas(tmp_path, publish, server, "reorder")
     d = results["deltas"]
     assert d["deltas_applied"] >= 1 and d["index_delta_bytes"] > 0, d
     # The moved framing and names come from the old file the device holds.

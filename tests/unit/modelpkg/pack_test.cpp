@@ -67,16 +67,22 @@ TEST(PackTest, PacksReassemblesAndSkipsKnownChunks) {
   EXPECT_TRUE(again->index.deltas.empty());  // same file: nothing to send
 }
 
+// Packs a model as version 1 and the same tensors in another order as version 2 into
+// DIR/pub. Returns their summaries.
+std::pair<Result<PackSummary>, Result<PackSummary>> pack_reordered(const std::string& dir) {
+  auto t = tensors(1);
+  write(dir + "/a.onnx", testing::make_onnx(t));
+  std::swap(t[0], t[2]);
+  write(dir + "/b.onnx", testing::make_onnx(t));
+  PackOptions o = options("1", dir + "/pub");
+  auto a = pack_model(dir + "/a.onnx", o);
+  o.version = "2";
+  return {std::move(a), pack_model(dir + "/b.onnx", o)};
+}
+
 TEST(PackTest, ReorderedTensorsKeepTheirChunks) {
   testing::TempDir dir;
-  auto t = tensors(1);
-  write(dir.path() + "/a.onnx", testing::make_onnx(t));
-  std::swap(t[0], t[2]);
-  write(dir.path() + "/b.onnx", testing::make_onnx(t));
-  PackOptions o = options("1", dir.path() + "/pub");
-  auto a = pack_model(dir.path() + "/a.onnx", o);
-  o.version = "2";
-  auto b = pack_model(dir.path() + "/b.onnx", o);
+  auto [a, b] = pack_reordered(dir.path());
   ASSERT_TRUE(a && b);
   std::uint64_t new_bytes = 0;
   auto old = hashes(a->index);
@@ -109,15 +115,9 @@ std::string segment_bytes(const std::string& dir, const ModelIndex& idx,
 
 TEST(PackTest, ReorderedTensorsGetPrefixDeltasForTheBytesBetweenThem) {
   testing::TempDir dir;
-  auto t = tensors(1);
-  write(dir.path() + "/a.onnx", testing::make_onnx(t));
-  std::swap(t[0], t[2]);
-  write(dir.path() + "/b.onnx", testing::make_onnx(t));
-  PackOptions o = options("1", dir.path() + "/pub");
-  auto a = pack_model(dir.path() + "/a.onnx", o);
-  o.version = "2";
-  auto b = pack_model(dir.path() + "/b.onnx", o);
+  auto [a, b] = pack_reordered(dir.path());
   ASSERT_TRUE(a && b);
+  const std::string pub = dir.path() + "/pub";
   ASSERT_EQ(b->index.deltas.size(), 1u);
   std::size_t prefix_deltas = 0;
   for (const auto& e : b->index.deltas[0].entries) {
@@ -125,11 +125,10 @@ TEST(PackTest, ReorderedTensorsGetPrefixDeltasForTheBytesBetweenThem) {
     EXPECT_TRUE(key.starts_with('#')) << key << " moved whole and needs no delta";
     if (e.kind != DeltaKind::prefix) continue;
     ++prefix_deltas;
-    auto delta =
-        read_all(o.out_dir + "/" + delta_path(b->index.sha256, a->index.sha256, e.segment));
+    auto delta = read_all(pub + "/" + delta_path(b->index.sha256, a->index.sha256, e.segment));
     EXPECT_EQ(delta.size(), e.size);
-    auto prefix = segment_bytes(o.out_dir, a->index, a->index.prefix_segments(key));
-    auto expected = segment_bytes(o.out_dir, b->index, {e.segment});
+    auto prefix = segment_bytes(pub, a->index, a->index.prefix_segments(key));
+    auto expected = segment_bytes(pub, b->index, {e.segment});
     auto rebuilt = apply_delta(prefix, delta, expected.size());
     ASSERT_TRUE(rebuilt) << rebuilt.error().to_string();
     EXPECT_EQ(*rebuilt, expected);
