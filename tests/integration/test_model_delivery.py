@@ -351,8 +351,9 @@ def test_signed_index_is_required_when_a_key_is_configured(tmp_path, publish, se
     assert out.read_bytes() == b"old"
 
 
-def test_index_travels_as_a_delta_when_the_device_holds_an_earlier_version(
-        tmp_path, publish, server):
+def signed_head_update(tmp_path, publish, server):
+    """Publishes versions 1 and 2 (retrained head) signed, and fetches version 1 onto a device
+    that requires signatures. Returns (key file, out, store, version 2's bytes)."""
     keys = tmp_path / "keys"
     keys.mkdir()
     subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / "k"), "--public",
@@ -365,6 +366,12 @@ def test_index_travels_as_a_delta_when_the_device_holds_an_earlier_version(
     assert info["index_deltas"] == 1
     out, store = tmp_path / "m.onnx", tmp_path / "store"
     fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    return keys, out, store, new
+
+
+def test_index_travels_as_a_delta_when_the_device_holds_an_earlier_version(
+        tmp_path, publish, server):
+    keys, out, store, new = signed_head_update(tmp_path, publish, server)
     server.reset()
     s = fetch(server.url("net-2.cidx"), out, store, "--public-key", str(keys / "k.pub"))
     assert out.read_bytes() == new
@@ -380,17 +387,7 @@ def test_index_travels_as_a_delta_when_the_device_holds_an_earlier_version(
 
 @pytest.mark.parametrize("damage", ["absent", "corrupt"])
 def test_index_comes_whole_when_its_delta_is_absent_or_corrupt(tmp_path, publish, server, damage):
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / "k"), "--public",
-                    str(keys / "k.pub")], check=True, timeout=30)
-    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
-    model_fixtures.make_onnx(v1, seed=1)
-    new = model_fixtures.make_onnx(v2, seed=1, variant="head")
-    pack(v1, publish, "net", "1", "--sign-key", str(keys / "k"))
-    pack(v2, publish, "net", "2", "--sign-key", str(keys / "k"))
-    out, store = tmp_path / "m.onnx", tmp_path / "store"
-    fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    keys, out, store, new = signed_head_update(tmp_path, publish, server)
     delta = publish / index_delta_path("net-2.cidx", publish / "net-1.cidx")
     if damage == "absent":
         delta.unlink()
