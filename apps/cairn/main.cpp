@@ -430,15 +430,21 @@ int main(int argc, char** argv) {
       std::cerr << "cairn: " << r.error().message << "\n";
       return r.error().code == errc::invalid_argument ? 2 : 1;
     }
-    std::cout
-        << nlohmann::json{{"index", r->index_path},        {"index_bytes", r->index_bytes},
-                          {"format", r->format},           {"tensors", r->tensors},
-                          {"size", r->index.size},         {"sha256", r->index.sha256},
-                          {"chunks", r->chunks},           {"chunks_written", r->chunks_written},
-                          {"chunk_bytes", r->chunk_bytes}, {"deltas", r->deltas_written},
-                          {"delta_bytes", r->delta_bytes}}
-               .dump()
-        << "\n";
+    std::cout << nlohmann::json{{"index", r->index_path},
+                                {"index_bytes", r->index_bytes},
+                                {"format", r->format},
+                                {"tensors", r->tensors},
+                                {"size", r->index.size},
+                                {"sha256", r->index.sha256},
+                                {"chunks", r->chunks},
+                                {"chunks_written", r->chunks_written},
+                                {"chunk_bytes", r->chunk_bytes},
+                                {"deltas", r->deltas_written},
+                                {"delta_bytes", r->delta_bytes},
+                                {"index_deltas", r->index_deltas_written},
+                                {"index_delta_bytes", r->index_delta_bytes}}
+                     .dump()
+              << "\n";
     return 0;
   }
   if (model_fetch->parsed()) {

@@ -461,6 +461,11 @@ Result<json> ModelStore::commit_now(const std::string& name, const std::string& 
   used_bytes_ += deltas->bytes;
   auto encoded = modelpkg::encode_index(idx);
   if (!encoded) return std::move(encoded).error();
+  // Devices holding an earlier version's index fetch this one as a delta against it.
+  auto index_deltas =
+      modelpkg::add_index_deltas(options_.dir, idx, *encoded, options_.delta_versions);
+  if (!index_deltas) return std::move(index_deltas).error();
+  used_bytes_ += index_deltas->bytes;
   // A signature already beside this file name signed other bytes (left by a crash, or by an
   // earlier release that wrote signatures outside the queue): the new version starts unsigned.
   {
@@ -559,7 +564,7 @@ Result<json> ModelStore::remove_now(const std::string& name, const std::string& 
 json ModelStore::sweep_orphans() {
   // What the indexes in the store reference. An index that does not decode keeps everything:
   // nothing is deleted on a guess.
-  std::set<std::string> chunks, deltas;
+  std::set<std::string> chunks, deltas, index_files;
   std::string undecodable;
   const auto ec = for_each_index_file(
       options_.dir, [&](const fs::path& path, Result<modelpkg::ModelIndex> idx) {
@@ -568,6 +573,8 @@ json ModelStore::sweep_orphans() {
           return false;
         }
         for (const auto& c : idx->chunks) chunks.insert(modelpkg::chunk_path(c.hash));
+        // Its index deltas (deltas/INDEX_FILE/FROM16) live while it does.
+        index_files.insert(path.filename().string());
         for (const auto& set : idx->deltas) {
           for (const auto& e : set.entries) {
             deltas.insert(modelpkg::delta_path(idx->sha256, set.from_sha256, e.segment));
@@ -590,6 +597,7 @@ json ModelStore::sweep_orphans() {
         // and every file of a symlinked chunks/ would then look unreferenced.
         const auto relative = (fs::path(top) / path.lexically_relative(root)).generic_string();
         if ((is_chunks ? chunks : deltas).count(relative)) return;
+        if (!is_chunks && index_files.count(path.parent_path().filename().string())) return;
         // Under the lock missing/put_chunk touch chunks with, and with the time read now, not as
         // the directory listing cached it.
         std::lock_guard lock(chunk_mu_);

@@ -1,19 +1,28 @@
-// Tensor-aware deltas: the new bytes of a segment as XOR against the same segment (same key and
-// size) of an earlier version, split into byte planes and zstd-compressed.
+// Tensor-aware deltas: the new bytes of one segment, coded against what the device already holds
+// of an earlier version. Three codings (docs/modelpkg.md, "Delta format"); `pack` writes the
+// smallest for each changed segment:
 //
-// Why: a retrained float32 tensor differs in nearly every byte, so byte-matching tools (bsdiff,
-// xdelta3, zstd --patch-from) find little to copy. XOR leaves zeros where bytes are equal; for
-// weights that moved slightly, the sign/exponent plane of the XOR is almost all zero and the
-// high mantissa plane mostly so, which zstd then squeezes. Unchanged tensors need no delta.
+// - XOR planes (format 1): old XOR new against the same segment (same key and size), split
+//   into byte planes and zstd-compressed. Why: a float32 tensor fine-tuned a little differs in
+//   nearly every byte, so byte-matching tools find little to copy, but its sign/exponent plane
+//   of the XOR is almost all zero and the high mantissa plane mostly so.
+// - Masked planes (format 2): per byte plane either the XOR as above or the new bytes as they
+//   are (a mask says which). Why: a retrained tensor whose values all moved gives an XOR as
+//   random as the values; its own exponent plane, though, holds few distinct bytes and
+//   compresses well, and byte planes split that plane from the random mantissa ones.
+// - Prefix (format 3): one zstd frame of the new bytes referring back into bytes of the earlier
+//   version (`prefix_for_delta` in pack.hpp says which). Why: the bytes between tensors
+//   (protobuf framing, names, graph nodes, biases) move when an exporter reorders tensors;
+//   their content is mostly in the old file, at other offsets.
 //
-// Format (docs/modelpkg.md): "CDLT", format byte 1, plane count byte, two zero bytes, the
-// segment size as uint64 little-endian, then one zstd frame holding plane 0 (byte 0 of every
-// element), plane 1, ..., then the size % planes trailing bytes.
+// Each file starts with a 16-byte header: "CDLT", the format byte, the plane count, a 16-bit
+// plane mask (little-endian; zero in formats 1 and 3), the segment size as uint64 LE.
 //
 // Thread-safety: pure functions.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -21,11 +30,34 @@
 
 namespace cairn::modelpkg {
 
-// REQUIRES: old_bytes.size() == new_bytes.size(); 1 <= planes <= 16.
+// XOR planes (format 1). REQUIRES: old_bytes.size() == new_bytes.size(); 1 <= planes <= 16.
 Result<std::string> make_delta(std::string_view old_bytes, std::string_view new_bytes,
                                std::size_t planes, int zstd_level);
 
-// The new bytes; corruption if the delta does not decode or does not fit `old_bytes`.
-Result<std::string> apply_delta(std::string_view old_bytes, std::string_view delta);
+// Masked planes (format 2): plane p is XORed with `old_bytes` when bit p of `xor_mask` is set,
+// stored as the new bytes otherwise (trailing bytes follow bit 0). With a zero mask `old_bytes`
+// is not read and may be empty; otherwise it must have new_bytes' size.
+Result<std::string> make_plane_delta(std::string_view old_bytes, std::string_view new_bytes,
+                                     std::size_t planes, std::uint16_t xor_mask, int zstd_level);
+
+// The mask make_plane_delta codes smallest with, chosen plane by plane (a quick zstd level
+// compares the XOR and the plain plane). REQUIRES: sizes equal.
+std::uint16_t choose_plane_mask(std::string_view old_bytes, std::string_view new_bytes,
+                                std::size_t planes);
+
+// Prefix (format 3): `new_bytes` as a zstd frame referring back into `prefix`.
+Result<std::string> make_prefix_delta(std::string_view prefix, std::string_view new_bytes,
+                                      int zstd_level);
+
+// The format byte of a delta (1, 2 or 3), or 0 when it is not a cairn delta.
+int delta_format(std::string_view delta);
+
+// The new bytes, `new_size` of them. `base` is the same segment of the earlier version for
+// formats 1 and 2, the prefix for format 3. Corruption if the delta does not decode, does not fit
+// `base` or is for another size (so a hostile header cannot make us allocate more).
+Result<std::string> apply_delta(std::string_view base, std::string_view delta,
+                                std::uint64_t new_size);
+// Formats 1 and 2, whose output has the size of `base`.
+Result<std::string> apply_delta(std::string_view base, std::string_view delta);
 
 }  // namespace cairn::modelpkg

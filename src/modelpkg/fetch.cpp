@@ -82,7 +82,8 @@ struct Piece {
   std::size_t chunk = 0;    // chunk pieces
   std::size_t segment = 0;  // delta pieces
   const ModelIndex* base = nullptr;
-  std::size_t base_segment = 0;
+  // Segments of the base whose bytes, concatenated, the delta applies to (delta.hpp).
+  std::vector<std::size_t> base_segments;
   std::uint64_t bytes = 0;  // expected transfer
   std::string url;
 };
@@ -100,6 +101,8 @@ class Fetcher {
                           const std::string& what, bool* not_found = nullptr);
   Status fetch_chunk(Sessions& sessions, std::size_t c);
   Status fetch_delta(Sessions& sessions, const Piece& piece);
+  Result<std::string> fetch_index(Sessions& sessions, bool& via_delta);
+  Result<std::string> fetch_index_delta(Sessions& sessions);
   void report() {
     if (!progress_cb_) return;
     progress_cb_(progress_);
@@ -127,6 +130,7 @@ class Fetcher {
   FetchProgress progress_;
   std::size_t chunks_downloaded_ = 0;
   std::size_t deltas_applied_ = 0;
+  std::uint64_t index_delta_bytes_ = 0;
 };
 
 Result<std::string> Fetcher::get(Sessions& sessions, const std::string& url, std::size_t limit,
@@ -210,16 +214,18 @@ Status Fetcher::fetch_delta(Sessions& sessions, const Piece& piece) {
   const ModelIndex& base = *piece.base;
   auto base_starts = base.segment_starts();
   std::string old_bytes;
-  for (std::size_t c = base_starts[piece.base_segment]; c < base_starts[piece.base_segment + 1];
-       ++c) {
-    auto chunk = read_store_chunk(store_, base.chunks[c]);
-    if (!chunk) return std::move(chunk).error();
-    old_bytes += *chunk;
+  for (std::size_t b : piece.base_segments) {
+    for (std::size_t c = base_starts[b]; c < base_starts[b + 1]; ++c) {
+      auto chunk = read_store_chunk(store_, base.chunks[c]);
+      if (!chunk) return std::move(chunk).error();
+      old_bytes += *chunk;
+    }
   }
   auto body = get(sessions, piece.url, kMaxIndexJsonBytes,
                   "delta for segment '" + index_.segments[piece.segment].key + "'");
   if (!body) return std::move(body).error();
-  auto result = apply_delta(old_bytes, *body);
+  auto result = apply_delta(
+      old_bytes, *body, offsets_[starts_[piece.segment + 1]] - offsets_[starts_[piece.segment]]);
   if (!result) {
     return make_error(errc::corruption, "delta " + piece.url + ": " + result.error().message);
   }
@@ -245,6 +251,67 @@ Status Fetcher::fetch_delta(Sessions& sessions, const Piece& piece) {
   return {};
 }
 
+// The index as published: through a delta against an index the store holds when the publisher
+// wrote one (index.hpp), else whole. A delta that is missing or does not make the index it names
+// costs a request and nothing else.
+Result<std::string> Fetcher::fetch_index(Sessions& sessions, bool& via_delta) {
+  via_delta = false;
+  if (options_.use_deltas) {
+    auto made = fetch_index_delta(sessions);
+    if (made) {
+      via_delta = true;
+      return made;
+    }
+  }
+  return get(sessions, index_url_, kMaxIndexBytes, "model index");
+}
+
+Result<std::string> Fetcher::fetch_index_delta(Sessions& sessions) {
+  auto parsed = detail::parse_http_url(index_url_);
+  if (!parsed) return std::move(parsed).error();
+  std::string file = parsed->target_path.substr(0, parsed->target_path.find('?'));
+  file = file.substr(file.rfind('/') + 1);
+  if (!file.ends_with(".cidx")) return make_error(errc::not_found, "no index file name");
+  // Held indexes of the same name (the URL's file starts with it), newest first.
+  std::vector<std::pair<fs::file_time_type, std::string>> held;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(store_ + "/indexes", ec)) {
+    if (e.path().extension() != ".cidx") continue;
+    std::error_code tec;
+    held.emplace_back(fs::last_write_time(e.path(), tec), e.path().string());
+  }
+  std::sort(held.begin(), held.end(), std::greater<>());
+  std::size_t tried = 0;
+  for (const auto& [when, path] : held) {
+    if (tried >= options_.keep_indexes) break;
+    auto old_cidx = read_file(path, kMaxIndexBytes);
+    if (!old_cidx) continue;
+    auto old_index = decode_index(*old_cidx);
+    if (!old_index) continue;
+    const std::string& name = old_index->name;
+    const char separator = name.find('-') == std::string::npos ? '-' : '~';
+    if (!file.starts_with(name + separator)) continue;
+    ++tried;
+    auto url =
+        detail::resolve_url(index_url_, index_delta_path(file, crypto::sha256_hex(*old_cidx)));
+    bool missing = false;
+    auto body = get(sessions, url, kMaxIndexBytes, "index delta", &missing);
+    if (!body) {
+      if (!missing) log::warn(kLog, "{}; fetching the index whole", body.error().message);
+      continue;
+    }
+    auto made = apply_index_delta(*old_cidx, *body);
+    if (!made) {
+      log::warn(kLog, "index delta {} not usable ({}); fetching the index whole", url,
+                made.error().message);
+      return std::move(made).error();
+    }
+    index_delta_bytes_ = body->size();
+    return made;
+  }
+  return make_error(errc::not_found, "no index delta for the indexes held");
+}
+
 Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   if (auto endpoint = detail::parse_http_url(index_url_); !endpoint) {
     return std::move(endpoint).error();
@@ -254,7 +321,8 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
 
   // The index's connection is kept for the first worker: usually the same server.
   Sessions first_sessions;
-  auto cidx = get(first_sessions, index_url_, kMaxIndexBytes, "model index");
+  bool index_via_delta = false;
+  auto cidx = fetch_index(first_sessions, index_via_delta);
   if (!cidx) return std::move(cidx).error();
   if (!options_.public_key.empty()) {
     bool missing = false;
@@ -267,8 +335,21 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
       }
       return std::move(sig).error();
     }
-    if (auto s = verify_signature(options_.public_key, *cidx, *sig); !s) {
-      return make_error(s.error().code, "model index " + index_url_ + ": " + s.error().message);
+    auto verified = verify_signature(options_.public_key, *cidx, *sig);
+    if (!verified && index_via_delta) {
+      // What the delta made is checked like the index itself; failing that, the index as
+      // published gets its own check.
+      log::warn(kLog, "index {} made from a delta fails its signature; fetching it whole",
+                index_url_);
+      cidx = get(first_sessions, index_url_, kMaxIndexBytes, "model index");
+      if (!cidx) return std::move(cidx).error();
+      index_via_delta = false;
+      index_delta_bytes_ = 0;
+      verified = verify_signature(options_.public_key, *cidx, *sig);
+    }
+    if (!verified) {
+      return make_error(verified.error().code,
+                        "model index " + index_url_ + ": " + verified.error().message);
     }
   }
   auto decoded = decode_index(*cidx);
@@ -285,6 +366,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
   summary.sha256 = index_.sha256;
   summary.needed = index_.size;
   summary.index_bytes = cidx->size();
+  summary.index_delta_bytes = index_delta_bytes_;
   summary.chunks = index_.chunks.size();
   {
     std::set<std::string> unique;
@@ -320,16 +402,26 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
       std::map<std::string, std::size_t> by_key;
       for (std::size_t s = 0; s < b.segments.size(); ++s) by_key[b.segments[s].key] = s;
       for (const auto& e : set.entries) {
-        auto it = by_key.find(index_.segments[e.segment].key);
-        if (it == by_key.end()) continue;
-        std::size_t bs = it->second;
-        if (b_offsets[b_starts[bs + 1]] - b_offsets[b_starts[bs]] !=
-            offsets_[starts_[e.segment + 1]] - offsets_[starts_[e.segment]]) {
-          continue;
+        const std::string& key = index_.segments[e.segment].key;
+        std::vector<std::size_t> base_segments;
+        if (e.kind == DeltaKind::prefix) {
+          base_segments = b.prefix_segments(key);
+          if (base_segments.empty()) continue;
+        } else {
+          auto it = by_key.find(key);
+          if (it == by_key.end()) continue;
+          std::size_t bs = it->second;
+          if (b_offsets[b_starts[bs + 1]] - b_offsets[b_starts[bs]] !=
+              offsets_[starts_[e.segment + 1]] - offsets_[starts_[e.segment]]) {
+            continue;
+          }
+          base_segments.push_back(bs);
         }
         bool base_present = true;
-        for (std::size_t c = b_starts[bs]; base_present && c < b_starts[bs + 1]; ++c) {
-          base_present = store_has(store_, b.chunks[c]);
+        for (std::size_t bs : base_segments) {
+          for (std::size_t c = b_starts[bs]; base_present && c < b_starts[bs + 1]; ++c) {
+            base_present = store_has(store_, b.chunks[c]);
+          }
         }
         if (!base_present) continue;
         auto cur = delta_for.find(e.segment);
@@ -338,7 +430,7 @@ Result<FetchSummary> Fetcher::run(const std::string& out_path) {
         p.is_delta = true;
         p.segment = e.segment;
         p.base = &b;
-        p.base_segment = bs;
+        p.base_segments = std::move(base_segments);
         p.bytes = e.size;
         p.url = detail::resolve_url(index_url_, delta_path(index_.sha256, b.sha256, e.segment));
         delta_for[e.segment] = std::move(p);
@@ -505,6 +597,7 @@ std::string FetchSummary::to_json() const {
                    {"saved", saved},
                    {"full_download", full_download},
                    {"index_bytes", index_bytes},
+                   {"index_delta_bytes", index_delta_bytes},
                    {"chunks", chunks},
                    {"chunks_reused", chunks_reused},
                    {"chunks_downloaded", chunks_downloaded},

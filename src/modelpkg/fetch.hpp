@@ -77,7 +77,8 @@ struct FetchSummary {
   std::uint64_t saved = 0;
   // What a plain download of every chunk plus the index would have moved.
   std::uint64_t full_download = 0;
-  std::uint64_t index_bytes = 0;
+  std::uint64_t index_bytes = 0;        // size of the index (.cidx)
+  std::uint64_t index_delta_bytes = 0;  // bytes of the index delta it came as; 0: came whole
   std::size_t chunks = 0;
   std::size_t chunks_reused = 0;
   std::size_t chunks_downloaded = 0;

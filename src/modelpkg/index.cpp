@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/crypto.hpp"
 #include "modelpkg/detail/zstd.hpp"
 
 namespace cairn::modelpkg {
@@ -49,7 +50,40 @@ std::vector<std::size_t> ModelIndex::segment_starts() const {
   return out;
 }
 
+std::vector<std::size_t> ModelIndex::prefix_segments(std::string_view key) const {
+  std::vector<std::size_t> out;
+  auto offsets = chunk_offsets();
+  auto starts = segment_starts();
+  std::uint64_t total = 0;
+  for (std::size_t s = 0; s < segments.size(); ++s) {
+    if (!segments[s].key.starts_with('#') && segments[s].key != key) continue;
+    total += offsets[starts[s + 1]] - offsets[starts[s]];
+    if (total > kMaxPrefixBytes) return {};
+    out.push_back(s);
+  }
+  return out;
+}
+
+namespace {
+
+const char* kind_name(DeltaKind kind) {
+  return kind == DeltaKind::prefix ? "prefix" : kind == DeltaKind::masked_planes ? "planes" : "xor";
+}
+
+// The JSON text the .cidx compresses: the index delta codes this, and re-encodes it the same way.
+std::string index_json(const ModelIndex& index);
+Result<std::string> compress_index_json(std::string_view json) {
+  return detail::zstd_compress(json, 19);
+}
+
+}  // namespace
+
 Result<std::string> encode_index(const ModelIndex& index) {
+  return compress_index_json(index_json(index));
+}
+
+namespace {
+std::string index_json(const ModelIndex& index) {
   nlohmann::json j;
   j["format"] = kFormatName;
   j["format_version"] = kFormatVersion;
@@ -68,16 +102,27 @@ Result<std::string> encode_index(const ModelIndex& index) {
   j["segments"] = std::move(segments);
   auto deltas = nlohmann::json::array();
   for (const auto& d : index.deltas) {
+    // Format-1 deltas stay in "entries", which every release reads; the others go in "coded",
+    // which releases before them ignore (they fetch those segments' chunks).
     auto entries = nlohmann::json::array();
-    for (const auto& e : d.entries) entries.push_back({e.segment, e.size});
-    deltas.push_back(
-        {{"from_version", d.from_version}, {"from_sha256", d.from_sha256}, {"entries", entries}});
+    auto coded = nlohmann::json::array();
+    for (const auto& e : d.entries) {
+      if (e.kind == DeltaKind::xor_planes) {
+        entries.push_back({e.segment, e.size});
+      } else {
+        coded.push_back({e.segment, e.size, kind_name(e.kind)});
+      }
+    }
+    nlohmann::json set{
+        {"from_version", d.from_version}, {"from_sha256", d.from_sha256}, {"entries", entries}};
+    if (!coded.empty()) set["coded"] = std::move(coded);
+    deltas.push_back(std::move(set));
   }
   j["deltas"] = std::move(deltas);
   // Tensor names from outside may hold any bytes: replace invalid UTF-8 instead of throwing.
-  return detail::zstd_compress(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                               19);
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
+}  // namespace
 
 Result<ModelIndex> decode_index(std::string_view cidx) {
   if (cidx.size() > kMaxIndexBytes) {
@@ -122,6 +167,16 @@ Result<ModelIndex> decode_index(std::string_view cidx) {
       for (const auto& e : d.at("entries")) {
         if (!e.is_array() || e.size() != 2) return bad("delta entry is not [segment,size]");
         set.entries.push_back(DeltaEntry{e[0].get<std::size_t>(), e[1].get<std::uint64_t>()});
+      }
+      if (d.contains("coded")) {
+        for (const auto& e : d.at("coded")) {
+          if (!e.is_array() || e.size() != 3) return bad("coded delta is not [segment,size,kind]");
+          auto kind = e[2].get<std::string>();
+          if (kind != "planes" && kind != "prefix") return bad("unknown delta kind '" + kind + "'");
+          set.entries.push_back(
+              DeltaEntry{e[0].get<std::size_t>(), e[1].get<std::uint64_t>(),
+                         kind == "prefix" ? DeltaKind::prefix : DeltaKind::masked_planes});
+        }
       }
       idx.deltas.push_back(std::move(set));
     }
@@ -193,6 +248,110 @@ std::string legacy_index_file_name(std::string_view name, std::string_view versi
 
 std::string chunk_path(std::string_view hash) {
   return "chunks/" + std::string(hash.substr(0, 2)) + "/" + std::string(hash);
+}
+
+std::string index_delta_path(std::string_view index_file, std::string_view from_cidx_sha256) {
+  return "deltas/" + std::string(index_file) + "/" + std::string(from_cidx_sha256.substr(0, 16));
+}
+
+namespace {
+constexpr std::string_view kIndexDeltaMagic = "CIXD";
+constexpr std::size_t kIndexDeltaHeader = 40;
+constexpr char kBinaryHash = '\x01';
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// The index JSON with every quoted SHA-256 ("" + 64 lowercase hex digits) as byte 0x01 and its
+// 32 bytes. Why: zstd codes hex digits at 4 bits each at best and finds short false matches
+// inside them, so a new hash cost about 1.5x its 32 bytes in an index delta; raw, it costs 32.
+// Compact JSON never holds a raw 0x01 (a string escapes it), so the form is reversible.
+std::string hashes_to_binary(std::string_view json) {
+  std::string out;
+  out.reserve(json.size());
+  std::size_t i = 0;
+  while (i < json.size()) {
+    bool is_hash = json[i] == '"' && i + 65 < json.size() && json[i + 65] == '"';
+    for (std::size_t k = 1; is_hash && k <= 64; ++k) is_hash = hex_value(json[i + k]) >= 0;
+    if (!is_hash) {
+      out += json[i++];
+      continue;
+    }
+    out += kBinaryHash;
+    for (std::size_t k = 1; k <= 64; k += 2) {
+      out += static_cast<char>(hex_value(json[i + k]) * 16 + hex_value(json[i + k + 1]));
+    }
+    i += 66;
+  }
+  return out;
+}
+
+Result<std::string> hashes_to_hex(std::string_view packed) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(packed.size());
+  for (std::size_t i = 0; i < packed.size(); ++i) {
+    if (packed[i] != kBinaryHash) {
+      out += packed[i];
+      continue;
+    }
+    if (i + 32 >= packed.size()) return make_error(errc::corruption, "index delta truncated hash");
+    if (out.size() + 66 > kMaxIndexJsonBytes) {
+      return make_error(errc::corruption, "index delta makes an index over the size limit");
+    }
+    out += '"';
+    for (std::size_t k = 1; k <= 32; ++k) {
+      const auto b = static_cast<unsigned char>(packed[i + k]);
+      out += kDigits[b >> 4];
+      out += kDigits[b & 15];
+    }
+    out += '"';
+    i += 32;
+  }
+  return out;
+}
+}  // namespace
+
+Result<std::string> make_index_delta(std::string_view old_cidx, std::string_view new_cidx) {
+  auto old_json = detail::zstd_decompress(old_cidx, kMaxIndexJsonBytes);
+  if (!old_json) return std::move(old_json).error();
+  auto new_json = detail::zstd_decompress(new_cidx, kMaxIndexJsonBytes);
+  if (!new_json) return std::move(new_json).error();
+  if (new_json->find(kBinaryHash) != std::string::npos) {
+    return make_error(errc::invalid_argument, "index JSON holds a raw 0x01 byte");
+  }
+  auto packed = detail::zstd_compress_with_prefix(hashes_to_binary(*new_json),
+                                                  hashes_to_binary(*old_json), 19);
+  if (!packed) return std::move(packed).error();
+  std::string out(kIndexDeltaMagic);
+  out += '\x01';
+  out.append(3, '\0');
+  out += crypto::sha256(new_cidx);
+  return out + *packed;
+}
+
+Result<std::string> apply_index_delta(std::string_view old_cidx, std::string_view delta) {
+  if (delta.size() < kIndexDeltaHeader || delta.substr(0, 4) != kIndexDeltaMagic || delta[4] != 1) {
+    return make_error(errc::corruption, "not a cairn index delta (bad header)");
+  }
+  auto old_json = detail::zstd_decompress(old_cidx, kMaxIndexJsonBytes);
+  if (!old_json) return make_error(errc::corruption, "the held index does not decode");
+  auto packed = detail::zstd_decompress_with_prefix(
+      delta.substr(kIndexDeltaHeader), hashes_to_binary(*old_json), kMaxIndexJsonBytes);
+  if (!packed) return std::move(packed).error();
+  auto new_json = hashes_to_hex(*packed);
+  if (!new_json) return std::move(new_json).error();
+  auto cidx = compress_index_json(*new_json);
+  if (!cidx) return std::move(cidx).error();
+  if (crypto::sha256(*cidx) != delta.substr(8, 32)) {
+    return make_error(errc::corruption,
+                      "index delta does not reproduce the index it names (corrupt, or written "
+                      "by another zstd build)");
+  }
+  return cidx;
 }
 
 std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,

@@ -42,9 +42,17 @@ struct SegmentRef {
   std::size_t element_size = 1;
 };
 
+// How a delta codes its segment (delta.hpp), and so what of the earlier version it needs.
+enum class DeltaKind {
+  xor_planes,     // format 1: the segment with the same key and size
+  masked_planes,  // format 2: the same
+  prefix,         // format 3: prefix_segments() of the earlier version
+};
+
 struct DeltaEntry {
   std::size_t segment = 0;  // index into ModelIndex::segments
   std::uint64_t size = 0;   // bytes of the delta file
+  DeltaKind kind = DeltaKind::xor_planes;
 };
 
 // Deltas from one earlier version to this one.
@@ -68,7 +76,14 @@ struct ModelIndex {
   std::vector<std::uint64_t> chunk_offsets() const;
   // First chunk of each segment, plus a final entry equal to chunks.size().
   std::vector<std::size_t> segment_starts() const;
+  // The segments whose bytes, in file order, are the prefix a format-3 delta for a segment
+  // keyed `key` refers into: every `#N` segment (the bytes between tensors) and the segment
+  // keyed `key`, if any. Empty when they add up to more than kMaxPrefixBytes.
+  std::vector<std::size_t> prefix_segments(std::string_view key) const;
 };
+
+// Cap on the prefix of a format-3 delta: the device reads that much of the earlier version.
+inline constexpr std::uint64_t kMaxPrefixBytes = 32 * 1024 * 1024;
 
 // The .cidx bytes: compact JSON, zstd level 19.
 Result<std::string> encode_index(const ModelIndex& index);
@@ -90,5 +105,20 @@ std::string legacy_index_file_name(std::string_view name, std::string_view versi
 std::string chunk_path(std::string_view hash);
 std::string delta_path(std::string_view to_sha256, std::string_view from_sha256,
                        std::size_t segment);
+
+// Index deltas: an index sent as a delta against an index the device holds.
+//   deltas/INDEX_FILE/FROM16    INDEX_FILE as index_file_name() (the name the device fetches),
+//                               FROM16 the first 16 hex digits of the SHA-256 of the held
+//                               index's .cidx bytes
+// Format: "CIXD", format byte 1, three zero bytes, the SHA-256 of the new .cidx bytes (32
+// bytes), then one zstd frame of the new index's JSON referring back into the old one's, both
+// with every quoted hash as byte 0x01 and its 32 bytes (docs/modelpkg.md). The
+// device re-encodes that JSON as encode_index() does and keeps the result only when it hashes
+// to the header: the exact bytes the publisher wrote (and signed).
+std::string index_delta_path(std::string_view index_file, std::string_view from_cidx_sha256);
+Result<std::string> make_index_delta(std::string_view old_cidx, std::string_view new_cidx);
+// The new .cidx bytes; corruption when the delta does not decode against `old_cidx` or what it
+// makes does not hash to its header.
+Result<std::string> apply_index_delta(std::string_view old_cidx, std::string_view delta);
 
 }  // namespace cairn::modelpkg

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <set>
 
 #include "core/crypto.hpp"
 #include "core/files.hpp"
@@ -21,13 +23,16 @@ namespace {
 
 struct PreviousVersion {
   ModelIndex index;
+  std::string cidx;  // the index file's bytes
   fs::file_time_type packed_at;
 };
 
-// Earlier versions of `name` in `dir`, newest first.
+// Earlier versions of `name` in `dir` (other than `version`), newest first. With
+// `other_content`, only those whose file differs from `sha256` (a delta from the same bytes is
+// nothing to send).
 std::vector<PreviousVersion> previous_versions(const std::string& dir, const std::string& name,
                                                const std::string& version,
-                                               const std::string& sha256) {
+                                               const std::string& sha256, bool other_content) {
   std::vector<PreviousVersion> out;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
@@ -40,10 +45,11 @@ std::vector<PreviousVersion> previous_versions(const std::string& dir, const std
     auto bytes = read_file(entry.path().string(), kMaxIndexBytes);
     if (!bytes) continue;
     auto idx = decode_index(*bytes);
-    if (!idx || idx->name != name || idx->version == version || idx->sha256 == sha256) continue;
+    if (!idx || idx->name != name || idx->version == version) continue;
+    if (other_content && idx->sha256 == sha256) continue;
     std::error_code tec;
     auto when = fs::last_write_time(entry.path(), tec);
-    out.push_back({std::move(*idx), when});
+    out.push_back({std::move(*idx), std::move(*bytes), when});
   }
   std::sort(out.begin(), out.end(), [](const PreviousVersion& a, const PreviousVersion& b) {
     return a.packed_at > b.packed_at;
@@ -103,7 +109,7 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
   std::uint64_t input_bytes = 0;
   DeltaSummary summary;
   idx.deltas.clear();
-  auto previous = previous_versions(dir, idx.name, idx.version, idx.sha256);
+  auto previous = previous_versions(dir, idx.name, idx.version, idx.sha256, true);
   if (previous.size() > delta_versions) previous.resize(delta_versions);
   auto new_starts = idx.segment_starts();
   auto new_offsets = idx.chunk_offsets();
@@ -112,52 +118,127 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
     auto base_starts = base.segment_starts();
     std::map<std::string, std::size_t> base_by_key;
     for (std::size_t s = 0; s < base.segments.size(); ++s) base_by_key[base.segments[s].key] = s;
+    std::set<std::string> base_chunks;
+    for (const auto& c : base.chunks) base_chunks.insert(c.hash);
     auto base_offsets = base.chunk_offsets();
+    // Segments of the base read so far: prefixes share most of them.
+    std::map<std::size_t, std::string> base_bytes;
+    auto base_segment = [&](std::size_t b) -> Result<std::string_view> {
+      auto it = base_bytes.find(b);
+      if (it == base_bytes.end()) {
+        auto bytes = read_segment(dir, base, base_starts, b);
+        if (!bytes) return std::move(bytes).error();
+        it = base_bytes.emplace(b, std::move(*bytes)).first;
+      }
+      return std::string_view(it->second);
+    };
     DeltaSet set;
     set.from_version = base.version;
     set.from_sha256 = base.sha256;
     for (std::size_t s = 0; s < idx.segments.size(); ++s) {
-      auto it = base_by_key.find(idx.segments[s].key);
-      if (it == base_by_key.end()) continue;
-      std::size_t b = it->second;
-      std::uint64_t base_size = base_offsets[base_starts[b + 1]] - base_offsets[base_starts[b]];
-      std::uint64_t new_size = new_offsets[new_starts[s + 1]] - new_offsets[new_starts[s]];
-      if (base_size != new_size) continue;
-      // Unchanged: the same chunks, nothing to send.
-      bool same = base_starts[b + 1] - base_starts[b] == new_starts[s + 1] - new_starts[s];
-      for (std::size_t k = 0; same && k < new_starts[s + 1] - new_starts[s]; ++k) {
-        same = base.chunks[base_starts[b] + k].hash == idx.chunks[new_starts[s] + k].hash;
+      // What the device lacks of this segment when it holds the base: the chunks the base does
+      // not have (an unchanged or moved tensor has none).
+      std::uint64_t chunk_cost = 0;
+      for (std::size_t k = new_starts[s]; k < new_starts[s + 1]; ++k) {
+        if (!base_chunks.count(idx.chunks[k].hash)) chunk_cost += idx.chunks[k].stored_size;
       }
-      if (same) continue;
+      if (chunk_cost == 0) continue;
+      const std::string& key = idx.segments[s].key;
+      const std::uint64_t new_size = new_offsets[new_starts[s + 1]] - new_offsets[new_starts[s]];
+      auto it = base_by_key.find(key);
+      const bool same_size =
+          it != base_by_key.end() &&
+          base_offsets[base_starts[it->second + 1]] - base_offsets[base_starts[it->second]] ==
+              new_size;
+      // A segment of the same size is coded plane by plane against its old bytes; one whose
+      // size changed, or the bytes between tensors (which move when tensors are reordered),
+      // against the old bytes between tensors and its own old bytes.
+      const bool try_prefix = !same_size || key.starts_with('#');
+      std::vector<std::size_t> prefix_segs;
+      if (try_prefix) prefix_segs = base.prefix_segments(key);
+      if (!same_size && prefix_segs.empty()) continue;
       if (max_input_bytes != 0 && input_bytes + new_size > max_input_bytes) {
         ++summary.skipped;
         continue;
       }
       input_bytes += new_size;
-      const std::string& key = idx.segments[s].key;
-      auto old_bytes = read_segment(dir, base, base_starts, b);
-      if (!old_bytes) {
-        log::warn("modelpkg", "no delta from version {} for segment '{}': {}", base.version, key,
-                  old_bytes.error().message);
-        continue;
-      }
       auto new_bytes = read_segment(dir, idx, new_starts, s);
       if (!new_bytes) return std::move(new_bytes).error();
-      auto delta = make_delta(*old_bytes, *new_bytes, idx.segments[s].element_size, zstd_level);
-      if (!delta) return std::move(delta).error();
-      std::uint64_t chunk_cost = 0;
-      for (std::size_t k = new_starts[s]; k < new_starts[s + 1]; ++k) {
-        chunk_cost += idx.chunks[k].stored_size;
+      std::optional<std::string> best;
+      DeltaKind best_kind = DeltaKind::xor_planes;
+      auto consider = [&](Result<std::string> delta, DeltaKind kind) -> Status {
+        if (!delta) return std::move(delta).error();
+        if (!best || delta->size() < best->size()) {
+          best = std::move(*delta);
+          best_kind = kind;
+        }
+        return {};
+      };
+      if (same_size) {
+        auto old_bytes = base_segment(it->second);
+        if (!old_bytes) {
+          log::warn("modelpkg", "no delta from version {} for segment '{}': {}", base.version, key,
+                    old_bytes.error().message);
+          continue;
+        }
+        const std::size_t planes = idx.segments[s].element_size;
+        CAIRN_TRY(consider(make_delta(*old_bytes, *new_bytes, planes, zstd_level),
+                           DeltaKind::xor_planes));
+        const auto mask = choose_plane_mask(*old_bytes, *new_bytes, planes);
+        CAIRN_TRY(consider(make_plane_delta(*old_bytes, *new_bytes, planes, mask, zstd_level),
+                           DeltaKind::masked_planes));
       }
-      if (delta->size() >= chunk_cost) continue;
+      if (!prefix_segs.empty()) {
+        std::string prefix;
+        bool complete = true;
+        for (std::size_t b : prefix_segs) {
+          auto part = base_segment(b);
+          if (!part) {
+            log::warn("modelpkg", "no delta from version {} for segment '{}': {}", base.version,
+                      key, part.error().message);
+            complete = false;
+            break;
+          }
+          prefix += *part;
+        }
+        if (complete) {
+          CAIRN_TRY(consider(make_prefix_delta(prefix, *new_bytes, zstd_level), DeltaKind::prefix));
+        }
+      }
+      if (!best || best->size() >= chunk_cost) continue;
       auto path = dir + "/" + delta_path(idx.sha256, base.sha256, s);
       CAIRN_TRY(make_dirs(fs::path(path).parent_path().string()));
-      CAIRN_TRY(write_file_atomic(path, *delta, false));
-      set.entries.push_back(DeltaEntry{s, delta->size()});
+      CAIRN_TRY(write_file_atomic(path, *best, false));
+      set.entries.push_back(DeltaEntry{s, best->size(), best_kind});
       ++summary.written;
-      summary.bytes += delta->size();
+      summary.bytes += best->size();
     }
     if (!set.entries.empty()) idx.deltas.push_back(std::move(set));
+  }
+  return summary;
+}
+
+Result<DeltaSummary> add_index_deltas(const std::string& dir, const ModelIndex& idx,
+                                      std::string_view cidx, std::size_t delta_versions) {
+  DeltaSummary summary;
+  const std::string index_file = index_file_name(idx.name, idx.version);
+  // Deltas left by an earlier pack of this version would make the index it replaced.
+  const std::string own_dir = dir + "/deltas/" + index_file;
+  std::error_code ec;
+  fs::remove_all(own_dir, ec);
+  if (ec) return make_error(errc::io_error, "cannot remove " + own_dir + ": " + ec.message());
+  // Any earlier version, same content or not: its index is what the device holds.
+  auto previous = previous_versions(dir, idx.name, idx.version, idx.sha256, false);
+  if (previous.size() > delta_versions) previous.resize(delta_versions);
+  for (const auto& prev : previous) {
+    auto delta = make_index_delta(prev.cidx, cidx);
+    if (!delta) return std::move(delta).error();
+    if (delta->size() >= cidx.size()) continue;
+    auto path = dir + "/" + index_delta_path(index_file, crypto::sha256_hex(prev.cidx));
+    CAIRN_TRY(make_dirs(own_dir));
+    CAIRN_TRY(write_file_atomic(path, *delta, false));
+    ++summary.written;
+    summary.bytes += delta->size();
   }
   return summary;
 }
@@ -218,6 +299,10 @@ Result<PackSummary> pack_model(const std::string& model_path, const PackOptions&
 
   auto cidx = encode_index(idx);
   if (!cidx) return std::move(cidx).error();
+  auto index_deltas = add_index_deltas(options.out_dir, idx, *cidx, options.delta_versions);
+  if (!index_deltas) return std::move(index_deltas).error();
+  summary.index_deltas_written = index_deltas->written;
+  summary.index_delta_bytes = index_deltas->bytes;
   summary.index_path = options.out_dir + "/" + index_file_name(idx.name, idx.version);
   summary.index_bytes = cidx->size();
   if (!options.signing_key.empty()) {

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "core/result.hpp"
 #include "modelpkg/chunker.hpp"
@@ -47,6 +48,8 @@ struct PackSummary {
   std::uint64_t chunk_bytes = 0;   // stored bytes of all chunks of this version
   std::size_t deltas_written = 0;
   std::uint64_t delta_bytes = 0;
+  std::size_t index_deltas_written = 0;
+  std::uint64_t index_delta_bytes = 0;
   ModelIndex index;
 };
 
@@ -67,6 +70,13 @@ struct DeltaSummary {
 // their chunks), newest base version first.
 Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& index, int zstd_level,
                                 std::size_t delta_versions, std::uint64_t max_input_bytes = 0);
+
+// Writes deltas/INDEX_FILE/FROM16 (index.hpp): `cidx`, the encoded `index` about to be
+// published, as a delta against the index of each of the `delta_versions` most recently packed
+// other versions of its name in `dir` (newest first), when smaller than `cidx`; and removes the
+// ones an earlier publication of this version left. Call it before writing the index itself.
+Result<DeltaSummary> add_index_deltas(const std::string& dir, const ModelIndex& index,
+                                      std::string_view cidx, std::size_t delta_versions);
 
 // Reads one chunk of a publish (or store) directory: decompresses and checks its hash.
 Result<std::string> read_chunk(const std::string& dir, const ChunkRef& chunk);

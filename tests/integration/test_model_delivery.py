@@ -115,6 +115,17 @@ def zstd(args, data):
     return subprocess.run(["zstd", *args], input=data, capture_output=True, check=True).stdout
 
 
+def index_delta_path(index_file, held_index):
+    """Where the publisher puts `index_file` as a delta against the index file `held_index`."""
+    return f"deltas/{index_file}/{hashlib.sha256(Path(held_index).read_bytes()).hexdigest()[:16]}"
+
+
+def held_index(store, index_file):
+    """The index the device kept for the version `index_file` (a file of the publish dir)."""
+    sha = json.loads(zstd(["-d", "-c"], Path(index_file).read_bytes()))["sha256"]
+    return Path(store) / "indexes" / f"{sha}.cidx"
+
+
 def test_fetch_then_identical_republish_downloads_only_the_index(tmp_path, publish, server):
     model = tmp_path / "m.onnx"
     data = model_fixtures.make_onnx(model, seed=1)
@@ -133,8 +144,9 @@ def test_fetch_then_identical_republish_downloads_only_the_index(tmp_path, publi
     pack(model, publish, "net", "2")  # the same file, published again
     server.reset()
     second = fetch(server.url("net-2.cidx"), out, store)
-    assert server.requests == ["/net-2.cidx"]
-    assert second["downloaded"] == second["index_bytes"]
+    # The index travels as a delta against version 1's, which the device holds.
+    assert server.requests == [f"/{index_delta_path('net-2.cidx', publish / 'net-1.cidx')}"]
+    assert second["downloaded"] == second["index_delta_bytes"] < second["index_bytes"] / 4
     assert second["reused"] == len(data) and second["chunks_downloaded"] == 0
     assert out.read_bytes() == data
 
@@ -166,10 +178,12 @@ def test_retrained_head_travels_as_a_small_delta(tmp_path, publish, server):
     assert s["downloaded"] < s["full_download"] / 10, s
 
 
-def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publish, server):
+def update_with_and_without_deltas(tmp_path, publish, server, variant):
+    """Publishes the generated model and its `variant` as versions 1 and 2, and updates two
+    devices holding version 1: one with --no-deltas, one without. Returns both summaries."""
     v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
     model_fixtures.make_onnx(v1, seed=1)
-    new = model_fixtures.make_onnx(v2, seed=1, variant="scale")
+    new = model_fixtures.make_onnx(v2, seed=1, variant=variant)
     pack(v1, publish, "net", "1")
     pack(v2, publish, "net", "2")
     results = {}
@@ -178,6 +192,11 @@ def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publis
         fetch(server.url("net-1.cidx"), out, store)
         results[mode] = fetch(server.url("net-2.cidx"), out, store, *extra)
         assert out.read_bytes() == new
+    return results
+
+
+def test_every_weight_scaled_is_cheaper_with_deltas_than_chunks(tmp_path, publish, server):
+    results = update_with_and_without_deltas(tmp_path, publish, server, "scale")
     assert results["chunks"]["deltas_applied"] == 0
     assert results["deltas"]["deltas_applied"] > 0
     assert results["deltas"]["downloaded"] < results["chunks"]["downloaded"] * 0.8, results
@@ -233,6 +252,12 @@ def published_with_old_model(tmp_path, publish, server):
     return out, store, old
 
 
+def remove_tree(path):
+    for p in sorted(Path(path).rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    Path(path).rmdir()
+
+
 def chunk_files(publish, version_index):
     raw = zstd(["-d", "-c"], (publish / version_index).read_bytes())
     return [c[0] for c in json.loads(raw)["chunks"]]
@@ -275,6 +300,8 @@ def test_missing_chunk_is_rejected(tmp_path, publish, server):
 
 def test_truncated_index_is_rejected(tmp_path, publish, server):
     out, store, old = published_with_old_model(tmp_path, publish, server)
+    # Without its delta the index travels whole (the delta would still make the good one).
+    remove_tree(publish / "deltas" / "net-2.cidx")
     index = publish / "net-2.cidx"
     index.write_bytes(index.read_bytes()[:-20])
     err = fetch(server.url("net-2.cidx"), out, store, expect_rc=1)
@@ -284,6 +311,7 @@ def test_truncated_index_is_rejected(tmp_path, publish, server):
 
 def test_wrong_whole_file_hash_is_rejected(tmp_path, publish, server):
     out, store, old = published_with_old_model(tmp_path, publish, server)
+    remove_tree(publish / "deltas" / "net-2.cidx")
     index = publish / "net-2.cidx"
     j = json.loads(zstd(["-d", "-c"], index.read_bytes()))
     j["sha256"] = "0" * 64
@@ -321,6 +349,91 @@ def test_signed_index_is_required_when_a_key_is_configured(tmp_path, publish, se
                 str(keys / "a.pub"), expect_rc=1)
     assert "signature does not match" in err, err
     assert out.read_bytes() == b"old"
+
+
+def signed_head_update(tmp_path, publish, server):
+    """Publishes versions 1 and 2 (retrained head) signed, and fetches version 1 onto a device
+    that requires signatures. Returns (key file, out, store, version 2's bytes)."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / "k"), "--public",
+                    str(keys / "k.pub")], check=True, timeout=30)
+    v1, v2 = tmp_path / "v1.onnx", tmp_path / "v2.onnx"
+    model_fixtures.make_onnx(v1, seed=1)
+    new = model_fixtures.make_onnx(v2, seed=1, variant="head")
+    pack(v1, publish, "net", "1", "--sign-key", str(keys / "k"))
+    info = pack(v2, publish, "net", "2", "--sign-key", str(keys / "k"))
+    assert info["index_deltas"] == 1
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    return keys, out, store, new
+
+
+def test_index_travels_as_a_delta_when_the_device_holds_an_earlier_version(
+        tmp_path, publish, server):
+    keys, out, store, new = signed_head_update(tmp_path, publish, server)
+    server.reset()
+    s = fetch(server.url("net-2.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    assert out.read_bytes() == new
+    delta = index_delta_path("net-2.cidx", publish / "net-1.cidx")
+    assert server.requests[:2] == [f"/{delta}", "/net-2.cidx.sig"], server.requests
+    assert "/net-2.cidx" not in server.requests
+    assert 0 < s["index_delta_bytes"] == (publish / delta).stat().st_size
+    assert s["index_delta_bytes"] < s["index_bytes"] / 4, s
+    # The device keeps the exact bytes published (and signed): the base of the next delta.
+    assert held_index(store, publish / "net-2.cidx").read_bytes() == \
+        (publish / "net-2.cidx").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["absent", "corrupt"])
+def test_index_comes_whole_when_its_delta_is_absent_or_corrupt(tmp_path, publish, server, damage):
+    keys, out, store, new = signed_head_update(tmp_path, publish, server)
+    delta = publish / index_delta_path("net-2.cidx", publish / "net-1.cidx")
+    if damage == "absent":
+        delta.unlink()
+    else:
+        damaged = bytearray(delta.read_bytes())
+        damaged[-3] ^= 0x5A
+        delta.write_bytes(bytes(damaged))
+    server.reset()
+    s = fetch(server.url("net-2.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    assert out.read_bytes() == new
+    assert "/net-2.cidx" in server.requests and s["index_delta_bytes"] == 0, s
+    assert held_index(store, publish / "net-2.cidx").read_bytes() == \
+        (publish / "net-2.cidx").read_bytes()
+
+
+def test_index_delta_that_fails_the_signature_is_not_trusted(tmp_path, publish, server):
+    """A delta that makes another validly encoded index (here: a republished version 2's old
+    index) is refused by the signature check; the index as published is fetched and checked."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run([str(CAIRN), "model", "keygen", "--private", str(keys / "k"), "--public",
+                    str(keys / "k.pub")], check=True, timeout=30)
+    v1, v2, v3 = (tmp_path / f"v{i}.onnx" for i in (1, 2, 3))
+    model_fixtures.make_onnx(v1, seed=1)
+    model_fixtures.make_onnx(v2, seed=1, variant="head")
+    new = model_fixtures.make_onnx(v3, seed=1, variant="scale")
+    pack(v1, publish, "net", "1", "--sign-key", str(keys / "k"))
+    pack(v2, publish, "net", "2", "--sign-key", str(keys / "k"))
+    delta = publish / index_delta_path("net-2.cidx", publish / "net-1.cidx")
+    stale = delta.read_bytes()
+    pack(v3, publish, "net", "2", "--sign-key", str(keys / "k"))  # version 2 republished
+    delta.write_bytes(stale)  # a mirror still serving the delta of the first publication
+    out, store = tmp_path / "m.onnx", tmp_path / "store"
+    fetch(server.url("net-1.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    server.reset()
+    s = fetch(server.url("net-2.cidx"), out, store, "--public-key", str(keys / "k.pub"))
+    assert out.read_bytes() == new
+    assert "/net-2.cidx" in server.requests and s["index_delta_bytes"] == 0, s
+
+
+def test_reordered_onnx_sends_the_bytes_between_tensors_as_deltas(tmp_path, publish, server):
+    results = update_with_and_without_deltas(tmp_path, publish, server, "reorder")
+    d = results["deltas"]
+    assert d["deltas_applied"] >= 1 and d["index_delta_bytes"] > 0, d
+    # The moved framing and names come from the old file the device holds.
+    assert d["downloaded"] < results["chunks"]["downloaded"] / 3, results
 
 
 def test_store_cap_evicts_unreferenced_chunks(tmp_path, publish, server):

@@ -6,12 +6,35 @@
 
 namespace cairn::modelpkg::detail {
 
-Result<std::string> zstd_compress(std::string_view data, int level) {
+namespace {
+
+// The window a frame referring back into `prefix` needs: prefix and data together, between
+// zstd's smallest window (2^10) and the largest a decoder accepts by default (2^27).
+int window_log_for(std::size_t bytes) {
+  int log = 10;
+  while (log < 27 && (std::size_t{1} << log) < bytes) ++log;
+  return log;
+}
+
+Result<std::string> compress(std::string_view data, std::string_view prefix, int level) {
+  if (prefix.size() > kMaxZstdPrefixBytes) {
+    return make_error(errc::limit_exceeded,
+                      "zstd prefix over " + std::to_string(kMaxZstdPrefixBytes) + " bytes");
+  }
   std::string out(ZSTD_compressBound(data.size()), '\0');
   std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
   if (!cctx) return make_error(errc::internal, "cannot create a zstd context");
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, level);
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 1);
+  if (!prefix.empty()) {
+    ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_windowLog,
+                           window_log_for(prefix.size() + data.size()));
+    std::size_t r = ZSTD_CCtx_refPrefix(cctx.get(), prefix.data(), prefix.size());
+    if (ZSTD_isError(r)) {
+      return make_error(errc::internal,
+                        std::string("zstd prefix refused: ") + ZSTD_getErrorName(r));
+    }
+  }
   std::size_t n = ZSTD_compress2(cctx.get(), out.data(), out.size(), data.data(), data.size());
   if (ZSTD_isError(n)) {
     return make_error(errc::internal,
@@ -21,9 +44,21 @@ Result<std::string> zstd_compress(std::string_view data, int level) {
   return out;
 }
 
-Result<std::string> zstd_decompress(std::string_view data, std::size_t max_size) {
+Result<std::string> decompress(std::string_view data, std::string_view prefix,
+                               std::size_t max_size) {
   std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
   if (!dctx) return make_error(errc::internal, "cannot create a zstd context");
+  if (!prefix.empty()) {
+    if (prefix.size() > kMaxZstdPrefixBytes) {
+      return make_error(errc::limit_exceeded,
+                        "zstd prefix over " + std::to_string(kMaxZstdPrefixBytes) + " bytes");
+    }
+    std::size_t r = ZSTD_DCtx_refPrefix(dctx.get(), prefix.data(), prefix.size());
+    if (ZSTD_isError(r)) {
+      return make_error(errc::internal,
+                        std::string("zstd prefix refused: ") + ZSTD_getErrorName(r));
+    }
+  }
   std::string out;
   unsigned long long declared = ZSTD_getFrameContentSize(data.data(), data.size());
   if (declared != ZSTD_CONTENTSIZE_ERROR && declared != ZSTD_CONTENTSIZE_UNKNOWN) {
@@ -68,6 +103,26 @@ Result<std::string> zstd_decompress(std::string_view data, std::size_t max_size)
   }
   if (last != 0) return make_error(errc::corruption, "zstd data is truncated");
   return out;
+}
+
+}  // namespace
+
+Result<std::string> zstd_compress(std::string_view data, int level) {
+  return compress(data, {}, level);
+}
+
+Result<std::string> zstd_decompress(std::string_view data, std::size_t max_size) {
+  return decompress(data, {}, max_size);
+}
+
+Result<std::string> zstd_compress_with_prefix(std::string_view data, std::string_view prefix,
+                                              int level) {
+  return compress(data, prefix, level);
+}
+
+Result<std::string> zstd_decompress_with_prefix(std::string_view data, std::string_view prefix,
+                                                std::size_t max_size) {
+  return decompress(data, prefix, max_size);
 }
 
 }  // namespace cairn::modelpkg::detail

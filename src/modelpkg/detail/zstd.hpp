@@ -18,4 +18,15 @@ Result<std::string> zstd_compress(std::string_view data, int level);
 // hostile file cannot make us allocate freely.
 Result<std::string> zstd_decompress(std::string_view data, std::size_t max_size);
 
+// Largest prefix the two calls below accept: it and the data must fit zstd's window, and the
+// decoder's default window limit (2^27) is what every device accepts.
+inline constexpr std::size_t kMaxZstdPrefixBytes = 64 * 1024 * 1024;
+
+// One zstd frame of `data` that refers back into `prefix` (ZSTD_CCtx_refPrefix): bytes also
+// found in `prefix` cost a few bytes each. Decoding needs the same prefix.
+Result<std::string> zstd_compress_with_prefix(std::string_view data, std::string_view prefix,
+                                              int level);
+Result<std::string> zstd_decompress_with_prefix(std::string_view data, std::string_view prefix,
+                                                std::size_t max_size);
+
 }  // namespace cairn::modelpkg::detail

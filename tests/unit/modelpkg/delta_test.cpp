@@ -59,5 +59,77 @@ TEST(DeltaTest, WrongBaseOrDamagedDeltaIsCorruption) {
   EXPECT_FALSE(make_delta("abc", "abcd", 1, 3));
 }
 
+TEST(DeltaTest, MaskedPlanesRoundTripForEveryMask) {
+  auto old_bytes = testing::random_floats(2001, 1);
+  auto new_bytes = testing::random_floats(2001, 2) + "xyz";  // a size that is no multiple of 4
+  old_bytes += "abc";
+  for (std::uint16_t mask : std::initializer_list<std::uint16_t>{0x0, 0x1, 0x8, 0x6, 0xf}) {
+    auto delta = make_plane_delta(old_bytes, new_bytes, 4, mask, 3);
+    ASSERT_TRUE(delta) << mask;
+    EXPECT_EQ(delta_format(*delta), 2);
+    auto applied = apply_delta(old_bytes, *delta, new_bytes.size());
+    ASSERT_TRUE(applied) << applied.error().to_string();
+    EXPECT_EQ(*applied, new_bytes) << mask;
+  }
+  // No plane XORed: the base is not needed.
+  auto standalone = make_plane_delta("", new_bytes, 4, 0, 3);
+  ASSERT_TRUE(standalone);
+  auto applied = apply_delta("", *standalone, new_bytes.size());
+  ASSERT_TRUE(applied);
+  EXPECT_EQ(*applied, new_bytes);
+}
+
+TEST(DeltaTest, RetrainedTensorCodesItsOwnExponentPlane) {
+  // Every value replaced by an unrelated one of the same spread: the XOR of the sign/exponent
+  // byte is noise, the new byte itself is not.
+  auto old_bytes = testing::random_floats(20000, 1);
+  auto new_bytes = testing::random_floats(20000, 2);
+  auto mask = choose_plane_mask(old_bytes, new_bytes, 4);
+  EXPECT_EQ(mask & 0x8U, 0U) << "the exponent plane should be sent as it is";
+  auto masked = make_plane_delta(old_bytes, new_bytes, 4, mask, 19);
+  auto xored = make_delta(old_bytes, new_bytes, 4, 19);
+  ASSERT_TRUE(masked && xored);
+  EXPECT_LT(masked->size(), xored->size());
+  auto applied = apply_delta(old_bytes, *masked);
+  ASSERT_TRUE(applied);
+  EXPECT_EQ(*applied, new_bytes);
+}
+
+TEST(DeltaTest, PrefixDeltaFindsMovedBytes) {
+  auto a = testing::random_bytes(3000, 1), b = testing::random_bytes(3000, 2);
+  auto prefix = a + b;
+  auto moved = b + a.substr(0, 1000) + "new bytes";
+  auto delta = make_prefix_delta(prefix, moved, 19);
+  ASSERT_TRUE(delta);
+  EXPECT_EQ(delta_format(*delta), 3);
+  EXPECT_LT(delta->size(), 200u);
+  auto applied = apply_delta(prefix, *delta, moved.size());
+  ASSERT_TRUE(applied) << applied.error().to_string();
+  EXPECT_EQ(*applied, moved);
+}
+
+TEST(DeltaTest, DamagedOrMisfittingNewCodingsAreCorruption) {
+  auto old_bytes = testing::random_floats(1000, 1);
+  auto new_bytes = testing::random_floats(1000, 2);
+  auto masked = make_plane_delta(old_bytes, new_bytes, 4, 0x3, 3);
+  auto prefix = make_prefix_delta(old_bytes, new_bytes, 3);
+  ASSERT_TRUE(masked && prefix);
+  for (const auto* delta : {&*masked, &*prefix}) {
+    auto truncated = delta->substr(0, delta->size() - 10);
+    auto r = apply_delta(old_bytes, truncated, new_bytes.size());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, errc::corruption);
+    // A header that claims another size is refused before anything is decoded.
+    auto wrong = apply_delta(old_bytes, *delta, new_bytes.size() + 1);
+    ASSERT_FALSE(wrong);
+    EXPECT_EQ(wrong.error().code, errc::corruption);
+    auto bad_format = *delta;
+    bad_format[4] = 9;
+    EXPECT_FALSE(apply_delta(old_bytes, bad_format, new_bytes.size()));
+  }
+  // Masked planes need the base they were made against (its size at least).
+  EXPECT_FALSE(apply_delta(old_bytes.substr(4), *masked, new_bytes.size()));
+}
+
 }  // namespace
 }  // namespace cairn::modelpkg

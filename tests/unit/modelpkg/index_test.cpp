@@ -35,6 +35,90 @@ TEST(IndexTest, RoundTrips) {
   EXPECT_EQ(idx->segment_starts(), (std::vector<std::size_t>{0, 1, 2}));
 }
 
+TEST(IndexTest, CodedDeltaKindsRoundTripBesideTheFormatOneEntries) {
+  auto idx = sample();
+  idx.deltas[0].entries.push_back({0, 30, DeltaKind::prefix});
+  idx.deltas[0].entries.push_back({1, 10, DeltaKind::masked_planes});
+  auto bytes = encode_index(idx);
+  ASSERT_TRUE(bytes);
+  auto back = decode_index(*bytes);
+  ASSERT_TRUE(back) << back.error().to_string();
+  const auto& entries = back->deltas.at(0).entries;
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[0].kind, DeltaKind::xor_planes);
+  EXPECT_EQ(entries[1].kind, DeltaKind::prefix);
+  EXPECT_EQ(entries[1].size, 30u);
+  EXPECT_EQ(entries[2].kind, DeltaKind::masked_planes);
+}
+
+TEST(IndexTest, PrefixSegmentsAreTheGapsAndTheSameKey) {
+  auto idx = sample();
+  idx.segments = {{"#0", 1, 1}, {"w", 1, 4}};
+  EXPECT_EQ(idx.prefix_segments("w"), (std::vector<std::size_t>{0, 1}));
+  EXPECT_EQ(idx.prefix_segments("other"), (std::vector<std::size_t>{0}));
+}
+
+ModelIndex larger_sample(unsigned changed) {
+  ModelIndex idx = sample();
+  idx.chunks.clear();
+  idx.segments.clear();
+  idx.size = 0;
+  for (unsigned i = 0; i < 200; ++i) {
+    idx.chunks.push_back(
+        {crypto::sha256_hex("chunk" + std::to_string(i == 7 ? changed : i)), 1000, true, 900});
+    idx.size += 1000;
+    idx.segments.push_back({"tensor." + std::to_string(i), 1, 4});
+  }
+  return idx;
+}
+
+TEST(IndexTest, IndexDeltaRebuildsTheExactBytes) {
+  auto old_cidx = encode_index(larger_sample(7));
+  auto new_index = larger_sample(1000);
+  new_index.version = "1.3";
+  auto new_cidx = encode_index(new_index);
+  ASSERT_TRUE(old_cidx && new_cidx);
+  auto delta = make_index_delta(*old_cidx, *new_cidx);
+  ASSERT_TRUE(delta) << delta.error().to_string();
+  EXPECT_LT(delta->size(), new_cidx->size() / 10) << "most of the index repeats";
+  auto made = apply_index_delta(*old_cidx, *delta);
+  ASSERT_TRUE(made) << made.error().to_string();
+  EXPECT_EQ(*made, *new_cidx);
+  EXPECT_EQ(index_delta_path("m-2.cidx", crypto::sha256_hex(*old_cidx)),
+            "deltas/m-2.cidx/" + crypto::sha256_hex(*old_cidx).substr(0, 16));
+}
+
+TEST(IndexTest, DamagedIndexDeltaOrWrongBaseIsCorruption) {
+  auto old_cidx = encode_index(larger_sample(7));
+  auto new_cidx = encode_index(larger_sample(1000));
+  auto other_cidx = encode_index(larger_sample(2000));
+  ASSERT_TRUE(old_cidx && new_cidx && other_cidx);
+  auto delta = make_index_delta(*old_cidx, *new_cidx);
+  ASSERT_TRUE(delta);
+  auto expect_corrupt = [&](const std::string& base, const std::string& d, const char* what) {
+    auto r = apply_index_delta(base, d);
+    ASSERT_FALSE(r) << what;
+    EXPECT_EQ(r.error().code, errc::corruption) << what;
+  };
+  expect_corrupt(*old_cidx, delta->substr(0, delta->size() - 5), "truncated");
+  auto flipped = *delta;
+  flipped[10] = static_cast<char>(flipped[10] ^ 1);  // the target hash
+  expect_corrupt(*old_cidx, flipped, "target hash");
+  auto body = *delta;
+  body[body.size() - 3] = static_cast<char>(body[body.size() - 3] ^ 0x40);
+  expect_corrupt(*old_cidx, body, "body");
+  // A base that differs only where the delta does not look still makes the right index (the
+  // hash says so); one that differs where it looks does not.
+  auto lucky = apply_index_delta(*other_cidx, *delta);
+  ASSERT_TRUE(lucky);
+  EXPECT_EQ(*lucky, *new_cidx);
+  auto small_cidx = encode_index(sample());
+  ASSERT_TRUE(small_cidx);
+  expect_corrupt(*small_cidx, *delta, "another base");
+  expect_corrupt(*old_cidx, "CIXD", "header only");
+  expect_corrupt("not an index", *delta, "base not an index");
+}
+
 TEST(IndexTest, TruncatedIndexIsRejected) {
   auto bytes = encode_index(sample());
   ASSERT_TRUE(bytes);

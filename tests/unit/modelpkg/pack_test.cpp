@@ -67,16 +67,22 @@ TEST(PackTest, PacksReassemblesAndSkipsKnownChunks) {
   EXPECT_TRUE(again->index.deltas.empty());  // same file: nothing to send
 }
 
+// Packs a model as version 1 and the same tensors in another order as version 2 into
+// DIR/pub. Returns their summaries.
+std::pair<Result<PackSummary>, Result<PackSummary>> pack_reordered(const std::string& dir) {
+  auto t = tensors(1);
+  write(dir + "/a.onnx", testing::make_onnx(t));
+  std::swap(t[0], t[2]);
+  write(dir + "/b.onnx", testing::make_onnx(t));
+  PackOptions o = options("1", dir + "/pub");
+  auto a = pack_model(dir + "/a.onnx", o);
+  o.version = "2";
+  return {std::move(a), pack_model(dir + "/b.onnx", o)};
+}
+
 TEST(PackTest, ReorderedTensorsKeepTheirChunks) {
   testing::TempDir dir;
-  auto t = tensors(1);
-  write(dir.path() + "/a.onnx", testing::make_onnx(t));
-  std::swap(t[0], t[2]);
-  write(dir.path() + "/b.onnx", testing::make_onnx(t));
-  PackOptions o = options("1", dir.path() + "/pub");
-  auto a = pack_model(dir.path() + "/a.onnx", o);
-  o.version = "2";
-  auto b = pack_model(dir.path() + "/b.onnx", o);
+  auto [a, b] = pack_reordered(dir.path());
   ASSERT_TRUE(a && b);
   std::uint64_t new_bytes = 0;
   auto old = hashes(a->index);
@@ -85,6 +91,89 @@ TEST(PackTest, ReorderedTensorsKeepTheirChunks) {
   }
   // Only the glue between tensors (names, dims, the small bias) is new.
   EXPECT_LT(new_bytes, 4096u) << new_bytes;
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// The bytes of the given segments of `idx`, in order, from the chunks in `dir`.
+std::string segment_bytes(const std::string& dir, const ModelIndex& idx,
+                          const std::vector<std::size_t>& segments) {
+  auto starts = idx.segment_starts();
+  std::string out;
+  for (std::size_t s : segments) {
+    for (std::size_t c = starts[s]; c < starts[s + 1]; ++c) {
+      auto chunk = read_chunk(dir, idx.chunks[c]);
+      EXPECT_TRUE(chunk);
+      if (chunk) out += *chunk;
+    }
+  }
+  return out;
+}
+
+TEST(PackTest, ReorderedTensorsGetPrefixDeltasForTheBytesBetweenThem) {
+  testing::TempDir dir;
+  auto [a, b] = pack_reordered(dir.path());
+  ASSERT_TRUE(a && b);
+  const std::string pub = dir.path() + "/pub";
+  ASSERT_EQ(b->index.deltas.size(), 1u);
+  std::size_t prefix_deltas = 0;
+  for (const auto& e : b->index.deltas[0].entries) {
+    const auto& key = b->index.segments[e.segment].key;
+    EXPECT_TRUE(key.starts_with('#')) << key << " moved whole and needs no delta";
+    if (e.kind != DeltaKind::prefix) continue;
+    ++prefix_deltas;
+    auto delta = read_all(pub + "/" + delta_path(b->index.sha256, a->index.sha256, e.segment));
+    EXPECT_EQ(delta.size(), e.size);
+    auto prefix = segment_bytes(pub, a->index, a->index.prefix_segments(key));
+    auto expected = segment_bytes(pub, b->index, {e.segment});
+    auto rebuilt = apply_delta(prefix, delta, expected.size());
+    ASSERT_TRUE(rebuilt) << rebuilt.error().to_string();
+    EXPECT_EQ(*rebuilt, expected);
+  }
+  EXPECT_GE(prefix_deltas, 1u);
+}
+
+TEST(PackTest, IndexDeltasRebuildTheIndexAndARepackDropsStaleOnes) {
+  testing::TempDir dir;
+  PackOptions o = options("1", dir.path() + "/pub");
+  std::vector<std::string> cidx;
+  for (unsigned v = 1; v <= 3; ++v) {
+    auto t = tensors(1);
+    t[3].data = testing::random_floats(5000, 100 + v);
+    write(dir.path() + "/m.onnx", testing::make_onnx(t));
+    o.version = std::to_string(v);
+    auto packed = pack_model(dir.path() + "/m.onnx", o);
+    ASSERT_TRUE(packed) << packed.error().to_string();
+    cidx.push_back(read_all(packed->index_path));
+    EXPECT_EQ(packed->index_deltas_written, v - 1);
+    // The file system's clock may not tell packs in one tick apart.
+    std::filesystem::last_write_time(
+        packed->index_path,
+        std::filesystem::file_time_type::clock::now() - std::chrono::seconds(10 - v));
+  }
+  for (unsigned from = 0; from < 2; ++from) {
+    auto delta =
+        read_all(o.out_dir + "/" + index_delta_path("m-3.cidx", crypto::sha256_hex(cidx[from])));
+    auto made = apply_index_delta(cidx[from], delta);
+    ASSERT_TRUE(made) << made.error().to_string();
+    EXPECT_EQ(*made, cidx[2]);
+  }
+  // Version 3 again, with deltas from one version only: the delta from version 1 would make
+  // the index this pack replaced.
+  o.delta_versions = 1;
+  auto again = pack_model(dir.path() + "/m.onnx", o);
+  ASSERT_TRUE(again);
+  std::size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(o.out_dir + "/deltas/m-3.cidx")) {
+    (void)e;
+    ++files;
+  }
+  EXPECT_EQ(files, 1u);
+  EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/" +
+                                       index_delta_path("m-3.cidx", crypto::sha256_hex(cidx[0]))));
 }
 
 TEST(PackTest, ChangedTensorGetsADeltaThatRebuildsIt) {
