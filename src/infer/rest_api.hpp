@@ -9,8 +9,11 @@
 //   GET  /metrics                                Prometheus text
 // Errors are 4xx/5xx with {"error": "..."}; docs/infer.md lists them.
 //
-// The handler only routes and checks cheap things on the HTTP thread; decoding, inference and
-// encoding run on the model's worker threads, which answer through `respond`.
+// An inference request runs on the HTTP thread that received it when that costs no other
+// request anything: an inline-run permit is free (RestOptions::max_inline_runs, fewer than the
+// server's HTTP threads, so one is always left for health checks, metrics and other models),
+// the model has an idle run slot and nothing queued (ModelManager::submit). Otherwise decoding,
+// inference and encoding run on the model's worker threads, which answer through `respond`.
 //
 // Thread-safety: handle() may be called from any thread; the RestApi must outlive every
 // request it accepted (the manager's destructor drains them).
@@ -35,6 +38,10 @@ struct RestOptions {
   std::size_t max_json_depth = 64;
   // Largest JSON part of a binary-extension request (Inference-Header-Content-Length).
   std::size_t max_inference_header_bytes = 1024 * 1024;
+  // Inference requests that may run at once on the HTTP threads that received them (see
+  // above). Must be below the number of threads running the HTTP server, so a slow model never
+  // holds them all; 0: every request goes through the model's queue and workers.
+  std::size_t max_inline_runs = 0;
   std::string server_version = "0.1.0";
 };
 
@@ -50,8 +57,23 @@ class RestApi {
   std::string metrics_text() const;
   void count(int status);
 
+  // One of the max_inline_runs permits for the life of a submit() call, if one is free.
+  class InlinePermit {
+   public:
+    explicit InlinePermit(RestApi& api);
+    ~InlinePermit();
+    InlinePermit(const InlinePermit&) = delete;
+    InlinePermit& operator=(const InlinePermit&) = delete;
+    SubmitOptions submit_options(std::function<void()> before_queue) const;
+
+   private:
+    RestApi& api_;
+    bool held_ = false;
+  };
+
   ModelManager& models_;
   RestOptions options_;
+  std::atomic<std::size_t> inline_runs_{0};
   mutable std::mutex counts_mu_;
   std::map<int, std::uint64_t> responses_by_status_;
 };
