@@ -45,7 +45,7 @@ struct Options {
   infer::DeliveryOptions delivery;
   std::size_t max_body_bytes = 64 * 1024 * 1024;
   std::size_t max_connections = 256;
-  // Threads serving HTTP; all but one may run an inference request inline at a time.
+  // Threads serving HTTP; with 2 or more, one request at a time may run inline.
   std::size_t http_threads = 2;
   infer::ManagerOptions manager;
   infer::ModelSpec defaults;
@@ -155,10 +155,12 @@ int run(Options o) {
 
   // Declared first, destroyed last: model workers still finishing requests at shutdown drop
   // HTTP answers whose timers belong to these io_contexts. `io` runs on this thread (signals,
-  // the module client); `http_io` on o.http_threads threads of its own, so a request running
-  // inline on one of them never holds up the others (infer/rest_api.hpp).
+  // the module client); `http_io` on o.http_threads threads of its own. Concurrency hint 1:
+  // one of them at a time does the I/O and runs what it finds, the others sleep until woken
+  // (by an answer from a model worker, or by the inline-run watch when a request running
+  // inline takes long; infer/inline_watch.hpp), so a request wakes no second thread.
   asio::io_context io(1);
-  asio::io_context http_io(static_cast<int>(o.http_threads));
+  asio::io_context http_io(1);
   infer::ModelDelivery delivery(o.delivery);
   infer::ModelManager models(o.manager);
   models.set_fetcher(
@@ -186,7 +188,10 @@ int run(Options o) {
 
   infer::RestOptions rest_options;
   rest_options.server_version = CAIRN_VERSION;
-  rest_options.max_inline_runs = o.http_threads - 1;
+  if (o.http_threads > 1) {
+    rest_options.max_inline_runs = 1;
+    rest_options.wake_http_thread = [&http_io] { asio::post(http_io, [] {}); };
+  }
   infer::RestApi rest(models, rest_options);
   std::shared_ptr<net::HttpServer> server;
   std::unique_ptr<sdk::ModuleClient> client;
@@ -381,9 +386,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
   app.add_option("--http-threads", o.http_threads,
-                 "Threads serving HTTP; up to N-1 of them run an inference request inline (no "
-                 "hand-off to a worker), one is always left for other requests. 1: every "
-                 "request goes to the model's workers")
+                 "Threads serving HTTP. 2 or more: one request at a time runs inline on the "
+                 "thread that read it (no hand-off to a worker), another thread takes over the "
+                 "I/O if it runs long. 1: every request goes to the model's workers")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
   app.add_option("--max-models", o.manager.max_models, "Models served at once")

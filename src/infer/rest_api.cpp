@@ -454,7 +454,15 @@ std::size_t json_depth(std::string_view text, std::size_t limit) {
 }
 
 RestApi::RestApi(ModelManager& models, RestOptions options)
-    : models_(models), options_(std::move(options)) {}
+    : models_(models), options_(std::move(options)) {
+  if (options_.max_inline_runs > 0 && options_.wake_http_thread) {
+    options_.max_inline_runs = 1;  // the watch follows one run at a time
+    watch_ =
+        std::make_unique<InlineRunWatch>(options_.wake_http_thread, options_.inline_watch_period);
+  }
+}
+
+RestApi::~RestApi() = default;
 
 void RestApi::count(int status) {
   std::lock_guard lock(counts_mu_);
@@ -465,9 +473,18 @@ std::string RestApi::metrics_text() const {
   std::string out = models_.prometheus_text();
   out += "# HELP cairn_infer_http_responses_total HTTP responses by status code.\n";
   out += "# TYPE cairn_infer_http_responses_total counter\n";
-  std::lock_guard lock(counts_mu_);
-  for (const auto& [code, n] : responses_by_status_) {
-    out += fmt::format("cairn_infer_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+  {
+    std::lock_guard lock(counts_mu_);
+    for (const auto& [code, n] : responses_by_status_) {
+      out += fmt::format("cairn_infer_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+    }
+  }
+  if (watch_) {
+    out +=
+        "# HELP cairn_infer_inline_handovers_total Inline runs that lasted long enough for "
+        "another HTTP thread to be woken to take over the I/O.\n";
+    out += "# TYPE cairn_infer_inline_handovers_total counter\n";
+    out += fmt::format("cairn_infer_inline_handovers_total {}\n", watch_->wakes());
   }
   return out;
 }
@@ -640,13 +657,16 @@ RestApi::InlinePermit::InlinePermit(RestApi& api) : api_(api) {
   while (in_use < api_.options_.max_inline_runs) {
     if (api_.inline_runs_.compare_exchange_weak(in_use, in_use + 1)) {
       held_ = true;
+      if (api_.watch_) api_.watch_->begin();
       return;
     }
   }
 }
 
 RestApi::InlinePermit::~InlinePermit() {
-  if (held_) api_.inline_runs_.fetch_sub(1);
+  if (!held_) return;
+  if (api_.watch_) api_.watch_->end();
+  api_.inline_runs_.fetch_sub(1);
 }
 
 SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) const {
