@@ -62,7 +62,8 @@ struct LoadedVersion {
   std::unique_ptr<Engine> engine;
   std::shared_ptr<const InputMapping> input_mapping;  // spec's, bound to the engine's inputs
   double load_ms = 0;
-  std::uint64_t sequence = 0;  // load order, to drop the oldest first
+  std::chrono::nanoseconds warmup_run{0};  // the warm-up run's time, 0 without one
+  std::uint64_t sequence = 0;              // load order, to drop the oldest first
 };
 
 struct Job {
@@ -101,9 +102,12 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
     if (!bound) return bound.error();
     mapping = std::make_shared<const InputMapping>(std::move(*bound));
   }
+  std::chrono::nanoseconds warmup_run{0};
   if (spec.warmup) {
     auto inputs = zero_inputs((*engine)->inputs());
+    const auto warm_start = Clock::now();
     auto warm = (*engine)->run(inputs);
+    warmup_run = Clock::now() - warm_start;
     if (!warm) {
       return make_error(warm.error().code,
                         spec.path + ": warm-up run failed: " + warm.error().message);
@@ -113,6 +117,7 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
   v->spec = spec;
   v->engine = std::move(*engine);
   v->input_mapping = std::move(mapping);
+  v->warmup_run = warmup_run;
   v->load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return v;
 }
@@ -222,6 +227,15 @@ struct ModelManager::Model {
   std::atomic<std::uint64_t> rejected{0};
   std::atomic<std::uint64_t> runs{0};
   std::atomic<std::uint64_t> inline_requests{0};
+  // Engine run time, recent runs weighted most (each run moves it 1/8 of the way): decides
+  // whether a request may run inline (SubmitOptions::max_inline_run_time).
+  std::atomic<std::int64_t> run_ns_average{0};
+
+  void observe_run(Clock::duration took) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(took).count();
+    const auto old = run_ns_average.load(std::memory_order_relaxed);
+    run_ns_average.store(old + (ns - old) / 8, std::memory_order_relaxed);
+  }
   Histogram<kLatencyBuckets.size()> latency{&kLatencyBuckets};
   Histogram<kBatchBuckets.size()> batch_sizes{&kBatchBuckets};
 
@@ -361,7 +375,9 @@ struct ModelManager::Model {
       }
       runs.fetch_add(1, std::memory_order_relaxed);
       batch_sizes.observe(static_cast<double>(members.size()));
+      const auto run_start = Clock::now();
       auto out = engine.run(merged);
+      observe_run(Clock::now() - run_start);
       bool split_ok = static_cast<bool>(out);
       if (out) {
         for (const auto& t : *out)
@@ -384,7 +400,9 @@ struct ModelManager::Model {
       if (!decoded[i]) continue;
       runs.fetch_add(1, std::memory_order_relaxed);
       batch_sizes.observe(1);
+      const auto run_start = Clock::now();
       auto out = engine.run(decoded_requests[i].inputs);
+      observe_run(Clock::now() - run_start);
       if (!out) {
         finish(batch[i], std::move(out).error());
         continue;
@@ -580,6 +598,7 @@ Status ModelManager::load(const ModelSpec& spec, bool keep_others) {
       }
       model->versions[spec.version] = *loaded;
       model->serving = *loaded;  // the swap: new requests take this one from now on
+      model->run_ns_average = (*loaded)->warmup_run.count();
       model->batching = spec.batching;
       model->limits.max_queue = spec.limits.max_queue;
       model->is_default = spec.is_default;
@@ -752,7 +771,10 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
     // Inline: nothing waits before this request (so it overtakes nobody and a batch it could
     // join does not exist), a run slot is idle, and batching was not asked to wait for company.
     if (options.may_run_inline && !model->stopping && model->queue.empty() &&
-        model->running < model->run_slots() && model->batching.max_queue_delay.count() == 0) {
+        model->running < model->run_slots() && model->batching.max_queue_delay.count() == 0 &&
+        (options.max_inline_run_time.count() == 0 ||
+         model->run_ns_average.load(std::memory_order_relaxed) <
+             options.max_inline_run_time.count())) {
       std::shared_ptr<LoadedVersion> loaded =
           version.empty() ? model->serving : model->versions.at(version);
       ++model->running;

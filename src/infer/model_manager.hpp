@@ -103,6 +103,10 @@ struct SubmitOptions {
   // slot, nothing queued and no batching delay. Only for callers that can afford to block for
   // one run of the model and hold no lock `done` takes.
   bool may_run_inline = false;
+  // ... and only while the model's runs take less than this on average (recent runs weighted
+  // most, the warm-up run to begin with); 0: however long. A slow model is better served by
+  // its worker: the same thread every run, its caches warm.
+  std::chrono::nanoseconds max_inline_run_time{0};
   // Called, under the model's lock, when the request is queued instead: the last moment to make
   // the decoder own data it so far only refers to (such as a request body).
   std::function<void()> before_queue;

@@ -672,6 +672,9 @@ RestApi::InlinePermit::~InlinePermit() {
 SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) const {
   SubmitOptions options;
   options.may_run_inline = held_;
+  // Models whose runs would have the watch hand the I/O over to another thread every time run
+  // on their workers.
+  if (api_.watch_) options.max_inline_run_time = api_.options_.inline_watch_period;
   options.before_queue = std::move(before_queue);
   return options;
 }

@@ -29,6 +29,13 @@ class ModelManagerTest : public testing::GeneratedModels {
     return s;
   }
 
+  // A decoder giving one row of x.
+  static RequestDecoder one_row(float x) {
+    return [x](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
+      return InferRequest{{row(x)}};
+    };
+  }
+
   static Tensor row(float v) {
     Tensor t;
     t.name = "x";
@@ -220,18 +227,6 @@ long long metric(const ModelManager& m, const std::string& metric_name) {
   return std::atoll(text.c_str() + at + key.size());
 }
 
-RequestDecoder one_row(float x) {
-  return [x](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
-    Tensor t;
-    t.name = "x";
-    t.dtype = DataType::kFp32;
-    t.shape = {1, 4};
-    const float values[4] = {x, x, x, x};
-    t.data.assign(reinterpret_cast<const char*>(values), sizeof(values));
-    return InferRequest{{std::move(t)}};
-  };
-}
-
 float first_output(const Result<InferResult>& r) {
   float y = 0;
   if (r) std::memcpy(&y, r->outputs.at(0).data.data(), sizeof(float));
@@ -344,6 +339,27 @@ TEST_F(ModelManagerTest, InlineRunHoldsARunSlotAgainstTheWorkers) {
   release.set_value();
   caller.join();
   EXPECT_FALSE(overlapped.get_future().get());
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
+}
+
+TEST_F(ModelManagerTest, ModelsSlowerThanTheInlineLimitRunOnTheirWorker) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));
+  SubmitOptions options;
+  options.may_run_inline = true;
+  options.max_inline_run_time = std::chrono::nanoseconds(1);  // every run is longer
+  std::promise<Result<InferResult>> done;
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(1.0f), [&done](Result<InferResult> r) { done.set_value(std::move(r)); },
+      options));
+  EXPECT_EQ(first_output(done.get_future().get()), 22.0f);
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
+  options.max_inline_run_time = std::chrono::seconds(10);
+  std::optional<Result<InferResult>> result;
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(1.0f), [&result](Result<InferResult> r) { result = std::move(r); },
+      options));
+  ASSERT_TRUE(result.has_value());
   EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
 }
 

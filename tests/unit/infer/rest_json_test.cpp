@@ -15,8 +15,8 @@
 namespace cairn::infer {
 namespace {
 
-// The parameter: whether requests may run inline on the thread that calls handle().
-class RestJsonTest : public testing::GeneratedModels, public ::testing::WithParamInterface<bool> {
+// affine_v1 loaded into models_.
+class AffineModel : public testing::GeneratedModels {
  protected:
   void SetUp() override {
     ModelSpec spec;
@@ -26,6 +26,12 @@ class RestJsonTest : public testing::GeneratedModels, public ::testing::WithPara
     ASSERT_TRUE(models_.load(spec, false));
   }
 
+  ModelManager models_;
+};
+
+// The parameter: whether requests may run inline on the thread that calls handle().
+class RestJsonTest : public AffineModel, public ::testing::WithParamInterface<bool> {
+ protected:
   net::HttpResponse post(const std::string& target, const std::string& body,
                          net::HttpHeaders headers = {}) {
     net::HttpRequest request;
@@ -67,7 +73,6 @@ class RestJsonTest : public testing::GeneratedModels, public ::testing::WithPara
     return o;
   }
 
-  ModelManager models_;
   RestApi api_{models_, options()};
 };
 
@@ -186,16 +191,8 @@ TEST_P(RestJsonTest, ErrorsSayWhere) {
 }
 
 // Module mode: routed scoring messages go through the same envelope parser, as strictly.
-class MessageJsonTest : public testing::GeneratedModels {
+class MessageJsonTest : public AffineModel {
  protected:
-  void SetUp() override {
-    ModelSpec spec;
-    spec.name = "affine";
-    spec.version = "1";
-    spec.path = model("affine_v1.onnx");
-    ASSERT_TRUE(models_.load(spec, false));
-  }
-
   ScoreAnswer message(const std::string& body) {
     std::promise<ScoreAnswer> answered;
     score_json_request(models_, body, "affine", "", 64,
@@ -208,8 +205,6 @@ class MessageJsonTest : public testing::GeneratedModels {
     EXPECT_NE(a.body.find("not valid JSON"), std::string::npos) << a.body;
     EXPECT_NE(a.body.find(" at byte "), std::string::npos) << a.body;
   }
-
-  ModelManager models_;
 };
 
 TEST_F(MessageJsonTest, V2AndScoreBodiesAreAnswered) {
