@@ -788,6 +788,7 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
           owner.release_slot_locked();
         }
       } release{*model};
+      if (options.on_inline_run) options.on_inline_run();
       std::vector<Job> job;
       job.push_back(Job{version, std::move(decode), std::move(done), Clock::now()});
       model->run_batch(job, loaded);

@@ -107,6 +107,8 @@ struct SubmitOptions {
   // most, the warm-up run to begin with); 0: however long. A slow model is better served by
   // its worker: the same thread every run, its caches warm.
   std::chrono::nanoseconds max_inline_run_time{0};
+  // Called on the calling thread just before a request runs inline.
+  std::function<void()> on_inline_run;
   // Called, under the model's lock, when the request is queued instead: the last moment to make
   // the decoder own data it so far only refers to (such as a request body).
   std::function<void()> before_queue;

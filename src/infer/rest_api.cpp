@@ -657,7 +657,6 @@ RestApi::InlinePermit::InlinePermit(RestApi& api) : api_(api) {
   while (in_use < api_.options_.max_inline_runs) {
     if (api_.inline_runs_.compare_exchange_weak(in_use, in_use + 1)) {
       held_ = true;
-      if (api_.watch_) api_.watch_->begin();
       return;
     }
   }
@@ -665,16 +664,23 @@ RestApi::InlinePermit::InlinePermit(RestApi& api) : api_(api) {
 
 RestApi::InlinePermit::~InlinePermit() {
   if (!held_) return;
-  if (api_.watch_) api_.watch_->end();
+  if (watched_) api_.watch_->end();
   api_.inline_runs_.fetch_sub(1);
 }
 
-SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) const {
+SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) {
   SubmitOptions options;
   options.may_run_inline = held_;
   // Models whose runs would have the watch hand the I/O over to another thread every time run
   // on their workers.
-  if (api_.watch_) options.max_inline_run_time = api_.options_.inline_watch_period;
+  if (api_.watch_) {
+    options.max_inline_run_time = api_.options_.inline_watch_period;
+    // Only runs that happen are watched: a request that goes to the queue wakes nobody.
+    options.on_inline_run = [this] {
+      api_.watch_->begin();
+      watched_ = true;
+    };
+  }
   options.before_queue = std::move(before_queue);
   return options;
 }

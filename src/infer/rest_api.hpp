@@ -74,11 +74,12 @@ class RestApi {
     ~InlinePermit();
     InlinePermit(const InlinePermit&) = delete;
     InlinePermit& operator=(const InlinePermit&) = delete;
-    SubmitOptions submit_options(std::function<void()> before_queue) const;
+    SubmitOptions submit_options(std::function<void()> before_queue);
 
    private:
     RestApi& api_;
     bool held_ = false;
+    bool watched_ = false;  // the request runs inline: the watch follows it
   };
 
   ModelManager& models_;
