@@ -39,10 +39,12 @@ constexpr int kRequestTimeoutSecs = 120;
 constexpr double kTinyOverheadTargetUs = 50;
 constexpr double kLargeOverheadTargetRatio = 1.03;
 
-enum class Mode { kRawOrt, kV2Binary, kV2Json, kScore, kNodeScore };
+// kBaselineV2Binary: the v2 binary route of another cairn-infer build (--baseline-infer),
+// measured point by point beside this build's.
+enum class Mode { kRawOrt, kV2Binary, kBaselineV2Binary, kV2Json, kScore, kNodeScore };
 
-constexpr Mode kModes[] = {Mode::kRawOrt, Mode::kV2Binary, Mode::kV2Json, Mode::kScore,
-                           Mode::kNodeScore};
+constexpr Mode kModes[] = {Mode::kRawOrt, Mode::kV2Binary, Mode::kBaselineV2Binary,
+                           Mode::kV2Json, Mode::kScore,    Mode::kNodeScore};
 constexpr Mode kCairnModes[] = {Mode::kV2Binary, Mode::kV2Json, Mode::kScore};
 
 std::string_view label(Mode m) {
@@ -51,6 +53,8 @@ std::string_view label(Mode m) {
       return "raw ONNX Runtime (in-process)";
     case Mode::kV2Binary:
       return "cairn-infer v2 binary";
+    case Mode::kBaselineV2Binary:
+      return "baseline cairn-infer v2 binary";
     case Mode::kV2Json:
       return "cairn-infer v2 JSON";
     case Mode::kScore:
@@ -67,6 +71,8 @@ std::string_view key(Mode m) {
       return "raw_ort";
     case Mode::kV2Binary:
       return "v2_binary";
+    case Mode::kBaselineV2Binary:
+      return "baseline_v2_binary";
     case Mode::kV2Json:
       return "v2_json";
     case Mode::kScore:
@@ -113,6 +119,7 @@ struct ModelResult {
   // One client, a request each server answers on its HTTP thread without running the model
   // (cairn-infer GET /v2/health/live, Node GET /score -> 404): what HTTP alone costs.
   std::optional<Point> infer_http_floor;
+  std::optional<Point> baseline_http_floor;  // the --baseline-infer build's
   std::optional<Point> node_http_floor;
   std::optional<std::uint64_t> infer_rss_kib;  // one model loaded, after the first requests
   std::optional<std::uint64_t> infer_rss_after_kib;
@@ -191,6 +198,7 @@ std::string shape_json(const std::vector<std::int64_t>& shape) { return json(sha
 
 // The request each HTTP mode sends, built once.
 net::HttpRequest request_for(Mode mode, const Workload& w) {
+  if (mode == Mode::kBaselineV2Binary) mode = Mode::kV2Binary;
   net::HttpRequest r;
   r.method = "POST";
   if (mode == Mode::kScore || mode == Mode::kNodeScore) {
@@ -235,7 +243,7 @@ Result<std::vector<float>> output_of(Mode mode, const Workload& w, const net::Ht
   if (r.status != 200) return bad("HTTP " + std::to_string(r.status));
   std::vector<float> out;
   try {
-    if (mode == Mode::kV2Binary) {
+    if (mode == Mode::kV2Binary || mode == Mode::kBaselineV2Binary) {
       const std::size_t n = std::stoul(r.header("Inference-Header-Content-Length"));
       const auto header = json::parse(r.body.substr(0, n));
       const auto& o = header.at("outputs").at(0);
@@ -546,10 +554,29 @@ void Bench::measure_cairn(const Workload& w, bool batching, ModelResult& out) {
       return;
     }
   }
+  // The baseline build, same arguments, idle while this build is measured and the other way
+  // round; each of its points right after this build's same point.
+  std::optional<Server> baseline;
+  if (!batching && !o_.baseline_infer_path.empty()) {
+    argv.front() = o_.baseline_infer_path;
+    progress(fmt::format("{}: starting the baseline cairn-infer", w.name));
+    auto started = start_server(argv, (work_ / fmt::format("baseline-{}.log", w.name)).string());
+    if (!started) {
+      out.errors.push_back("baseline cairn-infer: " + started.error().message);
+    } else if (auto s = verify_http(Mode::kBaselineV2Binary, w, started->port); !s) {
+      out.errors.push_back(s.error().message);
+      started->process->stop();
+    } else {
+      baseline = std::move(*started);
+    }
+  }
   if (!batching) {
     out.infer_rss_kib = server->process->rss_kib();
     progress(fmt::format("{}: cairn-infer GET /v2/health/live, 1 client", w.name));
     out.infer_http_floor = measure_http_floor(w, server->port, "/v2/health/live");
+    if (baseline) {
+      out.baseline_http_floor = measure_http_floor(w, baseline->port, "/v2/health/live");
+    }
   }
   for (Mode m : kCairnModes) {
     for (int c : o_.concurrency) {
@@ -559,8 +586,15 @@ void Bench::measure_cairn(const Workload& w, bool batching, ModelResult& out) {
       auto p = measure_http(m, w, server->port, c, batching);
       if (!p.error.empty()) out.errors.push_back(p.error);
       (batching ? out.modes[m].batched : out.modes[m].plain)[c] = std::move(p);
+      if (m == Mode::kV2Binary && baseline) {
+        progress(fmt::format("{}: {}, {} client(s)", w.name, label(Mode::kBaselineV2Binary), c));
+        auto b = measure_http(Mode::kBaselineV2Binary, w, baseline->port, c, false);
+        if (!b.error.empty()) out.errors.push_back(b.error);
+        out.modes[Mode::kBaselineV2Binary].plain[c] = std::move(b);
+      }
     }
   }
+  if (baseline) baseline->process->stop();
   if (!batching) out.infer_rss_after_kib = server->process->rss_kib();
   if (!server->process->running()) {
     out.errors.push_back("cairn-infer " + server->process->exit_description() + "\n" +
@@ -675,8 +709,11 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
     };
     std::cout << "\nHTTP alone, 1 client, answered without running the model: cairn-infer "
                  "GET /v2/health/live "
-              << floor_text(r.infer_http_floor) << "; Node GET /score (404) "
-              << floor_text(r.node_http_floor) << "\n";
+              << floor_text(r.infer_http_floor);
+    if (r.baseline_http_floor) {
+      std::cout << "; baseline cairn-infer " << floor_text(r.baseline_http_floor);
+    }
+    std::cout << "; Node GET /score (404) " << floor_text(r.node_http_floor) << "\n";
     std::cout << "\nRSS with the one model loaded (after the first requests / after the runs): "
               << "cairn-infer " << mib(r.infer_rss_kib) << " / " << mib(r.infer_rss_after_kib)
               << ", Node server " << mib(r.node_rss_kib) << " / " << mib(r.node_rss_after_kib)
@@ -744,6 +781,9 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
                     {"targets", targets}};
     if (r.infer_http_floor && r.infer_http_floor->latency.count()) {
       model_json["cairn_infer_http_only_p50_us"] = us(r.infer_http_floor->latency.quantile(0.5));
+    }
+    if (r.baseline_http_floor && r.baseline_http_floor->latency.count()) {
+      model_json["baseline_http_only_p50_us"] = us(r.baseline_http_floor->latency.quantile(0.5));
     }
     if (r.node_http_floor && r.node_http_floor->latency.count()) {
       model_json["node_http_only_p50_us"] = us(r.node_http_floor->latency.quantile(0.5));

@@ -26,6 +26,9 @@ namespace cairn::bench {
 
 struct InferBenchOptions {
   std::string infer_path;  // cairn-infer
+  // Another cairn-infer build (e.g. main's), measured on the v2 binary route and HTTP alone,
+  // each point right after this build's same point; empty: none.
+  std::string baseline_infer_path;
   std::string node_path = "/usr/bin/node";
   std::string node_server;  // bench/node/score_server.js; empty: no Node baseline
   std::string source_dir;   // repository root (tests/models/make_onnx_models.py)

@@ -276,6 +276,11 @@ int main(int argc, char** argv) {
                    "cairn-infer's --max-queue-delay-us in the batching runs")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1'000'000}));
+  infer_cmd
+      ->add_option("--baseline-infer", infer_options.baseline_infer_path,
+                   "Another cairn-infer build (e.g. main's) measured beside --cairn-infer on the "
+                   "v2 binary route and HTTP alone, point by point")
+      ->check(CLI::ExistingFile);
   infer_cmd->add_option("--cairn-infer", infer_options.infer_path, "cairn-infer binary")
       ->capture_default_str();
   infer_cmd->add_option("--node", infer_options.node_path, "node binary")->capture_default_str();

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -43,6 +45,8 @@ struct Options {
   infer::DeliveryOptions delivery;
   std::size_t max_body_bytes = 64 * 1024 * 1024;
   std::size_t max_connections = 256;
+  // Threads serving HTTP; with 2 or more, one request at a time may run inline.
+  std::size_t http_threads = 2;
   infer::ManagerOptions manager;
   infer::ModelSpec defaults;
 };
@@ -150,8 +154,13 @@ int run(Options o) {
   }
 
   // Declared first, destroyed last: model workers still finishing requests at shutdown drop
-  // HTTP answers whose timers belong to this io_context.
+  // HTTP answers whose timers belong to these io_contexts. `io` runs on this thread (signals,
+  // the module client); `http_io` on o.http_threads threads of its own. Concurrency hint 1:
+  // one of them at a time does the I/O and runs what it finds, the others sleep until woken
+  // (by an answer from a model worker, or by the inline-run watch when a request running
+  // inline takes long; infer/inline_watch.hpp), so a request wakes no second thread.
   asio::io_context io(1);
+  asio::io_context http_io(1);
   infer::ModelDelivery delivery(o.delivery);
   infer::ModelManager models(o.manager);
   models.set_fetcher(
@@ -179,6 +188,10 @@ int run(Options o) {
 
   infer::RestOptions rest_options;
   rest_options.server_version = CAIRN_VERSION;
+  if (o.http_threads > 1) {
+    rest_options.max_inline_runs = 1;
+    rest_options.wake_http_thread = [&http_io] { asio::post(http_io, [] {}); };
+  }
   infer::RestApi rest(models, rest_options);
   std::shared_ptr<net::HttpServer> server;
   std::unique_ptr<sdk::ModuleClient> client;
@@ -202,7 +215,7 @@ int run(Options o) {
     limits.max_body_bytes = o.max_body_bytes;
     limits.max_connections = o.max_connections;
     auto started = net::HttpServer::start(
-        io, address->first, address->second, nullptr,
+        http_io, address->first, address->second, nullptr,
         [&rest](const net::HttpRequest& request, net::HttpRespond respond) {
           rest.handle(request, std::move(respond));
         },
@@ -320,7 +333,17 @@ int run(Options o) {
     });
   };
   wait_reload();
+  auto http_work = asio::make_work_guard(http_io);
+  std::vector<std::thread> http_runners;
+  for (std::size_t i = 0; i < o.http_threads; ++i) {
+    http_runners.emplace_back([&http_io] { http_io.run(); });
+  }
   io.run();
+  // The HTTP threads stop before what their requests use (the REST API, the models) goes.
+  if (server) server->stop();
+  http_work.reset();
+  http_io.stop();
+  for (auto& runner : http_runners) runner.join();
   // No result or report goes to the client once the service is closed; then the client goes,
   // before the models (whose workers may still finish requests into the closed service).
   if (service) service->close();
@@ -362,6 +385,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections", o.max_connections, "Concurrent HTTP connections")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
+  app.add_option("--http-threads", o.http_threads,
+                 "Threads serving HTTP. 2 or more: one request at a time runs inline on the "
+                 "thread that read it (no hand-off to a worker), another thread takes over the "
+                 "I/O if it runs long. 1: every request goes to the model's workers")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
   app.add_option("--max-models", o.manager.max_models, "Models served at once")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{10000}));
@@ -390,7 +419,9 @@ int main(int argc, char** argv) {
                  "Requests waiting per model before 429")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
-  app.add_option("--concurrency", o.defaults.limits.concurrency, "Worker threads per model")
+  app.add_option("--concurrency", o.defaults.limits.concurrency,
+                 "Runs of a model at once: its worker threads, and the run slots a request "
+                 "running inline on an HTTP thread takes")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
   app.add_option("--connection-string", o.connection_string,

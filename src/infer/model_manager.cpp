@@ -62,7 +62,8 @@ struct LoadedVersion {
   std::unique_ptr<Engine> engine;
   std::shared_ptr<const InputMapping> input_mapping;  // spec's, bound to the engine's inputs
   double load_ms = 0;
-  std::uint64_t sequence = 0;  // load order, to drop the oldest first
+  std::chrono::nanoseconds warmup_run{0};  // the warm-up run's time, 0 without one
+  std::uint64_t sequence = 0;              // load order, to drop the oldest first
 };
 
 struct Job {
@@ -101,9 +102,12 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
     if (!bound) return bound.error();
     mapping = std::make_shared<const InputMapping>(std::move(*bound));
   }
+  std::chrono::nanoseconds warmup_run{0};
   if (spec.warmup) {
     auto inputs = zero_inputs((*engine)->inputs());
+    const auto warm_start = Clock::now();
     auto warm = (*engine)->run(inputs);
+    warmup_run = Clock::now() - warm_start;
     if (!warm) {
       return make_error(warm.error().code,
                         spec.path + ": warm-up run failed: " + warm.error().message);
@@ -113,6 +117,7 @@ Result<std::shared_ptr<LoadedVersion>> load_version(const ModelSpec& spec) {
   v->spec = spec;
   v->engine = std::move(*engine);
   v->input_mapping = std::move(mapping);
+  v->warmup_run = warmup_run;
   v->load_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return v;
 }
@@ -198,6 +203,8 @@ struct ModelManager::Model {
   std::map<std::string, std::shared_ptr<LoadedVersion>> versions;
   std::shared_ptr<LoadedVersion> serving;
   std::deque<Job> queue;
+  // Engine runs in progress, on workers or inline on a caller's thread; at most run_slots().
+  std::size_t running = 0;
   BatchingOptions batching;
   ModelLimits limits;
   bool is_default = false;
@@ -219,11 +226,30 @@ struct ModelManager::Model {
   std::atomic<std::uint64_t> failures{0};
   std::atomic<std::uint64_t> rejected{0};
   std::atomic<std::uint64_t> runs{0};
+  std::atomic<std::uint64_t> inline_requests{0};
+  // Engine run time, recent runs weighted most (each run moves it 1/8 of the way): decides
+  // whether a request may run inline (SubmitOptions::max_inline_run_time).
+  std::atomic<std::int64_t> run_ns_average{0};
+
+  void observe_run(Clock::duration took) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(took).count();
+    const auto old = run_ns_average.load(std::memory_order_relaxed);
+    run_ns_average.store(old + (ns - old) / 8, std::memory_order_relaxed);
+  }
   Histogram<kLatencyBuckets.size()> latency{&kLatencyBuckets};
   Histogram<kBatchBuckets.size()> batch_sizes{&kBatchBuckets};
 
+  // The model's configured concurrency: runs at once, whichever thread they are on.
+  std::size_t run_slots() const { return std::max<std::size_t>(1, limits.concurrency); }
+
+  // Gives back a run slot (under `mu`); a worker may be waiting for it.
+  void release_slot_locked() {
+    --running;
+    if (!queue.empty()) cv.notify_one();
+  }
+
   void start_workers() {
-    for (std::size_t i = 0; i < std::max<std::size_t>(1, limits.concurrency); ++i) {
+    for (std::size_t i = 0; i < run_slots(); ++i) {
       workers.emplace_back([this] { worker_loop(); });
     }
   }
@@ -254,8 +280,12 @@ struct ModelManager::Model {
       std::shared_ptr<LoadedVersion> version;
       {
         std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        // A queued request waits for a run slot as well as a worker: an inline run holds one.
+        cv.wait(lock, [&] {
+          return (stopping && queue.empty()) || (!queue.empty() && running < run_slots());
+        });
         if (queue.empty()) return;  // stopping and drained
+        ++running;
         batch.push_back(std::move(queue.front()));
         queue.pop_front();
         const std::size_t max_batch = std::max<std::size_t>(1, batching.max_batch_size);
@@ -280,6 +310,8 @@ struct ModelManager::Model {
         }
       }
       run_batch(batch, version);
+      std::lock_guard lock(mu);
+      release_slot_locked();
     }
   }
 
@@ -343,7 +375,9 @@ struct ModelManager::Model {
       }
       runs.fetch_add(1, std::memory_order_relaxed);
       batch_sizes.observe(static_cast<double>(members.size()));
+      const auto run_start = Clock::now();
       auto out = engine.run(merged);
+      observe_run(Clock::now() - run_start);
       bool split_ok = static_cast<bool>(out);
       if (out) {
         for (const auto& t : *out)
@@ -366,7 +400,9 @@ struct ModelManager::Model {
       if (!decoded[i]) continue;
       runs.fetch_add(1, std::memory_order_relaxed);
       batch_sizes.observe(1);
+      const auto run_start = Clock::now();
       auto out = engine.run(decoded_requests[i].inputs);
+      observe_run(Clock::now() - run_start);
       if (!out) {
         finish(batch[i], std::move(out).error());
         continue;
@@ -562,6 +598,7 @@ Status ModelManager::load(const ModelSpec& spec, bool keep_others) {
       }
       model->versions[spec.version] = *loaded;
       model->serving = *loaded;  // the swap: new requests take this one from now on
+      model->run_ns_average = (*loaded)->warmup_run.count();
       model->batching = spec.batching;
       model->limits.max_queue = spec.limits.max_queue;
       model->is_default = spec.is_default;
@@ -701,7 +738,7 @@ Status ModelManager::apply_desired(const nlohmann::json& desired,
 }
 
 Status ModelManager::submit(const std::string& model_name, const std::string& version,
-                            RequestDecoder decode, InferDone done) {
+                            RequestDecoder decode, InferDone done, SubmitOptions options) {
   std::shared_ptr<Model> model;
   {
     std::lock_guard lock(mu_);
@@ -721,7 +758,7 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
     model = it->second;
   }
   {
-    std::lock_guard lock(model->mu);
+    std::unique_lock lock(model->mu);
     if (!version.empty() && !model->versions.count(version)) {
       return make_error(errc::not_found,
                         "model '" + model->name + "' has no version '" + version + "'");
@@ -731,12 +768,39 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
                         "model '" + model->name + "' is not loaded (" + model->status +
                             (model->error.empty() ? "" : ": " + model->error) + ")");
     }
+    // Inline: nothing waits before this request (so it overtakes nobody and a batch it could
+    // join does not exist), a run slot is idle, and batching was not asked to wait for company.
+    if (options.may_run_inline && !model->stopping && model->queue.empty() &&
+        model->running < model->run_slots() && model->batching.max_queue_delay.count() == 0 &&
+        (options.max_inline_run_time.count() == 0 ||
+         model->run_ns_average.load(std::memory_order_relaxed) <
+             options.max_inline_run_time.count())) {
+      std::shared_ptr<LoadedVersion> loaded =
+          version.empty() ? model->serving : model->versions.at(version);
+      ++model->running;
+      model->requests.fetch_add(1, std::memory_order_relaxed);
+      model->inline_requests.fetch_add(1, std::memory_order_relaxed);
+      lock.unlock();
+      struct SlotRelease {
+        Model& owner;
+        ~SlotRelease() {
+          std::lock_guard relock(owner.mu);
+          owner.release_slot_locked();
+        }
+      } release{*model};
+      if (options.on_inline_run) options.on_inline_run();
+      std::vector<Job> job;
+      job.push_back(Job{version, std::move(decode), std::move(done), Clock::now()});
+      model->run_batch(job, loaded);
+      return {};
+    }
     if (model->queue.size() >= model->limits.max_queue) {
       model->rejected.fetch_add(1, std::memory_order_relaxed);
       return make_error(errc::limit_exceeded, "model '" + model->name + "' has " +
                                                   std::to_string(model->queue.size()) +
                                                   " requests queued (max_queue); retry later");
     }
+    if (options.before_queue) options.before_queue();
     model->requests.fetch_add(1, std::memory_order_relaxed);
     model->queue.push_back(Job{version, std::move(decode), std::move(done), Clock::now()});
   }
@@ -810,6 +874,14 @@ std::string ModelManager::prometheus_text() const {
   for (const auto& m : models) {
     out +=
         fmt::format("cairn_infer_engine_runs_total{{model=\"{}\"}} {}\n", m->name, m->runs.load());
+  }
+  out +=
+      "# HELP cairn_infer_inline_requests_total Requests run on the thread that received them "
+      "(an idle run slot and nothing queued), without a hand-off to a worker.\n";
+  out += "# TYPE cairn_infer_inline_requests_total counter\n";
+  for (const auto& m : models) {
+    out += fmt::format("cairn_infer_inline_requests_total{{model=\"{}\"}} {}\n", m->name,
+                       m->inline_requests.load());
   }
   out += "# HELP cairn_infer_queue_depth Requests waiting for a worker.\n";
   out += "# TYPE cairn_infer_queue_depth gauge\n";

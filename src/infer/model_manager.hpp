@@ -1,6 +1,9 @@
 // ModelManager: the models cairn-infer serves. Several named models, several versions of each
 // side by side, one default model; per model a bounded request queue, worker threads that run
-// the engine (never the caller's thread), dynamic batching, and metrics.
+// the engine, dynamic batching, and metrics. A caller that allows it (SubmitOptions) has its
+// request run on its own thread when the model has an idle run slot and nothing queued: no
+// hand-off to a worker and back. A model runs at most `concurrency` requests at once, inline
+// and on workers together.
 //
 // Hot swap: a new version is loaded and warmed up beside the serving one and then swapped in
 // under the model's lock (a shared_ptr assignment). A request holds the version it started on,
@@ -94,6 +97,22 @@ struct InferResult {
 };
 
 using InferDone = std::function<void(Result<InferResult>)>;
+
+struct SubmitOptions {
+  // The request may run on the calling thread, inside submit(), when the model has an idle run
+  // slot, nothing queued and no batching delay. Only for callers that can afford to block for
+  // one run of the model and hold no lock `done` takes.
+  bool may_run_inline = false;
+  // ... and only while the model's runs take less than this on average (recent runs weighted
+  // most, the warm-up run to begin with); 0: however long. A slow model is better served by
+  // its worker: the same thread every run, its caches warm.
+  std::chrono::nanoseconds max_inline_run_time{0};
+  // Called on the calling thread just before a request runs inline.
+  std::function<void()> on_inline_run;
+  // Called, under the model's lock, when the request is queued instead: the last moment to make
+  // the decoder own data it so far only refers to (such as a request body).
+  std::function<void()> before_queue;
+};
 // Turns the caller's payload into input tensors on a worker thread, given the signature of the
 // version that will run it (so /score can take dtypes from the model) and that version's input
 // mapping bound to the signature (null when it has none).
@@ -153,10 +172,11 @@ class ModelManager {
   void wait_idle();
 
   // Queues a request for `model` (empty: the default model), `version` (empty: the serving
-  // one). Fails at once with not_found (unknown model, version or no default) or
-  // limit_exceeded (queue full); otherwise `done` is called exactly once, on a worker.
+  // one), or runs it at once on the calling thread (options.may_run_inline). Fails at once with
+  // not_found (unknown model, version or no default) or limit_exceeded (queue full); otherwise
+  // `done` is called exactly once: on a worker, or on this thread before submit returns.
   Status submit(const std::string& model, const std::string& version, RequestDecoder decode,
-                InferDone done);
+                InferDone done, SubmitOptions options = {});
 
   std::vector<ModelInfo> list() const;
   std::optional<ModelInfo> find(const std::string& name) const;

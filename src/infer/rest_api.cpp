@@ -59,23 +59,6 @@ std::vector<std::string> split_path(const std::string& path) {
   return parts;
 }
 
-Error too_deep(std::size_t max_depth) {
-  return make_error(errc::invalid_argument,
-                    "JSON nested deeper than " + std::to_string(max_depth) + " levels");
-}
-
-Result<nlohmann::json> parse_json(std::string_view text, std::size_t max_depth) {
-  if (json_depth(text, max_depth) > max_depth) return too_deep(max_depth);
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  // nlohmann stops at a NUL byte, which is never valid JSON: "{...}\0junk" is refused too.
-  if (j.is_discarded() || text.find('\0') != std::string_view::npos) {
-    if (auto error = find_json_syntax_error(text, max_depth))
-      return json_syntax_error(text, *error);
-    return make_error(errc::invalid_argument, "the body is not valid JSON");
-  }
-  return j;
-}
-
 // A tensor's data: an array the envelope kept as text (read straight into the tensor and, when
 // read in full, marked as checked JSON), or a JSON value.
 Status read_tensor(const nlohmann::json& data, JsonEnvelope* envelope, bool infer_shape,
@@ -123,12 +106,35 @@ const VersionInfo* pick_version(const ModelInfo& info, const std::string& versio
   return nullptr;
 }
 
+// A request body as the decoder sees it. A request run inline is decoded from the HTTP
+// request's own body, which outlives the run; one queued for a worker owns a copy, made by
+// own() when the manager queues it (SubmitOptions::before_queue).
 struct Shared {
-  std::string body;
+  std::string_view body;
+  std::string owned;
   // body[0, binary_offset) is the JSON part, the binary tensors follow (the whole body without
   // the binary extension). Parsed in place: a body may be megabytes of JSON.
   std::size_t binary_offset = 0;
+
+  void own() {
+    if (body.data() == owned.data()) return;
+    owned.assign(body);
+    body = owned;
+  }
+  void own(std::string text) {
+    owned = std::move(text);
+    body = owned;
+  }
 };
+
+// A routed message's body: a v2 request's "data" arrays, or every array member of a /score
+// body, stay text. "inputs" (what makes a body a v2 request) and "outputs" are the envelope.
+bool keep_message_tensors(std::size_t depth, std::string_view key) {
+  return keep_v2_tensor_data(depth, key) || (depth == 1 && key != "inputs" && key != "outputs");
+}
+
+// A raw record for an input mapping: a JSON document in full (records are small).
+bool keep_nothing(std::size_t, std::string_view) { return false; }
 
 // Decodes a v2 inference request. Returns the tensors and fills `outputs_wanted`.
 struct OutputChoice {
@@ -369,28 +375,36 @@ void score_json_request(ModelManager& models, std::string body, const std::strin
     bool v2 = false;
   };
   auto call = std::make_shared<Call>();
-  call->shared.body = std::move(body);
+  call->shared.own(std::move(body));
+  // The same envelope parser, with the same strict checks, as the REST JSON routes: the
+  // tensors are read from the text, and a body that is not JSON in full is refused, saying
+  // where.
   auto decode = [call, max_json_depth](const std::vector<TensorInfo>& sig,
                                        const InputMapping* mapping) -> Result<InferRequest> {
-    auto parsed = parse_json(call->shared.body, max_json_depth);
-    if (!parsed) return parsed.error();
-    const bool v2 = parsed->is_object() && parsed->contains("inputs");
-    if (mapping && !(v2 && (*parsed)["inputs"].is_array())) {
-      // A raw record (a sensor reading): the model's input mapping makes the tensors.
-      auto tensors = mapping->map(*parsed);
+    const std::string_view text = call->shared.body;
+    auto envelope = JsonEnvelope::parse(text, max_json_depth, keep_message_tensors);
+    if (!envelope) return envelope.error();
+    const nlohmann::json& doc = envelope->doc();
+    const bool v2 = doc.is_object() && doc.contains("inputs");
+    if (mapping && !(v2 && doc["inputs"].is_array())) {
+      // A raw record (a sensor reading): the model's input mapping makes the tensors, from
+      // the record's values, arrays included.
+      auto record = JsonEnvelope::parse(text, max_json_depth, keep_nothing);
+      if (!record) return record.error();
+      auto tensors = mapping->map(record->doc());
       if (!tensors) return tensors.error();
       return InferRequest{std::move(*tensors)};
     }
     if (v2) {
       call->v2 = true;
-      call->shared.binary_offset = call->shared.body.size();  // JSON tensors only
-      auto req = decode_v2_json(*parsed, nullptr, call->shared, call->choice, call->id);
+      call->shared.binary_offset = text.size();  // JSON tensors only
+      auto req = decode_v2_json(doc, &*envelope, call->shared, call->choice, call->id);
       // A message answer is one JSON document: binary outputs are not available.
       call->choice.all_binary = false;
       call->choice.binary.assign(call->choice.binary.size(), false);
-      return req;
+      return checked(std::move(req), *envelope);
     }
-    return decode_score(*parsed, nullptr, sig);
+    return checked(decode_score(doc, &*envelope, sig), *envelope);
   };
   auto on_result = [call, done](Result<InferResult> result) {
     if (!result) {
@@ -440,7 +454,15 @@ std::size_t json_depth(std::string_view text, std::size_t limit) {
 }
 
 RestApi::RestApi(ModelManager& models, RestOptions options)
-    : models_(models), options_(std::move(options)) {}
+    : models_(models), options_(std::move(options)) {
+  if (options_.max_inline_runs > 0 && options_.wake_http_thread) {
+    options_.max_inline_runs = 1;  // the watch follows one run at a time
+    watch_ =
+        std::make_unique<InlineRunWatch>(options_.wake_http_thread, options_.inline_watch_period);
+  }
+}
+
+RestApi::~RestApi() = default;
 
 void RestApi::count(int status) {
   std::lock_guard lock(counts_mu_);
@@ -451,9 +473,18 @@ std::string RestApi::metrics_text() const {
   std::string out = models_.prometheus_text();
   out += "# HELP cairn_infer_http_responses_total HTTP responses by status code.\n";
   out += "# TYPE cairn_infer_http_responses_total counter\n";
-  std::lock_guard lock(counts_mu_);
-  for (const auto& [code, n] : responses_by_status_) {
-    out += fmt::format("cairn_infer_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+  {
+    std::lock_guard lock(counts_mu_);
+    for (const auto& [code, n] : responses_by_status_) {
+      out += fmt::format("cairn_infer_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+    }
+  }
+  if (watch_) {
+    out +=
+        "# HELP cairn_infer_inline_handovers_total Inline runs that lasted long enough for "
+        "another HTTP thread to be woken to take over the I/O.\n";
+    out += "# TYPE cairn_infer_inline_handovers_total counter\n";
+    out += fmt::format("cairn_infer_inline_handovers_total {}\n", watch_->wakes());
   }
   return out;
 }
@@ -559,7 +590,7 @@ void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond_r
 void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model,
                        const std::string& version, net::HttpRespond respond) {
   auto shared = std::make_shared<Shared>();
-  shared->body = request.body;
+  shared->body = request.body;  // owned only if queued (submit_options below)
   const std::string header_length = request.header("Inference-Header-Content-Length");
   if (!header_length.empty()) {
     std::size_t n = 0;
@@ -583,6 +614,7 @@ void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model
   auto choice = std::make_shared<OutputChoice>();
   auto id = std::make_shared<std::string>();
   const std::size_t depth = options_.max_json_depth;
+  InlinePermit permit(*this);
   auto status = models_.submit(
       model, version,
       [shared, choice, id, depth](const std::vector<TensorInfo>&, const InputMapping*) {
@@ -591,19 +623,22 @@ void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model
       [respond, choice, id](Result<InferResult> result) {
         if (!result) return respond(error_response(result.error()));
         respond(encode_v2(*result, *choice, *id));
-      });
+      },
+      permit.submit_options([shared] { shared->own(); }));
   if (!status) respond(error_response(status.error()));
 }
 
 void RestApi::score(const net::HttpRequest& request, const std::string& model,
                     net::HttpRespond respond) {
-  auto body = std::make_shared<std::string>(request.body);
+  auto shared = std::make_shared<Shared>();
+  shared->body = request.body;  // owned only if queued (submit_options below)
   const std::size_t depth = options_.max_json_depth;
+  InlinePermit permit(*this);
   auto status = models_.submit(
       model, "",
-      [body, depth](const std::vector<TensorInfo>& sig,
-                    const InputMapping*) -> Result<InferRequest> {
-        auto envelope = JsonEnvelope::parse(*body, depth, keep_score_tensors);
+      [shared, depth](const std::vector<TensorInfo>& sig,
+                      const InputMapping*) -> Result<InferRequest> {
+        auto envelope = JsonEnvelope::parse(shared->body, depth, keep_score_tensors);
         if (!envelope) return envelope.error();
         return checked(decode_score(envelope->doc(), &*envelope, sig), *envelope);
       },
@@ -612,8 +647,42 @@ void RestApi::score(const net::HttpRequest& request, const std::string& model,
         net::HttpResponse response;
         response.body = encode_score(*result);
         respond(std::move(response));
-      });
+      },
+      permit.submit_options([shared] { shared->own(); }));
   if (!status) respond(error_response(status.error()));
+}
+
+RestApi::InlinePermit::InlinePermit(RestApi& api) : api_(api) {
+  std::size_t in_use = api_.inline_runs_.load(std::memory_order_relaxed);
+  while (in_use < api_.options_.max_inline_runs) {
+    if (api_.inline_runs_.compare_exchange_weak(in_use, in_use + 1)) {
+      held_ = true;
+      return;
+    }
+  }
+}
+
+RestApi::InlinePermit::~InlinePermit() {
+  if (!held_) return;
+  if (watched_) api_.watch_->end();
+  api_.inline_runs_.fetch_sub(1);
+}
+
+SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) {
+  SubmitOptions options;
+  options.may_run_inline = held_;
+  // Models whose runs would have the watch hand the I/O over to another thread every time run
+  // on their workers.
+  if (api_.watch_) {
+    options.max_inline_run_time = api_.options_.inline_watch_period;
+    // Only runs that happen are watched: a request that goes to the queue wakes nobody.
+    options.on_inline_run = [this] {
+      api_.watch_->begin();
+      watched_ = true;
+    };
+  }
+  options.before_queue = std::move(before_queue);
+  return options;
 }
 
 }  // namespace cairn::infer

@@ -9,7 +9,11 @@
 //   GET  /metrics                                Prometheus text
 // Errors are 4xx/5xx with {"error": "..."}; docs/infer.md lists them.
 //
-// The handler only routes and checks cheap things on the HTTP thread; decoding, inference and
+// An inference request runs on the HTTP thread that received it when that costs no other
+// request anything: an inline-run permit is free (RestOptions::max_inline_runs), the model has
+// an idle run slot and nothing queued (ModelManager::submit). A run that turns out slow has an
+// InlineRunWatch wake another HTTP thread to take over the I/O (RestOptions::wake_http_thread),
+// so health checks, metrics and other models keep answering. Otherwise decoding, inference and
 // encoding run on the model's worker threads, which answer through `respond`.
 //
 // Thread-safety: handle() may be called from any thread; the RestApi must outlive every
@@ -17,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <map>
@@ -24,6 +29,7 @@
 #include <mutex>
 #include <string>
 
+#include "infer/inline_watch.hpp"
 #include "infer/model_manager.hpp"
 #include "net/http.hpp"
 
@@ -35,12 +41,23 @@ struct RestOptions {
   std::size_t max_json_depth = 64;
   // Largest JSON part of a binary-extension request (Inference-Header-Content-Length).
   std::size_t max_inference_header_bytes = 1024 * 1024;
+  // Inference requests that may run at once on the HTTP threads that received them (see
+  // above). Must be below the number of threads running the HTTP server, so a slow model never
+  // holds them all; 0: every request goes through the model's queue and workers.
+  std::size_t max_inline_runs = 0;
+  // Wakes a sleeping thread of the HTTP server so it takes over the I/O while an inline run
+  // lasts (cairn-infer: posts a no-op to the server's io_context, which runs with concurrency
+  // hint 1). When set, an InlineRunWatch calls it for any inline run longer than
+  // inline_watch_period, and max_inline_runs must be 1.
+  std::function<void()> wake_http_thread;
+  std::chrono::microseconds inline_watch_period{1000};
   std::string server_version = "0.1.0";
 };
 
 class RestApi {
  public:
   RestApi(ModelManager& models, RestOptions options);
+  ~RestApi();
   void handle(const net::HttpRequest& request, net::HttpRespond respond);
 
  private:
@@ -50,8 +67,25 @@ class RestApi {
   std::string metrics_text() const;
   void count(int status);
 
+  // One of the max_inline_runs permits for the life of a submit() call, if one is free.
+  class InlinePermit {
+   public:
+    explicit InlinePermit(RestApi& api);
+    ~InlinePermit();
+    InlinePermit(const InlinePermit&) = delete;
+    InlinePermit& operator=(const InlinePermit&) = delete;
+    SubmitOptions submit_options(std::function<void()> before_queue);
+
+   private:
+    RestApi& api_;
+    bool held_ = false;
+    bool watched_ = false;  // the request runs inline: the watch follows it
+  };
+
   ModelManager& models_;
   RestOptions options_;
+  std::atomic<std::size_t> inline_runs_{0};
+  std::unique_ptr<InlineRunWatch> watch_;  // when options_.wake_http_thread is set
   mutable std::mutex counts_mu_;
   std::map<int, std::uint64_t> responses_by_status_;
 };

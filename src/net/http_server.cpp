@@ -2,12 +2,17 @@
 // as a template over the stream type: plain TCP (beast::tcp_stream), TLS over TCP
 // (ssl::stream<beast::tcp_stream>) and unix sockets (beast::basic_stream<local>). The Beast
 // stream's timer gives every read and write its deadline.
+//
+// The io_context may be run by several threads: the acceptor and every connection run on
+// their own strand, and what connections share (ServerCore's table of open connections) is
+// behind a mutex. With one thread nothing changes but the bookkeeping.
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cctype>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -60,8 +65,10 @@ struct ServerCore {
   std::string name;  // "127.0.0.1:443" or the socket path, for logs
   // Set by stop() from any thread; read before taking the executor-side path.
   std::atomic<bool> stop_requested{false};
-  // Executor-side state from here on.
-  bool stopped = false;
+  // Set on the acceptor's strand by stop_core(); read by connections on theirs.
+  std::atomic<bool> stopped{false};
+  // The connections' shared table, touched from the acceptor's and the connections' strands.
+  std::mutex mu;
   bool at_capacity = false;  // warned about refusing connections; reset when one ends
   std::uint64_t next_connection_id = 0;
   // Closes one open connection; called by stop(). Keyed by connection id.
@@ -75,6 +82,9 @@ struct PendingAnswer {
   asio::steady_timer ready;  // cancelled when the answer arrives or the connection closes
   std::optional<HttpResponse> response;
   std::uint64_t generation = 0;  // one per request: a late answer never meets the wrong request
+  // Closes the connection's stream while it exists (cleared when the connection ends); run on
+  // the connection's strand only.
+  std::function<void()> close_stream;
 };
 
 // Shared by every copy of one request's `respond`: delivers the first answer to the
@@ -101,15 +111,18 @@ class Responder {
   }
 
  private:
+  // An answer given on the connection's own strand (a handler that answers at once, before it
+  // returns) is stored there and then, so the connection writes it without another trip
+  // through the io_context; from any other thread it is posted to the strand.
   void deliver(HttpResponse response) {
     auto pending = pending_.lock();
     if (!pending) return;  // the connection is gone
-    asio::post(executor_,
-               [pending, generation = generation_, response = std::move(response)]() mutable {
-                 if (pending->generation != generation || pending->response) return;
-                 pending->response = std::move(response);
-                 pending->ready.cancel();
-               });
+    asio::dispatch(executor_,
+                   [pending, generation = generation_, response = std::move(response)]() mutable {
+                     if (pending->generation != generation || pending->response) return;
+                     pending->response = std::move(response);
+                     pending->ready.cancel();
+                   });
   }
 
   std::weak_ptr<PendingAnswer> pending_;
@@ -118,14 +131,27 @@ class Responder {
   std::atomic<bool> answered_{false};
 };
 
-// Registers a connection with the server for stop(), for the life of the coroutine frame.
+// Registers a connection with the server for stop(), for the life of the coroutine frame
+// (declared after the stream, so it ends first). stop() closes the stream on the connection's
+// strand, through `pending`, and only while the connection lives.
 class LiveConnection {
  public:
-  LiveConnection(std::shared_ptr<ServerCore> core, std::function<void()> close)
-      : core_(std::move(core)), id_(core_->next_connection_id++) {
-    core_->live.emplace(id_, std::move(close));
+  LiveConnection(std::shared_ptr<ServerCore> core, std::shared_ptr<PendingAnswer> pending,
+                 std::function<void()> close_stream)
+      : core_(std::move(core)), pending_(std::move(pending)) {
+    pending_->close_stream = std::move(close_stream);
+    std::lock_guard lock(core_->mu);
+    id_ = core_->next_connection_id++;
+    core_->live.emplace(id_, [pending = pending_] {
+      asio::dispatch(pending->ready.get_executor(), [pending] {
+        if (pending->close_stream) pending->close_stream();
+        pending->ready.cancel();  // wakes a connection waiting for its handler
+      });
+    });
   }
   ~LiveConnection() {
+    pending_->close_stream = nullptr;
+    std::lock_guard lock(core_->mu);
     core_->live.erase(id_);
     core_->at_capacity = false;
   }
@@ -134,7 +160,8 @@ class LiveConnection {
 
  private:
   std::shared_ptr<ServerCore> core_;
-  std::uint64_t id_;
+  std::shared_ptr<PendingAnswer> pending_;
+  std::uint64_t id_ = 0;
 };
 
 template <class Stream>
@@ -371,13 +398,9 @@ std::string peer_name(const tcp::socket& socket) {
   return address + ":" + std::to_string(ep.port());
 }
 
-// Closes the stream and wakes a connection waiting for its handler.
 template <class Stream>
-std::function<void()> closer(Stream& stream, const std::shared_ptr<PendingAnswer>& pending) {
-  return [&stream, pending] {
-    lowest(stream).close();
-    pending->ready.cancel();
-  };
+std::function<void()> closer(Stream& stream) {
+  return [&stream] { lowest(stream).close(); };
 }
 
 }  // namespace http_server_detail
@@ -385,15 +408,18 @@ std::function<void()> closer(Stream& stream, const std::shared_ptr<PendingAnswer
 using namespace http_server_detail;
 
 struct HttpServer::State {
-  State(asio::io_context& io, std::shared_ptr<ServerCore> c, ssl::context* t)
-      : core(std::move(c)), acceptor(io), tls(t) {}
+  State(asio::io_context& context, std::shared_ptr<ServerCore> c, ssl::context* t)
+      : io(context), core(std::move(c)), acceptor(asio::make_strand(context)), tls(t) {}
+  asio::io_context& io;
   std::shared_ptr<ServerCore> core;
-  tcp::acceptor acceptor;
+  tcp::acceptor acceptor;  // on its own strand, like every connection
   ssl::context* tls;
 };
 
 struct UnixHttpServer::State {
-  State(asio::io_context& io, std::shared_ptr<ServerCore> c) : core(std::move(c)), acceptor(io) {}
+  State(asio::io_context& context, std::shared_ptr<ServerCore> c)
+      : io(context), core(std::move(c)), acceptor(asio::make_strand(context)) {}
+  asio::io_context& io;
   std::shared_ptr<ServerCore> core;
   local::acceptor acceptor;
   std::string path;
@@ -412,12 +438,12 @@ asio::awaitable<void> serve_connection(tcp::socket socket,
   auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
   if (!state->tls) {
     beast::tcp_stream stream(std::move(socket));
-    LiveConnection live(core, closer(stream, pending));
+    LiveConnection live(core, pending, closer(stream));
     co_await serve_http(stream, core, pending, peer);
     co_return;
   }
   TlsStream stream(std::move(socket), *state->tls);
-  LiveConnection live(core, closer(stream, pending));
+  LiveConnection live(core, pending, closer(stream));
   error_code ec;
   lowest(stream).expires_after(core->limits.read_timeout);
   co_await stream.async_handshake(ssl::stream_base::server,
@@ -441,7 +467,7 @@ asio::awaitable<void> serve_connection(local::socket socket,
     peer = "unix:pid=" + std::to_string(cred.pid);
   }
   UnixStream stream(std::move(socket));
-  LiveConnection live(core, closer(stream, pending));
+  LiveConnection live(core, pending, closer(stream));
   co_await serve_http(stream, core, pending, peer);
 }
 
@@ -450,8 +476,11 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> state) {
   auto& core = *state->core;
   for (;;) {
     error_code ec;
-    auto socket =
-        co_await state->acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    // Each connection on a strand of its own: its coroutine, its timers and the answers
+    // delivered to it never run on two threads at once.
+    const asio::any_io_executor connection_executor = asio::make_strand(state->io);
+    auto socket = co_await state->acceptor.async_accept(
+        connection_executor, asio::redirect_error(asio::use_awaitable, ec));
     if (core.stopped || !state->acceptor.is_open()) co_return;
     if (ec) {
       log::warn("http", "accept on {} failed: {}", core.name, ec.message());
@@ -459,41 +488,53 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> state) {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (core.live.size() >= core.limits.max_connections) {
-      if (!core.at_capacity) {
-        log::warn("http", "{} has {} connections open, the limit; refusing new ones", core.name,
-                  core.live.size());
-        core.at_capacity = true;
+    bool refuse = false;
+    {
+      std::lock_guard lock(core.mu);
+      if (core.live.size() >= core.limits.max_connections) {
+        refuse = true;
+        if (!core.at_capacity) {
+          log::warn("http", "{} has {} connections open, the limit; refusing new ones", core.name,
+                    core.live.size());
+          core.at_capacity = true;
+        }
       }
+    }
+    if (refuse) {
       socket.close(ec);
       continue;
     }
     // The connection's stream and registration are released by the coroutine's own
     // destructors; a throw only needs to be logged (and its request gets no answer).
-    asio::co_spawn(state->acceptor.get_executor(), serve_connection(std::move(socket), state),
+    asio::co_spawn(connection_executor, serve_connection(std::move(socket), state),
                    on_coroutine_exit(core.name + " connection"));
   }
 }
 
-// Starts the accept loop on the io_context's thread: start() may be called from another one.
+// Starts the accept loop on the acceptor's strand: start() may be called from another thread.
 template <class State>
-void spawn_accept_loop(asio::io_context& io, const std::shared_ptr<State>& state) {
-  asio::dispatch(io, [&io, state] {
+void spawn_accept_loop(const std::shared_ptr<State>& state) {
+  asio::dispatch(state->acceptor.get_executor(), [state] {
     asio::co_spawn(
-        io, accept_loop(state),
-        on_coroutine_exit(state->core->name + " accept loop", [&io, state](const std::string&) {
-          // Keep serving: start accepting again unless the server is stopping.
+        state->acceptor.get_executor(), accept_loop(state),
+        on_coroutine_exit(state->core->name + " accept loop", [state](const std::string&) {
+          // Keep serving: start accepting again unless the server
+          // is stopping.
           if (!state->core->stopped && state->acceptor.is_open()) {
-            spawn_accept_loop(io, state);
+            spawn_accept_loop(state);
           }
         }));
   });
 }
 
-// Runs on the server's executor: stop accepting, close every connection.
+// Runs on the acceptor's strand: stop accepting, close every connection (each on its strand).
 void stop_core(ServerCore& core) {
   core.stopped = true;
-  auto live = core.live;  // closing does not erase synchronously, but do not rely on it
+  std::unordered_map<std::uint64_t, std::function<void()>> live;
+  {
+    std::lock_guard lock(core.mu);
+    live = core.live;
+  }
   for (auto& [id, close] : live) close();
 }
 
@@ -524,7 +565,7 @@ Result<std::shared_ptr<HttpServer>> HttpServer::start(asio::io_context& io, cons
   if (ec) return make_error(errc::io_error, "cannot read the port of " + name);
   core->name = (address.is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(bound);
   log::info("http", "listening on {}{}", core->name, tls ? " (TLS)" : "");
-  spawn_accept_loop(io, state);
+  spawn_accept_loop(state);
   return std::shared_ptr<HttpServer>(new HttpServer(state, bound));
 }
 
@@ -532,7 +573,7 @@ HttpServer::~HttpServer() { stop(); }
 
 void HttpServer::stop() {
   if (state_->core->stop_requested.exchange(true)) return;
-  // On the acceptor's executor: the accept loop and the connections run there.
+  // On the acceptor's strand: the accept loop runs there.
   asio::dispatch(state_->acceptor.get_executor(), [state = state_] {
     error_code ec;
     state->acceptor.close(ec);
@@ -558,7 +599,7 @@ Result<std::shared_ptr<UnixHttpServer>> UnixHttpServer::start(asio::io_context& 
     return make_error(errc::io_error, "cannot listen on " + socket_path + ": " + ec.message());
   }
   ::chmod(socket_path.c_str(), 0660);
-  spawn_accept_loop(io, state);
+  spawn_accept_loop(state);
   return std::shared_ptr<UnixHttpServer>(new UnixHttpServer(state));
 }
 

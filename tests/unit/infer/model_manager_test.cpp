@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -26,6 +27,13 @@ class ModelManagerTest : public testing::GeneratedModels {
     s.version = std::to_string(version);
     s.path = model("affine_v" + std::to_string(version) + ".onnx");
     return s;
+  }
+
+  // A decoder giving one row of x.
+  static RequestDecoder one_row(float x) {
+    return [x](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
+      return InferRequest{{row(x)}};
+    };
   }
 
   static Tensor row(float v) {
@@ -208,6 +216,167 @@ TEST_F(ModelManagerTest, WrongShapeAndDtypeAreInvalidArgument) {
     EXPECT_EQ(r.error().code, errc::invalid_argument) << r.error().message;
   }
   EXPECT_EQ(score(m, 0.0f)->first, 10.0f);
+}
+
+// The figure of `metric` for the affine model in the manager's Prometheus text, or -1.
+long long metric(const ModelManager& m, const std::string& metric_name) {
+  const std::string text = m.prometheus_text();
+  const std::string key = metric_name + "{model=\"affine\"} ";
+  const auto at = text.find(key);
+  if (at == std::string::npos) return -1;
+  return std::atoll(text.c_str() + at + key.size());
+}
+
+float first_output(const Result<InferResult>& r) {
+  float y = 0;
+  if (r) std::memcpy(&y, r->outputs.at(0).data.data(), sizeof(float));
+  return y;
+}
+
+TEST_F(ModelManagerTest, IdleModelRunsInlineOnTheCallersThread) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));
+  std::optional<Result<InferResult>> result;
+  std::thread::id answered_on;
+  bool queued = false;
+  SubmitOptions options;
+  options.may_run_inline = true;
+  options.before_queue = [&queued] { queued = true; };
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(3.0f),
+      [&](Result<InferResult> r) {
+        answered_on = std::this_thread::get_id();
+        result = std::move(r);
+      },
+      options));
+  // Answered before submit returned, on this thread, never queued.
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(*result) << result->error().to_string();
+  EXPECT_EQ(first_output(*result), 3.0f * 2 + 20);
+  EXPECT_EQ(answered_on, std::this_thread::get_id());
+  EXPECT_FALSE(queued);
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
+  EXPECT_EQ(metric(m, "cairn_infer_requests_total"), 1);
+  EXPECT_EQ(metric(m, "cairn_infer_engine_runs_total"), 1);
+  EXPECT_EQ(metric(m, "cairn_infer_request_duration_seconds_count"), 1);
+  // Without the caller's consent the same request goes to a worker.
+  auto r = score(m, 1.0f);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
+}
+
+TEST_F(ModelManagerTest, BusyRunSlotSendsInlineCandidatesToTheQueue) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));  // concurrency 1: one run at a time
+  std::promise<void> started;
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::promise<Result<InferResult>> first;
+  ASSERT_TRUE(m.submit(
+      "affine", "",
+      [&started, gate](const std::vector<TensorInfo>& sig,
+                       const InputMapping* mapping) -> Result<InferRequest> {
+        started.set_value();
+        gate.wait();  // holds the model's only run slot
+        return one_row(1.0f)(sig, mapping);
+      },
+      [&first](Result<InferResult> r) { first.set_value(std::move(r)); }));
+  started.get_future().wait();
+  std::promise<std::pair<Result<InferResult>, std::thread::id>> second;
+  int queued = 0;
+  SubmitOptions options;
+  options.may_run_inline = true;
+  options.before_queue = [&queued] { ++queued; };
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(2.0f),
+      [&second](Result<InferResult> r) {
+        second.set_value({std::move(r), std::this_thread::get_id()});
+      },
+      options));
+  EXPECT_EQ(queued, 1);  // the slot is taken: queued, and told so before a worker can run it
+  release.set_value();
+  EXPECT_EQ(first_output(first.get_future().get()), 1.0f * 2 + 20);
+  auto [r, thread] = second.get_future().get();
+  EXPECT_EQ(first_output(r), 2.0f * 2 + 20);
+  EXPECT_NE(thread, std::this_thread::get_id());
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
+}
+
+TEST_F(ModelManagerTest, InlineRunHoldsARunSlotAgainstTheWorkers) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));  // concurrency 1
+  std::promise<void> started;
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<bool> inline_running{false};
+  std::thread caller([&] {
+    SubmitOptions options;
+    options.may_run_inline = true;
+    (void)m.submit(
+        "affine", "",
+        [&](const std::vector<TensorInfo>& sig,
+            const InputMapping* mapping) -> Result<InferRequest> {
+          inline_running = true;
+          started.set_value();
+          gate.wait();
+          inline_running = false;
+          return one_row(1.0f)(sig, mapping);
+        },
+        [](Result<InferResult>) {}, options);
+  });
+  started.get_future().wait();
+  std::promise<bool> overlapped;
+  ASSERT_TRUE(m.submit(
+      "affine", "",
+      [&](const std::vector<TensorInfo>& sig, const InputMapping* mapping) -> Result<InferRequest> {
+        overlapped.set_value(inline_running.load());
+        return one_row(2.0f)(sig, mapping);
+      },
+      [](Result<InferResult>) {}));
+  // Give a wrongly free worker the chance to take it; it must stay queued.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(metric(m, "cairn_infer_queue_depth"), 1);
+  release.set_value();
+  caller.join();
+  EXPECT_FALSE(overlapped.get_future().get());
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
+}
+
+TEST_F(ModelManagerTest, ModelsSlowerThanTheInlineLimitRunOnTheirWorker) {
+  ModelManager m;
+  ASSERT_TRUE(m.load(affine(2), false));
+  SubmitOptions options;
+  options.may_run_inline = true;
+  options.max_inline_run_time = std::chrono::nanoseconds(1);  // every run is longer
+  std::promise<Result<InferResult>> done;
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(1.0f), [&done](Result<InferResult> r) { done.set_value(std::move(r)); },
+      options));
+  EXPECT_EQ(first_output(done.get_future().get()), 22.0f);
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
+  options.max_inline_run_time = std::chrono::seconds(10);
+  std::optional<Result<InferResult>> result;
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(1.0f), [&result](Result<InferResult> r) { result = std::move(r); },
+      options));
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
+}
+
+TEST_F(ModelManagerTest, BatchingThatWaitsForCompanyNeverRunsInline) {
+  ModelManager m;
+  ModelSpec s = affine(2);
+  s.batching.max_batch_size = 4;
+  s.batching.max_queue_delay = std::chrono::microseconds(100);
+  ASSERT_TRUE(m.load(s, false));
+  std::promise<Result<InferResult>> done;
+  SubmitOptions options;
+  options.may_run_inline = true;
+  ASSERT_TRUE(m.submit(
+      "affine", "", one_row(1.0f), [&done](Result<InferResult> r) { done.set_value(std::move(r)); },
+      options));
+  EXPECT_EQ(first_output(done.get_future().get()), 22.0f);
+  EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
 }
 
 }  // namespace

@@ -517,6 +517,41 @@ TEST_F(HttpTest, StopWakesConnectionWaitingForItsHandler) {
   done.get_future().wait();
 }
 
+// An io_context run by several threads: a handler that blocks one thread (cairn-infer runs a
+// model inline there) leaves the others serving every other connection, and its own answer
+// still goes out on its connection.
+TEST_F(HttpTest, SeveralThreadsServeOtherConnectionsWhileAHandlerBlocks) {
+  std::promise<void> blocked;
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  auto port = start(
+      [&blocked, gate](const HttpRequest& req, HttpRespond respond) {
+        if (req.target == "/slow") {
+          blocked.set_value();
+          gate.wait();
+        }
+        respond(HttpResponse{200, req.target});
+      },
+      false);
+  std::thread second_thread([this] { io_.run(); });
+  RawClient slow(port);
+  slow.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+  blocked.get_future().wait();
+  for (int i = 0; i < 5; ++i) {
+    auto res = http_request(plain(port), HttpRequest{"GET", "/fast", ""}, 5);
+    ASSERT_TRUE(res) << res.error().to_string();
+    EXPECT_EQ(res->body, "/fast");
+  }
+  release.set_value();
+  beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(slow.socket, buffer, res);
+  EXPECT_EQ(res.body(), "/slow");
+  servers_.front()->stop();
+  work_.reset();
+  second_thread.join();
+}
+
 TEST_F(HttpTest, ConnectionsBeyondTheLimitAreClosed) {
   EchoHandler echo;
   HttpLimits limits;
