@@ -135,6 +135,9 @@ Result<PreparedBroker> prepare_cairn(const Programs& programs, const std::filesy
       home / "config.toml",
       "device_id = \"" + std::string(kDeviceId) +
           "\"\nhostname = \"localhost\"\n[mqtt]\nlisten = \"127.0.0.1\"\n" +
+          // Every bench client connects from 127.0.0.1, up to 100 at once: the per-address
+          // default (16 connections waiting for CONNACK) would refuse them on a busy machine.
+          "max_unauthenticated_per_address = 1000\nmax_unauthenticated_connections = 1000\n" +
           std::string(tls ? "plain_port = 0\ntls_port = " : "tls_port = 0\nplain_port = ") +
           std::to_string(port) + "\n[store]\nfsync = " + (programs.cairn_fsync ? "true" : "false") +
           "\n");
