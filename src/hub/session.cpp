@@ -724,7 +724,19 @@ void Session::send(const mqtt::Packet& p) {
     close("client does not read: outbound buffer over " + std::to_string(allowance) + " bytes");
     return;
   }
-  write_some();
+  schedule_write();
+}
+
+void Session::schedule_write() {
+  // Everything queued in this turn (the PUBACKs of a group commit, a window of deliveries)
+  // goes out in one write. Writing at the first packet would send it alone and the rest one
+  // write later, splitting the client's window into two rounds.
+  if (writing_ || write_scheduled_) return;
+  write_scheduled_ = true;
+  asio::post(lowest(stream_).get_executor(), [self = shared_from_this()] {
+    self->write_scheduled_ = false;
+    self->write_some();
+  });
 }
 
 void Session::write_some() {

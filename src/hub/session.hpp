@@ -83,6 +83,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void update_subscription_flags();
   void send(const mqtt::Packet& p);
   void write_some();
+  // write_some() once this turn of the event loop is over.
+  void schedule_write();
   void arm_keepalive();
   void arm_keepalive_wait();
   void complete_inbound(std::uint64_t ticket, bool ok);
@@ -114,6 +116,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   std::string out_pending_;
   std::string out_writing_;
   bool writing_ = false;
+  bool write_scheduled_ = false;
 
   asio::steady_timer keepalive_timer_;
   asio::steady_timer resume_timer_;  // wakes the reader when inbound acks drain

@@ -729,7 +729,8 @@ void Upstream::update_methods_subscription(const std::string& client_id) {
   if (l->state != Link::State::online || !l->client || l->methods == wanted) return;
   l->methods = wanted;
   asio::co_spawn(io_, change_methods_subscription(l, l->client, wanted),
-                 net::on_coroutine_exit("upstream methods subscription " + client_id));
+                 net::on_coroutine_exit("upstream methods subscription " + client_id,
+                                        [](const std::string&) {}));
 }
 
 asio::awaitable<void> Upstream::change_methods_subscription(std::weak_ptr<Link> weak,

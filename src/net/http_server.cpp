@@ -507,7 +507,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> state) {
     // The connection's stream and registration are released by the coroutine's own
     // destructors; a throw only needs to be logged (and its request gets no answer).
     asio::co_spawn(connection_executor, serve_connection(std::move(socket), state),
-                   on_coroutine_exit(core.name + " connection"));
+                   on_coroutine_exit(core.name + " connection", [](const std::string&) {}));
   }
 }
 

@@ -38,10 +38,11 @@ auto on_coroutine_exit(std::string context, OnFailure on_failure) {
   };
 }
 
-// Only logs: for coroutines whose owned resources are released by their own destructors.
-inline auto on_coroutine_exit(std::string context) {
-  return on_coroutine_exit(std::move(context), [](const std::string&) {});
-}
+// There is deliberately no overload without `on_failure`: a coroutine whose resources are
+// released by its own destructors passes `[](const std::string&) {}` at its call site. A shared
+// no-op would give co_spawn's entry point the same type in several objects, and gcc 12 emits
+// those copies with diverging sections: lld's --gc-sections link of the release cairnd then
+// fails on a reference into a discarded copy.
 
 // io.run() for a daemon's event loop: a handler that throws is logged, counted and the loop
 // goes on instead of the process stopping. Handlers should contain their own failures; this
