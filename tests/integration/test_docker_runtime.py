@@ -160,30 +160,15 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
     background. Meanwhile `cairn list` answers (the module shows what it waits for) and the
     process module deployed with it starts; when the registry goes away the module fails with
     the pull's error."""
-    stalled_connection.accepted = []
-    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    stalled.bind(("127.0.0.1", 0))
-    stalled.listen(16)
-    port = stalled.getsockname()[1]
-    edge = cairnd_factory(manifest=False, start=False)
-    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
-    edge.start()
-    stuck = {"version": "1.0", "type": "docker", "restartPolicy": "always",
-             "settings": {"image": f"127.0.0.1:{port}/cairn-test/stalled:1", "createOptions": ""}}
+    registry = StalledRegistry()
     sleeper = {"version": "1.0", "type": "docker", "restartPolicy": "always",
                "settings": {"image": "/bin/sleep", "createOptions": json.dumps(
                    {"Cmd": [f"{330000 + os.getpid() % 1000}"]})}}
-    # "astuck" comes first in the deployment: the agent reaches it before "zsleeper".
-    doc = {"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1",
-                                              "modules": {"astuck": stuck, "zsleeper": sleeper}}},
-        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
-    path = tmp_path / "deployment.json"
-    path.write_text(json.dumps(doc))
     try:
-        edge.cli("deploy", str(path))
-        wait_for(lambda: stalled_connection(stalled), timeout=60, interval=0.1,
-                 what="the engine to connect to the stalled registry")
+        # "astuck" comes first in the deployment: the agent reaches it before "zsleeper".
+        edge = deploy_beside_stalled_registry(
+            container_engine, cairnd_factory, tmp_path / "deployment.json",
+            {"astuck": registry.module("1"), "zsleeper": sleeper}, registry)
 
         def listed():
             return {m["name"]: m
@@ -194,9 +179,7 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
         assert "preparing" in mods["astuck"]["statusDescription"], mods["astuck"]
         assert mods["astuck"]["runtimeStatus"] != "running"
     finally:
-        stalled.close()
-        for conn in stalled_connection.accepted:
-            conn.close()
+        registry.close()
     mods = wait_for(lambda: (lambda m: m if m.get("astuck", {}).get("runtimeStatus") == "failed"
                              else None)(listed()), timeout=120, interval=0.5,
                     what="astuck failed once the registry is gone")
@@ -207,48 +190,66 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
 def test_stopping_cairnd_ends_a_stalled_image_pull(container_engine, cairnd_factory, tmp_path):
     """SIGTERM while a pull waits on a registry that never answers: cairnd exits at once
     (cleanly) instead of waiting out the pull's 600 s limit."""
-    stalled_connection.accepted = []
-    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    stalled.bind(("127.0.0.1", 0))
-    stalled.listen(16)
-    port = stalled.getsockname()[1]
-    edge = cairnd_factory(manifest=False, start=False)
-    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
-    edge.start()
-    stuck = {"version": "1.0", "type": "docker", "restartPolicy": "always",
-             "settings": {"image": f"127.0.0.1:{port}/cairn-test/stalled:2", "createOptions": ""}}
-    doc = {"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"stuck": stuck}}},
-        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
-    path = tmp_path / "deployment.json"
-    path.write_text(json.dumps(doc))
+    registry = StalledRegistry()
     try:
-        edge.cli("deploy", str(path))
-        wait_for(lambda: stalled_connection(stalled), timeout=60, interval=0.1,
-                 what="the engine to connect to the stalled registry")
+        edge = deploy_beside_stalled_registry(
+            container_engine, cairnd_factory, tmp_path / "deployment.json",
+            {"stuck": registry.module("2")}, registry)
         wait_for(lambda: "preparing" in {m["name"]: m for m in json.loads(
                      edge.cli("list", "--json", timeout=10).stdout)}
                  .get("stuck", {}).get("statusDescription", ""),
                  timeout=30, interval=0.2, what="stuck preparing")
         edge.stop(timeout=30)
     finally:
-        stalled.close()
-        for conn in stalled_connection.accepted:
+        registry.close()
+
+
+class StalledRegistry:
+    """A registry address on loopback that accepts connections and never answers."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.05)
+        self.accepted = []
+
+    def module(self, tag):
+        """A docker module whose image is to be pulled from here."""
+        port = self.listener.getsockname()[1]
+        return {"version": "1.0", "type": "docker", "restartPolicy": "always",
+                "settings": {"image": f"127.0.0.1:{port}/cairn-test/stalled:{tag}",
+                             "createOptions": ""}}
+
+    def connected(self):
+        """Accepts (and keeps, never answering) a waiting connection; True once one came."""
+        try:
+            conn, _ = self.listener.accept()
+            self.accepted.append(conn)
+        except (socket.timeout, OSError):
+            pass
+        return bool(self.accepted)
+
+    def close(self):
+        self.listener.close()
+        for conn in self.accepted:
             conn.close()
 
 
-def stalled_connection(listener):
-    """Accepts (and keeps, never answering) a connection waiting on `listener`, if any."""
-    listener.settimeout(0.05)
-    try:
-        conn, _ = listener.accept()
-    except (socket.timeout, OSError):
-        return bool(stalled_connection.accepted)
-    stalled_connection.accepted.append(conn)
-    return True
-
-
-stalled_connection.accepted = []
+def deploy_beside_stalled_registry(container_engine, cairnd_factory, path, modules, registry):
+    """Starts a cairnd with the container engine, deploys `modules` and waits until the engine
+    has connected to `registry`."""
+    edge = cairnd_factory(manifest=False, start=False)
+    edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
+    edge.start()
+    doc = {"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": modules}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}}
+    path.write_text(json.dumps(doc))
+    edge.cli("deploy", str(path))
+    wait_for(registry.connected, timeout=60, interval=0.1,
+             what="the engine to connect to the stalled registry")
+    return edge
 
 
 def test_node_sdk_module_as_a_container(container_engine, node_module_image, cairnd_factory):
