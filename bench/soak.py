@@ -107,8 +107,12 @@ class Sensor:
                 time.sleep(0.2)
 
     def collect(self):
+        # paho's message ids are 16-bit and come round again on a connection that lives past
+        # 65,535 publishes: an ack is taken out of acked_mids when used, so a later publish
+        # with the same id counts only once its own PUBACK came.
         with self.client.lock:
             done = [mid for mid in self.pending if mid in self.client.acked_mids]
+            self.client.acked_mids.difference_update(done)
         for mid in done:
             self.acked.add(self.pending.pop(mid))
 
