@@ -29,6 +29,16 @@ class ModelManagerTest : public testing::GeneratedModels {
     return s;
   }
 
+  // Submits one row of 1.0 to the affine model with `options` and waits for the answer.
+  static Result<InferResult> submit_one_and_wait(ModelManager& m, const SubmitOptions& options) {
+    std::promise<Result<InferResult>> done;
+    auto status = m.submit(
+        "affine", "", one_row(1.0f),
+        [&done](Result<InferResult> r) { done.set_value(std::move(r)); }, options);
+    if (!status) return status.error();
+    return done.get_future().get();
+  }
+
   // A decoder giving one row of x.
   static RequestDecoder one_row(float x) {
     return [x](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
@@ -348,11 +358,7 @@ TEST_F(ModelManagerTest, ModelsSlowerThanTheInlineLimitRunOnTheirWorker) {
   SubmitOptions options;
   options.may_run_inline = true;
   options.max_inline_run_time = std::chrono::nanoseconds(1);  // every run is longer
-  std::promise<Result<InferResult>> done;
-  ASSERT_TRUE(m.submit(
-      "affine", "", one_row(1.0f), [&done](Result<InferResult> r) { done.set_value(std::move(r)); },
-      options));
-  EXPECT_EQ(first_output(done.get_future().get()), 22.0f);
+  EXPECT_EQ(first_output(submit_one_and_wait(m, options)), 22.0f);
   EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
   options.max_inline_run_time = std::chrono::seconds(10);
   // The worker gives its run slot back after the answer's callback, so a request sent from
@@ -360,11 +366,7 @@ TEST_F(ModelManagerTest, ModelsSlowerThanTheInlineLimitRunOnTheirWorker) {
   // inline (the first, unless the worker had not let go yet).
   for (int attempt = 0; attempt < 100 && metric(m, "cairn_infer_inline_requests_total") == 0;
        ++attempt) {
-    std::promise<Result<InferResult>> next;
-    ASSERT_TRUE(m.submit(
-        "affine", "", one_row(1.0f),
-        [&next](Result<InferResult> r) { next.set_value(std::move(r)); }, options));
-    EXPECT_EQ(first_output(next.get_future().get()), 22.0f);
+    EXPECT_EQ(first_output(submit_one_and_wait(m, options)), 22.0f);
   }
   EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 1);
 }
@@ -375,13 +377,9 @@ TEST_F(ModelManagerTest, BatchingThatWaitsForCompanyNeverRunsInline) {
   s.batching.max_batch_size = 4;
   s.batching.max_queue_delay = std::chrono::microseconds(100);
   ASSERT_TRUE(m.load(s, false));
-  std::promise<Result<InferResult>> done;
   SubmitOptions options;
   options.may_run_inline = true;
-  ASSERT_TRUE(m.submit(
-      "affine", "", one_row(1.0f), [&done](Result<InferResult> r) { done.set_value(std::move(r)); },
-      options));
-  EXPECT_EQ(first_output(done.get_future().get()), 22.0f);
+  EXPECT_EQ(first_output(submit_one_and_wait(m, options)), 22.0f);
   EXPECT_EQ(metric(m, "cairn_infer_inline_requests_total"), 0);
 }
 
