@@ -1,7 +1,11 @@
 #include "modelpkg/delta.hpp"
 
+#include <algorithm>
+#include <bit>
 #include <cstring>
+#include <memory>
 
+#include "modelpkg/detail/range_coder.hpp"
 #include "modelpkg/detail/zstd.hpp"
 
 namespace cairn::modelpkg {
@@ -13,6 +17,7 @@ constexpr std::size_t kHeaderSize = 16;
 constexpr char kXorPlanes = 1;
 constexpr char kMaskedPlanes = 2;
 constexpr char kPrefix = 3;
+constexpr char kFloats = 4;
 // zstd level that only compares codings of a plane (the chosen one is then coded at the
 // caller's level): fast, and ranks them the same way in practice.
 constexpr int kProbeLevel = 3;
@@ -24,7 +29,7 @@ std::string header(char format, std::size_t planes, std::uint16_t mask, std::uin
   out[5] = static_cast<char>(planes);
   out[6] = static_cast<char>(mask & 0xff);
   out[7] = static_cast<char>(mask >> 8);
-  for (int b = 0; b < 8; ++b) out[8 + b] = static_cast<char>((size >> (8 * b)) & 0xff);
+  for (std::size_t b = 0; b < 8; ++b) out[8 + b] = static_cast<char>((size >> (8 * b)) & 0xff);
   return out;
 }
 
@@ -128,7 +133,7 @@ std::string from_planes(std::string_view old_bytes, std::string_view planar, std
 
 std::uint64_t read_u64(std::string_view s) {
   std::uint64_t v = 0;
-  for (int b = 0; b < 8; ++b)
+  for (std::size_t b = 0; b < 8; ++b)
     v |= static_cast<std::uint64_t>(static_cast<unsigned char>(s[b])) << (8 * b);
   return v;
 }
@@ -149,6 +154,96 @@ Result<std::string> plane_delta(char format, std::string_view old_bytes, std::st
   }
   if (!packed) return std::move(packed).error();
   return header(format, planes, format == kXorPlanes ? 0 : mask, new_bytes.size()) + *packed;
+}
+
+// Format 4: each float32 of the new bytes coded with what the old value at the same place and
+// the values coded before it say about it. The exponent (8 bits, a binary tree of contexts: the
+// bits above decide the next), then the sign (context: the old sign, how far the old exponent
+// is from the new one, the new exponent), then the two top mantissa bits (context: the new
+// exponent), each with a learnt probability; the 21 low mantissa bits and any trailing bytes at
+// one bit each. Why: a tensor whose values all moved leaves nothing to XOR, but its exponents
+// still take a few values with a skewed spread, a large old weight mostly keeps its sign, and
+// the mantissa of a bell-shaped spread leans towards its low end within each exponent.
+constexpr int kTopMantissaBits = 2;
+constexpr int kLowMantissaBits = 23 - kTopMantissaBits;
+
+struct FloatModel {
+  // Values are loaded as native uint32; the format's are little-endian.
+  static_assert(std::endian::native == std::endian::little);
+
+  detail::BitModel exponent[256];
+  detail::BitModel sign[2][7][256];
+  detail::BitModel mantissa[256][1 << kTopMantissaBits];
+
+  static std::uint32_t load(const char* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+  }
+  static void store(char* p, std::uint32_t v) { std::memcpy(p, &v, 4); }
+  detail::BitModel& sign_model(std::uint32_t old_value, std::uint32_t exp) {
+    const int old_exp = static_cast<int>((old_value >> 23) & 0xFF);
+    const int gap = std::clamp(old_exp - static_cast<int>(exp), -3, 3) + 3;
+    return sign[old_value >> 31][gap][exp];
+  }
+};
+
+std::string make_float_delta_body(std::string_view old_bytes, std::string_view new_bytes) {
+  auto model = std::make_unique<FloatModel>();
+  detail::RangeEncoder rc;
+  const std::size_t elements = new_bytes.size() / 4;
+  for (std::size_t e = 0; e < elements; ++e) {
+    const std::uint32_t v = FloatModel::load(new_bytes.data() + 4 * e);
+    const std::uint32_t exp = (v >> 23) & 0xFF;
+    std::uint32_t node = 1;
+    for (int i = 7; i >= 0; --i) {
+      const bool bit = (exp >> i) & 1U;
+      rc.encode(model->exponent[node], bit);
+      node = (node << 1) | (bit ? 1U : 0U);
+    }
+    rc.encode(model->sign_model(FloatModel::load(old_bytes.data() + 4 * e), exp), v >> 31);
+    node = 1;
+    for (int i = 22; i > 22 - kTopMantissaBits; --i) {
+      const bool bit = (v >> i) & 1U;
+      rc.encode(model->mantissa[exp][node], bit);
+      node = (node << 1) | (bit ? 1U : 0U);
+    }
+    rc.encode_direct(v & ((1U << kLowMantissaBits) - 1), kLowMantissaBits);
+  }
+  for (std::size_t i = elements * 4; i < new_bytes.size(); ++i) {
+    rc.encode_direct(static_cast<unsigned char>(new_bytes[i]), 8);
+  }
+  return rc.finish();
+}
+
+Result<std::string> apply_float_delta_body(std::string_view old_bytes, std::string_view body) {
+  auto model = std::make_unique<FloatModel>();
+  detail::RangeDecoder rc(body);
+  std::string out(old_bytes.size(), '\0');
+  const std::size_t elements = out.size() / 4;
+  for (std::size_t e = 0; e < elements; ++e) {
+    std::uint32_t node = 1;
+    for (int i = 0; i < 8; ++i) node = (node << 1) | (rc.decode(model->exponent[node]) ? 1U : 0U);
+    const std::uint32_t exp = node & 0xFF;
+    const bool negative =
+        rc.decode(model->sign_model(FloatModel::load(old_bytes.data() + 4 * e), exp));
+    node = 1;
+    for (int i = 0; i < kTopMantissaBits; ++i)
+      node = (node << 1) | (rc.decode(model->mantissa[exp][node]) ? 1U : 0U);
+    const std::uint32_t low = rc.decode_direct(kLowMantissaBits);
+    FloatModel::store(out.data() + 4 * e,
+                      (negative ? 0x80000000U : 0U) | (exp << 23) |
+                          ((node & ((1U << kTopMantissaBits) - 1)) << kLowMantissaBits) | low);
+  }
+  for (std::size_t i = elements * 4; i < out.size(); ++i) {
+    out[i] = static_cast<char>(rc.decode_direct(8));
+  }
+  if (rc.overrun() != 0 || rc.unread() != 0) {
+    return make_error(
+        errc::corruption,
+        "float delta is " + std::string(rc.overrun() != 0 ? "cut short" : "too long"));
+  }
+  return out;
 }
 
 }  // namespace
@@ -200,10 +295,17 @@ Result<std::string> make_prefix_delta(std::string_view prefix, std::string_view 
   return header(kPrefix, 1, 0, new_bytes.size()) + *packed;
 }
 
+Result<std::string> make_float_delta(std::string_view old_bytes, std::string_view new_bytes) {
+  if (old_bytes.size() != new_bytes.size()) {
+    return make_error(errc::invalid_argument, "a delta needs old and new data of the same size");
+  }
+  return header(kFloats, 4, 0, new_bytes.size()) + make_float_delta_body(old_bytes, new_bytes);
+}
+
 int delta_format(std::string_view delta) {
   if (delta.size() < kHeaderSize || delta.substr(0, 4) != kMagic) return 0;
   int f = delta[4];
-  return f >= kXorPlanes && f <= kPrefix ? f : 0;
+  return f >= kXorPlanes && f <= kFloats ? f : 0;
 }
 
 Result<std::string> apply_delta(std::string_view base, std::string_view delta) {
@@ -219,17 +321,20 @@ Result<std::string> apply_delta(std::string_view base, std::string_view delta,
                                          (static_cast<unsigned char>(delta[7]) << 8));
   if (format == kXorPlanes) mask = 0xffff;
   const std::uint64_t size = read_u64(delta.substr(8));
-  if (planes < 1 || planes > 16) return make_error(errc::corruption, "delta header out of range");
+  if (planes < 1 || planes > 16 || (format == kFloats && planes != 4)) {
+    return make_error(errc::corruption, "delta header out of range");
+  }
   if (size != new_size) {
     return make_error(errc::corruption, "delta makes " + std::to_string(size) +
                                             " bytes, the segment has " + std::to_string(new_size));
   }
-  const bool needs_same_size = format != kPrefix && mask != 0;
+  const bool needs_same_size = format == kFloats || (format != kPrefix && mask != 0);
   if (needs_same_size && size != base.size()) {
     return make_error(errc::corruption, "delta is for " + std::to_string(size) +
                                             " bytes, the base has " + std::to_string(base.size()));
   }
   const auto body = delta.substr(kHeaderSize);
+  if (format == kFloats) return apply_float_delta_body(base, body);
   auto decoded = format == kPrefix ? detail::zstd_decompress_with_prefix(
                                          body, base, static_cast<std::size_t>(size))
                                    : detail::zstd_decompress(body, static_cast<std::size_t>(size));

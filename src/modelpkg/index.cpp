@@ -67,7 +67,17 @@ std::vector<std::size_t> ModelIndex::prefix_segments(std::string_view key) const
 namespace {
 
 const char* kind_name(DeltaKind kind) {
-  return kind == DeltaKind::prefix ? "prefix" : kind == DeltaKind::masked_planes ? "planes" : "xor";
+  switch (kind) {
+    case DeltaKind::masked_planes:
+      return "planes";
+    case DeltaKind::prefix:
+      return "prefix";
+    case DeltaKind::floats:
+      return "floats";
+    case DeltaKind::xor_planes:
+      break;
+  }
+  return "xor";
 }
 
 // The JSON text the .cidx compresses: the index delta codes this, and re-encodes it the same way.
@@ -171,11 +181,18 @@ Result<ModelIndex> decode_index(std::string_view cidx) {
       if (d.contains("coded")) {
         for (const auto& e : d.at("coded")) {
           if (!e.is_array() || e.size() != 3) return bad("coded delta is not [segment,size,kind]");
-          auto kind = e[2].get<std::string>();
-          if (kind != "planes" && kind != "prefix") return bad("unknown delta kind '" + kind + "'");
-          set.entries.push_back(
-              DeltaEntry{e[0].get<std::size_t>(), e[1].get<std::uint64_t>(),
-                         kind == "prefix" ? DeltaKind::prefix : DeltaKind::masked_planes});
+          const auto kind = e[2].get<std::string>();
+          DeltaKind k;
+          if (kind == "planes") {
+            k = DeltaKind::masked_planes;
+          } else if (kind == "prefix") {
+            k = DeltaKind::prefix;
+          } else if (kind == "floats") {
+            k = DeltaKind::floats;
+          } else {
+            continue;  // a coding of a later release: its segment comes as chunks
+          }
+          set.entries.push_back(DeltaEntry{e[0].get<std::size_t>(), e[1].get<std::uint64_t>(), k});
         }
       }
       idx.deltas.push_back(std::move(set));

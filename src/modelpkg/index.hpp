@@ -47,6 +47,7 @@ enum class DeltaKind {
   xor_planes,     // format 1: the segment with the same key and size
   masked_planes,  // format 2: the same
   prefix,         // format 3: prefix_segments() of the earlier version
+  floats,         // format 4: the segment with the same key and size
 };
 
 struct DeltaEntry {

@@ -187,6 +187,9 @@ Result<DeltaSummary> add_deltas(const std::string& dir, ModelIndex& idx, int zst
         const auto mask = choose_plane_mask(*old_bytes, *new_bytes, planes);
         CAIRN_TRY(consider(make_plane_delta(*old_bytes, *new_bytes, planes, mask, zstd_level),
                            DeltaKind::masked_planes));
+        if (planes == 4) {
+          CAIRN_TRY(consider(make_float_delta(*old_bytes, *new_bytes), DeltaKind::floats));
+        }
       }
       if (!prefix_segs.empty()) {
         std::string prefix;

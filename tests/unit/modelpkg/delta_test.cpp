@@ -1,6 +1,9 @@
 #include "modelpkg/delta.hpp"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <random>
 
 #include <gtest/gtest.h>
 
@@ -129,6 +132,79 @@ TEST(DeltaTest, DamagedOrMisfittingNewCodingsAreCorruption) {
   }
   // Masked planes need the base they were made against (its size at least).
   EXPECT_FALSE(apply_delta(old_bytes.substr(4), *masked, new_bytes.size()));
+}
+
+// Every value moved by noise as large as the values, as when a layer is retrained.
+std::string retrained(const std::string& floats, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> noise(0.0f, 0.06f);
+  std::string out = floats;
+  for (std::size_t i = 0; i + 4 <= out.size(); i += 4) {
+    float f;
+    std::memcpy(&f, out.data() + i, 4);
+    f += noise(rng);
+    std::memcpy(out.data() + i, &f, 4);
+  }
+  return out;
+}
+
+TEST(DeltaTest, ModelledFloatsRoundTripAnyBits) {
+  auto old_bytes = testing::random_floats(3000, 1);
+  std::string new_bytes = retrained(old_bytes, 2);
+  // Values no weight has, at the start: zeros, infinities, NaNs, subnormals, extremes.
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::denorm_min(),
+                            std::numeric_limits<float>::max(),
+                            std::numeric_limits<float>::lowest()};
+  std::memcpy(new_bytes.data(), specials, sizeof specials);
+  for (const auto& [old_case, new_case] :
+       {std::pair{old_bytes, new_bytes}, std::pair{old_bytes + "ab", new_bytes + "yz"},
+        std::pair{testing::random_bytes(4001, 3), testing::random_bytes(4001, 4)},
+        std::pair{std::string(), std::string()}}) {
+    auto delta = make_float_delta(old_case, new_case);
+    ASSERT_TRUE(delta) << delta.error().to_string();
+    EXPECT_EQ(delta_format(*delta), 4);
+    auto applied = apply_delta(old_case, *delta, new_case.size());
+    ASSERT_TRUE(applied) << applied.error().to_string();
+    EXPECT_EQ(*applied, new_case);
+  }
+}
+
+TEST(DeltaTest, ModelledFloatsCodeARetrainedTensorSmallerThanBytePlanes) {
+  auto old_bytes = testing::random_floats(20000, 1);
+  auto new_bytes = retrained(old_bytes, 2);
+  auto floats = make_float_delta(old_bytes, new_bytes);
+  auto planes =
+      make_plane_delta(old_bytes, new_bytes, 4, choose_plane_mask(old_bytes, new_bytes, 4), 19);
+  ASSERT_TRUE(floats && planes);
+  // The random low 21 mantissa bits alone are 52,500 bytes; the planes spend about 2.7 bits on
+  // each exponent and a whole bit on each sign.
+  EXPECT_GT(floats->size(), 52500u);
+  EXPECT_LT(floats->size() + 300, planes->size());
+}
+
+TEST(DeltaTest, DamagedModelledFloatsAreCorruption) {
+  auto old_bytes = testing::random_floats(1000, 1);
+  auto new_bytes = retrained(old_bytes, 2);
+  auto delta = make_float_delta(old_bytes, new_bytes);
+  ASSERT_TRUE(delta);
+  for (const auto& damaged : {delta->substr(0, delta->size() - 1), *delta + "x"}) {
+    auto r = apply_delta(old_bytes, damaged, new_bytes.size());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, errc::corruption) << r.error().to_string();
+  }
+  auto wrong_planes = *delta;
+  wrong_planes[5] = 2;
+  EXPECT_FALSE(apply_delta(old_bytes, wrong_planes, new_bytes.size()));
+  // The base must be the old segment: same size.
+  auto short_base = apply_delta(old_bytes.substr(4), *delta, new_bytes.size());
+  ASSERT_FALSE(short_base);
+  EXPECT_EQ(short_base.error().code, errc::corruption);
+  EXPECT_FALSE(make_float_delta("abcd", "abcdefgh"));
 }
 
 }  // namespace

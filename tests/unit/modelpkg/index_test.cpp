@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "core/crypto.hpp"
+#include "modelpkg/detail/zstd.hpp"
 
 namespace cairn::modelpkg {
 namespace {
@@ -49,6 +50,29 @@ TEST(IndexTest, CodedDeltaKindsRoundTripBesideTheFormatOneEntries) {
   EXPECT_EQ(entries[1].kind, DeltaKind::prefix);
   EXPECT_EQ(entries[1].size, 30u);
   EXPECT_EQ(entries[2].kind, DeltaKind::masked_planes);
+}
+
+TEST(IndexTest, ACodingOfALaterReleaseIsSkippedNotRefused) {
+  auto idx = sample();
+  idx.deltas[0].entries.push_back({0, 30, DeltaKind::floats});
+  auto bytes = encode_index(idx);
+  ASSERT_TRUE(bytes);
+  auto back = decode_index(*bytes);
+  ASSERT_TRUE(back) << back.error().to_string();
+  ASSERT_EQ(back->deltas.at(0).entries.size(), 2u);
+  EXPECT_EQ(back->deltas.at(0).entries[1].kind, DeltaKind::floats);
+  // The same index with a kind this release does not know: read, without that delta.
+  auto json = detail::zstd_decompress(*bytes, 1 << 20);
+  ASSERT_TRUE(json);
+  const auto at = json->find("\"floats\"");
+  ASSERT_NE(at, std::string::npos);
+  json->replace(at, 8, "\"future\"");
+  auto future = detail::zstd_compress(*json, 3);
+  ASSERT_TRUE(future);
+  auto read = decode_index(*future);
+  ASSERT_TRUE(read) << read.error().to_string();
+  ASSERT_EQ(read->deltas.at(0).entries.size(), 1u);
+  EXPECT_EQ(read->deltas.at(0).entries[0].kind, DeltaKind::xor_planes);
 }
 
 TEST(IndexTest, PrefixSegmentsAreTheGapsAndTheSameKey) {
