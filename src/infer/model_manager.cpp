@@ -643,6 +643,7 @@ void ModelManager::set_fetcher(ModelFetcher fetcher) {
 }
 
 void ModelManager::notify(const std::string& name) {
+  std::lock_guard order(report_mu_);
   std::function<void(const nlohmann::json&)> callback;
   std::shared_ptr<Model> model;
   {
@@ -659,6 +660,16 @@ void ModelManager::notify(const std::string& name) {
     patch[name] = nullptr;
   }
   callback(patch);
+}
+
+void ModelManager::notify_all() {
+  std::lock_guard order(report_mu_);
+  std::function<void(const nlohmann::json&)> callback;
+  {
+    std::lock_guard lock(mu_);
+    callback = reported_callback_;
+  }
+  if (callback) callback(reported());
 }
 
 nlohmann::json ModelManager::reported() const {

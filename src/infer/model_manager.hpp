@@ -162,8 +162,11 @@ class ModelManager {
   // command line) are never unloaded here. Returns invalid_argument only when `desired` is not
   // an object.
   Status apply_desired(const nlohmann::json& desired, const std::vector<std::string>& pinned = {});
-  // Called with {name: reported} (or {name: null} when unloaded) after each state change.
+  // Called with {name: reported} (or {name: null} when unloaded) after each state change, one
+  // call at a time and in the order the states were taken, so a later patch is never older.
   void set_reported_callback(std::function<void(const nlohmann::json& patch)> callback);
+  // Calls the reported callback with every model's state (as reported()), in the same order.
+  void notify_all();
   // Where specs with a `url` get their file; without one such specs fail to load.
   void set_fetcher(ModelFetcher fetcher);
   // Reported properties of every model: {name: {version, status, error, loadTimeMs, ...}}.
@@ -198,6 +201,10 @@ class ModelManager {
 
   ManagerOptions options_;
   mutable std::mutex mu_;
+  // Held from taking a state to handing it to the callback: two threads reporting the same
+  // model (the loader failing it, a caller applying a new desired state) would otherwise deliver
+  // their patches in either order, and a stale state could be the last one reported.
+  std::mutex report_mu_;
   std::map<std::string, std::shared_ptr<Model>> models_;
   std::function<void(const nlohmann::json&)> reported_callback_;
   ModelFetcher fetcher_;

@@ -145,7 +145,9 @@ void ModuleService::close() {
 std::size_t ModuleService::pending_messages() const { return state_->pending_messages.load(); }
 
 void ModuleService::report_all() {
-  nlohmann::json patch{{"models", models_.reported()}};
+  // Through the manager, so that no model state older than one it has reported goes out after it.
+  models_.notify_all();
+  nlohmann::json patch;
   nlohmann::json delivery{
       {"signedOnly", delivery_ && !delivery_->public_key().empty()},
       {"publicKeyFrom", options_.public_key_fixed                       ? "command line"

@@ -17,6 +17,7 @@
 #include "core/crypto.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
+#include "net/body_read.hpp"
 #include "net/http_session.hpp"
 #include "net/spawn.hpp"
 
@@ -134,7 +135,9 @@ asio::awaitable<Result<HttpResponse>> exchange(Stream& stream,
   http::response_parser<http::string_body> parser;
   parser.body_limit(kMaxResponseBody);
   if (req.method() == http::verb::head) parser.skip(true);
-  co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  co_await http::async_read_header(stream, buffer, parser,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) co_await detail::read_rest(stream, buffer, parser, ec);
   if (ec) co_return failed("reading the response from", ec);
   if (keep_alive) *keep_alive = parser.get().keep_alive();
   co_return to_response(parser.get());

@@ -23,6 +23,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "core/log.hpp"
+#include "net/body_read.hpp"
 #include "net/http.hpp"
 #include "net/spawn.hpp"
 #include <sys/socket.h>
@@ -49,12 +50,6 @@ constexpr std::chrono::seconds kMaxLingerTime{5};
 constexpr std::chrono::seconds kTlsShutdownTime{2};
 // Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
-// Beast reads at most what the buffer has room for, and the parser empties the buffer after
-// every read: left at its header-sized capacity, a large body arrives 512 bytes per recvmsg
-// (1,500 system calls, each with its timer re-armed, for a 768 KiB tensor). A body longer
-// than the buffer is read through a buffer of this size, released once the request is read,
-// so an idle connection holds no more than its header buffer.
-constexpr std::size_t kBodyReadChunk = 64 * 1024;
 
 // What both servers share: the handler, the limits and the open connections.
 struct ServerCore {
@@ -330,14 +325,7 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
       http::response<http::empty_body> go_on{http::status::continue_, 11};
       co_await http::async_write(stream, go_on, asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (!ec && !parser.is_done()) {
-      const auto length = parser.content_length();
-      const bool large = !length || *length > buffer.capacity() - buffer.size();
-      if (large) buffer.reserve(kBodyReadChunk);
-      co_await http::async_read(stream, buffer, parser,
-                                asio::redirect_error(asio::use_awaitable, ec));
-      if (large) buffer.shrink_to_fit();  // keeps what a pipelined request left, no more
-    }
+    if (!ec) co_await detail::read_rest(stream, buffer, parser, ec);
     if (ec) {
       auto answer = answer_for_read_error(ec, limits);
       if (!answer) {

@@ -361,7 +361,7 @@ TEST_F(ModuleServiceTest, RawRecordsAreMappedByTheModelsInputMapping) {
     json d = json::object();
     for (const auto& r : rec.reports) d.merge_patch(r);
     return d["models"]["affine"]["status"] == "failed";
-  }));
+  })) << rec.merged();
   auto doc = rec.merged()["models"]["affine"];
   EXPECT_EQ(doc["version"], "1");
   // The patch merged into the entry (RFC 7386): "x" is still mapped, "reading" is extra.
@@ -390,12 +390,15 @@ TEST_F(ModuleServiceTest, PendingLimitAnswersWithAnErrorInsteadOfQueueing) {
   ModuleOptions options;
   options.max_pending_messages = 2;
   ModuleService service(models, nullptr, rec.link(), options);
-  // The slow model keeps requests pending long enough to pass the limit.
+  // The slow model keeps requests pending long enough to pass the limit: 32 rows make each run
+  // take tens of milliseconds, against well under one to hand over the next message, so the
+  // first two are still pending when the others arrive even on a loaded machine.
   service.on_desired({{"models", {{"slow", {{"version", "1"}, {"path", model("slow.onnx")}}}}}}, 1,
                      true);
   models.wait_idle();
-  std::vector<float> row(256, 1.0f);
-  json req{{"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {1, 256}}, {"data", row}}}}};
+  std::vector<float> rows(32 * 256, 1.0f);
+  json req{
+      {"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {32, 256}}, {"data", rows}}}}};
   for (int i = 0; i < 6; ++i) {
     ModuleMessage m;
     m.body = req.dump();
