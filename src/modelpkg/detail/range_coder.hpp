@@ -1,5 +1,6 @@
 // A binary adaptive range coder: bits coded with a probability a context model learns as it
-// goes, and direct bits at one bit each. Delta format 4 (delta.hpp) codes float32 values with it.
+// goes, and direct bits at one bit each (coded up to eight at a time). Delta format 4 (delta.hpp)
+// codes float32 values with it.
 //
 // The coder keeps a 32-bit range and a 64-bit low end; bytes whose value a later carry could
 // still change wait in `pending_` (the classic carry-propagating scheme). The stream's first
@@ -16,6 +17,10 @@
 #include <string_view>
 
 namespace cairn::modelpkg::detail {
+
+// Direct bits coded per step: the range is at least 2^24 between steps, so 2^8 parts of it are
+// still at least 2^16 wide.
+inline constexpr int kDirectStep = 8;
 
 // The chance of a 0 bit learnt from the bits seen in one context: the Krichevsky–Trofimov
 // estimate (counts plus one half), halved past kLimit so that it follows a drifting source.
@@ -52,10 +57,14 @@ class RangeEncoder {
     model.update(bit);
     normalize();
   }
+  // `bits` (at most 32) of `value`, high first, at probability 1/2 each, up to kDirectStep of
+  // them per step: the range is split into 2^k equal parts and the k bits pick one.
   void encode_direct(std::uint32_t value, int bits) {
-    for (int i = bits - 1; i >= 0; --i) {
-      range_ >>= 1;
-      if ((value >> i) & 1U) low_ += range_;
+    while (bits > 0) {
+      const int k = bits < kDirectStep ? bits : kDirectStep;
+      bits -= k;
+      range_ >>= k;
+      low_ += std::uint64_t{(value >> bits) & ((1U << k) - 1)} * range_;
       normalize();
     }
   }
@@ -117,11 +126,15 @@ class RangeDecoder {
   }
   std::uint32_t decode_direct(int bits) {
     std::uint32_t value = 0;
-    for (int i = 0; i < bits; ++i) {
-      range_ >>= 1;
-      const bool bit = code_ >= range_;
-      if (bit) code_ -= range_;
-      value = (value << 1) | (bit ? 1U : 0U);
+    while (bits > 0) {
+      const int k = bits < kDirectStep ? bits : kDirectStep;
+      bits -= k;
+      range_ >>= k;
+      std::uint32_t part = code_ / range_;
+      // Only a damaged stream gets here; its output is then wrong, never out of bounds.
+      if (part >> k) part = (1U << k) - 1;
+      code_ -= part * range_;
+      value = (value << k) | part;
       normalize();
     }
     return value;
