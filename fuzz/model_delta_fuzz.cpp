@@ -13,12 +13,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <utility>
 
+#include "fuzz_check.hpp"
 #include "modelpkg/delta.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/tensors.hpp"
@@ -26,14 +25,6 @@
 namespace {
 
 namespace mp = cairn::modelpkg;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 // Deltas bigger than this are not tried (libFuzzer inputs are small; this bounds memory).
 constexpr std::uint64_t kMaxSegment = 1 << 20;

@@ -14,20 +14,13 @@
 #include <string_view>
 #include <vector>
 
+#include "fuzz_check.hpp"
 #include "twin/twin.hpp"
 
 namespace {
 
 using cairn::twin::json;
 using cairn::twin::Twin;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 // Strict equality: dump() tells 1 from 1.0 apart, which operator== does not.
 bool same(const json& a, const json& b) {
