@@ -293,22 +293,23 @@ TEST_F(HttpTest, HttpSessionReopensAConnectionTheServerClosed) {
 }
 
 TEST_F(HttpTest, HttpSessionReportsBadInputAndUnreachableServers) {
-  EchoHandler echo;
-  auto port = start(echo.handler(), false);
-  servers_.back()->stop();
-  sync_with_io();
-  HttpSession conn(plain(port), 5);
+  // A port bound but not listening refuses connections, and nothing else can take it while it
+  // is held: a port a stopped server merely closed may go to a test running beside this one,
+  // and the client's own ephemeral port may even be that port (a TCP self-connection).
+  asio::ip::tcp::acceptor refusing(io_);
+  refusing.open(asio::ip::tcp::v4());
+  refusing.bind({asio::ip::address_v4::loopback(), 0});
+  HttpSession conn(plain(refusing.local_endpoint().port()), 5);
   HttpRequest req;
   req.method = "GET";
   req.target = "/";
   auto res = conn.request(req);
   ASSERT_FALSE(res);
-  EXPECT_EQ(res.error().code, errc::unavailable);
+  EXPECT_EQ(res.error().code, errc::unavailable) << res.error().to_string();
   req.target = "no-slash";
   res = conn.request(req);
   ASSERT_FALSE(res);
   EXPECT_EQ(res.error().code, errc::invalid_argument);
-  EXPECT_EQ(echo.calls, 0);
 }
 
 TEST_F(HttpTest, PipelinedAndChunkedRequestsAreParsed) {
