@@ -216,7 +216,7 @@ int run(Options o) {
     limits.max_connections = o.max_connections;
     auto started = net::HttpServer::start(
         http_io, address->first, address->second, nullptr,
-        [&rest](const net::HttpRequest& request, net::HttpRespond respond) {
+        [&rest](net::HttpRequest& request, net::HttpRespond respond) {
           rest.handle(request, std::move(respond));
         },
         limits);

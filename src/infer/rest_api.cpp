@@ -107,18 +107,25 @@ const VersionInfo* pick_version(const ModelInfo& info, const std::string& versio
 }
 
 // A request body as the decoder sees it. A request run inline is decoded from the HTTP
-// request's own body, which outlives the run; one queued for a worker owns a copy, made by
-// own() when the manager queues it (SubmitOptions::before_queue).
+// request's own body, which outlives the run; one queued for a worker takes that body, in
+// own() when the manager queues it (SubmitOptions::before_queue): a move, not a copy of
+// megabytes under the model's lock.
 struct Shared {
   std::string_view body;
   std::string owned;
+  std::string* source = nullptr;  // the HTTP request's body, which `body` views
   // body[0, binary_offset) is the JSON part, the binary tensors follow (the whole body without
   // the binary extension). Parsed in place: a body may be megabytes of JSON.
   std::size_t binary_offset = 0;
 
   void own() {
     if (body.data() == owned.data()) return;
-    owned.assign(body);
+    if (source) {
+      owned = std::move(*source);
+      source = nullptr;
+    } else {
+      owned.assign(body);
+    }
     body = owned;
   }
   void own(std::string text) {
@@ -489,7 +496,7 @@ std::string RestApi::metrics_text() const {
   return out;
 }
 
-void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond_raw) {
+void RestApi::handle(net::HttpRequest& request, net::HttpRespond respond_raw) {
   // Every answer is counted by status, whichever thread sends it.
   auto respond = [this, r = std::move(respond_raw)](net::HttpResponse response) {
     count(response.status);
@@ -587,10 +594,11 @@ void RestApi::handle(const net::HttpRequest& request, net::HttpRespond respond_r
   }
 }
 
-void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model,
+void RestApi::infer_v2(net::HttpRequest& request, const std::string& model,
                        const std::string& version, net::HttpRespond respond) {
   auto shared = std::make_shared<Shared>();
-  shared->body = request.body;  // owned only if queued (submit_options below)
+  shared->body = request.body;  // taken only if queued (submit_options below)
+  shared->source = &request.body;
   const std::string header_length = request.header("Inference-Header-Content-Length");
   if (!header_length.empty()) {
     std::size_t n = 0;
@@ -628,10 +636,10 @@ void RestApi::infer_v2(const net::HttpRequest& request, const std::string& model
   if (!status) respond(error_response(status.error()));
 }
 
-void RestApi::score(const net::HttpRequest& request, const std::string& model,
-                    net::HttpRespond respond) {
+void RestApi::score(net::HttpRequest& request, const std::string& model, net::HttpRespond respond) {
   auto shared = std::make_shared<Shared>();
-  shared->body = request.body;  // owned only if queued (submit_options below)
+  shared->body = request.body;  // taken only if queued (submit_options below)
+  shared->source = &request.body;
   const std::size_t depth = options_.max_json_depth;
   InlinePermit permit(*this);
   auto status = models_.submit(

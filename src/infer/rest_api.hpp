@@ -58,12 +58,12 @@ class RestApi {
  public:
   RestApi(ModelManager& models, RestOptions options);
   ~RestApi();
-  void handle(const net::HttpRequest& request, net::HttpRespond respond);
+  void handle(net::HttpRequest& request, net::HttpRespond respond);
 
  private:
-  void infer_v2(const net::HttpRequest& request, const std::string& model,
-                const std::string& version, net::HttpRespond respond);
-  void score(const net::HttpRequest& request, const std::string& model, net::HttpRespond respond);
+  void infer_v2(net::HttpRequest& request, const std::string& model, const std::string& version,
+                net::HttpRespond respond);
+  void score(net::HttpRequest& request, const std::string& model, net::HttpRespond respond);
   std::string metrics_text() const;
   void count(int status);
 

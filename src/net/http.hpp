@@ -73,7 +73,9 @@ std::string http_path(const std::string& target);
 std::string http_query_param(const std::string& target, const std::string& name);
 
 using HttpRespond = std::function<void(HttpResponse)>;
-using HttpHandler = std::function<void(const HttpRequest&, HttpRespond)>;
+// The request is the handler's during the call: it may take the body (work queued for later
+// keeps it without a copy); the server reads nothing of it afterwards but the method and target.
+using HttpHandler = std::function<void(HttpRequest&, HttpRespond)>;
 
 struct HttpLimits {
   // Larger bodies get 413 before they are read. Method calls carry at most 128 KB each way,
