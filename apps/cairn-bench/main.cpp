@@ -262,6 +262,13 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0.1, 600.0));
   infer_cmd
+      ->add_option("--interleaved-rounds", infer_options.interleaved_rounds,
+                   "Raw ORT and v2 binary at 1 client also measured in this many alternating "
+                   "slices each (of the per-point duration in all); the latency targets are "
+                   "judged on them (0: on the table's separate runs)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  infer_cmd
       ->add_option("--ppocr-size", infer_options.ppocr_size,
                    "PP-OCR det input is [1, 3, S, S] (a multiple of 32)")
       ->capture_default_str()
