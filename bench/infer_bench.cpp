@@ -170,6 +170,27 @@ void run_once(Ort::Session& session, const Workload& w, std::vector<float>* out)
   }
 }
 
+// run_once as a closed loop's step: an ORT exception is an error, not a crash.
+Status run_raw(Ort::Session& session, const Workload& w) {
+  try {
+    run_once(session, w, nullptr);
+  } catch (const std::exception& e) {
+    return make_error(errc::internal, std::string("onnxruntime: ") + e.what());
+  }
+  return {};
+}
+
+// A session on the workload's model, run once so the first timed run is not its first.
+Result<std::unique_ptr<Ort::Session>> open_warm_session(const Workload& w) {
+  try {
+    auto session = open_session(w.path);
+    run_once(*session, w, nullptr);
+    return session;
+  } catch (const std::exception& e) {
+    return make_error(errc::internal, std::string("raw ORT: ") + e.what());
+  }
+}
+
 // --- request bodies and answers --------------------------------------------------------------
 
 // Floats print as the shortest text that reads back as the same float, so every mode feeds
@@ -276,6 +297,17 @@ Status check_output(Mode mode, const Workload& w, const std::vector<float>& got)
       return make_error(errc::internal, fmt::format("{}: output element {} is {}, raw ORT gave {}",
                                                     label(mode), i, got[i], w.expected[i]));
     }
+  }
+  return {};
+}
+
+// One timed request: an error unless the server answered 200.
+Status answered(net::HttpSession& conn, const net::HttpRequest& request, Mode mode) {
+  auto r = conn.request(request);
+  if (!r) return std::move(r).error();
+  if (r->status != 200) {
+    return make_error(errc::internal, fmt::format("{}: HTTP {}: {}", label(mode), r->status,
+                                                  r->body.substr(0, 200)));
   }
   return {};
 }
@@ -455,26 +487,16 @@ Result<Workload> Bench::prepare(const std::string& name) {
 }
 
 void Bench::measure_raw(const Workload& w, ModelResult& out) {
-  std::unique_ptr<Ort::Session> session;
-  try {
-    session = open_session(w.path);
-    run_once(*session, w, nullptr);
-  } catch (const std::exception& e) {
-    out.errors.push_back(std::string("raw ORT: ") + e.what());
+  auto session = open_warm_session(w);
+  if (!session) {
+    out.errors.push_back(session.error().message);
     return;
   }
   for (int c : o_.concurrency) {
     progress(fmt::format("{}: raw ONNX Runtime, {} thread(s)", w.name, c));
     // ORT's Session::Run may be called from several threads at once.
-    out.modes[Mode::kRawOrt].plain[c] =
-        closed_loop(c, w.warmup_s, w.duration_s, [&](int) -> Status {
-          try {
-            run_once(*session, w, nullptr);
-          } catch (const std::exception& e) {
-            return make_error(errc::internal, std::string("onnxruntime: ") + e.what());
-          }
-          return {};
-        });
+    out.modes[Mode::kRawOrt].plain[c] = closed_loop(
+        c, w.warmup_s, w.duration_s, [&](int) -> Status { return run_raw(**session, w); });
   }
 }
 
@@ -495,13 +517,7 @@ Point Bench::measure_http(Mode mode, const Workload& w, std::uint16_t port, int 
   for (int c = 0; c < clients; ++c) conns.emplace_back(loopback(port), kRequestTimeoutSecs);
   const auto before = count_batches ? batch_counters(port) : std::pair<double, double>{};
   Point p = closed_loop(clients, w.warmup_s, w.duration_s, [&](int c) -> Status {
-    auto r = conns[static_cast<std::size_t>(c)].request(request);
-    if (!r) return std::move(r).error();
-    if (r->status != 200) {
-      return make_error(errc::internal, fmt::format("{}: HTTP {}: {}", label(mode), r->status,
-                                                    r->body.substr(0, 200)));
-    }
-    return {};
+    return answered(conns[static_cast<std::size_t>(c)], request, mode);
   });
   if (count_batches) {
     const auto after = batch_counters(port);
@@ -612,12 +628,9 @@ void Bench::measure_cairn(const Workload& w, bool batching, ModelResult& out) {
 // slices: each slice of one is next to a slice of the other, so both see the machine at the
 // same speed. cairn-infer's model is idle while raw ORT runs and the other way round.
 void Bench::measure_interleaved(const Workload& w, std::uint16_t port, ModelResult& out) {
-  std::unique_ptr<Ort::Session> session;
-  try {
-    session = open_session(w.path);
-    run_once(*session, w, nullptr);
-  } catch (const std::exception& e) {
-    out.errors.push_back(std::string("raw ORT: ") + e.what());
+  auto session = open_warm_session(w);
+  if (!session) {
+    out.errors.push_back(session.error().message);
     return;
   }
   const net::HttpRequest request = request_for(Mode::kV2Binary, w);
@@ -629,22 +642,9 @@ void Bench::measure_interleaved(const Workload& w, std::uint16_t port, ModelResu
                        w.name, rounds, slice));
   Point raw, v2;
   for (int k = 0; k < rounds; ++k) {
-    Point a = closed_loop(1, warmup, slice, [&](int) -> Status {
-      try {
-        run_once(*session, w, nullptr);
-      } catch (const std::exception& e) {
-        return make_error(errc::internal, std::string("onnxruntime: ") + e.what());
-      }
-      return {};
-    });
-    Point b = closed_loop(1, warmup, slice, [&](int) -> Status {
-      auto r = conn.request(request);
-      if (!r) return std::move(r).error();
-      if (r->status != 200) {
-        return make_error(errc::internal, fmt::format("v2 binary: HTTP {}", r->status));
-      }
-      return {};
-    });
+    Point a = closed_loop(1, warmup, slice, [&](int) -> Status { return run_raw(**session, w); });
+    Point b = closed_loop(1, warmup, slice,
+                          [&](int) -> Status { return answered(conn, request, Mode::kV2Binary); });
     for (const Point* p : {&a, &b}) {
       if (!p->error.empty()) {
         out.errors.push_back(p->error);
