@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -21,7 +23,12 @@
 #include "bench/histogram.hpp"
 #include "bench/process.hpp"
 #include "net/http_session.hpp"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <onnxruntime_cxx_api.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 namespace cairn::bench {
 
@@ -124,6 +131,7 @@ struct ModelResult {
   // Raw ORT and cairn-infer v2 binary at 1 client, measured in alternating slices.
   std::optional<Point> interleaved_raw;
   std::optional<Point> interleaved_v2;
+  std::optional<Point> lean_http_floor;        // GET /v2/health/live through the same client
   std::optional<std::uint64_t> infer_rss_kib;  // one model loaded, after the first requests
   std::optional<std::uint64_t> infer_rss_after_kib;
   std::optional<std::uint64_t> node_rss_kib;
@@ -312,6 +320,99 @@ Status answered(net::HttpSession& conn, const net::HttpRequest& request, Mode mo
   return {};
 }
 
+// A blocking HTTP/1.1 client on one kept loopback connection: it writes a request's bytes,
+// made once, and reads one answer by its Content-Length. The interleaved latency pair uses it
+// so that it times the server: net::HttpSession builds each request anew and runs an
+// io_context round per request, which costs more than the tiny model's whole answer here.
+// Only what cairn-infer answers is understood: no chunked bodies, no 100-continue.
+class LeanHttpClient {
+ public:
+  explicit LeanHttpClient(std::uint16_t port) : port_(port) {}
+  ~LeanHttpClient() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  LeanHttpClient(const LeanHttpClient&) = delete;
+  LeanHttpClient& operator=(const LeanHttpClient&) = delete;
+
+  static std::string wire(const net::HttpRequest& r) {
+    std::string out = r.method + " " + r.target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    for (const auto& [name, value] : r.headers) out += name + ": " + value + "\r\n";
+    out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n\r\n";
+    return out + r.body;
+  }
+
+  // Sends `request` (wire()'s bytes) and reads the answer; an error unless it is a 200.
+  Status exchange(const std::string& request) {
+    if (fd_ < 0) CAIRN_TRY(open());
+    for (std::size_t sent = 0; sent < request.size();) {
+      const ssize_t n = ::send(fd_, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return failed("send");
+      sent += static_cast<std::size_t>(n);
+    }
+    in_.clear();
+    std::size_t header_end = std::string::npos;
+    std::size_t total = 0;
+    while (header_end == std::string::npos || in_.size() < total) {
+      char chunk[64 * 1024];
+      const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+      if (n <= 0) return failed("recv");
+      in_.append(chunk, static_cast<std::size_t>(n));
+      if (header_end == std::string::npos) {
+        header_end = in_.find("\r\n\r\n");
+        if (header_end == std::string::npos) continue;
+        total = header_end + 4 + content_length(std::string_view(in_).substr(0, header_end));
+      }
+    }
+    if (in_.compare(0, 12, "HTTP/1.1 200") != 0) {
+      return make_error(errc::internal, "lean client: " + in_.substr(0, in_.find('\r')));
+    }
+    return {};
+  }
+
+ private:
+  Status open() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd_ < 0) return failed("socket");
+    const int one = 1;
+    (void)::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const timeval timeout{kRequestTimeoutSecs, 0};
+    (void)::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port_);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+      return failed("connect");
+    }
+    return {};
+  }
+
+  Status failed(const char* what) {
+    const int e = errno;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    return make_error(errc::io_error, fmt::format("lean client: {} to 127.0.0.1:{}: {}", what,
+                                                  port_, std::strerror(e)));
+  }
+
+  // Content-Length of a response header block (0 when absent), matched case-insensitively.
+  static std::size_t content_length(std::string_view header) {
+    constexpr std::string_view kName = "\r\ncontent-length:";
+    for (std::size_t i = 0; i + kName.size() <= header.size(); ++i) {
+      bool match = true;
+      for (std::size_t k = 0; k < kName.size() && match; ++k) {
+        match = std::tolower(static_cast<unsigned char>(header[i + k])) == kName[k];
+      }
+      if (match) return std::strtoull(header.data() + i + kName.size(), nullptr, 10);
+    }
+    return 0;
+  }
+
+  std::uint16_t port_;
+  int fd_ = -1;
+  std::string in_;
+};
+
 // --- closed-loop load ------------------------------------------------------------------------
 
 // `clients` threads call `once(client)` back to back for warmup + duration; latencies and
@@ -328,29 +429,34 @@ Point closed_loop(int clients, double warmup_s, double duration_s,
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(warmup_s));
   const auto measure_to = measure_from + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(duration_s));
-  std::vector<std::thread> threads;
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
-      std::this_thread::sleep_until(start);
-      while (!failed.load(std::memory_order_relaxed)) {
-        const auto t0 = Clock::now();
-        if (t0 >= measure_to) break;
-        auto s = once(c);
-        const auto t1 = Clock::now();
-        if (!s) {
-          first_error.set(s.error().message);
-          failed = true;
-          break;
-        }
-        if (t0 >= measure_from && t1 <= measure_to) {
-          hists[static_cast<std::size_t>(c)].record(static_cast<std::uint64_t>(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
-          ++counts[static_cast<std::size_t>(c)];
-        }
+  auto client = [&](int c) {
+    std::this_thread::sleep_until(start);
+    while (!failed.load(std::memory_order_relaxed)) {
+      const auto t0 = Clock::now();
+      if (t0 >= measure_to) break;
+      auto s = once(c);
+      const auto t1 = Clock::now();
+      if (!s) {
+        first_error.set(s.error().message);
+        failed = true;
+        break;
       }
-    });
+      if (t0 >= measure_from && t1 <= measure_to) {
+        hists[static_cast<std::size_t>(c)].record(static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+        ++counts[static_cast<std::size_t>(c)];
+      }
+    }
+  };
+  // One client runs on the calling thread: the same thread from one call to the next, so an
+  // engine's per-thread state (ONNX Runtime keeps some) is not built anew for every slice.
+  if (clients == 1) {
+    client(0);
+  } else {
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c) threads.emplace_back(client, c);
+    for (auto& t : threads) t.join();
   }
-  for (auto& t : threads) t.join();
   for (int c = 0; c < clients; ++c) {
     point.latency.merge(hists[static_cast<std::size_t>(c)]);
     point.requests += counts[static_cast<std::size_t>(c)];
@@ -633,8 +739,8 @@ void Bench::measure_interleaved(const Workload& w, std::uint16_t port, ModelResu
     out.errors.push_back(session.error().message);
     return;
   }
-  const net::HttpRequest request = request_for(Mode::kV2Binary, w);
-  net::HttpSession conn(loopback(port), kRequestTimeoutSecs);
+  const std::string request = LeanHttpClient::wire(request_for(Mode::kV2Binary, w));
+  LeanHttpClient conn(port);
   const int rounds = o_.interleaved_rounds;
   const double slice = w.duration_s / rounds;
   const double warmup = std::min(0.05, slice);
@@ -643,8 +749,7 @@ void Bench::measure_interleaved(const Workload& w, std::uint16_t port, ModelResu
   Point raw, v2;
   for (int k = 0; k < rounds; ++k) {
     Point a = closed_loop(1, warmup, slice, [&](int) -> Status { return run_raw(**session, w); });
-    Point b = closed_loop(1, warmup, slice,
-                          [&](int) -> Status { return answered(conn, request, Mode::kV2Binary); });
+    Point b = closed_loop(1, warmup, slice, [&](int) -> Status { return conn.exchange(request); });
     for (const Point* p : {&a, &b}) {
       if (!p->error.empty()) {
         out.errors.push_back(p->error);
@@ -660,6 +765,12 @@ void Bench::measure_interleaved(const Workload& w, std::uint16_t port, ModelResu
   }
   out.interleaved_raw = std::move(raw);
   out.interleaved_v2 = std::move(v2);
+  net::HttpRequest live;
+  live.method = "GET";
+  live.target = "/v2/health/live";
+  const std::string live_request = LeanHttpClient::wire(live);
+  out.lean_http_floor = closed_loop(1, warmup, std::min(w.duration_s, 1.0),
+                                    [&](int) -> Status { return conn.exchange(live_request); });
 }
 
 void Bench::measure_node(const Workload& w, ModelResult& out) {
@@ -781,10 +892,11 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
       const auto v2 = r.interleaved_v2->latency.quantile(0.5);
       std::cout << fmt::format(
           "\nInterleaved, 1 client, {} alternating slices each: raw ORT p50 {:.1f} µs ({} runs), "
-          "cairn-infer v2 binary p50 {:.1f} µs ({} requests): {:.1f} µs over, {:.3f}x\n",
+          "cairn-infer v2 binary through a lean blocking client p50 {:.1f} µs ({} requests): "
+          "{:.1f} µs over, {:.3f}x; the same client's GET /v2/health/live {}\n",
           o_.interleaved_rounds, us(raw), r.interleaved_raw->requests, us(v2),
           r.interleaved_v2->requests, us(v2) - us(raw),
-          static_cast<double>(v2) / static_cast<double>(raw));
+          static_cast<double>(v2) / static_cast<double>(raw), floor_text(r.lean_http_floor));
     }
     std::cout << "\nRSS with the one model loaded (after the first requests / after the runs): "
               << "cairn-infer " << mib(r.infer_rss_kib) << " / " << mib(r.infer_rss_after_kib)
@@ -871,6 +983,10 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
           {"v2_binary_p50_us", us(r.interleaved_v2->latency.quantile(0.5))},
           {"raw_ort_p99_us", us(r.interleaved_raw->latency.quantile(0.99))},
           {"v2_binary_p99_us", us(r.interleaved_v2->latency.quantile(0.99))}};
+      if (r.lean_http_floor && r.lean_http_floor->latency.count()) {
+        model_json["interleaved"]["http_only_p50_us"] =
+            us(r.lean_http_floor->latency.quantile(0.5));
+      }
     }
     if (r.node_http_floor && r.node_http_floor->latency.count()) {
       model_json["node_http_only_p50_us"] = us(r.node_http_floor->latency.quantile(0.5));
