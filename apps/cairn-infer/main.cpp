@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -394,6 +395,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-models", o.manager.max_models, "Models served at once")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{10000}));
+  app.add_option("--max-queue-bytes", o.manager.max_queue_bytes,
+                 "Request bytes held by queued requests, all models together; one more request is "
+                 "refused (HTTP 429, or an error answer to a message) unless nothing else waits")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::numeric_limits<std::size_t>::max()));
   app.add_option("--intra-op-threads", o.defaults.engine.intra_op_threads,
                  "ONNX Runtime threads per run (0: one per core)")
       ->capture_default_str()

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -66,11 +67,39 @@ struct LoadedVersion {
   std::uint64_t sequence = 0;              // load order, to drop the oldest first
 };
 
+// A queued job's share of the manager's queued bytes, given back when the job is destroyed.
+class QueuedBytes {
+ public:
+  QueuedBytes() = default;
+  QueuedBytes(std::shared_ptr<std::atomic<std::size_t>> total, std::size_t n)
+      : total_(std::move(total)), n_(n) {}
+  QueuedBytes(QueuedBytes&& other) noexcept
+      : total_(std::move(other.total_)), n_(std::exchange(other.n_, 0)) {}
+  QueuedBytes& operator=(QueuedBytes&& other) noexcept {
+    if (this != &other) {
+      release();
+      total_ = std::move(other.total_);
+      n_ = std::exchange(other.n_, 0);
+    }
+    return *this;
+  }
+  ~QueuedBytes() { release(); }
+
+ private:
+  void release() {
+    if (total_ && n_) total_->fetch_sub(n_);
+    n_ = 0;
+  }
+  std::shared_ptr<std::atomic<std::size_t>> total_;
+  std::size_t n_ = 0;
+};
+
 struct Job {
   std::string version;
   RequestDecoder decode;
   InferDone done;
   Clock::time_point enqueued;
+  QueuedBytes bytes;
 };
 
 std::string lower(std::string s) {
@@ -801,7 +830,7 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
       } release{*model};
       if (options.on_inline_run) options.on_inline_run();
       std::vector<Job> job;
-      job.push_back(Job{version, std::move(decode), std::move(done), Clock::now()});
+      job.push_back(Job{version, std::move(decode), std::move(done), Clock::now(), {}});
       model->run_batch(job, loaded);
       return {};
     }
@@ -811,9 +840,23 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
                                                   std::to_string(model->queue.size()) +
                                                   " requests queued (max_queue); retry later");
     }
+    QueuedBytes bytes;
+    if (options.queued_bytes > 0) {
+      const std::size_t held = queued_bytes_->fetch_add(options.queued_bytes);
+      bytes = QueuedBytes(queued_bytes_, options.queued_bytes);
+      if (held > 0 && held + options.queued_bytes > options_.max_queue_bytes) {
+        model->rejected.fetch_add(1, std::memory_order_relaxed);
+        return make_error(errc::limit_exceeded,
+                          "queued and running requests hold " + std::to_string(held) + " bytes; " +
+                              std::to_string(options.queued_bytes) + " more would pass " +
+                              std::to_string(options_.max_queue_bytes) +
+                              " (--max-queue-bytes); retry later");
+      }
+    }
     if (options.before_queue) options.before_queue();
     model->requests.fetch_add(1, std::memory_order_relaxed);
-    model->queue.push_back(Job{version, std::move(decode), std::move(done), Clock::now()});
+    model->queue.push_back(
+        Job{version, std::move(decode), std::move(done), Clock::now(), std::move(bytes)});
   }
   model->cv.notify_one();
   return {};
@@ -874,7 +917,9 @@ std::string ModelManager::prometheus_text() const {
     out +=
         fmt::format("cairn_infer_failures_total{{model=\"{}\"}} {}\n", m->name, m->failures.load());
   }
-  out += "# HELP cairn_infer_rejected_total Requests refused because the queue was full.\n";
+  out +=
+      "# HELP cairn_infer_rejected_total Requests refused because the queue (or the bytes all "
+      "queues may hold) was full.\n";
   out += "# TYPE cairn_infer_rejected_total counter\n";
   for (const auto& m : models) {
     out +=
@@ -894,6 +939,11 @@ std::string ModelManager::prometheus_text() const {
     out += fmt::format("cairn_infer_inline_requests_total{{model=\"{}\"}} {}\n", m->name,
                        m->inline_requests.load());
   }
+  out +=
+      "# HELP cairn_infer_queued_bytes Request bytes held by queued requests (until their run "
+      "ends), all models.\n";
+  out += "# TYPE cairn_infer_queued_bytes gauge\n";
+  out += fmt::format("cairn_infer_queued_bytes {}\n", queued_bytes_->load());
   out += "# HELP cairn_infer_queue_depth Requests waiting for a worker.\n";
   out += "# TYPE cairn_infer_queue_depth gauge\n";
   for (const auto& m : models) {

@@ -19,6 +19,7 @@
 // reported callback) run on the manager's worker or loader threads and must not block for long.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -112,6 +113,9 @@ struct SubmitOptions {
   // Called, under the model's lock, when the request is queued instead: the last moment to make
   // the decoder own data it so far only refers to (such as a request body).
   std::function<void()> before_queue;
+  // Bytes the request holds while it waits (its body), counted against
+  // ManagerOptions::max_queue_bytes until its job is gone.
+  std::size_t queued_bytes = 0;
 };
 // Turns the caller's payload into input tensors on a worker thread, given the signature of the
 // version that will run it (so /score can take dtypes from the model) and that version's input
@@ -142,6 +146,10 @@ struct ManagerOptions {
   std::size_t max_models = 32;
   // Versions kept per model when loading with keep_others; the oldest beyond are unloaded.
   std::size_t max_versions_per_model = 4;
+  // Request bytes held by queued requests, all models together, until their runs end. One more
+  // request that would pass it is refused (limit_exceeded, HTTP 429) unless nothing else is queued:
+  // the per-model queue lengths alone would let 256 bodies of 64 MiB wait at once.
+  std::size_t max_queue_bytes = std::size_t{256} << 20;
 };
 
 class ModelManager {
@@ -189,7 +197,7 @@ class ModelManager {
   bool ready() const;
 
   // Prometheus text exposition of requests, failures, latency and batch-size histograms, queue
-  // depth and model versions.
+  // depth and bytes, and model versions.
   std::string prometheus_text() const;
 
   struct Model;  // per model state, defined in model_manager.cpp
@@ -200,6 +208,10 @@ class ModelManager {
   void loader_loop();
 
   ManagerOptions options_;
+  // What queued jobs hold (SubmitOptions::queued_bytes); each job gives its share back when it
+  // is destroyed, run or not.
+  std::shared_ptr<std::atomic<std::size_t>> queued_bytes_ =
+      std::make_shared<std::atomic<std::size_t>>(0);
   mutable std::mutex mu_;
   // Held from taking a state to handing it to the callback: two threads reporting the same
   // model (the loader failing it, a caller applying a new desired state) would otherwise deliver

@@ -425,7 +425,9 @@ void score_json_request(ModelManager& models, std::string body, const std::strin
     }
     done(ScoreAnswer{200, encode_score(*result), result->model, result->version});
   };
-  auto status = models.submit(model, version, std::move(decode), on_result);
+  SubmitOptions options;
+  options.queued_bytes = call->shared.body.size();
+  auto status = models.submit(model, version, std::move(decode), on_result, std::move(options));
   if (!status) {
     const auto response = error_response(status.error());
     done(ScoreAnswer{response.status, response.body, {}, {}});
@@ -632,7 +634,7 @@ void RestApi::infer_v2(net::HttpRequest& request, const std::string& model,
         if (!result) return respond(error_response(result.error()));
         respond(encode_v2(*result, *choice, *id));
       },
-      permit.submit_options([shared] { shared->own(); }));
+      permit.submit_options([shared] { shared->own(); }, request.body.size()));
   if (!status) respond(error_response(status.error()));
 }
 
@@ -656,7 +658,7 @@ void RestApi::score(net::HttpRequest& request, const std::string& model, net::Ht
         response.body = encode_score(*result);
         respond(std::move(response));
       },
-      permit.submit_options([shared] { shared->own(); }));
+      permit.submit_options([shared] { shared->own(); }, request.body.size()));
   if (!status) respond(error_response(status.error()));
 }
 
@@ -676,8 +678,10 @@ RestApi::InlinePermit::~InlinePermit() {
   api_.inline_runs_.fetch_sub(1);
 }
 
-SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue) {
+SubmitOptions RestApi::InlinePermit::submit_options(std::function<void()> before_queue,
+                                                    std::size_t queued_bytes) {
   SubmitOptions options;
+  options.queued_bytes = queued_bytes;
   options.may_run_inline = held_;
   // Models whose runs would have the watch hand the I/O over to another thread every time run
   // on their workers.

@@ -74,7 +74,7 @@ class RestApi {
     ~InlinePermit();
     InlinePermit(const InlinePermit&) = delete;
     InlinePermit& operator=(const InlinePermit&) = delete;
-    SubmitOptions submit_options(std::function<void()> before_queue);
+    SubmitOptions submit_options(std::function<void()> before_queue, std::size_t queued_bytes);
 
    private:
     RestApi& api_;

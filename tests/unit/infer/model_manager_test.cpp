@@ -175,6 +175,51 @@ TEST_F(ModelManagerTest, QueueLimitRefusesInsteadOfGrowing) {
   while (answered.load() < 20 - refused) std::this_thread::yield();
 }
 
+TEST_F(ModelManagerTest, QueuedBytesLimitRefusesUntilJobsAreGone) {
+  ManagerOptions options;
+  options.max_queue_bytes = 1000;
+  ModelManager m(options);
+  ASSERT_TRUE(m.load(affine(1), false));
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> answered{0};
+  auto submit = [&](std::size_t bytes, bool hold) {
+    SubmitOptions o;
+    o.queued_bytes = bytes;
+    return m.submit(
+        "affine", "",
+        [gate, hold](const std::vector<TensorInfo>&, const InputMapping*) -> Result<InferRequest> {
+          if (hold) gate.wait();  // holds the worker: the jobs stay alive, their bytes counted
+          return InferRequest{{row(1.0f)}};
+        },
+        [&answered](Result<InferResult>) { ++answered; }, std::move(o));
+  };
+  auto queued_bytes = [&] {
+    const std::string text = m.prometheus_text();
+    const auto at = text.find("\ncairn_infer_queued_bytes ");
+    return at == std::string::npos ? std::string("absent")
+                                   : text.substr(at + 26, text.find('\n', at + 1) - at - 26);
+  };
+  ASSERT_TRUE(submit(400, true));  // runs on the worker, which it holds
+  ASSERT_TRUE(submit(400, false));
+  EXPECT_EQ(queued_bytes(), "800");
+  auto refused = submit(400, false);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, errc::limit_exceeded);
+  EXPECT_NE(refused.error().message.find("--max-queue-bytes"), std::string::npos);
+  EXPECT_EQ(queued_bytes(), "800");  // the refused request gave its share back
+  release.set_value();
+  while (answered.load() < 2) std::this_thread::yield();
+  // A job's share goes back when the job is destroyed, just after its answer.
+  for (int i = 0; i < 1000 && queued_bytes() != "0"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(queued_bytes(), "0");
+  // Alone, a request larger than the whole budget still waits: otherwise it could never run.
+  ASSERT_TRUE(submit(5000, false));
+  while (answered.load() < 3) std::this_thread::yield();
+}
+
 TEST_F(ModelManagerTest, BatchingMergesRequestsAndSplitsResults) {
   ModelManager m;
   ModelSpec s = affine(2);
