@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -22,6 +21,7 @@
 
 #include "bench/histogram.hpp"
 #include "bench/process.hpp"
+#include "core/message.hpp"
 #include "net/http_session.hpp"
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -397,13 +397,15 @@ class LeanHttpClient {
 
   // Content-Length of a response header block (0 when absent), matched case-insensitively.
   static std::size_t content_length(std::string_view header) {
-    constexpr std::string_view kName = "\r\ncontent-length:";
-    for (std::size_t i = 0; i + kName.size() <= header.size(); ++i) {
-      bool match = true;
-      for (std::size_t k = 0; k < kName.size() && match; ++k) {
-        match = std::tolower(static_cast<unsigned char>(header[i + k])) == kName[k];
+    for (std::size_t start = 0; start < header.size();) {
+      const std::size_t end = std::min(header.find("\r\n", start), header.size());
+      const std::string_view line = header.substr(start, end - start);
+      const std::size_t colon = line.find(':');
+      if (colon != std::string_view::npos && iequals(line.substr(0, colon), "content-length")) {
+        // The header block is followed by "\r\n" in the buffer: strtoull stops there.
+        return std::strtoull(line.data() + colon + 1, nullptr, 10);
       }
-      if (match) return std::strtoull(header.data() + i + kName.size(), nullptr, 10);
+      start = end + 2;
     }
     return 0;
   }
