@@ -1,6 +1,7 @@
 // LatencyHistogram: a fixed-size log-linear histogram of nanosecond values, so a long benchmark
-// never grows memory (no vector of samples). Values below 128 ns are exact; above, each power
-// of two is split into 64 buckets, so a reported quantile is within ~1.6% of the true value.
+// never grows memory (no vector of samples). Values below 512 ns are exact; above, each power
+// of two is split into 256 buckets, so a reported quantile is within ~0.4% of the true value
+// (40 µs at 10 ms: fine enough to judge a 3 % serving overhead).
 // min, max and count are exact.
 //
 // Thread-safety: none. Keep one per recording strand and merge() them afterwards.
@@ -25,9 +26,9 @@ class LatencyHistogram {
   std::uint64_t quantile(double q) const noexcept;
 
  private:
-  static constexpr int kSubBits = 6;  // 64 buckets per power of two
+  static constexpr int kSubBits = 8;  // 256 buckets per power of two
   static constexpr std::size_t kSub = std::size_t{1} << kSubBits;
-  static constexpr std::size_t kLinear = 2 * kSub;  // exact region [0, 128)
+  static constexpr std::size_t kLinear = 2 * kSub;  // exact region [0, 512)
   static constexpr std::size_t kBuckets = kLinear + (64 - (kSubBits + 1)) * kSub;
 
   static std::size_t index_of(std::uint64_t v) noexcept;

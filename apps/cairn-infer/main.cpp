@@ -18,6 +18,7 @@
 
 #include "cairn/module_client.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include "infer/model_delivery.hpp"
 #include "infer/model_manager.hpp"
 #include "infer/module_service.hpp"
@@ -337,7 +338,10 @@ int run(Options o) {
   auto http_work = asio::make_work_guard(http_io);
   std::vector<std::thread> http_runners;
   for (std::size_t i = 0; i < o.http_threads; ++i) {
-    http_runners.emplace_back([&http_io] { http_io.run(); });
+    http_runners.emplace_back([&http_io] {
+      name_this_thread("http");
+      http_io.run();
+    });
   }
   io.run();
   // The HTTP threads stop before what their requests use (the REST API, the models) goes.

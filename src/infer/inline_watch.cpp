@@ -1,5 +1,7 @@
 #include "infer/inline_watch.hpp"
 
+#include "core/thread_name.hpp"
+
 namespace cairn::infer {
 
 namespace {
@@ -30,6 +32,7 @@ void InlineRunWatch::begin() {
 void InlineRunWatch::end() { ended_.fetch_add(1, std::memory_order_release); }
 
 void InlineRunWatch::loop() {
+  name_this_thread("inline-watch");
   std::unique_lock lock(mu_);
   std::uint64_t seen_begun = begun_.load();
   std::uint64_t woken_for = 0;  // the run a spare thread was woken for (runs count from 1)

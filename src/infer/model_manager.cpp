@@ -14,6 +14,7 @@
 #include "core/crypto.hpp"
 #include "core/files.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 
 namespace cairn::infer {
 
@@ -304,6 +305,7 @@ struct ModelManager::Model {
   }
 
   void worker_loop() {
+    name_this_thread("run:" + name);  // the thread that runs this model
     for (;;) {
       std::vector<Job> batch;
       std::shared_ptr<LoadedVersion> version;
@@ -511,6 +513,7 @@ ModelManager::~ModelManager() {
 }
 
 void ModelManager::loader_loop() {
+  name_this_thread("model-loader");
   for (;;) {
     std::function<void()> task;
     {

@@ -10,6 +10,7 @@
 #include "core/files.hpp"
 #include "core/log.hpp"
 #include "core/message.hpp"
+#include "core/thread_name.hpp"
 #include "infer/rest_api.hpp"
 
 namespace cairn::infer {
@@ -81,6 +82,7 @@ struct ModuleService::State {
   }
 
   void reporter_loop() {
+    name_this_thread("twin-reporter");
     std::unique_lock lock(mu);
     for (;;) {
       cv.wait(lock, [&] { return closed || !pending.is_null(); });
