@@ -2,6 +2,7 @@
 
 #include "core/clock.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 
 namespace cairn::cairnd {
 
@@ -76,6 +77,7 @@ void CloudDeletions::forget_stored(const std::string& module) {
 }
 
 void CloudDeletions::run() {
+  name_this_thread("cloud-deletes");
   std::unique_lock lock(mu_);
   while (!stopping_) {
     // The deletion due first.

@@ -11,6 +11,7 @@
 #include "core/crypto.hpp"
 #include "core/files.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include "twin/twin.hpp"
 #include <sys/stat.h>
 
@@ -157,8 +158,14 @@ Status Agent::start() {
     }
   };
   if (docker_) pulls_.emplace(kPullThreads);
-  thread_ = std::thread([this, run] { run(io_, "agent"); });
-  api_thread_ = std::thread([this, run] { run(api_io_, "workload API"); });
+  thread_ = std::thread([this, run] {
+    name_this_thread("agent");
+    run(io_, "agent");
+  });
+  api_thread_ = std::thread([this, run] {
+    name_this_thread("workload-api");
+    run(api_io_, "workload API");
+  });
   asio::post(io_, [this] {
     // What the last deployment was reported as (lastDesiredVersion/Status, and the twin
     // versions last handled from the cloud) survives a restart with it.

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include <sys/stat.h>
 
 namespace cairn::agent {
@@ -282,6 +283,7 @@ void DockerRuntime::on_change(std::function<void(const std::string& name)> chang
 }
 
 void DockerRuntime::watch_loop() {
+  name_this_thread("docker-events");
   DockerClient client(options_.docker);
   auto backoff = std::chrono::milliseconds(500);
   std::int64_t since = 0;

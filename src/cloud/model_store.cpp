@@ -11,6 +11,7 @@
 #include "core/crypto.hpp"
 #include "core/files.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include "modelpkg/detail/zstd.hpp"
 #include "modelpkg/index.hpp"
 #include "modelpkg/pack.hpp"
@@ -385,6 +386,7 @@ void ModelStore::queue(Job job) {
 }
 
 void ModelStore::run() {
+  name_this_thread("model-store");
   for (;;) {
     Job job;
     {

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 
 namespace cairn::cloud {
 
@@ -111,6 +112,7 @@ void StoreWorker::submit(std::string what, std::chrono::milliseconds limit, Stor
 }
 
 void StoreWorker::run() {
+  name_this_thread("store-worker");
   for (;;) {
     std::shared_ptr<Job> job;
     {

@@ -14,6 +14,7 @@
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include "mqtt/iothub_topics.hpp"
 #include "store/failure.hpp"
 #include "twin/twin.hpp"
@@ -262,6 +263,7 @@ void TelemetrySink::catch_up_file() {
 }
 
 void TelemetrySink::run() {
+  name_this_thread("telemetry-sink");
   catch_up_file();
   Backoff backoff(options_.first_retry, options_.max_retry);
   std::vector<ConnectionRecord> connections;

@@ -23,6 +23,7 @@
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "core/message.hpp"
+#include "core/thread_name.hpp"
 #include "mqtt/iothub_topics.hpp"
 #include "mqtt/topic.hpp"
 #include "net/mqtt_client.hpp"
@@ -769,6 +770,7 @@ void ModuleClient::start() {
   });
   if (own_io_) {
     own_thread_ = std::thread([io = own_io_.get()] {
+      name_this_thread("module-client");
       auto work = asio::make_work_guard(*io);  // run until the destructor stops it
       io->run();
     });

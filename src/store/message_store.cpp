@@ -20,6 +20,7 @@
 
 #include "core/clock.hpp"
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 #include "store/detail/schema.hpp"
 #include "store/detail/sqlite.hpp"
 #include "store/failure.hpp"
@@ -475,6 +476,7 @@ void MessageStore::Impl::take_pending_locked() {
 }
 
 void MessageStore::Impl::run() {
+  name_this_thread("store-writer");
   for (;;) {
     bool stopping = false;
     {
