@@ -46,6 +46,7 @@ struct Options {
   infer::ModuleOptions module;
   infer::DeliveryOptions delivery;
   std::size_t max_body_bytes = 64 * 1024 * 1024;
+  std::size_t max_reading_bytes = 256 * 1024 * 1024;
   std::size_t max_connections = 256;
   // Threads serving HTTP; with 2 or more, one request at a time may run inline.
   std::size_t http_threads = 2;
@@ -215,6 +216,7 @@ int run(Options o) {
   if (serve_http) {
     net::HttpLimits limits;
     limits.max_body_bytes = o.max_body_bytes;
+    limits.max_reading_body_bytes = o.max_reading_bytes;
     limits.max_connections = o.max_connections;
     auto started = net::HttpServer::start(
         http_io, address->first, address->second, nullptr,
@@ -387,6 +389,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-body-bytes", o.max_body_bytes, "Largest request body (413 beyond)")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 32));
+  app.add_option("--max-reading-bytes", o.max_reading_bytes,
+                 "Request body bytes being read at once over all connections, each request "
+                 "counting its Content-Length until its body is read (503 with Retry-After "
+                 "beyond; a body alone always passes)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1024}, std::numeric_limits<std::size_t>::max()));
   app.add_option("--max-connections", o.max_connections, "Concurrent HTTP connections")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));

@@ -89,6 +89,11 @@ struct HttpLimits {
   std::chrono::seconds read_timeout{30};
   // Connections accepted beyond this are closed at once; each costs a socket and buffers.
   std::size_t max_connections = 256;
+  // Request body bytes being read at once, over all connections: each request claims its
+  // Content-Length (a chunked one, max_body_bytes) from the header until its body is read. One
+  // that would go past this gets 503 with Retry-After and its connection closed; a body alone
+  // always passes. Without it, max_connections bodies of max_body_bytes could be read at once.
+  std::size_t max_reading_body_bytes = 64 * 1024 * 1024;
 };
 
 // HTTP over TCP, with TLS when `tls` is non-null.

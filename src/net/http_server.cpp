@@ -62,6 +62,8 @@ struct ServerCore {
   std::atomic<bool> stop_requested{false};
   // Set on the acceptor's strand by stop_core(); read by connections on theirs.
   std::atomic<bool> stopped{false};
+  // Bytes claimed by request bodies being read (limits.max_reading_body_bytes).
+  std::atomic<std::size_t> reading_body_bytes{0};
   // The connections' shared table, touched from the acceptor's and the connections' strands.
   std::mutex mu;
   bool at_capacity = false;  // warned about refusing connections; reset when one ends
@@ -297,6 +299,41 @@ asio::awaitable<bool> write_response(Stream& stream, http::response<http::string
   co_return !ec;
 }
 
+// A request body's claim on limits.max_reading_body_bytes, from its header until it is read.
+class ReadingClaim {
+ public:
+  ReadingClaim(ServerCore& core, std::size_t bytes) : core_(core), bytes_(bytes) {
+    const std::size_t before = core_.reading_body_bytes.fetch_add(bytes_);
+    // A body alone always passes, so no size under max_body_bytes is refused forever; a request
+    // without a body always does.
+    granted_ = bytes_ == 0 || before == 0 || before + bytes_ <= core_.limits.max_reading_body_bytes;
+    if (!granted_) release();
+  }
+  ~ReadingClaim() { release(); }
+  ReadingClaim(const ReadingClaim&) = delete;
+  ReadingClaim& operator=(const ReadingClaim&) = delete;
+
+  bool granted() const { return granted_; }
+  void release() {
+    core_.reading_body_bytes.fetch_sub(bytes_);
+    bytes_ = 0;
+  }
+
+ private:
+  ServerCore& core_;
+  std::size_t bytes_;
+  bool granted_ = false;
+};
+
+// What a request's body may take while it is read: its Content-Length, or for a chunked body
+// the most it may grow to.
+std::size_t body_claim(const http::request_parser<http::string_body>& parser,
+                       const HttpLimits& limits) {
+  if (parser.is_done()) return 0;
+  const auto length = parser.content_length();
+  return length ? static_cast<std::size_t>(*length) : limits.max_body_bytes;
+}
+
 bool expects_continue(const http::request_parser<http::string_body>& parser) {
   const auto& req = parser.get();
   auto expect_field = req[http::field::expect];
@@ -320,12 +357,28 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
     lowest(stream).expires_after(limits.read_timeout);
     co_await http::async_read_header(stream, buffer, parser,
                                      asio::redirect_error(asio::use_awaitable, ec));
+    std::optional<ReadingClaim> reading;
+    if (!ec) {
+      reading.emplace(*core, body_claim(parser, limits));
+      if (!reading->granted()) {
+        log::debug("http", "{} refused a body of {} bytes from {}: max_reading_body_bytes {}",
+                   core->name, body_claim(parser, limits), peer, limits.max_reading_body_bytes);
+        HttpResponse busy{503, json_error("the server is reading other requests' bodies (" +
+                                          std::to_string(limits.max_reading_body_bytes) +
+                                          " bytes at once); retry later")};
+        busy.headers.emplace_back("Retry-After", "1");
+        auto res = build_response(std::move(busy), 11, false, false);
+        if (co_await write_response(stream, res, limits)) co_await linger(stream, limits);
+        co_return;
+      }
+    }
     if (!ec && expects_continue(parser)) {
       // curl and others wait for this before sending a large body.
       http::response<http::empty_body> go_on{http::status::continue_, 11};
       co_await http::async_write(stream, go_on, asio::redirect_error(asio::use_awaitable, ec));
     }
     if (!ec) co_await detail::read_rest(stream, buffer, parser, ec);
+    reading.reset();  // read: the handler's own limits take over
     if (ec) {
       auto answer = answer_for_read_error(ec, limits);
       if (!answer) {

@@ -389,6 +389,66 @@ TEST_F(HttpTest, CutOrStalledBodiesReachNoHandler) {
   EXPECT_EQ(res->body, "POST /after  fine");
 }
 
+// Bodies being read at once share max_reading_body_bytes: one that would go past it is answered
+// 503 with Retry-After; one that fits, and a body alone whatever its size, pass.
+TEST_F(HttpTest, BodiesBeingReadShareTheReadingLimit) {
+  EchoHandler echo;
+  HttpLimits limits;
+  limits.max_body_bytes = 1 << 20;
+  limits.max_reading_body_bytes = 100000;
+  auto port = start(echo.handler(), false, limits);
+  auto head = [](const std::string& target, std::size_t length) {
+    return "POST " + target + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(length) +
+           "\r\n\r\n";
+  };
+  RawClient holder(port);  // claims 80,000 bytes and sends them slowly
+  holder.send(head("/held", 80000) + std::string(1000, 'h'));
+  // 80,000 + 30,000 do not fit in 100,000: refused once the server has read the holder's
+  // header (until then such a request passes).
+  std::optional<HttpResponse> refused;
+  for (int turn = 0; turn < 200 && !refused; ++turn) {
+    auto res = http_request(plain(port), HttpRequest{"POST", "/over", std::string(30000, 'o')});
+    ASSERT_TRUE(res) << res.error().to_string();
+    if (res->status == 503) refused = *res;
+  }
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->header("Retry-After"), "1");
+  EXPECT_NE(refused->body.find("retry later"), std::string::npos) << refused->body;
+  // 80,000 + 10,000 fit.
+  auto fits = http_request(plain(port), HttpRequest{"POST", "/fits", std::string(10000, 'f')});
+  ASSERT_TRUE(fits) << fits.error().to_string();
+  EXPECT_EQ(fits->status, 200);
+  const int before = echo.calls;
+  holder.send(std::string(79000, 'h') +
+              "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  auto [all, clean] = holder.read_to_end();
+  EXPECT_NE(all.find("POST /held  " + std::string(80000, 'h')), std::string::npos) << all.size();
+  EXPECT_EQ(echo.calls, before + 2);
+  // Nothing is being read now: the same request passes, and so does a body alone larger than
+  // the reading limit.
+  auto res = http_request(plain(port), HttpRequest{"POST", "/again", std::string(50000, 'a')});
+  ASSERT_TRUE(res) << res.error().to_string();
+  EXPECT_EQ(res->status, 200);
+  res = http_request(plain(port), HttpRequest{"POST", "/alone", std::string(300000, 'b')});
+  ASSERT_TRUE(res) << res.error().to_string();
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "POST /alone  " + std::string(300000, 'b'));
+
+  // While such a body is read, others are refused, but never a request without a body.
+  RawClient big(port);
+  big.send(head("/big", 300000) + std::string(1000, 'g'));
+  bool claimed = false;
+  for (int turn = 0; turn < 200 && !claimed; ++turn) {
+    res = http_request(plain(port), HttpRequest{"POST", "/one", "1"});
+    ASSERT_TRUE(res) << res.error().to_string();
+    claimed = res->status == 503;
+  }
+  EXPECT_TRUE(claimed);
+  res = http_request(plain(port), HttpRequest{"GET", "/nobody", ""});
+  ASSERT_TRUE(res) << res.error().to_string();
+  EXPECT_EQ(res->status, 200);
+}
+
 TEST_F(HttpTest, OversizeBodyGets413WithoutCallingHandler) {
   EchoHandler echo;
   HttpLimits limits;
