@@ -5,9 +5,9 @@
 // into the body, and reads at most what that buffer has room for, so a buffer left at its
 // header-sized capacity takes a large body 512 bytes per recvmsg (1,500 system calls, each
 // re-arming the stream's timer, for a 768 KiB tensor). A body whose Content-Length is known is
-// therefore read from the socket straight into the body string, sized once: one copy, in as
-// few reads as the socket allows. Other bodies (chunked, or ending with the connection) go
-// through Beast, 64 KiB per read.
+// therefore read from the socket straight into the body string: one copy, in as few reads as
+// the socket allows. Other bodies (chunked, or ending with the connection) go through Beast,
+// 64 KiB per read.
 #pragma once
 
 #include <algorithm>
