@@ -789,10 +789,10 @@ void add_slice(Point& into, const Point& slice) {
 // The virtual CPUs of a shared host do not run at one speed: raw ORT's PP-OCR det p50 was
 // 9.2 ms on one CPU and 11.7 ms on the other in one run of this bench, and which one was faster
 // changed within minutes. Unpinned, a pair compares whichever CPUs the scheduler picked for
-// each side (the same code measured 0.95x and 1.13x). So each round runs the model on one CPU for
-// both sides (raw ORT's thread, or every thread of cairn-infer, the client then on the other CPUs:
-// each side serves from one CPU) and the rounds go round the CPUs, raw first and then second
-// in turn; the pair is judged per CPU.
+// each side (unpinned pairs measured 0.953x to 1.092x). So each round runs the model on one CPU
+// for both sides (raw ORT's thread, or every thread of cairn-infer, the client then on the
+// other CPUs: each side serves from one CPU) and the rounds go round the CPUs, raw first and
+// then second in turn; the pair is judged per CPU.
 void Bench::measure_interleaved(const Workload& w, const Server& server, ModelResult& out) {
   auto session = open_warm_session(w);
   if (!session) {
