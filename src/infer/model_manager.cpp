@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "core/byte_budget.hpp"
 #include "core/crypto.hpp"
 #include "core/files.hpp"
 #include "core/log.hpp"
@@ -68,39 +69,12 @@ struct LoadedVersion {
   std::uint64_t sequence = 0;              // load order, to drop the oldest first
 };
 
-// A queued job's share of the manager's queued bytes, given back when the job is destroyed.
-class QueuedBytes {
- public:
-  QueuedBytes() = default;
-  QueuedBytes(std::shared_ptr<std::atomic<std::size_t>> total, std::size_t n)
-      : total_(std::move(total)), n_(n) {}
-  QueuedBytes(QueuedBytes&& other) noexcept
-      : total_(std::move(other.total_)), n_(std::exchange(other.n_, 0)) {}
-  QueuedBytes& operator=(QueuedBytes&& other) noexcept {
-    if (this != &other) {
-      release();
-      total_ = std::move(other.total_);
-      n_ = std::exchange(other.n_, 0);
-    }
-    return *this;
-  }
-  ~QueuedBytes() { release(); }
-
- private:
-  void release() {
-    if (total_ && n_) total_->fetch_sub(n_);
-    n_ = 0;
-  }
-  std::shared_ptr<std::atomic<std::size_t>> total_;
-  std::size_t n_ = 0;
-};
-
 struct Job {
   std::string version;
   RequestDecoder decode;
   InferDone done;
   Clock::time_point enqueued;
-  QueuedBytes bytes;
+  ByteClaim bytes;  // the queued request's share of ManagerOptions::max_queue_bytes
 };
 
 std::string lower(std::string s) {
@@ -492,7 +466,9 @@ struct ModelManager::Loader {
 };
 
 ModelManager::ModelManager(ManagerOptions options)
-    : options_(options), loader_(std::make_unique<Loader>()) {
+    : options_(options),
+      queued_bytes_(std::make_shared<ByteBudget>(options.max_queue_bytes)),
+      loader_(std::make_unique<Loader>()) {
   loader_->thread = std::thread([this] { loader_loop(); });
 }
 
@@ -843,23 +819,20 @@ Status ModelManager::submit(const std::string& model_name, const std::string& ve
                                                   std::to_string(model->queue.size()) +
                                                   " requests queued (max_queue); retry later");
     }
-    QueuedBytes bytes;
-    if (options.queued_bytes > 0) {
-      const std::size_t held = queued_bytes_->fetch_add(options.queued_bytes);
-      bytes = QueuedBytes(queued_bytes_, options.queued_bytes);
-      if (held > 0 && held + options.queued_bytes > options_.max_queue_bytes) {
-        model->rejected.fetch_add(1, std::memory_order_relaxed);
-        return make_error(errc::limit_exceeded,
-                          "queued and running requests hold " + std::to_string(held) + " bytes; " +
-                              std::to_string(options.queued_bytes) + " more would pass " +
-                              std::to_string(options_.max_queue_bytes) +
-                              " (--max-queue-bytes); retry later");
-      }
+    std::size_t held = 0;
+    auto bytes = ByteClaim::take(queued_bytes_, options.queued_bytes, &held);
+    if (!bytes) {
+      model->rejected.fetch_add(1, std::memory_order_relaxed);
+      return make_error(errc::limit_exceeded,
+                        "queued and running requests hold " + std::to_string(held) + " bytes; " +
+                            std::to_string(options.queued_bytes) + " more would pass " +
+                            std::to_string(options_.max_queue_bytes) +
+                            " (--max-queue-bytes); retry later");
     }
     if (options.before_queue) options.before_queue();
     model->requests.fetch_add(1, std::memory_order_relaxed);
     model->queue.push_back(
-        Job{version, std::move(decode), std::move(done), Clock::now(), std::move(bytes)});
+        Job{version, std::move(decode), std::move(done), Clock::now(), std::move(*bytes)});
   }
   model->cv.notify_one();
   return {};
@@ -946,7 +919,7 @@ std::string ModelManager::prometheus_text() const {
       "# HELP cairn_infer_queued_bytes Request bytes held by queued requests (until their run "
       "ends), all models.\n";
   out += "# TYPE cairn_infer_queued_bytes gauge\n";
-  out += fmt::format("cairn_infer_queued_bytes {}\n", queued_bytes_->load());
+  out += fmt::format("cairn_infer_queued_bytes {}\n", queued_bytes_->held());
   out += "# HELP cairn_infer_queue_depth Requests waiting for a worker.\n";
   out += "# TYPE cairn_infer_queue_depth gauge\n";
   for (const auto& m : models) {

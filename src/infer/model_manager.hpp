@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/byte_budget.hpp"
 #include "core/result.hpp"
 #include "infer/engine.hpp"
 #include "infer/input_mapping.hpp"
@@ -210,8 +211,7 @@ class ModelManager {
   ManagerOptions options_;
   // What queued jobs hold (SubmitOptions::queued_bytes); each job gives its share back when it
   // is destroyed, run or not.
-  std::shared_ptr<std::atomic<std::size_t>> queued_bytes_ =
-      std::make_shared<std::atomic<std::size_t>>(0);
+  std::shared_ptr<ByteBudget> queued_bytes_;
   mutable std::mutex mu_;
   // Held from taking a state to handing it to the callback: two threads reporting the same
   // model (the loader failing it, a caller applying a new desired state) would otherwise deliver

@@ -22,6 +22,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
+#include "core/byte_budget.hpp"
 #include "core/log.hpp"
 #include "net/body_read.hpp"
 #include "net/http.hpp"
@@ -54,7 +55,10 @@ constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 // What both servers share: the handler, the limits and the open connections.
 struct ServerCore {
   ServerCore(HttpHandler h, HttpLimits l, std::string n)
-      : handler(std::move(h)), limits(l), name(std::move(n)) {}
+      : handler(std::move(h)),
+        limits(l),
+        name(std::move(n)),
+        reading_bodies(std::make_shared<ByteBudget>(l.max_reading_body_bytes)) {}
   HttpHandler handler;
   HttpLimits limits;
   std::string name;  // "127.0.0.1:443" or the socket path, for logs
@@ -62,8 +66,9 @@ struct ServerCore {
   std::atomic<bool> stop_requested{false};
   // Set on the acceptor's strand by stop_core(); read by connections on theirs.
   std::atomic<bool> stopped{false};
-  // Bytes claimed by request bodies being read (limits.max_reading_body_bytes).
-  std::atomic<std::size_t> reading_body_bytes{0};
+  // Request bodies being read, each claiming its size from its header until it is read
+  // (limits.max_reading_body_bytes).
+  std::shared_ptr<ByteBudget> reading_bodies;
   // The connections' shared table, touched from the acceptor's and the connections' strands.
   std::mutex mu;
   bool at_capacity = false;  // warned about refusing connections; reset when one ends
@@ -299,32 +304,6 @@ asio::awaitable<bool> write_response(Stream& stream, http::response<http::string
   co_return !ec;
 }
 
-// A request body's claim on limits.max_reading_body_bytes, from its header until it is read.
-class ReadingClaim {
- public:
-  ReadingClaim(ServerCore& core, std::size_t bytes) : core_(core), bytes_(bytes) {
-    const std::size_t before = core_.reading_body_bytes.fetch_add(bytes_);
-    // A body alone always passes, so no size under max_body_bytes is refused forever; a request
-    // without a body always does.
-    granted_ = bytes_ == 0 || before == 0 || before + bytes_ <= core_.limits.max_reading_body_bytes;
-    if (!granted_) release();
-  }
-  ~ReadingClaim() { release(); }
-  ReadingClaim(const ReadingClaim&) = delete;
-  ReadingClaim& operator=(const ReadingClaim&) = delete;
-
-  bool granted() const { return granted_; }
-  void release() {
-    core_.reading_body_bytes.fetch_sub(bytes_);
-    bytes_ = 0;
-  }
-
- private:
-  ServerCore& core_;
-  std::size_t bytes_;
-  bool granted_ = false;
-};
-
 // What a request's body may take while it is read: its Content-Length, or for a chunked body
 // the most it may grow to.
 std::size_t body_claim(const http::request_parser<http::string_body>& parser,
@@ -357,12 +336,13 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
     lowest(stream).expires_after(limits.read_timeout);
     co_await http::async_read_header(stream, buffer, parser,
                                      asio::redirect_error(asio::use_awaitable, ec));
-    std::optional<ReadingClaim> reading;
+    std::optional<ByteClaim> reading;
     if (!ec) {
-      reading.emplace(*core, body_claim(parser, limits));
-      if (!reading->granted()) {
+      const std::size_t claim = body_claim(parser, limits);
+      reading = ByteClaim::take(core->reading_bodies, claim);
+      if (!reading) {
         log::debug("http", "{} refused a body of {} bytes from {}: max_reading_body_bytes {}",
-                   core->name, body_claim(parser, limits), peer, limits.max_reading_body_bytes);
+                   core->name, claim, peer, limits.max_reading_body_bytes);
         HttpResponse busy{503, json_error("the server is reading other requests' bodies (" +
                                           std::to_string(limits.max_reading_body_bytes) +
                                           " bytes at once); retry later")};
