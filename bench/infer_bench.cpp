@@ -820,15 +820,17 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
     for (int c : cpus) {
       if (c != cpu) others.push_back(c);
     }
+    auto bind_for_server = [&] {
+      if (!pin) return;
+      bind_process(server_pid, {cpu});
+      bind_thread(0, others);
+    };
     auto run_raw_slice = [&] {
       if (pin) bind_thread(0, {cpu});
       return closed_loop(1, warmup, slice, [&](int) -> Status { return run_raw(**session, w); });
     };
     auto run_v2_slice = [&] {
-      if (pin) {
-        bind_process(server_pid, {cpu});
-        bind_thread(0, others);
-      }
+      bind_for_server();
       return closed_loop(1, warmup, slice, [&](int) -> Status { return conn.exchange(request); });
     };
     Point a, b;
@@ -839,7 +841,8 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
       b = run_v2_slice();
       a = run_raw_slice();
     }
-    // Still bound as for v2: moving the body alone, a quarter as long.
+    // Moving the body alone, bound as for v2, a quarter as long.
+    bind_for_server();
     Point c = closed_loop(1, warmup, slice / 4,
                           [&](int) -> Status { return conn.exchange(absent_request, "404"); });
     for (const Point* p : {&a, &b, &c}) {
