@@ -185,12 +185,11 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
                             ": upstream.device_key is required with upstream.hostname (the "
                             "edge device's primary key from the cloud registry)");
     }
-    if (u.token_ttl_secs < 60 || u.min_backoff_ms == 0 || u.max_backoff_secs == 0 ||
-        u.operation_timeout_secs == 0) {
-      return make_error(errc::invalid_argument,
-                        path +
-                            ": upstream.token_ttl_secs must be >= 60 and the back-off and "
-                            "timeout settings > 0");
+    if (u.token_ttl_secs < HubConfig::kMinTokenTtlSecs || u.min_backoff_ms == 0 ||
+        u.max_backoff_secs == 0 || u.operation_timeout_secs == 0) {
+      return make_error(errc::invalid_argument, path + ": upstream.token_ttl_secs must be >= " +
+                                                    std::to_string(HubConfig::kMinTokenTtlSecs) +
+                                                    " and the back-off and timeout settings > 0");
     }
   }
   if (config.device_id.empty() || config.device_id.find('/') != std::string::npos) {

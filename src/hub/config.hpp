@@ -87,6 +87,13 @@ struct HubConfig {
     std::uint32_t max_dead_letters = 1000;
   } store;
 
+  // The shortest SAS token lifetime accepted: a link renews its token at 80% of its life and
+  // then waits up to kRenewalDrainSecs for outstanding acknowledgements on the old connection,
+  // which must end before the token does (20% of 30 s is 6 s).
+  static constexpr std::uint32_t kMinTokenTtlSecs = 30;
+  static constexpr std::uint32_t kRenewalDrainSecs = 5;
+  static_assert(kRenewalDrainSecs < kMinTokenTtlSecs * 2 / 10);
+
   // The link to the cloud (cairn-cloud or an IoT Hub-compatible service). Without a host the
   // device runs standalone: $upstream messages wait on disk and twins are local only.
   struct Upstream {
@@ -101,7 +108,7 @@ struct HubConfig {
     // This edge device's symmetric key in the cloud registry (base64). The hub signs the
     // tokens of every identity it connects upstream with it, on behalf of the modules.
     std::string device_key;
-    std::uint32_t token_ttl_secs = 3600;  // renewed at 80% of its lifetime
+    std::uint32_t token_ttl_secs = 3600;  // renewed at 80% of its lifetime; >= kMinTokenTtlSecs
     std::uint32_t min_backoff_ms = 1000;  // reconnect back-off: doubles up to max_backoff_secs
     std::uint32_t max_backoff_secs = 60;
     std::uint32_t operation_timeout_secs = 20;  // twin GET/PATCH answers from the cloud

@@ -24,7 +24,7 @@ constexpr const char* kStoreIdKey = "storeId";
 constexpr std::size_t kStoreIdBytes = 8;
 // "YYYYMMDDhhmmssmmm", the digits of an enqueuedTime as the hub stamps it.
 constexpr std::size_t kEnqueuedDigits = 17;
-constexpr auto kRenewalDrain = std::chrono::seconds(5);
+constexpr auto kRenewalDrain = std::chrono::seconds(HubConfig::kRenewalDrainSecs);
 constexpr auto kReportedRetry = std::chrono::seconds(5);
 
 std::string iso_now() { return format_iso8601(now_unix_ms()); }

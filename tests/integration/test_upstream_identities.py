@@ -190,16 +190,16 @@ def test_messages_of_the_shared_queue_are_delivered_after_an_upgrade(cloud_facto
 
 def test_token_renewals_while_sending_resend_nothing(cloud_factory, cairnd_factory,
                                                      module_client):
-    """Each link reconnects at 80% of its token's life (48 s of 60 s) while its module keeps
-    sending: the renewal waits for the outstanding PUBACKs, so nothing goes up twice, and the
-    acknowledgements of the ended connection leave the next one's count alone."""
+    """Each link reconnects at 80% of its token's life (24 s of 30 s, the shortest allowed) while
+    its module keeps sending: the renewal waits for the outstanding PUBACKs, so nothing goes up
+    twice, and the acknowledgements of the ended connection leave the next one's count alone."""
     cloud = cloud_factory()
-    edge = edge_device(cloud, cairnd_factory, routes=ROUTES, upstream={"token_ttl_secs": 60})
+    edge = edge_device(cloud, cairnd_factory, routes=ROUTES, upstream={"token_ttl_secs": 30})
     senders = {name: sender(edge, module_client, name) for name in ("one", "two")}
     for name in senders:
         edge.wait_link(name)
     sent = 0
-    deadline = time.monotonic() + 56
+    deadline = time.monotonic() + 28
     while time.monotonic() < deadline:
         for name, client in senders.items():
             publish(client, name, range(sent, sent + 5), with_ids=False)
