@@ -42,9 +42,6 @@ using detail::Sql;
 constexpr int kCheckpointPages = 1000;
 // After a checkpoint SQLite truncates the WAL file to this size, so one burst does not pin disk.
 constexpr const char* kJournalSizeLimit = "PRAGMA journal_size_limit = 67108864";
-// Only our own connections touch the file (flock below), so waits are short: WAL recovery
-// or a checkpoint holding a lock for a moment.
-constexpr int kBusyTimeoutMs = 5000;
 
 constexpr std::int64_t kMaxSqlInt = std::numeric_limits<std::int64_t>::max();
 
@@ -359,7 +356,7 @@ Status MessageStore::Impl::open_writer() {
                                                           : "PRAGMA synchronous = NORMAL";
   if (auto s = w.exec(sync, "set synchronous"); !s) return s;
   if (auto s = w.exec(kJournalSizeLimit, "set journal_size_limit"); !s) return s;
-  if (const int rc = sqlite3_busy_timeout(w.handle(), kBusyTimeoutMs); rc != SQLITE_OK) {
+  if (const int rc = sqlite3_busy_timeout(w.handle(), options_.busy_timeout_ms); rc != SQLITE_OK) {
     return w.error(rc, "set busy timeout");
   }
   if (auto s = detail::ensure_schema(w); !s) return s;
@@ -405,7 +402,8 @@ Status MessageStore::Impl::load_state() {
 Status MessageStore::Impl::open_reader() {
   auto db = Connection::open(options_.path, SQLITE_OPEN_READONLY);
   if (!db) return std::move(db).error();
-  if (const int rc = sqlite3_busy_timeout((*db)->handle(), kBusyTimeoutMs); rc != SQLITE_OK) {
+  if (const int rc = sqlite3_busy_timeout((*db)->handle(), options_.busy_timeout_ms);
+      rc != SQLITE_OK) {
     return (*db)->error(rc, "set reader busy timeout");
   }
   if (auto s = (*db)->prepare_all(); !s) return s;

@@ -55,6 +55,11 @@ struct Options {
   // Largest number of appends/acks committed in one transaction.
   std::size_t max_batch = 4096;
 
+  // How long a statement waits for a lock another connection holds before the batch fails as
+  // transient (errc::unavailable). Only the store's own connections should touch the file, so
+  // a wait is normally a checkpoint or WAL recovery holding a lock for a moment.
+  int busy_timeout_ms = 5000;
+
   // End the process (exit code 1, after logging why) on a fatal write failure instead of
   // staying up read-only. Daemons set it; tests and tools that inspect a store do not.
   bool exit_on_fatal = false;
