@@ -4,18 +4,16 @@ identities, the workload API and adoption of running modules after `kill -9`.
 Modules are real processes: the official Node SDK module tests/node/edge_module.js (only
 ModuleClient.fromEnvironment(Mqtt)), /bin/sleep and small Python scripts.
 """
-import http.client
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, wait_for
+from conftest import DEFAULT_TIMEOUT, unix_http, wait_for
 from node_sdk import NODE, NODE_DIR, skip_without_node_sdk
 
 SLOW = max(DEFAULT_TIMEOUT, 60.0)
@@ -62,7 +60,7 @@ def deploy(cairnd, doc, check=True):
 
 
 def modules(cairnd):
-    return {m["name"]: m for m in json.loads(cairnd.cli("list", "--json").stdout)}
+    return {m["name"]: m for m in cairnd.mgmt("GET", "/modules")["modules"]}
 
 
 def wait_running(cairnd, names, timeout=SLOW):
@@ -102,26 +100,8 @@ def processes_with_arg(arg):
     return out
 
 
-def twin(cairnd, module):
-    """The cached twin of `module`, or an empty one while none exists yet."""
-    r = cairnd.cli("twin", "get", module, check=False)
-    return json.loads(r.stdout) if r.returncode == 0 else {"desired": {}, "reported": {}}
-
-
 def agent_reported(cairnd):
-    return {"modules": {}, **twin(cairnd, "$edgeAgent")["reported"]}
-
-
-def workload_call(socket_path, method, target, body=None):
-    conn = http.client.HTTPConnection("localhost")
-    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.sock.settimeout(10)
-    conn.sock.connect(str(socket_path))
-    conn.request(method, target, body=body, headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    data = r.read()
-    conn.close()
-    return r.status, json.loads(data) if data else None
+    return {"modules": {}, **cairnd.twin_view("$edgeAgent")["reported"]}
 
 
 @pytest.fixture
@@ -157,20 +137,20 @@ def test_node_sdk_module_runs_on_the_workload_api_only(edge):
     wait_running(edge, ["a", "b"])
 
     def reported_b():
-        rep = twin(edge, "b")["reported"]
+        rep = edge.twin_view("b")["reported"]
         return rep if "lastInput" in rep and "started" in rep else None
     rep = wait_for(reported_b, timeout=SLOW, interval=0.2, what="b to report a's message")
     assert json.loads(rep["lastInput"]["body"]) == {"hello": "a"}
     assert rep["started"]["moduleId"] == "b"
-    _, ident = workload_call(edge.home / "run" / "mgmt.sock", "GET", "/identities")
+    _, ident = unix_http(edge.home / "run" / "mgmt.sock", "GET", "/identities")
     gens = {i["moduleId"]: i.get("generationId") for i in ident}
     assert rep["started"]["generationId"] == gens["b"]
 
     # Desired properties: the manifest's, then a local patch.
-    wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 30,
+    wait_for(lambda: edge.twin_view("b")["reported"].get("seenDesired", {}).get("threshold") == 30,
              timeout=SLOW, interval=0.2, what="b to see the manifest's desired properties")
     edge.cli("twin", "update-desired", "b", json.dumps({"threshold": 31}))
-    wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold") == 31,
+    wait_for(lambda: edge.twin_view("b")["reported"].get("seenDesired", {}).get("threshold") == 31,
              timeout=SLOW, interval=0.2, what="b to see the desired patch")
 
     # A direct method.
@@ -269,8 +249,8 @@ def test_removed_module_is_stopped_and_its_identity_removed(edge):
 
     deploy(edge, manifest({"stay": sleeper(5)}))
     wait_for(lambda: not alive(go_pid), timeout=SLOW, interval=0.1, what="go to stop")
-    wait_for(lambda: "go" not in edge.cli("identity", "list").stdout.split(), timeout=SLOW,
-             interval=0.1, what="go's identity to go")
+    wait_for(lambda: "go" not in [i["moduleId"] for i in edge.mgmt("GET", "/identities")],
+             timeout=SLOW, interval=0.1, what="go's identity to go")
     assert "go" not in modules(edge)
     assert not (edge.home / "run" / "mnt" / "go.sock").exists()
     assert module_pid(edge, "stay") == stay_pid and alive(stay_pid)
@@ -338,11 +318,11 @@ def test_a_module_cannot_sign_as_another(edge):
     assert "path 403" in out
     assert "socket 403" in out
     # And a process that is no module at all (this test) is refused too.
-    status, body = workload_call(edge.home / "run" / "mnt" / "victim.sock", "POST",
+    status, body = unix_http(edge.home / "run" / "mnt" / "victim.sock", "POST",
                                  "/modules/victim/genid/x/sign?api-version=2018-06-28",
                                  json.dumps({"data": "aGVsbG8="}))
     assert status == 403 and "message" in body
-    status, body = workload_call(edge.home / "run" / "mnt" / "victim.sock", "GET",
+    status, body = unix_http(edge.home / "run" / "mnt" / "victim.sock", "GET",
                                  "/trust-bundle?api-version=2018-06-28")
     assert status == 200 and "BEGIN CERTIFICATE" in body["certificate"]
 

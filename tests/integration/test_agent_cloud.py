@@ -172,7 +172,7 @@ def test_deployments_from_the_cloud(cloud, linked_edge):
     before_restart = rep["modules"]["c"]["lastStartTimeUtc"]
 
     def local_reported():
-        r = json.loads(edge.cli("twin", "get", "$edgeAgent").stdout)["reported"]
+        r = edge.twin_view("$edgeAgent")["reported"]
         started = r.get("modules", {}).get("c", {}).get("lastStartTimeUtc")
         return r if started not in (None, before_restart) else None
     local = wait_for(local_reported, timeout=SLOW, interval=0.2,

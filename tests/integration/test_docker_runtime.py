@@ -87,7 +87,7 @@ def test_cairnd_runs_and_restarts_a_container_module(container_engine, test_regi
     edge.cli("deploy", str(path))
 
     def listed():
-        return {m["name"]: m for m in json.loads(edge.cli("list", "--json").stdout)}.get(name, {})
+        return {m["name"]: m for m in edge.mgmt("GET", "/modules")["modules"]}.get(name, {})
 
     def starts():
         try:
@@ -145,7 +145,7 @@ def test_unreachable_engine_fails_docker_modules_only(cairnd_factory, tmp_path):
     edge.cli("deploy", str(path))
 
     def listed():
-        return {m["name"]: m for m in json.loads(edge.cli("list", "--json").stdout)}
+        return {m["name"]: m for m in edge.mgmt("GET", "/modules")["modules"]}
 
     mods = wait_for(lambda: (lambda m: m if m.get("sleeper", {}).get("runtimeStatus") == "running"
                              and m.get("boxed", {}).get("runtimeStatus") == "failed" else None)(
@@ -171,8 +171,7 @@ def test_a_stalled_image_pull_holds_up_neither_the_agent_nor_other_modules(
             {"astuck": registry.module("1"), "zsleeper": sleeper}, registry)
 
         def listed():
-            return {m["name"]: m
-                    for m in json.loads(edge.cli("list", "--json", timeout=10).stdout)}
+            return {m["name"]: m for m in edge.mgmt("GET", "/modules")["modules"]}
         mods = wait_for(lambda: (lambda m: m if m.get("zsleeper", {}).get("runtimeStatus")
                                  == "running" else None)(listed()),
                         timeout=60, interval=0.2, what="zsleeper running")
@@ -195,8 +194,8 @@ def test_stopping_cairnd_ends_a_stalled_image_pull(container_engine, cairnd_fact
         edge = deploy_beside_stalled_registry(
             container_engine, cairnd_factory, tmp_path / "deployment.json",
             {"stuck": registry.module("2")}, registry)
-        wait_for(lambda: "preparing" in {m["name"]: m for m in json.loads(
-                     edge.cli("list", "--json", timeout=10).stdout)}
+        wait_for(lambda: "preparing" in {m["name"]: m
+                                          for m in edge.mgmt("GET", "/modules")["modules"]}
                  .get("stuck", {}).get("statusDescription", ""),
                  timeout=30, interval=0.2, what="stuck preparing")
         edge.stop(timeout=30)
@@ -257,7 +256,7 @@ def test_node_sdk_module_as_a_container(container_engine, node_module_image, cai
     modules through the Docker API: a's output reaches b's input through a route, b reports in
     its twin, sees its desired properties from the manifest and answers a direct method. Their
     only configuration is the IoT Edge environment and the workload socket the agent mounts."""
-    from test_agent import manifest, twin, wait_running
+    from test_agent import manifest, wait_running
     edge = cairnd_factory(manifest=False, start=False)
     edge.extra_args = ["--docker-uri", f"unix://{container_engine.socket}"]
     edge.start()
@@ -283,12 +282,12 @@ def test_node_sdk_module_as_a_container(container_engine, node_module_image, cai
         wait_running(edge, ["a", "b"], timeout=300)
 
         def reported_b():
-            rep = twin(edge, "b")["reported"]
+            rep = edge.twin_view("b")["reported"]
             return rep if "lastInput" in rep and "started" in rep else None
         rep = wait_for(reported_b, timeout=120, interval=0.2, what="b to report a's message")
         assert json.loads(rep["lastInput"]["body"]) == {"hello": "a"}
         assert rep["started"]["moduleId"] == "b"
-        wait_for(lambda: twin(edge, "b")["reported"].get("seenDesired", {}).get("threshold")
+        wait_for(lambda: edge.twin_view("b")["reported"].get("seenDesired", {}).get("threshold")
                  == 30, timeout=60, interval=0.2, what="b to see the manifest's desired properties")
         r = json.loads(edge.cli("method", "b", "echo", json.dumps({"x": 1})).stdout)
         assert r == {"status": 200, "payload": {"echo": {"x": 1}, "module": "b"}}

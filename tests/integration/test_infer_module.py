@@ -87,10 +87,7 @@ def desired(cairnd, patch):
 
 
 def reported_models(cairnd):
-    r = cairnd.cli("twin", "get", "infer", check=False)
-    if r.returncode != 0:
-        return {}
-    return json.loads(r.stdout).get("reported", {}).get("models") or {}
+    return cairnd.twin_view("infer")["reported"].get("models") or {}
 
 
 def wait_model(cairnd, module, name, predicate, what):

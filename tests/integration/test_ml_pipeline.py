@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import HOST, REPO, wait_for
-from test_agent import SLOW, deploy, edge, manifest, process_module, twin, wait_running  # noqa: F401
+from test_agent import SLOW, deploy, edge, manifest, process_module, wait_running  # noqa: F401
 from test_model_delivery import StaticServer, pack
 from test_sdk_workload import SENSOR
 from infer_fixtures import CAIRN_INFER
@@ -53,7 +53,7 @@ def model_entry(server, version, mapping=None):
 
 
 def reported_model(cairnd):
-    return (twin(cairnd, "infer")["reported"].get("models") or {}).get("anomaly") or {}
+    return (cairnd.twin_view("infer")["reported"].get("models") or {}).get("anomaly") or {}
 
 
 def collect(monitor, predicate, timeout=SLOW, what="results"):

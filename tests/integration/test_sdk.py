@@ -94,10 +94,7 @@ def modules():
 
 def reported(cairnd, module):
     """The module's reported properties as cairnd holds them ({} before it has a twin)."""
-    r = cairnd.cli("twin", "get", module, check=False)
-    if r.returncode != 0:
-        return {}
-    return json.loads(r.stdout).get("reported", {})
+    return cairnd.twin_view(module)["reported"]
 
 
 def method(cairnd, module, name, payload="null", *extra, timeout=60):

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import HOST, IOTHUB_HOSTNAME, wait_for
+from conftest import HOST, IOTHUB_HOSTNAME, unix_http, wait_for
 from test_agent import SLOW, deploy, edge, manifest, process_module, wait_running  # noqa: F401
-from test_agent import module_pid, alive, workload_call
+from test_agent import module_pid, alive
 
 PROBE = Path(__file__).with_name("workload_probe.py")
 API = "?api-version=2020-07-07"
@@ -245,7 +245,7 @@ def test_encryption_is_per_module_and_no_module_acts_as_another(edge, tmp_path):
             status, answer = beta.call(method, path, payload, socket_of=socket_of)
             assert status == 403 and "not module 'alpha'" in answer["message"], (path, answer)
     # A process that is no module (this test) gets no certificate either.
-    status, answer = workload_call(edge.home / "run" / "mnt" / "alpha.sock", "POST",
+    status, answer = unix_http(edge.home / "run" / "mnt" / "alpha.sock", "POST",
                                    f"/modules/alpha/certificate/identity{API}", "{}")
     assert status == 403 and "message" in answer
     # alpha is unaffected.
