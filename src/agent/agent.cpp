@@ -671,6 +671,7 @@ std::optional<Status> Agent::prepared(ModuleRuntime& runtime, const ModuleSpec& 
   if (&runtime == process_.get() || !pulls_) return runtime.prepare(spec);
   preparations_[spec.name] = Preparation{spec.config_hash, false, {}};
   asio::post(*pulls_, [this, &runtime, spec] {
+    name_this_thread("image-pull");  // the pool's threads are asio's: named by their work
     Status result;
     try {
       result = runtime.prepare(spec);
