@@ -59,6 +59,12 @@ API_VERSION = "2021-04-12"
 START_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 15.0
 
+# The prefix of every daemon a test starts: the kernel kills it when the test process dies
+# (a ctest timeout, ^C, pytest killed), where it would otherwise live on holding its ports and
+# CPU. The signal comes when the thread that started it ends, so start daemons from the test's
+# own thread, not from a helper thread.
+DIE_WITH_TESTS = ["setpriv", "--pdeathsig", "KILL", "--"]
+
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
                      "WARNING: ThreadSanitizer")
 
@@ -323,7 +329,8 @@ class Cairnd(_Daemon):
             log = open(log_path, "wb")
             env = dict(os.environ)
             env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(DIE_WITH_TESTS + self.command(), stdout=log,
+                                         stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env)
             log.close()
             deadline = time.monotonic() + timeout
@@ -657,7 +664,7 @@ class CairnCloud(_Daemon):
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         with open(log_path, "wb") as log, open(self._out_path(self.runs), "wb") as out:
-            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=log,
+            self.proc = subprocess.Popen(DIE_WITH_TESTS + self.command(), stdout=out, stderr=log,
                                          stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

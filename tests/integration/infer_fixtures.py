@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN_DIR, HOST, REPO, SANITIZER_MARKERS, START_TIMEOUT, wait_for
+from conftest import (BIN_DIR, DIE_WITH_TESTS, HOST, REPO, SANITIZER_MARKERS, START_TIMEOUT,
+                      wait_for)
 
 CAIRN_INFER = BIN_DIR / "cairn-infer"
 sys.path.insert(0, str(REPO / "tests" / "models"))
@@ -198,8 +199,8 @@ def infer_factory(tmp_path, request):
     def make(*args, expect_ready=True):
         log_path = tmp_path / f"cairn-infer-{len(servers)}.log"
         log = open(log_path, "wb")
-        proc = subprocess.Popen([str(CAIRN_INFER), "--http", f"{HOST}:0", *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=log)
+        proc = subprocess.Popen([*DIE_WITH_TESTS, str(CAIRN_INFER), "--http", f"{HOST}:0",
+                                 *map(str, args)], stdout=subprocess.PIPE, stderr=log)
         server = InferServer(proc, None, log_path)
         servers.append(server)
         if not expect_ready:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, HOST, parse_connection_string
+from conftest import DEFAULT_TIMEOUT, DIE_WITH_TESTS, HOST, parse_connection_string
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "tests" / "node"
@@ -121,7 +121,7 @@ class NodeModule:
         self._stderr = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._stdout_noise = collections.deque(maxlen=50)
         self.proc = subprocess.Popen(
-            [NODE, str(NODE_DIR / "module.js")], cwd=str(NODE_DIR), env=full_env,
+            [*DIE_WITH_TESTS, NODE, str(NODE_DIR / "module.js")], cwd=str(NODE_DIR), env=full_env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1)
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
