@@ -250,7 +250,8 @@ void Endpoint::retry_reads_later() {
   });
 }
 
-// Deletes the acknowledged prefix of the lane from the store.
+// Pops the acknowledged prefix of the lane; its deletion from the store follows at the end of
+// this turn of the event loop.
 void Endpoint::settle(Lane& l) {
   std::uint64_t through = 0;
   while (!l.sent.empty() && l.sent.front().acked) {
@@ -259,26 +260,46 @@ void Endpoint::settle(Lane& l) {
   }
   if (through == 0) return;
   l.acked_through = through;
-  // A deletion that does not commit (the store refusing writes) loses nothing: the entries
-  // are delivered again after a restart. It is logged and counted, not silent.
-  store_.ack(l.key, through, [&io = io_, weak = weak_from_this(), key = l.key, through](Status s) {
-    if (s || s.error().code == errc::cancelled) return;  // cancelled: shutting down
-    asio::post(io, [weak, key, through, error = s.error()] {
-      auto self = weak.lock();
-      if (!self) return;
-      // While the store refuses writes every settle fails alike: log the first of a run.
-      const bool first = self->counters_.ack_failures++ % 1000 == 0;
-      const std::string text = fmt::format(
-          "endpoint={} priority={}: deleting delivered entries through seq={} failed (they "
-          "will be delivered again after a restart): {}",
-          self->id(), key.priority, through, error.to_string());
-      if (first) {
-        log::error("hub", "{}", text);
-      } else {
-        log::debug("hub", "{}", text);
-      }
-    });
+  // The PUBACKs of a delivery window arrive together, in one read: one deletion for all of
+  // them is one store operation and one wake-up of its writer instead of one per PUBACK.
+  if (deletion_posted_) return;
+  deletion_posted_ = true;
+  asio::post(io_, [weak = weak_from_this()] {
+    if (auto self = weak.lock()) self->delete_acked();
   });
+}
+
+void Endpoint::delete_acked() {
+  deletion_posted_ = false;
+  for (auto& [priority, l] : lanes_) {
+    if (l.acked_through <= l.deleting_through) continue;
+    l.deleting_through = l.acked_through;
+    auto on_done = [&io = io_, weak = weak_from_this(), key = l.key,
+                    through = l.acked_through](Status s) {
+      if (s || s.error().code == errc::cancelled) return;  // cancelled: shutting down
+      asio::post(io, [weak, key, through, error = s.error()] {
+        if (auto self = weak.lock()) self->report_failed_deletion(key, through, error);
+      });
+    };
+    store_.ack(l.key, l.acked_through, std::move(on_done));
+  }
+}
+
+// A deletion that does not commit (the store refusing writes) loses nothing: the entries are
+// delivered again after a restart. It is logged and counted, not silent.
+void Endpoint::report_failed_deletion(const store::QueueKey& key, std::uint64_t through,
+                                      const Error& error) {
+  // While the store refuses writes every deletion fails alike: log the first of a run.
+  const bool first = counters_.ack_failures++ % 1000 == 0;
+  const std::string text = fmt::format(
+      "endpoint={} priority={}: deleting delivered entries through seq={} failed "
+      "(they will be delivered again after a restart): {}",
+      id(), key.priority, through, error.to_string());
+  if (first) {
+    log::error("hub", "{}", text);
+  } else {
+    log::debug("hub", "{}", text);
+  }
 }
 
 }  // namespace cairn::hub

@@ -128,7 +128,8 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
     std::deque<Pending> cache;
     std::deque<Sent> sent;                // delivered, in seq order, until acknowledged in order
     std::uint64_t loaded_through = 0;     // highest seq ever put in the cache this generation
-    std::uint64_t acked_through = 0;      // every entry <= this is deleted from the store
+    std::uint64_t acked_through = 0;      // every entry <= this is acknowledged by the consumer
+    std::uint64_t deleting_through = 0;   // and every entry <= this handed to the store to delete
     std::uint64_t delivered_through = 0;  // highest seq ever sent: later sends of it are DUPs
     std::uint64_t appended_through = 0;   // highest seq the hub was told was committed
     bool backlog = true;                  // entries past loaded_through may be on disk only
@@ -143,6 +144,9 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   void load(Lane& lane);
   void on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation);
   void settle(Lane& lane);
+  void delete_acked();
+  void report_failed_deletion(const store::QueueKey& key, std::uint64_t through,
+                              const Error& error);
   void dead_letter(Lane& lane, Pending& p, const std::string& reason);
   void count_failed_delivery(Lane& lane);
   void retry_reads_later();
@@ -158,6 +162,7 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   const Consumer* consumer_raw_ = nullptr;
   std::size_t inflight_ = 0;
   std::uint64_t generation_ = 0;  // bumped on detach so late acks and reads are ignored
+  bool deletion_posted_ = false;  // delete_acked() runs at the end of this turn of the loop
   asio::steady_timer read_retry_;
   Backoff read_backoff_;
   EndpointCounters counters_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -185,6 +186,11 @@ void set_error(Op& op, const Error& error) {
 
 void complete(Op& op) {
   std::visit([](auto& o) { o.complete(); }, op);
+}
+
+bool only_acks(const std::vector<Op>& batch) {
+  return std::all_of(batch.begin(), batch.end(),
+                     [](const Op& op) { return std::holds_alternative<AckOp>(op); });
 }
 
 }  // namespace
@@ -462,13 +468,14 @@ void MessageStore::Impl::submit_all(std::vector<MessageStore::AppendRequest> req
 }
 
 void MessageStore::Impl::take_pending_locked() {
-  if (pending_.size() <= options_.max_batch) {
+  if (batch_.empty() && pending_.size() <= options_.max_batch) {
     // Swapping hands the (empty, already sized) batch buffer back to producers: no allocation
     // per batch once both vectors have grown to the working size.
     batch_.swap(pending_);
     return;
   }
-  const auto end = pending_.begin() + static_cast<std::ptrdiff_t>(options_.max_batch);
+  const std::size_t room = options_.max_batch - std::min(options_.max_batch, batch_.size());
+  const auto end = pending_.begin() + static_cast<std::ptrdiff_t>(std::min(room, pending_.size()));
   std::move(pending_.begin(), end, std::back_inserter(batch_));
   pending_.erase(pending_.begin(), end);
 }
@@ -482,6 +489,17 @@ void MessageStore::Impl::run() {
       cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
       stopping = stopping_;
       take_pending_locked();
+      if (!stopping && options_.ack_delay_ms > 0 && only_acks(batch_)) {
+        // Acks alone wait for other work to share their commit (Options::ack_delay_ms). Should
+        // the store close meanwhile, they are still committed below, as they would have been
+        // without the wait; only what comes after is refused.
+        const auto deadline =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.ack_delay_ms);
+        while (!stopping_ && only_acks(batch_) && batch_.size() < options_.max_batch &&
+               cv_.wait_until(lock, deadline, [this] { return stopping_ || !pending_.empty(); })) {
+          take_pending_locked();
+        }
+      }
     }
     if (stopping) {
       // Callbacks of cancelled work may submit more (a chained request); loop until dry.
@@ -836,15 +854,22 @@ Status MessageStore::Impl::exec_ack(AckOp& op) {
   if (it == queues_.end() || op.seq == 0) return {};  // nothing there: idempotent success
   msg_ids_.clear();
   {
-    Query q(*writer_db_, Sql::kDeleteAcked);
+    Query q(*writer_db_, Sql::kSelectAcked);
     q.bind_int(1, it->second.id);
     q.bind_int(2, to_sql(op.seq));
     for (;;) {
       const int rc = q.step();
       if (rc == SQLITE_DONE) break;
-      if (rc != SQLITE_ROW) return q.error(rc, "delete acked entries");
+      if (rc != SQLITE_ROW) return q.error(rc, "read acked entries");
       msg_ids_.push_back(q.column_int(0));
     }
+  }
+  if (msg_ids_.empty()) return {};  // acked before, or nothing at or below op.seq
+  {
+    Query d(*writer_db_, Sql::kDeleteAcked);
+    d.bind_int(1, it->second.id);
+    d.bind_int(2, to_sql(op.seq));
+    if (auto s = d.run("delete acked entries"); !s) return s;
   }
   delta_.acked += msg_ids_.size();
   for (const std::int64_t id : msg_ids_) {
@@ -857,21 +882,23 @@ Status MessageStore::Impl::release_body(std::int64_t msg_id) {
   std::int64_t refs = 0;
   std::int64_t bytes = 0;
   {
-    Query q(*writer_db_, Sql::kReleaseRef);
+    Query q(*writer_db_, Sql::kMessageRefs);
     q.bind_int(1, msg_id);
-    int rc = q.step();
+    const int rc = q.step();
     if (rc == SQLITE_DONE) {
       // An entry without a body: report it, but dropping the entry is still the right outcome.
       log::warn("store", "entry referred to missing message id={}", msg_id);
       return {};
     }
-    if (rc != SQLITE_ROW) return q.error(rc, "release message");
+    if (rc != SQLITE_ROW) return q.error(rc, "read message references");
     refs = q.column_int(0);
     bytes = q.column_int(1);
-    rc = q.step();
-    if (rc != SQLITE_DONE) return q.error(rc, "release message");
   }
-  if (refs > 0) return {};
+  if (refs > 1) {
+    Query u(*writer_db_, Sql::kReleaseRef);
+    u.bind_int(1, msg_id);
+    return u.run("release message");
+  }
   Query d(*writer_db_, Sql::kDeleteMessage);
   d.bind_int(1, msg_id);
   if (auto s = d.run("delete message"); !s) return s;

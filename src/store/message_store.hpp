@@ -55,6 +55,12 @@ struct Options {
   // Largest number of appends/acks committed in one transaction.
   std::size_t max_batch = 4096;
 
+  // How long acks with nothing else to commit wait for other work to share their commit. A
+  // consumer's acks arrive while its publisher's next messages are on their way: committed
+  // together, the pages both touch are written once, and the appends never queue behind a
+  // commit of deletions. Nothing waits on an ack but its deletion. 0 = commit acks at once.
+  int ack_delay_ms = 5;
+
   // How long a statement waits for a lock another connection holds before the batch fails as
   // transient (errc::unavailable). Only the store's own connections should touch the file, so
   // a wait is normally a checkpoint or WAL recovery holding a lock for a moment.

@@ -97,10 +97,16 @@ const char* sql_text(Sql id) noexcept {
              "VALUES(?1, ?2, ?3, ?4, ?5)";
     case Sql::kSaveNextSeq:
       return "UPDATE queues SET next_seq = ?2 WHERE id = ?1";
+    // The ack path reads, then writes: a RETURNING clause would make SQLite open and close a
+    // temporary B-tree on every run, which cost more than the second statement.
+    case Sql::kSelectAcked:
+      return "SELECT msg_id FROM entries WHERE queue_id = ?1 AND seq <= ?2";
     case Sql::kDeleteAcked:
-      return "DELETE FROM entries WHERE queue_id = ?1 AND seq <= ?2 RETURNING msg_id";
+      return "DELETE FROM entries WHERE queue_id = ?1 AND seq <= ?2";
+    case Sql::kMessageRefs:
+      return "SELECT refs, bytes FROM messages WHERE id = ?1";
     case Sql::kReleaseRef:
-      return "UPDATE messages SET refs = refs - 1 WHERE id = ?1 RETURNING refs, bytes";
+      return "UPDATE messages SET refs = refs - 1 WHERE id = ?1";
     case Sql::kDeleteMessage:
       return "DELETE FROM messages WHERE id = ?1";
     case Sql::kReadEntries:

@@ -2,6 +2,7 @@
 #include "store/message_store.hpp"
 
 #include <atomic>
+#include <future>
 #include <limits>
 #include <string>
 #include <vector>
@@ -156,6 +157,28 @@ TEST(MessageStore, AckRemovesEverythingUpToSeqAndIsIdempotent) {
   store->ack(queue("q", 1), 1);
   ASSERT_TRUE(store->flush().ok());
   EXPECT_EQ(store->stats().stored_messages, 0u);
+  EXPECT_TRUE(store->check_integrity().ok());
+}
+
+TEST(MessageStore, AcksAloneWaitToShareTheNextCommit) {
+  TempDir dir;
+  Options o = options_for(dir);
+  o.ack_delay_ms = 3'600'000;  // longer than the test: only other work ends the wait
+  auto store = open_or_die(o);
+  ASSERT_TRUE(store);
+  for (int i = 1; i <= 3; ++i) append_one(*store, "m" + std::to_string(i), target("q"));
+  const std::uint64_t commits = store->stats().commits_total;
+
+  std::promise<Status> acked;
+  store->ack(queue("q"), 1, [&acked](Status s) { acked.set_value(std::move(s)); });
+  store->ack(queue("q"), 2);
+  append_one(*store, "m4", target("q"));
+  ASSERT_TRUE(acked.get_future().get().ok());
+
+  const Stats s = store->stats();
+  EXPECT_EQ(s.commits_total, commits + 1) << "the acks and the append share one commit";
+  EXPECT_EQ(s.acked_total, 2u);
+  EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre("m3", "m4"));
   EXPECT_TRUE(store->check_integrity().ok());
 }
 
