@@ -622,7 +622,7 @@ int run_mqtt_bench(const MqttBenchOptions& options) {
         results[i][kind].error = "not run: broker does not start: " + startup[kind].error;
         continue;
       }
-      double rate = 0;
+      double rate = w.rate;
       if (!w.paced_of.empty()) {
         // The same rate for both brokers: a fraction of what mosquitto delivered saturated.
         const RunResult* saturated = nullptr;

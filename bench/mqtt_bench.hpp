@@ -29,6 +29,8 @@ struct Workload {
   // earlier in the suite). Empty: as fast as the in-flight window allows.
   std::string paced_of;
   double pace_fraction = 0.5;
+  // Paced at this many publishes per second in all (both brokers alike); 0 = not set.
+  double rate = 0;
 };
 
 struct MqttBenchOptions {

@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include "bench/agent_bench.hpp"
 #include "bench/infer_bench.hpp"
@@ -94,6 +95,12 @@ int main(int argc, char** argv) {
                    "and fan-out at 10 and 100 clients, and latency at half of mosquitto's rate)")
       ->check(CLI::IsMember({"default", "full"}));
   mqtt->add_flag("--tls", tls, "Single workload: MQTT over TLS on both brokers");
+  double rate = 0;
+  auto* o_rate =
+      mqtt->add_option("--rate", rate,
+                       "Single workload: publishes per second in all, the same for both brokers "
+                       "(latency at a given load); 0 = as fast as the in-flight window allows")
+          ->check(CLI::Range(0.0, 10'000'000.0));
   mqtt->add_option("--threads", options.threads, "Client I/O threads (each client has a strand)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
@@ -336,7 +343,8 @@ int main(int argc, char** argv) {
   }
   if (fetch_cmd->parsed()) return cairn::bench::run_model_fetch_bench(fetch_options);
 
-  const bool single = o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() > 0;
+  const bool single =
+      o_pub->count() + o_sub->count() + o_qos->count() + o_payload->count() + o_rate->count() > 0;
   if (!suite.empty() || !single) {
     options.workloads = *cairn::bench::suite_by_name(suite.empty() ? "default" : suite, inflight);
     if (single) {
@@ -350,8 +358,10 @@ int main(int argc, char** argv) {
     w.payload_bytes = payload;
     w.inflight = inflight;
     w.tls = tls;
+    w.rate = rate;
     w.name = std::to_string(publishers) + "to" + std::to_string(subscribers) + "-q" +
-             std::to_string(qos) + "-" + std::to_string(payload) + "B" + (tls ? "-tls" : "");
+             std::to_string(qos) + "-" + std::to_string(payload) + "B" + (tls ? "-tls" : "") +
+             (rate > 0 ? fmt::format("-{:.0f}per-s", rate) : "");
     options.workloads.push_back(w);
   }
   options.run_cairn = target != "mosquitto";
