@@ -76,8 +76,10 @@ struct QueueKeyHash {
 struct QueueState {
   std::int64_t id = 0;
   std::uint64_t next_seq = 1;
-  bool appended_here = false;  // queues() lists it even when empty
-  bool dirty = false;          // next_seq changed in the current batch
+  std::uint64_t saved_next_seq = 1;  // what queues.next_seq holds
+  bool appended_here = false;        // queues() lists it even when empty
+  bool newest_deleted = false;       // the current batch deleted entry next_seq - 1
+  bool dirty = false;                // in dirty_: next_seq may need saving at the end of the batch
 };
 
 void complete_status(MessageStore::Done& done, std::optional<Error>& error) {
@@ -246,6 +248,8 @@ class MessageStore::Impl {
   Status exec_erase(EraseOp& op);
   Status release_body(std::int64_t msg_id);
   Result<QueueState*> queue_for_append(const QueueKey& key);
+  // Entries up to `seq` of `q` were deleted in this batch: its next_seq may need saving.
+  void deleted_through(QueueState& q, std::uint64_t seq);
   Status save_sequences();
   // With Options::Sync::full: fsync the commit only when the batch holds writes that are
   // reported durable (appends, key-value writes), not for acks and expiry alone.
@@ -398,10 +402,11 @@ Status MessageStore::Impl::load_state() {
     if (rc != SQLITE_ROW) return q.error(rc, "load queues");
     QueueState state;
     state.id = q.column_int(0);
-    // next_seq is saved with every batch that appends; max(seq)+1 covers a file written by a
-    // build that did not save it, and costs one index probe per queue.
+    // queues.next_seq is saved when a batch deletes a queue's newest entry (save_sequences);
+    // while entries are there, max(seq) + 1 is the next one. One index probe per queue.
+    state.saved_next_seq = from_sql(q.column_int(3));
     state.next_seq =
-        std::max(from_sql(q.column_int(3)), from_sql(q.column_int(4)) + 1);  // NULL max -> 0
+        std::max(state.saved_next_seq, from_sql(q.column_int(4)) + 1);  // NULL max -> 0
     QueueKey key{std::string(q.column_text(1)), static_cast<std::int32_t>(q.column_int(2))};
     queues_.emplace(std::move(key), state);
   }
@@ -555,7 +560,7 @@ void MessageStore::Impl::run_batch() {
     for (auto it = batch_.begin(); s && it != batch_.end(); ++it) s = execute(*it, now);
     if (s) s = save_sequences();
     if (s) s = commit();
-    for (QueueState* q : dirty_) q->dirty = false;
+    for (QueueState* q : dirty_) q->dirty = q->newest_deleted = false;
     dirty_.clear();
     if (s) {
       publish_batch();
@@ -817,10 +822,7 @@ Status MessageStore::Impl::exec_append(AppendOp& op, std::int64_t now) {
     if (auto s = q.run("insert entry"); !s) return s;
     op.seqs.push_back(state.next_seq++);
     state.appended_here = true;
-    if (!state.dirty) {
-      state.dirty = true;
-      dirty_.push_back(&state);
-    }
+    state.newest_deleted = false;  // the newest entry is this one, and it is there
   }
   delta_.bytes += static_cast<std::int64_t>(size);
   ++delta_.messages;
@@ -843,14 +845,27 @@ Result<QueueState*> MessageStore::Impl::queue_for_append(const QueueKey& key) {
   return &queues_.emplace(key, state).first->second;
 }
 
+void MessageStore::Impl::deleted_through(QueueState& q, std::uint64_t seq) {
+  if (seq + 1 < q.next_seq) return;  // a newer entry is still there
+  q.newest_deleted = true;
+  if (!q.dirty) {
+    q.dirty = true;
+    dirty_.push_back(&q);
+  }
+}
+
 Status MessageStore::Impl::save_sequences() {
-  // Once per queue per batch, not per append. Without it, a queue acked to empty would restart
-  // at seq 1 after a restart and a consumer's checkpoint would skip new messages.
+  // At open a queue's next_seq is max(queues.next_seq, max(seq) + 1): the column only has to be
+  // right once the newest entry is gone. Without that a queue acked to empty would restart at
+  // seq 1 after a restart, and a consumer's checkpoint would skip new messages. Writing it only
+  // then spares most commits a page (the queues table's) in the WAL.
   for (QueueState* q : dirty_) {
+    if (!q->newest_deleted || q->next_seq == q->saved_next_seq) continue;
     Query u(*writer_db_, Sql::kSaveNextSeq);
     u.bind_int(1, q->id);
     u.bind_int(2, to_sql(q->next_seq));
     if (auto s = u.run("save next_seq"); !s) return s;
+    q->saved_next_seq = q->next_seq;  // reloaded from the file if the batch rolls back
   }
   return {};
 }
@@ -877,6 +892,7 @@ Status MessageStore::Impl::exec_ack(AckOp& op) {
     d.bind_int(2, to_sql(op.seq));
     if (auto s = d.run("delete acked entries"); !s) return s;
   }
+  deleted_through(it->second, op.seq);
   delta_.acked += msg_ids_.size();
   for (const std::int64_t id : msg_ids_) {
     if (auto s = release_body(id); !s) return s;
@@ -962,6 +978,7 @@ Status MessageStore::Impl::exec_read(const Connection& db, ReadOp& op, std::int6
       d.bind_int(2, seq);
       if (auto s = d.run("delete expired entry"); !s) return s;
     }
+    deleted_through(it->second, from_sql(seq));
     if (auto s = release_body(msg_id); !s) return s;
   }
   delta_.expired += expired_.size();
@@ -982,6 +999,11 @@ Status MessageStore::Impl::exec_expire(ExpireOp& op, std::int64_t now) {
       if (rc != SQLITE_ROW) return q.error(rc, "delete expired entries");
       msg_ids_.push_back(q.column_int(0));
     }
+  }
+  if (!msg_ids_.empty()) {
+    // Which queues lost their newest entry is not worth finding out for a periodic call:
+    // save every queue's next_seq that the file does not hold yet.
+    for (auto& [key, queue] : queues_) deleted_through(queue, queue.next_seq - 1);
   }
   op.count = msg_ids_.size();
   delta_.expired += op.count;

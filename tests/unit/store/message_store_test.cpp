@@ -248,6 +248,42 @@ TEST(MessageStore, ReopenRestoresSequencesContentAndTotals) {
   EXPECT_TRUE(store->check_integrity().ok());
 }
 
+// A queue's next_seq is written to the file only when its newest entry goes: each way it can
+// go must leave the sequence to continue after a reopen, never restart.
+TEST(MessageStore, SequencesContinueAfterReopenHoweverTheNewestEntryWent) {
+  TempDir dir;
+  {
+    auto store = open_or_die(options_for(dir, Options::Sync::full));
+    ASSERT_TRUE(store);
+    // Acked: "a" keeps its older entries, "b" is acked to empty in the batch of its append.
+    append_one(*store, "a1", target("a"));
+    append_one(*store, "a2", target("a"));
+    ASSERT_TRUE(testing::ack_sync(*store, queue("a"), 1).ok());
+    store->append("b1", {target("b")}, nullptr);
+    store->ack(queue("b"), std::numeric_limits<std::uint64_t>::max());
+    ASSERT_TRUE(store->flush().ok());
+    // Expired: met by a read ("c"), and by expire() ("d"), each the newest of its queue.
+    append_one(*store, "c1", target("c"));
+    append_one(*store, "c2", target("c", 0, kPast));
+    auto read = testing::read_sync(*store, queue("c"));
+    ASSERT_TRUE(read.ok());
+    EXPECT_EQ(read->size(), 1u);
+    append_one(*store, "d1", target("d", 0, kPast));
+    auto expired = testing::expire_sync(*store);
+    ASSERT_TRUE(expired.ok());
+    EXPECT_EQ(*expired, 1u);
+  }
+  auto store = open_or_die(options_for(dir, Options::Sync::full));
+  ASSERT_TRUE(store);
+  EXPECT_EQ(append_one(*store, "a3", target("a")), 3u);
+  EXPECT_EQ(append_one(*store, "b2", target("b")), 2u);
+  EXPECT_EQ(append_one(*store, "c3", target("c")), 3u);
+  EXPECT_EQ(append_one(*store, "d2", target("d")), 2u);
+  EXPECT_THAT(messages_of(*store, queue("a")), ElementsAre("a2", "a3"));
+  EXPECT_THAT(messages_of(*store, queue("c")), ElementsAre("c1", "c3"));
+  EXPECT_TRUE(store->check_integrity().ok());
+}
+
 TEST(MessageStore, QueuesListsNonEmptyQueuesAndThoseAppendedToInThisProcess) {
   TempDir dir;
   {
