@@ -846,7 +846,7 @@ Result<QueueState*> MessageStore::Impl::queue_for_append(const QueueKey& key) {
 }
 
 void MessageStore::Impl::deleted_through(QueueState& q, std::uint64_t seq) {
-  if (seq + 1 < q.next_seq) return;  // a newer entry is still there
+  if (seq < q.next_seq - 1) return;  // a newer entry is still there (next_seq >= 1)
   q.newest_deleted = true;
   if (!q.dirty) {
     q.dirty = true;

@@ -252,35 +252,45 @@ TEST(MessageStore, ReopenRestoresSequencesContentAndTotals) {
 // go must leave the sequence to continue after a reopen, never restart.
 TEST(MessageStore, SequencesContinueAfterReopenHoweverTheNewestEntryWent) {
   TempDir dir;
+  const Options o = options_for(dir, Options::Sync::full);
   {
-    auto store = open_or_die(options_for(dir, Options::Sync::full));
+    auto store = open_or_die(o);
     ASSERT_TRUE(store);
-    // Acked: "a" keeps its older entries, "b" is acked to empty in the batch of its append.
+    // Acked: "a" keeps its older entries, "b" is acked to empty ("everything") in the batch
+    // of its append, "c" through its newest seq.
     append_one(*store, "a1", target("a"));
     append_one(*store, "a2", target("a"));
     ASSERT_TRUE(testing::ack_sync(*store, queue("a"), 1).ok());
     store->append("b1", {target("b")}, nullptr);
     store->ack(queue("b"), std::numeric_limits<std::uint64_t>::max());
     ASSERT_TRUE(store->flush().ok());
-    // Expired: met by a read ("c"), and by expire() ("d"), each the newest of its queue.
     append_one(*store, "c1", target("c"));
-    append_one(*store, "c2", target("c", 0, kPast));
-    auto read = testing::read_sync(*store, queue("c"));
+    ASSERT_TRUE(testing::ack_sync(*store, queue("c"), 1).ok());
+    // Expired and met by a read: "e" loses its newest entry, not its oldest.
+    append_one(*store, "e1", target("e"));
+    append_one(*store, "e2", target("e", 0, kPast));
+    auto read = testing::read_sync(*store, queue("e"));
     ASSERT_TRUE(read.ok());
     EXPECT_EQ(read->size(), 1u);
+  }
+  {
+    auto store = open_or_die(o);
+    ASSERT_TRUE(store);
+    EXPECT_EQ(append_one(*store, "a3", target("a")), 3u);
+    EXPECT_EQ(append_one(*store, "b2", target("b")), 2u);
+    EXPECT_EQ(append_one(*store, "c2", target("c")), 2u);
+    EXPECT_EQ(append_one(*store, "e3", target("e")), 3u);
+    EXPECT_THAT(messages_of(*store, queue("a")), ElementsAre("a2", "a3"));
+    EXPECT_THAT(messages_of(*store, queue("e")), ElementsAre("e1", "e3"));
+    // Expired and deleted by expire().
     append_one(*store, "d1", target("d", 0, kPast));
     auto expired = testing::expire_sync(*store);
     ASSERT_TRUE(expired.ok());
     EXPECT_EQ(*expired, 1u);
   }
-  auto store = open_or_die(options_for(dir, Options::Sync::full));
+  auto store = open_or_die(o);
   ASSERT_TRUE(store);
-  EXPECT_EQ(append_one(*store, "a3", target("a")), 3u);
-  EXPECT_EQ(append_one(*store, "b2", target("b")), 2u);
-  EXPECT_EQ(append_one(*store, "c3", target("c")), 3u);
   EXPECT_EQ(append_one(*store, "d2", target("d")), 2u);
-  EXPECT_THAT(messages_of(*store, queue("a")), ElementsAre("a2", "a3"));
-  EXPECT_THAT(messages_of(*store, queue("c")), ElementsAre("c1", "c3"));
   EXPECT_TRUE(store->check_integrity().ok());
 }
 
