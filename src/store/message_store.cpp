@@ -44,9 +44,9 @@ constexpr int kCheckpointPages = 1000;
 // After a checkpoint SQLite truncates the WAL file to this size, so one burst does not pin disk.
 constexpr const char* kJournalSizeLimit = "PRAGMA journal_size_limit = 67108864";
 // Some SQLite builds (Debian's among them) default to secure_delete = ON, which overwrites
-// every freed page with zeros and so writes it to the WAL: a queue frees and reuses pages all
-// the time, which made that several page writes of every commit. FAST still zeroes deleted
-// rows in the pages a commit writes anyway, at no extra I/O.
+// every freed page with zeros and so writes it to the WAL. A queue frees and reuses pages all
+// the time, so that cost commits extra page writes. FAST still zeroes deleted rows within the
+// pages a commit writes anyway, at no extra I/O.
 constexpr const char* kSecureDelete = "PRAGMA secure_delete = FAST";
 
 constexpr std::int64_t kMaxSqlInt = std::numeric_limits<std::int64_t>::max();

@@ -2,6 +2,7 @@
 #include "store/message_store.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <future>
 #include <limits>
 #include <string>
@@ -170,10 +171,14 @@ TEST(MessageStore, AcksAloneWaitToShareTheNextCommit) {
   const std::uint64_t commits = store->stats().commits_total;
 
   std::promise<Status> acked;
+  auto acked_future = acked.get_future();
   store->ack(queue("q"), 1, [&acked](Status s) { acked.set_value(std::move(s)); });
   store->ack(queue("q"), 2);
+  // Alone, the acks wait (an hour here): nothing commits them.
+  EXPECT_EQ(acked_future.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  EXPECT_EQ(store->stats().acked_total, 0u);
   append_one(*store, "m4", target("q"));
-  ASSERT_TRUE(acked.get_future().get().ok());
+  ASSERT_TRUE(acked_future.get().ok());
 
   const Stats s = store->stats();
   EXPECT_EQ(s.commits_total, commits + 1) << "the acks and the append share one commit";
