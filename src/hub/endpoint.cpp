@@ -1,5 +1,7 @@
 #include "hub/endpoint.hpp"
 
+#include <algorithm>
+
 #include "core/clock.hpp"
 #include "core/log.hpp"
 
@@ -40,18 +42,42 @@ Endpoint::Lane& Endpoint::lane(std::int32_t priority) {
   return it->second;
 }
 
+bool Endpoint::cacheable(const Lane& l, std::uint64_t seq) const {
+  // Cache only while a consumer is attached, the cache is contiguous and small; otherwise the
+  // entry waits on disk and is read back when the consumer gets to it.
+  const std::size_t cache_limit = std::max<std::size_t>(4 * max_inflight_, 256);
+  return attached() && !l.loading && !l.backlog && seq == l.loaded_through + 1 &&
+         l.cache.size() < cache_limit;
+}
+
+bool Endpoint::appending(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
+                         std::shared_ptr<const Message> message) {
+  Lane& l = lane(priority);
+  if (!cacheable(l, seq)) return false;
+  l.cache.push_back(Pending{seq, expires_at_ms, std::move(message), {}, {}});
+  l.loaded_through = seq;
+  pump();
+  return true;
+}
+
+void Endpoint::append_failed(std::int32_t priority, std::uint64_t seq) {
+  Lane& l = lane(priority);
+  auto it = std::find_if(l.cache.begin(), l.cache.end(),
+                         [seq](const Pending& p) { return p.seq == seq; });
+  if (it != l.cache.end()) l.cache.erase(it);
+}
+
 void Endpoint::appended(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
                         std::shared_ptr<const Message> message) {
   Lane& l = lane(priority);
   l.appended_through = std::max(l.appended_through, seq);
+  // Already here: taken by appending() before the commit, or returned by a read.
+  if (seq <= l.loaded_through) return;
   // A running read may or may not return this entry: the store can run the read before the
   // append in one group commit, and the notification can still reach us first. The read's
   // completion compares what it got with appended_through and reads again if it fell short.
   if (l.loading) return;
-  // Cache only while a consumer is attached, the cache is contiguous and small; otherwise the
-  // entry waits on disk and is read back when the consumer gets to it.
-  std::size_t cache_limit = std::max<std::size_t>(4 * max_inflight_, 256);
-  if (attached() && !l.backlog && seq == l.loaded_through + 1 && l.cache.size() < cache_limit) {
+  if (cacheable(l, seq)) {
     l.cache.push_back(Pending{seq, expires_at_ms, std::move(message), {}, {}});
     l.loaded_through = seq;
     pump();

@@ -3,6 +3,9 @@
 //
 // Memory stays bounded whatever the backlog: only a window of recently appended messages is
 // cached while the consumer keeps up; everything else is read back from the store in batches.
+// The hub may offer an entry before its commit (appending(): its sequence number is final);
+// the publisher's PUBACK still waits for the commit, so a commit that never happens can only
+// cause a duplicate, never a loss.
 // Delivery is at-least-once: an entry is deleted from its queue only when the consumer has
 // acknowledged it and every earlier entry of that queue; on disconnect everything not yet
 // acknowledged is delivered again (with DUP set) to the next session.
@@ -97,6 +100,15 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   const routing::Endpoint& endpoint() const { return endpoint_; }
   std::string id() const { return endpoint_.id(); }
 
+  // A message is being committed to this endpoint's queue `priority` as `seq` (its final
+  // position, store::MessageStore::Placement). If the consumer is keeping up (attached, no
+  // backlog, `seq` next in line, room in the cache) it is queued for delivery now and true is
+  // returned; otherwise nothing changes and appended() will do what is needed after the commit.
+  bool appending(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
+                 std::shared_ptr<const Message> message);
+  // The append appending() took did not commit: unsent, it is dropped. Once sent it stays sent
+  // (its publisher, told of the failure, sends it again: a duplicate, never a loss).
+  void append_failed(std::int32_t priority, std::uint64_t seq);
   // A message was committed to this endpoint's queue `priority` with sequence `seq`.
   void appended(std::int32_t priority, std::uint64_t seq, std::int64_t expires_at_ms,
                 std::shared_ptr<const Message> message);
@@ -140,6 +152,8 @@ class Endpoint : public std::enable_shared_from_this<Endpoint> {
   };
 
   Lane& lane(std::int32_t priority);
+  // Whether `seq` can join the lane's cache: delivered in order from memory, not read back.
+  bool cacheable(const Lane& l, std::uint64_t seq) const;
   void pump();
   void load(Lane& lane);
   void on_ack(std::int32_t priority, std::uint64_t seq, std::uint64_t generation);

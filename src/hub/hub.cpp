@@ -435,44 +435,78 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
     }
   }
   const std::int64_t now = now_unix_ms();
+  auto in = std::make_shared<Ingested>();
   std::vector<store::Target> targets;
   targets.reserve(matches.size());
+  in->expires_at_ms.reserve(matches.size());
   for (const auto& match : matches) {
     std::int64_t ttl =
         match.ttl_secs != 0 ? static_cast<std::int64_t>(match.ttl_secs) : default_ttl_secs_;
     std::int64_t expires = ttl < 0 ? 0 : now + ttl * 1000;
     targets.push_back(store::Target{store::QueueKey{match.endpoint.id(), match.priority}, expires});
+    in->expires_at_ms.push_back(expires);
   }
-  auto message = std::make_shared<const Message>(std::move(m));
-  std::weak_ptr<Hub> weak = weak_from_this();
-  std::string bytes = encode_message(*message);
-  auto on_commit = [weak, inbox = commits_, message, matches = std::move(matches), targets,
+  in->sent_early.assign(matches.size(), 0);
+  in->matches = std::move(matches);
+  in->message = std::make_shared<const Message>(std::move(m));
+  std::string bytes = encode_message(*in->message);
+  auto on_commit = [weak = weak_from_this(), inbox = commits_, in,
                     done = std::move(done)](Result<std::vector<std::uint64_t>> r) mutable {
-    inbox->post([weak, message = std::move(message), matches = std::move(matches),
-                 targets = std::move(targets), done = std::move(done), r = std::move(r)] {
+    inbox->post([weak, in = std::move(in), done = std::move(done), r = std::move(r)] {
       auto self = weak.lock();
       if (!self) return;
-      if (!r) {
-        done(std::move(r).error());
-        return;
-      }
-      for (std::size_t i = 0; i < matches.size(); ++i) {
-        self->endpoint(matches[i].endpoint)
-            ->appended(matches[i].priority, (*r)[i], targets[i].expires_at_ms, message);
-      }
-      done({});
+      self->committed(*in, r);
+      done(r ? Status{} : Status(r.error()));
     });
   };
   // Handed to the store together once this turn of the event loop is over: every publish read
   // in it (from every client) goes into one group commit, and the writer wakes once, instead
   // of waking at the first publish and committing it alone.
   if (appends_.empty()) {
-    asio::post(io_, [weak] {
-      if (auto self = weak.lock()) self->store_.append_all(std::exchange(self->appends_, {}));
+    asio::post(io_, [weak = weak_from_this()] {
+      if (auto self = weak.lock()) self->store_appends();
     });
   }
   appends_.push_back(store::MessageStore::AppendRequest{std::move(bytes), std::move(targets),
                                                         std::move(on_commit)});
+  ingested_.push_back(std::move(in));
+}
+
+void Hub::store_appends() {
+  auto placements = store_.append_all(std::exchange(appends_, {}));
+  auto ingested = std::exchange(ingested_, {});
+  // A module input gets an entry while its commit is under way rather than after it. Nothing
+  // of at-least-once is given up: the publisher's PUBACK still waits for the commit, so should
+  // the commit never happen (a crash, a failed write) the publisher sends the message again,
+  // and the module at worst sees it twice — as it may after any lost PUBACK. The sequence
+  // number is final (never given twice, MessageStore::Placement), so the module's PUBACK
+  // deletes this entry and no other, in the same commit or a later one. $upstream waits for the
+  // commit: the cloud deduplicates by queue position, which a crash before the commit would
+  // give to another message after the restart.
+  for (std::size_t i = 0; i < placements.size(); ++i) {
+    if (!placements[i].expected) continue;
+    Ingested& in = *ingested[i];
+    for (std::size_t j = 0; j < in.matches.size(); ++j) {
+      const auto& match = in.matches[j];
+      if (match.endpoint.kind != routing::Endpoint::Kind::module_input) continue;
+      const std::uint64_t seq = placements[i].seqs[j];
+      if (endpoint(match.endpoint)
+              ->appending(match.priority, seq, in.expires_at_ms[j], in.message)) {
+        in.sent_early[j] = seq;
+      }
+    }
+  }
+}
+
+void Hub::committed(Ingested& in, const Result<std::vector<std::uint64_t>>& r) {
+  for (std::size_t j = 0; j < in.matches.size(); ++j) {
+    const auto& match = in.matches[j];
+    if (r) {
+      endpoint(match.endpoint)->appended(match.priority, (*r)[j], in.expires_at_ms[j], in.message);
+    } else if (in.sent_early[j] != 0) {
+      endpoint(match.endpoint)->append_failed(match.priority, in.sent_early[j]);
+    }
+  }
 }
 
 void Hub::CommitInbox::post(std::function<void()> handler) {

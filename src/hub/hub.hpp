@@ -249,8 +249,24 @@ class Hub : public std::enable_shared_from_this<Hub> {
   // The dead letters in the store, oldest first: (atMs, key).
   std::set<std::pair<std::int64_t, std::string>> dead_letters_;
 
-  // Appends from this turn of the event loop, handed to the store together.
+  // A routed message from its hand-over to the store until its commit.
+  struct Ingested {
+    std::shared_ptr<const Message> message;
+    std::vector<routing::RouteMatch> matches;
+    std::vector<std::int64_t> expires_at_ms;  // per match
+    // Per match: the sequence number of an entry handed to its consumer before the commit;
+    // 0 for the others.
+    std::vector<std::uint64_t> sent_early;
+  };
+  // Hands this turn's appends to the store, then offers the module inputs among their
+  // endpoints each entry at once (Endpoint::appending).
+  void store_appends();
+  void committed(Ingested& in, const Result<std::vector<std::uint64_t>>& r);
+
+  // Appends from this turn of the event loop, handed to the store together; ingested_[i] is
+  // appends_[i]'s message.
   std::vector<store::MessageStore::AppendRequest> appends_;
+  std::vector<std::shared_ptr<Ingested>> ingested_;
   // Append results come back from the store's thread: queued here and run on the hub thread
   // in one posted handler per group commit. Shared with the store callbacks, which may
   // outlive the hub.

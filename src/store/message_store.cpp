@@ -97,7 +97,7 @@ struct AppendOp {
   std::string message;
   std::vector<Target> targets;
   MessageStore::AppendDone done;
-  std::vector<std::uint64_t> seqs;
+  std::vector<std::uint64_t> seqs;  // assigned at submission, one per target
   std::optional<Error> error;
   void complete() {
     if (!done) return;
@@ -211,7 +211,8 @@ class MessageStore::Impl {
 
   Status open();
   void submit(Op op);
-  void submit_all(std::vector<MessageStore::AppendRequest> requests);
+  std::vector<MessageStore::Placement> submit_all(
+      std::vector<MessageStore::AppendRequest> requests);
   Stats stats() const;
   Status flush();
   Result<std::optional<std::string>> get(std::string_view table, std::string_view key) const;
@@ -236,6 +237,12 @@ class MessageStore::Impl {
 
   void run();
   void take_pending_locked();
+  // Gives the append its sequence numbers and says whether it is expected to commit.
+  MessageStore::Placement place_locked(AppendOp& op);
+  // The batch is over (committed, failed or cancelled): its appends stop counting as unsettled
+  // and submitters see the store's new size and health, before any callback runs (a callback
+  // may submit more); then every request's callback runs, in order.
+  void complete_batch();
   void run_batch();
   void run_unhealthy_batch(std::int64_t now);
   Status execute(Op& op, std::int64_t now);
@@ -277,6 +284,13 @@ class MessageStore::Impl {
   std::vector<Op> pending_;  // guarded by mu_
   bool stopping_ = false;    // guarded by mu_
   std::thread writer_;
+  // ---- guarded by mu_: what submitters need to place an append (MessageStore::Placement) ----
+  // The next sequence number of each queue. Never lowered, also when a failed batch makes the
+  // writer reload its own view from the file.
+  std::unordered_map<QueueKey, std::uint64_t, QueueKeyHash> next_seqs_;
+  std::uint64_t unsettled_bytes_ = 0;  // bodies of appends submitted and not yet settled
+  std::uint64_t settled_bytes_ = 0;    // committed_bytes_ as of the last settled batch
+  bool accepting_ = true;              // healthy and not refusing writes, as of that batch
 
   mutable std::mutex stats_mu_;
   Stats stats_;  // guarded by stats_mu_
@@ -324,6 +338,11 @@ Status MessageStore::Impl::open() {
   if (auto s = open_writer(); !s) return s;
   if (auto s = load_state(); !s) return s;
   if (auto s = open_reader(); !s) return s;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, queue] : queues_) next_seqs_.emplace(key, queue.next_seq);
+    settled_bytes_ = committed_bytes_;
+  }
 
   batch_.reserve(std::min<std::size_t>(options_.max_batch, 1024));
   pending_.reserve(batch_.capacity());
@@ -456,6 +475,7 @@ void MessageStore::Impl::submit(Op op) {
   bool wake = false;
   {
     std::lock_guard lock(mu_);
+    if (auto* append = std::get_if<AppendOp>(&op)) place_locked(*append);
     // The writer only sleeps when pending_ is empty, so only the first submission after it
     // drained the queue needs to signal; the rest ride along without a futex call.
     wake = pending_.empty();
@@ -464,18 +484,69 @@ void MessageStore::Impl::submit(Op op) {
   if (wake) cv_.notify_one();
 }
 
-void MessageStore::Impl::submit_all(std::vector<MessageStore::AppendRequest> requests) {
-  if (requests.empty()) return;
+std::vector<MessageStore::Placement> MessageStore::Impl::submit_all(
+    std::vector<MessageStore::AppendRequest> requests) {
+  std::vector<MessageStore::Placement> placements;
+  if (requests.empty()) return placements;
+  placements.reserve(requests.size());
   bool wake = false;
   {
     std::lock_guard lock(mu_);
     wake = pending_.empty();
     for (auto& r : requests) {
-      pending_.emplace_back(
-          AppendOp{std::move(r.message), std::move(r.targets), std::move(r.done), {}, {}});
+      AppendOp op{std::move(r.message), std::move(r.targets), std::move(r.done), {}, {}};
+      placements.push_back(place_locked(op));
+      pending_.emplace_back(std::move(op));
     }
   }
   if (wake) cv_.notify_one();
+  return placements;
+}
+
+MessageStore::Placement MessageStore::Impl::place_locked(AppendOp& op) {
+  const std::uint64_t size = op.message.size();
+  unsettled_bytes_ += size;
+  // What exec_append refuses whatever the store holds gets no sequence numbers: bad input
+  // changes nothing.
+  bool valid = !op.targets.empty() && size <= max_message_bytes_;
+  for (std::size_t i = 0; valid && i < op.targets.size(); ++i) {
+    for (std::size_t j = i + 1; j < op.targets.size(); ++j) {
+      if (op.targets[i].queue == op.targets[j].queue) valid = false;
+    }
+  }
+  if (!valid) return {};
+  op.seqs.reserve(op.targets.size());
+  for (const Target& target : op.targets) {
+    auto [it, inserted] = next_seqs_.try_emplace(target.queue, 1);
+    op.seqs.push_back(it->second++);
+  }
+  // exec_append's size cap, against the committed bytes plus every append not yet settled
+  // (this one included; acks not yet committed do not count as freed): never more optimistic.
+  bool expected = accepting_;
+  if (expected && options_.max_bytes != 0) {
+    const std::uint64_t used = settled_bytes_ + unsettled_bytes_;
+    expected = used <= options_.max_bytes;
+  }
+  return MessageStore::Placement{op.seqs, expected};
+}
+
+void MessageStore::Impl::complete_batch() {
+  std::uint64_t settled = 0;
+  for (const Op& op : batch_) {
+    if (const auto* append = std::get_if<AppendOp>(&op)) settled += append->message.size();
+  }
+  bool accepting = false;
+  {
+    std::lock_guard lock(stats_mu_);
+    accepting = stats_.healthy && !stats_.refusing;
+  }
+  {
+    std::lock_guard lock(mu_);
+    unsettled_bytes_ -= std::min(unsettled_bytes_, settled);
+    settled_bytes_ = committed_bytes_;
+    accepting_ = accepting;
+  }
+  for (Op& op : batch_) complete(op);
 }
 
 void MessageStore::Impl::take_pending_locked() {
@@ -516,10 +587,8 @@ void MessageStore::Impl::run() {
       // Callbacks of cancelled work may submit more (a chained request); loop until dry.
       if (batch_.empty()) return;
       const Error cancelled = make_error(errc::cancelled, "store: shutting down");
-      for (Op& op : batch_) {
-        set_error(op, cancelled);
-        complete(op);
-      }
+      for (Op& op : batch_) set_error(op, cancelled);
+      complete_batch();
       batch_.clear();
       continue;
     }
@@ -545,7 +614,7 @@ void MessageStore::Impl::run_batch() {
       } else {
         fail_batch(s.error());
       }
-      for (Op& op : batch_) complete(op);
+      complete_batch();
       return;
     }
     needs_reload_ = false;
@@ -575,7 +644,7 @@ void MessageStore::Impl::run_batch() {
       if (auto* f = std::get_if<FlushOp>(&op)) f->error = sticky_error();
     }
   }
-  for (Op& op : batch_) complete(op);
+  complete_batch();
 }
 
 void MessageStore::Impl::run_unhealthy_batch(std::int64_t now) {
@@ -598,7 +667,7 @@ void MessageStore::Impl::run_unhealthy_batch(std::int64_t now) {
                },
                op);
   }
-  for (Op& op : batch_) complete(op);
+  complete_batch();
 }
 
 Status MessageStore::Impl::execute(Op& op, std::int64_t now) {
@@ -808,19 +877,21 @@ Status MessageStore::Impl::exec_append(AppendOp& op, std::int64_t now) {
     if (auto s = q.run("insert message"); !s) return s;
   }
   const std::int64_t msg_id = sqlite3_last_insert_rowid(writer_db_->handle());
-  op.seqs.reserve(op.targets.size());
-  for (const Target& target : op.targets) {
+  for (std::size_t i = 0; i < op.targets.size(); ++i) {
+    const Target& target = op.targets[i];
+    const std::uint64_t seq = op.seqs[i];  // assigned at submission (place_locked)
     auto queue = queue_for_append(target.queue);
     if (!queue) return std::move(queue).error();
     QueueState& state = **queue;
     Query q(*writer_db_, Sql::kInsertEntry);
     q.bind_int(1, state.id);
-    q.bind_int(2, to_sql(state.next_seq));
+    q.bind_int(2, to_sql(seq));
     q.bind_int(3, msg_id);
     q.bind_int(4, now);
     q.bind_int(5, target.expires_at_ms);
     if (auto s = q.run("insert entry"); !s) return s;
-    op.seqs.push_back(state.next_seq++);
+    // Past any gap a failed append left (its number is not given again).
+    state.next_seq = std::max(state.next_seq, seq + 1);
     state.appended_here = true;
     state.newest_deleted = false;  // the newest entry is this one, and it is there
   }
@@ -1144,8 +1215,8 @@ void MessageStore::append(std::string message, std::vector<Target> targets, Appe
   impl_->submit(AppendOp{std::move(message), std::move(targets), std::move(done), {}, {}});
 }
 
-void MessageStore::append_all(std::vector<AppendRequest> requests) {
-  impl_->submit_all(std::move(requests));
+std::vector<MessageStore::Placement> MessageStore::append_all(std::vector<AppendRequest> requests) {
+  return impl_->submit_all(std::move(requests));
 }
 
 void MessageStore::ack(QueueKey queue, std::uint64_t seq, Done done) {

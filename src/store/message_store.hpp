@@ -141,9 +141,21 @@ class MessageStore {
     std::vector<Target> targets;
     AppendDone done;
   };
+  // Where append_all placed a request, known before its commit: the sequence number its entry
+  // in each target gets if it commits (in the order of `targets`), and whether the store expects
+  // it to — it accepts writes, and the message fits the store's limits with everything not yet
+  // committed counted in. Sequence numbers are assigned at submission, in submission order, and
+  // never twice in this process: an append that fails leaves a gap, so an entry handed to a
+  // consumer before its commit cannot be mistaken for a later one. Not a promise of anything
+  // else: only `done` says the entry is on disk.
+  struct Placement {
+    std::vector<std::uint64_t> seqs;  // empty if the request names no target
+    bool expected = false;
+  };
   // append() for each request, in order, handed over at once: they go into the same group
-  // commit (up to max_batch) and cost the caller one lock and the writer one wake-up.
-  void append_all(std::vector<AppendRequest> requests);
+  // commit (up to max_batch) and cost the caller one lock and the writer one wake-up. Returns
+  // each request's placement.
+  std::vector<Placement> append_all(std::vector<AppendRequest> requests);
 
   // Removes entry `seq` of `queue` (and every earlier entry of that queue). Idempotent. The
   // removal is committed with the next group commit; `done` (optional) runs after it.

@@ -1068,7 +1068,7 @@ class ModuleClient:
     """A paho client logged in as a module, with its own network thread and no reconnects."""
 
     def __init__(self, cairnd, module, clean_session=True, tls=True, keepalive=60, will=None,
-                 password=None, username=None, client_id=None, max_inflight=20, auto_ack=True):
+                 password=None, username=None, client_id=None, max_inflight=20):
         self.cairnd = cairnd
         self.module = module
         self.client_id = client_id if client_id is not None else cairnd.client_id(module)

@@ -31,12 +31,17 @@ class AckingConsumer : public Consumer {
                std::function<void()> on_ack) override {
     payloads.push_back(m.body);
     positions.push_back(at);
-    if (acks) asio::post(io_, std::move(on_ack));
+    if (acks) {
+      asio::post(io_, std::move(on_ack));
+    } else {
+      held.push_back(std::move(on_ack));
+    }
     return true;
   }
-  bool acks = true;  // false: nothing is ever acknowledged (a link that never answers)
+  bool acks = true;  // false: acknowledgements are held (a link that does not answer)
   std::vector<std::string> payloads;
   std::vector<QueuePosition> positions;
+  std::vector<std::function<void()>> held;  // with acks = false: the PUBACKs not sent yet
 
  private:
   asio::io_context& io_;
@@ -70,6 +75,31 @@ struct Harness {
       endpoint->appended(priority, seq, 0, std::make_shared<const Message>(message(body)));
     }
     return seq;
+  }
+
+  // Hands `bodies` to the store in one go as the hub does: each entry is offered to the
+  // endpoint before its commit (Endpoint::appending) and announced after it (appended), or
+  // withdrawn if it failed. Returns the placements.
+  std::vector<store::MessageStore::Placement> append_early(const std::vector<std::string>& bodies) {
+    std::vector<store::MessageStore::AppendRequest> requests;
+    for (const auto& body : bodies) {
+      auto m = std::make_shared<const Message>(message(body));
+      requests.push_back({encode_message(*m),
+                          {target("filter/in")},
+                          [this, m](Result<std::vector<std::uint64_t>> r) {
+                            asio::post(io, [this, m, r = std::move(r)] {
+                              if (r) endpoint->appended(0, (*r)[0], 0, m);
+                            });
+                          }});
+    }
+    auto placements = store->append_all(std::move(requests));
+    for (std::size_t i = 0; i < placements.size(); ++i) {
+      if (placements[i].expected) {
+        endpoint->appending(0, placements[i].seqs[0], 0,
+                            std::make_shared<const Message>(message(bodies[i])));
+      }
+    }
+    return placements;
   }
 
   // Runs the hub thread's work and the store's until both are idle.
@@ -143,6 +173,70 @@ TEST(Endpoint, ADeliveryNamesItsStoredEntryAlikeAfterARestart) {
   h.endpoint->has_backlog(3);
   h.settle();
   EXPECT_EQ(sorted_positions(*h.consumer), stored);
+}
+
+TEST(Endpoint, AnEntryGoesOutWhileItsCommitIsUnderWayAndOnlyOnce) {
+  TempDir dir;
+  Harness h(dir, 16);
+  h.endpoint->has_backlog(0);  // as at start-up: read the queue, here empty
+  h.settle();
+  {
+    store::testing::WriterGate gate(*h.store);  // no commit until released
+    const auto placements = h.append_early({"a", "b"});
+    ASSERT_EQ(placements.size(), 2u);
+    EXPECT_TRUE(placements[0].expected && placements[1].expected);
+    EXPECT_EQ(placements[0].seqs, std::vector<std::uint64_t>{1});
+    EXPECT_EQ(placements[1].seqs, std::vector<std::uint64_t>{2});
+    h.io.poll();
+    EXPECT_EQ(h.consumer->payloads, (std::vector<std::string>{"a", "b"}));
+    EXPECT_EQ(h.store->stats().appended_total, 0u);
+  }
+  h.settle();
+  // Announced again after the commit, neither is sent twice; the acks deleted both.
+  EXPECT_EQ(h.consumer->payloads, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(h.store->stats().appended_total, 2u);
+  EXPECT_EQ(h.store->stats().acked_total, 2u);
+  EXPECT_TRUE(store::testing::messages_of(*h.store, store::testing::queue("filter/in")).empty());
+  // Later appends, early or not, follow in order.
+  h.append("c");
+  h.append_early({"d"});
+  h.settle();
+  EXPECT_EQ(h.consumer->payloads, (std::vector<std::string>{"a", "b", "c", "d"}));
+}
+
+TEST(Endpoint, AnEntryWhoseAppendFailedIsNotSentIfStillWaiting) {
+  TempDir dir;
+  Harness h(dir, 1);  // one delivery in flight: the second entry waits in the cache
+  h.endpoint->has_backlog(0);
+  h.settle();
+  h.consumer->acks = false;
+  const auto msg = [](const std::string& body) {
+    return std::make_shared<const Message>(message(body));
+  };
+  ASSERT_TRUE(h.endpoint->appending(0, 1, 0, msg("sent")));
+  ASSERT_TRUE(h.endpoint->appending(0, 2, 0, msg("failed")));
+  ASSERT_TRUE(h.endpoint->appending(0, 3, 0, msg("kept")));
+  EXPECT_EQ(h.consumer->payloads, std::vector<std::string>{"sent"});
+  h.endpoint->append_failed(0, 2);
+  h.endpoint->append_failed(0, 1);  // already sent: stays sent, its ack still counts
+  ASSERT_EQ(h.consumer->held.size(), 1u);
+  h.consumer->held[0]();
+  h.io.poll();
+  EXPECT_EQ(h.consumer->payloads, (std::vector<std::string>{"sent", "kept"}));
+  EXPECT_EQ(h.endpoint->counters().acked, 1u);
+}
+
+TEST(Endpoint, AnEntryIsNotTakenEarlyOutOfOrderOrWithoutAConsumer) {
+  TempDir dir;
+  Harness h(dir, 16);
+  const auto m = std::make_shared<const Message>(message("x"));
+  EXPECT_FALSE(h.endpoint->appending(0, 1, 0, m));  // the queue was never read: may hold more
+  h.endpoint->has_backlog(0);
+  h.settle();
+  EXPECT_FALSE(h.endpoint->appending(0, 2, 0, m));  // 1 is not here yet
+  h.endpoint->detach(h.consumer.get());
+  EXPECT_FALSE(h.endpoint->appending(0, 1, 0, m));
+  EXPECT_TRUE(h.consumer->payloads.empty());
 }
 
 }  // namespace

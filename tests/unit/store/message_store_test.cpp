@@ -403,12 +403,13 @@ TEST(MessageStore, SizeCapRefusesAndChangesNothing) {
   EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre(std::string(60, 'a')));
   EXPECT_THAT(messages_of(*store, queue("r")), IsEmpty());
 
-  // Exactly full is allowed; the rejected append did not consume a sequence number.
-  EXPECT_EQ(append_one(*store, std::string(40, 'd'), target("q")), 2u);
+  // Exactly full is allowed. The refused append's sequence number in q (2, handed out at
+  // submission) is not given again: a consumer may have been told of it (Placement).
+  EXPECT_EQ(append_one(*store, std::string(40, 'd'), target("q")), 3u);
   EXPECT_EQ(store->stats().stored_bytes, 100u);
   // Acking frees space.
-  ASSERT_TRUE(testing::ack_sync(*store, queue("q"), 2).ok());
-  EXPECT_EQ(append_one(*store, std::string(100, 'e'), target("q")), 3u);
+  ASSERT_TRUE(testing::ack_sync(*store, queue("q"), 3).ok());
+  EXPECT_EQ(append_one(*store, std::string(100, 'e'), target("q")), 4u);
 }
 
 TEST(MessageStore, SizeCapCountsAppendsQueuedInTheSameBatch) {
@@ -440,6 +441,57 @@ TEST(MessageStore, SizeCapCountsAppendsQueuedInTheSameBatch) {
   const Stats s = store->stats();
   EXPECT_EQ(s.stored_bytes, 80u);
   EXPECT_EQ(s.rejected_full_total, 1u);
+}
+
+TEST(MessageStore, AppendAllPlacesEachRequestBeforeItsCommit) {
+  TempDir dir;
+  Options o = options_for(dir);
+  o.max_bytes = 100;
+  auto store = open_or_die(o);
+  ASSERT_TRUE(store);
+  std::vector<Result<std::vector<std::uint64_t>>> results(4, make_error(errc::internal, "none"));
+  std::vector<MessageStore::Placement> placements;
+  {
+    testing::WriterGate gate(*store);
+    std::vector<MessageStore::AppendRequest> requests;
+    const std::vector<std::pair<std::size_t, std::vector<Target>>> shapes = {
+        {60, {target("q")}}, {1, {}}, {41, {target("q")}}, {30, {target("r")}}};
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      requests.push_back(
+          {std::string(shapes[i].first, 'm'), shapes[i].second,
+           [&results, i](Result<std::vector<std::uint64_t>> r) { results[i] = std::move(r); }});
+    }
+    placements = store->append_all(std::move(requests));
+    gate.release();
+    ASSERT_TRUE(store->flush().ok());
+  }
+  ASSERT_EQ(placements.size(), 4u);
+  // Fits: placed, expected, and committed where it was placed.
+  EXPECT_EQ(placements[0].seqs, std::vector<std::uint64_t>{1});
+  EXPECT_TRUE(placements[0].expected);
+  ASSERT_TRUE(results[0].ok());
+  EXPECT_EQ(*results[0], placements[0].seqs);
+  // Bad input gets no sequence number.
+  EXPECT_TRUE(placements[1].seqs.empty());
+  EXPECT_FALSE(placements[1].expected);
+  EXPECT_EQ(results[1].error().code, errc::invalid_argument);
+  // Over the cap with what is not committed yet: not expected, and refused.
+  EXPECT_EQ(placements[2].seqs, std::vector<std::uint64_t>{2});
+  EXPECT_FALSE(placements[2].expected);
+  EXPECT_EQ(results[2].error().code, errc::limit_exceeded);
+  // Placement never promises more than the commit gives: this one counted the refused 41
+  // bytes as well and was not expected, yet the writer, which knew better, stored it.
+  EXPECT_FALSE(placements[3].expected);
+  ASSERT_TRUE(results[3].ok());
+  EXPECT_EQ(*results[3], placements[3].seqs);
+  EXPECT_EQ(store->stats().stored_bytes, 90u);
+  // Settled: the refused bytes no longer count against what the next append may expect.
+  auto next = store->append_all({{std::string(10, 'n'), {target("r")}, nullptr}});
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_TRUE(next[0].expected);
+  EXPECT_EQ(next[0].seqs, std::vector<std::uint64_t>{2});
+  ASSERT_TRUE(store->flush().ok());
+  EXPECT_EQ(store->stats().stored_bytes, 100u);
 }
 
 TEST(MessageStore, AppendRejectsInvalidTargetsWithoutStoring) {
