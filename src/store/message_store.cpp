@@ -506,15 +506,30 @@ std::vector<MessageStore::Placement> MessageStore::Impl::submit_all(
 MessageStore::Placement MessageStore::Impl::place_locked(AppendOp& op) {
   const std::uint64_t size = op.message.size();
   unsettled_bytes_ += size;
-  // What exec_append refuses whatever the store holds gets no sequence numbers: bad input
-  // changes nothing.
-  bool valid = !op.targets.empty() && size <= max_message_bytes_;
-  for (std::size_t i = 0; valid && i < op.targets.size(); ++i) {
+  // Bad input is refused now, whatever the store holds, and gets no sequence number: it
+  // changes nothing. Its callback still runs with the batch it joins.
+  if (op.targets.empty()) {
+    op.error = make_error(errc::invalid_argument, "append: no target queue");
+    return {};
+  }
+  for (std::size_t i = 0; i < op.targets.size(); ++i) {
     for (std::size_t j = i + 1; j < op.targets.size(); ++j) {
-      if (op.targets[i].queue == op.targets[j].queue) valid = false;
+      if (op.targets[i].queue == op.targets[j].queue) {
+        op.error =
+            make_error(errc::invalid_argument,
+                       fmt::format("append: queue '{}' priority {} named twice",
+                                   op.targets[i].queue.endpoint, op.targets[i].queue.priority));
+        return {};
+      }
     }
   }
-  if (!valid) return {};
+  if (size > max_message_bytes_) {
+    // Refused here: SQLite would fail the bind with SQLITE_TOOBIG and poison the whole batch.
+    op.error = make_error(errc::limit_exceeded,
+                          fmt::format("append: message of {} bytes exceeds the store's limit {}",
+                                      size, max_message_bytes_));
+    return {};
+  }
   op.seqs.reserve(op.targets.size());
   for (const Target& target : op.targets) {
     auto [it, inserted] = next_seqs_.try_emplace(target.queue, 1);
@@ -834,29 +849,8 @@ void MessageStore::Impl::maybe_checkpoint() {
 // whole batch; a per-request refusal (full, bad argument) is stored in op.error instead.
 
 Status MessageStore::Impl::exec_append(AppendOp& op, std::int64_t now) {
-  if (op.targets.empty()) {
-    op.error = make_error(errc::invalid_argument, "append: no target queue");
-    return {};
-  }
-  for (std::size_t i = 0; i < op.targets.size(); ++i) {
-    for (std::size_t j = i + 1; j < op.targets.size(); ++j) {
-      if (op.targets[i].queue == op.targets[j].queue) {
-        op.error =
-            make_error(errc::invalid_argument,
-                       fmt::format("append: queue '{}' priority {} named twice",
-                                   op.targets[i].queue.endpoint, op.targets[i].queue.priority));
-        return {};
-      }
-    }
-  }
+  if (op.error) return {};  // bad input, refused at submission (place_locked)
   const std::uint64_t size = op.message.size();
-  if (size > max_message_bytes_) {
-    // Refused here: SQLite would fail the bind with SQLITE_TOOBIG and poison the whole batch.
-    op.error = make_error(errc::limit_exceeded,
-                          fmt::format("append: message of {} bytes exceeds the store's limit {}",
-                                      size, max_message_bytes_));
-    return {};
-  }
   if (options_.max_bytes != 0) {
     // Committed bytes plus what this batch has added and freed so far: two appends in one
     // batch cannot both squeeze into the same free space.

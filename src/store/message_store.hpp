@@ -149,7 +149,7 @@ class MessageStore {
   // consumer before its commit cannot be mistaken for a later one. Not a promise of anything
   // else: only `done` says the entry is on disk.
   struct Placement {
-    std::vector<std::uint64_t> seqs;  // empty if the request names no target
+    std::vector<std::uint64_t> seqs;  // empty for bad input (refused, and given no number)
     bool expected = false;
   };
   // append() for each request, in order, handed over at once: they go into the same group
