@@ -601,6 +601,18 @@ void MessageStore::Impl::run() {
     if (stopping) {
       // Callbacks of cancelled work may submit more (a chained request); loop until dry.
       if (batch_.empty()) return;
+      // Acks are still committed: cancelled, their entries would all be delivered again after
+      // the restart. Everything else not yet done is cancelled.
+      const auto acks_end = std::stable_partition(batch_.begin(), batch_.end(), [](const Op& op) {
+        return std::holds_alternative<AckOp>(op);
+      });
+      if (acks_end != batch_.begin()) {
+        std::vector<Op> rest(std::make_move_iterator(acks_end),
+                             std::make_move_iterator(batch_.end()));
+        batch_.erase(acks_end, batch_.end());
+        run_batch();
+        batch_ = std::move(rest);
+      }
       const Error cancelled = make_error(errc::cancelled, "store: shutting down");
       for (Op& op : batch_) set_error(op, cancelled);
       complete_batch();

@@ -24,8 +24,9 @@
 //
 // Thread-safety: every public method is thread-safe. All SQLite work happens on one internal
 // thread; callbacks run on that thread and must not block or throw (post the result elsewhere).
-// Ownership: the store must outlive every callback it has been given; its destructor runs the
-// callbacks of work already queued (with errc::cancelled for anything not done) and joins.
+// Ownership: the store must outlive every callback it has been given; its destructor commits
+// the acks already queued, runs the callbacks of the other work queued (with errc::cancelled
+// for anything not done) and joins.
 #pragma once
 
 #include <cstdint>

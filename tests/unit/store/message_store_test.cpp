@@ -5,7 +5,10 @@
 #include <chrono>
 #include <future>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -576,6 +579,34 @@ TEST(MessageStore, FlushFromACallbackIsRefusedInsteadOfDeadlocking) {
   const Status s = inner.get_future().get();
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.error().code, errc::internal);
+}
+
+TEST(MessageStore, AcksQueuedAtCloseAreCommittedAndOtherWorkCancelled) {
+  TempDir dir;
+  std::optional<errc> late_append;
+  {
+    auto store = open_or_die(options_for(dir));
+    ASSERT_TRUE(store);
+    append_one(*store, "a", target("q"));
+    append_one(*store, "b", target("q"));
+    auto gate = std::make_unique<testing::WriterGate>(*store);
+    store->ack(queue("q"), 1);
+    store->append("c", {target("q")}, [&late_append](Result<std::vector<std::uint64_t>> r) {
+      late_append = r ? errc::ok : r.error().code;
+    });
+    // The store closes while its writer is held: the writer finds it closing when released.
+    std::thread releaser([&gate] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      gate->release();
+    });
+    store.reset();
+    releaser.join();
+  }
+  ASSERT_TRUE(late_append.has_value());
+  EXPECT_EQ(*late_append, errc::cancelled);
+  auto store = open_or_die(options_for(dir));
+  ASSERT_TRUE(store);
+  EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre("b"));
 }
 
 TEST(MessageStore, DestructorRunsEveryCallbackExactlyOnce) {
