@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DIE_WITH_TESTS
 from podman_engine import (ContainerEngine, build_node_module_image, busybox_links,
                            cannot_run_containers, ensure_host_config, terminate, wait_until)
 
@@ -78,8 +79,9 @@ class Registry:
                        f"    path: {self.dir / 'htpasswd'}"]
         (self.dir / "config.yml").write_text("\n".join(config) + "\n")
         self.log = open(self.dir / "registry.log", "w")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.dir / "config.yml")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*DIE_WITH_TESTS, "docker-registry", "serve", str(self.dir / "config.yml")],
+            stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(lambda: _port_accepts(port) or self.proc.poll() is not None, 30,
               f"docker-registry on {self.address}")
         if self.proc.poll() is not None:

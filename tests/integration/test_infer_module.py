@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CAIRN, HOST, SANITIZER_MARKERS, wait_for
+from conftest import CAIRN, DIE_WITH_TESTS, HOST, SANITIZER_MARKERS, wait_for
 from infer_fixtures import CAIRN_INFER, onnx_models  # noqa: F401
 import model_fixtures
 from test_model_delivery import StaticServer, pack
@@ -47,8 +47,8 @@ class InferModule:
                str(cairnd.tls_port), "--data-dir", str(data_dir), "--log-level", "debug",
                *map(str, extra)]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen([*DIE_WITH_TESTS, *cmd], stdout=subprocess.PIPE,
+                                         stderr=log, stdin=subprocess.DEVNULL, env=env)
 
     def log(self):
         return self.log_path.read_text(errors="replace")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import BIN_DIR, HOST, DEFAULT_TIMEOUT, wait_for
+from conftest import BIN_DIR, DIE_WITH_TESTS, HOST, DEFAULT_TIMEOUT, wait_for
 
 SENSOR = BIN_DIR / "cairn-sensor"
 EXAMPLE = BIN_DIR / "example-filter-module"
@@ -44,8 +44,9 @@ class Module:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen([*DIE_WITH_TESTS, *cmd], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env)
 
     def log_text(self):
         return self.log_path.read_text(errors="replace")

@@ -14,7 +14,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import BIN_DIR, HOST, DEFAULT_TIMEOUT, free_port, port_accepts, wait_for
+from conftest import (BIN_DIR, DIE_WITH_TESTS, HOST, DEFAULT_TIMEOUT, free_port, port_accepts,
+                      wait_for)
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
                                 reason="mosquitto (the broker) not installed")
@@ -37,8 +38,8 @@ class Broker:
             # certificates under a private temporary directory: stay root.
             + ("user root\n" if os.geteuid() == 0 else ""))
         self.log = open(home / "mosquitto.log", "wb")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*DIE_WITH_TESTS, "mosquitto", "-c", str(conf)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_accepts(self.port), what="mosquitto to listen")
 
     def stop(self):
@@ -117,7 +118,7 @@ def test_bad_input_from_the_hub_gets_clear_errors_and_the_module_goes_on(cairnd,
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(EXAMPLE), "--connection-string", conn,
+        proc = subprocess.Popen([*DIE_WITH_TESTS, str(EXAMPLE), "--connection-string", conn,
                                  "--ca-file", str(certs / "edge-ca.pem"),
                                  "--connect-host", HOST, "--port", str(broker.port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)

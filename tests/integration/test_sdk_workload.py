@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN_DIR, HOST, IOTHUB_HOSTNAME, wait_for
+from conftest import BIN_DIR, DIE_WITH_TESTS, HOST, IOTHUB_HOSTNAME, wait_for
 from test_agent import SLOW, deploy, edge, manifest, process_module, wait_running  # noqa: F401
 
 SENSOR = BIN_DIR / "cairn-sensor"
@@ -53,7 +53,7 @@ def test_a_process_the_agent_did_not_start_is_refused_by_the_workload_api(edge, 
                 "IOTEDGE_GATEWAYHOSTNAME": "localhost"})
     log_path = tmp_path / "intruder.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(SENSOR), "--connect-host", HOST, "--port",
+        proc = subprocess.Popen([*DIE_WITH_TESTS, str(SENSOR), "--connect-host", HOST, "--port",
                                  str(edge.tls_port)], stdout=log, stderr=subprocess.STDOUT,
                                 env=env)
     try:
