@@ -116,6 +116,7 @@ int run(const std::string& home, const std::string& config_path, const std::stri
       config->store.fsync ? store::Options::Sync::full : store::Options::Sync::normal;
   store_options.max_bytes = config->store.max_bytes;
   if (edgehub && edgehub->max_store_bytes != 0) store_options.max_bytes = edgehub->max_store_bytes;
+  store_options.append_delay_us = static_cast<int>(config->store.append_delay_us);
   store_options.exit_on_fatal = true;  // a supervisor restarts cairnd on a clean reopen
   auto store = store::MessageStore::open(store_options);
   if (!store) {

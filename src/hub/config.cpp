@@ -162,8 +162,14 @@ Result<HubConfig> load_config(const std::string& home, const std::string& path) 
     CAIRN_TRY(t.read("max_bytes", s.max_bytes));
     CAIRN_TRY(t.read("expire_interval_secs", s.expire_interval_secs));
     CAIRN_TRY(t.read("max_dead_letters", s.max_dead_letters));
+    CAIRN_TRY(t.read("append_delay_us", s.append_delay_us));
     CAIRN_TRY(t.reject_unknown());
     if (s.expire_interval_secs == 0) s.expire_interval_secs = 1;
+    if (s.append_delay_us > HubConfig::Store::kMaxAppendDelayUs) {
+      return make_error(errc::invalid_argument,
+                        path + ": store.append_delay_us must be at most " +
+                            std::to_string(HubConfig::Store::kMaxAppendDelayUs) + " (a minute)");
+    }
   }
   if (const auto* upstream = root.get_as<toml::table>("upstream")) {
     TableReader t(path, *upstream, "upstream.");

@@ -82,6 +82,10 @@ struct HubConfig {
     bool fsync = true;  // false: survives a crash of cairnd, not a power cut; faster on slow disks
     std::uint64_t max_bytes = 1024ull * 1024 * 1024;  // 1 GiB of queued messages; 0 = no cap
     std::uint32_t expire_interval_secs = 30;          // how often expired messages are deleted
+    // How long a message may wait for others to share its commit when no publisher is held up
+    // by it (store::Options::append_delay_us). 0 = commit each at once.
+    std::uint32_t append_delay_us = 2000;
+    static constexpr std::uint32_t kMaxAppendDelayUs = 60'000'000;
     // Dead letters kept (docs/failure_policy.md); beyond it the oldest is dropped and counted.
     // Each holds one message (up to mqtt.max_message_bytes). 0 = no cap.
     std::uint32_t max_dead_letters = 1000;

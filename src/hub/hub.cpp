@@ -409,7 +409,7 @@ std::shared_ptr<Endpoint> Hub::endpoint(const routing::Endpoint& e) {
   return ep;
 }
 
-void Hub::ingest(Message m, std::function<void(Status)> done) {
+void Hub::ingest(Message m, std::function<void(Status)> done, bool can_wait) {
   auto matches = route(m);
   if (matches.empty()) {
     ++counters_.messages_unrouted;
@@ -468,7 +468,7 @@ void Hub::ingest(Message m, std::function<void(Status)> done) {
     });
   }
   appends_.push_back(store::MessageStore::AppendRequest{std::move(bytes), std::move(targets),
-                                                        std::move(on_commit)});
+                                                        std::move(on_commit), can_wait});
   ingested_.push_back(std::move(in));
 }
 

@@ -161,8 +161,10 @@ class Hub : public std::enable_shared_from_this<Hub> {
                        std::string_view body);
   // Routes `m` and commits it; `done` runs on the hub thread once it is durable (or failed).
   // A message some endpoint could never be sent (its delivery topic would exceed the MQTT
-  // limit) is refused with limit_exceeded and nothing is stored.
-  void ingest(Message m, std::function<void(Status)> done);
+  // limit) is refused with limit_exceeded and nothing is stored. `can_wait`: nobody is held up
+  // until `done` runs, so the commit may wait a moment for others to share it
+  // (store::MessageStore::AppendRequest::can_wait).
+  void ingest(Message m, std::function<void(Status)> done, bool can_wait = false);
   // A stored message its endpoint can never deliver (a poison message): kept in the store's
   // dead-letter table (kDeadLetterTable, key "{endpoint}/{unix ms}-{n}") with the reason,
   // counted, and logged. The caller then settles the entry so the queue behind it moves on.

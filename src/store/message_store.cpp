@@ -35,6 +35,7 @@ namespace {
 using detail::Connection;
 using detail::Query;
 using detail::Sql;
+using SteadyClock = std::chrono::steady_clock;
 
 // The writer checkpoints once the WAL holds this many pages (SQLite's auto-checkpoint
 // default). It does so itself, after the batch's callbacks have run, instead of letting COMMIT
@@ -195,11 +196,6 @@ void complete(Op& op) {
   std::visit([](auto& o) { o.complete(); }, op);
 }
 
-bool only_acks(const std::vector<Op>& batch) {
-  return std::all_of(batch.begin(), batch.end(),
-                     [](const Op& op) { return std::holds_alternative<AckOp>(op); });
-}
-
 }  // namespace
 
 class MessageStore::Impl {
@@ -236,7 +232,13 @@ class MessageStore::Impl {
   Status open_reader();
 
   void run();
+  // Moves pending work into the batch, up to max_batch, with the time it must commit by.
   void take_pending_locked();
+  // How long the batch may wait for more work to share its commit (Options::ack_delay_ms,
+  // Options::append_delay_us); returns at once when it may not.
+  void wait_for_more_locked(std::unique_lock<std::mutex>& lock);
+  // Whether a submission that must commit by `commit_by` has to wake the writer.
+  bool must_wake_locked(SteadyClock::time_point commit_by);
   // Gives the append its sequence numbers and says whether it is expected to commit.
   MessageStore::Placement place_locked(AppendOp& op);
   // The batch is over (committed, failed or cancelled): its appends stop counting as unsettled
@@ -283,6 +285,12 @@ class MessageStore::Impl {
   std::condition_variable cv_;
   std::vector<Op> pending_;  // guarded by mu_
   bool stopping_ = false;    // guarded by mu_
+  // The earliest time by which some pending request must be committed.
+  SteadyClock::time_point pending_commit_by_ = SteadyClock::time_point::max();  // guarded by mu_
+  // Until when the writer sleeps: max() while it waits for work (any submission wakes it), the
+  // batch's commit time while it waits for more work to share the commit, min() while it runs
+  // or has been woken (no submission needs to wake it).
+  SteadyClock::time_point writer_sleeps_until_ = SteadyClock::time_point::min();  // guarded by mu_
   std::thread writer_;
   // ---- guarded by mu_: what submitters need to place an append (MessageStore::Placement) ----
   // The next sequence number of each queue. Never lowered, also when a failed batch makes the
@@ -297,6 +305,7 @@ class MessageStore::Impl {
 
   // ---- writer thread only ----
   std::vector<Op> batch_;
+  SteadyClock::time_point batch_commit_by_ = SteadyClock::time_point::max();
   std::unordered_map<QueueKey, QueueState, QueueKeyHash> queues_;  // node-based: stable pointers
   std::vector<QueueState*> dirty_;
   std::vector<std::int64_t> msg_ids_;                           // scratch
@@ -472,14 +481,17 @@ MessageStore::Impl::~Impl() {
 // Submission and the writer loop.
 
 void MessageStore::Impl::submit(Op op) {
+  // Acks may wait for other work to share their commit (Options::ack_delay_ms); nothing else
+  // submitted alone may.
+  const auto commit_by = std::holds_alternative<AckOp>(op) && options_.ack_delay_ms > 0
+                             ? SteadyClock::now() + std::chrono::milliseconds(options_.ack_delay_ms)
+                             : SteadyClock::time_point::min();
   bool wake = false;
   {
     std::lock_guard lock(mu_);
     if (auto* append = std::get_if<AppendOp>(&op)) place_locked(*append);
-    // The writer only sleeps when pending_ is empty, so only the first submission after it
-    // drained the queue needs to signal; the rest ride along without a futex call.
-    wake = pending_.empty();
     pending_.push_back(std::move(op));
+    wake = must_wake_locked(commit_by);
   }
   if (wake) cv_.notify_one();
 }
@@ -489,18 +501,37 @@ std::vector<MessageStore::Placement> MessageStore::Impl::submit_all(
   std::vector<MessageStore::Placement> placements;
   if (requests.empty()) return placements;
   placements.reserve(requests.size());
+  const bool all_can_wait =
+      options_.append_delay_us > 0 &&
+      std::all_of(requests.begin(), requests.end(),
+                  [](const MessageStore::AppendRequest& r) { return r.can_wait; });
+  const auto commit_by =
+      all_can_wait ? SteadyClock::now() + std::chrono::microseconds(options_.append_delay_us)
+                   : SteadyClock::time_point::min();
   bool wake = false;
   {
     std::lock_guard lock(mu_);
-    wake = pending_.empty();
     for (auto& r : requests) {
       AppendOp op{std::move(r.message), std::move(r.targets), std::move(r.done), {}, {}};
       placements.push_back(place_locked(op));
       pending_.emplace_back(std::move(op));
     }
+    wake = must_wake_locked(commit_by);
   }
   if (wake) cv_.notify_one();
   return placements;
+}
+
+bool MessageStore::Impl::must_wake_locked(SteadyClock::time_point commit_by) {
+  pending_commit_by_ = std::min(pending_commit_by_, commit_by);
+  // A writer that is waiting for more work is woken when this cannot wait as long, or when
+  // its batch would be full; one that runs takes pending_ when it is done. Once woken it
+  // counts as running, so the submissions that follow ride along without a futex call.
+  const bool wake = pending_commit_by_ < writer_sleeps_until_ ||
+                    (writer_sleeps_until_ != SteadyClock::time_point::min() &&
+                     pending_.size() >= options_.max_batch);
+  if (wake) writer_sleeps_until_ = SteadyClock::time_point::min();
+  return wake;
 }
 
 MessageStore::Placement MessageStore::Impl::place_locked(AppendOp& op) {
@@ -565,16 +596,33 @@ void MessageStore::Impl::complete_batch() {
 }
 
 void MessageStore::Impl::take_pending_locked() {
+  // Work left behind by a full batch keeps the earliest time: at worst it commits sooner.
+  batch_commit_by_ = std::min(batch_commit_by_, pending_commit_by_);
   if (batch_.empty() && pending_.size() <= options_.max_batch) {
     // Swapping hands the (empty, already sized) batch buffer back to producers: no allocation
     // per batch once both vectors have grown to the working size.
     batch_.swap(pending_);
+    pending_commit_by_ = SteadyClock::time_point::max();
     return;
   }
   const std::size_t room = options_.max_batch - std::min(options_.max_batch, batch_.size());
   const auto end = pending_.begin() + static_cast<std::ptrdiff_t>(std::min(room, pending_.size()));
   std::move(pending_.begin(), end, std::back_inserter(batch_));
   pending_.erase(pending_.begin(), end);
+  if (pending_.empty()) pending_commit_by_ = SteadyClock::time_point::max();
+}
+
+void MessageStore::Impl::wait_for_more_locked(std::unique_lock<std::mutex>& lock) {
+  while (!stopping_ && batch_.size() < options_.max_batch &&
+         batch_commit_by_ != SteadyClock::time_point::min() &&
+         SteadyClock::now() < batch_commit_by_) {
+    writer_sleeps_until_ = batch_commit_by_;
+    cv_.wait_until(lock, batch_commit_by_, [this] {
+      return stopping_ || writer_sleeps_until_ == SteadyClock::time_point::min();
+    });
+    writer_sleeps_until_ = SteadyClock::time_point::min();
+    take_pending_locked();
+  }
 }
 
 void MessageStore::Impl::run() {
@@ -583,21 +631,18 @@ void MessageStore::Impl::run() {
     bool stopping = false;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
-      stopping = stopping_;
-      take_pending_locked();
-      if (!stopping && options_.ack_delay_ms > 0 && only_acks(batch_)) {
-        // Acks alone wait for other work to share their commit (Options::ack_delay_ms). Should
-        // the store close meanwhile, they are still committed below, as they would have been
-        // without the wait; only what comes after is refused.
-        const auto deadline =
-            std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.ack_delay_ms);
-        while (!stopping_ && only_acks(batch_) && batch_.size() < options_.max_batch &&
-               cv_.wait_until(lock, deadline, [this] { return stopping_ || !pending_.empty(); })) {
-          take_pending_locked();
-        }
+      if (pending_.empty() && !stopping_) {
+        writer_sleeps_until_ = SteadyClock::time_point::max();
+        cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
+        writer_sleeps_until_ = SteadyClock::time_point::min();
       }
+      take_pending_locked();
+      // Should the store close while the batch waits, its acks are still committed below, as
+      // they would have been without the wait; only what comes after is refused.
+      wait_for_more_locked(lock);
+      stopping = stopping_;
     }
+    batch_commit_by_ = SteadyClock::time_point::max();
     if (stopping) {
       // Callbacks of cancelled work may submit more (a chained request); loop until dry.
       if (batch_.empty()) return;

@@ -2,6 +2,8 @@
 import threading
 import time
 
+import pytest
+
 from conftest import wait_for
 
 
@@ -295,6 +297,73 @@ def test_store_cap_delivers_nothing_it_refuses(cairnd_factory, module_client, ra
     assert got[:len(acked)] == acked
     assert len(set(got)) == len(got)
     assert 1 + len(got) == d.queue_length("filter/in")
+
+
+# A commit may wait up to store.append_delay_us for others to share it, but only while no
+# publisher is held up by it. A minute here: a PUBACK held by that wait would time out. The
+# hourly expiry keeps its own commits out of the way.
+HOLD = {"store.append_delay_us": 60_000_000, "store.expire_interval_secs": 3600}
+
+
+def _pubacks(client, n, timeout):
+    ids = []
+    for _ in range(n):
+        first, body = client.recv_packet(timeout)
+        assert first == 0x40, f"expected PUBACK, got {first:#x}"
+        ids.append(int.from_bytes(body[:2], "big"))
+    return ids
+
+
+def test_a_publisher_waiting_for_each_puback_is_not_held(cairnd_factory, raw_mqtt):
+    from conftest import publish_packet
+    d = cairnd_factory(config=HOLD)
+    sensor = raw_mqtt(d)
+    sensor.login("sensor")
+    topic = d.events_topic("sensor", {"$.on": "temp"})
+    for i in range(1, 21):
+        sensor.send(publish_packet(topic, f"m{i}", qos=1, packet_id=i))
+        assert _pubacks(sensor, 1, timeout=10) == [i]
+    assert d.queue_length("filter/in") == 20
+
+
+def test_messages_with_room_in_the_window_share_a_commit(cairnd_factory, raw_mqtt):
+    from conftest import publish_packet
+    d = cairnd_factory(config=HOLD)
+    sensor = raw_mqtt(d)
+    sensor.login("sensor")
+    topic = d.events_topic("sensor", {"$.on": "temp"})
+
+    def burst(first, n):
+        sensor.send(b"".join(publish_packet(topic, f"m{i}", qos=1, packet_id=i)
+                             for i in range(first, first + n)))
+
+    # Eight in flight at once: the client's window, as far as the hub can see.
+    burst(1, 8)
+    assert sorted(_pubacks(sensor, 8, timeout=10)) == list(range(1, 9))
+    # Four, half of it: the client could send four more before it needs a PUBACK, so they
+    # wait (nothing else may touch the store meanwhile: any request that cannot wait commits
+    # them too)...
+    burst(9, 4)
+    with pytest.raises(AssertionError, match="no packet"):
+        sensor.recv_packet(timeout=0.5)
+    # ...until more than half of the window is waiting.
+    burst(13, 4)
+    assert _pubacks(sensor, 8, timeout=10) == list(range(9, 17))
+    assert d.queue_length("filter/in") == 16
+
+
+def test_qos0_publishes_near_the_inflight_limit_are_committed(cairnd_factory, raw_mqtt):
+    # Nobody waits for a QoS 0 publish, but the hub stops reading a client with
+    # mqtt.max_inflight_in uncommitted: past half of it, a publish must not wait.
+    from conftest import publish_packet
+    d = cairnd_factory(config={**HOLD, "mqtt.max_inflight_in": 4})
+    sensor = raw_mqtt(d)
+    sensor.login("sensor")
+    topic = d.events_topic("sensor", {"$.on": "temp"})
+    sensor.send(b"".join(publish_packet(topic, f"q{i}") for i in range(10)) +
+                publish_packet(topic, "last", qos=1, packet_id=7))
+    assert _pubacks(sensor, 1, timeout=10) == [7]
+    assert d.queue_length("filter/in") == 11
 
 
 def test_large_backlog_in_order(cairnd_factory, module_client):

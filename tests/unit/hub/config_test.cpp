@@ -71,6 +71,7 @@ max_delivery_attempts = 3
 [store]
 fsync = false
 max_bytes = 1000
+append_delay_us = 0
 )");
   auto c = load_config("/h", path);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
@@ -82,6 +83,7 @@ max_bytes = 1000
   EXPECT_EQ(c->mqtt.max_delivery_attempts, 3u);
   EXPECT_FALSE(c->store.fsync);
   EXPECT_EQ(c->store.max_bytes, 1000u);
+  EXPECT_EQ(c->store.append_delay_us, 0u);
 }
 
 TEST(HubConfig, UnknownKeyNamesFileLineAndKey) {
@@ -99,6 +101,13 @@ TEST(HubConfig, WrongTypesAndRangesAreRejected) {
   EXPECT_FALSE(load_config("/h", write_temp("t3.toml", "device_id = \"a/b\"\n")).ok());
   EXPECT_FALSE(load_config("/h", write_temp("t4.toml", "device_id = \n")).ok());
   EXPECT_FALSE(load_config("/h", write_temp("t5.toml", "[mqtt]\nmax_inflight_in = 0\n")).ok());
+  auto long_delay =
+      load_config("/h", write_temp("t6.toml", "[store]\nappend_delay_us = 60000001\n"));
+  ASSERT_FALSE(long_delay.ok());
+  EXPECT_NE(long_delay.error().message.find("store.append_delay_us must be at most 60000000"),
+            std::string::npos)
+      << long_delay.error().message;
+  EXPECT_FALSE(load_config("/h", write_temp("t7.toml", "[store]\nappend_delay_us = -1\n")).ok());
 }
 
 TEST(HubConfig, AgentDockerUri) {

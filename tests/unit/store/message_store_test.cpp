@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <limits>
 #include <memory>
@@ -188,6 +189,76 @@ TEST(MessageStore, AcksAloneWaitToShareTheNextCommit) {
   EXPECT_EQ(s.acked_total, 2u);
   EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre("m3", "m4"));
   EXPECT_TRUE(store->check_integrity().ok());
+}
+
+// Appends that may wait, handed over together; `done` gets each one's outcome.
+void append_waiting(MessageStore& store, const std::vector<std::string>& messages,
+                    std::function<void(Status)> done, bool can_wait = true) {
+  std::vector<MessageStore::AppendRequest> requests;
+  for (const auto& m : messages) {
+    requests.push_back(
+        {m,
+         {target("q")},
+         [done](Result<std::vector<std::uint64_t>> r) { done(r ? Status{} : Status(r.error())); },
+         can_wait});
+  }
+  store.append_all(std::move(requests));
+}
+
+TEST(MessageStore, AppendsThatCanWaitShareTheNextCommitThatCannot) {
+  TempDir dir;
+  Options o = options_for(dir);
+  o.append_delay_us = 600'000'000;  // longer than the test: only other work ends the wait
+  auto store = open_or_die(o);
+  ASSERT_TRUE(store);
+  const std::uint64_t commits = store->stats().commits_total;
+
+  std::promise<Status> first;
+  auto first_done = first.get_future();
+  append_waiting(*store, {"a"}, [&first](Status s) { first.set_value(std::move(s)); });
+  std::atomic<int> waited{0};
+  append_waiting(*store, {"b", "c"}, [&waited](Status s) { waited += s.ok() ? 1 : 100; });
+  EXPECT_EQ(first_done.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  EXPECT_EQ(store->stats().appended_total, 0u);
+
+  // One request that cannot wait takes the others with it.
+  append_waiting(
+      *store, {"d", "e"}, [](Status) {}, /*can_wait=*/false);
+  ASSERT_TRUE(first_done.get().ok());
+  ASSERT_TRUE(store->flush().ok());
+  EXPECT_EQ(waited, 2);
+  EXPECT_EQ(store->stats().commits_total, commits + 1) << "one commit for all five";
+  EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre("a", "b", "c", "d", "e"));
+}
+
+TEST(MessageStore, AppendsThatCanWaitCommitOnTheirOwnInTime) {
+  TempDir dir;
+  Options o = options_for(dir);
+  o.append_delay_us = 20'000;
+  auto store = open_or_die(o);
+  ASSERT_TRUE(store);
+  std::promise<Status> done;
+  auto committed = done.get_future();
+  append_waiting(*store, {"a"}, [&done](Status s) { done.set_value(std::move(s)); });
+  ASSERT_EQ(committed.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_TRUE(committed.get().ok());
+  EXPECT_THAT(messages_of(*store, queue("q")), ElementsAre("a"));
+}
+
+TEST(MessageStore, ClosingDoesNotWaitForAppendsThatCanWait) {
+  TempDir dir;
+  Options o = options_for(dir);
+  o.append_delay_us = 600'000'000;
+  std::optional<errc> outcome;
+  {
+    auto store = open_or_die(o);
+    ASSERT_TRUE(store);
+    append_waiting(*store, {"a"},
+                   [&outcome](Status s) { outcome = s ? errc::ok : s.error().code; });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the writer is waiting
+  }  // would block for ten minutes if the close waited for the delay
+  ASSERT_TRUE(outcome.has_value());
+  EXPECT_EQ(*outcome, errc::cancelled);
 }
 
 TEST(MessageStore, FanOutSharesOneBodyUntilTheLastAck) {
