@@ -65,8 +65,8 @@ struct Options {
   // How long an append submitted with AppendRequest::can_wait may wait for other appends to
   // share its commit. Under a steady load that is not enough to fill a commit, fewer commits
   // carry more messages each: fewer fsyncs, fewer pages written twice, fewer thread wake-ups.
-  // Nothing is held when someone waits on the commit (any append without can_wait, a write,
-  // a flush). 0 = commit every append at once.
+  // Nothing is held when any request in the batch cannot wait (anything but an ack or such an
+  // append). 0 = commit every append at once.
   int append_delay_us = 2000;
 
   // How long a statement waits for a lock another connection holds before the batch fails as

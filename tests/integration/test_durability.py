@@ -352,6 +352,32 @@ def test_messages_with_room_in_the_window_share_a_commit(cairnd_factory, raw_mqt
     assert d.queue_length("filter/in") == 16
 
 
+def test_a_client_that_shrinks_its_window_is_soon_not_held(cairnd_factory, raw_mqtt):
+    # The window the hub saw is kept from second to second, unless the client used less than
+    # a quarter of it in the last one.
+    from conftest import publish_packet
+    d = cairnd_factory(config={"store.append_delay_us": 5_000_000,
+                               "store.expire_interval_secs": 3600})
+    sensor = raw_mqtt(d)
+    sensor.login("sensor")
+    topic = d.events_topic("sensor", {"$.on": "temp"})
+    sensor.send(b"".join(publish_packet(topic, f"m{i}", qos=1, packet_id=i)
+                         for i in range(1, 9)))
+    assert sorted(_pubacks(sensor, 8, timeout=10)) == list(range(1, 9))
+    time.sleep(1.1)
+    # One at a time now: the window of eight is still what the hub knows, so this one waits
+    # for company until the delay is over.
+    sensor.send(publish_packet(topic, "m9", qos=1, packet_id=9))
+    with pytest.raises(AssertionError, match="no packet"):
+        sensor.recv_packet(timeout=0.5)
+    assert _pubacks(sensor, 1, timeout=15) == [9]
+    time.sleep(1.1)
+    # A second with one in flight at most: the window is one, and nothing waits any more.
+    for i in range(10, 15):
+        sensor.send(publish_packet(topic, f"m{i}", qos=1, packet_id=i))
+        assert _pubacks(sensor, 1, timeout=2.5) == [i]
+
+
 def test_qos0_publishes_near_the_inflight_limit_are_committed(cairnd_factory, raw_mqtt):
     # Nobody waits for a QoS 0 publish, but the hub stops reading a client with
     # mqtt.max_inflight_in uncommitted: past half of it, a publish must not wait.
