@@ -237,7 +237,8 @@ class MessageStore::Impl {
   // How long the batch may wait for more work to share its commit (Options::ack_delay_ms,
   // Options::append_delay_us); returns at once when it may not.
   void wait_for_more_locked(std::unique_lock<std::mutex>& lock);
-  // Whether a submission that must commit by `commit_by` has to wake the writer.
+  // Records that what was just added to pending_ must be committed by `commit_by`, and says
+  // whether the writer has to be woken for it (it then counts as woken).
   bool must_wake_locked(SteadyClock::time_point commit_by);
   // Gives the append its sequence numbers and says whether it is expected to commit.
   MessageStore::Placement place_locked(AppendOp& op);
@@ -613,6 +614,7 @@ void MessageStore::Impl::take_pending_locked() {
 }
 
 void MessageStore::Impl::wait_for_more_locked(std::unique_lock<std::mutex>& lock) {
+  // A batch that must commit at once (min()) skips the clock read.
   while (!stopping_ && batch_.size() < options_.max_batch &&
          batch_commit_by_ != SteadyClock::time_point::min() &&
          SteadyClock::now() < batch_commit_by_) {
