@@ -120,8 +120,11 @@ class ContainerEngine:
 
     def start(self):
         self.log = open(self.log_path, "w")
+        # SIGTERM if the test run or bench dies first: the service stops with it, as every other
+        # program the tests start does (conftest.DIE_WITH_TESTS), and exits cleanly.
         self.proc = subprocess.Popen(
-            ["podman", *self.storage_flags, "system", "service", "--time=0",
+            ["setpriv", "--pdeathsig", "TERM", "--",
+             "podman", *self.storage_flags, "system", "service", "--time=0",
              f"unix://{self.socket}"], stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(lambda: _unix_socket_accepts(self.socket) or self.proc.poll() is not None, 30,
               "podman system service")
