@@ -1,7 +1,12 @@
 // HttpServer (TCP, optionally TLS) and UnixHttpServer share one connection loop, written once
-// as a template over the stream type: plain TCP (beast::tcp_stream), TLS over TCP
-// (ssl::stream<beast::tcp_stream>) and unix sockets (beast::basic_stream<local>). The Beast
-// stream's timer gives every read and write its deadline.
+// as a template over the stream type: plain TCP (tcp::socket), TLS over TCP
+// (ssl::stream<tcp::socket>) and unix sockets (local::socket).
+//
+// Deadlines: each connection keeps the time its current read or write must end by, and one
+// sweep per server closes the connections past theirs (Deadlines below). A timer per stream,
+// as Beast's tcp_stream keeps, is armed and cancelled around every read and write: two timerfd
+// system calls and their handlers per request, about a tenth of what serving a small request
+// costs (docs/benchmarks.md, "Inference serving").
 //
 // The io_context may be run by several threads: the acceptor and every connection run on
 // their own strand, and what connections share (ServerCore's table of open connections) is
@@ -39,8 +44,8 @@ namespace http_server_detail {
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using local = asio::local::stream_protocol;
-using UnixStream = beast::basic_stream<local>;
-using TlsStream = ssl::stream<beast::tcp_stream>;
+using TlsStream = ssl::stream<tcp::socket>;
+using Clock = std::chrono::steady_clock;
 
 // After an error answer the client may still be sending the body we refused; reading (and
 // dropping) some of it before closing keeps the kernel from resetting the connection, which
@@ -51,6 +56,12 @@ constexpr std::chrono::seconds kMaxLingerTime{5};
 constexpr std::chrono::seconds kTlsShutdownTime{2};
 // Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
+// How often the sweep looks for connections past their deadline: a quarter of the read
+// timeout, within these bounds. A deadline is therefore kept to within that much.
+constexpr std::chrono::milliseconds kMinSweepPeriod{50};
+constexpr std::chrono::milliseconds kMaxSweepPeriod{1000};
+
+struct ConnectionState;
 
 // What both servers share: the handler, the limits and the open connections.
 struct ServerCore {
@@ -73,13 +84,18 @@ struct ServerCore {
   std::mutex mu;
   bool at_capacity = false;  // warned about refusing connections; reset when one ends
   std::uint64_t next_connection_id = 0;
-  // Closes one open connection; called by stop(). Keyed by connection id.
-  std::unordered_map<std::uint64_t, std::function<void()>> live;
+  // The open connections, for stop() and the sweep. Keyed by connection id.
+  std::unordered_map<std::uint64_t, std::shared_ptr<ConnectionState>> live;
+  // Whether a sweep is running: it runs while connections are open (Deadlines).
+  bool sweeping = false;
+  // The running sweep's timer, for stop(); touched on the acceptor's strand only.
+  asio::steady_timer* sweep_timer = nullptr;
 };
 
-// Where a connection waits for the handler's answer to the current request.
-struct PendingAnswer {
-  explicit PendingAnswer(const asio::any_io_executor& ex)
+// What a connection shares beyond its own coroutine: where it waits for the handler's answer
+// to the current request, its deadline, and how to close it.
+struct ConnectionState {
+  explicit ConnectionState(const asio::any_io_executor& ex)
       : ready(ex, asio::steady_timer::time_point::max()) {}
   asio::steady_timer ready;  // cancelled when the answer arrives or the connection closes
   std::optional<HttpResponse> response;
@@ -87,15 +103,29 @@ struct PendingAnswer {
   // Closes the connection's stream while it exists (cleared when the connection ends); run on
   // the connection's strand only.
   std::function<void()> close_stream;
+  // When the current read or write must be over (Clock ticks); kNoDeadline while the handler
+  // has the request. Written on the connection's strand, read by the sweep.
+  static constexpr Clock::rep kNoDeadline = std::numeric_limits<Clock::rep>::max();
+  std::atomic<Clock::rep> deadline{kNoDeadline};
+
+  void expires_after(Clock::duration d) {
+    deadline.store((Clock::now() + d).time_since_epoch().count(), std::memory_order_relaxed);
+  }
+  void expires_never() { deadline.store(kNoDeadline, std::memory_order_relaxed); }
+  bool overdue(Clock::time_point now) const {
+    return deadline.load(std::memory_order_relaxed) <= now.time_since_epoch().count();
+  }
 };
 
 // Shared by every copy of one request's `respond`: delivers the first answer to the
 // connection's executor, and answers 500 if the handler lets go of respond without calling it.
 class Responder {
  public:
-  Responder(std::weak_ptr<PendingAnswer> pending, std::uint64_t generation,
+  Responder(std::weak_ptr<ConnectionState> connection, std::uint64_t generation,
             asio::any_io_executor executor)
-      : pending_(std::move(pending)), generation_(generation), executor_(std::move(executor)) {}
+      : connection_(std::move(connection)),
+        generation_(generation),
+        executor_(std::move(executor)) {}
   ~Responder() {
     if (answered_.exchange(true)) return;
     log::warn("http", "request handler dropped a request without answering; sending 500");
@@ -117,42 +147,100 @@ class Responder {
   // returns) is stored there and then, so the connection writes it without another trip
   // through the io_context; from any other thread it is posted to the strand.
   void deliver(HttpResponse response) {
-    auto pending = pending_.lock();
-    if (!pending) return;  // the connection is gone
-    asio::dispatch(executor_,
-                   [pending, generation = generation_, response = std::move(response)]() mutable {
-                     if (pending->generation != generation || pending->response) return;
-                     pending->response = std::move(response);
-                     pending->ready.cancel();
-                   });
+    auto connection = connection_.lock();
+    if (!connection) return;  // the connection is gone
+    asio::dispatch(executor_, [connection, generation = generation_,
+                               response = std::move(response)]() mutable {
+      if (connection->generation != generation || connection->response) return;
+      connection->response = std::move(response);
+      connection->ready.cancel();
+    });
   }
 
-  std::weak_ptr<PendingAnswer> pending_;
+  std::weak_ptr<ConnectionState> connection_;
   std::uint64_t generation_;
   asio::any_io_executor executor_;
   std::atomic<bool> answered_{false};
 };
 
-// Registers a connection with the server for stop(), for the life of the coroutine frame
-// (declared after the stream, so it ends first). stop() closes the stream on the connection's
-// strand, through `pending`, and only while the connection lives.
+// Closes a connection's stream on its strand. `only_if_overdue`: the sweep's close, which
+// the connection may have outrun (its deadline moved on since the sweep looked); stop()'s close
+// is unconditional and also wakes a connection waiting for its handler.
+void close_connection(const std::shared_ptr<ConnectionState>& connection, bool only_if_overdue) {
+  asio::dispatch(connection->ready.get_executor(), [connection, only_if_overdue] {
+    if (only_if_overdue && !connection->overdue(Clock::now())) return;
+    if (connection->close_stream) connection->close_stream();
+    if (!only_if_overdue) connection->ready.cancel();
+  });
+}
+
+// Deadlines: while a server has connections open, a sweep on the acceptor's strand looks every
+// sweep period for connections past their deadline and closes them; a read or write in
+// progress then ends with an error, as it would on a timer of its own. The sweep ends when the
+// last connection does (an idle server wakes nobody) and is started again by the next.
+Clock::duration sweep_period(const HttpLimits& limits) {
+  return std::clamp<Clock::duration>(limits.read_timeout / 4, kMinSweepPeriod, kMaxSweepPeriod);
+}
+
+asio::awaitable<void> sweep_loop(std::shared_ptr<ServerCore> core, asio::any_io_executor ex) {
+  asio::steady_timer timer(ex);
+  core->sweep_timer = &timer;
+  // Unregistered however the loop ends, before the timer goes.
+  struct Unregister {
+    ServerCore& core;
+    asio::steady_timer* timer;
+    ~Unregister() {
+      if (core.sweep_timer == timer) core.sweep_timer = nullptr;
+    }
+  } unregister{*core, &timer};
+  std::vector<std::shared_ptr<ConnectionState>> overdue;
+  for (;;) {
+    timer.expires_after(sweep_period(core->limits));
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    const auto now = Clock::now();
+    {
+      std::lock_guard lock(core->mu);
+      if (core->live.empty() || core->stopped) {
+        core->sweeping = false;
+        co_return;
+      }
+      for (const auto& [id, connection] : core->live) {
+        if (connection->overdue(now)) overdue.push_back(connection);
+      }
+    }
+    for (const auto& connection : overdue) close_connection(connection, true);
+    overdue.clear();
+  }
+}
+
+// Registers a connection with the server for stop() and the sweep, for the life of the
+// coroutine frame (declared after the stream, so it ends first). Both close the stream on the
+// connection's strand, and only while the connection lives.
 class LiveConnection {
  public:
-  LiveConnection(std::shared_ptr<ServerCore> core, std::shared_ptr<PendingAnswer> pending,
-                 std::function<void()> close_stream)
-      : core_(std::move(core)), pending_(std::move(pending)) {
-    pending_->close_stream = std::move(close_stream);
-    std::lock_guard lock(core_->mu);
-    id_ = core_->next_connection_id++;
-    core_->live.emplace(id_, [pending = pending_] {
-      asio::dispatch(pending->ready.get_executor(), [pending] {
-        if (pending->close_stream) pending->close_stream();
-        pending->ready.cancel();  // wakes a connection waiting for its handler
-      });
-    });
+  LiveConnection(std::shared_ptr<ServerCore> core, std::shared_ptr<ConnectionState> connection,
+                 std::function<void()> close_stream, const asio::any_io_executor& sweep_executor)
+      : core_(std::move(core)), connection_(std::move(connection)) {
+    connection_->close_stream = std::move(close_stream);
+    bool start_sweep = false;
+    {
+      std::lock_guard lock(core_->mu);
+      id_ = core_->next_connection_id++;
+      core_->live.emplace(id_, connection_);
+      start_sweep = !std::exchange(core_->sweeping, true);
+    }
+    if (start_sweep) {
+      asio::co_spawn(
+          sweep_executor, sweep_loop(core_, sweep_executor),
+          on_coroutine_exit(core_->name + " deadline sweep", [core = core_](const std::string&) {
+            std::lock_guard lock(core->mu);
+            core->sweeping = false;  // the next connection starts one
+          }));
+    }
   }
   ~LiveConnection() {
-    pending_->close_stream = nullptr;
+    connection_->close_stream = nullptr;
     std::lock_guard lock(core_->mu);
     core_->live.erase(id_);
     core_->at_capacity = false;
@@ -162,7 +250,7 @@ class LiveConnection {
 
  private:
   std::shared_ptr<ServerCore> core_;
-  std::shared_ptr<PendingAnswer> pending_;
+  std::shared_ptr<ConnectionState> connection_;
   std::uint64_t id_ = 0;
 };
 
@@ -264,13 +352,13 @@ auto& lowest(Stream& stream) {
 // Ends a connection we decided to close after an error answer: tell the client we are done
 // sending (plain streams) and read what it still sends for a short while.
 template <class Stream>
-asio::awaitable<void> linger(Stream& stream, const HttpLimits& limits) {
+asio::awaitable<void> linger(Stream& stream, ConnectionState& connection,
+                             const HttpLimits& limits) {
   error_code ec;
   if constexpr (!kIsTls<Stream>) {
-    lowest(stream).socket().shutdown(asio::socket_base::shutdown_send, ec);
+    lowest(stream).shutdown(asio::socket_base::shutdown_send, ec);
   }
-  lowest(stream).expires_after(
-      std::min<std::chrono::steady_clock::duration>(limits.read_timeout, kMaxLingerTime));
+  connection.expires_after(std::min<Clock::duration>(limits.read_timeout, kMaxLingerTime));
   std::array<char, 16 * 1024> scratch;
   std::size_t drained = 0;
   while (drained < kMaxDrainBytes) {
@@ -283,22 +371,23 @@ asio::awaitable<void> linger(Stream& stream, const HttpLimits& limits) {
 
 // Ends a connection after a normal "Connection: close" answer.
 template <class Stream>
-asio::awaitable<void> close_politely(Stream& stream) {
+asio::awaitable<void> close_politely(Stream& stream, ConnectionState& connection) {
   error_code ec;
   if constexpr (kIsTls<Stream>) {
-    lowest(stream).expires_after(kTlsShutdownTime);
+    connection.expires_after(kTlsShutdownTime);
     co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
   } else {
-    lowest(stream).socket().shutdown(asio::socket_base::shutdown_send, ec);
+    lowest(stream).shutdown(asio::socket_base::shutdown_send, ec);
   }
-  lowest(stream).close();
+  lowest(stream).close(ec);
 }
 
 template <class Stream>
-asio::awaitable<bool> write_response(Stream& stream, http::response<http::string_body>& res,
+asio::awaitable<bool> write_response(Stream& stream, ConnectionState& connection,
+                                     http::response<http::string_body>& res,
                                      const HttpLimits& limits) {
   error_code ec;
-  lowest(stream).expires_after(limits.read_timeout);
+  connection.expires_after(limits.read_timeout);
   co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) log::debug("http", "writing a response failed: {}", ec.message());
   co_return !ec;
@@ -324,7 +413,7 @@ bool expects_continue(const http::request_parser<http::string_body>& parser) {
 // for TLS, handshaken).
 template <class Stream>
 asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> core,
-                                 std::shared_ptr<PendingAnswer> pending, std::string peer) {
+                                 std::shared_ptr<ConnectionState> connection, std::string peer) {
   const HttpLimits& limits = core->limits;
   beast::flat_buffer buffer;
   for (;;) {
@@ -333,7 +422,7 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
         std::min<std::size_t>(limits.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(limits.max_body_bytes);
     error_code ec;
-    lowest(stream).expires_after(limits.read_timeout);
+    connection->expires_after(limits.read_timeout);
     co_await http::async_read_header(stream, buffer, parser,
                                      asio::redirect_error(asio::use_awaitable, ec));
     std::optional<ByteClaim> reading;
@@ -348,7 +437,9 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
                                           " bytes at once); retry later")};
         busy.headers.emplace_back("Retry-After", "1");
         auto res = build_response(std::move(busy), 11, false, false);
-        if (co_await write_response(stream, res, limits)) co_await linger(stream, limits);
+        if (co_await write_response(stream, *connection, res, limits)) {
+          co_await linger(stream, *connection, limits);
+        }
         co_return;
       }
     }
@@ -367,10 +458,12 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
       }
       log::debug("http", "{} refused a request from {}: {}", core->name, peer, ec.message());
       auto res = build_response(std::move(*answer), 11, false, false);
-      if (co_await write_response(stream, res, limits)) co_await linger(stream, limits);
+      if (co_await write_response(stream, *connection, res, limits)) {
+        co_await linger(stream, *connection, limits);
+      }
       co_return;
     }
-    lowest(stream).expires_never();  // the handler owns the time it takes
+    connection->expires_never();  // the handler owns the time it takes
 
     auto& req = parser.get();
     HttpRequest request{std::string(req.method_string()), std::string(req.target()),
@@ -381,10 +474,10 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
     request.peer = peer;
     bool head = req.method() == http::verb::head;
 
-    pending->response.reset();
-    ++pending->generation;
-    auto responder =
-        std::make_shared<Responder>(pending, pending->generation, pending->ready.get_executor());
+    connection->response.reset();
+    ++connection->generation;
+    auto responder = std::make_shared<Responder>(connection, connection->generation,
+                                                 connection->ready.get_executor());
     try {
       core->handler(request, [responder](HttpResponse r) { responder->answer(std::move(r)); });
     } catch (const std::exception& e) {
@@ -393,18 +486,18 @@ asio::awaitable<void> serve_http(Stream& stream, std::shared_ptr<ServerCore> cor
                  e.what());
     }
     responder.reset();  // if the handler kept no copy of respond, this answers 500 now
-    if (!pending->response && !core->stopped) {
-      pending->ready.expires_at(asio::steady_timer::time_point::max());
-      co_await pending->ready.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!connection->response && !core->stopped) {
+      connection->ready.expires_at(asio::steady_timer::time_point::max());
+      co_await connection->ready.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (!pending->response || core->stopped) co_return;  // closed by stop()
+    if (!connection->response || core->stopped) co_return;  // closed by stop()
 
     bool keep_alive = req.keep_alive() && !core->stopped;
-    auto res = build_response(std::move(*pending->response), req.version(), keep_alive, head);
-    pending->response.reset();
-    if (!co_await write_response(stream, res, limits)) co_return;
+    auto res = build_response(std::move(*connection->response), req.version(), keep_alive, head);
+    connection->response.reset();
+    if (!co_await write_response(stream, *connection, res, limits)) co_return;
     if (!keep_alive) {
-      co_await close_politely(stream);
+      co_await close_politely(stream, *connection);
       co_return;
     }
   }
@@ -421,7 +514,10 @@ std::string peer_name(const tcp::socket& socket) {
 
 template <class Stream>
 std::function<void()> closer(Stream& stream) {
-  return [&stream] { lowest(stream).close(); };
+  return [&stream] {
+    error_code ignored;
+    lowest(stream).close(ignored);
+  };
 }
 
 }  // namespace http_server_detail
@@ -456,30 +552,30 @@ asio::awaitable<void> serve_connection(tcp::socket socket,
   // Nagle would hold the last one back until the client's delayed ACK, milliseconds a request.
   error_code nodelay_ec;
   socket.set_option(tcp::no_delay(true), nodelay_ec);
-  auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
+  auto connection = std::make_shared<ConnectionState>(socket.get_executor());
+  const auto sweep_executor = state->acceptor.get_executor();
   if (!state->tls) {
-    beast::tcp_stream stream(std::move(socket));
-    LiveConnection live(core, pending, closer(stream));
-    co_await serve_http(stream, core, pending, peer);
+    LiveConnection live(core, connection, closer(socket), sweep_executor);
+    co_await serve_http(socket, core, connection, peer);
     co_return;
   }
   TlsStream stream(std::move(socket), *state->tls);
-  LiveConnection live(core, pending, closer(stream));
+  LiveConnection live(core, connection, closer(stream), sweep_executor);
   error_code ec;
-  lowest(stream).expires_after(core->limits.read_timeout);
+  connection->expires_after(core->limits.read_timeout);
   co_await stream.async_handshake(ssl::stream_base::server,
                                   asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     log::debug("http", "{} TLS handshake with {} failed: {}", core->name, peer, ec.message());
     co_return;
   }
-  co_await serve_http(stream, core, pending, peer);
+  co_await serve_http(stream, core, connection, peer);
 }
 
 asio::awaitable<void> serve_connection(local::socket socket,
                                        std::shared_ptr<UnixHttpServer::State> state) {
   auto core = state->core;
-  auto pending = std::make_shared<PendingAnswer>(socket.get_executor());
+  auto connection = std::make_shared<ConnectionState>(socket.get_executor());
   // The caller's process id, for servers that authorise by process (the workload API).
   std::string peer = "unix";
   ucred cred{};
@@ -487,9 +583,8 @@ asio::awaitable<void> serve_connection(local::socket socket,
   if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
     peer = "unix:pid=" + std::to_string(cred.pid);
   }
-  UnixStream stream(std::move(socket));
-  LiveConnection live(core, pending, closer(stream));
-  co_await serve_http(stream, core, pending, peer);
+  LiveConnection live(core, connection, closer(socket), state->acceptor.get_executor());
+  co_await serve_http(socket, core, connection, peer);
 }
 
 template <class State>
@@ -551,12 +646,13 @@ void spawn_accept_loop(const std::shared_ptr<State>& state) {
 // Runs on the acceptor's strand: stop accepting, close every connection (each on its strand).
 void stop_core(ServerCore& core) {
   core.stopped = true;
-  std::unordered_map<std::uint64_t, std::function<void()>> live;
+  if (core.sweep_timer) core.sweep_timer->cancel();  // it ends at once
+  std::unordered_map<std::uint64_t, std::shared_ptr<ConnectionState>> live;
   {
     std::lock_guard lock(core.mu);
     live = core.live;
   }
-  for (auto& [id, close] : live) close();
+  for (auto& [id, connection] : live) close_connection(connection, false);
 }
 
 }  // namespace http_server_detail

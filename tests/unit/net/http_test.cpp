@@ -520,6 +520,38 @@ TEST_F(HttpTest, IdleClientIsClosedAfterReadTimeout) {
   EXPECT_EQ(echo.calls, 0);
 }
 
+// The read timeout is per request: a kept connection that keeps asking is never closed, while
+// one that stops mid-request, or never starts its TLS handshake, is closed beside it.
+TEST_F(HttpTest, ReadTimeoutClosesOnlyTheConnectionsPastIt) {
+  EchoHandler echo;
+  HttpLimits limits;
+  limits.read_timeout = std::chrono::seconds(1);
+  auto plain_port = start(echo.handler(), false, limits);
+  auto tls_port = start(echo.handler(), true, limits);
+  auto stalled = std::async(std::launch::async, [&] {
+    RawClient client(plain_port);
+    client.send("GET /stalled HTTP/1.1\r\nHost: x\r\n");  // and never finish the headers
+    return client.read_to_end();
+  });
+  auto silent = std::async(std::launch::async, [&] {
+    RawClient client(tls_port);  // no ClientHello
+    return client.read_to_end();
+  });
+  HttpSession conn(plain(plain_port), 10);
+  for (int i = 0; i < 6; ++i) {  // 2.4 s in all, more than twice the timeout
+    auto res = conn.request(HttpRequest{"GET", "/kept", ""});
+    ASSERT_TRUE(res) << i << ": " << res.error().to_string();
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  }
+  EXPECT_EQ(conn.connections_opened(), 1u);
+  for (auto* closed : {&stalled, &silent}) {
+    auto [all, clean] = closed->get();
+    EXPECT_TRUE(clean);
+    EXPECT_EQ(all, "");
+  }
+  EXPECT_EQ(echo.calls, 6);
+}
+
 TEST_F(HttpTest, TlsClientVerifiesAgainstTheCa) {
   EchoHandler echo;
   auto port = start(echo.handler(), true);
