@@ -12,6 +12,7 @@ connection per program; the first 3 rounds are warm-up. Prints, per program and 
 latency (median, quartiles, minimum) and the CPU time the server spent per request (utime +
 stime from /proc, which other load on the machine distorts less than wall time).
 """
+import argparse
 import http.client
 import os
 import pathlib
@@ -44,10 +45,15 @@ def cpu_seconds(pid):
 
 
 def main():
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    programs = {"old": sys.argv[1], "new": sys.argv[2]}
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 150
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old", help="one cairn-infer build")
+    parser.add_argument("new", help="the other")
+    parser.add_argument("rounds", type=int, nargs="?", default=150)
+    args = parser.parse_args()
+    programs = {"old": args.old, "new": args.new}
+    rounds = args.rounds
     requests = bodies()
     with tempfile.TemporaryDirectory() as models:
         subprocess.run(["/usr/bin/python3", str(SOURCE / "tests/models/make_onnx_models.py"), models],

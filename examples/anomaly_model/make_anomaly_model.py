@@ -28,7 +28,7 @@ repository: the script is what reviews and diffs show.
 
 Needs Debian's python3-onnx and python3-numpy.
 """
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +99,11 @@ def build(reference, bandwidth, threshold):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", help="where the models are written (created if missing)")
+    out = Path(parser.parse_args().out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261202)
     reference = normal_readings(rng, REFERENCE_READINGS)

@@ -13,7 +13,7 @@ tiny_mlp.onnx         x: FP32 [N, 16] -> relu(x W1 + b1) W2 + b2, 16-32-4, fixed
                       the benchmark's "tiny model".
 Needs Debian's python3-onnx and python3-numpy.
 """
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,8 @@ def make_all(out_dir):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: make_onnx_models.py OUT_DIR")
-    make_all(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", help="where the models are written (created if missing)")
+    make_all(parser.parse_args().out_dir)
