@@ -1,0 +1,79 @@
+"""cairn-bench runs end to end, briefly, so the benchmarks `make bench` and docs/benchmarks.md rely
+on keep working: mqtt, infer, link, agent (process modules) and model-fetch, on the programs of
+this build, each for well under a second of measuring. model-delta is left out (it runs the
+generic delta tools over real models for minutes), and so are container modules (they need a
+container engine; tests/integration/test_docker_runtime.py covers them). Figures are not checked
+(a test never asserts a time); that the run completes, reports no error and leaves no sanitizer
+report is.
+"""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN_DIR, DIE_WITH_TESTS, REPO, SANITIZER_MARKERS
+
+BENCH = BIN_DIR / "cairn-bench"
+if not BENCH.exists():
+    pytest.skip(f"{BENCH} not built (CAIRN_BUILD_BENCH=OFF)", allow_module_level=True)
+
+
+def run_bench(*args, timeout=240):
+    """Runs `cairn-bench ARGS --keep-dir`; returns (stdout, the last JSON line or None). Fails on
+    a non-zero exit or on a sanitizer report in the output or in any log of the work directory,
+    which it then removes."""
+    proc = subprocess.run([*DIE_WITH_TESTS, str(BENCH), *args, "--keep-dir"], capture_output=True,
+                          text=True, timeout=timeout)
+    kept = re.search(r"^\[cairn-bench\] kept (\S+)$", proc.stderr, re.MULTILINE)
+    logs = ""
+    if kept and Path(kept.group(1)).is_dir():
+        work = Path(kept.group(1))
+        for log in work.rglob("*.log"):
+            logs += f"\n--- {log}\n" + log.read_text(errors="replace")
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    everything = proc.stdout + proc.stderr + logs
+    for marker in SANITIZER_MARKERS:
+        assert marker not in everything, everything[-8000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.stdout, json.loads(last[-1]) if last else None
+
+
+def test_mqtt_runs_against_both_brokers():
+    _, report = run_bench("mqtt", "--publishers", "1", "--subscribers", "1", "--warmup", "0.3",
+                          "--duration", "0.5", "--startup-samples", "1",
+                          "--cairnd", str(BIN_DIR / "cairnd"), "--cairn", str(BIN_DIR / "cairn"))
+    assert report["ok"] is True, report
+    for workload in report["workloads"]:
+        for target, result in workload["results"].items():
+            assert result["error"] is None, (target, result)
+            assert result["received"] > 0, (target, result)
+
+
+def test_infer_runs_every_mode_on_the_tiny_model():
+    out, _ = run_bench("infer", "--model", "tiny", "--concurrency", "1", "--duration", "0.2",
+                       "--interleaved-rounds", "1", "--cairn-infer", str(BIN_DIR / "cairn-infer"),
+                       "--source-dir", str(REPO))
+    assert "errors: none" in out, out[-4000:]
+    for mode in ("raw ONNX Runtime", "cairn-infer v2 binary", "cairn-infer v2 JSON",
+                 "cairn-infer /score", "Node + onnxruntime-node /score"):
+        assert f"| {mode}" in out, (mode, out[-4000:])
+
+
+def test_link_runs_against_cairn_cloud():
+    _, report = run_bench("link", "--messages", "300", "--reported-patches", "20",
+                          "--desired-patches", "20", "--cairnd", str(BIN_DIR / "cairnd"),
+                          "--cairn-cloud", str(BIN_DIR / "cairn-cloud"))
+    assert report["ok"] is True, report
+
+
+def test_agent_deploys_process_modules():
+    _, report = run_bench("agent", "--modules", "1", "--idle-modules", "1", "--rounds", "1",
+                          "--cairnd", str(BIN_DIR / "cairnd"))
+    assert report["ok"] is True, report
+
+
+def test_model_fetch_runs():
+    run_bench("model-fetch", "--model-mib", "1", "--repeats", "1")
