@@ -85,7 +85,9 @@ struct HttpLimits {
   std::size_t max_header_bytes = 16 * 1024;
   // Time allowed to send one whole request (and to read one response, and for the TLS
   // handshake); an idle keep-alive connection is closed after this too. Waiting for the
-  // handler is not limited here: the handler owns its own timeouts.
+  // handler is not limited here: the handler owns its own timeouts. The server checks it every
+  // quarter of itself (at least every second, at most every 50 ms), so a connection may outlive
+  // it by that much.
   std::chrono::seconds read_timeout{30};
   // Connections accepted beyond this are closed at once; each costs a socket and buffers.
   std::size_t max_connections = 256;
