@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Where one large request's time goes in a running cairn-infer.
 
-Sends --requests KServe v2 binary requests with an FP32 [1, 3, S, S] input to --model on one
-kept connection, then the same body to a model that does not exist (a 404 once the body is
+Sends --requests KServe v2 binary requests with an FP32 [1, 3, S, S] input (or --shape) to
+--model on one kept connection, then the same body to a model that does not exist (a 404 once the body is
 read: what moving the body costs), and prints each p50 and the CPU each server thread spent per
 model request (/proc/PID/task/*/stat, clock ticks). --touch-mib times a first touch of fresh
 anonymous memory, which some virtual machines make costly.
@@ -50,6 +50,10 @@ def main():
     ap.add_argument("--model", default="det")
     ap.add_argument("--input", default="x", help="the model's input name")
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--shape", help="the input's shape, e.g. 1,16 for the tiny model of "
+                    "tests/models (default: 1,3,SIZE,SIZE)")
+    ap.add_argument("--unknown-model", action=argparse.BooleanOptionalAction, default=True,
+                    help="also send the same body to a model that does not exist")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--touch-mib", type=int, default=0)
     a = ap.parse_args()
@@ -64,11 +68,14 @@ def main():
               f"{seconds * 1e6 / (size // mmap.PAGESIZE):.2f} µs per page")
     if not a.port:
         return
-    count = 3 * a.size * a.size
+    shape = [int(d) for d in a.shape.split(",")] if a.shape else [1, 3, a.size, a.size]
+    count = 1
+    for d in shape:
+        count *= d
     rng = random.Random(42)
     data = struct.pack(f"<{count}f", *(rng.random() for _ in range(count)))
     header = json.dumps({"inputs": [{"name": a.input, "datatype": "FP32",
-                                     "shape": [1, 3, a.size, a.size],
+                                     "shape": shape,
                                      "parameters": {"binary_data_size": len(data)}}],
                          "parameters": {"binary_data_output": True}})
     body = header.encode() + data
@@ -83,8 +90,9 @@ def main():
         spent = (t - before.get(tid, 0)) * tick_ms / a.requests
         if spent > 0:
             print(f"  thread {tid}: {spent:.2f} ms CPU per request")
-    p50, status = p50_us(conn, "/v2/models/no-such-model/infer", header, body, a.requests)
-    print(f"same body to an unknown model: HTTP {status}, p50 {p50:.1f} µs")
+    if a.unknown_model:
+        p50, status = p50_us(conn, "/v2/models/no-such-model/infer", header, body, a.requests)
+        print(f"same body to an unknown model: HTTP {status}, p50 {p50:.1f} µs")
 
 
 if __name__ == "__main__":
