@@ -2,10 +2,10 @@
 """Where one large request's time goes in a running cairn-infer.
 
 Sends --requests KServe v2 binary requests with an FP32 [1, 3, S, S] input (or --shape) to
---model on one kept connection, then the same body to a model that does not exist (a 404 once the body is
-read: what moving the body costs), and prints each p50 and the CPU each server thread spent per
-model request (/proc/PID/task/*/stat, clock ticks). --touch-mib times a first touch of fresh
-anonymous memory, which some virtual machines make costly.
+--model on one kept connection, then the same body to a model that does not exist (a 404 once
+the body is read: what moving the body costs), and prints each p50 and the CPU each server
+thread spent per model request (/proc/PID/task/*/stat, clock ticks). --touch-mib times a first
+touch of fresh anonymous memory, which some virtual machines make costly.
 
   /usr/bin/python3 bench/infer_probe.py --port 8000 --pid $(pgrep -f cairn-infer) --model det
   /usr/bin/python3 bench/infer_probe.py --touch-mib 1024

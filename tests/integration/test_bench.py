@@ -35,7 +35,8 @@ def run_bench(*args, timeout=240):
     everything = proc.stdout + proc.stderr + logs
     for marker in SANITIZER_MARKERS:
         assert marker not in everything, everything[-8000:]
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     last = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.stdout, json.loads(last[-1]) if last else None
 
@@ -47,7 +48,8 @@ def _logs_of_work_dir(stderr):
     if not kept or not Path(kept.group(1)).is_dir():
         return ""
     work = Path(kept.group(1))
-    logs = "".join(f"\n--- {log}\n" + log.read_text(errors="replace") for log in work.rglob("*.log"))
+    logs = "".join(f"\n--- {log}\n" + log.read_text(errors="replace")
+                   for log in work.rglob("*.log"))
     subprocess.run(["rm", "-rf", str(work)], check=False)
     return logs
 
