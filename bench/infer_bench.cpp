@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -121,6 +122,8 @@ struct InterleavedPair {
   Point raw;
   Point v2;
   Point moved;  // the same body to a model that does not exist: a 404 once it is read
+  Point bare;   // the same bytes through BareServer around a raw ORT run
+  Point bytes;  // the same bytes through BareServer with no run
 };
 
 struct ModeResult {
@@ -379,6 +382,9 @@ class LeanHttpClient {
     return {};
   }
 
+  // The last answer's bytes, header and body, as they came.
+  const std::string& last_answer() const { return in_; }
+
  private:
   Status open() {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -423,6 +429,90 @@ class LeanHttpClient {
   std::uint16_t port_;
   int fd_ = -1;
   std::string in_;
+};
+
+// The floor under any server on this machine: a thread that reads a request of a known size
+// from one kept loopback connection, calls `work` (or nothing), and writes a canned answer back,
+// parsing nothing and copying nothing. Timed through LeanHttpClient with v2's request and
+// cairn-infer's own answer to it, on the model's CPU: with no work, what moving those bytes
+// costs; with a raw ORT run as the work, the best latency any server could give over loopback
+// TCP, the network's traffic through the CPU's caches included.
+class BareServer {
+ public:
+  static Result<std::unique_ptr<BareServer>> start(std::size_t request_size, std::string answer,
+                                                   std::function<void()> work) {
+    std::unique_ptr<BareServer> m(new BareServer(request_size, std::move(answer), std::move(work)));
+    m->listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (m->listener_ < 0 ||
+        ::bind(m->listener_, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0 ||
+        ::listen(m->listener_, 1) != 0 ||
+        ::getsockname(m->listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      return make_error(errc::io_error,
+                        std::string("bare server: listen on 127.0.0.1: ") + std::strerror(errno));
+    }
+    m->port_ = ntohs(address.sin_port);
+    std::promise<pid_t> tid;
+    auto started = tid.get_future();
+    m->thread_ = std::thread([self = m.get(), tid = std::move(tid)]() mutable {
+      tid.set_value(static_cast<pid_t>(::gettid()));
+      self->serve();
+    });
+    m->tid_ = started.get();
+    return m;
+  }
+
+  ~BareServer() {
+    // Wakes the thread out of accept() or recv(); it then ends.
+    ::shutdown(listener_, SHUT_RDWR);
+    if (const int fd = connection_.load(); fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    if (listener_ >= 0) ::close(listener_);
+  }
+  BareServer(const BareServer&) = delete;
+  BareServer& operator=(const BareServer&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  pid_t tid() const { return tid_; }
+
+ private:
+  BareServer(std::size_t request_size, std::string answer, std::function<void()> work)
+      : request_(request_size, '\0'), answer_(std::move(answer)), work_(std::move(work)) {}
+
+  void serve() {
+    const int fd = ::accept(listener_, nullptr, nullptr);
+    if (fd < 0) return;
+    connection_.store(fd);
+    const int one = 1;
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    for (bool open = true; open;) {
+      for (std::size_t got = 0; open && got < request_.size();) {
+        const ssize_t n = ::recv(fd, request_.data() + got, request_.size() - got, 0);
+        open = n > 0;
+        got += open ? static_cast<std::size_t>(n) : 0;
+      }
+      if (open && work_) work_();
+      for (std::size_t sent = 0; open && sent < answer_.size();) {
+        const ssize_t n = ::send(fd, answer_.data() + sent, answer_.size() - sent, MSG_NOSIGNAL);
+        open = n > 0;
+        sent += open ? static_cast<std::size_t>(n) : 0;
+      }
+    }
+    connection_.store(-1);
+    ::close(fd);
+  }
+
+  std::string request_;
+  const std::string answer_;
+  const std::function<void()> work_;
+  int listener_ = -1;
+  std::atomic<int> connection_{-1};
+  std::uint16_t port_ = 0;
+  pid_t tid_ = 0;
+  std::thread thread_;
 };
 
 // --- closed-loop load ------------------------------------------------------------------------
@@ -804,6 +894,22 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
   infer.target = "/v2/models/" + w.name + "-absent/infer";
   const std::string absent_request = LeanHttpClient::wire(infer);
   LeanHttpClient conn(server.port);
+  // v2's request in, cairn-infer's own answer to it out, through servers with nothing else
+  // around them: one running raw ORT (on this session, never at the same time as a raw slice)
+  // in between, one not.
+  if (auto first = conn.exchange(request); !first) {
+    out.errors.push_back(first.error().message);
+    return;
+  }
+  auto bare =
+      BareServer::start(request.size(), conn.last_answer(), [&] { (void)run_raw(**session, w); });
+  auto mover = BareServer::start(request.size(), conn.last_answer(), {});
+  if (!bare || !mover) {
+    out.errors.push_back(!bare ? bare.error().message : mover.error().message);
+    return;
+  }
+  LeanHttpClient bare_conn((*bare)->port());
+  LeanHttpClient mover_conn((*mover)->port());
   const std::vector<int> cpus = allowed_cpus();
   const bool pin = cpus.size() >= 2;
   const int rounds = o_.interleaved_rounds;
@@ -833,11 +939,21 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
       bind_for_server();
       return closed_loop(1, warmup, slice, [&](int) -> Status { return conn.exchange(request); });
     };
-    Point a, b;
+    auto run_bare_slice = [&] {
+      if (pin) {
+        bind_thread((*bare)->tid(), {cpu});
+        bind_thread(0, others);
+      }
+      return closed_loop(1, warmup, slice,
+                         [&](int) -> Status { return bare_conn.exchange(request); });
+    };
+    Point a, b, e;
     if ((k / std::max<std::size_t>(cpus.size(), 1)) % 2 == 0) {
       a = run_raw_slice();
       b = run_v2_slice();
+      e = run_bare_slice();
     } else {
+      e = run_bare_slice();
       b = run_v2_slice();
       a = run_raw_slice();
     }
@@ -845,15 +961,22 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
     bind_for_server();
     Point c = closed_loop(1, warmup, slice / 4,
                           [&](int) -> Status { return conn.exchange(absent_request, "404"); });
-    for (const Point* p : {&a, &b, &c}) {
+    if (pin) bind_thread((*mover)->tid(), {cpu});
+    Point d = closed_loop(1, warmup, slice / 4,
+                          [&](int) -> Status { return mover_conn.exchange(request); });
+    bool failed = false;
+    for (const Point* p : {&a, &b, &c, &d, &e}) {
       if (!p->error.empty()) out.errors.push_back(p->error);
+      failed = failed || !p->error.empty();
     }
-    if (!a.error.empty() || !b.error.empty() || !c.error.empty()) break;
+    if (failed) break;
     auto& pair = pairs[cpu];
     pair.cpu = cpu;
     add_slice(pair.raw, a);
     add_slice(pair.v2, b);
     add_slice(pair.moved, c);
+    add_slice(pair.bytes, d);
+    add_slice(pair.bare, e);
   }
   if (pin) {
     bind_process(server_pid, cpus);
@@ -980,34 +1103,46 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
     }
     std::cout << "; Node GET /score (404) " << floor_text(r.node_http_floor) << "\n";
     // The interleaved pairs, each CPU's judged on its own: the p50 of v2 binary over raw ORT's
-    // on the same CPU, then the mean over the CPUs.
+    // on the same CPU, then the mean over the CPUs; the bare server's beside it.
     const bool interleaved =
         !r.interleaved.empty() &&
         std::all_of(r.interleaved.begin(), r.interleaved.end(), [](const InterleavedPair& p) {
-          return p.raw.latency.count() > 0 && p.v2.latency.count() > 0;
+          return p.raw.latency.count() > 0 && p.v2.latency.count() > 0 &&
+                 p.bare.latency.count() > 0 && p.bytes.latency.count() > 0;
         });
+    const double cpus = static_cast<double>(r.interleaved.size());
     double interleaved_over_us = 0;
     double interleaved_ratio = 0;
+    double bare_over_us = 0;
+    double bare_ratio = 0;
     if (interleaved) {
       std::cout << fmt::format(
-          "\nInterleaved, 1 client, {} alternating slices each; cairn-infer v2 binary through a "
-          "lean blocking client (its GET /v2/health/live {}):\n",
+          "\nInterleaved, 1 client, {} alternating slices each; cairn-infer v2 binary and a bare "
+          "server (v2's request read, raw ORT run, cairn-infer's answer written: no HTTP, no "
+          "copies, no hand-off) through a lean blocking client (cairn-infer's GET "
+          "/v2/health/live {}):\n",
           o_.interleaved_rounds, floor_text(r.lean_http_floor));
       for (const auto& p : r.interleaved) {
         const double raw = us(p.raw.latency.quantile(0.5));
         const double v2 = us(p.v2.latency.quantile(0.5));
-        interleaved_over_us += (v2 - raw) / static_cast<double>(r.interleaved.size());
-        interleaved_ratio += v2 / raw / static_cast<double>(r.interleaved.size());
+        const double bare = us(p.bare.latency.quantile(0.5));
+        interleaved_over_us += (v2 - raw) / cpus;
+        interleaved_ratio += v2 / raw / cpus;
+        bare_over_us += (bare - raw) / cpus;
+        bare_ratio += bare / raw / cpus;
         std::cout << fmt::format(
-            "  {}: raw ORT p50 {:.1f} µs ({} runs), v2 binary p50 {:.1f} µs ({} requests): "
-            "{:.1f} µs over, {:.3f}x; the same body to an absent model (404) p50 {:.1f} µs\n",
+            "  {}: raw ORT p50 {:.1f} µs ({} runs); v2 binary p50 {:.1f} µs ({} requests), "
+            "{:.1f} µs over, {:.3f}x; bare server p50 {:.1f} µs, {:.1f} µs over, {:.3f}x; "
+            "the same bytes with no run {:.1f} µs; v2's body to an absent model (404) {:.1f} µs\n",
             p.cpu < 0 ? std::string("unpinned") : fmt::format("model on CPU {}", p.cpu), raw,
-            p.raw.requests, v2, p.v2.requests, v2 - raw, v2 / raw,
-            us(p.moved.latency.quantile(0.5)));
+            p.raw.requests, v2, p.v2.requests, v2 - raw, v2 / raw, bare, bare - raw, bare / raw,
+            us(p.bytes.latency.quantile(0.5)), us(p.moved.latency.quantile(0.5)));
       }
       if (r.interleaved.size() > 1) {
-        std::cout << fmt::format("  mean over the CPUs: {:.1f} µs over, {:.3f}x\n",
-                                 interleaved_over_us, interleaved_ratio);
+        std::cout << fmt::format(
+            "  mean over the CPUs: v2 binary {:.1f} µs over, {:.3f}x; bare server {:.1f} µs "
+            "over, {:.3f}x\n",
+            interleaved_over_us, interleaved_ratio, bare_over_us, bare_ratio);
       }
     }
     std::cout << "\nRSS with the one model loaded (after the first requests / after the runs): "
@@ -1044,6 +1179,11 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
         met = ratio <= kLargeOverheadTargetRatio;
         what = fmt::format("v2 binary p50 {:.3f}x raw ORT{} (target <= {:.2f}x)", ratio, measured,
                            kLargeOverheadTargetRatio);
+      }
+      // Where the machine puts the floor: not a verdict, the bare server is not cairn-infer.
+      if (interleaved) {
+        what += r.model == "tiny" ? fmt::format("; a bare server {:.1f} µs", bare_over_us)
+                                  : fmt::format("; a bare server {:.3f}x", bare_ratio);
       }
       verdicts.push_back(std::string(met ? "met" : "MISSED") + ": " + what);
       targets["latency"] = met;
@@ -1093,12 +1233,14 @@ void Bench::print(const std::vector<ModelResult>& results, json& out, bool& all_
                            {"v2_binary_p50_us", us(p.v2.latency.quantile(0.5))},
                            {"raw_ort_p99_us", us(p.raw.latency.quantile(0.99))},
                            {"v2_binary_p99_us", us(p.v2.latency.quantile(0.99))},
-                           {"absent_model_p50_us", us(p.moved.latency.quantile(0.5))}});
+                           {"absent_model_p50_us", us(p.moved.latency.quantile(0.5))},
+                           {"bare_server_p50_us", us(p.bare.latency.quantile(0.5))},
+                           {"bytes_only_p50_us", us(p.bytes.latency.quantile(0.5))}});
       }
-      model_json["interleaved"] = {{"rounds", o_.interleaved_rounds},
-                                   {"per_cpu", per_cpu},
-                                   {"mean_over_us", interleaved_over_us},
-                                   {"mean_ratio", interleaved_ratio}};
+      model_json["interleaved"] = {
+          {"rounds", o_.interleaved_rounds},          {"per_cpu", per_cpu},
+          {"mean_over_us", interleaved_over_us},      {"mean_ratio", interleaved_ratio},
+          {"bare_server_mean_over_us", bare_over_us}, {"bare_server_mean_ratio", bare_ratio}};
       if (r.lean_http_floor && r.lean_http_floor->latency.count()) {
         model_json["interleaved"]["http_only_p50_us"] =
             us(r.lean_http_floor->latency.quantile(0.5));

@@ -73,6 +73,7 @@ def test_infer_runs_every_mode_on_the_tiny_model():
     for mode in ("raw ONNX Runtime", "cairn-infer v2 binary", "cairn-infer v2 JSON",
                  "cairn-infer /score", "Node + onnxruntime-node /score"):
         assert f"| {mode}" in out, (mode, out[-4000:])
+    assert "bare server p50" in out, out[-4000:]
 
 
 def test_link_runs_against_cairn_cloud():
