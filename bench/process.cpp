@@ -6,6 +6,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -160,19 +161,50 @@ std::optional<double> ChildProcess::cpu_seconds() const {
   return static_cast<double>(utime + stime) / static_cast<double>(ticks);
 }
 
-Result<std::uint16_t> free_loopback_port() {
+namespace {
+
+// The lowest port the kernel hands out itself (to a bind to port 0, to an outgoing connection).
+int ephemeral_ports_start() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  if (in >> low && low > 0) return low;
+  return 32768;  // Linux's default
+}
+
+// Binds 127.0.0.1:`port` (0: the kernel picks) and closes it; the port bound, or an error.
+Result<std::uint16_t> bind_and_release(std::uint16_t port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return make_error(errc::io_error, "socket: " + errno_text(errno));
-  sockaddr_in addr = loopback(0);
+  sockaddr_in addr = loopback(port);
   socklen_t len = sizeof addr;
   if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
     const int err = errno;
     ::close(fd);
-    return make_error(errc::io_error, "bind 127.0.0.1:0: " + errno_text(err));
+    return make_error(errc::io_error,
+                      "bind 127.0.0.1:" + std::to_string(port) + ": " + errno_text(err));
   }
   ::close(fd);
   return static_cast<std::uint16_t>(ntohs(addr.sin_port));
+}
+
+}  // namespace
+
+Result<std::uint16_t> free_loopback_port() {
+  // Below the kernel's own range. A port the kernel picked and we closed again can go to any
+  // socket on the machine the next moment, an outgoing connection or another program's port 0,
+  // before the server we start binds it; below the range only a program that names the port
+  // can take it.
+  constexpr int kLowest = 10000;
+  const int below = ephemeral_ports_start();
+  if (below - kLowest >= 1000) {
+    thread_local std::mt19937 random(std::random_device{}());
+    std::uniform_int_distribution<int> pick(kLowest, below - 1);
+    for (int attempt = 0; attempt < 64; ++attempt) {
+      if (auto port = bind_and_release(static_cast<std::uint16_t>(pick(random)))) return port;
+    }
+  }
+  return bind_and_release(0);
 }
 
 bool can_connect(std::uint16_t port) {

@@ -51,7 +51,9 @@ class ChildProcess {
   std::string exit_description_;
 };
 
-// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+// A port on 127.0.0.1 that was free a moment ago: a random one below the kernel's ephemeral
+// range (net.ipv4.ip_local_port_range), which no other socket is given without asking for it;
+// port 0's pick when that range leaves no room below it.
 Result<std::uint16_t> free_loopback_port();
 
 // True if a TCP connect to 127.0.0.1:port succeeds now (the connection is closed at once).

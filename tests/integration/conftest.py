@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import queue
+import random
 import select
 import signal
 import socket
@@ -90,10 +91,38 @@ def wait_for(predicate, timeout=DEFAULT_TIMEOUT, interval=0.02, what="condition"
         time.sleep(interval)
 
 
-def free_port(host=HOST):
+def _ephemeral_ports_start():
+    """The lowest port the kernel hands out itself (to port 0, to outgoing connections)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Its own source of ports: tests that seed the module's generator for their data would
+# otherwise pick the same ports as each other when run side by side.
+_port_picker = random.SystemRandom()
+
+
+def _bind_and_release(host, port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.bind((host, port))
         return s.getsockname()[1]
+
+
+def free_port(host=HOST):
+    """A port that was free a moment ago, below the kernel's ephemeral range: one the kernel
+    picked and we closed can go to any other socket (an outgoing connection, another test's
+    port 0) before our server binds it; below the range only a program naming the port can."""
+    below = _ephemeral_ports_start()
+    if below - 10000 >= 1000:
+        for _ in range(64):
+            try:
+                return _bind_and_release(host, _port_picker.randint(10000, below - 1))
+            except OSError:
+                continue
+    return _bind_and_release(host, 0)
 
 
 def port_accepts(port, host=HOST):
