@@ -433,14 +433,14 @@ class LeanHttpClient {
 
 // The floor under any server on this machine: a thread that reads a request of a known size
 // from one kept loopback connection, calls `work` (or nothing), and writes a canned answer back,
-// parsing nothing and copying nothing. Timed through LeanHttpClient with v2's request and
-// cairn-infer's own answer to it, on the model's CPU: with no work, what moving those bytes
-// costs; with a raw ORT run as the work, the best latency any server could give over loopback
-// TCP, the network's traffic through the CPU's caches included.
+// parsing nothing and copying nothing; a `work` that fails closes the connection. Timed through
+// LeanHttpClient with v2's request and cairn-infer's own answer to it, on the model's CPU: with no
+// work, what moving those bytes costs; with a raw ORT run as the work, the best latency any server
+// could give over loopback TCP, the network's traffic through the CPU's caches included.
 class BareServer {
  public:
   static Result<std::unique_ptr<BareServer>> start(std::size_t request_size, std::string answer,
-                                                   std::function<void()> work) {
+                                                   std::function<bool()> work) {
     std::unique_ptr<BareServer> m(new BareServer(request_size, std::move(answer), std::move(work)));
     m->listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};
@@ -479,11 +479,14 @@ class BareServer {
   pid_t tid() const { return tid_; }
 
  private:
-  BareServer(std::size_t request_size, std::string answer, std::function<void()> work)
+  BareServer(std::size_t request_size, std::string answer, std::function<bool()> work)
       : request_(request_size, '\0'), answer_(std::move(answer)), work_(std::move(work)) {}
 
   void serve() {
-    const int fd = ::accept(listener_, nullptr, nullptr);
+    int fd = -1;
+    do {
+      fd = ::accept(listener_, nullptr, nullptr);
+    } while (fd < 0 && errno == EINTR);
     if (fd < 0) return;
     connection_.store(fd);
     const int one = 1;
@@ -494,7 +497,7 @@ class BareServer {
         open = n > 0;
         got += open ? static_cast<std::size_t>(n) : 0;
       }
-      if (open && work_) work_();
+      if (open && work_) open = work_();
       for (std::size_t sent = 0; open && sent < answer_.size();) {
         const ssize_t n = ::send(fd, answer_.data() + sent, answer_.size() - sent, MSG_NOSIGNAL);
         open = n > 0;
@@ -507,7 +510,7 @@ class BareServer {
 
   std::string request_;
   const std::string answer_;
-  const std::function<void()> work_;
+  const std::function<bool()> work_;
   int listener_ = -1;
   std::atomic<int> connection_{-1};
   std::uint16_t port_ = 0;
@@ -901,8 +904,8 @@ void Bench::measure_interleaved(const Workload& w, const Server& server, ModelRe
     out.errors.push_back(first.error().message);
     return;
   }
-  auto bare =
-      BareServer::start(request.size(), conn.last_answer(), [&] { (void)run_raw(**session, w); });
+  auto bare = BareServer::start(request.size(), conn.last_answer(),
+                                [&] { return run_raw(**session, w).ok(); });
   auto mover = BareServer::start(request.size(), conn.last_answer(), {});
   if (!bare || !mover) {
     out.errors.push_back(!bare ? bare.error().message : mover.error().message);
