@@ -232,6 +232,54 @@ def test_queue_limit_answers_429_and_keeps_serving(infer_factory, onnx_models):
     assert status == 200
 
 
+def metric_value(metrics, name):
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_run_that_outlasts_the_recent_ones_hands_the_io_over(infer_factory, onnx_models):
+    # cube.onnx at N = 1 takes microseconds: once its recent runs are that short, a request
+    # that finds the model idle runs on the HTTP thread that read it. One at N = 2048 takes far
+    # longer: the inline-run watch wakes another HTTP thread to take the I/O over, and /metrics
+    # written between the run's start and its end shows the server kept answering meanwhile.
+    server = infer_factory("--model", f"cube={onnx_models / 'cube.onnx'}")
+    inline = 'cairn_infer_inline_requests_total{model="cube"}'
+    handovers = "cairn_infer_inline_handovers_total"
+    small = np.ones((1, 1), np.float32)
+    # The first runs of a session (the warm-up among them) are slow: run small requests until
+    # they run inline, as a short model's do.
+    for _ in range(200):
+        assert server.infer_binary("cube", {"x": small})[0] == 200
+        if metric_value(server.metrics(), inline) > 0:
+            break
+    assert metric_value(server.metrics(), inline) > 0
+    n = 2048
+    x = np.full((n, n), 1.0 / n, np.float32)  # x x x is 1/n everywhere
+    finished = 'cairn_infer_request_duration_seconds_count{model="cube"}'
+    before = server.metrics()
+    answer = {}
+    client = threading.Thread(target=lambda: answer.update(r=server.infer_binary("cube", {"x": x})))
+    client.start()
+    # Metrics written while the run is under way: it has begun (counted inline) and not ended
+    # (its duration not yet observed).
+    seen_under_way = False
+    while client.is_alive() and not seen_under_way:
+        metrics = server.metrics()
+        seen_under_way = (metric_value(metrics, inline) > metric_value(before, inline) and
+                          metric_value(metrics, finished) == metric_value(before, finished))
+        time.sleep(0.01)
+    client.join(timeout=300)
+    status, out = answer["r"]
+    assert status == 200, out
+    assert np.allclose(out["y"], 1.0 / n)
+    assert seen_under_way, "no /metrics answer while the run was under way"
+    after = server.metrics()
+    assert metric_value(after, inline) == metric_value(before, inline) + 1
+    assert metric_value(after, handovers) >= metric_value(before, handovers) + 1
+
+
 def test_metrics_exposition(infer_factory, onnx_models):
     server = infer_factory("--model", f"affine={onnx_models / 'affine_v1.onnx'}@7")
     for _ in range(3):

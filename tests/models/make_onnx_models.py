@@ -11,6 +11,8 @@ slow.onnx             x: FP32 [N, 256] -> 200 chained 256x256 MatMuls: milliseco
                       so tests can fill a queue.
 tiny_mlp.onnx         x: FP32 [N, 16] -> relu(x W1 + b1) W2 + b2, 16-32-4, fixed weights:
                       the benchmark's "tiny model".
+cube.onnx             x: FP32 [N, N] -> y = x x x: microseconds at N = 1, about
+                      half a second at N = 2048: a run can outlast what recent runs promised.
 Needs Debian's python3-onnx and python3-numpy.
 """
 import argparse
@@ -88,6 +90,14 @@ def slow(path, layers=200):
     save(helper.make_graph(nodes, "slow", [x], [y], [numpy_helper.from_array(w, "w")]), path)
 
 
+def cube(path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "N"])
+    nodes = [helper.make_node("MatMul", ["x", "x"], ["x2"]),
+             helper.make_node("MatMul", ["x2", "x"], ["y"])]
+    save(helper.make_graph(nodes, "cube", [x], [y]), path)
+
+
 def tiny_mlp_reference(x, weights):
     w1, b1, w2, b2 = weights
     return np.maximum(x @ w1 + b1, 0) @ w2 + b2
@@ -102,6 +112,7 @@ def make_all(out_dir):
     fixed_shape(out / "fixed_shape.onnx")
     tiny_mlp(out / "tiny_mlp.onnx")
     slow(out / "slow.onnx")
+    cube(out / "cube.onnx")
     return out
 
 
