@@ -13,6 +13,7 @@ touch of fresh anonymous memory, which some virtual machines make costly.
 import argparse
 import http.client
 import json
+import math
 import mmap
 import os
 import random
@@ -69,9 +70,7 @@ def main():
     if not a.port:
         return
     shape = [int(d) for d in a.shape.split(",")] if a.shape else [1, 3, a.size, a.size]
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)
     rng = random.Random(42)
     data = struct.pack(f"<{count}f", *(rng.random() for _ in range(count)))
     header = json.dumps({"inputs": [{"name": a.input, "datatype": "FP32",

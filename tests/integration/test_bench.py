@@ -28,8 +28,9 @@ def run_bench(*args, timeout=240):
         proc = subprocess.run([*DIE_WITH_TESTS, str(BENCH), *args, "--keep-dir"],
                               capture_output=True, text=True, timeout=timeout)
         logs = _logs_of_work_dir(proc.stderr)
-        # The bench picks free ports as it would on a machine of its own; a test running beside
-        # this one may take one before the bench's server binds it. Then run it again.
+        # The bench picks free ports below the kernel's ephemeral range, which only a program
+        # naming a port takes; should one of them still take it before the bench's server binds
+        # it, run the bench again.
         if proc.returncode == 0 or "Address already in use" not in proc.stdout + proc.stderr:
             break
     everything = proc.stdout + proc.stderr + logs
