@@ -248,35 +248,46 @@ def test_a_run_that_outlasts_the_recent_ones_hands_the_io_over(infer_factory, on
     inline = 'cairn_infer_inline_requests_total{model="cube"}'
     handovers = "cairn_infer_inline_handovers_total"
     small = np.ones((1, 1), np.float32)
-    # The first runs of a session (the warm-up among them) are slow: run small requests until
-    # they run inline, as a short model's do.
-    for _ in range(200):
-        assert server.infer_binary("cube", {"x": small})[0] == 200
-        if metric_value(server.metrics(), inline) > 0:
-            break
-    assert metric_value(server.metrics(), inline) > 0
     n = 2048
     x = np.full((n, n), 1.0 / n, np.float32)  # x x x is 1/n everywhere
     finished = 'cairn_infer_request_duration_seconds_count{model="cube"}'
-    before = server.metrics()
-    answer = {}
-    client = threading.Thread(target=lambda: answer.update(r=server.infer_binary("cube", {"x": x})))
-    client.start()
-    # Metrics written while the run is under way: it has begun (counted inline) and not ended
-    # (its duration not yet observed).
-    seen_under_way = False
-    while client.is_alive() and not seen_under_way:
-        metrics = server.metrics()
-        seen_under_way = (metric_value(metrics, inline) > metric_value(before, inline) and
-                          metric_value(metrics, finished) == metric_value(before, finished))
-        time.sleep(0.01)
-    client.join(timeout=300)
-    status, out = answer["r"]
-    assert status == 200, out
-    assert np.allclose(out["y"], 1.0 / n)
-    assert seen_under_way, "no /metrics answer while the run was under way"
-    after = server.metrics()
+
+    def attempt():
+        # The first runs of a session (the warm-up among them) are slow: run small requests
+        # until they run inline, as a short model's do.
+        ran_inline = metric_value(server.metrics(), inline)
+        for _ in range(200):
+            assert server.infer_binary("cube", {"x": small})[0] == 200
+            if metric_value(server.metrics(), inline) > ran_inline:
+                break
+        before = server.metrics()
+        answer = {}
+        client = threading.Thread(
+            target=lambda: answer.update(r=server.infer_binary("cube", {"x": x})))
+        client.start()
+        # Metrics written while the run is under way: it has begun (counted inline) and not
+        # ended (its duration not yet observed).
+        seen_under_way = False
+        while client.is_alive() and not seen_under_way:
+            metrics = server.metrics()
+            seen_under_way = (metric_value(metrics, inline) > metric_value(before, inline) and
+                              metric_value(metrics, finished) == metric_value(before, finished))
+            time.sleep(0.01)
+        client.join(timeout=300)
+        status, out = answer["r"]
+        assert status == 200, out
+        assert np.allclose(out["y"], 1.0 / n)
+        return before, server.metrics(), seen_under_way
+
+    # On a loaded machine one of the small runs may itself take long enough to make the model's
+    # runs long again, and the large request then goes to the worker: try again.
+    for _ in range(3):
+        before, after, seen_under_way = attempt()
+        if metric_value(after, inline) > metric_value(before, inline):
+            break
     assert metric_value(after, inline) == metric_value(before, inline) + 1
+    assert seen_under_way, ("no /metrics answer while the run was under way; hand-overs "
+                            f"{metric_value(before, handovers)} -> {metric_value(after, handovers)}")
     assert metric_value(after, handovers) >= metric_value(before, handovers) + 1
 
 
