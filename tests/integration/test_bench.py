@@ -92,3 +92,18 @@ def test_agent_deploys_process_modules():
 
 def test_model_fetch_runs():
     run_bench("model-fetch", "--model-mib", "1", "--repeats", "1")
+
+
+def test_cpu_stalls_runs_with_and_without_its_disk_load(tmp_path):
+    script = REPO / "bench" / "cpu_stalls.py"
+    proc = subprocess.run(["/usr/bin/python3", str(script), "--processes", "1", "--seconds",
+                           "0.3", "--flushes-per-s", "50", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^flushes: \d+ a second \(asked for 50\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^process 0: \d+ gaps over 0.5 ms in 0.3 s", proc.stdout, re.M), proc.stdout
+    assert list(tmp_path.iterdir()) == []  # the flushed file is gone
+    # Nothing to run is refused with a message, not a traceback.
+    proc = subprocess.run(["/usr/bin/python3", str(script), "--processes", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "needs --flushes-per-s" in proc.stderr, proc.stderr
