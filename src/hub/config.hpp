@@ -36,7 +36,9 @@ struct HubConfig {
     std::size_t max_message_bytes = 256 * 1024;
     // QoS 1 publishes waiting for their PUBACK (store commit) before the hub stops reading
     // from that client. Larger values let group commit batch more; each costs one message.
-    std::size_t max_inflight_in = 64;
+    // A commit starts by the time half of it is waiting, so 128 lets a client with 100 in
+    // flight (a common SDK and load generator setting) be read without pause.
+    std::size_t max_inflight_in = 128;
     // Unacknowledged deliveries per module endpoint. Bounds memory per slow consumer.
     std::size_t max_inflight_out = 64;
     // A message is dead-lettered after this many failed deliveries to a module input in a row
@@ -84,7 +86,7 @@ struct HubConfig {
     std::uint32_t expire_interval_secs = 30;          // how often expired messages are deleted
     // How long a message may wait for others to share its commit when no publisher is held up
     // by it (store::Options::append_delay_us). 0 = commit each at once.
-    std::uint32_t append_delay_us = 2000;
+    std::uint32_t append_delay_us = 5000;
     static constexpr std::uint32_t kMaxAppendDelayUs = 60'000'000;
     // Dead letters kept (docs/failure_policy.md); beyond it the oldest is dropped and counted.
     // Each holds one message (up to mqtt.max_message_bytes). 0 = no cap.

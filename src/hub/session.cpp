@@ -466,28 +466,8 @@ bool Session::ingest_telemetry(mqtt::Publish& p, InboundTopic& topic) {
 }
 
 bool Session::can_keep_sending(std::uint8_t qos) {
-  // A commit must start while the client can still send: one that starts when half of what
-  // the client may have in flight is waiting overlaps with the other half arriving, as a
-  // double buffer does, where one that waited for the rest would find the client stopped.
-  // The hub itself stops reading a client at mqtt.max_inflight_in.
-  const std::size_t waiting = inbound_.size() + qos0_pending_ + requests_pending_;
-  if (2 * waiting > hub_->config().mqtt.max_inflight_in) return false;
-  if (qos == 0) return true;
-  // The client's own window is only seen when it fills it. The peak is kept from period to
-  // period, so that commits started at half of it do not shrink what it is measured by,
-  // unless the client now uses much less of it (a backlog sent, then one message at a time):
-  // such a client is then not kept waiting for long.
-  Window& w = window_;
-  constexpr auto kPeriod = std::chrono::seconds(1);
-  if (last_activity_ - w.period_start >= kPeriod) {
-    if (4 * w.peak_now < w.peak) w.peak = w.peak_now;
-    w.peak_now = 0;
-    w.period_start = last_activity_;
-  }
-  const std::size_t in_flight = inbound_.size();
-  w.peak_now = std::max(w.peak_now, in_flight);
-  w.peak = std::max(w.peak, in_flight);
-  return 2 * in_flight <= w.peak;
+  return window_.may_wait(qos == 1, inbound_.size(), qos0_pending_ + requests_pending_,
+                          hub_->config().mqtt.max_inflight_in, last_activity_);
 }
 
 void Session::acknowledge_in_turn(std::uint16_t packet_id) {
@@ -519,6 +499,7 @@ void Session::send_ready_pubacks() {
     }
     send(mqtt::Puback{inbound_.front().packet_id});
     inbound_.pop_front();
+    window_.acknowledged();
   }
   resume_timer_.cancel();
 }

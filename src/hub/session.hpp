@@ -24,6 +24,7 @@
 #include "hub/endpoint.hpp"
 #include "hub/identities.hpp"
 #include "hub/iothub_topics.hpp"
+#include "hub/publish_window.hpp"
 #include "mqtt/packet.hpp"
 #include "net/asio.hpp"
 
@@ -79,8 +80,8 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   void on_puback(std::uint16_t packet_id);
   bool ingest_telemetry(mqtt::Publish& p, InboundTopic& topic);
   // Whether the publish just counted may wait for others to share its commit (Hub::ingest's
-  // `can_wait`): at most half of the client's window (Window) and of mqtt.max_inflight_in is
-  // waiting, so it can go on sending while the commit waits and while it runs.
+  // `can_wait`): the client can go on sending while the commit waits and while it runs
+  // (PublishWindow).
   bool can_keep_sending(std::uint8_t qos);
   void handle_twin_request(mqtt::Publish& p, const InboundTopic& topic);
   // Recomputes which hub services the subscriptions ask for; tells the hub what is new.
@@ -137,13 +138,7 @@ class Session : public Consumer, public std::enable_shared_from_this<Session> {
   std::deque<InboundAck> inbound_;
   std::uint64_t next_ticket_ = 0;
   std::size_t qos0_pending_ = 0;  // QoS 0 publishes not yet committed (no ack to send)
-  // What the hub sees of this client's window (an MQTT 3.1.1 client does not announce one):
-  // the most QoS 1 publishes it had waiting for PUBACKs at once (can_keep_sending).
-  struct Window {
-    std::size_t peak = 0;
-    std::size_t peak_now = 0;  // the most in the current period
-    std::chrono::steady_clock::time_point period_start;
-  } window_;
+  PublishWindow window_;          // what the hub sees of the client's window of QoS 1 publishes
   // Twin requests and persistent SUBSCRIBE/UNSUBSCRIBE awaiting the store or the cloud.
   std::size_t requests_pending_ = 0;
   std::size_t subscription_writes_ = 0;  // persistent SUBSCRIBE/UNSUBSCRIBE not yet committed

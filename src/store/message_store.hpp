@@ -67,7 +67,7 @@ struct Options {
   // carry more messages each: fewer fsyncs, fewer pages written twice, fewer thread wake-ups.
   // Nothing is held when any request in the batch cannot wait (anything but an ack or such an
   // append). 0 = commit every append at once.
-  int append_delay_us = 2000;
+  int append_delay_us = 5000;
 
   // How long a statement waits for a lock another connection holds before the batch fails as
   // transient (errc::unavailable). Only the store's own connections should touch the file, so

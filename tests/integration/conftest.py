@@ -240,7 +240,7 @@ class Cairnd(_Daemon):
         self.routes = DEFAULT_ROUTES if routes is None else routes
         self.mqtt_config = {
             "listen": HOST, "tls_port": free_port(), "plain_port": free_port(),
-            "max_message_bytes": 262144, "max_inflight_in": 64, "max_inflight_out": 64,
+            "max_message_bytes": 262144, "max_inflight_in": 128, "max_inflight_out": 64,
             "max_keepalive_secs": 600, "connect_timeout_secs": 30, "max_connections": 1000,
         }
         self.store_config = {"fsync": False, "max_bytes": 1 << 30, "expire_interval_secs": 30}

@@ -346,7 +346,9 @@ def test_messages_with_room_in_the_window_share_a_commit(cairnd_factory, raw_mqt
     burst(9, 4)
     with pytest.raises(AssertionError, match="no packet"):
         sensor.recv_packet(timeout=0.5)
-    # ...until more than half of the window is waiting.
+    # ...until more than half of the window is waiting. (The first such round in 100 ms
+    # waits for the whole window, to see whether the client goes past it: here the rest of
+    # the window arrives at once, and commits with it.)
     burst(13, 4)
     assert _pubacks(sensor, 8, timeout=10) == list(range(9, 17))
     assert d.queue_length("filter/in") == 16
