@@ -59,7 +59,7 @@ def flush(per_s, seconds, directory, out):
             os.pwrite(fd, block, (done % 64) * len(block))
             os.fdatasync(fd)
             done += 1
-    out.put(("flushes", done / seconds))
+    out.put(done / seconds)
 
 
 def main():
@@ -86,37 +86,40 @@ def main():
         ap.error(f"--dir {a.dir} is not a writable directory")
 
     out = multiprocessing.Queue()
+    flushed = multiprocessing.Queue()
     workers = [multiprocessing.Process(target=watch, args=(i, a.seconds, int(a.gap_ms * 1e6), out))
                for i in range(a.processes)]
     if a.flushes_per_s:
         workers.append(multiprocessing.Process(
-            target=flush, args=(a.flushes_per_s, a.seconds, a.dir, out)))
+            target=flush, args=(a.flushes_per_s, a.seconds, a.dir, flushed)))
     for w in workers:
         w.start()
-    results = [out.get() for _ in workers]
+    results = sorted(out.get() for _ in range(a.processes))
+    if a.flushes_per_s:
+        print(f"flushes: {flushed.get():.0f} a second (asked for {a.flushes_per_s:.0f})")
     for w in workers:
         w.join()
 
     period_ns = int(a.period_ms * 1e6)
+    buckets = max(1, round(a.period_ms))  # phases counted by the millisecond
     phases = collections.Counter()
-    for result in results:
-        if result[0] == "flushes":
-            print(f"flushes: {result[1]:.0f} a second (asked for {a.flushes_per_s:.0f})")
-    for index, start, gaps in sorted(r for r in results if r[0] != "flushes"):
+    for index, start, gaps in results:
         total = sum(ns for _, ns in gaps) / 1e6
         print(f"process {index}: {len(gaps)} gaps over {a.gap_ms} ms in {a.seconds} s, "
               f"{total:.1f} ms in all")
         for end, ns in gaps:
             phase = (end % period_ns) / 1e6
-            phases[round(phase)] += 1
+            phases[round(phase) % buckets] += 1
             print(f"  at {(end - ns - start) / 1e9:7.3f} s: {ns / 1e6:6.2f} ms, "
                   f"ending {phase:5.1f} ms into a {a.period_ms:g} ms period")
     if phases:
-        # Gaps that end within 1 ms of the commonest phase: the host's period boundary.
-        peak = max(phases, key=lambda p: sum(phases[q] for q in (p - 1, p, p + 1)))
-        near = sum(phases[q] for q in (peak - 1, peak, peak + 1))
-        print(f"{near} of {sum(phases.values())} gaps end {peak - 1}-{peak + 1} ms into the "
-              f"period")
+        # Gaps that end within 1 ms of the commonest phase (the period wraps around): the
+        # host's period boundary.
+        def near(p):
+            return sum(phases[q % buckets] for q in (p - 1, p, p + 1))
+        peak = max(phases, key=near)
+        print(f"{near(peak)} of {sum(phases.values())} gaps end {peak - 1}-{peak + 1} ms into "
+              f"the period")
     sys.stdout.flush()
 
 
